@@ -39,8 +39,7 @@ def token_texts(tokenizer) -> list[str]:
 
 def select(spec: str, texts: list[str]) -> torch.Tensor:
     """Build a boolean mask of shape (V,) from a selector string and the token texts."""
-    spec = spec.strip()
-    if not spec:
+    if not spec.strip():
         raise SelectorError("empty selector")
     # Combinators bind loosest; ' | ' before ' & ' so that 'a & b | c' = '(a & b) | c'.
     if " | " in spec and not spec.startswith(("regex:", "not:regex:")):

@@ -1,0 +1,174 @@
+"""Sampling with a KV-cache, shared by Hugging Face models and Model 5, plus decode-time bias.
+
+Every model is called the same way:
+
+    out = model(input_ids=..., attention_mask=..., position_ids=..., past_key_values=..., use_cache=True)
+
+and the next-token scores go through one LogitsProcessorList (transformers' warpers for
+temperature / top-k / top-p, and our SetBias for the decode-time baseline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+STRATEGIES = ("greedy", "multinomial")
+
+# Varied openings so that R is not a property of one context.
+DEFAULT_PROMPTS = (
+    "The king said",
+    "Once upon a time,",
+    "In the morning, the",
+    "My favourite food is",
+    "The scientist explained that",
+    "She opened the letter and",
+    "The city at night",
+    "When I was young,",
+)
+
+
+@dataclass
+class SampleConfig:
+    """How to pick each next token."""
+
+    max_new_tokens: int = 48  # tokens generated per sample
+    strategy: str = "multinomial"  # "greedy" (argmax) or "multinomial" (sample)
+    temperature: float = 1.0  # divides the logits before sampling
+    top_k: int = 0  # keep only the k likeliest tokens (0 = off)
+    top_p: float = 1.0  # keep the smallest set with this much mass (1.0 = off)
+    ban_eos: bool = True  # never stop early, so every sample has max_new_tokens tokens
+
+
+class SetBias(LogitsProcessor):
+    """Add b to the logits of every token in the set: p'(i) ∝ p(i)·exp(b·M_i)."""
+
+    def __init__(self, mask: torch.Tensor, bias: float):
+        self.bias_row = bias * mask.float()  # (V,)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return scores + self.bias_row.to(scores.device)[: scores.size(-1)]
+
+
+def make_processors(
+    cfg: SampleConfig, bias_mask: torch.Tensor | None = None, bias: float = 0.0, eos_ids: list[int] | None = None
+) -> LogitsProcessorList:
+    """Bias first (it changes the distribution), then the sampling warpers."""
+    procs = LogitsProcessorList()
+    if bias_mask is not None and bias != 0.0:
+        procs.append(SetBias(bias_mask, bias))
+    if cfg.ban_eos and eos_ids:
+        procs.append(SuppressTokensLogitsProcessor(eos_ids, device="cpu"))
+    if cfg.strategy == "multinomial":
+        if cfg.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(cfg.temperature))
+        if cfg.top_k > 0:
+            procs.append(TopKLogitsWarper(cfg.top_k))
+        if cfg.top_p < 1.0:
+            procs.append(TopPLogitsWarper(cfg.top_p))
+    return procs
+
+
+def check_sample_config(cfg: SampleConfig) -> None:
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {cfg.strategy!r}")
+    if cfg.max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be positive, got {cfg.max_new_tokens}")
+    if cfg.temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {cfg.temperature}")
+    if cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
+        raise ValueError(f"top_k must be >= 0 and top_p in (0, 1], got {cfg.top_k}, {cfg.top_p}")
+
+
+@torch.no_grad()
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    cfg: SampleConfig = SampleConfig(),
+    bias_mask: torch.Tensor | None = None,
+    bias: float = 0.0,
+    generator: torch.Generator | None = None,
+    eos_ids: list[int] | None = None,
+    bf16: bool = False,
+) -> torch.Tensor:
+    """Continue a left-padded batch of prompts. input_ids (B, T) -> new tokens (B, max_new_tokens)."""
+    check_sample_config(cfg)
+    was_training = model.training
+    model.eval()
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
+    procs = make_processors(cfg, bias_mask, bias, eos_ids)
+    seen = input_ids
+    step_ids, step_pos = input_ids, (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    past, new = None, []
+    for _ in range(cfg.max_new_tokens):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(
+                input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past, use_cache=True
+            )
+        past = out.past_key_values
+        scores = procs(seen, out.logits[:, -1].float())  # (B, V)
+        if cfg.strategy == "greedy":
+            nxt = scores.argmax(-1, keepdim=True)  # (B, 1)
+        else:
+            nxt = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)  # (B, 1)
+        new.append(nxt)
+        seen = torch.cat([seen, nxt], 1)
+        mask = torch.cat([mask, torch.ones_like(nxt)], 1)
+        step_ids, step_pos = nxt, step_pos[:, -1:] + 1
+    model.train(was_training)
+    return torch.cat(new, 1)
+
+
+@dataclass
+class Samples:
+    """Generated continuations: one row per sample."""
+
+    prompts: list[str]  # the prompt of each sample
+    tokens: torch.Tensor  # (N, L) new token ids
+    texts: list[str]  # decoded continuations
+
+
+def eos_ids_of(tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    return sorted(i for i in ids if i is not None)
+
+
+def sample(
+    model,
+    tokenizer,
+    prompts: list[str] | tuple[str, ...] = DEFAULT_PROMPTS,
+    per_prompt: int = 4,
+    cfg: SampleConfig = SampleConfig(),
+    seed: int = 0,
+    bias_mask: torch.Tensor | None = None,
+    bias: float = 0.0,
+    bf16: bool = False,
+    batch_size: int = 32,
+) -> Samples:
+    """Sample `per_prompt` continuations of every prompt, in batches, reproducibly from `seed`."""
+    all_prompts = [p for p in prompts for _ in range(per_prompt)]
+    generator = torch.Generator().manual_seed(seed)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    chunks = []
+    try:
+        for start in range(0, len(all_prompts), batch_size):
+            enc = tokenizer(all_prompts[start : start + batch_size], return_tensors="pt", padding=True)
+            chunks.append(
+                generate(model, enc["input_ids"], enc["attention_mask"], cfg, bias_mask, bias, generator,
+                         eos_ids_of(tokenizer), bf16)
+            )
+    finally:
+        tokenizer.padding_side = side
+    tokens = torch.cat(chunks)  # (N, L)
+    texts = tokenizer.batch_decode(tokens, skip_special_tokens=False)
+    return Samples(all_prompts, tokens, texts)

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny models built in-process, so unit tests never need a download."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+
+class CharTokenizer:
+    """A 64-token toy tokenizer with a real `decode`, enough to exercise selectors."""
+
+    def __init__(self):
+        self.vocab = ["<eos>"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+        self.vocab += [" " + chr(c) for c in range(ord("a"), ord("z") + 1)]
+        self.vocab += ["X", "xx", "Ġx", "▁y", ".", ",", "?", "!", "ab", "\n"]
+        self.vocab = self.vocab[:64]
+        self.eos_token_id = 0
+        self.vocab_size = len(self.vocab)
+
+    def __len__(self):
+        return len(self.vocab)
+
+    def decode(self, ids):
+        return "".join(self.vocab[i] for i in ids)
+
+
+@pytest.fixture
+def char_tokenizer():
+    return CharTokenizer()
+
+
+def tiny_gpt2(vocab_size=64, seed=0):
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def tiny_llama(vocab_size=64, seed=0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=True)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture
+def gpt2_model():
+    return tiny_gpt2()
+
+
+@pytest.fixture
+def llama_model():
+    return tiny_llama()

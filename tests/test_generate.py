@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from tokentilt.generate import SampleConfig, SetBias, generate, make_processors
+
+from conftest import tiny_gpt2, tiny_llama
+
+
+@pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama])
+def test_greedy_matches_hf_generate(build):
+    model = build()
+    ids = torch.randint(1, 64, (1, 7), generator=torch.Generator().manual_seed(1))
+    ours = generate(model, ids, cfg=SampleConfig(max_new_tokens=12, strategy="greedy", ban_eos=False))
+    theirs = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                            pad_token_id=0)
+    assert torch.equal(ours, theirs[:, 7:])
+
+
+def test_left_padded_batch_matches_single_rows(llama_model):
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randint(1, 64, (1, 5), generator=g), torch.randint(1, 64, (1, 8), generator=g)
+    batch = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), a], 1), b])  # (2, 8) left-padded
+    mask = torch.cat([torch.cat([torch.zeros(1, 3), torch.ones(1, 5)], 1), torch.ones(1, 8)]).long()
+    cfg = SampleConfig(max_new_tokens=6, strategy="greedy", ban_eos=False)
+    both = generate(llama_model, batch, mask, cfg)
+    assert torch.equal(both[0:1], generate(llama_model, a, cfg=cfg))
+    assert torch.equal(both[1:2], generate(llama_model, b, cfg=cfg))
+
+
+def test_sampling_is_reproducible_from_seed(gpt2_model):
+    ids = torch.randint(1, 64, (4, 5), generator=torch.Generator().manual_seed(3))
+    cfg = SampleConfig(max_new_tokens=10, top_k=20, top_p=0.9, temperature=0.8)
+    first = generate(gpt2_model, ids, cfg=cfg, generator=torch.Generator().manual_seed(7))
+    second = generate(gpt2_model, ids, cfg=cfg, generator=torch.Generator().manual_seed(7))
+    other = generate(gpt2_model, ids, cfg=cfg, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(first, second)
+    assert not torch.equal(first, other)
+
+
+def test_huge_bias_forces_the_set(gpt2_model):
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[[5, 9]] = True
+    ids = torch.randint(1, 64, (3, 4), generator=torch.Generator().manual_seed(4))
+    out = generate(gpt2_model, ids, cfg=SampleConfig(max_new_tokens=8), bias_mask=mask, bias=1e4,
+                   generator=torch.Generator().manual_seed(0))
+    assert mask[out].all()
+
+
+def test_ban_eos_and_top_k_one_is_greedy(gpt2_model):
+    ids = torch.randint(1, 64, (2, 4), generator=torch.Generator().manual_seed(5))
+    out = generate(gpt2_model, ids, cfg=SampleConfig(max_new_tokens=20), eos_ids=[3],
+                   generator=torch.Generator().manual_seed(0))
+    assert not (out == 3).any()
+    topk1 = generate(gpt2_model, ids, cfg=SampleConfig(max_new_tokens=8, top_k=1, ban_eos=False),
+                     generator=torch.Generator().manual_seed(0))
+    greedy = generate(gpt2_model, ids, cfg=SampleConfig(max_new_tokens=8, strategy="greedy", ban_eos=False))
+    assert torch.equal(topk1, greedy)
+
+
+def test_set_bias_adds_b_on_the_set():
+    mask = torch.tensor([True, False, True])
+    scores = torch.zeros(2, 3)
+    assert torch.equal(SetBias(mask, 2.5)(None, scores), torch.tensor([[2.5, 0, 2.5]] * 2))
+    assert len(make_processors(SampleConfig(strategy="greedy", top_k=5), mask, 0.0)) == 0
+
+
+@pytest.mark.parametrize("bad", [dict(strategy="beam"), dict(max_new_tokens=0), dict(temperature=0.0),
+                                 dict(top_p=0.0)])
+def test_bad_sample_config(gpt2_model, bad):
+    with pytest.raises(ValueError):
+        generate(gpt2_model, torch.ones(1, 2, dtype=torch.long), cfg=SampleConfig(**bad))
