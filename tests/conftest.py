@@ -11,7 +11,7 @@ class CharTokenizer:
     def __init__(self):
         self.vocab = ["<eos>"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
         self.vocab += [" " + chr(c) for c in range(ord("a"), ord("z") + 1)]
-        self.vocab += ["X", "xx", "Ġx", "▁y", ".", ",", "?", "!", "ab", "\n"]
+        self.vocab += ["X", "xx", "Ġx", "▁y", ".", ",", "?", "!", "ab", "\n", "Xy"]
         self.vocab = self.vocab[:64]
         self.eos_token_id = 0
         self.vocab_size = len(self.vocab)

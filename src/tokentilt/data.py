@@ -51,19 +51,23 @@ def _closes_direction(line: str) -> bool:
     return line.endswith(("_", "*"))
 
 
-def _broken_speaker(lines: list[str], i: int) -> bool:
-    # Some speaker names are split: "BISHOP" as plain text, then "**OF WINCHESTER**" after a blank.
-    if not lines[i].isupper() or sum(c.isalpha() for c in lines[i]) < 3:
+def _stray_label(lines: list[str], i: int) -> bool:
+    """An all-caps line that is not speech: the first half of a split speaker name ("BISHOP", then
+    "**OF WINCHESTER**"), or a label standing alone at the end of a paragraph ("EPILOGUE", "SONG.")."""
+    line = lines[i]
+    if not line.isupper() or sum(c.isalpha() for c in line) < 4:
         return False
-    following = next((line for line in lines[i + 1:] if line), "")
-    return _SPEAKER.fullmatch(following) is not None
+    if i + 1 == len(lines) or not lines[i + 1]:
+        return True
+    return _SPEAKER.fullmatch(lines[i + 1]) is not None
 
 
 def strip_markup(md: str) -> str:
     """Markdown play -> plain spoken text.
 
     Drops headings (``# ...``), speaker lines (``**NAME**``), stage directions in ``_..._`` or
-    ``*...*`` (which may span several lines), bracketed directions such as ``[Aside]_``, the
+    ``*...*`` (which may span several lines), bracketed directions such as ``[Aside]_``, stray
+    all-caps labels (``EPILOGUE``), the
     two-space line breaks and Markdown escapes (``\\--`` -> ``--``). Speeches are separated by
     one blank line; the lines of a speech keep their line breaks.
     """
@@ -87,7 +91,7 @@ def strip_markup(md: str) -> str:
             line = speaker.group(1).strip()
             if not line:
                 continue
-        if _BRACKET_LINE.fullmatch(line) or _broken_speaker(lines, i):
+        if _BRACKET_LINE.fullmatch(line) or _stray_label(lines, i):
             continue
         if _opens_direction(line):
             in_direction = len(line) == 1 or not _closes_direction(line)

@@ -275,7 +275,9 @@ class GPT(nn.Module):
         )
         ref = hf_model.transformer.wte.weight
         model = cls(config).to(device=ref.device, dtype=ref.dtype)
-        model.load_state_dict(_transpose_conv1d(hf_model.state_dict()), strict=False)
+        missing, unexpected = model.load_state_dict(_transpose_conv1d(hf_model.state_dict()), strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:
+            raise ValueError(f"not a plain GPT-2: missing {missing}, unexpected {unexpected}")
         model.train(hf_model.training)
         return model
 
@@ -338,7 +340,10 @@ class GPT(nn.Module):
         except (SafetensorError, json.JSONDecodeError, TypeError) as e:
             raise ValueError(f"corrupt Model 5 checkpoint in {path}: {e}") from None
         model = cls(config)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # a tensor whose shape disagrees with the config
+            raise ValueError(f"corrupt Model 5 checkpoint in {path}: {e}") from None
         if unexpected or set(missing) - {"lm_head.weight"}:
             raise ValueError(f"corrupt Model 5 checkpoint in {path}: missing {missing}, unexpected {unexpected}")
         return model
