@@ -78,7 +78,9 @@ class CausalSelfAttention(nn.Module):
             q, k, v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None,  # the fused kernel's own causal mask is right only without a cache
+            # SDPA's built-in causal mask is aligned top-left, which is right only when there is no
+            # cache; with one, the caller passes an explicit mask.
+            is_causal=mask is None,
         )  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
@@ -235,8 +237,6 @@ class GPT(nn.Module):
         padded = attention_mask is not None and not bool(attention_mask.all())
         if not padded and past_len == 0:
             return None
-        if not padded and T == 1:
-            return None  # one new token may see every cached one
         q_pos = torch.arange(past_len, past_len + T, device=device).unsqueeze(1)  # (T, 1)
         k_pos = torch.arange(past_len + T, device=device).unsqueeze(0)  # (1, S)
         allowed = k_pos <= q_pos  # (T, S)
