@@ -67,9 +67,8 @@ def strip_markup(md: str) -> str:
 
     Drops headings (``# ...``), speaker lines (``**NAME**``), stage directions in ``_..._`` or
     ``*...*`` (which may span several lines), bracketed directions such as ``[Aside]_``, stray
-    all-caps labels (``EPILOGUE``), the
-    two-space line breaks and Markdown escapes (``\\--`` -> ``--``). Speeches are separated by
-    one blank line; the lines of a speech keep their line breaks.
+    all-caps labels (``EPILOGUE``), two-space line breaks and Markdown escapes (``\\--`` -> ``--``).
+    Speeches are separated by one blank line; the lines of a speech keep their line breaks.
     """
     lines = [raw.strip() for raw in md.splitlines()]
     out: list[str] = []
@@ -157,10 +156,12 @@ def split_text(split: str) -> str:
 
 
 def _chunks(text: str, size: int) -> list[str]:
-    """Cut text into pieces of about `size` characters, each ending right after a newline.
+    """Cut text into pieces of about `size` characters.
 
-    A cut sits between a newline and a non-space character, where a GPT-2 style pre-tokenizer
-    splits anyway, so concatenating the pieces' tokens gives the tokens of the whole text.
+    Each cut sits just before a newline that is followed by a non-space character ("...word" |
+    "\\nWord"). A GPT-2 style byte-level pre-tokenizer splits there anyway (a whitespace run
+    before a word gives up its last character), so the pieces' tokens, concatenated, equal the
+    tokens of the whole text.
     """
     chunks, start = [], 0
     while start < len(text):
@@ -169,7 +170,7 @@ def _chunks(text: str, size: int) -> list[str]:
             cut = text.find("\n", end)
             while cut != -1 and cut + 1 < len(text) and text[cut + 1].isspace():
                 cut = text.find("\n", cut + 1)
-            end = len(text) if cut == -1 else cut + 1
+            end = len(text) if cut == -1 or cut + 1 == len(text) else cut
         chunks.append(text[start:end])
         start = end
     return chunks
@@ -194,7 +195,8 @@ def random_tokens(vocab_size: int, batch: int, seq_len: int, generator: torch.Ge
     return torch.randint(0, vocab_size, (batch, seq_len), generator=generator)
 
 
-def text_windows(tokens: torch.Tensor, batch: int, seq_len: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def text_windows(tokens: torch.Tensor, batch: int, seq_len: int,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
     """`batch` random contiguous windows of `seq_len` tokens from a (N,) stream, (B, T)."""
     n = _check_stream(tokens, seq_len)
     starts = torch.randint(0, n - seq_len + 1, (batch,), generator=generator)  # (B,)

@@ -1,0 +1,258 @@
+"""Metrics: R with an interval, perplexity, drift, distinct-n and repetition.
+
+The metrics are pure functions of tensors. The model-driving helpers at the bottom only batch
+windows through a model and feed the logits to those functions; they work for any model called
+as ``model(input_ids=...)`` that returns an object with ``.logits``.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+# ---------------------------------------------------------------- R: rate of target tokens
+
+
+def sample_rates(new_tokens: torch.Tensor, mask: torch.Tensor, lengths=None) -> torch.Tensor:
+    """Per-sample share of generated tokens that are in the target set.
+
+    new_tokens (N, L) generated ids; mask (V,) bool; lengths (N,) optional, counts only the first
+    lengths[i] tokens of row i (the rest may be padding of any value). Returns (N,) float32.
+    A row with no tokens has no rate: NaN (mean_ci skips it).
+    """
+    new_tokens = torch.as_tensor(new_tokens)
+    if new_tokens.dim() == 1:
+        new_tokens = new_tokens.unsqueeze(0)
+    n, width = new_tokens.shape
+    mask = mask.to(new_tokens.device, torch.bool)
+    if lengths is None:
+        lengths = torch.full((n,), width, device=new_tokens.device)
+    lengths = torch.as_tensor(lengths, device=new_tokens.device).clamp(max=width)
+    valid = torch.arange(width, device=new_tokens.device) < lengths[:, None]  # (N, L)
+    hits = mask[torch.where(valid, new_tokens, 0)] & valid  # (N, L)
+    counts = hits.sum(1).float()  # (N,)
+    return torch.where(lengths > 0, counts / lengths.clamp(min=1), torch.nan)
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Quantile of Student's t distribution with integer df >= 1, e.g. t_quantile(0.975, 4) = 2.776.
+
+    Exact to ~1e-12: bisection on the closed-form CDF for integer df (Abramowitz & Stegun 26.7.3-4),
+    which writes P(|T| < t) as a finite series in theta = atan(t / sqrt(df)).
+    """
+    if not 0 < p < 1:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if int(df) != df or df < 1:
+        raise ValueError(f"df must be a positive integer, got {df}")
+    df = int(df)
+    if p == 0.5:
+        return 0.0
+    two_sided = abs(2 * p - 1)  # P(|T| < t) for the t we want
+    lo, hi = 0.0, math.pi / 2  # bisect on theta: the CDF is monotone in it
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if _t_central_mass(mid, df) < two_sided:
+            lo = mid
+        else:
+            hi = mid
+    t = math.sqrt(df) * math.tan((lo + hi) / 2)
+    return t if p > 0.5 else -t
+
+
+def _t_central_mass(theta: float, df: int) -> float:
+    """P(|T| < sqrt(df) tan(theta)) for Student's t with integer df (A&S 26.7.3, 26.7.4)."""
+    s, c2 = math.sin(theta), math.cos(theta) ** 2
+    if df % 2 == 0:
+        # sin(theta) * [1 + 1/2 c^2 + 1*3/(2*4) c^4 + ... up to c^(df-2)]
+        k = np.arange(1, df // 2)  # term k multiplies the previous by (2k-1)/(2k) * c^2
+        terms = np.cumprod((2 * k - 1) / (2 * k) * c2)
+        return float(s * (1 + terms.sum()))
+    # 2/pi * [theta + sin(theta) cos(theta) (1 + 2/3 c^2 + 2*4/(3*5) c^4 + ... up to c^(df-3))]
+    if df == 1:
+        return 2 * theta / math.pi
+    k = np.arange(1, (df - 1) // 2)  # term k multiplies the previous by (2k)/(2k+1) * c^2
+    terms = np.cumprod((2 * k) / (2 * k + 1) * c2)
+    return float(2 / math.pi * (theta + s * math.sqrt(c2) * (1 + terms.sum())))
+
+
+def mean_ci(values, confidence: float = 0.95) -> dict:
+    """Mean and Student-t confidence interval over samples: {"mean", "ci_low", "ci_high", "n"}.
+
+    Each sample's rate is one observation: tokens within a sample are correlated, so pooling them
+    would overstate n. The interval is mean +- t_{(1+confidence)/2, n-1} * std / sqrt(n) with the
+    unbiased std (n-1); the t quantile is computed exactly (see t_quantile), no scipy needed.
+    When every value lies in [0, 1] (rates), the interval is clipped to [0, 1]. NaN values (samples
+    with no tokens) are skipped. n = 1 gives ci_low = ci_high = mean.
+    """
+    x = np.asarray(torch.as_tensor(values, dtype=torch.float64).reshape(-1))
+    x = x[~np.isnan(x)]
+    n = len(x)
+    if n == 0:
+        raise ValueError("mean_ci needs at least one (non-NaN) value")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    mean = float(x.mean())
+    if n == 1:
+        return {"mean": mean, "ci_low": mean, "ci_high": mean, "n": 1}
+    half = t_quantile((1 + confidence) / 2, n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
+    low, high = mean - half, mean + half
+    if x.min() >= 0 and x.max() <= 1:
+        low, high = max(low, 0.0), min(high, 1.0)
+    return {"mean": mean, "ci_low": low, "ci_high": high, "n": n}
+
+
+# ---------------------------------------------------------------- perplexity and drift
+
+
+def token_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token NLL in nats: position t predicts token t+1. logits (B, T, V), ids (B, T) -> (B, T-1)."""
+    shifted = logits[:, :-1].float()  # (B, T-1, V)
+    targets = input_ids[:, 1:]  # (B, T-1)
+    nll = F.cross_entropy(shifted.reshape(-1, shifted.size(-1)), targets.reshape(-1), reduction="none")
+    return nll.view(targets.shape)
+
+
+def perplexity_from_logits(logits: torch.Tensor, input_ids: torch.Tensor) -> float:
+    """exp(mean next-token NLL). logits (B, T, V), ids (B, T)."""
+    return math.exp(token_nll(logits, input_ids).mean().item())
+
+
+def kl_per_token(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(ref || model) in nats at every position, float32. (B, T, V), (B, T, V) -> (B, T).
+
+    Tokens the reference gives probability 0 contribute 0 (even where the model gives 0 too).
+    """
+    ref_logp = F.log_softmax(ref_logits.float(), dim=-1)  # (B, T, V)
+    logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    terms = ref_logp.exp() * (ref_logp - logp)  # (B, T, V)
+    return torch.where(ref_logp > -math.inf, terms, 0.0).sum(-1)
+
+
+def bias_logits(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> torch.Tensor:
+    """Decode-time logit bias: z + b * M, in float32. (..., V)"""
+    return logits.float() + bias * mask.to(logits.device, torch.float32)
+
+
+# ---------------------------------------------------------------- degeneration
+
+
+def _as_lists(seqs) -> list[list[int]]:
+    if isinstance(seqs, torch.Tensor):
+        return [seqs.tolist()] if seqs.dim() == 1 else seqs.tolist()
+    return [list(s) for s in seqs]
+
+
+def _ngrams(seq: list[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+
+
+def distinct_n(seqs, n: int) -> float:
+    """Distinct-n: unique n-grams / all n-grams, pooled over every sample (a corpus-level count).
+
+    seqs: list of id lists, or a (N, L) / (L,) LongTensor. 0.0 when no sample has n tokens.
+    Example: [1, 2, 1, 2, 3] has distinct-1 = 3/5 and distinct-2 = 3/4.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    grams = [g for s in _as_lists(seqs) for g in _ngrams(s, n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition_rate(seqs, n: int = 4) -> float:
+    """Share of n-grams that already occurred earlier in the same sample, pooled over samples.
+
+    (repeated n-grams summed over samples) / (all n-grams summed over samples). An n-gram counts
+    as repeated from its second occurrence on; samples never share history. 0.0 when there are no
+    n-grams. Example, n=2: [1, 2, 1, 2, 1] has 2-grams 12 21 12 21, of which 2 repeat: 2/4.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    repeated = total = 0
+    for s in _as_lists(seqs):
+        seen: set[tuple[int, ...]] = set()
+        for g in _ngrams(s, n):
+            repeated += g in seen
+            seen.add(g)
+            total += 1
+    return repeated / total if total else 0.0
+
+
+# ---------------------------------------------------------------- driving a model
+
+
+def _forward_batches(models, windows: torch.Tensor, batch_size: int, bf16: bool, progress: bool, desc: str):
+    """Yield (ids, [logits of each model]) per mini-batch, under no_grad and eval mode.
+
+    Each model's train/eval mode is restored afterwards, so this is safe inside a training loop.
+    Logits come back as float32 on the models' device; ids live on the same device.
+    """
+    if windows.dim() != 2 or windows.size(0) == 0:
+        raise ValueError(f"windows must have shape (W, T) with W >= 1, got {tuple(windows.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    was_training = [m.training for m in models]
+    device = _device(models[0])
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    try:
+        for m in models:
+            m.eval()
+        with torch.no_grad():
+            for start in tqdm(range(0, len(windows), batch_size), desc=desc, disable=not progress, leave=False):
+                ids = windows[start:start + batch_size].to(device)  # (b, T)
+                with autocast:
+                    outs = [m(input_ids=ids).logits for m in models]
+                yield ids, [o.float() for o in outs]  # each (b, T, V)
+    finally:
+        for m, training in zip(models, was_training):
+            m.train(training)
+
+
+def _device(model) -> torch.device:
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def perplexity(model, windows: torch.Tensor, batch_size: int = 8, bias_mask: torch.Tensor | None = None,
+               bias: float = 0.0, bf16: bool = False, progress: bool = False) -> float:
+    """Held-out perplexity over (W, T) windows: exp of the mean next-token NLL over all W*(T-1) targets.
+
+    With bias_mask, the logits get +bias on the set before the softmax: the perplexity of the
+    decode-time biased distribution (the baseline a tilted model should beat).
+    """
+    total, count = 0.0, 0
+    for ids, (logits,) in _forward_batches([model], windows, batch_size, bf16, progress, "perplexity"):
+        if bias_mask is not None:
+            logits = bias_logits(logits, bias_mask, bias)  # (b, T, V)
+        nll = token_nll(logits, ids)  # (b, T-1)
+        total += nll.double().sum().item()
+        count += nll.numel()
+    if count == 0:
+        raise ValueError("perplexity needs windows of at least 2 tokens")
+    return math.exp(total / count)
+
+
+def drift(model, reference, windows: torch.Tensor, batch_size: int = 8, bf16: bool = False,
+          progress: bool = False) -> float:
+    """Mean per-token KL(reference || model) in nats, over every position of the (W, T) windows."""
+    total, count = 0.0, 0
+    for _, (ref_logits, logits) in _forward_batches([reference, model], windows, batch_size, bf16, progress, "drift"):
+        kl = kl_per_token(ref_logits, logits)  # (b, T)
+        total += kl.double().sum().item()
+        count += kl.numel()
+    return total / count
+
+
+def biased_drift(reference, windows: torch.Tensor, bias_mask: torch.Tensor, bias: float, batch_size: int = 8,
+                 bf16: bool = False, progress: bool = False) -> float:
+    """Mean per-token KL(reference || reference with +bias on the set): the drift of decode-time bias."""
+    total, count = 0.0, 0
+    for _, (ref_logits,) in _forward_batches([reference], windows, batch_size, bf16, progress, "biased drift"):
+        kl = kl_per_token(ref_logits, bias_logits(ref_logits, bias_mask, bias))  # (b, T)
+        total += kl.double().sum().item()
+        count += kl.numel()
+    return total / count
