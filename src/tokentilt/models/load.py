@@ -65,10 +65,26 @@ def load_model(name: str = BUNDLED, dtype: torch.dtype = torch.float32):
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(f"cannot load model {name!r}: {first}") from None
+    if "gguf_file" in kwargs:
+        model = _plain_copy(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     return model, tokenizer
+
+
+def _plain_copy(model):
+    """The GGUF weights are de-quantised on load, but transformers still marks the model as
+    quantised and refuses to save it. Rebuild it as an ordinary fp model with the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    return plain.eval()
 
 
 def save_model(model, tokenizer, folder: Path) -> None:

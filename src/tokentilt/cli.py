@@ -1,0 +1,245 @@
+"""The `tokentilt` command. Each subcommand maps flags onto a config dataclass and calls the API."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from tokentilt.losses import OBJECTIVES
+
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """Bad input the user can fix: printed as one line, exit code 2."""
+
+
+# ------------------------------------------------------------------ config merging
+
+
+def read_yaml(path: str | None) -> dict:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"config file {path} must hold a mapping of option: value")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def coerce(name: str, value, default):
+    """Cast a YAML/flag value to the type of the field's default, with a one-line error."""
+    if value is None or default is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                    raise ValueError
+                return value.lower() in ("true", "yes", "1")
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, list):
+            return [str(v) for v in value] if isinstance(value, list) else [s for s in str(value).split("|") if s]
+        return str(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"bad value for {name.replace('_', '-')}: {value!r}") from None
+
+
+def merge(cls, yaml_values: dict, flags: dict):
+    """dataclass defaults <- YAML <- flags, typed. Unknown YAML keys are an error."""
+    from tokentilt.tilt import from_flat, to_flat
+
+    defaults = to_flat(cls())
+    unknown = sorted(set(yaml_values) - set(defaults))
+    if unknown:
+        raise UsageError(f"unknown option(s) in config file: {', '.join(unknown)}")
+    values = {**yaml_values, **{k: v for k, v in flags.items() if k in defaults}}
+    typed = {k: coerce(k, v, defaults[k]) for k, v in values.items()}
+    return from_flat(cls, typed)
+
+
+# ------------------------------------------------------------------ parsers
+
+TILT_EPILOG = """\
+selectors (match each token's decoded text):
+  x / contains:x     tokens containing "x", case-insensitive (contains:x:case for case-sensitive)
+  regex:PATTERN      re.search on the token text, e.g. regex:^ [A-Z]
+  words:FILE         whole words from FILE (one per line), with and without a leading space
+  ids:1,2,3          explicit token ids
+  not:SELECTOR       the complement; combine with ' & ' and ' | '
+
+example:
+  tokentilt tilt --toward x --lr 1e-4 --positions all --steps 40 --bf16 --out runs/x
+"""
+
+
+def _opt(parser, *names, **kw):
+    kw.setdefault("default", argparse.SUPPRESS)  # only flags the user typed override the YAML
+    parser.add_argument(*names, **kw)
+
+
+def add_model_flags(p):
+    _opt(p, "--model", metavar="bundled|PATH|HUB_ID",
+         help="model to load: 'bundled' (SmolLM2-135M-Instruct, offline), a local HF folder, or a hub id "
+              "(default: bundled)")
+    _opt(p, "--toward", metavar="SELECTOR", help="token set to tilt toward (default: x); see below")
+    _opt(p, "--config", metavar="FILE.yaml", help="YAML file of option: value; flags override it")
+
+
+def add_train_flags(p):
+    _opt(p, "--optimizer", choices=["sgd", "adam", "adamw"], help="optimizer (default: adam)")
+    _opt(p, "--lr", type=float, help="learning rate (default: 1e-4)")
+    _opt(p, "--steps", type=int, help="optimizer steps (default: 40)")
+    _opt(p, "--batch", type=int, help="sequences per step (default: 4)")
+    _opt(p, "--seq-len", type=int, dest="seq_len", help="tokens per training sequence (default: 64)")
+    _opt(p, "--grad-clip", type=float, dest="grad_clip", help="max gradient norm, 0 = off (default: 1.0)")
+    _opt(p, "--weight-decay", type=float, dest="weight_decay", help="weight decay (default: 0)")
+    _opt(p, "--seed", type=int, help="random seed for batches and dropout (default: 0)")
+    _opt(p, "--bf16", action="store_true", help="bf16 autocast on CPU (about 2x faster here; weights stay fp32)")
+    _opt(p, "--eval-every", type=int, dest="eval_every", help="measure R every N steps, 0 = off (default: 10)")
+
+
+def add_eval_flags(p):
+    _opt(p, "--samples-per-prompt", type=int, dest="samples_per_prompt",
+         help="samples per prompt for R (default: 4, with 8 prompts = 32 samples)")
+    _opt(p, "--new-tokens", type=int, dest="new_tokens", help="tokens generated per sample (default: 48)")
+    _opt(p, "--temperature", type=float, help="sampling temperature (default: 1.0)")
+    _opt(p, "--top-k", type=int, dest="top_k", help="top-k sampling, 0 = off (default: 0)")
+    _opt(p, "--top-p", type=float, dest="top_p", help="nucleus sampling, 1.0 = off (default: 1.0)")
+    _opt(p, "--eval-seed", type=int, dest="eval_seed", help="seed of the R measurement (default: 1234)")
+
+
+def add_output_flags(p):
+    _opt(p, "--out", metavar="DIR", help="output folder (default: runs/tilt)")
+    _opt(p, "--overwrite", action="store_true", help="replace the output folder if it already holds a run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokentilt",
+        description="Fine-tune causal LMs with custom losses that tilt the next-token distribution toward "
+                    "(or away from) a token set, and measure what the tilt achieves and costs.",
+        epilog="Run 'tokentilt COMMAND --help' for the options of one command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("tilt", help="fine-tune a model toward a token set; measure R before and after",
+                       description="Fine-tune a model so that its generations use more tokens from a set. "
+                                   "Writes config.yaml, metrics.jsonl, summary.json, loss.png, rate.png, "
+                                   "report.md and model/ (Hugging Face format) to --out.",
+                       epilog=TILT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_flags(p)
+    _opt(p, "--objective", choices=list(OBJECTIVES), help="loss (default: kl-uniform)")
+    _opt(p, "--positions", choices=["last", "all"], help="positions that enter the loss (default: all)")
+    _opt(p, "--alpha", type=float, help="kl-alpha-beta/mixed: weight of set tokens (default: 1.0)")
+    _opt(p, "--beta", type=float, help="kl-alpha-beta/mixed: weight of other tokens (default: 1e-4)")
+    _opt(p, "--bias", type=float, help="tilt-distill: logit bias b of the target (default: 2.0)")
+    _opt(p, "--ce-weight", type=float, dest="ce_weight", help="mixed: lambda on the CE term (default: 1.0)")
+    _opt(p, "--inputs", choices=["auto", "random", "text"],
+         help="training inputs: random tokens (the course) or play text (default: auto)")
+    add_train_flags(p)
+    add_eval_flags(p)
+    add_output_flags(p)
+    p.set_defaults(func=cmd_tilt)
+
+    p = sub.add_parser("generate", help="sample continuations from a model, optionally with a decode-time bias",
+                       description="Print samples from a model. --bias B with --toward SELECTOR adds B to the "
+                                   "logits of the set at every step (the decode-time baseline).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _opt(p, "--model", metavar="bundled|PATH|HUB_ID", help="model to load (default: bundled)")
+    p.add_argument("--prompt", action="append", help="prompt (repeatable; default: 8 built-in prompts)")
+    p.add_argument("--samples", type=int, default=1, help="samples per prompt (default: 1)")
+    p.add_argument("--new-tokens", type=int, default=48, help="tokens per sample (default: 48)")
+    p.add_argument("--strategy", choices=["greedy", "multinomial"], default="multinomial",
+                   help="greedy argmax or sampling (default: multinomial)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    p.add_argument("--top-k", type=int, default=0, help="top-k, 0 = off (default: 0)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus, 1.0 = off (default: 1.0)")
+    p.add_argument("--toward", metavar="SELECTOR", help="token set for --bias and for counting R")
+    p.add_argument("--bias", type=float, default=0.0, help="decode-time logit bias on the set (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU")
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_tilt(args) -> int:
+    from tokentilt.tilt import TiltConfig, run_tilt
+
+    flags = vars(args)
+    cfg = merge(TiltConfig, read_yaml(flags.get("config")), flags)
+    run_tilt(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from tokentilt.evaluate import EvalConfig
+    from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, sample
+    from tokentilt.metrics import mean_ci, sample_rates
+    from tokentilt.models.load import load_model
+    from tokentilt.tilt import resolve_set
+
+    if args.samples <= 0:
+        raise UsageError("--samples must be positive")
+    if args.bias and not args.toward:
+        raise UsageError("--bias needs --toward SELECTOR")
+    cfg = SampleConfig(max_new_tokens=args.new_tokens, strategy=args.strategy, temperature=args.temperature,
+                       top_k=args.top_k, top_p=args.top_p)
+    from tokentilt.generate import check_sample_config
+
+    check_sample_config(cfg)
+    model, tokenizer = load_model(getattr(args, "model", "bundled"))
+    mask = None
+    if args.toward:
+        mask = resolve_set(args.toward, tokenizer, model.get_output_embeddings().weight.shape[0]).mask
+    samples = sample(model, tokenizer, args.prompt or list(DEFAULT_PROMPTS), args.samples, cfg, seed=args.seed,
+                     bias_mask=mask, bias=args.bias, bf16=args.bf16)
+    for prompt, text in zip(samples.prompts, samples.texts):
+        print(f"--- {prompt!r}\n{prompt}{text}")
+    if mask is not None:
+        r = mean_ci(sample_rates(samples.tokens, mask))
+        print(f"R = {r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] over {len(samples.texts)} samples")
+    del EvalConfig
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("tokentilt: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as err:  # every user-facing error class derives from these
+        if os.environ.get("TOKENTILT_DEBUG"):
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"tokentilt: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

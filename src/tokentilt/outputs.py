@@ -1,0 +1,60 @@
+"""Run folders that are either complete or clearly not: work in DIR.partial, rename at the end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+RUN_MARKERS = ("summary.json", "config.yaml")
+
+
+class RunFolderError(ValueError):
+    """The output folder cannot be used (holds a run, or is not ours to replace)."""
+
+
+def holds_run(folder: Path) -> bool:
+    return any((folder / m).exists() for m in RUN_MARKERS)
+
+
+class RunFolder:
+    """Everything is written to `<out>.partial/`; finish() moves it to `<out>/` in one rename."""
+
+    def __init__(self, out: str | Path, overwrite: bool = False):
+        self.out = Path(out)
+        if self.out.exists():
+            if not self.out.is_dir():
+                raise RunFolderError(f"output path exists and is not a folder: {self.out}")
+            if any(self.out.iterdir()):
+                if not holds_run(self.out):
+                    raise RunFolderError(f"refusing to write into non-empty folder that is not a run: {self.out}")
+                if not overwrite:
+                    raise RunFolderError(f"output folder already holds a run: {self.out} (use --overwrite)")
+        self.tmp = self.out.with_name(self.out.name + ".partial")
+
+    def start(self) -> "RunFolder":
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        return self
+
+    def path(self, name: str) -> Path:
+        return self.tmp / name
+
+    def write_json(self, name: str, data) -> None:
+        self.path(name).write_text(json.dumps(data, indent=2) + "\n")
+
+    def write_yaml(self, name: str, data) -> None:
+        self.path(name).write_text(yaml.safe_dump(data, sort_keys=False))
+
+    def append_jsonl(self, name: str, record: dict) -> None:
+        with self.path(name).open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def finish(self) -> Path:
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        self.tmp.rename(self.out)
+        return self.out
