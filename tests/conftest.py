@@ -51,3 +51,17 @@ def gpt2_model():
 @pytest.fixture
 def llama_model():
     return tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random GPT-2 with the real GPT-2 tokenizer, saved as a Hugging Face folder."""
+    from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=4,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    GPT2LMHeadModel(cfg).save_pretrained(folder)
+    gpt2_tokenizer().save_pretrained(folder)
+    return folder

@@ -116,3 +116,15 @@ def test_tilt_is_a_logit_bias_and_bias_for_mass_inverts_it():
     b = bias_for_mass(p, 0.5)
     assert tilted_set_mass(logits, mask, b).item() == pytest.approx(0.5, abs=1e-6)
     assert b == pytest.approx(math.log(1 / 1) - math.log(p / (1 - p)))
+
+
+@pytest.mark.parametrize("spec,message", [("foo:bar", "unknown selector kind"), ("regex:[", "bad regular"),
+                                          ("words:/no/such/file", "not found"), ("ids:x", "integers"),
+                                          ("not:foo:1", "unknown selector kind")])
+def test_check_syntax_without_a_vocabulary(spec, message):
+    from tokentilt.targets import check_syntax
+
+    with pytest.raises(SelectorError, match=message):
+        check_syntax(spec)
+    check_syntax("ids:5,6")  # in range or not is only known with a vocabulary
+    check_syntax("contains:x & not:regex:^ ")

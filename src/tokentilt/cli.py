@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from tokentilt.losses import OBJECTIVES
+from tokentilt.targets import check_syntax
 
 EXIT_USAGE = 2
 
@@ -69,8 +70,8 @@ def merge(cls, yaml_values: dict, flags: dict):
     unknown = sorted(set(yaml_values) - set(defaults))
     if unknown:
         raise UsageError(f"unknown option(s) in config file: {', '.join(unknown)}")
-    values = {**yaml_values, **{k: v for k, v in flags.items() if k in defaults}}
-    typed = {k: coerce(k, v, defaults[k]) for k, v in values.items()}
+    typed = {k: coerce(k, v, defaults[k]) for k, v in yaml_values.items()}
+    typed.update({k: coerce(k, v, defaults[k]) for k, v in flags.items() if k in defaults})
     return from_flat(cls, typed)
 
 
@@ -123,6 +124,10 @@ def add_eval_flags(p):
     _opt(p, "--top-k", type=int, dest="top_k", help="top-k sampling, 0 = off (default: 0)")
     _opt(p, "--top-p", type=float, dest="top_p", help="nucleus sampling, 1.0 = off (default: 1.0)")
     _opt(p, "--eval-seed", type=int, dest="eval_seed", help="seed of the R measurement (default: 1234)")
+    _opt(p, "--eval-text", dest="eval_text", metavar="FILE",
+         help="plain-text file for held-out perplexity and drift (default: the plays' test split)")
+    _opt(p, "--eval-windows", type=int, dest="eval_windows", help="held-out windows (default: 16)")
+    _opt(p, "--eval-seq-len", type=int, dest="eval_seq_len", help="tokens per held-out window (default: 128)")
 
 
 def add_output_flags(p):
@@ -150,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--alpha", type=float, help="kl-alpha-beta/mixed: weight of set tokens (default: 1.0)")
     _opt(p, "--beta", type=float, help="kl-alpha-beta/mixed: weight of other tokens (default: 1e-4)")
     _opt(p, "--bias", type=float, help="tilt-distill: logit bias b of the target (default: 2.0)")
+    _opt(p, "--rate", type=float,
+         help="tilt-distill: target rate R*; b is calibrated so that decode-time R on the start model is R*")
     _opt(p, "--ce-weight", type=float, dest="ce_weight", help="mixed: lambda on the CE term (default: 1.0)")
     _opt(p, "--inputs", choices=["auto", "random", "text"],
          help="training inputs: random tokens (the course) or play text (default: auto)")
@@ -176,6 +183,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("sweep", help="grid of tilt runs (objective x lr x rate/b) beside the decode-time baseline",
+                       description="Run a grid of tilt runs on one loaded model, always with the decode-time "
+                                   "baseline (objective decode-bias) at the same rates/b and along a curve. "
+                                   "Writes runs.jsonl, sweep.csv, sweep.md and pareto.png to --out; runs already "
+                                   "in the folder are not redone. List flags take comma-separated values.",
+                       epilog="example:\n  tokentilt sweep --toward x --objective tilt-distill,kl-alpha-beta "
+                              "--rate 0.3,0.5 --bf16 --out runs/sweep",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, conflict_handler="resolve")
+    add_model_flags(p)
+    add_train_flags(p)
+    _opt(p, "--objective", dest="objectives", metavar="LIST",
+         help=f"objectives to train, comma-separated, from {', '.join(OBJECTIVES)} "
+              "(default: tilt-distill,kl-alpha-beta)")
+    _opt(p, "--lr", dest="lrs", metavar="LIST", help="learning rates, comma-separated (default: 1e-4)")
+    _opt(p, "--rate", dest="rates", metavar="LIST",
+         help="target rates R*, comma-separated; b is calibrated per rate on the start model (default: 0.5)")
+    _opt(p, "--bias", dest="biases", metavar="LIST", help="explicit logit biases b, comma-separated (default: none)")
+    _opt(p, "--curve-points", type=int, dest="curve_points",
+         help="extra b values on the decode-time baseline curve (default: 6)")
+    _opt(p, "--positions", choices=["last", "all"], help="positions that enter the loss (default: all)")
+    _opt(p, "--alpha", type=float, help="kl-alpha-beta/mixed: weight of set tokens (default: 1.0)")
+    _opt(p, "--beta", type=float, help="kl-alpha-beta/mixed: weight of other tokens (default: 1e-4)")
+    _opt(p, "--ce-weight", type=float, dest="ce_weight", help="mixed: lambda on the CE term (default: 1.0)")
+    add_eval_flags(p)
+    _opt(p, "--out", metavar="DIR", help="sweep folder (default: runs/sweep)")
+    _opt(p, "--overwrite", action="store_true", help="forget the runs already in the folder and start afresh")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("eval", help="R with interval, perplexity, drift and degeneration of a model",
+                       description="Measure a model: R over samples with a 95%% interval, held-out perplexity, "
+                                   "drift KL(reference || model) per token, distinct-1/2 and repetition. With "
+                                   "--bias or --rate, also the decode-time baseline (the reference with a logit "
+                                   "bias) on the same prompts, seeds and text.")
+    _opt(p, "--model", metavar="bundled|PATH|HUB_ID", help="model to measure (default: bundled)")
+    _opt(p, "--reference", metavar="bundled|PATH|HUB_ID", help="reference for drift and the baseline (default: bundled)")
+    _opt(p, "--toward", metavar="SELECTOR", help="token set counted by R (default: x)")
+    _opt(p, "--config", metavar="FILE.yaml", help="YAML file of option: value; flags override it")
+    _opt(p, "--bias", type=float, help="also measure the reference decoded with this logit bias on the set")
+    _opt(p, "--rate", type=float, help="also measure the reference decoded with the b calibrated to this R")
+    _opt(p, "--bf16", action="store_true", help="bf16 autocast on CPU")
+    add_eval_flags(p)
+    _opt(p, "--out", metavar="FILE.json", help="also write the results as JSON")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
@@ -187,6 +238,7 @@ def cmd_tilt(args) -> int:
 
     flags = vars(args)
     cfg = merge(TiltConfig, read_yaml(flags.get("config")), flags)
+    check_syntax(cfg.toward)
     run_tilt(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
     return 0
 
@@ -219,6 +271,38 @@ def cmd_generate(args) -> int:
         r = mean_ci(sample_rates(samples.tokens, mask))
         print(f"R = {r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] over {len(samples.texts)} samples")
     del EvalConfig
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from tokentilt.sweep import SweepConfig, run_sweep
+
+    flags = dict(vars(args))
+    for name in ("objectives", "lrs", "rates", "biases"):
+        if name in flags:
+            flags[name] = [v.strip() for v in str(flags[name]).split(",") if v.strip()]
+    cfg = merge(SweepConfig, read_yaml(flags.get("config")), flags)
+    run_sweep(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from tokentilt.evaluate import EvalConfig, eval_table, evaluate_model
+
+    flags = vars(args)
+    values = {**read_yaml(flags.get("config")), **{k: v for k, v in flags.items() if k not in ("func", "command")}}
+    own = {"model": "bundled", "reference": "bundled", "toward": "x", "bias": 0.0, "rate": 0.0, "bf16": False,
+           "out": "", "config": ""}
+    opts = {k: coerce(k, values.get(k, d), d) for k, d in own.items()}
+    cfg = merge(EvalConfig, {k: v for k, v in values.items() if k not in own}, {})
+    result = evaluate_model(opts["model"], opts["reference"], opts["toward"], cfg, opts["bias"], opts["rate"],
+                            opts["bf16"], echo=lambda m: print(m, file=sys.stderr))
+    print(eval_table(result))
+    if opts["out"]:
+        Path(opts["out"]).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {opts['out']}")
     return 0
 
 

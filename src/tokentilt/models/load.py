@@ -45,6 +45,7 @@ def load_model(name: str = BUNDLED, dtype: torch.dtype = torch.float32):
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # keep stderr for our own one-line errors
     logging.getLogger("transformers").setLevel(logging.ERROR)
     kwargs: dict = {"dtype": dtype}
     if name == BUNDLED:

@@ -1,0 +1,135 @@
+"""The `tokentilt` command end to end on a tiny model, and every bad-input path."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from tokentilt.cli import main
+
+FAST = ["--steps", "3", "--batch", "2", "--seq-len", "16", "--samples-per-prompt", "1", "--new-tokens", "6",
+        "--eval-every", "2", "--lr", "1e-2"]
+
+
+def tilt(tmp_path, model_dir, *extra):
+    out = tmp_path / "run"
+    code = main(["tilt", "--model", str(model_dir), "--toward", "x", *FAST, "--out", str(out), *extra])
+    return code, out
+
+
+@pytest.mark.slow
+def test_tilt_writes_a_complete_run_folder(tmp_path, tiny_model_dir, capsys):
+    code, out = tilt(tmp_path, tiny_model_dir)
+    assert code == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "loss.png", "rate.png", "report.md", "model"} <= names
+    assert not (tmp_path / "run.partial").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("model", "selector", "target_size", "vocab_size", "objective", "steps", "seconds"):
+        assert key in summary
+    assert summary["vocab_size"] == 50257 and summary["steps"] == 3 and summary["selector"] == "x"
+    assert 0 < summary["target_size"] < 50257
+    for key in ("rate_before", "rate_after"):
+        r = summary[key]
+        assert r["ci_low"] <= r["mean"] <= r["ci_high"]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3] and "rate" in metrics[1]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["lr"] == 1e-2 and config["steps"] == 3 and config["toward"] == "x"
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Samples after" in (out / "report.md").read_text()
+    printed = capsys.readouterr().out
+    assert "before" in printed and "after" in printed
+    # the saved model loads with plain transformers and differs from the start
+    trained = AutoModelForCausalLM.from_pretrained(out / "model")
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not torch.equal(trained.transformer.wte.weight, start.transformer.wte.weight)
+    assert (out / "model" / "model.safetensors").exists() and (out / "model" / "tokenizer.json").exists()
+
+
+@pytest.mark.slow
+def test_yaml_config_and_flags_override_it(tmp_path, tiny_model_dir):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: 1e-3\nsteps: 2\nobjective: kl-alpha-beta\nseed: 5\n")
+    code, out = tilt(tmp_path, tiny_model_dir, "--config", str(cfg), "--steps", "3")
+    assert code == 0
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["objective"] == "kl-alpha-beta" and resolved["seed"] == 5
+    assert resolved["steps"] == 3 and resolved["lr"] == 1e-2  # flags beat the YAML
+
+
+@pytest.mark.slow
+def test_same_seed_gives_same_numbers(tmp_path, tiny_model_dir):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["tilt", "--model", str(tiny_model_dir), "--toward", "e", *FAST, "--out", str(out)]) == 0
+        runs.append(json.loads((out / "summary.json").read_text()))
+    for key in ("rate_before", "rate_after", "loss_start", "loss_end"):
+        assert runs[0][key] == runs[1][key]
+
+
+@pytest.mark.slow
+def test_refuses_a_folder_holding_a_run_unless_overwrite(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    code, _ = tilt(tmp_path, tiny_model_dir)
+    err = capsys.readouterr().err
+    assert code == 2 and "already holds a run" in err and (out / "summary.json").read_text() == "{}"
+    code, _ = tilt(tmp_path, tiny_model_dir, "--overwrite")
+    assert code == 2 or json.loads((out / "summary.json").read_text())["steps"] == 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--toward", "foo:bar"], "unknown selector kind 'foo'"),
+    (["--toward", "regex:("], "bad regular expression"),
+    (["--toward", "contains:qqqqzzzz"], "matches no token"),
+    (["--toward", "regex:"], "matches every token"),
+    (["--toward", "words:/nonexistent/words.txt"], "words file not found"),
+    (["--model", "/nonexistent/model"], "model folder not found"),
+    (["--lr", "0"], "lr must be positive"),
+    (["--steps", "0"], "steps must be positive"),
+    (["--batch", "-2"], "batch must be positive"),
+    (["--seq-len", "0"], "seq-len must be positive"),
+    (["--config", "/nonexistent.yaml"], "config file not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model_dir, capsys, args, message):
+    out = tmp_path / "run"
+    argv = ["tilt", "--model", str(tiny_model_dir), "--toward", "x", *FAST, "--out", str(out), *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("tokentilt: error:")
+    assert not (out / "summary.json").exists()
+
+
+def test_bad_yaml_values_and_keys(tmp_path, tiny_model_dir, capsys):
+    for text, message in [("lr: fast\n", "bad value for lr"), ("colour: red\n", "unknown option(s) in config file"),
+                          ("- a\n- b\n", "must hold a mapping")]:
+        cfg = tmp_path / "bad.yaml"
+        cfg.write_text(text)
+        code, _ = tilt(tmp_path, tiny_model_dir, "--config", str(cfg))
+        assert code == 2 and message in capsys.readouterr().err
+
+
+def test_help_and_no_traceback_from_a_subprocess(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "tokentilt", "tilt", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for flag in ("--toward", "--objective", "--positions", "--lr", "--steps", "--batch", "--seq-len", "--bf16",
+                 "--seed", "--out", "--config", "--overwrite", "--model"):
+        assert flag in done.stdout
+    done = subprocess.run([sys.executable, "-m", "tokentilt", "tilt", "--toward", "regex:(", "--out",
+                           str(tmp_path / "r")], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "bad regular expression" in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_generate_command_with_bias(tiny_model_dir, capsys):
+    code = main(["generate", "--model", str(tiny_model_dir), "--prompt", "Hello", "--samples", "3",
+                 "--new-tokens", "5", "--toward", "x", "--bias", "50"])
+    out = capsys.readouterr().out
+    assert code == 0 and "R = 1.000" in out and out.count("--- 'Hello'") == 3
