@@ -1,0 +1,173 @@
+"""Experiment "like-x": the course's "Train a model to like X" on Model 5.
+
+Random token sequences of length 256 go in; only the final position's prediction enters the loss,
+KL(Q || p) with Q uniform over the tokens whose text contains "x" (objective "kl-uniform",
+positions "last"). Each epoch is one optimizer step on a fresh random batch. We count X tokens
+among 200 generated tokens before and after, and also measure R with an interval over prompts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tokentilt import data
+from tokentilt.evaluate import EvalConfig, measure_rate
+from tokentilt.generate import SampleConfig, sample
+from tokentilt.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.models.gpt import GPT
+from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.outputs import RunFolder
+from tokentilt.pretrain import PretrainConfig, run_pretrain
+from tokentilt.report import fmt_rate, markdown_table, plot_rate, plot_series, samples_section
+from tokentilt.tilt import resolve_set
+from tokentilt.train import TrainConfig, train
+
+
+@dataclass
+class LikeXConfig:
+    """The course's setup; lr and optimizer tuned for our Model 5."""
+
+    checkpoint: str = ""  # Model 5 folder (GPT.save or HF GPT-2); empty = run `pretrain` first, inside the run
+    toward: str = "x"  # selector of the liked tokens
+    epochs: int = 200  # optimizer steps, each on a fresh random batch
+    batch: int = 8  # random sequences per step
+    seq_len: int = 256  # tokens per random sequence (the course's length)
+    optimizer: str = "adam"  # sgd | adam | adamw
+    lr: float = 1e-3  # learning rate
+    bf16: bool = True  # bf16 autocast on CPU
+    prompt: str = "The king said"  # prompt of the 200-token count
+    generated: int = 200  # tokens generated for the before/after count
+    sample_seed: int = 1234  # seed of that multinomial sample (same before and after)
+    eval_every: int = 25  # steps between light R measurements
+    seed: int = 0  # seeds the random inputs (and the pretraining, if any)
+    out: str = "runs/exp/like-x"  # output folder
+    overwrite: bool = False  # replace an existing run folder
+    eval: EvalConfig = field(default_factory=EvalConfig)  # R with an interval over prompts x samples
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # used only without a checkpoint
+
+    def check(self) -> None:
+        if self.checkpoint and not Path(self.checkpoint).is_dir():
+            raise FileNotFoundError(f"checkpoint folder not found: {self.checkpoint}")
+        if self.generated < 1:
+            raise ValueError("generated must be >= 1")
+        self.train_config().check()
+        self.eval.check()
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(optimizer=self.optimizer, lr=self.lr, steps=self.epochs, batch=self.batch,
+                           seq_len=self.seq_len, grad_clip=1.0, seed=self.seed, bf16=self.bf16,
+                           eval_every=self.eval_every)
+
+
+def count_x(model, tokenizer, mask: torch.Tensor, cfg: LikeXConfig) -> tuple[int, str]:
+    """X tokens among cfg.generated multinomial samples from one prompt, from a fixed seed."""
+    s = sample(model, tokenizer, [cfg.prompt], 1, SampleConfig(max_new_tokens=cfg.generated), seed=cfg.sample_seed,
+               bf16=cfg.bf16)
+    return int(mask[s.tokens[0]].sum()), s.texts[0]
+
+
+def run(cfg: LikeXConfig, progress: bool = True, echo=print) -> dict:
+    cfg.check()
+    folder = RunFolder(cfg.out, cfg.overwrite)  # refuse a used folder before the slow part
+    started = time.time()
+    model = GPT.load(cfg.checkpoint) if cfg.checkpoint else None
+    if model is not None and model.config.block_size < cfg.seq_len:
+        raise ValueError(f"seq-len {cfg.seq_len} exceeds the model's block_size {model.config.block_size}")
+    folder.start()
+    folder.write_yaml("config.yaml", dataclasses.asdict(cfg))
+    if model is None:
+        echo("no --checkpoint: pretraining Model 5 first ...")
+        pre = dataclasses.replace(cfg.pretrain, out=str(folder.path("pretrain")), seed=cfg.seed, overwrite=False)
+        run_pretrain(pre, progress=progress, echo=echo)
+        model = GPT.load(folder.path("pretrain") / "model")
+    if model.config.block_size < cfg.seq_len:
+        raise ValueError(f"seq-len {cfg.seq_len} exceeds the model's block_size {model.config.block_size}")
+    model.eval()
+    tokenizer = gpt2_tokenizer()
+    vocab_size = model.config.vocab_size
+    tokens = resolve_set(cfg.toward, tokenizer, vocab_size)
+    echo(tokens.describe())
+
+    x_before, text_before = count_x(model, tokenizer, tokens.mask, cfg)
+    rate_before, samples_before = measure_rate(model, tokenizer, tokens.mask, cfg.eval, bf16=cfg.bf16)
+    rate_points = [(0, rate_before)]
+
+    def evaluate(step: int) -> dict:
+        rate, _ = measure_rate(model, tokenizer, tokens.mask, cfg.eval, cfg.eval.during_samples_per_prompt,
+                               bf16=cfg.bf16)
+        rate_points.append((step, rate))
+        return {"rate": rate["mean"]}
+
+    train_cfg = cfg.train_config()
+    ctx = ObjectiveContext(mask=tokens.mask, positions="last")
+    history = train(model, OBJECTIVES["kl-uniform"], ctx,
+                    lambda g: data.random_tokens(vocab_size, train_cfg.batch, train_cfg.seq_len, g), train_cfg,
+                    evaluate=evaluate, log=lambda r: folder.append_jsonl("metrics.jsonl", r), progress=progress)
+
+    x_after, text_after = count_x(model, tokenizer, tokens.mask, cfg)
+    rate_after, samples_after = measure_rate(model, tokenizer, tokens.mask, cfg.eval, bf16=cfg.bf16)
+    rate_points[-1] = (history[-1]["step"], rate_after)
+    summary = {
+        "x_before": x_before,
+        "x_after": x_after,
+        "generated": cfg.generated,
+        "loss_start": history[0]["loss"],
+        "loss_end": history[-1]["loss"],
+        "log_vocab": math.log(vocab_size),
+        "target_size": tokens.size,
+        "target_share": tokens.share,
+        "rate_before": rate_before,
+        "rate_after": rate_after,
+        "epochs": len(history),
+        "lr": cfg.lr,
+        "optimizer": cfg.optimizer,
+        "seconds": round(time.time() - started, 1),
+    }
+    steps = [r["step"] for r in history]
+    plot_series(folder.path("loss.png"), {"KL, final position": (steps, [r["loss"] for r in history])},
+                f"like-x: KL to uniform over {cfg.toward!r} tokens", "loss (nats)", logy=True)
+    plot_rate(folder.path("rate.png"), rate_points, f"R for {cfg.toward!r} over training")
+    folder.path("report.md").write_text(report(cfg, summary, text_before, text_after, samples_before, samples_after))
+    folder.write_json("summary.json", summary)
+    out = folder.finish()
+    echo(f"X tokens in {cfg.generated} generated: {x_before} before, {x_after} after (course: 0 and 188); "
+         f"loss {summary['loss_start']:.3f} -> {summary['loss_end']:.4f} (log V = {summary['log_vocab']:.3f})\n"
+         f"run folder: {out}")
+    return summary
+
+
+def report(cfg: LikeXConfig, s: dict, text_before: str, text_after: str, before, after) -> str:
+    rows = [{"": f"X tokens of {s['generated']}", "before": s["x_before"], "after": s["x_after"], "course": "0 → 188"},
+            {"": "R (95% interval)", "before": fmt_rate(s["rate_before"]), "after": fmt_rate(s["rate_after"]),
+             "course": ""},
+            {"": "loss", "before": f"{s['loss_start']:.3f}", "after": f"{s['loss_end']:.4f}",
+             "course": f"≈ log V = {s['log_vocab']:.2f} → ≈ 0"}]
+    clean = lambda t: t.replace("\n", " ⏎ ")  # noqa: E731
+    return "\n".join([
+        f"# like-x: train Model 5 to like {cfg.toward!r}",
+        "",
+        f"- {s['target_size']} of 50257 tokens in the set ({100 * s['target_share']:.2f}%)",
+        f"- {s['epochs']} {cfg.optimizer} steps at lr {cfg.lr:g} on random sequences of {cfg.seq_len} tokens "
+        f"(batch {cfg.batch}); KL on the final position only; {s['seconds']:.0f} s in all",
+        "",
+        markdown_table(rows, ["", "before", "after", "course"]),
+        "",
+        "![loss](loss.png) ![R](rate.png)",
+        "",
+        f"### {s['generated']} tokens after `{cfg.prompt}`, before",
+        "",
+        f"> {clean(text_before)}",
+        "",
+        "### ... and after",
+        "",
+        f"> {clean(text_after)}",
+        "",
+        samples_section("Samples before", before.prompts, before.texts),
+        samples_section("Samples after", after.prompts, after.texts),
+    ])

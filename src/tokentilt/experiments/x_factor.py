@@ -1,0 +1,143 @@
+"""Experiment "x-factor": the course's "Maximize the X factor" on the bundled pretrained model.
+
+Logits (B=4, T=64, V) from random token inputs are flattened to (256, V); the target puts weight
+alpha on tokens containing "x" and beta on the rest (objective "kl-alpha-beta", all positions);
+Adam. The same starting weights are trained once per learning rate, side by side, so that one
+run shows both outcomes: a small lr barely moves R and keeps the text fluent, a large lr drives R
+to ~1 and the text to gibberish.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from tokentilt.evaluate import EvalConfig, measure_rate
+from tokentilt.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.models.load import load_model
+from tokentilt.outputs import RunFolder
+from tokentilt.report import fmt_rate, markdown_table, plot_series, samples_section
+from tokentilt.tilt import batch_source, resolve_set
+from tokentilt.train import TrainConfig, train
+
+
+@dataclass
+class XFactorConfig:
+    """The course's recipe, scaled to fit in ~10 minutes on 2 CPU cores."""
+
+    model: str = "bundled"  # "bundled", a local HF folder, or a hub id
+    toward: str = "x"  # selector of the X tokens
+    lrs: list[float] = field(default_factory=lambda: [1e-6, 1e-4])  # one run per learning rate, same start
+    epochs: int = 150  # Adam steps per learning rate
+    batch: int = 4  # B
+    seq_len: int = 64  # T
+    alpha: float = 1.0  # target weight of X tokens
+    beta: float = 1e-4  # target weight of all other tokens
+    bf16: bool = True  # bf16 autocast on CPU
+    eval_every: int = 50  # steps between light R measurements
+    seed: int = 0  # seeds the random inputs
+    out: str = "runs/exp/x-factor"  # output folder
+    overwrite: bool = False  # replace an existing run folder
+    eval: EvalConfig = field(default_factory=EvalConfig)  # R with an interval over prompts x samples
+
+    def check(self) -> None:
+        if not self.lrs or any(not lr > 0 for lr in self.lrs):
+            raise ValueError("lrs must be a non-empty list of positive learning rates")
+        if not self.alpha > self.beta >= 0:
+            raise ValueError(f"x-factor needs alpha > beta >= 0, got {self.alpha}, {self.beta}")
+        self.train_config(self.lrs[0]).check()
+        self.eval.check()
+
+    def train_config(self, lr: float) -> TrainConfig:
+        return TrainConfig(optimizer="adam", lr=lr, steps=self.epochs, batch=self.batch, seq_len=self.seq_len,
+                           grad_clip=0.0, seed=self.seed, bf16=self.bf16, eval_every=self.eval_every)
+
+
+def run(cfg: XFactorConfig, progress: bool = True, echo=print) -> dict:
+    cfg.check()
+    folder = RunFolder(cfg.out, cfg.overwrite)  # refuse a used folder before loading the model
+    started = time.time()
+    echo(f"loading model {cfg.model!r} ...")
+    model, tokenizer = load_model(cfg.model)
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    tokens = resolve_set(cfg.toward, tokenizer, vocab_size)
+    echo(tokens.describe())
+    folder.start()
+    folder.write_yaml("config.yaml", dataclasses.asdict(cfg))
+    start_state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    echo("measuring R before training ...")
+    rate_before, samples_before = measure_rate(model, tokenizer, tokens.mask, cfg.eval, bf16=cfg.bf16)
+    runs, curves, samples_after = [], {}, {}
+    for lr in cfg.lrs:
+        echo(f"training at lr {lr:g} ...")
+        model.load_state_dict(start_state)
+        train_cfg = cfg.train_config(lr)
+        ctx = ObjectiveContext(mask=tokens.mask, positions="all", alpha=cfg.alpha, beta=cfg.beta)
+
+        def evaluate(step: int) -> dict:
+            rate, _ = measure_rate(model, tokenizer, tokens.mask, cfg.eval, cfg.eval.during_samples_per_prompt,
+                                   bf16=cfg.bf16)
+            return {"rate": rate["mean"]}
+
+        history = train(model, OBJECTIVES["kl-alpha-beta"], ctx,
+                        batch_source("random", tokenizer, vocab_size, train_cfg), train_cfg, evaluate=evaluate,
+                        log=lambda r, lr=lr: folder.append_jsonl("metrics.jsonl", {"run_lr": lr, **r}),
+                        progress=progress)
+        rate_after, samples_after[lr] = measure_rate(model, tokenizer, tokens.mask, cfg.eval, bf16=cfg.bf16)
+        curves[f"lr {lr:g}"] = ([r["step"] for r in history], [r["loss"] for r in history])
+        runs.append({"lr": lr, "rate_after": rate_after, "loss_start": history[0]["loss"],
+                     "final_loss": history[-1]["loss"], "steps": len(history),
+                     "rate_curve": [[0, rate_before["mean"]]] + [[r["step"], r["rate"]] for r in history
+                                                                   if "rate" in r][:-1]
+                     + [[history[-1]["step"], rate_after["mean"]]]})
+        echo(f"lr {lr:g}: R {fmt_rate(rate_before)} -> {fmt_rate(rate_after)}, loss "
+             f"{history[0]['loss']:.3f} -> {history[-1]['loss']:.4f}")
+    del start_state
+
+    plot_series(folder.path("loss.png"), curves, "x-factor: KL to the alpha/beta target (all positions)",
+                "loss (nats)", logy=True)
+    plot_series(folder.path("rate.png"),
+                {f"lr {r['lr']:g}": ([p[0] for p in r["rate_curve"]], [p[1] for p in r["rate_curve"]]) for r in runs},
+                "x-factor: R over training", "R = share of generated tokens containing x")
+    summary = {
+        "model": cfg.model,
+        "target_size": tokens.size,
+        "vocab_size": tokens.vocab_size,
+        "target_share": tokens.share,
+        "epochs": cfg.epochs,
+        "rate_before": rate_before,
+        "runs": runs,
+        "seconds": round(time.time() - started, 1),
+    }
+    folder.path("report.md").write_text(report(cfg, summary, samples_before, samples_after))
+    folder.write_json("summary.json", summary)
+    out = folder.finish()
+    echo(f"run folder: {out}")
+    return summary
+
+
+def report(cfg: XFactorConfig, s: dict, before, after: dict) -> str:
+    rows = [{"lr": f"{r['lr']:g}", "R before": fmt_rate(s["rate_before"]), "R after": fmt_rate(r["rate_after"]),
+             "loss start": r["loss_start"], "final loss": r["final_loss"]} for r in s["runs"]]
+    parts = [
+        f"# x-factor: maximise tokens containing {cfg.toward!r}",
+        "",
+        f"- model `{cfg.model}`; {s['target_size']} of {s['vocab_size']} tokens in the set "
+        f"({100 * s['target_share']:.2f}%)",
+        f"- target alpha={cfg.alpha:g} on the set, beta={cfg.beta:g} elsewhere; KL at all positions of "
+        f"B={cfg.batch} x T={cfg.seq_len} random tokens; Adam, {cfg.epochs} steps per lr; {s['seconds']:.0f} s in all",
+        "- course (GPT-2 Medium, 300 epochs): lr 1e-6 → loss 6 → 2, few X, natural text; "
+        "lr 1e-4 → loss 0.001, R ≈ 1, gibberish",
+        "",
+        markdown_table(rows, ["lr", "R before", "R after", "loss start", "final loss"]),
+        "",
+        "![loss](loss.png) ![R](rate.png)",
+        "",
+        samples_section("Samples before", before.prompts, before.texts),
+    ]
+    parts += [samples_section(f"Samples after lr {lr:g}", a.prompts, a.texts) for lr, a in after.items()]
+    return "\n".join(parts)
