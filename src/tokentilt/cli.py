@@ -227,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_flags(p)
     _opt(p, "--out", metavar="FILE.json", help="also write the results as JSON")
     p.set_defaults(func=cmd_eval)
+    add_course_parsers(sub)
     return parser
 
 
@@ -303,6 +304,103 @@ def cmd_eval(args) -> int:
     if opts["out"]:
         Path(opts["out"]).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {opts['out']}")
+    return 0
+
+
+# ------------------------------------------------------------------ pretrain and the course's experiments
+
+
+def add_course_parsers(sub) -> None:
+    """`tokentilt pretrain` and `tokentilt experiment NAME`."""
+    p = sub.add_parser("pretrain", help="pretrain Model 5 (compact GPT-2) on the Shakespeare plays",
+                       description="Train Model 5 from scratch on the plays' train split with AdamW, dropout and "
+                                   "early stopping on validation loss. Writes config.yaml, metrics.jsonl, loss.png, "
+                                   "summary.json (val loss beside the unigram baseline), report.md and model/ "
+                                   "(safetensors) to --out.",
+                       epilog="example:\n  tokentilt pretrain --steps 300 --out runs/pretrain",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _opt(p, "--config", metavar="FILE.yaml", help="YAML file of option: value; flags override it")
+    _opt(p, "--steps", type=int, help="max AdamW steps; early stopping may end sooner (default: 400)")
+    _opt(p, "--lr", type=float, help="AdamW learning rate (default: 2e-3)")
+    _opt(p, "--batch", type=int, help="windows per step (default: 8)")
+    _opt(p, "--seq-len", type=int, dest="seq_len", help="tokens per window (default: 128)")
+    _opt(p, "--weight-decay", type=float, dest="weight_decay", help="AdamW weight decay (default: 0.1)")
+    _opt(p, "--dropout", type=float, help="dropout (default: 0.1)")
+    _opt(p, "--n-layer", type=int, dest="n_layer", help="transformer blocks (default: 4)")
+    _opt(p, "--n-embd", type=int, dest="n_embd", help="residual width (default: 128)")
+    _opt(p, "--n-head", type=int, dest="n_head", help="attention heads (default: 4)")
+    _opt(p, "--eval-every", type=int, dest="eval_every", help="steps between train/val evaluations (default: 50)")
+    _opt(p, "--patience", type=int, help="early stop after N evaluations without improvement, 0 = off (default: 3)")
+    _opt(p, "--seed", type=int, help="seed of init, batches and dropout (default: 0)")
+    _opt(p, "--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU (default: on)")
+    _opt(p, "--out", metavar="DIR", help="output folder (default: runs/pretrain)")
+    _opt(p, "--overwrite", action="store_true", help="replace the output folder if it already holds a run")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("experiment", help="run one of the course's experiments: l1-vs-l2, like-x, x-factor",
+                       description="Reproduce one of the course's experiments. Each writes summary.json, plots and "
+                                   "report.md to --out (default: runs/exp/NAME).")
+    exps = p.add_subparsers(dest="experiment", metavar="NAME", required=True)
+
+    def common(e, name, epochs, lr):
+        e.add_argument("--epochs", type=int, help=f"optimizer steps (default: {epochs})")
+        e.add_argument("--lr", type=float, action="append",
+                       help=f"learning rate (default: {lr})" + ("; repeat for several runs" if "," in lr else ""))
+        e.add_argument("--seed", type=int, help="random seed (default: 0)")
+        e.add_argument("--out", metavar="DIR", help=f"output folder (default: runs/exp/{name})")
+        e.add_argument("--overwrite", action="store_true", help="replace the output folder if it already holds a run")
+        e.set_defaults(func=cmd_experiment)
+
+    e = exps.add_parser("l1-vs-l2", help="one scalar, target 5, SGD lr 0.05 under L1 and under L2",
+                        description="Fit one scalar parameter to 5 with SGD under L1 and under L2: L1 oscillates "
+                                    "around the target, L2 converges. Records l1_at_2, l2_at_2, l2_final_error, "
+                                    "l1_oscillation.")
+    common(e, "l1-vs-l2", 200, "0.05")
+    e = exps.add_parser("like-x", help="train Model 5 to like tokens containing x (random inputs, last position)",
+                        description="The course's 'Train a model to like X': KL toward uniform over x-tokens on the "
+                                    "final position of random 256-token inputs. Counts x-tokens among 200 generated "
+                                    "tokens before and after. Pretrains Model 5 first unless --checkpoint is given.")
+    common(e, "like-x", 200, "1e-3")
+    e.add_argument("--checkpoint", metavar="DIR", help="Model 5 folder (pretrain's model/); default: pretrain first")
+    e.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="optimizer (default: adam)")
+    e.add_argument("--batch", type=int, help="random sequences per step (default: 8)")
+    e.add_argument("--pretrain-steps", type=int, help="steps of the pretraining run without --checkpoint (default: 400)")
+    e.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU (default: on)")
+    e = exps.add_parser("x-factor", help="maximise the X factor of the bundled model at lr 1e-6 and 1e-4",
+                        description="The course's 'Maximize the X factor': alpha/beta KL target at all positions of "
+                                    "B=4 x T=64 random tokens, Adam, one run per learning rate from the same start. "
+                                    "Reports R with intervals, final loss and samples per lr.")
+    common(e, "x-factor", 150, "1e-6,1e-4")
+    e.add_argument("--model", metavar="bundled|PATH|HUB_ID", help="model to tilt (default: bundled)")
+    e.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU (default: on)")
+
+
+def cmd_pretrain(args) -> int:
+    from tokentilt.pretrain import PretrainConfig, run_pretrain
+
+    flags = vars(args)
+    run_pretrain(merge(PretrainConfig, read_yaml(flags.get("config")), flags),
+                 progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
+    return 0
+
+
+def cmd_experiment(args) -> int:
+    from tokentilt.experiments import l1_vs_l2, like_x, x_factor
+
+    module, cfg = {"l1-vs-l2": (l1_vs_l2, l1_vs_l2.L1VsL2Config()), "like-x": (like_x, like_x.LikeXConfig()),
+                   "x-factor": (x_factor, x_factor.XFactorConfig())}[args.experiment]
+    flags = {k: v for k, v in vars(args).items() if v is not None and k not in ("func", "command", "experiment")}
+    if "lr" in flags:
+        if hasattr(cfg, "lrs"):
+            flags["lrs"] = flags.pop("lr")
+        elif len(flags["lr"]) > 1:
+            raise UsageError(f"experiment {args.experiment} takes one --lr")
+        else:
+            flags["lr"] = flags["lr"][0]
+    if "pretrain_steps" in flags:
+        cfg.pretrain.steps = flags.pop("pretrain_steps")
+    cfg = dataclasses.replace(cfg, **flags)
+    module.run(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
     return 0
 
 
