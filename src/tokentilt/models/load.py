@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import socket
+from urllib.parse import urlparse
 from pathlib import Path
 
 import torch
@@ -35,6 +37,18 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) <= 2 and all(parts) and not name.startswith((".", "~")) and not name.endswith(os.sep)
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect, so an offline machine fails in seconds rather than after retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_model(name: str = BUNDLED, dtype: torch.dtype = torch.float32):
     """Return (model, tokenizer) for `name`: "bundled", a local folder, or a hub id.
 
@@ -56,15 +70,19 @@ def load_model(name: str = BUNDLED, dtype: torch.dtype = torch.float32):
         if not (source / "config.json").is_file():
             raise ModelLoadError(f"not a Hugging Face model folder (no config.json): {name}")
     elif _looks_like_hub_id(name):
-        source = name  # a hub id; from_pretrained uses the local cache, then the hub if reachable
+        source = name  # a hub id: the local cache first, then the hub if it can be reached
+        if not _hub_reachable():
+            kwargs["local_files_only"] = True
     else:
         raise ModelLoadError(f"model folder not found: {name}")
-    tok_kwargs = {"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}
+    tok_kwargs = {k: kwargs[k] for k in ("gguf_file", "local_files_only") if k in kwargs}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if kwargs.get("local_files_only"):
+            first = "not in the local Hugging Face cache, and the hub cannot be reached"
         raise ModelLoadError(f"cannot load model {name!r}: {first}") from None
     if "gguf_file" in kwargs:
         model = _plain_copy(model)

@@ -1,0 +1,42 @@
+"""Integration tests on the bundled SmolLM2-135M-Instruct (offline; ~20 s to load)."""
+
+import json
+
+import pytest
+import yaml
+
+from tokentilt.cli import main
+from tokentilt.evaluate import EvalConfig, measure_rate
+from tokentilt.models.load import load_model
+from tokentilt.tilt import from_flat, resolve_set
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model("bundled")
+
+
+def test_bundled_model_and_x_set(bundled):
+    model, tokenizer = bundled
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    tokens = resolve_set("x", tokenizer, 49152)
+    assert tokens.vocab_size == 49152
+    assert 0.02 < tokens.share < 0.024  # SPEC: about 2.2% of tokens contain "x"
+
+
+def test_tilt_on_bundled_model_saves_a_model_that_reproduces_its_rate(tmp_path):
+    out = tmp_path / "run"
+    code = main(["tilt", "--toward", "x", "--lr", "1e-4", "--positions", "all", "--steps", "8", "--bf16",
+                 "--samples-per-prompt", "2", "--eval-every", "0", "--eval-windows", "2", "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rate_before"]["mean"] <= 0.05
+    assert summary["rate_after"]["mean"] > summary["rate_before"]["mean"] + 0.1  # 8 steps already tilt it
+    model, tokenizer = load_model(str(out / "model"))
+    cfg = from_flat(EvalConfig, yaml.safe_load((out / "config.yaml").read_text()))
+    mask = resolve_set("x", tokenizer, 49152).mask
+    rate, _ = measure_rate(model, tokenizer, mask, cfg, bf16=True)
+    assert rate == summary["rate_after"]
