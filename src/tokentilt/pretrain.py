@@ -34,9 +34,9 @@ class PretrainConfig:
     n_embd: int = 128  # residual width
     block_size: int = 256  # context length (like-x trains on 256-token inputs)
     dropout: float = 0.1  # on embeddings, attention and residual branches
-    lr: float = 2e-3  # AdamW learning rate (constant)
+    lr: float = 3e-3  # AdamW learning rate (constant)
     weight_decay: float = 0.1  # AdamW decoupled weight decay
-    steps: int = 400  # max optimizer steps (early stopping may end sooner)
+    steps: int = 300  # max optimizer steps (early stopping may end sooner)
     batch: int = 8  # windows per step
     seq_len: int = 128  # tokens per training window (<= block_size)
     grad_clip: float = 1.0  # max global grad norm

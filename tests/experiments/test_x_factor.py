@@ -1,0 +1,52 @@
+import json
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from tokentilt.cli import main
+from tokentilt.evaluate import EvalConfig
+from tokentilt.experiments.x_factor import XFactorConfig, run
+from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+
+
+@pytest.fixture
+def tiny_hf_folder(tmp_path):
+    """A tiny random GPT-2 with the real 50257-token tokenizer, saved as a Hugging Face folder."""
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "tiny")
+    gpt2_tokenizer().save_pretrained(tmp_path / "tiny")
+    return str(tmp_path / "tiny")
+
+
+@pytest.mark.slow
+def test_runs_side_by_side_and_large_lr_raises_r(tmp_path, tiny_hf_folder):
+    cfg = XFactorConfig(model=tiny_hf_folder, lrs=[1e-6, 1e-2], epochs=12, batch=2, seq_len=16, bf16=False,
+                        eval_every=6, out=str(tmp_path / "e"),
+                        eval=EvalConfig(prompts=["The king said", "Once"], samples_per_prompt=2, new_tokens=8))
+    summary = run(cfg, progress=False, echo=lambda *_: None)
+    assert [r["lr"] for r in summary["runs"]] == [1e-6, 1e-2]
+    small, large = summary["runs"]
+    for r in summary["runs"]:
+        assert set(r["rate_after"]) >= {"mean", "ci_low", "ci_high"}
+        assert r["rate_after"]["ci_low"] <= r["rate_after"]["mean"] <= r["rate_after"]["ci_high"]
+    # Both runs start from the same weights on the same batches.
+    assert small["loss_start"] == pytest.approx(large["loss_start"], rel=1e-5)
+    assert small["final_loss"] == pytest.approx(small["loss_start"], rel=0.05)
+    assert large["final_loss"] < small["final_loss"] / 2
+    assert large["rate_after"]["mean"] > 0.5 > small["rate_after"]["mean"]
+    saved = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert saved["runs"][1]["final_loss"] == large["final_loss"]
+    for name in ("loss.png", "rate.png", "report.md"):
+        assert (tmp_path / "e" / name).is_file()
+
+
+def test_bad_settings_exit_2(tmp_path, capsys):
+    assert main(["experiment", "x-factor", "--lr", "-1", "--out", str(tmp_path / "e")]) == 2
+    assert "positive learning rates" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="alpha > beta"):
+        XFactorConfig(alpha=1e-4, beta=1.0).check()
+    assert main(["experiment", "x-factor", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "e")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
