@@ -50,3 +50,13 @@ def test_seq_len_beyond_block_size_is_an_error(tmp_path, tiny_checkpoint):
     with pytest.raises(ValueError, match="block_size"):
         run(tiny(tmp_path, tiny_checkpoint, seq_len=128), progress=False, echo=lambda *_: None)
     assert not (tmp_path / "e.partial").exists()
+
+
+def test_final_position_logits_match_the_full_forward():
+    from tokentilt.experiments.like_x import FinalPositionLogits
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_embd=32, n_head=4, block_size=64)).eval()
+    ids = torch.randint(0, 50257, (3, 20))
+    full = model(input_ids=ids).logits[:, -1:]  # (3, 1, V)
+    assert torch.allclose(FinalPositionLogits(model)(ids).logits, full, atol=1e-5)
