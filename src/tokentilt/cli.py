@@ -320,10 +320,10 @@ def add_course_parsers(sub) -> None:
                        epilog="example:\n  tokentilt pretrain --steps 300 --out runs/pretrain",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _opt(p, "--config", metavar="FILE.yaml", help="YAML file of option: value; flags override it")
-    _opt(p, "--steps", type=int, help="max AdamW steps; early stopping may end sooner (default: 400)")
-    _opt(p, "--lr", type=float, help="AdamW learning rate (default: 2e-3)")
+    _opt(p, "--steps", type=int, help="max AdamW steps; early stopping may end sooner (default: 300)")
+    _opt(p, "--lr", type=float, help="AdamW learning rate (default: 3e-3)")
     _opt(p, "--batch", type=int, help="windows per step (default: 8)")
-    _opt(p, "--seq-len", type=int, dest="seq_len", help="tokens per window (default: 128)")
+    _opt(p, "--seq-len", type=int, dest="seq_len", help="tokens per window (default: 64)")
     _opt(p, "--weight-decay", type=float, dest="weight_decay", help="AdamW weight decay (default: 0.1)")
     _opt(p, "--dropout", type=float, help="dropout (default: 0.1)")
     _opt(p, "--n-layer", type=int, dest="n_layer", help="transformer blocks (default: 4)")
@@ -364,7 +364,7 @@ def add_course_parsers(sub) -> None:
     e.add_argument("--checkpoint", metavar="DIR", help="Model 5 folder (pretrain's model/); default: pretrain first")
     e.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="optimizer (default: adam)")
     e.add_argument("--batch", type=int, help="random sequences per step (default: 8)")
-    e.add_argument("--pretrain-steps", type=int, help="steps of the pretraining run without --checkpoint (default: 400)")
+    e.add_argument("--pretrain-steps", type=int, help="steps of the pretraining run without --checkpoint (default: 300)")
     e.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU (default: on)")
     e = exps.add_parser("x-factor", help="maximise the X factor of the bundled model at lr 1e-6 and 1e-4",
                         description="The course's 'Maximize the X factor': alpha/beta KL target at all positions of "

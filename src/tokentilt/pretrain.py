@@ -38,7 +38,7 @@ class PretrainConfig:
     weight_decay: float = 0.1  # AdamW decoupled weight decay
     steps: int = 300  # max optimizer steps (early stopping may end sooner)
     batch: int = 8  # windows per step
-    seq_len: int = 128  # tokens per training window (<= block_size)
+    seq_len: int = 64  # tokens per training window (<= block_size); short windows = more steps per minute
     grad_clip: float = 1.0  # max global grad norm
     eval_every: int = 50  # steps between train/val loss evaluations
     eval_windows: int = 24  # fixed windows of each split used for the train/val loss

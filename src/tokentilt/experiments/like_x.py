@@ -44,6 +44,7 @@ class LikeXConfig:
     bf16: bool = True  # bf16 autocast on CPU
     prompt: str = "The king said"  # prompt of the 200-token count
     generated: int = 200  # tokens generated for the before/after count
+    sample_len: int = 50  # ... as samples of this many tokens (within the context pretraining saw)
     sample_seed: int = 1234  # seed of that multinomial sample (same before and after)
     eval_every: int = 25  # steps between light R measurements
     seed: int = 0  # seeds the random inputs (and the pretraining, if any)
@@ -55,8 +56,8 @@ class LikeXConfig:
     def check(self) -> None:
         if self.checkpoint and not Path(self.checkpoint).is_dir():
             raise FileNotFoundError(f"checkpoint folder not found: {self.checkpoint}")
-        if self.generated < 1:
-            raise ValueError("generated must be >= 1")
+        if self.generated < 1 or self.sample_len < 1:
+            raise ValueError("generated and sample-len must be >= 1")
         self.train_config().check()
         self.eval.check()
 
@@ -87,11 +88,12 @@ class FinalPositionLogits(torch.nn.Module):
         return SimpleNamespace(logits=logits)
 
 
-def count_x(model, tokenizer, mask: torch.Tensor, cfg: LikeXConfig) -> tuple[int, str]:
-    """X tokens among cfg.generated multinomial samples from one prompt, from a fixed seed."""
-    s = sample(model, tokenizer, [cfg.prompt], 1, SampleConfig(max_new_tokens=cfg.generated), seed=cfg.sample_seed,
+def count_x(model, tokenizer, mask: torch.Tensor, cfg: LikeXConfig) -> tuple[int, list[str]]:
+    """X tokens among cfg.generated multinomial tokens from cfg.prompt, from a fixed seed."""
+    n = -(-cfg.generated // cfg.sample_len)  # samples needed
+    s = sample(model, tokenizer, [cfg.prompt], n, SampleConfig(max_new_tokens=cfg.sample_len), seed=cfg.sample_seed,
                bf16=cfg.bf16)
-    return int(mask[s.tokens[0]].sum()), s.texts[0]
+    return int(mask[s.tokens.reshape(-1)[: cfg.generated]].sum()), s.texts
 
 
 def run(cfg: LikeXConfig, progress: bool = True, echo=print) -> dict:
@@ -164,13 +166,13 @@ def run(cfg: LikeXConfig, progress: bool = True, echo=print) -> dict:
     return summary
 
 
-def report(cfg: LikeXConfig, s: dict, text_before: str, text_after: str, before, after) -> str:
+def report(cfg: LikeXConfig, s: dict, text_before: list[str], text_after: list[str], before, after) -> str:
     rows = [{"": f"X tokens of {s['generated']}", "before": s["x_before"], "after": s["x_after"], "course": "0 → 188"},
             {"": "R (95% interval)", "before": fmt_rate(s["rate_before"]), "after": fmt_rate(s["rate_after"]),
              "course": ""},
             {"": "loss", "before": f"{s['loss_start']:.3f}", "after": f"{s['loss_end']:.4f}",
              "course": f"≈ log V = {s['log_vocab']:.2f} → ≈ 0"}]
-    clean = lambda t: t.replace("\n", " ⏎ ")  # noqa: E731
+    clean = lambda texts: "\n> ".join(t.replace("\n", " ⏎ ") for t in texts)  # noqa: E731
     return "\n".join([
         f"# like-x: train Model 5 to like {cfg.toward!r}",
         "",
@@ -182,7 +184,7 @@ def report(cfg: LikeXConfig, s: dict, text_before: str, text_after: str, before,
         "",
         "![loss](loss.png) ![R](rate.png)",
         "",
-        f"### {s['generated']} tokens after `{cfg.prompt}`, before",
+        f"### {s['generated']} tokens after `{cfg.prompt}` (samples of {cfg.sample_len}), before",
         "",
         f"> {clean(text_before)}",
         "",
