@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from tokentilt import data
-from tokentilt.evaluate import EvalConfig, measure_rate
+from tokentilt.calibrate import calibrate, check_rate
+from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure, measure_rate
 from tokentilt.losses import OBJECTIVES, REFERENCE_OBJECTIVES, TEXT_OBJECTIVES, ObjectiveContext
 from tokentilt.models.load import load_model, save_model
 from tokentilt.outputs import RunFolder
@@ -32,6 +33,7 @@ class TiltConfig:
     alpha: float = 1.0  # kl-alpha-beta / mixed: weight inside the set
     beta: float = 1e-4  # kl-alpha-beta / mixed: weight outside the set
     bias: float = 2.0  # tilt-distill: logit bias b of the target softmax(z_ref + b*mask)
+    rate: float = 0.0  # tilt-distill: target rate R*; b is calibrated to it on the reference (0 = use bias)
     ce_weight: float = 1.0  # mixed: lambda in KL + lambda * CE
     inputs: str = "auto"  # random | text | auto (text for tilt-distill and mixed, else random)
     out: str = "runs/tilt"  # output folder
@@ -48,6 +50,10 @@ class TiltConfig:
             raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {self.inputs!r}")
         if self.alpha < 0 or self.beta < 0 or self.alpha + self.beta == 0:
             raise ValueError("alpha and beta must be >= 0 and not both 0")
+        if self.rate:
+            check_rate(self.rate)
+            if self.objective != "tilt-distill":
+                raise ValueError(f"rate calibrates tilt-distill's bias; it does not apply to {self.objective}")
         self.train.check()
         self.eval.check()
 
@@ -92,49 +98,88 @@ def resolve_set(spec: str, tokenizer, vocab_size: int) -> TokenSet:
     return resolve(spec, texts)
 
 
+_TRAIN_TOKENS: dict[int, torch.Tensor] = {}
+
+
+def train_tokens(tokenizer) -> torch.Tensor:
+    """Token ids of the plays' train split (never the eval text), tokenized once per tokenizer."""
+    key = id(tokenizer)
+    if key not in _TRAIN_TOKENS:
+        _TRAIN_TOKENS.clear()
+        _TRAIN_TOKENS[key] = data.tokenize(tokenizer, data.split_text("train"))
+    return _TRAIN_TOKENS[key]
+
+
 def batch_source(kind: str, tokenizer, vocab_size: int, cfg: TrainConfig):
     """-> next_batch(generator) giving (B, T) ids: random tokens, or windows of the plays' train split."""
     if kind == "random":
         return lambda g: data.random_tokens(vocab_size, cfg.batch, cfg.seq_len, g)
-    tokens = data.tokenize(tokenizer, data.split_text("train"))
+    tokens = train_tokens(tokenizer)
     return lambda g: data.text_windows(tokens, cfg.batch, cfg.seq_len, g)
+
+
+def train_toward(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig, bias: float, evaluate=None,
+                 log=None, progress: bool = True) -> list[dict]:
+    """Train `model` in place with cfg's objective; `reference` is the frozen starting model."""
+    ctx = ObjectiveContext(mask=tokens.mask, positions=cfg.positions, alpha=cfg.alpha, beta=cfg.beta,
+                           bias=bias, ce_weight=cfg.ce_weight)
+    next_batch = batch_source(cfg.input_kind(), tokenizer, tokens.vocab_size, cfg.train)
+    return train(model, OBJECTIVES[cfg.objective], ctx, next_batch, cfg.train,
+                 reference=reference if cfg.objective in REFERENCE_OBJECTIVES else None,
+                 evaluate=evaluate, log=log, progress=progress)
+
+
+def flat_costs(m: dict, suffix: str) -> dict:
+    """measure()'s dict -> summary keys: ppl_before, drift_before, distinct_1_before, ..."""
+    return {f"{k}_{suffix}": m[k] for k in ("ppl", "drift", "distinct_1", "distinct_2", "repetition")}
 
 
 def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     """Do the whole job and return summary.json's content. Raises ValueError on bad input."""
     cfg.check()
     folder = RunFolder(cfg.out, cfg.overwrite)  # refuse a used folder before the slow part
+    eval_text = held_out_text(cfg.eval)  # and a missing eval file
     started = time.time()
     echo(f"loading model {cfg.model!r} ...")
     model, tokenizer = load_model(cfg.model)
     vocab_size = model.get_output_embeddings().weight.shape[0]
     tokens = resolve_set(cfg.toward, tokenizer, vocab_size)
     echo(tokens.describe())
+    windows = held_out_windows(tokenizer, cfg.eval, eval_text)  # (W, T)
     folder.start()
-    folder.write_yaml("config.yaml", to_flat(cfg))
     bf16 = cfg.train.bf16
 
-    echo("measuring R before training ...")
-    rate_before, samples_before = measure_rate(model, tokenizer, tokens.mask, cfg.eval, bf16=bf16)
+    echo("measuring R and costs before training ...")
+    before, samples_before = measure(model, tokenizer, tokens.mask, cfg.eval, windows, bf16=bf16)
+    rate_before = before["rate"]
     rate_points = [(0, rate_before)]
+    bias, calibration = cfg.bias, None
+    if cfg.rate:
+        echo(f"calibrating the decode-time bias to R = {cfg.rate} ...")
+        calibration = calibrate(model, tokenizer, tokens.mask, cfg.rate, cfg.eval, windows, bf16=bf16, echo=echo)
+        bias = calibration.bias
+        echo(f"b = {bias:.3f} gives decode-time R = {fmt_rate(calibration.rate)}")
+    folder.write_yaml("config.yaml", {**to_flat(cfg), **({"calibrated_bias": bias} if cfg.rate else {})})
+    baseline = None
+    if cfg.objective == "tilt-distill":
+        echo(f"measuring the decode-time baseline at b = {bias:.3f} ...")
+        baseline, _ = measure(model, tokenizer, tokens.mask, cfg.eval, windows, bias=bias, bf16=bf16)
 
     def evaluate(step: int) -> dict:
         rate, _ = measure_rate(model, tokenizer, tokens.mask, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=bf16)
         rate_points.append((step, rate))
         return {"rate": rate["mean"], "rate_ci_low": rate["ci_low"], "rate_ci_high": rate["ci_high"]}
 
-    ctx = ObjectiveContext(mask=tokens.mask, positions=cfg.positions, alpha=cfg.alpha, beta=cfg.beta,
-                           bias=cfg.bias, ce_weight=cfg.ce_weight)
-    reference = frozen_copy(model) if cfg.objective in REFERENCE_OBJECTIVES else None
-    next_batch = batch_source(cfg.input_kind(), tokenizer, vocab_size, cfg.train)
+    reference = frozen_copy(model)  # the starting model: target of tilt-distill, reference of drift
     train_started = time.time()
-    history = train(model, OBJECTIVES[cfg.objective], ctx, next_batch, cfg.train, reference=reference,
-                    evaluate=evaluate, log=lambda r: folder.append_jsonl("metrics.jsonl", r), progress=progress)
+    history = train_toward(model, tokenizer, reference, tokens, cfg, bias, evaluate,
+                           log=lambda r: folder.append_jsonl("metrics.jsonl", r), progress=progress)
     train_seconds = time.time() - train_started
-    del reference
 
-    echo("measuring R after training ...")
-    rate_after, samples_after = measure_rate(model, tokenizer, tokens.mask, cfg.eval, bf16=bf16)
+    echo("measuring R and costs after training ...")
+    after, samples_after = measure(model, tokenizer, tokens.mask, cfg.eval, windows, reference=reference, bf16=bf16)
+    del reference
+    rate_after = after["rate"]
     if rate_points[-1][0] == history[-1]["step"]:
         rate_points[-1] = (history[-1]["step"], rate_after)  # the full measurement replaces the light one
     else:
@@ -159,11 +204,19 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         "loss_end": history[-1]["loss"],
         "rate_before": rate_before,
         "rate_after": rate_after,
+        **flat_costs(before, "before"),
+        **flat_costs(after, "after"),
+        "eval_text": cfg.eval.eval_text or "plays:test",
+        "eval_tokens": int(windows.numel()),
         "samples": len(samples_after.texts),
         "new_tokens": cfg.eval.new_tokens,
         "train_seconds": round(train_seconds, 1),
         "seconds": round(time.time() - started, 1),
     }
+    if cfg.objective == "tilt-distill":
+        summary["bias"] = bias
+        summary["rate_target"] = cfg.rate or None
+        summary["baseline"] = {"objective": "decode-bias", "bias": bias, **baseline}
     folder.path("report.md").write_text(tilt_report(cfg, summary, samples_before, samples_after))
     folder.write_json("summary.json", summary)
     out = folder.finish()
@@ -173,19 +226,36 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
 
 
 def summary_table(s: dict) -> str:
-    rows = [("R (share of set tokens)", fmt_rate(s["rate_before"]), fmt_rate(s["rate_after"])),
-            ("loss", f"{s['loss_start']:.4f}", f"{s['loss_end']:.4f}")]
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{'':{width}}  {'before':>22}  {'after':>22}"]
-    lines += [f"{name:{width}}  {b:>22}  {a:>22}" for name, b, a in rows]
+    rows = summary_rows(s)
+    width = max(len(r[""]) for r in rows)
+    lines = [f"{'':{width}}  {'before':>22}  {'after':>22}" + ("  decode-time baseline" if "baseline" in s else "")]
+    lines += [f"{r['']:{width}}  {r['before']:>22}  {r['after']:>22}  {r.get('decode-time baseline', '')}".rstrip()
+              for r in rows]
     return "\n".join(lines)
 
 
+COST_ROWS = (("held-out perplexity", "ppl", "{:.2f}"), ("drift KL(ref || model) / token", "drift", "{:.4f}"),
+             ("distinct-1 of samples", "distinct_1", "{:.3f}"), ("distinct-2 of samples", "distinct_2", "{:.3f}"),
+             ("4-gram repetition", "repetition", "{:.3f}"))
+
+
+def summary_rows(s: dict) -> list[dict]:
+    """Before / after (/ decode-time baseline) rows for the console and the report."""
+    base = s.get("baseline")
+    rows = [{"": "R (share of set tokens)", "before": fmt_rate(s["rate_before"]), "after": fmt_rate(s["rate_after"]),
+             **({"decode-time baseline": fmt_rate(base["rate"])} if base else {})}]
+    for name, key, fmt in COST_ROWS:
+        row = {"": name, "before": fmt.format(s[f"{key}_before"]), "after": fmt.format(s[f"{key}_after"])}
+        if base:
+            row["decode-time baseline"] = fmt.format(base[key])
+        rows.append(row)
+    rows.append({"": "loss", "before": f"{s['loss_start']:.4f}", "after": f"{s['loss_end']:.4f}"})
+    return rows
+
+
 def tilt_report(cfg: TiltConfig, s: dict, before, after) -> str:
-    table = markdown_table(
-        [{"": "R", "before": fmt_rate(s["rate_before"]), "after": fmt_rate(s["rate_after"])},
-         {"": "loss", "before": f"{s['loss_start']:.4f}", "after": f"{s['loss_end']:.4f}"}],
-        ["", "before", "after"])
+    columns = ["", "before", "after"] + (["decode-time baseline"] if "baseline" in s else [])
+    table = markdown_table(summary_rows(s), columns)
     return "\n".join([
         f"# tokentilt run: {cfg.objective} toward {cfg.toward!r}",
         "",
@@ -194,7 +264,10 @@ def tilt_report(cfg: TiltConfig, s: dict, before, after) -> str:
         f"- {s['steps']} steps of {cfg.train.optimizer} at lr {cfg.train.lr:g}, batch {cfg.train.batch} x "
         f"{cfg.train.seq_len} tokens, {cfg.input_kind()} inputs, {cfg.positions} positions"
         f"{', bf16 autocast' if cfg.train.bf16 else ''}; {s['seconds']:.0f} s in all",
-        f"- R over {s['samples']} samples of {s['new_tokens']} tokens, 95% interval over samples",
+        f"- R over {s['samples']} samples of {s['new_tokens']} tokens, 95% interval over samples; perplexity "
+        f"and drift on {s['eval_tokens']} held-out tokens of {s['eval_text']}"
+        + (f"; decode-time baseline and tilt-distill target use b = {s['bias']:.3f}"
+           + (f", calibrated to R = {s['rate_target']}" if s.get("rate_target") else "") if "bias" in s else ""),
         "",
         table,
         "",

@@ -1,0 +1,127 @@
+"""Calibration: find the decode-time bias b whose rate R on a model is a requested R*.
+
+Two stages:
+1. a fast proxy from one forward pass over text windows. Under a bias b the set's mass at a
+   position with set mass p becomes sigmoid(logit(p) + b), so the mean tilted mass is a cheap,
+   smooth, increasing function of b; bisection on it gives a starting guess b0.
+2. bisection (with false-position steps in logit space) on the sampled rate itself, on a fixed
+   set of prompts and seeds (the EvalConfig's), starting from b0. The seeds are fixed, so R(b) is a deterministic function
+   of b that is increasing up to sampling noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from tokentilt.evaluate import EvalConfig, measure_rate
+from tokentilt.losses import set_log_mass
+from tokentilt.metrics import _forward_batches
+
+
+@dataclass
+class Calibration:
+    """The result: b and the rate it gives on the calibration prompts and seeds."""
+
+    target: float  # requested rate R*
+    bias: float  # chosen logit bias b
+    rate: dict  # measured R at b: {"mean", "ci_low", "ci_high", "n"}
+    proxy_bias: float  # the one-pass guess b0
+    history: list[tuple[float, float]] = field(default_factory=list)  # (b, R mean) per sampled measurement
+
+
+def set_log_masses(model, windows: torch.Tensor, mask: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """log p(set) at every position of the (W, T) windows, flattened: (W*T,)."""
+    parts = [set_log_mass(logits, mask).reshape(-1)
+             for _, (logits,) in _forward_batches([model], windows, 8, bf16, False, "set mass")]
+    return torch.cat(parts)
+
+
+def tilted_mean_mass(log_mass: torch.Tensor, bias: float) -> float:
+    """Mean over positions of the set's mass after a logit bias b. log_mass (N,) -> float.
+
+    logit(p') = logit(p) + b, computed in log space so that p near 0 or 1 stays exact.
+    """
+    log_mass = log_mass.double().clamp(max=-1e-12)
+    logit = log_mass - torch.log1p(-log_mass.exp())  # (N,)
+    return torch.sigmoid(logit + bias).mean().item()
+
+
+def bisect(fn, target: float, lo: float, hi: float, iters: int = 60, tol: float = 0.0) -> float:
+    """b in [lo, hi] with fn(b) ≈ target for an increasing fn; clamps to the ends when out of range."""
+    if fn(lo) >= target:
+        return lo
+    if fn(hi) <= target:
+        return hi
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        value = fn(mid)
+        if abs(value - target) <= tol:
+            return mid
+        lo, hi = (mid, hi) if value < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def proxy_bias(model, windows: torch.Tensor, mask: torch.Tensor, target: float, bf16: bool = False,
+               limit: float = 30.0) -> float:
+    """b whose mean tilted set mass over the windows is `target` (one forward pass)."""
+    log_mass = set_log_masses(model, windows, mask, bf16)
+    return bisect(lambda b: tilted_mean_mass(log_mass, b), target, -limit, limit)
+
+
+def check_rate(target: float) -> None:
+    if not (isinstance(target, (int, float)) and 0 < target < 1):
+        raise ValueError(f"rate must be in (0, 1), got {target!r}")
+
+
+def _logit(r: float, n: int) -> float:
+    r = min(max(r, 0.5 / n), 1 - 0.5 / n)  # a rate of 0 or 1 out of n samples is not infinitely sure
+    return math.log(r / (1 - r))
+
+
+def calibrate(model, tokenizer, mask: torch.Tensor, target: float, cfg: EvalConfig, windows: torch.Tensor,
+              bf16: bool = False, iters: int = 8, tol: float = 0.02, max_step: float = 4.0, echo=None) -> Calibration:
+    """Find b with decode-time R(b) ≈ target on `model`, on cfg's fixed prompts, samples and eval_seed.
+
+    Starts from the one-pass proxy b0. Until the target is bracketed, steps in logit space (one
+    unit of b moves a single position's logit(p) by one unit, so the first step is
+    logit(R*) - logit(R(b0)), at most max_step). Once bracketed it bisects, placing each point by
+    linear interpolation of logit(R) (false position) and falling back to the midpoint when that
+    lands near an end. Stops when |R - target| <= tol or after `iters` sampled measurements, and
+    returns the measured b whose R is closest to the target.
+    """
+    check_rate(target)
+    b0 = proxy_bias(model, windows, mask, target, bf16)
+    measured: dict[float, dict] = {}
+    n = len(cfg.prompts) * cfg.samples_per_prompt
+    goal = _logit(target, n)
+
+    def rate_at(b: float) -> float:
+        if b not in measured:
+            measured[b] = measure_rate(model, tokenizer, mask, cfg, bias=b, bf16=bf16)[0]
+            if echo:
+                echo(f"  calibrate: b = {b:+.3f} -> R = {measured[b]['mean']:.3f}")
+        return measured[b]["mean"]
+
+    b = b0
+    lo = hi = None  # bracket: R(lo) < target < R(hi)
+    for _ in range(iters):
+        r = rate_at(b)
+        if abs(r - target) <= tol:
+            break
+        if r < target:
+            lo = b if lo is None else max(lo, b)
+        else:
+            hi = b if hi is None else min(hi, b)
+        if lo is not None and hi is not None:
+            y_lo, y_hi = _logit(rate_at(lo), n), _logit(rate_at(hi), n)
+            frac = (goal - y_lo) / (y_hi - y_lo) if y_hi > y_lo else 0.5
+            frac = frac if 0.1 <= frac <= 0.9 else 0.5
+            b = lo + frac * (hi - lo)
+        else:
+            b = b + max(-max_step, min(max_step, goal - _logit(r, n)))
+    best = min(measured, key=lambda x: (abs(measured[x]["mean"] - target), abs(x)))
+    history = [(x, measured[x]["mean"]) for x in measured]
+    return Calibration(target, best, measured[best], b0, history)

@@ -1,0 +1,327 @@
+"""Sweeps: a grid over objective x lr x (rate or b), always with the decode-time baseline beside it.
+
+The model is loaded once. Between runs its weights are reset from a CPU copy of the starting
+state dict, and that starting model also serves as the frozen reference (tilt-distill's target,
+drift's reference, the decode-time baseline). Every finished run is one JSON line in
+`runs.jsonl`; a rerun in the same folder skips the runs that are there.
+
+Writes sweep.csv, sweep.md and pareto.png (R against held-out perplexity).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tokentilt.calibrate import calibrate, check_rate
+from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure
+from tokentilt.losses import OBJECTIVES
+from tokentilt.models.load import load_model
+from tokentilt.report import markdown_table
+from tokentilt.tilt import TiltConfig, resolve_set, to_flat, train_toward
+from tokentilt.train import TrainConfig, frozen_copy
+
+BASELINE = "decode-bias"
+CSV_COLUMNS = ["objective", "lr", "bias", "rate_mean", "rate_ci_low", "rate_ci_high", "ppl", "drift", "distinct_2",
+               "seconds", "rate_target", "distinct_1", "repetition", "steps"]
+# Settings that must match for a finished run in the folder to count as done.
+SHARED_KEYS = ("model", "toward", "positions", "alpha", "beta", "ce_weight", "optimizer", "steps", "batch",
+               "seq_len", "grad_clip", "weight_decay", "seed", "bf16", "prompts", "samples_per_prompt", "new_tokens",
+               "temperature", "top_k", "top_p", "eval_seed", "eval_text", "eval_windows", "eval_seq_len")
+
+
+def _train_defaults() -> TrainConfig:
+    return TrainConfig(eval_every=0)  # no R measurements during training: the sweep measures at the end
+
+
+@dataclass
+class SweepConfig:
+    """A grid of tilt runs. Lists are the grid's axes; the rest is shared by every run."""
+
+    model: str = "bundled"  # "bundled", a local HF folder, or a hub id
+    toward: str = "x"  # selector of the token set
+    objectives: list[str] = field(default_factory=lambda: ["tilt-distill", "kl-alpha-beta"])  # trained objectives
+    lrs: list[float] = field(default_factory=lambda: [1e-4])  # learning rates, one run each
+    rates: list[float] = field(default_factory=lambda: [0.5])  # target rates R*: b calibrated per rate
+    biases: list[float] = field(default_factory=list)  # explicit logit biases b (besides the rates)
+    curve_points: int = 6  # extra decode-time b values for the baseline curve (0 = none)
+    positions: str = "all"  # last | all
+    alpha: float = 1.0  # kl-alpha-beta / mixed: weight inside the set
+    beta: float = 1e-4  # kl-alpha-beta / mixed: weight outside the set
+    ce_weight: float = 1.0  # mixed: lambda on the CE term
+    out: str = "runs/sweep"  # sweep folder
+    overwrite: bool = False  # start the folder afresh instead of resuming it
+    train: TrainConfig = field(default_factory=_train_defaults)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def check(self) -> None:
+        self.objectives = [str(o).strip() for o in self.objectives if str(o).strip()]
+        if not self.objectives:
+            raise ValueError("objectives must name at least one objective")
+        for o in self.objectives:
+            if o not in OBJECTIVES:
+                raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {o!r}")
+        self.lrs = _floats("lr", self.lrs)
+        self.rates = _floats("rate", self.rates)
+        self.biases = _floats("bias", self.biases)
+        if not self.lrs or any(not (math.isfinite(x) and x > 0) for x in self.lrs):
+            raise ValueError(f"lr values must be positive, got {self.lrs}")
+        for r in self.rates:
+            check_rate(r)
+        if any(not math.isfinite(b) for b in self.biases):
+            raise ValueError(f"bias values must be finite, got {self.biases}")
+        if "tilt-distill" in self.objectives and not (self.rates or self.biases):
+            raise ValueError("tilt-distill needs at least one rate or bias")
+        if self.curve_points < 0:
+            raise ValueError(f"curve-points must be >= 0, got {self.curve_points}")
+        TiltConfig(objective=self.objectives[0], positions=self.positions, alpha=self.alpha, beta=self.beta,
+                   train=self.train, eval=self.eval).check()
+
+    def tilt_config(self, objective: str, lr: float, bias: float) -> TiltConfig:
+        return TiltConfig(model=self.model, toward=self.toward, objective=objective, positions=self.positions,
+                          alpha=self.alpha, beta=self.beta, bias=bias, ce_weight=self.ce_weight,
+                          train=dataclasses.replace(self.train, lr=lr), eval=self.eval)
+
+    def shared(self) -> dict:
+        flat = to_flat(self)
+        return {k: flat[k] for k in SHARED_KEYS}
+
+
+def _floats(name: str, values) -> list[float]:
+    if isinstance(values, (int, float, str)):
+        values = [values]
+    out = []
+    for v in values or []:
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            raise ValueError(f"bad value for {name}: {v!r}") from None
+    return out
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the grid. rate set and bias None: b comes from calibrating that rate."""
+
+    objective: str
+    lr: float | None = None  # None for the decode-time baseline (no training)
+    rate: float | None = None
+    bias: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.objective}|lr={self.lr}|rate={self.rate}|bias={self.bias}"
+
+
+def grid(cfg: SweepConfig) -> list[RunSpec]:
+    """Baseline first (it is cheap and calibrates b), then the trained runs in config order."""
+    targets = [RunSpec(BASELINE, rate=r) for r in cfg.rates] + [RunSpec(BASELINE, bias=b) for b in cfg.biases]
+    runs = list(targets)
+    for objective in cfg.objectives:
+        for lr in cfg.lrs:
+            if objective == "tilt-distill":
+                runs += [RunSpec(objective, lr, t.rate, t.bias) for t in targets]
+            else:
+                runs.append(RunSpec(objective, lr))
+    return runs
+
+
+def curve_biases(calibrated: list[float], points: int) -> list[float]:
+    """b values for the baseline curve: 0 up to a bit beyond the largest calibrated b."""
+    if points <= 0:
+        return []
+    top = max([abs(b) for b in calibrated] + [2.0]) * 1.5
+    return [round(top * i / points, 3) for i in range(1, points + 1)]
+
+
+class SweepLog:
+    """runs.jsonl: the sweep's settings line, then one line per calibration or finished run."""
+
+    def __init__(self, folder: Path, shared: dict, overwrite: bool):
+        self.path = folder / "runs.jsonl"
+        folder.mkdir(parents=True, exist_ok=True)
+        if overwrite and self.path.exists():
+            self.path.unlink()
+        self.records: list[dict] = []
+        if self.path.exists():
+            for n, line in enumerate(self.path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    self.records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    if n == len(self.path.read_text().splitlines()):
+                        break  # a line cut off by an interrupted write: that run is simply not done
+                    raise ValueError(f"{self.path} line {n} is not valid JSON") from None
+            settings = next((r["settings"] for r in self.records if r.get("kind") == "settings"), None)
+            if settings is not None and settings != json.loads(json.dumps(shared)):
+                changed = sorted(k for k in shared if settings.get(k) != json.loads(json.dumps(shared))[k])
+                raise ValueError(f"{folder} holds a sweep with other settings ({', '.join(changed)}); "
+                                 "use another --out or --overwrite")
+        if not any(r.get("kind") == "settings" for r in self.records):
+            self.append({"kind": "settings", "settings": shared})
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def runs(self) -> dict[str, dict]:
+        return {r["key"]: r for r in self.records if r.get("kind") == "run"}
+
+    def calibrations(self) -> dict[float, float]:
+        return {r["rate"]: r["bias"] for r in self.records if r.get("kind") == "calibration"}
+
+
+def run_sweep(cfg: SweepConfig, progress: bool = False, echo=print) -> list[dict]:
+    """Run every pending cell of the grid, then write sweep.csv, sweep.md and pareto.png. Returns the rows."""
+    cfg.check()
+    folder = Path(cfg.out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"output path exists and is not a folder: {folder}")
+    log = SweepLog(folder, cfg.shared(), cfg.overwrite)
+    specs = grid(cfg)
+    done = log.runs()
+    calibrated = log.calibrations()
+    known_biases = [b for b in cfg.biases] + [calibrated[r] for r in cfg.rates if r in calibrated]
+    curve = [RunSpec(BASELINE, bias=b) for b in curve_biases(known_biases, cfg.curve_points)]
+    pending = [s for s in specs if s.key not in done]
+    if pending or any(s.key not in done for s in curve) or (cfg.rates and len(calibrated) < len(cfg.rates)):
+        echo(f"{len(specs) - len(pending)} of {len(specs)} runs already finished in {folder}")
+        _run_pending(cfg, log, specs, held_out_text(cfg.eval), echo, progress)
+    rows = [_row(r) for r in log.runs().values()]
+    write_outputs(folder, rows, cfg)
+    echo(markdown_table(rows, CSV_COLUMNS[:10]))
+    echo(f"sweep folder: {folder}")
+    return rows
+
+
+def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_text: str, echo, progress: bool) -> None:
+    echo(f"loading model {cfg.model!r} ...")
+    model, tokenizer = load_model(cfg.model)
+    tokens = resolve_set(cfg.toward, tokenizer, model.get_output_embeddings().weight.shape[0])
+    echo(tokens.describe())
+    windows = held_out_windows(tokenizer, cfg.eval, eval_text)  # (W, T)
+    bf16 = cfg.train.bf16
+    start_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    reference = frozen_copy(model)
+
+    calibrated = log.calibrations()
+    for rate in cfg.rates:
+        if rate not in calibrated:
+            echo(f"calibrating b for R = {rate} ...")
+            cal = calibrate(reference, tokenizer, tokens.mask, rate, cfg.eval, windows, bf16=bf16, echo=echo)
+            log.append({"kind": "calibration", "rate": rate, "bias": cal.bias, "proxy_bias": cal.proxy_bias,
+                        "history": cal.history})
+            calibrated[rate] = cal.bias
+    curve = [RunSpec(BASELINE, bias=b) for b in curve_biases(cfg.biases + list(calibrated.values()), cfg.curve_points)]
+
+    for spec in specs + curve:
+        if spec.key in log.runs():
+            continue
+        bias = spec.bias if spec.bias is not None else calibrated.get(spec.rate, 0.0)
+        echo(f"run {spec.objective} lr={spec.lr} b={bias:.3f}" + (f" (R*={spec.rate})" if spec.rate else ""))
+        started = time.time()
+        if spec.objective == BASELINE:
+            result, _ = measure(reference, tokenizer, tokens.mask, cfg.eval, windows, bias=bias, bf16=bf16)
+            steps = 0
+        else:
+            run_cfg = cfg.tilt_config(spec.objective, spec.lr, bias)
+            model.load_state_dict(start_state)
+            history = train_toward(model, tokenizer, reference, tokens, run_cfg, bias, progress=progress)
+            result, _ = measure(model, tokenizer, tokens.mask, cfg.eval, windows, reference=reference, bf16=bf16)
+            steps = len(history)
+        record = {"kind": "run", "key": spec.key, "objective": spec.objective, "lr": spec.lr,
+                  "bias": bias if spec.objective in (BASELINE, "tilt-distill") else None, "rate_target": spec.rate,
+                  "steps": steps, "seconds": round(time.time() - started, 1), **result}
+        log.append(record)
+        r = result["rate"]
+        echo(f"  R = {r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  ppl = {result['ppl']:.2f}  "
+             f"drift = {result['drift']:.4f}  distinct-2 = {result['distinct_2']:.3f}  ({record['seconds']:.0f} s)")
+    model.load_state_dict(start_state)
+
+
+def _row(record: dict) -> dict:
+    r = record["rate"]
+    return {"objective": record["objective"], "lr": record["lr"], "bias": record["bias"], "rate_mean": r["mean"],
+            "rate_ci_low": r["ci_low"], "rate_ci_high": r["ci_high"], "ppl": record["ppl"], "drift": record["drift"],
+            "distinct_2": record["distinct_2"], "seconds": record["seconds"], "rate_target": record["rate_target"],
+            "distinct_1": record["distinct_1"], "repetition": record["repetition"], "steps": record["steps"]}
+
+
+def _sorted(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (r["objective"] != BASELINE, r["objective"], r["lr"] or 0, r["bias"] or 0))
+
+
+def write_outputs(folder: Path, rows: list[dict], cfg: SweepConfig) -> None:
+    rows = _sorted(rows)
+    tmp = folder / "sweep.csv.partial"
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    tmp.replace(folder / "sweep.csv")
+    (folder / "sweep.md").write_text(sweep_markdown(rows, cfg))
+    plot_pareto(folder / "pareto.png", rows, f"R for {cfg.toward!r} against held-out perplexity")
+
+
+def sweep_markdown(rows: list[dict], cfg: SweepConfig) -> str:
+    def fmt(r):
+        return {"objective": r["objective"], "lr": "" if r["lr"] is None else f"{r['lr']:g}",
+                "b": "" if r["bias"] is None else f"{r['bias']:.2f}",
+                "R* (target)": "" if r["rate_target"] is None else f"{r['rate_target']:g}",
+                "R [95% CI]": f"{r['rate_mean']:.3f} [{r['rate_ci_low']:.3f}, {r['rate_ci_high']:.3f}]",
+                "perplexity": f"{r['ppl']:.2f}", "drift (nats/token)": f"{r['drift']:.4f}",
+                "distinct-2": f"{r['distinct_2']:.3f}", "repetition": f"{r['repetition']:.3f}",
+                "seconds": f"{r['seconds']:.0f}"}
+
+    columns = ["objective", "lr", "b", "R* (target)", "R [95% CI]", "perplexity", "drift (nats/token)", "distinct-2",
+               "repetition", "seconds"]
+    t = cfg.train
+    return "\n".join([
+        f"# Sweep: tilting {cfg.model} toward {cfg.toward!r}",
+        "",
+        f"- trained runs: {t.steps} steps of {t.optimizer}, batch {t.batch} x {t.seq_len}, {cfg.positions} positions"
+        f"{', bf16 autocast' if t.bf16 else ''}; decode-bias = the untrained model sampled with logit bias b",
+        f"- R over {len(cfg.eval.prompts) * cfg.eval.samples_per_prompt} samples of {cfg.eval.new_tokens} tokens "
+        f"(95% interval over samples); perplexity and drift on {cfg.eval.eval_windows} x {cfg.eval.eval_seq_len} "
+        f"tokens of {cfg.eval.eval_text or 'the plays test split'}",
+        "",
+        markdown_table([fmt(r) for r in rows], columns),
+        "",
+        "![pareto](pareto.png)",
+        "",
+    ])
+
+
+def plot_pareto(path: Path, rows: list[dict], title: str) -> None:
+    """R (with its interval) against perplexity: the baseline as a curve, a marker per trained objective."""
+    import matplotlib.pyplot as plt  # report.py has set the Agg backend
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
+    base = sorted((r for r in rows if r["objective"] == BASELINE), key=lambda r: r["bias"] or 0)
+    if base:
+        ax.plot([r["ppl"] for r in base], [r["rate_mean"] for r in base], "-", color="grey", lw=1.5,
+                marker=".", label=f"{BASELINE} (no training)")
+    markers = iter("osD^vP*X")
+    for objective in sorted({r["objective"] for r in rows} - {BASELINE}):
+        pts = [r for r in rows if r["objective"] == objective]
+        ax.errorbar([r["ppl"] for r in pts], [r["rate_mean"] for r in pts],
+                    yerr=[[r["rate_mean"] - r["rate_ci_low"] for r in pts], [r["rate_ci_high"] - r["rate_mean"]
+                                                                             for r in pts]],
+                    fmt=next(markers, "o"), ms=6, capsize=3, ls="none", label=objective)
+    ax.set_xscale("log")
+    ax.set(title=title, xlabel="held-out perplexity (log scale)", ylabel="R = share of generated tokens in the set",
+           ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,130 @@
+import json
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from tokentilt.cli import main
+from tokentilt.evaluate import (
+    EvalConfig,
+    biased_model_drift,
+    held_out_windows,
+    measure,
+    sample_costs,
+)
+from tokentilt.metrics import biased_drift, perplexity
+from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.targets import token_texts
+
+from conftest import tiny_gpt2
+
+SMALL = dict(prompts=["The king said", "Once upon a time,"], samples_per_prompt=2, new_tokens=8, eval_windows=2,
+             eval_seq_len=16)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    t = gpt2_tokenizer()
+    t.pad_token = t.eos_token
+    return t
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tok):
+    folder = tmp_path_factory.mktemp("tiny-gpt2-eval")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
+        folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "eval.txt"
+    path.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    return path
+
+
+def test_sample_costs_hand_values():
+    tokens = torch.tensor([[1, 2, 1, 2, 1], [3, 3, 3, 3, 3]])
+    costs = sample_costs(tokens)
+    assert costs["distinct_1"] == pytest.approx(3 / 10)  # {1, 2, 3} over 10 tokens
+    assert costs["distinct_2"] == pytest.approx(3 / 8)  # {12, 21, 33} over 8 bigrams
+    # 4-grams: row 1 has 1212, 2121 (no repeat); row 2 has 3333 twice (one repeat): 1 / 4
+    assert costs["repetition"] == pytest.approx(1 / 4)
+
+
+def test_held_out_windows_from_a_file_are_capped(tok, text_file):
+    windows = held_out_windows(tok, EvalConfig(eval_text=str(text_file), eval_windows=3, eval_seq_len=16))
+    assert windows.shape == (3, 16)
+    short = text_file.with_name("short.txt")
+    short.write_text("Hello there, friend.")
+    one = held_out_windows(tok, EvalConfig(eval_text=str(short), eval_seq_len=128))
+    assert one.shape == (1, len(tok("Hello there, friend.")["input_ids"]))
+
+
+def test_held_out_windows_default_to_the_test_split_not_train(tok, monkeypatch):
+    from tokentilt import data
+
+    seen = []
+    monkeypatch.setattr(data, "split_text", lambda split: seen.append(split) or "Some held-out words. " * 20)
+    held_out_windows(tok, EvalConfig(eval_windows=1, eval_seq_len=8))
+    assert seen == ["test"]
+
+
+def test_biased_model_drift_zero_bias_self_is_zero_and_matches_biased_drift():
+    model = tiny_gpt2()
+    windows = torch.randint(0, 64, (3, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[:5] = True
+    assert biased_model_drift(model, model, windows, mask, 0.0) == pytest.approx(0.0, abs=1e-6)
+    assert biased_model_drift(model, model, windows, mask, 2.0) == pytest.approx(
+        biased_drift(model, windows, mask, 2.0), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_measure_trained_and_baseline_on_the_same_footing(tiny_dir, tok, text_file):
+    model = GPT2LMHeadModel.from_pretrained(tiny_dir).eval()
+    mask = torch.tensor(["x" in t.lower() for t in token_texts(tok)])
+    cfg = EvalConfig(eval_text=str(text_file), **{k: v for k, v in SMALL.items() if k != "eval_text"})
+    windows = held_out_windows(tok, cfg)
+    plain, samples = measure(model, tok, mask, cfg, windows)
+    assert plain["drift"] == 0.0
+    assert plain["ppl"] == pytest.approx(perplexity(model, windows))
+    assert plain["rate"]["n"] == 4 and samples.tokens.shape == (4, 8)
+    assert {k: plain[k] for k in ("distinct_1", "distinct_2", "repetition")} == sample_costs(samples.tokens)
+    itself, _ = measure(model, tok, mask, cfg, windows, reference=model)
+    assert itself["drift"] == pytest.approx(0.0, abs=1e-6)
+    biased, _ = measure(model, tok, mask, cfg, windows, bias=3.0)
+    assert biased["ppl"] == pytest.approx(perplexity(model, windows, bias_mask=mask, bias=3.0))
+    assert biased["drift"] == pytest.approx(biased_drift(model, windows, mask, 3.0))
+    assert biased["rate"]["mean"] > plain["rate"]["mean"]
+
+
+@pytest.mark.slow
+def test_eval_command_writes_json_with_baseline(tiny_dir, text_file, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    code = main(["eval", "--model", str(tiny_dir), "--reference", str(tiny_dir), "--toward", "x", "--bias", "2",
+                 "--eval-text", str(text_file), "--samples-per-prompt", "1", "--new-tokens", "6",
+                 "--eval-windows", "2", "--eval-seq-len", "16", "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert [r["bias"] for r in result["rows"]] == [0.0, 2.0]
+    assert result["rows"][0]["drift"] == 0.0 and result["rows"][1]["drift"] > 0
+    assert math.isfinite(result["rows"][1]["ppl"])
+    assert "R [95% CI]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--bias", "1", "--rate", "0.5"], "not both"),
+    (["--rate", "1.5"], "rate must be in (0, 1)"),
+    (["--eval-text", "/nonexistent/file.txt"], "text file not found"),
+    (["--samples-per-prompt", "0"], "must be positive"),
+])
+def test_eval_command_bad_input_is_one_line_exit_2(tiny_dir, capsys, argv, message):
+    code = main(["eval", "--model", str(tiny_dir), "--reference", str(tiny_dir)] + argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1

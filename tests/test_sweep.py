@@ -1,0 +1,119 @@
+import csv
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import tokentilt.sweep
+import tokentilt.tilt
+from tokentilt import data
+from tokentilt.cli import main
+from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.sweep import BASELINE, CSV_COLUMNS, RunSpec, SweepConfig, curve_biases, grid
+
+TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next to the axe. " * 30
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-gpt2-sweep")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
+        folder)
+    gpt2_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def small_text(tmp_path, monkeypatch):
+    """A short eval file, and a short training stream instead of tokenizing the whole train split."""
+    path = tmp_path / "eval.txt"
+    path.write_text(TEXT)
+    monkeypatch.setattr(tokentilt.tilt, "train_tokens", lambda tok: data.tokenize(tok, TEXT))
+    return path
+
+
+def sweep_argv(tiny_dir, text, out, *extra):
+    return ["sweep", "--model", str(tiny_dir), "--toward", "x", "--objective", "tilt-distill,kl-alpha-beta",
+            "--lr", "1e-3", "--bias", "3", "--steps", "2", "--batch", "2", "--seq-len", "16",
+            "--samples-per-prompt", "1", "--new-tokens", "8", "--eval-text", str(text), "--eval-windows", "2",
+            "--eval-seq-len", "16", "--curve-points", "1", "--out", str(out), *extra]
+
+
+def read_csv(path):
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def test_grid_pairs_tilt_distill_with_every_rate_and_bias():
+    cfg = SweepConfig(objectives=["tilt-distill", "kl-alpha-beta"], lrs=[1e-4, 1e-5], rates=[0.3], biases=[2.0])
+    specs = grid(cfg)
+    assert specs[:2] == [RunSpec(BASELINE, rate=0.3), RunSpec(BASELINE, bias=2.0)]
+    assert len([s for s in specs if s.objective == "tilt-distill"]) == 4  # 2 lr x (1 rate + 1 bias)
+    assert [s.lr for s in specs if s.objective == "kl-alpha-beta"] == [1e-4, 1e-5]
+    assert len({s.key for s in specs}) == len(specs)
+    assert curve_biases([4.0], 3) == [2.0, 4.0, 6.0]
+    assert curve_biases([], 0) == []
+
+
+@pytest.mark.slow
+def test_sweep_writes_outputs_and_skips_finished_runs(tiny_dir, small_text, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "sweep"
+    assert main(sweep_argv(tiny_dir, small_text, out)) == 0
+    columns, rows = read_csv(out / "sweep.csv")
+    assert columns[:10] == ["objective", "lr", "bias", "rate_mean", "rate_ci_low", "rate_ci_high", "ppl", "drift",
+                            "distinct_2", "seconds"]
+    assert columns == CSV_COLUMNS
+    objectives = [r["objective"] for r in rows]
+    assert objectives.count(BASELINE) == 2  # b = 3 and one curve point (b = 4.5)
+    assert objectives.count("tilt-distill") == 1 and objectives.count("kl-alpha-beta") == 1
+    distill = next(r for r in rows if r["objective"] == "tilt-distill")
+    baseline = [r for r in rows if r["objective"] == BASELINE]
+    assert sorted(float(r["bias"]) for r in baseline) == [3.0, 4.5]
+    assert float(distill["bias"]) == 3.0 and float(distill["drift"]) > 0 and distill["steps"] == "2"
+    for r in rows:
+        assert float(r["rate_ci_low"]) <= float(r["rate_mean"]) <= float(r["rate_ci_high"])
+    assert (out / "pareto.png").stat().st_size > 1000
+    assert "| objective |" in (out / "sweep.md").read_text()
+
+    # A rerun finds every run finished: it must not even load the model.
+    def no_load(*a, **k):
+        raise AssertionError("finished sweep reloaded the model")
+
+    monkeypatch.setattr(tokentilt.sweep, "load_model", no_load)
+    lines = (out / "runs.jsonl").read_text()
+    assert main(sweep_argv(tiny_dir, small_text, out)) == 0
+    assert (out / "runs.jsonl").read_text() == lines
+    assert read_csv(out / "sweep.csv")[1] == rows
+
+    # Another lr adds only the two runs at that lr.
+    monkeypatch.undo()
+    monkeypatch.setattr(tokentilt.tilt, "train_tokens", lambda tok: data.tokenize(tok, TEXT))
+    argv = sweep_argv(tiny_dir, small_text, out)
+    argv[argv.index("1e-3")] = "1e-3,2e-3"
+    assert main(argv) == 0
+    new = (out / "runs.jsonl").read_text()[len(lines):].splitlines()
+    assert len(new) == 2 and all('"lr": 0.002' in line for line in new)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--objective", "bogus"], "objective must be one of"),
+    (["--rate", "0.5,1.2"], "rate must be in (0, 1)"),
+    (["--bias", "inf"], "bias values must be finite"),
+    (["--lr", "fast"], "bad value for lr"),
+    (["--eval-text", "/nonexistent/eval.txt"], "text file not found"),
+])
+def test_sweep_bad_input_is_one_line_exit_2(tiny_dir, small_text, tmp_path, capsys, extra, message):
+    code = main(sweep_argv(tiny_dir, small_text, tmp_path / "s", *extra))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_sweep_refuses_a_folder_with_other_settings(tmp_path):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "runs.jsonl").write_text('{"kind": "settings", "settings": {"steps": 1}}\n')
+    with pytest.raises(ValueError, match="other settings"):
+        tokentilt.sweep.run_sweep(SweepConfig(out=str(out), eval=tokentilt.sweep.EvalConfig(eval_text=__file__)))

@@ -1,0 +1,79 @@
+import json
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+import tokentilt.tilt
+from tokentilt import data
+from tokentilt.cli import main
+from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+
+TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next to the axe. " * 30
+COST_KEYS = ("ppl", "drift", "distinct_1", "distinct_2", "repetition")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-gpt2-tilt")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
+        folder)
+    gpt2_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def eval_file(tmp_path, monkeypatch):
+    path = tmp_path / "eval.txt"
+    path.write_text("Held-out words, never trained on. " * 20)
+    monkeypatch.setattr(tokentilt.tilt, "train_tokens", lambda tok: data.tokenize(tok, TEXT))
+    return path
+
+
+def tilt_argv(tiny_dir, eval_file, out, *extra):
+    return ["tilt", "--model", str(tiny_dir), "--toward", "x", "--steps", "2", "--batch", "2", "--seq-len", "16",
+            "--lr", "1e-3", "--eval-every", "0", "--samples-per-prompt", "1", "--new-tokens", "8",
+            "--eval-text", str(eval_file), "--eval-windows", "2", "--eval-seq-len", "16", "--out", str(out), *extra]
+
+
+@pytest.mark.slow
+def test_tilt_distill_summary_has_costs_before_after_and_the_baseline(tiny_dir, eval_file, tmp_path):
+    out = tmp_path / "run"
+    assert main(tilt_argv(tiny_dir, eval_file, out, "--objective", "tilt-distill", "--bias", "3")) == 0
+    s = json.loads((out / "summary.json").read_text())
+    for key in COST_KEYS:
+        assert isinstance(s[f"{key}_before"], float) and isinstance(s[f"{key}_after"], float)
+    assert s["drift_before"] == 0.0 and s["drift_after"] > 0
+    assert s["ppl_before"] > 1000  # an untrained 50257-token model is close to uniform
+    assert s["eval_text"] == str(eval_file) and s["eval_tokens"] == 32
+    assert s["bias"] == 3.0 and s["rate_target"] is None
+    base = s["baseline"]
+    assert base["objective"] == "decode-bias" and base["bias"] == 3.0 and base["drift"] > 0
+    assert base["rate"]["mean"] > s["rate_before"]["mean"]
+    for key in ("rate_before", "rate_after", "loss_start", "loss_end", "samples", "seconds"):
+        assert key in s  # the keys the tilt command always wrote
+    report = (out / "report.md").read_text()
+    assert "held-out perplexity" in report and "decode-time baseline" in report
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--objective", "kl-uniform", "--rate", "0.5"], "rate calibrates tilt-distill's bias"),
+    (["--objective", "tilt-distill", "--rate", "1.5"], "rate must be in (0, 1)"),
+    (["--eval-windows", "0"], "eval-windows must be positive"),
+])
+def test_bad_cost_options_are_one_line_exit_2(tiny_dir, eval_file, tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    code = main(tilt_argv(tiny_dir, eval_file, out, *extra))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_missing_eval_text_fails_before_loading(tiny_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tokentilt.tilt, "load_model", lambda *a: pytest.fail("loaded the model"))
+    out = tmp_path / "run"
+    code = main(tilt_argv(tiny_dir, tmp_path / "missing.txt", out))
+    err = capsys.readouterr().err
+    assert code == 2 and "text file not found" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not out.with_name("run.partial").exists()
