@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tokentilt.cli import main
+from tokentilt.losses import ObjectiveContext
 from tokentilt.models.gpt import GPT
 from tokentilt.pretrain import PretrainConfig, next_token_objective, run_pretrain, unigram_cross_entropy
-from tokentilt.losses import ObjectiveContext
 
 
 def tiny(tmp_path, **kw):

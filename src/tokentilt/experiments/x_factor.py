@@ -13,8 +13,6 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-import torch
-
 from tokentilt.evaluate import EvalConfig, measure_rate
 from tokentilt.losses import OBJECTIVES, ObjectiveContext
 from tokentilt.models.load import load_model
