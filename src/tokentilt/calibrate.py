@@ -88,9 +88,9 @@ def calibrate(model, tokenizer, mask: torch.Tensor, target: float, cfg: EvalConf
     Starts from the one-pass proxy b0. Until the target is bracketed, steps in logit space (one
     unit of b moves a single position's logit(p) by one unit, so the first step is
     logit(R*) - logit(R(b0)), at most max_step). Once bracketed it bisects, placing each point by
-    linear interpolation of logit(R) (false position) and falling back to the midpoint when that
-    lands near an end. Stops when |R - target| <= tol or after `iters` sampled measurements, and
-    returns the measured b whose R is closest to the target.
+    linear interpolation of logit(R) (false position), kept within the inner 80% of the bracket.
+    Stops when |R - target| <= tol or after `iters` sampled measurements, and returns the
+    measured b whose R is closest to the target.
     """
     check_rate(target)
     b0 = proxy_bias(model, windows, mask, target, bf16)
@@ -118,7 +118,7 @@ def calibrate(model, tokenizer, mask: torch.Tensor, target: float, cfg: EvalConf
         if lo is not None and hi is not None:
             y_lo, y_hi = _logit(rate_at(lo), n), _logit(rate_at(hi), n)
             frac = (goal - y_lo) / (y_hi - y_lo) if y_hi > y_lo else 0.5
-            frac = frac if 0.1 <= frac <= 0.9 else 0.5
+            frac = min(max(frac, 0.1), 0.9)  # keep the bracket shrinking even when R(b) is far from linear
             b = lo + frac * (hi - lo)
         else:
             b = b + max(-max_step, min(max_step, goal - _logit(r, n)))

@@ -273,13 +273,15 @@ def write_outputs(folder: Path, rows: list[dict], cfg: SweepConfig) -> None:
 
 
 def sweep_markdown(rows: list[dict], cfg: SweepConfig) -> str:
+    def num(v, spec):
+        return "" if v is None else format(v, spec)
+
     def fmt(r):
-        return {"objective": r["objective"], "lr": "" if r["lr"] is None else f"{r['lr']:g}",
-                "b": "" if r["bias"] is None else f"{r['bias']:.2f}",
-                "R* (target)": "" if r["rate_target"] is None else f"{r['rate_target']:g}",
-                "R [95% CI]": f"{r['rate_mean']:.3f} [{r['rate_ci_low']:.3f}, {r['rate_ci_high']:.3f}]",
+        interval = "" if r["rate_ci_low"] is None else f" [{r['rate_ci_low']:.3f}, {r['rate_ci_high']:.3f}]"
+        return {"objective": r["objective"], "lr": num(r["lr"], "g"), "b": num(r["bias"], ".2f"),
+                "R* (target)": num(r["rate_target"], "g"), "R [95% CI]": f"{r['rate_mean']:.3f}{interval}",
                 "perplexity": f"{r['ppl']:.2f}", "drift (nats/token)": f"{r['drift']:.4f}",
-                "distinct-2": f"{r['distinct_2']:.3f}", "repetition": f"{r['repetition']:.3f}",
+                "distinct-2": num(r["distinct_2"], ".3f"), "repetition": num(r["repetition"], ".3f"),
                 "seconds": f"{r['seconds']:.0f}"}
 
     columns = ["objective", "lr", "b", "R* (target)", "R [95% CI]", "perplexity", "drift (nats/token)", "distinct-2",
@@ -312,7 +314,7 @@ def plot_pareto(path: Path, rows: list[dict], title: str) -> None:
                 marker=".", label=f"{BASELINE} (no training)")
     markers = iter("osD^vP*X")
     for objective in sorted({r["objective"] for r in rows} - {BASELINE}):
-        pts = [r for r in rows if r["objective"] == objective]
+        pts = [r for r in rows if r["objective"] == objective and r["rate_ci_low"] is not None]
         ax.errorbar([r["ppl"] for r in pts], [r["rate_mean"] for r in pts],
                     yerr=[[r["rate_mean"] - r["rate_ci_low"] for r in pts], [r["rate_ci_high"] - r["rate_mean"]
                                                                              for r in pts]],
