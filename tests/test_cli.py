@@ -133,3 +133,14 @@ def test_generate_command_with_bias(tiny_model_dir, capsys):
                  "--new-tokens", "5", "--toward", "x", "--bias", "50"])
     out = capsys.readouterr().out
     assert code == 0 and "R = 1.000" in out and out.count("--- 'Hello'") == 3
+
+
+def test_flat_config_reaches_nested_fields_and_keeps_factory_defaults():
+    from tokentilt.sweep import SweepConfig
+    from tokentilt.tilt import TiltConfig, from_flat, to_flat
+
+    sweep = from_flat(SweepConfig, {"steps": 7, "lr": 0.5, "new_tokens": 9, "toward": "q"})
+    assert (sweep.train.steps, sweep.train.lr, sweep.eval.new_tokens, sweep.toward) == (7, 0.5, 9, "q")
+    assert sweep.train.eval_every == 0  # the sweep's own nested default survives
+    tilt = TiltConfig()
+    assert from_flat(TiltConfig, to_flat(tilt)) == tilt

@@ -35,7 +35,7 @@ def small_text(tmp_path, monkeypatch):
 
 def sweep_argv(tiny_dir, text, out, *extra):
     return ["sweep", "--model", str(tiny_dir), "--toward", "x", "--objective", "tilt-distill,kl-alpha-beta",
-            "--lr", "1e-3", "--bias", "3", "--steps", "2", "--batch", "2", "--seq-len", "16",
+            "--lr", "1e-3", "--rate", "", "--bias", "3", "--steps", "2", "--batch", "2", "--seq-len", "16",
             "--samples-per-prompt", "1", "--new-tokens", "8", "--eval-text", str(text), "--eval-windows", "2",
             "--eval-seq-len", "16", "--curve-points", "1", "--out", str(out), *extra]
 

@@ -76,15 +76,23 @@ def to_flat(cfg) -> dict:
 
 
 def from_flat(cls, values: dict):
-    """Flat dict -> dataclass `cls`, routing each key to the (nested) field of that name."""
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        factory = f.default_factory
-        if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory):
-            kwargs[f.name] = from_flat(factory, values)
+    """Flat dict -> dataclass `cls`, routing each key to the (nested) field of that name.
+
+    Starts from cls()'s own defaults, so a nested default built by a factory (say TrainConfig
+    with eval_every=0) keeps whatever the flat dict does not override.
+    """
+    return _fill(cls(), values)
+
+
+def _fill(obj, values: dict):
+    changes = {}
+    for f in dataclasses.fields(obj):
+        current = getattr(obj, f.name)
+        if dataclasses.is_dataclass(current):
+            changes[f.name] = _fill(current, values)
         elif f.name in values:
-            kwargs[f.name] = values[f.name]
-    return cls(**kwargs)
+            changes[f.name] = values[f.name]
+    return dataclasses.replace(obj, **changes)
 
 
 def unknown_keys(cls, values: dict) -> list[str]:
