@@ -1,27 +1,19 @@
 import csv
 
 import pytest
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 import tokentilt.sweep
 import tokentilt.tilt
 from tokentilt import data
 from tokentilt.cli import main
-from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.sweep import BASELINE, CSV_COLUMNS, RunSpec, SweepConfig, curve_biases, grid
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next to the axe. " * 30
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-gpt2-sweep")
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
-        folder)
-    gpt2_tokenizer().save_pretrained(folder)
-    return folder
+@pytest.fixture
+def tiny_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture
@@ -81,7 +73,7 @@ def test_sweep_writes_outputs_and_skips_finished_runs(tiny_dir, small_text, tmp_
     def no_load(*a, **k):
         raise AssertionError("finished sweep reloaded the model")
 
-    monkeypatch.setattr(tokentilt.sweep, "load_model", no_load)
+    monkeypatch.setattr(tokentilt.sweep, "load_with_set", no_load)
     lines = (out / "runs.jsonl").read_text()
     assert main(sweep_argv(tiny_dir, small_text, out)) == 0
     assert (out / "runs.jsonl").read_text() == lines

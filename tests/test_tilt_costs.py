@@ -1,26 +1,18 @@
 import json
 
 import pytest
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 import tokentilt.tilt
 from tokentilt import data
 from tokentilt.cli import main
-from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next to the axe. " * 30
 COST_KEYS = ("ppl", "drift", "distinct_1", "distinct_2", "repetition")
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-gpt2-tilt")
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
-        folder)
-    gpt2_tokenizer().save_pretrained(folder)
-    return folder
+@pytest.fixture
+def tiny_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture

@@ -18,14 +18,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from tokentilt.calibrate import calibrate, check_rate
 from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure
 from tokentilt.losses import OBJECTIVES
-from tokentilt.models.load import load_model
 from tokentilt.report import markdown_table
-from tokentilt.tilt import TiltConfig, resolve_set, to_flat, train_toward
+from tokentilt.tilt import TiltConfig, load_with_set, to_flat, train_toward
 from tokentilt.train import TrainConfig, frozen_copy
 
 BASELINE = "decode-bias"
@@ -204,10 +202,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = False, echo=print) -> list[dict
 
 
 def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_text: str, echo, progress: bool) -> None:
-    echo(f"loading model {cfg.model!r} ...")
-    model, tokenizer = load_model(cfg.model)
-    tokens = resolve_set(cfg.toward, tokenizer, model.get_output_embeddings().weight.shape[0])
-    echo(tokens.describe())
+    model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, echo)
     windows = held_out_windows(tokenizer, cfg.eval, eval_text)  # (W, T)
     bf16 = cfg.train.bf16
     start_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -118,6 +117,15 @@ def train_tokens(tokenizer) -> torch.Tensor:
     return _TRAIN_TOKENS[key]
 
 
+def load_with_set(model_name: str, toward: str, echo=print):
+    """Load a model and resolve the selector over its output vocabulary -> (model, tokenizer, TokenSet)."""
+    echo(f"loading model {model_name!r} ...")
+    model, tokenizer = load_model(model_name)
+    tokens = resolve_set(toward, tokenizer, model.get_output_embeddings().weight.shape[0])
+    echo(tokens.describe())
+    return model, tokenizer, tokens
+
+
 def batch_source(kind: str, tokenizer, vocab_size: int, cfg: TrainConfig):
     """-> next_batch(generator) giving (B, T) ids: random tokens, or windows of the plays' train split."""
     if kind == "random":
@@ -148,11 +156,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     folder = RunFolder(cfg.out, cfg.overwrite)  # refuse a used folder before the slow part
     eval_text = held_out_text(cfg.eval)  # and a missing eval file
     started = time.time()
-    echo(f"loading model {cfg.model!r} ...")
-    model, tokenizer = load_model(cfg.model)
-    vocab_size = model.get_output_embeddings().weight.shape[0]
-    tokens = resolve_set(cfg.toward, tokenizer, vocab_size)
-    echo(tokens.describe())
+    model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, echo)
     windows = held_out_windows(tokenizer, cfg.eval, eval_text)  # (W, T)
     folder.start()
     bf16 = cfg.train.bf16

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 
 from tokentilt.evaluate import EvalConfig, measure_rate
 from tokentilt.losses import OBJECTIVES, ObjectiveContext
-from tokentilt.models.load import load_model
 from tokentilt.outputs import RunFolder
 from tokentilt.report import fmt_rate, markdown_table, plot_series, samples_section
-from tokentilt.tilt import batch_source, resolve_set
+from tokentilt.tilt import batch_source, load_with_set
 from tokentilt.train import TrainConfig, train
 
 
@@ -58,11 +57,8 @@ def run(cfg: XFactorConfig, progress: bool = True, echo=print) -> dict:
     cfg.check()
     folder = RunFolder(cfg.out, cfg.overwrite)  # refuse a used folder before loading the model
     started = time.time()
-    echo(f"loading model {cfg.model!r} ...")
-    model, tokenizer = load_model(cfg.model)
-    vocab_size = model.get_output_embeddings().weight.shape[0]
-    tokens = resolve_set(cfg.toward, tokenizer, vocab_size)
-    echo(tokens.describe())
+    model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, echo)
+    vocab_size = tokens.vocab_size
     folder.start()
     folder.write_yaml("config.yaml", dataclasses.asdict(cfg))
     start_state = {k: v.clone() for k, v in model.state_dict().items()}
