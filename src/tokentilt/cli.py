@@ -245,8 +245,7 @@ def cmd_tilt(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from tokentilt.evaluate import EvalConfig
-    from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, sample
+    from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, check_sample_config, sample
     from tokentilt.metrics import mean_ci, sample_rates
     from tokentilt.models.load import load_model
     from tokentilt.tilt import resolve_set
@@ -257,8 +256,6 @@ def cmd_generate(args) -> int:
         raise UsageError("--bias needs --toward SELECTOR")
     cfg = SampleConfig(max_new_tokens=args.new_tokens, strategy=args.strategy, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p)
-    from tokentilt.generate import check_sample_config
-
     check_sample_config(cfg)
     model, tokenizer = load_model(getattr(args, "model", "bundled"))
     mask = None
@@ -271,7 +268,6 @@ def cmd_generate(args) -> int:
     if mask is not None:
         r = mean_ci(sample_rates(samples.tokens, mask))
         print(f"R = {r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] over {len(samples.texts)} samples")
-    del EvalConfig
     return 0
 
 
