@@ -316,7 +316,7 @@ def add_course_parsers(sub) -> None:
                        epilog="example:\n  tokentilt pretrain --steps 300 --out runs/pretrain",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _opt(p, "--config", metavar="FILE.yaml", help="YAML file of option: value; flags override it")
-    _opt(p, "--steps", type=int, help="max AdamW steps; early stopping may end sooner (default: 300)")
+    _opt(p, "--steps", type=int, help="max AdamW steps; early stopping may end sooner (default: 1000)")
     _opt(p, "--lr", type=float, help="AdamW learning rate (default: 3e-3)")
     _opt(p, "--batch", type=int, help="windows per step (default: 8)")
     _opt(p, "--seq-len", type=int, dest="seq_len", help="tokens per window (default: 64)")

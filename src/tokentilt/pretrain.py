@@ -36,7 +36,7 @@ class PretrainConfig:
     dropout: float = 0.1  # on embeddings, attention and residual branches
     lr: float = 3e-3  # AdamW learning rate (constant)
     weight_decay: float = 0.1  # AdamW decoupled weight decay
-    steps: int = 300  # max optimizer steps (early stopping may end sooner)
+    steps: int = 1000  # max optimizer steps (early stopping may end sooner)
     batch: int = 8  # windows per step
     seq_len: int = 64  # tokens per training window (<= block_size); short windows = more steps per minute
     grad_clip: float = 1.0  # max global grad norm

@@ -51,7 +51,8 @@ class LikeXConfig:
     out: str = "runs/exp/like-x"  # output folder
     overwrite: bool = False  # replace an existing run folder
     eval: EvalConfig = field(default_factory=EvalConfig)  # R with an interval over prompts x samples
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # used only without a checkpoint
+    # used only without a checkpoint; 300 steps keeps the whole experiment short
+    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(steps=300))
 
     def check(self) -> None:
         if self.checkpoint and not Path(self.checkpoint).is_dir():
