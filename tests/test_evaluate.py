@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 
@@ -8,12 +9,11 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from tokentilt.cli import main
 from tokentilt.evaluate import (
     EvalConfig,
-    biased_model_drift,
     held_out_windows,
     measure,
     sample_costs,
 )
-from tokentilt.metrics import biased_drift, perplexity
+from tokentilt.metrics import biased_drift, drift, perplexity
 from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.targets import token_texts
 
@@ -76,11 +76,12 @@ def test_held_out_windows_default_to_the_test_split_not_train(tok, monkeypatch):
 
 def test_biased_model_drift_zero_bias_self_is_zero_and_matches_biased_drift():
     model = tiny_gpt2()
+    twin = copy.deepcopy(model)  # same weights, but a separate forward pass
     windows = torch.randint(0, 64, (3, 10), generator=torch.Generator().manual_seed(0))
     mask = torch.zeros(64, dtype=torch.bool)
     mask[:5] = True
-    assert biased_model_drift(model, model, windows, mask, 0.0) == pytest.approx(0.0, abs=1e-6)
-    assert biased_model_drift(model, model, windows, mask, 2.0) == pytest.approx(
+    assert drift(twin, model, windows, bias_mask=mask, bias=0.0) == pytest.approx(0.0, abs=1e-6)
+    assert drift(twin, model, windows, bias_mask=mask, bias=2.0) == pytest.approx(
         biased_drift(model, windows, mask, 2.0), rel=1e-5)
 
 

@@ -12,11 +12,6 @@ TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next 
 
 
 @pytest.fixture
-def tiny_dir(tiny_model_dir):
-    return tiny_model_dir
-
-
-@pytest.fixture
 def small_text(tmp_path, monkeypatch):
     """A short eval file, and a short training stream instead of tokenizing the whole train split."""
     path = tmp_path / "eval.txt"
@@ -25,8 +20,8 @@ def small_text(tmp_path, monkeypatch):
     return path
 
 
-def sweep_argv(tiny_dir, text, out, *extra):
-    return ["sweep", "--model", str(tiny_dir), "--toward", "x", "--objective", "tilt-distill,kl-alpha-beta",
+def sweep_argv(tiny_model_dir, text, out, *extra):
+    return ["sweep", "--model", str(tiny_model_dir), "--toward", "x", "--objective", "tilt-distill,kl-alpha-beta",
             "--lr", "1e-3", "--rate", "", "--bias", "3", "--steps", "2", "--batch", "2", "--seq-len", "16",
             "--samples-per-prompt", "1", "--new-tokens", "8", "--eval-text", str(text), "--eval-windows", "2",
             "--eval-seq-len", "16", "--curve-points", "1", "--out", str(out), *extra]
@@ -50,9 +45,9 @@ def test_grid_pairs_tilt_distill_with_every_rate_and_bias():
 
 
 @pytest.mark.slow
-def test_sweep_writes_outputs_and_skips_finished_runs(tiny_dir, small_text, tmp_path, monkeypatch, capsys):
+def test_sweep_writes_outputs_and_skips_finished_runs(tiny_model_dir, small_text, tmp_path, monkeypatch, capsys):
     out = tmp_path / "sweep"
-    assert main(sweep_argv(tiny_dir, small_text, out)) == 0
+    assert main(sweep_argv(tiny_model_dir, small_text, out)) == 0
     columns, rows = read_csv(out / "sweep.csv")
     assert columns[:10] == ["objective", "lr", "bias", "rate_mean", "rate_ci_low", "rate_ci_high", "ppl", "drift",
                             "distinct_2", "seconds"]
@@ -75,14 +70,14 @@ def test_sweep_writes_outputs_and_skips_finished_runs(tiny_dir, small_text, tmp_
 
     monkeypatch.setattr(tokentilt.sweep, "load_with_set", no_load)
     lines = (out / "runs.jsonl").read_text()
-    assert main(sweep_argv(tiny_dir, small_text, out)) == 0
+    assert main(sweep_argv(tiny_model_dir, small_text, out)) == 0
     assert (out / "runs.jsonl").read_text() == lines
     assert read_csv(out / "sweep.csv")[1] == rows
 
     # Another lr adds only the two runs at that lr.
     monkeypatch.undo()
     monkeypatch.setattr(tokentilt.tilt, "train_tokens", lambda tok: data.tokenize(tok, TEXT))
-    argv = sweep_argv(tiny_dir, small_text, out)
+    argv = sweep_argv(tiny_model_dir, small_text, out)
     argv[argv.index("1e-3")] = "1e-3,2e-3"
     assert main(argv) == 0
     new = (out / "runs.jsonl").read_text()[len(lines):].splitlines()
@@ -96,8 +91,8 @@ def test_sweep_writes_outputs_and_skips_finished_runs(tiny_dir, small_text, tmp_
     (["--lr", "fast"], "bad value for lr"),
     (["--eval-text", "/nonexistent/eval.txt"], "text file not found"),
 ])
-def test_sweep_bad_input_is_one_line_exit_2(tiny_dir, small_text, tmp_path, capsys, extra, message):
-    code = main(sweep_argv(tiny_dir, small_text, tmp_path / "s", *extra))
+def test_sweep_bad_input_is_one_line_exit_2(tiny_model_dir, small_text, tmp_path, capsys, extra, message):
+    code = main(sweep_argv(tiny_model_dir, small_text, tmp_path / "s", *extra))
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1

@@ -11,11 +11,6 @@ COST_KEYS = ("ppl", "drift", "distinct_1", "distinct_2", "repetition")
 
 
 @pytest.fixture
-def tiny_dir(tiny_model_dir):
-    return tiny_model_dir
-
-
-@pytest.fixture
 def eval_file(tmp_path, monkeypatch):
     path = tmp_path / "eval.txt"
     path.write_text("Held-out words, never trained on. " * 20)
@@ -23,16 +18,16 @@ def eval_file(tmp_path, monkeypatch):
     return path
 
 
-def tilt_argv(tiny_dir, eval_file, out, *extra):
-    return ["tilt", "--model", str(tiny_dir), "--toward", "x", "--steps", "2", "--batch", "2", "--seq-len", "16",
+def tilt_argv(tiny_model_dir, eval_file, out, *extra):
+    return ["tilt", "--model", str(tiny_model_dir), "--toward", "x", "--steps", "2", "--batch", "2", "--seq-len", "16",
             "--lr", "1e-3", "--eval-every", "0", "--samples-per-prompt", "1", "--new-tokens", "8",
             "--eval-text", str(eval_file), "--eval-windows", "2", "--eval-seq-len", "16", "--out", str(out), *extra]
 
 
 @pytest.mark.slow
-def test_tilt_distill_summary_has_costs_before_after_and_the_baseline(tiny_dir, eval_file, tmp_path):
+def test_tilt_distill_summary_has_costs_before_after_and_the_baseline(tiny_model_dir, eval_file, tmp_path):
     out = tmp_path / "run"
-    assert main(tilt_argv(tiny_dir, eval_file, out, "--objective", "tilt-distill", "--bias", "3")) == 0
+    assert main(tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--bias", "3")) == 0
     s = json.loads((out / "summary.json").read_text())
     for key in COST_KEYS:
         assert isinstance(s[f"{key}_before"], float) and isinstance(s[f"{key}_after"], float)
@@ -54,18 +49,18 @@ def test_tilt_distill_summary_has_costs_before_after_and_the_baseline(tiny_dir, 
     (["--objective", "tilt-distill", "--rate", "1.5"], "rate must be in (0, 1)"),
     (["--eval-windows", "0"], "eval-windows must be positive"),
 ])
-def test_bad_cost_options_are_one_line_exit_2(tiny_dir, eval_file, tmp_path, capsys, extra, message):
+def test_bad_cost_options_are_one_line_exit_2(tiny_model_dir, eval_file, tmp_path, capsys, extra, message):
     out = tmp_path / "run"
-    code = main(tilt_argv(tiny_dir, eval_file, out, *extra))
+    code = main(tilt_argv(tiny_model_dir, eval_file, out, *extra))
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 
-def test_missing_eval_text_fails_before_loading(tiny_dir, tmp_path, capsys, monkeypatch):
+def test_missing_eval_text_fails_before_loading(tiny_model_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(tokentilt.tilt, "load_model", lambda *a: pytest.fail("loaded the model"))
     out = tmp_path / "run"
-    code = main(tilt_argv(tiny_dir, tmp_path / "missing.txt", out))
+    code = main(tilt_argv(tiny_model_dir, tmp_path / "missing.txt", out))
     err = capsys.readouterr().err
     assert code == 2 and "text file not found" in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not out.with_name("run.partial").exists()

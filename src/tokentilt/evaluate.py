@@ -14,12 +14,8 @@ import torch
 from tokentilt import data
 from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, Samples, sample
 from tokentilt.metrics import (
-    _forward_batches,
-    bias_logits,
-    biased_drift,
     distinct_n,
     drift,
-    kl_per_token,
     mean_ci,
     perplexity,
     repetition_rate,
@@ -89,17 +85,6 @@ def sample_costs(tokens: torch.Tensor) -> dict:
             "repetition": repetition_rate(tokens, 4)}
 
 
-def biased_model_drift(model, reference, windows: torch.Tensor, mask: torch.Tensor, bias: float,
-                       bf16: bool = False) -> float:
-    """Mean per-token KL(reference || model with +bias on the set) over the (W, T) windows."""
-    total, count = 0.0, 0
-    for _, (ref_logits, logits) in _forward_batches([reference, model], windows, 8, bf16, False, "drift"):
-        kl = kl_per_token(ref_logits, bias_logits(logits, mask, bias))  # (b, T)
-        total += kl.double().sum().item()
-        count += kl.numel()
-    return total / count
-
-
 def measure(
     model, tokenizer, mask: torch.Tensor, cfg: EvalConfig, windows: torch.Tensor, reference=None,
     bias: float = 0.0, bf16: bool = False,
@@ -113,12 +98,10 @@ def measure(
     """
     rate, samples = measure_rate(model, tokenizer, mask, cfg, bias=bias, bf16=bf16)
     ppl = perplexity(model, windows, bias_mask=mask if bias else None, bias=bias, bf16=bf16)
-    if reference is None:
-        kl = biased_drift(model, windows, mask, bias, bf16=bf16) if bias else 0.0
-    elif bias:
-        kl = biased_model_drift(model, reference, windows, mask, bias, bf16)
+    if reference is None and not bias:
+        kl = 0.0  # the model is its own reference
     else:
-        kl = drift(model, reference, windows, bf16=bf16)
+        kl = drift(model, reference or model, windows, bf16=bf16, bias_mask=mask if bias else None, bias=bias)
     return {"rate": rate, "ppl": ppl, "drift": kl, **sample_costs(samples.tokens)}, samples
 
 

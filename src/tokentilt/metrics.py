@@ -237,10 +237,18 @@ def perplexity(model, windows: torch.Tensor, batch_size: int = 8, bias_mask: tor
 
 
 def drift(model, reference, windows: torch.Tensor, batch_size: int = 8, bf16: bool = False,
-          progress: bool = False) -> float:
-    """Mean per-token KL(reference || model) in nats, over every position of the (W, T) windows."""
+          progress: bool = False, bias_mask: torch.Tensor | None = None, bias: float = 0.0) -> float:
+    """Mean per-token KL(reference || model) in nats, over every position of the (W, T) windows.
+
+    With bias_mask, the model's logits get +bias on the set first (a decode-time tilt of it).
+    When model is reference, each window is run once.
+    """
+    models = [reference] if model is reference else [reference, model]
     total, count = 0.0, 0
-    for _, (ref_logits, logits) in _forward_batches([reference, model], windows, batch_size, bf16, progress, "drift"):
+    for _, outs in _forward_batches(models, windows, batch_size, bf16, progress, "drift"):
+        ref_logits, logits = outs[0], outs[-1]  # (b, T, V) each
+        if bias_mask is not None:
+            logits = bias_logits(logits, bias_mask, bias)
         kl = kl_per_token(ref_logits, logits)  # (b, T)
         total += kl.double().sum().item()
         count += kl.numel()
@@ -250,9 +258,4 @@ def drift(model, reference, windows: torch.Tensor, batch_size: int = 8, bf16: bo
 def biased_drift(reference, windows: torch.Tensor, bias_mask: torch.Tensor, bias: float, batch_size: int = 8,
                  bf16: bool = False, progress: bool = False) -> float:
     """Mean per-token KL(reference || reference with +bias on the set): the drift of decode-time bias."""
-    total, count = 0.0, 0
-    for _, (ref_logits,) in _forward_batches([reference], windows, batch_size, bf16, progress, "biased drift"):
-        kl = kl_per_token(ref_logits, bias_logits(ref_logits, bias_mask, bias))  # (b, T)
-        total += kl.double().sum().item()
-        count += kl.numel()
-    return total / count
+    return drift(reference, reference, windows, batch_size, bf16, progress, bias_mask, bias)
