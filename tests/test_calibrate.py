@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from tokentilt.calibrate import bisect, calibrate, proxy_bias, tilted_mean_mass
+from tokentilt.calibrate import bisect, calibrate, fit_trained_bias, proxy_bias, tilted_mean_mass
 from tokentilt.evaluate import EvalConfig, measure_rate
 from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.targets import bias_for_mass, token_texts
@@ -79,3 +79,60 @@ def test_calibration_refuses_rates_outside_0_1(tiny, bad):
     model, tok, mask = tiny
     with pytest.raises(ValueError, match="rate must be in"):
         calibrate(model, tok, mask, bad, EvalConfig(), torch.zeros(1, 4, dtype=torch.long))
+
+
+def sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+class FakeTraining:
+    """A 'trained model' whose R(b) is given: train_at records b, probe returns R of the last b."""
+
+    def __init__(self, rate_of):
+        self.rate_of, self.trained = rate_of, []
+
+    def train_at(self, b):
+        self.trained.append(b)
+        return f"weights after b={b:.4f}"
+
+    def probe(self):
+        return {"mean": self.rate_of(self.trained[-1]), "ci_low": 0.0, "ci_high": 1.0, "n": 1000}
+
+
+def test_fit_trained_bias_corrects_an_undershooting_tilt():
+    # Decode-time calibration says b = 4, but training toward b reaches only logit(R) = 0.8 b - 4:
+    # first step logit(0.5) - logit(R(4)) = 0.8 -> b = 4.8; the secant (slope 0.8) then lands on b = 5.
+    fake = FakeTraining(lambda b: sigmoid(0.8 * b - 4))
+    fit, kept = fit_trained_bias(fake.train_at, fake.probe, 0.5, 4.0, rounds=5, n=1000, tol=0.001)
+    assert fake.trained[:2] == pytest.approx([4.0, 4.8])
+    assert fit.bias == pytest.approx(5.0, abs=1e-6) and fit.rate["mean"] == pytest.approx(0.5, abs=1e-6)
+    assert len(fit.rounds) == 3 and fit.kept == 2
+    assert kept == "weights after b=5.0000"
+
+
+def test_fit_trained_bias_keeps_the_round_nearest_the_target():
+    rates = iter([0.30, 0.52, 0.60])  # a noisy probe: round 2 is nearest, round 3 overshoots
+    fake = FakeTraining(lambda b: next(rates))
+    fit, kept = fit_trained_bias(fake.train_at, fake.probe, 0.5, 4.0, rounds=3, n=1000, tol=0.001)
+    assert [r for _, r in fit.rounds] == [0.30, 0.52, 0.60]
+    assert fit.kept == 1 and fit.bias == fake.trained[1]
+    assert kept == f"weights after b={fake.trained[1]:.4f}"
+    assert fake.trained[1] > fake.trained[0]  # R below target -> b goes up
+
+
+def test_fit_trained_bias_stops_within_tolerance_and_checks_rounds():
+    fake = FakeTraining(lambda b: 0.49)
+    fit, _ = fit_trained_bias(fake.train_at, fake.probe, 0.5, 4.0, rounds=3, n=32, tol=0.03)
+    assert fake.trained == [4.0] and fit.bias == 4.0  # one round: already within 0.03
+    fit, _ = fit_trained_bias(fake.train_at, fake.probe, 0.5, 4.0, rounds=1, n=32, tol=0.0)
+    assert len(fit.rounds) == 1
+    with pytest.raises(ValueError, match="rate-rounds must be >= 1"):
+        fit_trained_bias(fake.train_at, fake.probe, 0.5, 4.0, rounds=0, n=32)
+    with pytest.raises(ValueError, match="rate must be in"):
+        fit_trained_bias(fake.train_at, fake.probe, 1.5, 4.0, rounds=2, n=32)
+
+
+def test_fit_trained_bias_steps_are_bounded():
+    fake = FakeTraining(lambda b: 0.001 if b < 20 else 0.5)  # R barely moves: steps are capped at max_step
+    fit_trained_bias(fake.train_at, fake.probe, 0.5, 0.0, rounds=3, n=32, max_step=4.0)
+    assert fake.trained == [0.0, 4.0, 8.0]

@@ -1,4 +1,5 @@
 import csv
+import json
 
 import pytest
 
@@ -104,3 +105,20 @@ def test_sweep_refuses_a_folder_with_other_settings(tmp_path):
     (out / "runs.jsonl").write_text('{"kind": "settings", "settings": {"steps": 1}}\n')
     with pytest.raises(ValueError, match="other settings"):
         tokentilt.sweep.run_sweep(SweepConfig(out=str(out), eval=tokentilt.sweep.EvalConfig(eval_text=__file__)))
+
+
+@pytest.mark.slow
+def test_sweep_at_a_rate_trains_tilt_distill_toward_the_corrected_bias(tiny_model_dir, small_text, tmp_path):
+    out = tmp_path / "sweep"
+    argv = sweep_argv(tiny_model_dir, small_text, out, "--objective", "tilt-distill", "--rate", "0.5", "--bias", "",
+                      "--rate-rounds", "2", "--curve-points", "0", "--samples-per-prompt", "2")
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    calibrated = next(r["bias"] for r in records if r.get("kind") == "calibration")
+    baseline = next(r for r in records if r.get("objective") == BASELINE)
+    distill = next(r for r in records if r.get("objective") == "tilt-distill")
+    assert baseline["bias"] == calibrated == distill["calibrated_bias"]
+    assert [b for b, _ in distill["rate_rounds"]][0] == calibrated and len(distill["rate_rounds"]) == 2
+    assert distill["bias"] in [b for b, _ in distill["rate_rounds"]] and distill["rate_target"] == 0.5
+    row = next(r for r in read_csv(out / "sweep.csv")[1] if r["objective"] == "tilt-distill")
+    assert float(row["bias"]) == distill["bias"] and float(row["rate_target"]) == 0.5

@@ -64,3 +64,29 @@ def test_missing_eval_text_fails_before_loading(tiny_model_dir, tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and "text file not found" in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not out.with_name("run.partial").exists()
+
+
+@pytest.mark.slow
+def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, eval_file, tmp_path):
+    out = tmp_path / "run"
+    argv = tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.5",
+                     "--rate-rounds", "2", "--samples-per-prompt", "2")
+    assert main(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    rounds = s["rate_rounds"]
+    assert rounds[0]["bias"] == s["calibrated_bias"] == s["baseline"]["bias"]
+    # Two steps barely train the tiny model, so round 1 undershoots and round 2 raises b by the logit gap.
+    assert len(rounds) == 2 and rounds[0]["probe_rate"] < 0.5 and rounds[1]["bias"] > rounds[0]["bias"]
+    assert s["bias"] in [r["bias"] for r in rounds]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [i for i in range(1, len(rounds) + 1) for _ in range(2)]
+    assert "trained toward b" in (out / "report.md").read_text()
+
+
+def test_rate_rounds_must_be_positive(tiny_model_dir, eval_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.5",
+                          "--rate-rounds", "0"))
+    err = capsys.readouterr().err
+    assert code == 2 and "rate-rounds must be a positive integer" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

@@ -125,3 +125,56 @@ def calibrate(model, tokenizer, mask: torch.Tensor, target: float, cfg: EvalConf
     best = min(measured, key=lambda x: (abs(measured[x]["mean"] - target), abs(x)))
     history = [(x, measured[x]["mean"]) for x in measured]
     return Calibration(target, best, measured[best], b0, history)
+
+
+@dataclass
+class RateFit:
+    """tilt-distill's b, corrected so that the *trained* model's rate is R*."""
+
+    target: float  # requested rate R*
+    bias: float  # b of the kept round
+    rate: dict  # the kept round's probe R
+    rounds: list[tuple[float, float]] = field(default_factory=list)  # (b, probe R mean) per training round
+    kept: int = 0  # index of the kept round
+
+
+def fit_trained_bias(train_at, probe, target: float, bias: float, rounds: int, n: int, tol: float = 0.03,
+                     max_step: float = 4.0, echo=None):
+    """Train toward b, measure the trained model's R, move b, train again: at most `rounds` times.
+
+    A model distilled toward softmax(z_ref + b·M) on play text lands near, not on, the decode-time
+    rate of b on the prompts: the tilt is learned on other contexts, in a finite number of steps.
+    So b starts at the decode-time calibration and each round moves it in logit space, first by
+    logit(R*) - logit(R), then along the secant through the last two rounds. Stops when
+    |R - R*| <= tol and keeps the round whose R is nearest R*.
+
+    train_at(b) trains from the start weights and returns what the caller keeps of that round
+    (its history, a copy of the weights); probe() -> R dict of the model just trained. The probe
+    should use seeds other than the reported measurement's, so that the reported R is not the
+    one b was fitted to. Returns (RateFit, the kept round's train_at value).
+    """
+    check_rate(target)
+    if rounds < 1:
+        raise ValueError(f"rate-rounds must be >= 1, got {rounds}")
+    goal = _logit(target, n)
+    tried: list[tuple[float, dict]] = []  # (b, R) per round
+    best, best_value = 0, None
+    for i in range(rounds):
+        value = train_at(bias)
+        r = probe()
+        tried.append((bias, r))
+        if echo:
+            echo(f"  round {i + 1}: b = {bias:+.3f} -> trained R = {r['mean']:.3f} (target {target})")
+        if i == 0 or abs(r["mean"] - target) < abs(tried[best][1]["mean"] - target):
+            best, best_value = i, value  # only the best round's weights are held
+        if abs(r["mean"] - target) <= tol:
+            break
+        y = _logit(r["mean"], n)
+        slope = 1.0  # one unit of b moves logit(p) by one unit at every position
+        if i:
+            b0, r0 = tried[-2]
+            secant = (y - _logit(r0["mean"], n)) / (bias - b0) if bias != b0 else 0.0
+            slope = secant if secant >= 0.25 else slope  # a noisy or flat secant falls back to the first-order step
+        bias = bias + max(-max_step, min(max_step, (goal - y) / slope))
+    fit = RateFit(target, tried[best][0], tried[best][1], [(b, r["mean"]) for b, r in tried], best)
+    return fit, best_value

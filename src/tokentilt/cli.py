@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--bias", type=float, help="tilt-distill: logit bias b of the target (default: 2.0)")
     _opt(p, "--rate", type=float,
          help="tilt-distill: target rate R*; b is calibrated so that decode-time R on the start model is R*")
+    _opt(p, "--rate-rounds", type=int, dest="rate_rounds",
+         help="with --rate: trainings that correct b until the trained model's R is R* (default: 3)")
     _opt(p, "--ce-weight", type=float, dest="ce_weight", help="mixed: lambda on the CE term (default: 1.0)")
     _opt(p, "--inputs", choices=["auto", "random", "text"],
          help="training inputs: random tokens (the course) or play text (default: auto)")
@@ -200,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--lr", dest="lrs", metavar="LIST", help="learning rates, comma-separated (default: 1e-4)")
     _opt(p, "--rate", dest="rates", metavar="LIST",
          help="target rates R*, comma-separated; b is calibrated per rate on the start model (default: 0.5)")
+    _opt(p, "--rate-rounds", type=int, dest="rate_rounds",
+         help="tilt-distill at a rate: trainings that correct b until the trained model's R is R* (default: 3)")
     _opt(p, "--bias", dest="biases", metavar="LIST", help="explicit logit biases b, comma-separated (default: none)")
     _opt(p, "--curve-points", type=int, dest="curve_points",
          help="extra b values on the decode-time baseline curve (default: 6)")

@@ -23,14 +23,15 @@ from tokentilt.calibrate import calibrate, check_rate
 from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure
 from tokentilt.losses import OBJECTIVES
 from tokentilt.report import markdown_table
-from tokentilt.tilt import TiltConfig, load_with_set, to_flat, train_toward
+from tokentilt.tilt import TiltConfig, load_with_set, to_flat, train_to_rate, train_toward
 from tokentilt.train import TrainConfig, frozen_copy
 
 BASELINE = "decode-bias"
 CSV_COLUMNS = ["objective", "lr", "bias", "rate_mean", "rate_ci_low", "rate_ci_high", "ppl", "drift", "distinct_2",
                "seconds", "rate_target", "distinct_1", "repetition", "steps"]
 # Settings that must match for a finished run in the folder to count as done.
-SHARED_KEYS = ("model", "toward", "positions", "alpha", "beta", "ce_weight", "optimizer", "steps", "batch",
+SHARED_KEYS = ("model", "toward", "positions", "alpha", "beta", "ce_weight", "rate_rounds", "optimizer", "steps",
+               "batch",
                "seq_len", "grad_clip", "weight_decay", "seed", "bf16", "prompts", "samples_per_prompt", "new_tokens",
                "temperature", "top_k", "top_p", "eval_seed", "eval_text", "eval_windows", "eval_seq_len")
 
@@ -49,6 +50,7 @@ class SweepConfig:
     lrs: list[float] = field(default_factory=lambda: [1e-4])  # learning rates, one run each
     rates: list[float] = field(default_factory=lambda: [0.5])  # target rates R*: b calibrated per rate
     biases: list[float] = field(default_factory=list)  # explicit logit biases b (besides the rates)
+    rate_rounds: int = 3  # tilt-distill at a rate: trainings that correct b until the trained R is R*
     curve_points: int = 6  # extra decode-time b values for the baseline curve (0 = none)
     positions: str = "all"  # last | all
     alpha: float = 1.0  # kl-alpha-beta / mixed: weight inside the set
@@ -80,12 +82,12 @@ class SweepConfig:
         if self.curve_points < 0:
             raise ValueError(f"curve-points must be >= 0, got {self.curve_points}")
         TiltConfig(objective=self.objectives[0], positions=self.positions, alpha=self.alpha, beta=self.beta,
-                   train=self.train, eval=self.eval).check()
+                   rate_rounds=self.rate_rounds, train=self.train, eval=self.eval).check()
 
-    def tilt_config(self, objective: str, lr: float, bias: float) -> TiltConfig:
+    def tilt_config(self, objective: str, lr: float, bias: float, rate: float | None = None) -> TiltConfig:
         return TiltConfig(model=self.model, toward=self.toward, objective=objective, positions=self.positions,
-                          alpha=self.alpha, beta=self.beta, bias=bias, ce_weight=self.ce_weight,
-                          train=dataclasses.replace(self.train, lr=lr), eval=self.eval)
+                          alpha=self.alpha, beta=self.beta, bias=bias, rate=rate or 0.0, rate_rounds=self.rate_rounds,
+                          ce_weight=self.ce_weight, train=dataclasses.replace(self.train, lr=lr), eval=self.eval)
 
     def shared(self) -> dict:
         flat = to_flat(self)
@@ -224,18 +226,26 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
         bias = spec.bias if spec.bias is not None else calibrated.get(spec.rate, 0.0)
         echo(f"run {spec.objective} lr={spec.lr} b={bias:.3f}" + (f" (R*={spec.rate})" if spec.rate else ""))
         started = time.time()
+        extra = {}
         if spec.objective == BASELINE:
             result, _ = measure(reference, tokenizer, tokens.mask, cfg.eval, windows, bias=bias, bf16=bf16)
             steps = 0
         else:
-            run_cfg = cfg.tilt_config(spec.objective, spec.lr, bias)
+            fit_rate = spec.rate if spec.objective == "tilt-distill" and spec.bias is None else None
+            run_cfg = cfg.tilt_config(spec.objective, spec.lr, bias, fit_rate)
             model.load_state_dict(start_state)
-            history = train_toward(model, tokenizer, reference, tokens, run_cfg, bias, progress=progress)
+            if fit_rate:
+                fit, history = train_to_rate(model, tokenizer, reference, tokens, run_cfg, bias, progress=progress,
+                                             echo=echo)
+                extra = {"calibrated_bias": bias, "rate_rounds": fit.rounds}
+                bias = fit.bias
+            else:
+                history = train_toward(model, tokenizer, reference, tokens, run_cfg, bias, progress=progress)
             result, _ = measure(model, tokenizer, tokens.mask, cfg.eval, windows, reference=reference, bf16=bf16)
             steps = len(history)
         record = {"kind": "run", "key": spec.key, "objective": spec.objective, "lr": spec.lr,
                   "bias": bias if spec.objective in (BASELINE, "tilt-distill") else None, "rate_target": spec.rate,
-                  "steps": steps, "seconds": round(time.time() - started, 1), **result}
+                  "steps": steps, "seconds": round(time.time() - started, 1), **extra, **result}
         log.append(record)
         r = result["rate"]
         echo(f"  R = {r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  ppl = {result['ppl']:.2f}  "
@@ -287,6 +297,9 @@ def sweep_markdown(rows: list[dict], cfg: SweepConfig) -> str:
         "",
         f"- trained runs: {t.steps} steps of {t.optimizer}, batch {t.batch} x {t.seq_len}, {cfg.positions} positions"
         f"{', bf16 autocast' if t.bf16 else ''}; decode-bias = the untrained model sampled with logit bias b",
+        f"- tilt-distill at a target R*: b starts at the decode-time calibration and is corrected over up to "
+        f"{cfg.rate_rounds} training rounds from the trained model's R on probe seeds; the table shows the b trained "
+        "toward (runs.jsonl keeps every round)",
         f"- R over {len(cfg.eval.prompts) * cfg.eval.samples_per_prompt} samples of {cfg.eval.new_tokens} tokens "
         f"(95% interval over samples); perplexity and drift on {cfg.eval.eval_windows} x {cfg.eval.eval_seq_len} "
         f"tokens of {cfg.eval.eval_text or 'the plays test split'}",

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tokentilt import data
-from tokentilt.calibrate import calibrate, check_rate
+from tokentilt.calibrate import RateFit, calibrate, check_rate, fit_trained_bias
 from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure, measure_rate
 from tokentilt.losses import OBJECTIVES, REFERENCE_OBJECTIVES, TEXT_OBJECTIVES, ObjectiveContext
 from tokentilt.models.load import load_model, save_model
@@ -33,6 +33,7 @@ class TiltConfig:
     beta: float = 1e-4  # kl-alpha-beta / mixed: weight outside the set
     bias: float = 2.0  # tilt-distill: logit bias b of the target softmax(z_ref + b*mask)
     rate: float = 0.0  # tilt-distill: target rate R*; b is calibrated to it on the reference (0 = use bias)
+    rate_rounds: int = 3  # with rate: training rounds that correct b until the trained model's R is R*
     ce_weight: float = 1.0  # mixed: lambda in KL + lambda * CE
     inputs: str = "auto"  # random | text | auto (text for tilt-distill and mixed, else random)
     out: str = "runs/tilt"  # output folder
@@ -53,6 +54,8 @@ class TiltConfig:
             check_rate(self.rate)
             if self.objective != "tilt-distill":
                 raise ValueError(f"rate calibrates tilt-distill's bias; it does not apply to {self.objective}")
+        if not (isinstance(self.rate_rounds, int) and self.rate_rounds >= 1):
+            raise ValueError(f"rate-rounds must be a positive integer, got {self.rate_rounds!r}")
         self.train.check()
         self.eval.check()
 
@@ -145,6 +148,38 @@ def train_toward(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig,
                  evaluate=evaluate, log=log, progress=progress)
 
 
+def train_to_rate(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig, bias: float, evaluate=None,
+                  log=None, progress: bool = True, on_round=None, echo=print) -> tuple[RateFit, list[dict]]:
+    """tilt-distill toward the rate cfg.rate: up to cfg.rate_rounds trainings, each from the reference's weights.
+
+    `bias` is the decode-time calibration; calibrate.fit_trained_bias corrects it after each
+    round from the trained model's R, measured on probe seeds (eval_seed + 1) so that the R the
+    run reports afterwards (on eval_seed) is not the one b was fitted to. The model ends holding
+    the kept round's weights. on_round(i) is called before round i trains.
+    -> (the fit, the kept round's training history).
+    """
+    probe_cfg = dataclasses.replace(cfg.eval, eval_seed=cfg.eval.eval_seed + 1)
+    rounds = 0
+
+    def train_at(b: float):
+        nonlocal rounds
+        if on_round is not None:
+            on_round(rounds)
+        rounds += 1
+        model.load_state_dict(reference.state_dict())
+        history = train_toward(model, tokenizer, reference, tokens, cfg, b, evaluate, log, progress)
+        return history, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def probe() -> dict:
+        return measure_rate(model, tokenizer, tokens.mask, probe_cfg, bf16=cfg.train.bf16)[0]
+
+    n = len(cfg.eval.prompts) * cfg.eval.samples_per_prompt
+    fit, (history, state) = fit_trained_bias(train_at, probe, cfg.rate, bias, cfg.rate_rounds, n, echo=echo)
+    if fit.kept != len(fit.rounds) - 1:
+        model.load_state_dict(state)
+    return fit, history
+
+
 def flat_costs(m: dict, suffix: str) -> dict:
     """measure()'s dict -> summary keys: ppl_before, drift_before, distinct_1_before, ..."""
     return {f"{k}_{suffix}": m[k] for k in ("ppl", "drift", "distinct_1", "distinct_2", "repetition")}
@@ -177,15 +212,27 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         echo(f"measuring the decode-time baseline at b = {bias:.3f} ...")
         baseline, _ = measure(model, tokenizer, tokens.mask, cfg.eval, windows, bias=bias, bf16=bf16)
 
+    round_points: list[list] = []  # R over training, one list per training round
+
     def evaluate(step: int) -> dict:
         rate, _ = measure_rate(model, tokenizer, tokens.mask, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=bf16)
-        rate_points.append((step, rate))
+        round_points[-1].append((step, rate))
         return {"rate": rate["mean"], "rate_ci_low": rate["ci_low"], "rate_ci_high": rate["ci_high"]}
+
+    def log(record: dict) -> None:
+        folder.append_jsonl("metrics.jsonl", {**record, "round": len(round_points)} if cfg.rate else record)
 
     reference = frozen_copy(model)  # the starting model: target of tilt-distill, reference of drift
     train_started = time.time()
-    history = train_toward(model, tokenizer, reference, tokens, cfg, bias, evaluate,
-                           log=lambda r: folder.append_jsonl("metrics.jsonl", r), progress=progress)
+    fit, trained_bias = None, bias
+    if cfg.rate:
+        echo(f"training toward R = {cfg.rate}, correcting b from the trained model's R (<= {cfg.rate_rounds} rounds)")
+        fit, history = train_to_rate(model, tokenizer, reference, tokens, cfg, bias, evaluate, log, progress,
+                                     on_round=lambda i: round_points.append(list(rate_points)), echo=echo)
+        rate_points, trained_bias = round_points[fit.kept], fit.bias
+    else:
+        round_points.append(rate_points)
+        history = train_toward(model, tokenizer, reference, tokens, cfg, bias, evaluate, log, progress)
     train_seconds = time.time() - train_started
 
     echo("measuring R and costs after training ...")
@@ -226,8 +273,11 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         "seconds": round(time.time() - started, 1),
     }
     if cfg.objective == "tilt-distill":
-        summary["bias"] = bias
+        summary["bias"] = trained_bias
         summary["rate_target"] = cfg.rate or None
+        if fit is not None:
+            summary["calibrated_bias"] = bias
+            summary["rate_rounds"] = [{"bias": b, "probe_rate": r} for b, r in fit.rounds]
         summary["baseline"] = {"objective": "decode-bias", "bias": bias, **baseline}
     folder.path("report.md").write_text(tilt_report(cfg, summary, samples_before, samples_after))
     folder.write_json("summary.json", summary)
@@ -265,6 +315,14 @@ def summary_rows(s: dict) -> list[dict]:
     return rows
 
 
+def tilt_bias_note(s: dict) -> str:
+    if not s.get("rate_target"):
+        return f"; decode-time baseline and tilt-distill target use b = {s['bias']:.3f}"
+    rounds = ", ".join(f"b = {r['bias']:.3f} -> R = {r['probe_rate']:.3f}" for r in s["rate_rounds"])
+    return (f"; decode-time baseline at b = {s['calibrated_bias']:.3f}, calibrated to R = {s['rate_target']}; "
+            f"tilt-distill trained toward b = {s['bias']:.3f}, the round nearest R* on probe seeds ({rounds})")
+
+
 def tilt_report(cfg: TiltConfig, s: dict, before, after) -> str:
     columns = ["", "before", "after"] + (["decode-time baseline"] if "baseline" in s else [])
     table = markdown_table(summary_rows(s), columns)
@@ -278,8 +336,7 @@ def tilt_report(cfg: TiltConfig, s: dict, before, after) -> str:
         f"{', bf16 autocast' if cfg.train.bf16 else ''}; {s['seconds']:.0f} s in all",
         f"- R over {s['samples']} samples of {s['new_tokens']} tokens, 95% interval over samples; perplexity "
         f"and drift on {s['eval_tokens']} held-out tokens of {s['eval_text']}"
-        + (f"; decode-time baseline and tilt-distill target use b = {s['bias']:.3f}"
-           + (f", calibrated to R = {s['rate_target']}" if s.get("rate_target") else "") if "bias" in s else ""),
+        + (tilt_bias_note(s) if "bias" in s else ""),
         "",
         table,
         "",
