@@ -16,6 +16,16 @@ def test_greedy_matches_hf_generate(build):
     assert torch.equal(ours, theirs[:, 7:])
 
 
+@pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama])
+def test_generation_builds_no_autograd_graph_and_uses_the_current_cache_argument(build, recwarn):
+    model = build()  # a model being trained: its parameters require grad
+    grad_modes = []
+    model.register_forward_pre_hook(lambda module, args: grad_modes.append(torch.is_grad_enabled()))
+    generate(model, torch.randint(1, 64, (2, 4)), cfg=SampleConfig(max_new_tokens=3, ban_eos=False))
+    assert grad_modes == [False] * 3
+    assert not [w for w in recwarn if "past_key_values" in str(w.message)]  # no deprecated argument
+
+
 def test_left_padded_batch_matches_single_rows(llama_model):
     g = torch.Generator().manual_seed(2)
     a, b = torch.randint(1, 64, (1, 5), generator=g), torch.randint(1, 64, (1, 8), generator=g)

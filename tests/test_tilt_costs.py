@@ -73,7 +73,7 @@ def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, 
                      "--rate-rounds", "2", "--samples-per-prompt", "2")
     assert main(argv) == 0
     s = json.loads((out / "summary.json").read_text())
-    rounds = s["rate_rounds"]
+    rounds = s["bias_rounds"]
     assert rounds[0]["bias"] == s["calibrated_bias"] == s["baseline"]["bias"]
     # Two steps barely train the tiny model, so round 1 undershoots and round 2 raises b by the logit gap.
     assert len(rounds) == 2 and rounds[0]["probe_rate"] < 0.5 and rounds[1]["bias"] > rounds[0]["bias"]

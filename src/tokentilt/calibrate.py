@@ -137,6 +137,10 @@ class RateFit:
     rounds: list[tuple[float, float]] = field(default_factory=list)  # (b, probe R mean) per training round
     kept: int = 0  # index of the kept round
 
+    def round_records(self) -> list[dict]:
+        """[{"bias": b, "probe_rate": R}] per round, for summary.json and runs.jsonl."""
+        return [{"bias": b, "probe_rate": r} for b, r in self.rounds]
+
 
 def fit_trained_bias(train_at, probe, target: float, bias: float, rounds: int, n: int, tol: float = 0.03,
                      max_step: float = 4.0, echo=None):

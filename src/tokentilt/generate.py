@@ -4,12 +4,15 @@ Every model is called the same way:
 
     out = model(input_ids=..., attention_mask=..., position_ids=..., past_key_values=..., use_cache=True)
 
+(the cache argument is called `cache` in newer transformers 5 releases; cache_argument picks the name).
+
 and the next-token scores go through one LogitsProcessorList (transformers' warpers for
 temperature / top-k / top-p, and our SetBias for the decode-time baseline).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +92,12 @@ def check_sample_config(cfg: SampleConfig) -> None:
         raise ValueError(f"top_k must be >= 0 and top_p in (0, 1], got {cfg.top_k}, {cfg.top_p}")
 
 
+def cache_argument(model) -> str:
+    """The forward argument (and output field) of the KV-cache: `cache` in newer transformers 5 releases,
+    `past_key_values` in earlier ones (deprecated since) and in Model 5."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -110,12 +119,12 @@ def generate(
     seen = input_ids
     step_ids, step_pos = input_ids, (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     past, new = None, []
+    cache_arg = cache_argument(model)
     for _ in range(cfg.max_new_tokens):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(
-                input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past, use_cache=True
-            )
-        past = out.past_key_values
+            out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
+                        **{cache_arg: past})
+        past = getattr(out, cache_arg)
         scores = procs(seen, out.logits[:, -1].float())  # (B, V)
         if cfg.strategy == "greedy":
             nxt = scores.argmax(-1, keepdim=True)  # (B, 1)

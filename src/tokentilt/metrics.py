@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from tokentilt.targets import bias_logits
+
 # ---------------------------------------------------------------- R: rate of target tokens
 
 
@@ -131,11 +133,6 @@ def kl_per_token(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor
     logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
     terms = ref_logp.exp() * (ref_logp - logp)  # (B, T, V)
     return torch.where(ref_logp > -math.inf, terms, 0.0).sum(-1)
-
-
-def bias_logits(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> torch.Tensor:
-    """Decode-time logit bias: z + b * M, in float32. (..., V)"""
-    return logits.float() + bias * mask.to(logits.device, torch.float32)
 
 
 # ---------------------------------------------------------------- degeneration

@@ -224,7 +224,9 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
         if spec.key in log.runs():
             continue
         bias = spec.bias if spec.bias is not None else calibrated.get(spec.rate, 0.0)
-        echo(f"run {spec.objective} lr={spec.lr} b={bias:.3f}" + (f" (R*={spec.rate})" if spec.rate else ""))
+        uses_bias = spec.objective in (BASELINE, "tilt-distill")
+        echo(f"run {spec.objective}" + (f" lr={spec.lr:g}" if spec.lr else "") + (f" b={bias:.3f}" if uses_bias else "")
+             + (f" (R*={spec.rate})" if spec.rate and uses_bias else ""))
         started = time.time()
         extra = {}
         if spec.objective == BASELINE:
@@ -237,14 +239,14 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
             if fit_rate:
                 fit, history = train_to_rate(model, tokenizer, reference, tokens, run_cfg, bias, progress=progress,
                                              echo=echo)
-                extra = {"calibrated_bias": bias, "rate_rounds": fit.rounds}
+                extra = {"calibrated_bias": bias, "bias_rounds": fit.round_records()}
                 bias = fit.bias
             else:
                 history = train_toward(model, tokenizer, reference, tokens, run_cfg, bias, progress=progress)
             result, _ = measure(model, tokenizer, tokens.mask, cfg.eval, windows, reference=reference, bf16=bf16)
             steps = len(history)
         record = {"kind": "run", "key": spec.key, "objective": spec.objective, "lr": spec.lr,
-                  "bias": bias if spec.objective in (BASELINE, "tilt-distill") else None, "rate_target": spec.rate,
+                  "bias": bias if uses_bias else None, "rate_target": spec.rate,
                   "steps": steps, "seconds": round(time.time() - started, 1), **extra, **result}
         log.append(record)
         r = result["rate"]

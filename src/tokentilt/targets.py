@@ -180,7 +180,12 @@ def tilted_log_probs(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> t
     This is the minimum-KL change of softmax(z) with a given expected mass on the set,
     and it is exactly what a decode-time logit bias of b does.
     """
-    return F.log_softmax(logits.float() + bias * mask.to(logits.device, torch.float32), dim=-1)
+    return F.log_softmax(bias_logits(logits, mask, bias), dim=-1)
+
+
+def bias_logits(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> torch.Tensor:
+    """Decode-time logit bias: z + b * M, in float32. (..., V)"""
+    return logits.float() + bias * mask.to(logits.device, torch.float32)
 
 
 def tilted_set_mass(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> torch.Tensor:

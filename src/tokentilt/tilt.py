@@ -277,7 +277,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         summary["rate_target"] = cfg.rate or None
         if fit is not None:
             summary["calibrated_bias"] = bias
-            summary["rate_rounds"] = [{"bias": b, "probe_rate": r} for b, r in fit.rounds]
+            summary["bias_rounds"] = fit.round_records()
         summary["baseline"] = {"objective": "decode-bias", "bias": bias, **baseline}
     folder.path("report.md").write_text(tilt_report(cfg, summary, samples_before, samples_after))
     folder.write_json("summary.json", summary)
@@ -318,7 +318,7 @@ def summary_rows(s: dict) -> list[dict]:
 def tilt_bias_note(s: dict) -> str:
     if not s.get("rate_target"):
         return f"; decode-time baseline and tilt-distill target use b = {s['bias']:.3f}"
-    rounds = ", ".join(f"b = {r['bias']:.3f} -> R = {r['probe_rate']:.3f}" for r in s["rate_rounds"])
+    rounds = ", ".join(f"b = {r['bias']:.3f} -> R = {r['probe_rate']:.3f}" for r in s["bias_rounds"])
     return (f"; decode-time baseline at b = {s['calibrated_bias']:.3f}, calibrated to R = {s['rate_target']}; "
             f"tilt-distill trained toward b = {s['bias']:.3f}, the round nearest R* on probe seeds ({rounds})")
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
+from tokentilt.generate import cache_argument
 from tokentilt.models.gpt import GPT, GPTConfig
 
 V, BLOCK = 97, 64
@@ -133,14 +134,15 @@ def test_causal_future_token_does_not_change_past(gpt):
 def greedy(model, ids, n):
     """A minimal greedy loop through the shared forward contract."""
     mask = torch.ones_like(ids)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=None, past_key_values=None, use_cache=True)
+    cache = cache_argument(model)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=None, use_cache=True, **{cache: None})
     tokens = []
     for _ in range(n):
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
         tokens.append(nxt)
         mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-        out = model(input_ids=nxt, attention_mask=mask, position_ids=None,
-                    past_key_values=out.past_key_values, use_cache=True)
+        out = model(input_ids=nxt, attention_mask=mask, position_ids=None, use_cache=True,
+                    **{cache: getattr(out, cache)})
     return torch.cat(tokens, dim=1)  # (B, n)
 
 
