@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
 from tokentilt.cli import main
 from tokentilt.evaluate import (
@@ -28,16 +28,6 @@ def tok():
     t = gpt2_tokenizer()
     t.pad_token = t.eos_token
     return t
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tok):
-    folder = tmp_path_factory.mktemp("tiny-gpt2-eval")
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=4)).save_pretrained(
-        folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +76,8 @@ def test_biased_model_drift_zero_bias_self_is_zero_and_matches_biased_drift():
 
 
 @pytest.mark.slow
-def test_measure_trained_and_baseline_on_the_same_footing(tiny_dir, tok, text_file):
-    model = GPT2LMHeadModel.from_pretrained(tiny_dir).eval()
+def test_measure_trained_and_baseline_on_the_same_footing(tiny_model_dir, tok, text_file):
+    model = GPT2LMHeadModel.from_pretrained(tiny_model_dir).eval()
     mask = torch.tensor(["x" in t.lower() for t in token_texts(tok)])
     cfg = EvalConfig(eval_text=str(text_file), **{k: v for k, v in SMALL.items() if k != "eval_text"})
     windows = held_out_windows(tok, cfg)
@@ -105,9 +95,9 @@ def test_measure_trained_and_baseline_on_the_same_footing(tiny_dir, tok, text_fi
 
 
 @pytest.mark.slow
-def test_eval_command_writes_json_with_baseline(tiny_dir, text_file, tmp_path, capsys):
+def test_eval_command_writes_json_with_baseline(tiny_model_dir, text_file, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    code = main(["eval", "--model", str(tiny_dir), "--reference", str(tiny_dir), "--toward", "x", "--bias", "2",
+    code = main(["eval", "--model", str(tiny_model_dir), "--reference", str(tiny_model_dir), "--toward", "x", "--bias", "2",
                  "--eval-text", str(text_file), "--samples-per-prompt", "1", "--new-tokens", "6",
                  "--eval-windows", "2", "--eval-seq-len", "16", "--out", str(out)])
     assert code == 0
@@ -124,8 +114,8 @@ def test_eval_command_writes_json_with_baseline(tiny_dir, text_file, tmp_path, c
     (["--eval-text", "/nonexistent/file.txt"], "text file not found"),
     (["--samples-per-prompt", "0"], "must be positive"),
 ])
-def test_eval_command_bad_input_is_one_line_exit_2(tiny_dir, capsys, argv, message):
-    code = main(["eval", "--model", str(tiny_dir), "--reference", str(tiny_dir)] + argv)
+def test_eval_command_bad_input_is_one_line_exit_2(tiny_model_dir, capsys, argv, message):
+    code = main(["eval", "--model", str(tiny_model_dir), "--reference", str(tiny_model_dir)] + argv)
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1

@@ -6,8 +6,8 @@ import pytest
 import tokentilt.sweep
 import tokentilt.tilt
 from tokentilt import data
-from tokentilt.cli import main
-from tokentilt.sweep import BASELINE, CSV_COLUMNS, RunSpec, SweepConfig, curve_biases, grid
+from tokentilt.cli import main, merge, read_yaml, sweep_axes
+from tokentilt.sweep import BASELINE, CSV_COLUMNS, RunSpec, SweepConfig, SweepLog, curve_biases, grid
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next to the axe. " * 30
 
@@ -91,12 +91,14 @@ def test_sweep_writes_outputs_and_skips_finished_runs(tiny_model_dir, small_text
     (["--bias", "inf"], "bias values must be finite"),
     (["--lr", "fast"], "bad value for lr"),
     (["--eval-text", "/nonexistent/eval.txt"], "text file not found"),
+    (["--rate-rounds", "0"], "rate-rounds must be a positive integer"),
 ])
 def test_sweep_bad_input_is_one_line_exit_2(tiny_model_dir, small_text, tmp_path, capsys, extra, message):
     code = main(sweep_argv(tiny_model_dir, small_text, tmp_path / "s", *extra))
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()  # nothing written, so a corrected rerun is not refused
 
 
 def test_sweep_refuses_a_folder_with_other_settings(tmp_path):
@@ -123,3 +125,50 @@ def test_sweep_at_a_rate_trains_tilt_distill_toward_the_corrected_bias(tiny_mode
     assert distill["bias"] in trained and distill["rate_target"] == 0.5
     row = next(r for r in read_csv(out / "sweep.csv")[1] if r["objective"] == "tilt-distill")
     assert float(row["bias"]) == distill["bias"] and float(row["rate_target"]) == 0.5
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sweep_log_writes_nothing_before_its_first_record(tmp_path):
+    folder = tmp_path / "s"
+    log = SweepLog(folder, {"steps": 1}, overwrite=False)
+    assert not folder.exists() and log.runs() == {}
+    log.append({"kind": "run", "key": "a"})
+    assert read_jsonl(folder / "runs.jsonl") == [{"kind": "settings", "settings": {"steps": 1}}, {"kind": "run", "key": "a"}]
+
+
+def test_sweep_log_drops_a_cut_off_last_line_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    path.write_text('{"kind": "settings", "settings": {"steps": 1}}\n{"kind": "run", "key": "a"}\n{"kind": "ru')
+    log = SweepLog(tmp_path, {"steps": 1}, overwrite=False)
+    assert list(log.runs()) == ["a"]
+    log.append({"kind": "run", "key": "b"})
+    assert [r.get("key") for r in read_jsonl(path)] == [None, "a", "b"]  # every line parses again
+    path.write_text('{"kind": "settings", "settings": {"steps": 1}}\n{"kind": "ru\n{"kind": "run", "key": "a"}\n')
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        SweepLog(tmp_path, {"steps": 1}, overwrite=False)
+
+
+def test_sweep_log_overwrite_replaces_the_old_file_at_the_first_record(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    old = '{"kind": "settings", "settings": {"steps": 9}}\n{"kind": "run", "key": "old"}\n'
+    path.write_text(old)
+    log = SweepLog(tmp_path, {"steps": 1}, overwrite=True)  # other settings: no error with overwrite
+    assert log.runs() == {} and path.read_text() == old
+    log.append({"kind": "run", "key": "new"})
+    assert read_jsonl(path) == [{"kind": "settings", "settings": {"steps": 1}}, {"kind": "run", "key": "new"}]
+
+
+@pytest.mark.parametrize("text", [
+    "objective: tilt-distill,kl-alpha-beta\nlr: [1e-4, 3e-4]\nrate: 0.5\nbias: ''\n",
+    "objectives: [tilt-distill, kl-alpha-beta]\nlrs: 1e-4, 3e-4\nrates: [0.5]\nbiases: []\n",
+])
+def test_sweep_yaml_takes_the_axes_by_flag_or_field_name(tmp_path, text):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    cfg = merge(SweepConfig, sweep_axes(read_yaml(str(path))), sweep_axes({"rate": "0.3,0.5"}))
+    cfg.check()
+    assert cfg.objectives == ["tilt-distill", "kl-alpha-beta"] and cfg.lrs == [1e-4, 3e-4]
+    assert cfg.rates == [0.3, 0.5] and cfg.biases == []  # the flag overrides the file

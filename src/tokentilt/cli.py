@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--bias", type=float, help="tilt-distill: logit bias b of the target (default: 2.0)")
     _opt(p, "--rate", type=float,
          help="tilt-distill: target rate R*; b is calibrated so that decode-time R on the start model is R*")
-    _opt(p, "--rate-rounds", type=int, dest="rate_rounds",
+    _opt(p, "--rate-rounds", type=int, dest="rate_rounds", metavar="N",
          help="with --rate: trainings that correct b until the trained model's R is R* (default: 3)")
     _opt(p, "--ce-weight", type=float, dest="ce_weight", help="mixed: lambda on the CE term (default: 1.0)")
     _opt(p, "--inputs", choices=["auto", "random", "text"],
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--lr", dest="lrs", metavar="LIST", help="learning rates, comma-separated (default: 1e-4)")
     _opt(p, "--rate", dest="rates", metavar="LIST",
          help="target rates R*, comma-separated; b is calibrated per rate on the start model (default: 0.5)")
-    _opt(p, "--rate-rounds", type=int, dest="rate_rounds",
+    _opt(p, "--rate-rounds", type=int, dest="rate_rounds", metavar="N",
          help="tilt-distill at a rate: trainings that correct b until the trained model's R is R* (default: 3)")
     _opt(p, "--bias", dest="biases", metavar="LIST", help="explicit logit biases b, comma-separated (default: none)")
     _opt(p, "--curve-points", type=int, dest="curve_points",
@@ -275,14 +275,26 @@ def cmd_generate(args) -> int:
     return 0
 
 
+SWEEP_AXES = {"objective": "objectives", "lr": "lrs", "rate": "rates", "bias": "biases"}
+
+
+def sweep_axes(values: dict) -> dict:
+    """The grid's axes by their flag names too (objective: ... in YAML means objectives), as lists;
+    a string is comma-separated like the flags."""
+    out = {}
+    for key, value in values.items():
+        key = SWEEP_AXES.get(key, key)
+        if key in SWEEP_AXES.values() and not isinstance(value, list):
+            value = [] if value is None else [v.strip() for v in str(value).split(",") if v.strip()]
+        out[key] = value
+    return out
+
+
 def cmd_sweep(args) -> int:
     from tokentilt.sweep import SweepConfig, run_sweep
 
-    flags = dict(vars(args))
-    for name in ("objectives", "lrs", "rates", "biases"):
-        if name in flags:
-            flags[name] = [v.strip() for v in str(flags[name]).split(",") if v.strip()]
-    cfg = merge(SweepConfig, read_yaml(flags.get("config")), flags)
+    flags = sweep_axes(vars(args))
+    cfg = merge(SweepConfig, sweep_axes(read_yaml(flags.get("config"))), flags)
     run_sweep(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
     return 0
 

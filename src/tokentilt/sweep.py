@@ -142,15 +142,18 @@ def curve_biases(calibrated: list[float], points: int) -> list[float]:
 
 
 class SweepLog:
-    """runs.jsonl: the sweep's settings line, then one line per calibration or finished run."""
+    """runs.jsonl: the sweep's settings line, then one line per calibration or finished run.
+
+    Nothing is written until the first record: a sweep that fails on bad input (a missing eval
+    text, a model that does not load) leaves no folder behind, and --overwrite replaces the old
+    file only then.
+    """
 
     def __init__(self, folder: Path, shared: dict, overwrite: bool):
         self.path = folder / "runs.jsonl"
-        folder.mkdir(parents=True, exist_ok=True)
-        if overwrite and self.path.exists():
-            self.path.unlink()
+        self.shared, self.replace = shared, overwrite
         self.records: list[dict] = []
-        if self.path.exists():
+        if self.path.exists() and not overwrite:
             for n, line in enumerate(self.path.read_text().splitlines(), 1):
                 if not line.strip():
                     continue
@@ -158,6 +161,7 @@ class SweepLog:
                     self.records.append(json.loads(line))
                 except json.JSONDecodeError:
                     if n == len(self.path.read_text().splitlines()):
+                        self.replace = True  # the next write drops this cut-off line
                         break  # a line cut off by an interrupted write: that run is simply not done
                     raise ValueError(f"{self.path} line {n} is not valid JSON") from None
             settings = next((r["settings"] for r in self.records if r.get("kind") == "settings"), None)
@@ -165,13 +169,16 @@ class SweepLog:
                 changed = sorted(k for k in shared if settings.get(k) != json.loads(json.dumps(shared))[k])
                 raise ValueError(f"{folder} holds a sweep with other settings ({', '.join(changed)}); "
                                  "use another --out or --overwrite")
-        if not any(r.get("kind") == "settings" for r in self.records):
-            self.append({"kind": "settings", "settings": shared})
 
     def append(self, record: dict) -> None:
-        self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        new = [record]
+        if not any(r.get("kind") == "settings" for r in self.records):
+            new.insert(0, {"kind": "settings", "settings": self.shared})
+        self.records += new
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("w" if self.replace else "a") as f:  # replace: rewrite what is kept
+            f.writelines(json.dumps(r) + "\n" for r in (self.records if self.replace else new))
+        self.replace = False
 
     def runs(self) -> dict[str, dict]:
         return {r["key"]: r for r in self.records if r.get("kind") == "run"}
