@@ -172,3 +172,16 @@ def test_sweep_yaml_takes_the_axes_by_flag_or_field_name(tmp_path, text):
     cfg.check()
     assert cfg.objectives == ["tilt-distill", "kl-alpha-beta"] and cfg.lrs == [1e-4, 3e-4]
     assert cfg.rates == [0.3, 0.5] and cfg.biases == []  # the flag overrides the file
+
+
+@pytest.mark.slow
+def test_each_sweep_run_starts_from_the_original_weights(tiny_model_dir, small_text, tmp_path):
+    def kl_rows(out, lrs):
+        argv = sweep_argv(tiny_model_dir, small_text, out, "--objective", "kl-alpha-beta", "--lr", lrs,
+                          "--curve-points", "0")
+        assert main(argv) == 0
+        return {r["lr"]: r for r in read_csv(out / "sweep.csv")[1] if r["objective"] == "kl-alpha-beta"}
+
+    both, alone = kl_rows(tmp_path / "both", "1e-2,2e-3"), kl_rows(tmp_path / "alone", "2e-3")
+    assert both["0.002"]["ppl"] == alone["0.002"]["ppl"] and both["0.002"]["drift"] == alone["0.002"]["drift"]
+    assert both["0.01"]["ppl"] != both["0.002"]["ppl"]

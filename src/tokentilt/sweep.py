@@ -1,8 +1,8 @@
 """Sweeps: a grid over objective x lr x (rate or b), always with the decode-time baseline beside it.
 
-The model is loaded once. Between runs its weights are reset from a CPU copy of the starting
-state dict, and that starting model also serves as the frozen reference (tilt-distill's target,
-drift's reference, the decode-time baseline). Every finished run is one JSON line in
+The model is loaded once, with a frozen copy of its starting weights. Each run resets the model
+from that copy, which also serves as the reference (tilt-distill's target, drift's reference,
+the decode-time baseline). Every finished run is one JSON line in
 `runs.jsonl`; a rerun in the same folder skips the runs that are there.
 
 Writes sweep.csv, sweep.md and pareto.png (R against held-out perplexity).
@@ -153,13 +153,14 @@ class SweepLog:
         self.shared, self.replace = shared, overwrite
         self.records: list[dict] = []
         if self.path.exists() and not overwrite:
-            for n, line in enumerate(self.path.read_text().splitlines(), 1):
+            lines = self.path.read_text().splitlines()
+            for n, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
                 try:
                     self.records.append(json.loads(line))
                 except json.JSONDecodeError:
-                    if n == len(self.path.read_text().splitlines()):
+                    if n == len(lines):
                         self.replace = True  # the next write drops this cut-off line
                         break  # a line cut off by an interrupted write: that run is simply not done
                     raise ValueError(f"{self.path} line {n} is not valid JSON") from None
@@ -213,8 +214,7 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
     model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, echo)
     windows = held_out_windows(tokenizer, cfg.eval, eval_text)  # (W, T)
     bf16 = cfg.train.bf16
-    start_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    reference = frozen_copy(model)
+    reference = frozen_copy(model)  # never trained: it also holds the start weights that each run resets to
 
     calibrated = log.calibrations()
     for rate in cfg.rates:
@@ -241,13 +241,13 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
         else:
             fit_rate = spec.rate if spec.objective == "tilt-distill" and spec.bias is None else None
             run_cfg = cfg.tilt_config(spec.objective, spec.lr, bias, fit_rate)
-            model.load_state_dict(start_state)
-            if fit_rate:
+            if fit_rate:  # train_to_rate resets the weights before each of its rounds
                 fit, history = train_to_rate(model, tokenizer, reference, tokens, run_cfg, bias, progress=progress,
                                              echo=echo)
                 extra = {"calibrated_bias": bias, "bias_rounds": fit.round_records()}
                 bias = fit.bias
             else:
+                model.load_state_dict(reference.state_dict())
                 history = train_toward(model, tokenizer, reference, tokens, run_cfg, bias, progress=progress)
             result, _ = measure(model, tokenizer, tokens.mask, cfg.eval, windows, reference=reference, bf16=bf16)
             steps = len(history)
@@ -258,7 +258,7 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
         r = result["rate"]
         echo(f"  R = {r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  ppl = {result['ppl']:.2f}  "
              f"drift = {result['drift']:.4f}  distinct-2 = {result['distinct_2']:.3f}  ({record['seconds']:.0f} s)")
-    model.load_state_dict(start_state)
+    model.load_state_dict(reference.state_dict())
 
 
 def _row(record: dict) -> dict:

@@ -155,17 +155,14 @@ def train_to_rate(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig
     `bias` is the decode-time calibration; calibrate.fit_trained_bias corrects it after each
     round from the trained model's R, measured on probe seeds (eval_seed + 1) so that the R the
     run reports afterwards (on eval_seed) is not the one b was fitted to. The model ends holding
-    the kept round's weights. on_round(i) is called before round i trains.
+    the kept round's weights. on_round() is called before each round trains.
     -> (the fit, the kept round's training history).
     """
     probe_cfg = dataclasses.replace(cfg.eval, eval_seed=cfg.eval.eval_seed + 1)
-    rounds = 0
 
     def train_at(b: float):
-        nonlocal rounds
         if on_round is not None:
-            on_round(rounds)
-        rounds += 1
+            on_round()
         model.load_state_dict(reference.state_dict())
         history = train_toward(model, tokenizer, reference, tokens, cfg, b, evaluate, log, progress)
         return history, {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -228,7 +225,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     if cfg.rate:
         echo(f"training toward R = {cfg.rate}, correcting b from the trained model's R (<= {cfg.rate_rounds} rounds)")
         fit, history = train_to_rate(model, tokenizer, reference, tokens, cfg, bias, evaluate, log, progress,
-                                     on_round=lambda i: round_points.append(list(rate_points)), echo=echo)
+                                     on_round=lambda: round_points.append(list(rate_points)), echo=echo)
         rate_points, trained_bias = round_points[fit.kept], fit.bias
     else:
         round_points.append(rate_points)
