@@ -8,7 +8,8 @@ import yaml
 from tokentilt.cli import main
 from tokentilt.evaluate import EvalConfig, measure_rate
 from tokentilt.models.load import load_model
-from tokentilt.tilt import from_flat, resolve_set
+from tokentilt.config import from_flat
+from tokentilt.targets import resolve_set
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,8 @@ import pytest
 import tokentilt.sweep
 import tokentilt.tilt
 from tokentilt import data
-from tokentilt.cli import main, merge, read_yaml, sweep_axes
+from tokentilt.cli import main, sweep_axes
+from tokentilt.config import merge, read_yaml
 from tokentilt.sweep import BASELINE, CSV_COLUMNS, RunSpec, SweepConfig, SweepLog, curve_biases, grid
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next to the axe. " * 30

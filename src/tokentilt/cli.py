@@ -8,71 +8,11 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
+from tokentilt.config import UsageError, coerce, merge, read_yaml
 from tokentilt.losses import OBJECTIVES
 from tokentilt.targets import check_syntax
 
 EXIT_USAGE = 2
-
-
-class UsageError(ValueError):
-    """Bad input the user can fix: printed as one line, exit code 2."""
-
-
-# ------------------------------------------------------------------ config merging
-
-
-def read_yaml(path: str | None) -> dict:
-    if path is None:
-        return {}
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"config file not found: {path}")
-    try:
-        values = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UsageError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise UsageError(f"config file {path} must hold a mapping of option: value")
-    return {k.replace("-", "_"): v for k, v in values.items()}
-
-
-def coerce(name: str, value, default):
-    """Cast a YAML/flag value to the type of the field's default, with a one-line error."""
-    if value is None or default is None:
-        return value
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
-                    raise ValueError
-                return value.lower() in ("true", "yes", "1")
-            return bool(value)
-        if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, list):
-            return [str(v) for v in value] if isinstance(value, list) else [s for s in str(value).split("|") if s]
-        return str(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"bad value for {name.replace('_', '-')}: {value!r}") from None
-
-
-def merge(cls, yaml_values: dict, flags: dict):
-    """dataclass defaults <- YAML <- flags, typed. Unknown YAML keys are an error."""
-    from tokentilt.tilt import from_flat, to_flat
-
-    defaults = to_flat(cls())
-    unknown = sorted(set(yaml_values) - set(defaults))
-    if unknown:
-        raise UsageError(f"unknown option(s) in config file: {', '.join(unknown)}")
-    typed = {k: coerce(k, v, defaults[k]) for k, v in yaml_values.items()}
-    typed.update({k: coerce(k, v, defaults[k]) for k, v in flags.items() if k in defaults})
-    return from_flat(cls, typed)
 
 
 # ------------------------------------------------------------------ parsers
@@ -252,7 +192,7 @@ def cmd_generate(args) -> int:
     from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, check_sample_config, sample
     from tokentilt.metrics import mean_ci, sample_rates
     from tokentilt.models.load import load_model
-    from tokentilt.tilt import resolve_set
+    from tokentilt.targets import resolve_set
 
     if args.samples <= 0:
         raise UsageError("--samples must be positive")
@@ -302,7 +242,8 @@ def cmd_sweep(args) -> int:
 def cmd_eval(args) -> int:
     import json
 
-    from tokentilt.evaluate import EvalConfig, eval_table, evaluate_model
+    from tokentilt.eval_job import eval_table, evaluate_model
+    from tokentilt.evaluate import EvalConfig
 
     flags = vars(args)
     values = {**read_yaml(flags.get("config")), **{k: v for k, v in flags.items() if k not in ("func", "command")}}

@@ -70,3 +70,67 @@ def samples_section(title: str, prompts: list[str], texts: list[str], limit: int
         if len(seen) >= limit:
             break
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the tilt run's table and report
+
+
+def summary_table(s: dict) -> str:
+    rows = summary_rows(s)
+    width = max(len(r[""]) for r in rows)
+    lines = [f"{'':{width}}  {'before':>22}  {'after':>22}" + ("  decode-time baseline" if "baseline" in s else "")]
+    lines += [f"{r['']:{width}}  {r['before']:>22}  {r['after']:>22}  {r.get('decode-time baseline', '')}".rstrip()
+              for r in rows]
+    return "\n".join(lines)
+
+
+COST_ROWS = (("held-out perplexity", "ppl", "{:.2f}"), ("drift KL(ref || model) / token", "drift", "{:.4f}"),
+             ("distinct-1 of samples", "distinct_1", "{:.3f}"), ("distinct-2 of samples", "distinct_2", "{:.3f}"),
+             ("4-gram repetition", "repetition", "{:.3f}"))
+
+
+def summary_rows(s: dict) -> list[dict]:
+    """Before / after (/ decode-time baseline) rows for the console and the report."""
+    base = s.get("baseline")
+    rows = [{"": "R (share of set tokens)", "before": fmt_rate(s["rate_before"]), "after": fmt_rate(s["rate_after"]),
+             **({"decode-time baseline": fmt_rate(base["rate"])} if base else {})}]
+    for name, key, fmt in COST_ROWS:
+        row = {"": name, "before": fmt.format(s[f"{key}_before"]), "after": fmt.format(s[f"{key}_after"])}
+        if base:
+            row["decode-time baseline"] = fmt.format(base[key])
+        rows.append(row)
+    rows.append({"": "loss", "before": f"{s['loss_start']:.4f}", "after": f"{s['loss_end']:.4f}"})
+    return rows
+
+
+def tilt_bias_note(s: dict) -> str:
+    if not s.get("rate_target"):
+        return f"; decode-time baseline and tilt-distill target use b = {s['bias']:.3f}"
+    rounds = ", ".join(f"b = {r['bias']:.3f} -> R = {r['probe_rate']:.3f}" for r in s["bias_rounds"])
+    return (f"; decode-time baseline at b = {s['calibrated_bias']:.3f}, calibrated to R = {s['rate_target']}; "
+            f"tilt-distill trained toward b = {s['bias']:.3f}, the round nearest R* on probe seeds ({rounds})")
+
+
+def tilt_report(cfg, s: dict, before, after) -> str:
+    """report.md of a tilt run: cfg is its TiltConfig, s its summary, before/after the Samples."""
+    columns = ["", "before", "after"] + (["decode-time baseline"] if "baseline" in s else [])
+    table = markdown_table(summary_rows(s), columns)
+    return "\n".join([
+        f"# tokentilt run: {cfg.objective} toward {cfg.toward!r}",
+        "",
+        f"- model: `{cfg.model}`; set: {s['target_size']} of {s['vocab_size']} tokens "
+        f"({100 * s['target_share']:.2f}%)",
+        f"- {s['steps']} steps of {cfg.train.optimizer} at lr {cfg.train.lr:g}, batch {cfg.train.batch} x "
+        f"{cfg.train.seq_len} tokens, {cfg.input_kind()} inputs, {cfg.positions} positions"
+        f"{', bf16 autocast' if cfg.train.bf16 else ''}; {s['seconds']:.0f} s in all",
+        f"- R over {s['samples']} samples of {s['new_tokens']} tokens, 95% interval over samples; perplexity "
+        f"and drift on {s['eval_tokens']} held-out tokens of {s['eval_text']}"
+        + (tilt_bias_note(s) if "bias" in s else ""),
+        "",
+        table,
+        "",
+        "![loss](loss.png) ![R](rate.png)",
+        "",
+        samples_section("Samples before", before.prompts, before.texts),
+        samples_section("Samples after", after.prompts, after.texts),
+    ])

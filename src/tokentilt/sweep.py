@@ -23,7 +23,8 @@ from tokentilt.calibrate import calibrate, check_rate
 from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure
 from tokentilt.losses import OBJECTIVES
 from tokentilt.report import markdown_table
-from tokentilt.tilt import TiltConfig, load_with_set, to_flat, train_to_rate, train_toward
+from tokentilt.config import to_flat
+from tokentilt.tilt import TiltConfig, load_with_set, train_to_rate, train_toward
 from tokentilt.train import TrainConfig, frozen_copy
 
 BASELINE = "decode-bias"

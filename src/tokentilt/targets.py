@@ -157,6 +157,13 @@ def resolve(spec: str, texts: list[str]) -> TokenSet:
     return TokenSet(spec, mask)
 
 
+def resolve_set(spec: str, tokenizer, vocab_size: int) -> TokenSet:
+    """Selector -> TokenSet over the model's output vocabulary (padded ids never match)."""
+    texts = token_texts(tokenizer)[:vocab_size]
+    texts += ["\0"] * (vocab_size - len(texts))
+    return resolve(spec, texts)
+
+
 def uniform_target(mask: torch.Tensor) -> torch.Tensor:
     """Q = M / sum(M): uniform over the set. Shape (V,), sums to 1."""
     m = mask.float()

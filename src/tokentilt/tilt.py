@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 import torch
 
 from tokentilt import data
+from tokentilt.config import to_flat
 from tokentilt.calibrate import RateFit, calibrate, check_rate, fit_trained_bias
 from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure, measure_rate
 from tokentilt.losses import OBJECTIVES, REFERENCE_OBJECTIVES, TEXT_OBJECTIVES, ObjectiveContext
 from tokentilt.models.load import load_model, save_model
 from tokentilt.outputs import RunFolder
-from tokentilt.report import fmt_rate, markdown_table, plot_rate, plot_series, samples_section
-from tokentilt.targets import TokenSet, resolve, token_texts
+from tokentilt.report import fmt_rate, plot_rate, plot_series, summary_table, tilt_report
+from tokentilt.targets import TokenSet, resolve_set
 from tokentilt.train import TrainConfig, frozen_copy, train
 
 INPUTS = ("auto", "random", "text")
@@ -63,49 +64,6 @@ class TiltConfig:
         if self.inputs != "auto":
             return self.inputs
         return "text" if self.objective in TEXT_OBJECTIVES else "random"
-
-
-def to_flat(cfg) -> dict:
-    """Dataclass -> flat dict (nested sections merged in); the shape of config.yaml."""
-    flat = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            flat.update(to_flat(value))
-        else:
-            flat[f.name] = value
-    return flat
-
-
-def from_flat(cls, values: dict):
-    """Flat dict -> dataclass `cls`, routing each key to the (nested) field of that name.
-
-    Starts from cls()'s own defaults, so a nested default built by a factory (say TrainConfig
-    with eval_every=0) keeps whatever the flat dict does not override.
-    """
-    return _fill(cls(), values)
-
-
-def _fill(obj, values: dict):
-    changes = {}
-    for f in dataclasses.fields(obj):
-        current = getattr(obj, f.name)
-        if dataclasses.is_dataclass(current):
-            changes[f.name] = _fill(current, values)
-        elif f.name in values:
-            changes[f.name] = values[f.name]
-    return dataclasses.replace(obj, **changes)
-
-
-def unknown_keys(cls, values: dict) -> list[str]:
-    return sorted(set(values) - set(to_flat(cls())))
-
-
-def resolve_set(spec: str, tokenizer, vocab_size: int) -> TokenSet:
-    """Selector -> TokenSet over the model's output vocabulary (padded ids never match)."""
-    texts = token_texts(tokenizer)[:vocab_size]
-    texts += ["\0"] * (vocab_size - len(texts))
-    return resolve(spec, texts)
 
 
 _TRAIN_TOKENS: dict[int, torch.Tensor] = {}
@@ -282,63 +240,3 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     echo(summary_table(summary))
     echo(f"run folder: {out}")
     return summary
-
-
-def summary_table(s: dict) -> str:
-    rows = summary_rows(s)
-    width = max(len(r[""]) for r in rows)
-    lines = [f"{'':{width}}  {'before':>22}  {'after':>22}" + ("  decode-time baseline" if "baseline" in s else "")]
-    lines += [f"{r['']:{width}}  {r['before']:>22}  {r['after']:>22}  {r.get('decode-time baseline', '')}".rstrip()
-              for r in rows]
-    return "\n".join(lines)
-
-
-COST_ROWS = (("held-out perplexity", "ppl", "{:.2f}"), ("drift KL(ref || model) / token", "drift", "{:.4f}"),
-             ("distinct-1 of samples", "distinct_1", "{:.3f}"), ("distinct-2 of samples", "distinct_2", "{:.3f}"),
-             ("4-gram repetition", "repetition", "{:.3f}"))
-
-
-def summary_rows(s: dict) -> list[dict]:
-    """Before / after (/ decode-time baseline) rows for the console and the report."""
-    base = s.get("baseline")
-    rows = [{"": "R (share of set tokens)", "before": fmt_rate(s["rate_before"]), "after": fmt_rate(s["rate_after"]),
-             **({"decode-time baseline": fmt_rate(base["rate"])} if base else {})}]
-    for name, key, fmt in COST_ROWS:
-        row = {"": name, "before": fmt.format(s[f"{key}_before"]), "after": fmt.format(s[f"{key}_after"])}
-        if base:
-            row["decode-time baseline"] = fmt.format(base[key])
-        rows.append(row)
-    rows.append({"": "loss", "before": f"{s['loss_start']:.4f}", "after": f"{s['loss_end']:.4f}"})
-    return rows
-
-
-def tilt_bias_note(s: dict) -> str:
-    if not s.get("rate_target"):
-        return f"; decode-time baseline and tilt-distill target use b = {s['bias']:.3f}"
-    rounds = ", ".join(f"b = {r['bias']:.3f} -> R = {r['probe_rate']:.3f}" for r in s["bias_rounds"])
-    return (f"; decode-time baseline at b = {s['calibrated_bias']:.3f}, calibrated to R = {s['rate_target']}; "
-            f"tilt-distill trained toward b = {s['bias']:.3f}, the round nearest R* on probe seeds ({rounds})")
-
-
-def tilt_report(cfg: TiltConfig, s: dict, before, after) -> str:
-    columns = ["", "before", "after"] + (["decode-time baseline"] if "baseline" in s else [])
-    table = markdown_table(summary_rows(s), columns)
-    return "\n".join([
-        f"# tokentilt run: {cfg.objective} toward {cfg.toward!r}",
-        "",
-        f"- model: `{cfg.model}`; set: {s['target_size']} of {s['vocab_size']} tokens "
-        f"({100 * s['target_share']:.2f}%)",
-        f"- {s['steps']} steps of {cfg.train.optimizer} at lr {cfg.train.lr:g}, batch {cfg.train.batch} x "
-        f"{cfg.train.seq_len} tokens, {cfg.input_kind()} inputs, {cfg.positions} positions"
-        f"{', bf16 autocast' if cfg.train.bf16 else ''}; {s['seconds']:.0f} s in all",
-        f"- R over {s['samples']} samples of {s['new_tokens']} tokens, 95% interval over samples; perplexity "
-        f"and drift on {s['eval_tokens']} held-out tokens of {s['eval_text']}"
-        + (tilt_bias_note(s) if "bias" in s else ""),
-        "",
-        table,
-        "",
-        "![loss](loss.png) ![R](rate.png)",
-        "",
-        samples_section("Samples before", before.prompts, before.texts),
-        samples_section("Samples after", after.prompts, after.texts),
-    ])

@@ -26,7 +26,7 @@ from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.outputs import RunFolder
 from tokentilt.pretrain import PretrainConfig, run_pretrain
 from tokentilt.report import fmt_rate, markdown_table, plot_rate, plot_series, samples_section
-from tokentilt.tilt import resolve_set
+from tokentilt.targets import resolve_set
 from tokentilt.train import TrainConfig, train
 
 

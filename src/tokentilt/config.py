@@ -1,0 +1,98 @@
+"""Config plumbing in one place: dataclass defaults <- YAML file <- flags, typed, one-line errors.
+
+Every job's settings are a dataclass (nested ones for train/eval/lora). YAML files and flags
+are flat (`lr: 1e-4`, `--lr 1e-4`); each key is routed to the nested field of that name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+
+class UsageError(ValueError):
+    """Bad input the user can fix: printed as one line, exit code 2."""
+
+
+def read_yaml(path: str | None) -> dict:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"config file {path} must hold a mapping of option: value")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def coerce(name: str, value, default):
+    """Cast a YAML/flag value to the type of the field's default, with a one-line error."""
+    if value is None or default is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                    raise ValueError
+                return value.lower() in ("true", "yes", "1")
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, list):
+            return [str(v) for v in value] if isinstance(value, list) else [s for s in str(value).split("|") if s]
+        return str(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"bad value for {name.replace('_', '-')}: {value!r}") from None
+
+
+def merge(cls, yaml_values: dict, flags: dict):
+    """dataclass defaults <- YAML <- flags, typed. Unknown YAML keys are an error."""
+    defaults = to_flat(cls())
+    unknown = sorted(set(yaml_values) - set(defaults))
+    if unknown:
+        raise UsageError(f"unknown option(s) in config file: {', '.join(unknown)}")
+    typed = {k: coerce(k, v, defaults[k]) for k, v in yaml_values.items()}
+    typed.update({k: coerce(k, v, defaults[k]) for k, v in flags.items() if k in defaults})
+    return from_flat(cls, typed)
+
+
+def to_flat(cfg) -> dict:
+    """Dataclass -> flat dict (nested sections merged in); the shape of config.yaml."""
+    flat = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            flat.update(to_flat(value))
+        else:
+            flat[f.name] = value
+    return flat
+
+
+def from_flat(cls, values: dict):
+    """Flat dict -> dataclass `cls`, routing each key to the (nested) field of that name.
+
+    Starts from cls()'s own defaults, so a nested default built by a factory (say TrainConfig
+    with eval_every=0) keeps whatever the flat dict does not override.
+    """
+    return _fill(cls(), values)
+
+
+def _fill(obj, values: dict):
+    changes = {}
+    for f in dataclasses.fields(obj):
+        current = getattr(obj, f.name)
+        if dataclasses.is_dataclass(current):
+            changes[f.name] = _fill(current, values)
+        elif f.name in values:
+            changes[f.name] = values[f.name]
+    return dataclasses.replace(obj, **changes)

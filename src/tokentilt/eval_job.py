@@ -1,0 +1,60 @@
+"""The `tokentilt eval` job: a model's R and costs against a reference, beside the decode-time baseline."""
+
+from __future__ import annotations
+
+from tokentilt.calibrate import calibrate, check_rate
+from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure
+from tokentilt.models.load import load_model
+from tokentilt.targets import resolve_set
+
+
+def evaluate_model(model_name: str, reference_name: str, toward: str, cfg: EvalConfig, bias: float = 0.0,
+                   rate: float = 0.0, bf16: bool = False, echo=print) -> dict:
+    """`tokentilt eval`: a model's R and costs against a reference, optionally beside the decode-time
+    baseline (the reference sampled with bias b, or with the b calibrated to `rate`).
+
+    Returns {"model", "reference", "selector", "rows": [{"name", "bias", "rate", "ppl", ...}]}.
+    """
+    cfg.check()
+    if rate:
+        check_rate(rate)
+        if bias:
+            raise ValueError("give --bias or --rate, not both")
+    text = held_out_text(cfg)  # a missing file fails before the slow load
+    echo(f"loading model {model_name!r} ...")
+    model, tokenizer = load_model(model_name)
+    reference = model
+    if reference_name != model_name:
+        echo(f"loading reference {reference_name!r} ...")
+        reference, _ = load_model(reference_name)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if reference.get_output_embeddings().weight.shape[0] != vocab:
+        raise ValueError(f"model and reference have different vocabularies ({vocab} vs "
+                         f"{reference.get_output_embeddings().weight.shape[0]} tokens)")
+    tokens = resolve_set(toward, tokenizer, vocab)
+    echo(tokens.describe())
+    windows = held_out_windows(tokenizer, cfg, text)
+    rows = []
+    result, _ = measure(model, tokenizer, tokens.mask, cfg, windows,
+                        reference=None if reference is model else reference, bf16=bf16)
+    rows.append({"name": model_name, "bias": 0.0, **result})
+    if rate:
+        echo(f"calibrating the decode-time bias to R = {rate} on the reference ...")
+        bias = calibrate(reference, tokenizer, tokens.mask, rate, cfg, windows, bf16=bf16, echo=echo).bias
+    if bias:
+        result, _ = measure(reference, tokenizer, tokens.mask, cfg, windows, bias=bias, bf16=bf16)
+        rows.append({"name": f"decode-bias b={bias:.3f} on {reference_name}", "bias": bias, **result})
+    return {"model": model_name, "reference": reference_name, "selector": toward, "target_size": tokens.size,
+            "eval_text": cfg.eval_text or "plays:test", "eval_tokens": int(windows.numel()),
+            "rate_target": rate or None, "rows": rows}
+
+
+def eval_table(result: dict) -> str:
+    """Plain-text table of evaluate_model's rows."""
+    head = f"{'':<44} {'R [95% CI]':>22} {'ppl':>9} {'drift':>8} {'dist-1':>7} {'dist-2':>7} {'rep':>6}"
+    lines = [head]
+    for r in result["rows"]:
+        rate = f"{r['rate']['mean']:.3f} [{r['rate']['ci_low']:.3f}, {r['rate']['ci_high']:.3f}]"
+        lines.append(f"{r['name'][:44]:<44} {rate:>22} {r['ppl']:>9.2f} {r['drift']:>8.4f} {r['distinct_1']:>7.3f} "
+                     f"{r['distinct_2']:>7.3f} {r['repetition']:>6.3f}")
+    return "\n".join(lines)

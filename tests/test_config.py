@@ -1,0 +1,40 @@
+import subprocess
+import sys
+
+import pytest
+
+from tokentilt.config import UsageError, coerce, merge
+from tokentilt.tilt import TiltConfig
+
+
+@pytest.mark.parametrize("module,forbidden", [
+    ("tokentilt.evaluate", ["tokentilt.calibrate", "tokentilt.tilt"]),
+    ("tokentilt.calibrate", ["tokentilt.tilt", "tokentilt.eval_job"]),
+    ("tokentilt.report", ["tokentilt.tilt"]),
+    ("tokentilt.config", ["tokentilt.tilt", "tokentilt.cli", "torch"]),
+])
+def test_lower_layers_do_not_import_the_jobs(module, forbidden):
+    code = f"import sys, {module}; print(','.join(m for m in {forbidden!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
+
+
+def test_merge_routes_flat_keys_into_nested_sections_and_flags_win():
+    cfg = merge(TiltConfig, {"lr": 3e-4, "steps": "7", "new_tokens": 5}, {"lr": 1e-3})
+    assert cfg.train.lr == 1e-3 and cfg.train.steps == 7 and cfg.eval.new_tokens == 5
+
+
+@pytest.mark.parametrize("yaml_values,message", [
+    ({"nonsense": 1}, "unknown option(s) in config file: nonsense"),
+    ({"steps": 2.5}, "bad value for steps: 2.5"),
+    ({"bf16": "maybe"}, "bad value for bf16: 'maybe'"),
+])
+def test_merge_refuses_bad_values_with_one_line(yaml_values, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        merge(TiltConfig, yaml_values, {})
+
+
+def test_coerce_types():
+    assert coerce("lr", "1e-4", 0.1) == 1e-4
+    assert coerce("bf16", "yes", False) is True
+    assert coerce("prompts", "a|b", ["x"]) == ["a", "b"]
