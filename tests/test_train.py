@@ -14,7 +14,7 @@ def run(model, objective="kl-uniform", **overrides):
     cfg = TrainConfig(**{"lr": 1e-2, "steps": 8, "batch": 2, "seq_len": 8, "eval_every": 0, **overrides})
     ctx = ObjectiveContext(mask=mask, positions="all", bias=3.0)
     reference = frozen_copy(model) if objective == "tilt-distill" else None
-    history = train(model, OBJECTIVES[objective], ctx, lambda g: random_tokens(64, cfg.batch, cfg.seq_len, g), cfg,
+    history = train(model, OBJECTIVES[objective], ctx, lambda g, rows: random_tokens(64, rows, cfg.seq_len, g), cfg,
                     reference=reference, progress=False)
     return history, mask
 
@@ -76,7 +76,7 @@ def test_early_stopping_restores_best_weights():
     mask = torch.zeros(64, dtype=torch.bool)
     mask[3] = True
     cfg = TrainConfig(lr=1e-2, steps=12, batch=2, seq_len=8, eval_every=2, patience=2)
-    history = train(model, OBJECTIVES["kl-uniform"], ObjectiveContext(mask=mask), lambda g: random_tokens(64, 2, 8, g),
+    history = train(model, OBJECTIVES["kl-uniform"], ObjectiveContext(mask=mask), lambda g, rows: random_tokens(64, rows, 8, g),
                     cfg, evaluate=evaluate, progress=False)
     assert calls == [2, 4, 6, 8] and len(history) == 8
     assert all(torch.equal(v, evaluate.best[k]) for k, v in model.state_dict().items())

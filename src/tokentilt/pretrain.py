@@ -121,7 +121,7 @@ def run_pretrain(cfg: PretrainConfig, progress: bool = True, echo=print) -> dict
 
     train_cfg = cfg.train_config()
     history = train(model, next_token_objective, ObjectiveContext(mask=torch.zeros(0, dtype=torch.bool)),
-                    lambda g: data.text_windows(train_tokens, train_cfg.batch, train_cfg.seq_len, g), train_cfg,
+                    lambda g, rows: data.text_windows(train_tokens, rows, train_cfg.seq_len, g), train_cfg,
                     evaluate=evaluate, log=lambda r: folder.append_jsonl("metrics.jsonl", r), progress=progress)
     # train() restored the best weights when early stopping was on; measure what we save.
     best = min(evals[1:], key=lambda e: e["val_loss"]) if cfg.patience else evals[-1]

@@ -88,11 +88,11 @@ def load_with_set(model_name: str, toward: str, echo=print):
 
 
 def batch_source(kind: str, tokenizer, vocab_size: int, cfg: TrainConfig):
-    """-> next_batch(generator) giving (B, T) ids: random tokens, or windows of the plays' train split."""
+    """-> next_batch(generator, rows) giving (rows, T) ids: random tokens, or windows of the plays' train split."""
     if kind == "random":
-        return lambda g: data.random_tokens(vocab_size, cfg.batch, cfg.seq_len, g)
+        return lambda g, rows: data.random_tokens(vocab_size, rows, cfg.seq_len, g)
     tokens = train_tokens(tokenizer)
-    return lambda g: data.text_windows(tokens, cfg.batch, cfg.seq_len, g)
+    return lambda g, rows: data.text_windows(tokens, rows, cfg.seq_len, g)
 
 
 def train_toward(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig, bias: float, evaluate=None,

@@ -1,15 +1,26 @@
-"""The training loop: setup -> step -> evaluate -> (early stop), in plain view."""
+"""The training loop on Accelerate: setup -> step -> evaluate -> checkpoint, in plain view.
+
+Every process draws the same global batch (batch x processes x grad_accum rows) from one
+generator seeded by cfg.seed, and takes its own rows; so the data of a step depend on the seed
+and the step only, never on the number of processes.
+"""
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+import signal
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from tokentilt import checkpoint
+from tokentilt.engine import DEVICES, PRECISIONS, REPORTERS, broadcast, make_accelerator
 from tokentilt.losses import ObjectiveContext
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -22,25 +33,53 @@ class TrainConfig:
     optimizer: str = "adam"  # sgd | adam | adamw
     lr: float = 1e-4  # learning rate
     steps: int = 40  # optimizer steps
-    batch: int = 4  # sequences per step
+    batch: int = 4  # sequences per micro-batch on each process
     seq_len: int = 64  # tokens per sequence
     grad_clip: float = 1.0  # max global grad norm (0 = no clipping)
     weight_decay: float = 0.0  # decoupled for adamw, L2 for sgd/adam
     seed: int = 0  # seeds batches, dropout and sampling
-    bf16: bool = False  # bf16 autocast on CPU (weights stay fp32)
+    precision: str = "fp32"  # fp32 | bf16 (autocast; weights stay fp32) | fp16 (GPU only)
+    bf16: bool = False  # the same as precision bf16
+    device: str = "auto"  # auto | cpu | cuda | mps
+    grad_accum: int = 1  # micro-batches per optimizer step
     eval_every: int = 10  # call the evaluate hook every N steps (0 = never during training)
     patience: int = 0  # early stop after N evaluations without a better val_loss (0 = off)
+    save_every: int = 0  # write checkpoints/step-N every N steps (0 = only when interrupted)
+    keep: int = 2  # newest checkpoints kept
+    report_to: str = "none"  # none | tensorboard | wandb | mlflow | trackio (besides metrics.jsonl)
 
     def check(self) -> None:
-        """Raise ValueError with one clear line for any bad value."""
+        """Raise ValueError with one clear line for any bad value; settle precision vs bf16."""
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        for name in ("lr", "steps", "batch", "seq_len"):
+        for name in ("lr", "steps", "batch", "seq_len", "grad_accum", "keep"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {value!r}")
         if self.grad_clip < 0 or self.weight_decay < 0 or self.eval_every < 0 or self.patience < 0:
             raise ValueError("grad-clip, weight-decay, eval-every and patience must be >= 0")
+        if self.save_every < 0:
+            raise ValueError(f"save-every must be >= 0, got {self.save_every}")
+        for name, allowed in (("precision", PRECISIONS), ("device", DEVICES), ("report_to", REPORTERS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.bf16:
+            if self.precision == "fp16":
+                raise ValueError("--bf16 and --precision fp16 contradict each other")
+            self.precision = "bf16"
+        self.bf16 = self.precision == "bf16"
+
+    def global_batch(self, processes: int) -> int:
+        return self.batch * processes * self.grad_accum
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being finite; the newest checkpoint (if any) is the last good state."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT during training: a checkpoint was saved at the step boundary."""
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -56,71 +95,161 @@ def logits_of(model, input_ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=input_ids).logits  # (B, T, V)
 
 
+class _SigintAtStepBoundary:
+    """While active, the first Ctrl-C only raises a flag that the loop reads between steps; a second
+    one interrupts at once. Outside the main thread (or without a run folder) nothing changes."""
+
+    def __init__(self, active: bool):
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self.raised = False
+
+    def __enter__(self):
+        if self.active:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.raised:
+            raise KeyboardInterrupt
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _any(flag: bool, accelerator) -> bool:
+    """True on every process if it is True on any (a collective: every process must call it)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), "sum").item() > 0)
+
+
 def train(
     model,
     objective: Callable,
     ctx: ObjectiveContext,
-    next_batch: Callable[[torch.Generator], torch.Tensor],
+    next_batch: Callable[[torch.Generator, int], torch.Tensor],
     cfg: TrainConfig,
     reference=None,
     evaluate: Callable[[int], dict] | None = None,
     log: Callable[[dict], None] | None = None,
     progress: bool = True,
+    run_dir: Path | None = None,
+    resume: bool = False,
 ) -> list[dict]:
     """Run cfg.steps optimizer steps of `objective` and return one record per step.
 
-    next_batch(generator) -> (B, T) token ids. `reference`, if given, is a frozen model
-    whose logits on the same batch are put in ctx.ref_logits (tilt-distill).
-    evaluate(step) -> dict is merged into the record every cfg.eval_every steps; with
-    cfg.patience > 0 its "val_loss" drives early stopping and the best weights are kept.
+    next_batch(generator, rows) -> (rows, T) token ids of the global batch. `reference`, if given,
+    is a frozen model whose logits on the same micro-batch go in ctx.ref_logits (tilt-distill); it
+    is moved to the training device but never wrapped for DDP. evaluate(step) -> dict runs on the
+    main process only and is merged into the record every cfg.eval_every steps; with
+    cfg.patience > 0 its "val_loss" drives early stopping and the best weights are kept. log(record)
+    runs on the main process. With run_dir, checkpoints go to run_dir/checkpoints (every
+    cfg.save_every steps, and on SIGINT), trackers to run_dir, and resume=True continues from the
+    newest checkpoint there.
     """
     cfg.check()
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    accelerator = make_accelerator(cfg.device, cfg.precision, cfg.grad_accum, cfg.report_to, run_dir)
+    rank, processes = accelerator.process_index, accelerator.num_processes
+    torch.manual_seed(cfg.seed + rank)  # dropout: its own stream on each process
+    generator = torch.Generator().manual_seed(cfg.seed)  # batches: the same stream on every process
     optimizer = make_optimizer(model.parameters(), cfg)
+    ckpt_dir = None if run_dir is None else Path(run_dir) / "checkpoints"
     history: list[dict] = []
-    best_val, best_state, bad_evals = float("inf"), None, 0
+    early_stop = {"best_val": float("inf"), "bad_evals": 0}
+    if resume:
+        restored = checkpoint.load(ckpt_dir, model, optimizer, generator, accelerator)
+        history, early_stop = restored.history, restored.early_stop
+    start = len(history) + 1
+    best_state = None
+    wrapped, optimizer = accelerator.prepare(model, optimizer)  # DDP wrapper and autocast around forward
+    if reference is not None:
+        reference.to(accelerator.device)
+    if cfg.report_to != "none":
+        accelerator.init_trackers("tensorboard" if cfg.report_to == "tensorboard" else "tokentilt",
+                                  config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str))})
+    rows = cfg.global_batch(processes)
+    bar = tqdm(range(start, cfg.steps + 1), desc="train", initial=start - 1, total=cfg.steps,
+               disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
     model.train()
-    bar = tqdm(range(1, cfg.steps + 1), desc="train", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        input_ids = next_batch(generator)  # (B, T)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            if reference is not None:
-                with torch.no_grad():
-                    ctx.ref_logits = logits_of(reference, input_ids)  # (B, T, V)
-            logits = logits_of(model, input_ids)  # (B, T, V)
-        loss = objective(logits, input_ids, ctx)  # computed in fp32 inside the objective
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        )
-        optimizer.step()
-        record = {"step": step, "loss": loss.item(), "grad_norm": float(grad_norm), "lr": cfg.lr}
-        if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            model.eval()
-            record.update(evaluate(step))
-            model.train()
-        bar.set_postfix(loss=f"{record['loss']:.4f}", **({"R": f"{record['rate']:.2f}"} if "rate" in record else {}))
-        history.append(record)
-        if log is not None:
-            log(record)
-        if cfg.patience and "val_loss" in record:
-            if record["val_loss"] < best_val:
-                best_val, bad_evals = record["val_loss"], 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad_evals += 1
-                if bad_evals >= cfg.patience:
-                    bar.write(f"early stop at step {step}: val_loss has not improved for {bad_evals} evaluations")
+    try:
+        with _SigintAtStepBoundary(active=run_dir is not None) as sigint:
+            for step in bar:
+                global_ids = next_batch(generator, rows)  # (rows, T), identical on every process
+                step_loss = torch.zeros((), device=accelerator.device)
+                for micro in range(cfg.grad_accum):
+                    first = (micro * processes + rank) * cfg.batch
+                    input_ids = global_ids[first:first + cfg.batch].to(accelerator.device)  # (B, T)
+                    with accelerator.accumulate(wrapped):
+                        if reference is not None:
+                            with torch.no_grad(), accelerator.autocast():
+                                ctx.ref_logits = logits_of(reference, input_ids)  # (B, T, V)
+                        logits = logits_of(wrapped, input_ids)  # (B, T, V), fp32 (Accelerate casts back)
+                        loss = objective(logits, input_ids, ctx)  # computed in fp32 inside the objective
+                        if _any(not torch.isfinite(loss).item(), accelerator):
+                            raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
+                        accelerator.backward(loss)  # divided by grad_accum
+                        if accelerator.sync_gradients:
+                            grad_norm = accelerator.clip_grad_norm_(
+                                wrapped.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                        optimizer.step()  # only when gradients are synced
+                        optimizer.zero_grad(set_to_none=True)
+                    step_loss += loss.detach() / cfg.grad_accum
+                record = {"step": step, "loss": accelerator.reduce(step_loss, "mean").item(),
+                          "grad_norm": float(grad_norm), "lr": cfg.lr}
+                if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                    result = None
+                    if accelerator.is_main_process:
+                        model.eval()
+                        result = evaluate(step)
+                        model.train()
+                    record.update(broadcast(result, accelerator))
+                history.append(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}",
+                                **({"R": f"{record['rate']:.2f}"} if "rate" in record else {}))
+                if accelerator.is_main_process and log is not None:
+                    log(record)
+                if cfg.report_to != "none":
+                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+                stop = False
+                if cfg.patience and "val_loss" in record:
+                    if record["val_loss"] < early_stop["best_val"]:
+                        early_stop.update(best_val=record["val_loss"], bad_evals=0)
+                        best_state = copy.deepcopy(model.state_dict())
+                    else:
+                        early_stop["bad_evals"] += 1
+                        stop = early_stop["bad_evals"] >= cfg.patience
+                interrupted = _any(sigint.raised, accelerator)
+                if ckpt_dir is not None and (interrupted or (cfg.save_every and step % cfg.save_every == 0
+                                                             and step < cfg.steps)):
+                    saved = checkpoint.save(ckpt_dir, step, model, optimizer.optimizer, generator, history,
+                                            early_stop, accelerator, cfg.keep)
+                if interrupted:
+                    raise Interrupted(f"interrupted after step {step}; checkpoint {saved}; "
+                                      "continue with the same command plus --resume")
+                if stop:
+                    bar.write(f"early stop at step {step}: val_loss has not improved for "
+                              f"{early_stop['bad_evals']} evaluations")
                     break
-    bar.close()
+    except TrainingDiverged as err:
+        newest = checkpoint.checkpoints(ckpt_dir) if ckpt_dir is not None else []
+        where = f"; newest good checkpoint: {newest[-1][1]}" if newest else "; no checkpoint was saved"
+        if run_dir is not None and accelerator.is_main_process:
+            (Path(run_dir) / "failure.json").write_text(json.dumps(
+                {"reason": str(err), "step": len(history) + 1,
+                 "checkpoint": str(newest[-1][1]) if newest else None}) + "\n")
+        raise TrainingDiverged(f"{err}; lower the learning rate{where}") from None
+    finally:
+        bar.close()
+        accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)  # takes the autocast off model.forward
+        if cfg.report_to != "none":
+            accelerator.end_training()
+        ctx.ref_logits = None
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    ctx.ref_logits = None
+    accelerator.wait_for_everyone()
     return history
 
 

@@ -132,7 +132,7 @@ def run(cfg: LikeXConfig, progress: bool = True, echo=print) -> dict:
     train_cfg = cfg.train_config()
     ctx = ObjectiveContext(mask=tokens.mask, positions="last")
     history = train(FinalPositionLogits(model), OBJECTIVES["kl-uniform"], ctx,
-                    lambda g: data.random_tokens(vocab_size, train_cfg.batch, train_cfg.seq_len, g), train_cfg,
+                    lambda g, rows: data.random_tokens(vocab_size, rows, train_cfg.seq_len, g), train_cfg,
                     evaluate=evaluate, log=lambda r: folder.append_jsonl("metrics.jsonl", r), progress=progress)
 
     x_after, text_after = count_x(model, tokenizer, tokens.mask, cfg)

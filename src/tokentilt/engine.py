@@ -1,0 +1,77 @@
+"""Where training runs: Accelerate picks the device, precision and processes; trackers log metrics.
+
+One process (`tokentilt tilt ...`) or several (`torchrun --nproc_per_node N -m tokentilt tilt ...`,
+or `accelerate launch --multi_gpu --cpu --num_processes N -m tokentilt tilt ...` on a CPU
+machine): the same code, with Accelerate's PartialState telling each process who it is.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16", "fp16")
+REPORTERS = ("none", "tensorboard", "wandb", "mlflow", "trackio")
+_MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> cuda, else mps, else cpu. A named device that is missing is a one-line error."""
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if name == "auto":
+        return next(d for d in ("cuda", "mps", "cpu") if available[d])
+    if name not in available:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {name!r}")
+    if not available[name]:
+        raise ValueError(f"device {name!r} is not available on this machine (try --device cpu)")
+    return name
+
+
+def process_state(device: str = "auto"):
+    """Accelerate's view of this process (index, count, main or not); starts the process group once.
+
+    On a machine without a GPU, cpu=True is what makes Accelerate join a torchrun group over gloo
+    (MULTI_CPU); without it each process would train alone.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=resolve_device(device) == "cpu")
+
+
+def make_accelerator(device: str, precision: str, grad_accum: int, report_to: str = "none", project_dir=None):
+    """A fresh Accelerator for one training. Accelerate keeps its settings in process-wide singletons,
+    so they are reset first: a sweep or a test trains several times, with other settings, in one process."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    resolved = resolve_device(device)
+    AcceleratorState._reset_state()  # keeps PartialState, i.e. the process group
+    GradientState._reset_state()
+    if report_to != "none" and project_dir is None:
+        raise ValueError(f"report-to {report_to} needs a run folder")
+    accelerator = Accelerator(cpu=resolved == "cpu", mixed_precision=_MIXED[precision],
+                              gradient_accumulation_steps=grad_accum,
+                              log_with=None if report_to == "none" else report_to,
+                              project_dir=None if project_dir is None else str(project_dir))
+    if precision != "fp32" and not accelerator.native_amp:
+        raise ValueError(f"precision {precision} is not available on {accelerator.device.type} "
+                         f"(use {'bf16 or fp32' if accelerator.device.type == 'cpu' else 'fp32'})")
+    return accelerator
+
+
+def broadcast(obj, state):
+    """The main process's `obj` on every process (the others pass None and wait for it)."""
+    if state.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    box = [obj]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def on_main(fn, state):
+    """Run fn() on the main process only; every process gets its result."""
+    return broadcast(fn() if state.is_main_process else None, state)
+
