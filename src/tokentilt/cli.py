@@ -10,9 +10,12 @@ from pathlib import Path
 
 from tokentilt.config import UsageError, coerce, merge, read_yaml
 from tokentilt.losses import OBJECTIVES
+from tokentilt.models.lora import DEFAULT_LR as LORA_LR
 from tokentilt.targets import check_syntax
 
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # bad input: one line on stderr
+EXIT_DIVERGED = 3  # training stopped on a non-finite loss; the run folder stays unfinished
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 # ------------------------------------------------------------------ parsers
@@ -52,8 +55,31 @@ def add_train_flags(p):
     _opt(p, "--grad-clip", type=float, dest="grad_clip", help="max gradient norm, 0 = off (default: 1.0)")
     _opt(p, "--weight-decay", type=float, dest="weight_decay", help="weight decay (default: 0)")
     _opt(p, "--seed", type=int, help="random seed for batches and dropout (default: 0)")
-    _opt(p, "--bf16", action="store_true", help="bf16 autocast on CPU (about 2x faster here; weights stay fp32)")
+    _opt(p, "--precision", choices=["fp32", "bf16", "fp16"],
+         help="fp32, or bf16/fp16 autocast with fp32 weights; fp16 needs a GPU (default: fp32)")
+    _opt(p, "--bf16", action="store_true", help="the same as --precision bf16 (about 2x faster on this CPU)")
+    _opt(p, "--device", choices=["auto", "cpu", "cuda", "mps"], help="where to train (default: auto = cuda, mps, cpu)")
+    _opt(p, "--grad-accum", type=int, dest="grad_accum", metavar="N",
+         help="micro-batches per optimizer step; global batch = batch x processes x N (default: 1)")
     _opt(p, "--eval-every", type=int, dest="eval_every", help="measure R every N steps, 0 = off (default: 10)")
+
+
+def add_engine_flags(p):
+    """Run-folder features of `tilt`: checkpoints, resume, trackers, LoRA."""
+    _opt(p, "--save-every", type=int, dest="save_every", metavar="N",
+         help="write checkpoints/step-N/ into DIR.partial every N steps, 0 = only on Ctrl-C (default: 0)")
+    _opt(p, "--keep", type=int, metavar="K", help="newest checkpoints kept (default: 2)")
+    _opt(p, "--resume", action="store_true",
+         help="continue the unfinished run in DIR.partial from its newest checkpoint (same command plus --resume)")
+    _opt(p, "--report-to", dest="report_to", choices=["none", "tensorboard", "wandb", "mlflow", "trackio"],
+         help="also log metrics through Accelerate's tracker into the run folder (default: none)")
+    _opt(p, "--lora", action="store_true",
+         help="train a LoRA adapter (PEFT) instead of every weight; writes adapter/ and model/ (merged)")
+    _opt(p, "--lora-r", type=int, dest="lora_r", help="LoRA rank (default: 16)")
+    _opt(p, "--lora-alpha", type=float, dest="lora_alpha", help="LoRA alpha; the update is scaled by alpha/r (default: 32)")
+    _opt(p, "--lora-dropout", type=float, dest="lora_dropout", help="dropout on the adapter's input (default: 0)")
+    _opt(p, "--lora-targets", dest="lora_targets", metavar="NAMES",
+         help="comma-separated module names, or all-linear = every linear layer of attention and MLP (default)")
 
 
 def add_eval_flags(p):
@@ -88,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fine-tune a model so that its generations use more tokens from a set. "
                                    "Writes config.yaml, metrics.jsonl, summary.json, loss.png, rate.png, "
                                    "report.md and model/ (Hugging Face format) to --out.",
-                       epilog=TILT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=TILT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       conflict_handler="resolve")
     add_model_flags(p)
     _opt(p, "--objective", choices=list(OBJECTIVES), help="loss (default: kl-uniform)")
     _opt(p, "--positions", choices=["last", "all"], help="positions that enter the loss (default: all)")
@@ -103,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--inputs", choices=["auto", "random", "text"],
          help="training inputs: random tokens (the course) or play text (default: auto)")
     add_train_flags(p)
+    _opt(p, "--lr", type=float, help=f"learning rate (default: 1e-4; with --lora {LORA_LR:g})")
+    add_engine_flags(p)
     add_eval_flags(p)
     add_output_flags(p)
     p.set_defaults(func=cmd_tilt)
@@ -182,7 +211,11 @@ def cmd_tilt(args) -> int:
     from tokentilt.tilt import TiltConfig, run_tilt
 
     flags = vars(args)
-    cfg = merge(TiltConfig, read_yaml(flags.get("config")), flags)
+    values = read_yaml(flags.get("config"))
+    cfg = merge(TiltConfig, values, flags)
+    lr = flags.get("lr", values.get("lr"))
+    if lr is not None and not cfg.train.lr > 0:  # 0 means "auto" only as the API's default
+        raise UsageError(f"lr must be positive, got {lr!r}")
     check_syntax(cfg.toward)
     run_tilt(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
     return 0
@@ -363,11 +396,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
+    from tokentilt.train import TrainingDiverged
+
     try:
+        if args.command != "tilt" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError(f"{args.command} runs in one process; only tilt trains under torchrun/accelerate launch")
         return args.func(args)
-    except KeyboardInterrupt:
-        print("tokentilt: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # train.Interrupted says where the checkpoint is
+        print(f"tokentilt: {err or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except TrainingDiverged as err:
+        print(f"tokentilt: training stopped: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
     except (ValueError, OSError) as err:  # every user-facing error class derives from these
         if os.environ.get("TOKENTILT_DEBUG"):
             raise

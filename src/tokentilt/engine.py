@@ -1,8 +1,10 @@
 """Where training runs: Accelerate picks the device, precision and processes; trackers log metrics.
 
 One process (`tokentilt tilt ...`) or several (`torchrun --nproc_per_node N -m tokentilt tilt ...`,
-or `accelerate launch --multi_gpu --cpu --num_processes N -m tokentilt tilt ...` on a CPU
-machine): the same code, with Accelerate's PartialState telling each process who it is.
+or `accelerate launch --multi_gpu --num_processes N -m tokentilt tilt ...`): the same code, with
+Accelerate's PartialState telling each process who it is. On a CPU machine, `accelerate launch`
+needs --multi_gpu (its torchrun launcher) and not --cpu: with --cpu it starts one process unless
+it is given an MPI hostfile; the processes then find no GPU and train over gloo (MULTI_CPU).
 """
 
 from __future__ import annotations

@@ -63,14 +63,15 @@ class SetBias(LogitsProcessor):
 
 
 def make_processors(
-    cfg: SampleConfig, bias_mask: torch.Tensor | None = None, bias: float = 0.0, eos_ids: list[int] | None = None
+    cfg: SampleConfig, bias_mask: torch.Tensor | None = None, bias: float = 0.0, eos_ids: list[int] | None = None,
+    device: str | torch.device = "cpu",
 ) -> LogitsProcessorList:
     """Bias first (it changes the distribution), then the sampling warpers."""
     procs = LogitsProcessorList()
     if bias_mask is not None and bias != 0.0:
         procs.append(SetBias(bias_mask, bias))
     if cfg.ban_eos and eos_ids:
-        procs.append(SuppressTokensLogitsProcessor(eos_ids, device="cpu"))
+        procs.append(SuppressTokensLogitsProcessor(eos_ids, device=device))
     if cfg.strategy == "multinomial":
         if cfg.temperature != 1.0:
             procs.append(TemperatureLogitsWarper(cfg.temperature))
@@ -114,14 +115,16 @@ def generate(
     check_sample_config(cfg)
     was_training = model.training
     model.eval()
-    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
-    procs = make_processors(cfg, bias_mask, bias, eos_ids)
+    device = next(model.parameters()).device
+    input_ids = input_ids.to(device)
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long().to(device)
+    procs = make_processors(cfg, bias_mask, bias, eos_ids, device)
     seen = input_ids
     step_ids, step_pos = input_ids, (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     past, new = None, []
     cache_arg = cache_argument(model)
     for _ in range(cfg.max_new_tokens):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
                         **{cache_arg: past})
         past = getattr(out, cache_arg)
@@ -129,13 +132,14 @@ def generate(
         if cfg.strategy == "greedy":
             nxt = scores.argmax(-1, keepdim=True)  # (B, 1)
         else:
-            nxt = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)  # (B, 1)
+            probs = torch.softmax(scores, -1).cpu()  # drawn on the CPU generator, the same on every device
+            nxt = torch.multinomial(probs, 1, generator=generator).to(device)  # (B, 1)
         new.append(nxt)
         seen = torch.cat([seen, nxt], 1)
         mask = torch.cat([mask, torch.ones_like(nxt)], 1)
         step_ids, step_pos = nxt, step_pos[:, -1:] + 1
     model.train(was_training)
-    return torch.cat(new, 1)
+    return torch.cat(new, 1).cpu()
 
 
 @dataclass

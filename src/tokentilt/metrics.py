@@ -194,7 +194,7 @@ def _forward_batches(models, windows: torch.Tensor, batch_size: int, bf16: bool,
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     was_training = [m.training for m in models]
     device = _device(models[0])
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     try:
         for m in models:
             m.eval()

@@ -22,8 +22,17 @@ def holds_run(folder: Path) -> bool:
 class RunFolder:
     """Everything is written to `<out>.partial/`; finish() moves it to `<out>/` in one rename."""
 
-    def __init__(self, out: str | Path, overwrite: bool = False):
+    def __init__(self, out: str | Path, overwrite: bool = False, resume: bool = False):
         self.out = Path(out)
+        self.tmp = self.out.with_name(self.out.name + ".partial")
+        self.resume = resume
+        if resume:  # continue the unfinished run in <out>.partial/
+            if self.out.is_dir() and holds_run(self.out):
+                raise RunFolderError(f"{self.out} holds a finished run; there is nothing to resume "
+                                     "(drop --resume, and add --overwrite to redo it)")
+            if not (self.tmp / "config.yaml").is_file():
+                raise RunFolderError(f"nothing to resume: no unfinished run in {self.tmp}")
+            return
         if self.out.exists():
             if not self.out.is_dir():
                 raise RunFolderError(f"output path exists and is not a folder: {self.out}")
@@ -32,9 +41,10 @@ class RunFolder:
                     raise RunFolderError(f"refusing to write into non-empty folder that is not a run: {self.out}")
                 if not overwrite:
                     raise RunFolderError(f"output folder already holds a run: {self.out} (use --overwrite)")
-        self.tmp = self.out.with_name(self.out.name + ".partial")
 
     def start(self) -> "RunFolder":
+        if self.resume:
+            return self
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)

@@ -32,8 +32,9 @@ CSV_COLUMNS = ["objective", "lr", "bias", "rate_mean", "rate_ci_low", "rate_ci_h
                "seconds", "rate_target", "distinct_1", "repetition", "steps"]
 # Settings that must match for a finished run in the folder to count as done.
 SHARED_KEYS = ("model", "toward", "positions", "alpha", "beta", "ce_weight", "rate_rounds", "optimizer", "steps",
-               "batch", "seq_len", "grad_clip", "weight_decay", "seed", "bf16", "prompts", "samples_per_prompt",
-               "new_tokens", "temperature", "top_k", "top_p", "eval_seed", "eval_text", "eval_windows", "eval_seq_len")
+               "batch", "grad_accum", "seq_len", "grad_clip", "weight_decay", "seed", "bf16", "prompts",
+               "samples_per_prompt", "new_tokens", "temperature", "top_k", "top_p", "eval_seed", "eval_text",
+               "eval_windows", "eval_seq_len")
 
 
 def _train_defaults() -> TrainConfig:

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import resource
+import shutil
 import time
 from dataclasses import dataclass, field
 
 import torch
+import yaml
 
-from tokentilt import data
-from tokentilt.config import to_flat
+from tokentilt import checkpoint, data
+from tokentilt.config import UsageError, to_flat
 from tokentilt.calibrate import RateFit, calibrate, check_rate, fit_trained_bias
 from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure, measure_rate
+from tokentilt.engine import on_main, process_state, resolve_device
 from tokentilt.losses import OBJECTIVES, REFERENCE_OBJECTIVES, TEXT_OBJECTIVES, ObjectiveContext
+from tokentilt.models import lora
 from tokentilt.models.load import load_model, save_model
 from tokentilt.outputs import RunFolder
 from tokentilt.report import fmt_rate, plot_rate, plot_series, summary_table, tilt_report
@@ -20,6 +26,13 @@ from tokentilt.targets import TokenSet, resolve_set
 from tokentilt.train import TrainConfig, frozen_copy, train
 
 INPUTS = ("auto", "random", "text")
+FULL_LR = 1e-4  # the course's learning rate for full fine-tuning
+# Settings that may differ between a run and its --resume.
+RESUME_FREE = ("resume", "overwrite", "calibrated_bias")
+
+
+def _auto_lr() -> TrainConfig:
+    return TrainConfig(lr=0.0)  # 0 = FULL_LR, or lora.DEFAULT_LR with --lora (settled in check)
 
 
 @dataclass
@@ -39,8 +52,10 @@ class TiltConfig:
     inputs: str = "auto"  # random | text | auto (text for tilt-distill and mixed, else random)
     out: str = "runs/tilt"  # output folder
     overwrite: bool = False  # replace an existing run folder
-    train: TrainConfig = field(default_factory=TrainConfig)
+    resume: bool = False  # continue the unfinished run in out.partial from its newest checkpoint
+    train: TrainConfig = field(default_factory=_auto_lr)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    lora: lora.LoraArgs = field(default_factory=lora.LoraArgs)
 
     def check(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -57,6 +72,14 @@ class TiltConfig:
                 raise ValueError(f"rate calibrates tilt-distill's bias; it does not apply to {self.objective}")
         if not (isinstance(self.rate_rounds, int) and self.rate_rounds >= 1):
             raise ValueError(f"rate-rounds must be a positive integer, got {self.rate_rounds!r}")
+        if self.rate and (self.resume or self.train.save_every or self.train.report_to != "none"):
+            raise ValueError("--rate trains up to rate-rounds times from the start; "
+                             "it takes no --resume, --save-every or --report-to")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues a run and --overwrite starts it afresh: give one of them")
+        if self.train.lr == 0:
+            self.train.lr = lora.DEFAULT_LR if self.lora.lora else FULL_LR
+        self.lora.check()
         self.train.check()
         self.eval.check()
 
@@ -96,14 +119,16 @@ def batch_source(kind: str, tokenizer, vocab_size: int, cfg: TrainConfig):
 
 
 def train_toward(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig, bias: float, evaluate=None,
-                 log=None, progress: bool = True) -> list[dict]:
-    """Train `model` in place with cfg's objective; `reference` is the frozen starting model."""
+                 log=None, progress: bool = True, run_dir=None) -> list[dict]:
+    """Train `model` in place with cfg's objective; `reference` is the frozen starting model.
+    With run_dir, checkpoints go there and cfg.resume continues from the newest one."""
     ctx = ObjectiveContext(mask=tokens.mask, positions=cfg.positions, alpha=cfg.alpha, beta=cfg.beta,
                            bias=bias, ce_weight=cfg.ce_weight)
     next_batch = batch_source(cfg.input_kind(), tokenizer, tokens.vocab_size, cfg.train)
     return train(model, OBJECTIVES[cfg.objective], ctx, next_batch, cfg.train,
                  reference=reference if cfg.objective in REFERENCE_OBJECTIVES else None,
-                 evaluate=evaluate, log=log, progress=progress)
+                 evaluate=evaluate, log=log, progress=progress, run_dir=run_dir,
+                 resume=cfg.resume and run_dir is not None)
 
 
 def train_to_rate(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig, bias: float, evaluate=None,
@@ -117,22 +142,35 @@ def train_to_rate(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig
     -> (the fit, the kept round's training history).
     """
     probe_cfg = dataclasses.replace(cfg.eval, eval_seed=cfg.eval.eval_seed + 1)
+    state = process_state(cfg.train.device)
+    start = snapshot(model)  # every round starts here (the full weights, or a fresh LoRA adapter)
 
     def train_at(b: float):
         if on_round is not None:
             on_round()
-        model.load_state_dict(reference.state_dict())
+        restore(model, start)
         history = train_toward(model, tokenizer, reference, tokens, cfg, b, evaluate, log, progress)
-        return history, {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return history, snapshot(model)
 
     def probe() -> dict:
-        return measure_rate(model, tokenizer, tokens.mask, probe_cfg, bf16=cfg.train.bf16)[0]
+        return on_main(lambda: measure_rate(model, tokenizer, tokens.mask, probe_cfg, bf16=cfg.train.bf16)[0], state)
 
     n = len(cfg.eval.prompts) * cfg.eval.samples_per_prompt
-    fit, (history, state) = fit_trained_bias(train_at, probe, cfg.rate, bias, cfg.rate_rounds, n, echo=echo)
+    fit, (history, weights) = fit_trained_bias(train_at, probe, cfg.rate, bias, cfg.rate_rounds, n, echo=echo)
     if fit.kept != len(fit.rounds) - 1:
-        model.load_state_dict(state)
+        restore(model, weights)
     return fit, history
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    """A copy of the weights that train."""
+    return {name: p.detach().clone() for name, p in checkpoint.trainable(model).items()}
+
+
+@torch.no_grad()
+def restore(model, weights: dict[str, torch.Tensor]) -> None:
+    for name, p in checkpoint.trainable(model).items():
+        p.copy_(weights[name])
 
 
 def flat_costs(m: dict, suffix: str) -> dict:
@@ -140,65 +178,121 @@ def flat_costs(m: dict, suffix: str) -> dict:
     return {f"{k}_{suffix}": m[k] for k in ("ppl", "drift", "distinct_1", "distinct_2", "repetition")}
 
 
+def _quiet(*args, **kwargs) -> None:
+    pass
+
+
+def check_resumable(folder: RunFolder, cfg: TiltConfig) -> int:
+    """The step of the newest checkpoint of the unfinished run; one-line errors if there is none
+    or if the run was started with other settings."""
+    found = checkpoint.checkpoints(folder.path("checkpoints"))
+    if not found:
+        raise UsageError(f"nothing to resume: {folder.tmp} holds no checkpoint (it needs --save-every, "
+                         "or a Ctrl-C during training)")
+    saved = yaml.safe_load(folder.path("config.yaml").read_text()) or {}
+    now = to_flat(cfg)
+    changed = [k for k in sorted(set(saved) | set(now))
+               if k not in RESUME_FREE and saved.get(k, "<unset>") != now.get(k, "<unset>")]
+    if changed:
+        k = changed[0]
+        raise UsageError(f"--resume with other settings than the run's: {k.replace('_', '-')} was "
+                         f"{saved.get(k, '<unset>')!r}, now {now.get(k, '<unset>')!r} (run the same command plus --resume)")
+    return found[-1][0]
+
+
+def keep_records_until(path, step: int) -> None:
+    """Drop the metrics.jsonl records after `step` (written after the checkpoint that resumes)."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (ru_maxrss is KiB on Linux)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
-    """Do the whole job and return summary.json's content. Raises ValueError on bad input."""
+    """Do the whole job and return summary.json's content. Raises ValueError on bad input.
+
+    Under torchrun every process trains its share of each global batch; only the main process
+    loads the eval text, measures, prints and writes the run folder (the others wait for it).
+    """
     cfg.check()
-    folder = RunFolder(cfg.out, cfg.overwrite)  # refuse a used folder before the slow part
-    eval_text = held_out_text(cfg.eval)  # and a missing eval file
+    state = process_state(cfg.train.device)
+    main = state.is_main_process
+    say = echo if main else _quiet
+    folder = RunFolder(cfg.out, cfg.overwrite, resume=cfg.resume)  # refuse a used folder before the slow part
+    resume_step = check_resumable(folder, cfg) if cfg.resume else 0
+    eval_text = held_out_text(cfg.eval) if main else None  # and a missing eval file
     started = time.time()
-    model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, echo)
-    windows = held_out_windows(tokenizer, cfg.eval, eval_text)  # (W, T)
-    folder.start()
+    model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, say)
+    if cfg.lora.lora:
+        model = lora.add_adapter(model, cfg.lora)
+        reference = lora.AdapterOff(model)  # the base, with the adapter switched off: no second copy
+    else:
+        reference = frozen_copy(model)  # the starting model: target of tilt-distill, reference of drift
+    counts = lora.param_counts(model)
+    say(f"training {counts['trainable_params']:,} of {counts['total_params']:,} parameters"
+        + (f" (LoRA r={cfg.lora.lora_r})" if cfg.lora.lora else ""))
     bf16 = cfg.train.bf16
 
-    echo("measuring R and costs before training ...")
-    before, samples_before = measure(model, tokenizer, tokens.mask, cfg.eval, windows, bf16=bf16)
-    rate_before = before["rate"]
-    rate_points = [(0, rate_before)]
-    bias, calibration = cfg.bias, None
-    if cfg.rate:
-        echo(f"calibrating the decode-time bias to R = {cfg.rate} ...")
-        calibration = calibrate(model, tokenizer, tokens.mask, cfg.rate, cfg.eval, windows, bf16=bf16, echo=echo)
-        bias = calibration.bias
-        echo(f"b = {bias:.3f} gives decode-time R = {fmt_rate(calibration.rate)}")
-    folder.write_yaml("config.yaml", {**to_flat(cfg), **({"calibrated_bias": bias} if cfg.rate else {})})
-    baseline = None
-    if cfg.objective == "tilt-distill":
-        echo(f"measuring the decode-time baseline at b = {bias:.3f} ...")
-        baseline, _ = measure(model, tokenizer, tokens.mask, cfg.eval, windows, bias=bias, bf16=bf16)
+    bias, calibration, baseline, before, samples_before, windows = cfg.bias, None, None, None, None, None
+    if main:
+        windows = held_out_windows(tokenizer, cfg.eval, eval_text)  # (W, T)
+        folder.start()
+        if cfg.resume:
+            say(f"resuming {folder.tmp} after step {resume_step}")
+            keep_records_until(folder.path("metrics.jsonl"), resume_step)
+        say("measuring R and costs before training ...")
+        before, samples_before = measure(model, tokenizer, tokens.mask, cfg.eval, windows, bf16=bf16)
+        if cfg.rate:
+            say(f"calibrating the decode-time bias to R = {cfg.rate} ...")
+            calibration = calibrate(model, tokenizer, tokens.mask, cfg.rate, cfg.eval, windows, bf16=bf16, echo=say)
+            bias = calibration.bias
+            say(f"b = {bias:.3f} gives decode-time R = {fmt_rate(calibration.rate)}")
+        if not cfg.resume:
+            folder.write_yaml("config.yaml", {**to_flat(cfg), **({"calibrated_bias": bias} if cfg.rate else {})})
+        if cfg.objective == "tilt-distill":
+            say(f"measuring the decode-time baseline at b = {bias:.3f} ...")
+            baseline, _ = measure(model, tokenizer, tokens.mask, cfg.eval, windows, bias=bias, bf16=bf16)
+    bias = on_main(lambda: bias, state)
+    rounds = [0]
 
-    round_points: list[list] = []  # R over training, one list per training round
-
-    def evaluate(step: int) -> dict:
+    def evaluate(step: int) -> dict:  # the main process only
         rate, _ = measure_rate(model, tokenizer, tokens.mask, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=bf16)
-        round_points[-1].append((step, rate))
         return {"rate": rate["mean"], "rate_ci_low": rate["ci_low"], "rate_ci_high": rate["ci_high"]}
 
     def log(record: dict) -> None:
-        folder.append_jsonl("metrics.jsonl", {**record, "round": len(round_points)} if cfg.rate else record)
+        folder.append_jsonl("metrics.jsonl", {**record, "round": rounds[0]} if cfg.rate else record)
 
-    reference = frozen_copy(model)  # the starting model: target of tilt-distill, reference of drift
     train_started = time.time()
     fit, trained_bias = None, bias
     if cfg.rate:
-        echo(f"training toward R = {cfg.rate}, correcting b from the trained model's R (<= {cfg.rate_rounds} rounds)")
-        fit, history = train_to_rate(model, tokenizer, reference, tokens, cfg, bias, evaluate, log, progress,
-                                     on_round=lambda: round_points.append(list(rate_points)), echo=echo)
-        rate_points, trained_bias = round_points[fit.kept], fit.bias
+        say(f"training toward R = {cfg.rate}, correcting b from the trained model's R (<= {cfg.rate_rounds} rounds)")
+        fit, history = train_to_rate(model, tokenizer, reference, tokens, cfg, bias, evaluate, log, progress and main,
+                                     on_round=lambda: rounds.__setitem__(0, rounds[0] + 1), echo=say)
+        trained_bias = fit.bias
     else:
-        round_points.append(rate_points)
-        history = train_toward(model, tokenizer, reference, tokens, cfg, bias, evaluate, log, progress)
+        history = train_toward(model, tokenizer, reference, tokens, cfg, bias, evaluate, log, progress and main,
+                               run_dir=folder.tmp)
     train_seconds = time.time() - train_started
+    if not main:
+        state.wait_for_everyone()
+        return {}
 
-    echo("measuring R and costs after training ...")
+    say("measuring R and costs after training ...")
     after, samples_after = measure(model, tokenizer, tokens.mask, cfg.eval, windows, reference=reference, bf16=bf16)
     del reference
-    rate_after = after["rate"]
-    if rate_points[-1][0] == history[-1]["step"]:
-        rate_points[-1] = (history[-1]["step"], rate_after)  # the full measurement replaces the light one
+    rate_before, rate_after = before["rate"], after["rate"]
+    rate_points = [(0, rate_before)] + [(r["step"], {"mean": r["rate"], "ci_low": r["rate_ci_low"],
+                                                     "ci_high": r["rate_ci_high"]})
+                                        for r in history if "rate" in r and r["step"] != history[-1]["step"]]
+    rate_points.append((history[-1]["step"], rate_after))  # the full measurement replaces the light one
+    if cfg.lora.lora:
+        model = lora.save_adapter_and_merged(model, tokenizer, folder.tmp)  # adapter/ and model/ (merged)
     else:
-        rate_points.append((history[-1]["step"], rate_after))
-    save_model(model, tokenizer, folder.path("model"))
+        save_model(model, tokenizer, folder.path("model"))
 
     steps = [r["step"] for r in history]
     plot_series(folder.path("loss.png"), {cfg.objective: (steps, [r["loss"] for r in history])},
@@ -224,8 +318,17 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         "eval_tokens": int(windows.numel()),
         "samples": len(samples_after.texts),
         "new_tokens": cfg.eval.new_tokens,
+        "device": resolve_device(cfg.train.device),
+        "precision": cfg.train.precision,
+        "processes": state.num_processes,
+        "global_batch": cfg.train.global_batch(state.num_processes),
+        "lora": {"r": cfg.lora.lora_r, "alpha": cfg.lora.lora_alpha, "dropout": cfg.lora.lora_dropout,
+                 "targets": cfg.lora.lora_targets} if cfg.lora.lora else None,
+        **counts,
+        "resumed_after_step": resume_step or None,
         "train_seconds": round(train_seconds, 1),
         "seconds": round(time.time() - started, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
     if cfg.objective == "tilt-distill":
         summary["bias"] = trained_bias
@@ -236,7 +339,9 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         summary["baseline"] = {"objective": "decode-bias", "bias": bias, **baseline}
     folder.path("report.md").write_text(tilt_report(cfg, summary, samples_before, samples_after))
     folder.write_json("summary.json", summary)
+    shutil.rmtree(folder.path("checkpoints"), ignore_errors=True)  # a finished run needs none
     out = folder.finish()
+    state.wait_for_everyone()
     echo(summary_table(summary))
     echo(f"run folder: {out}")
     return summary

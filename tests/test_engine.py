@@ -1,0 +1,155 @@
+"""The training engine in one process: grad accumulation, checkpoints, bitwise resume, faults, trackers."""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from tokentilt import checkpoint
+from tokentilt.data import random_tokens
+from tokentilt.engine import make_accelerator, resolve_device
+from tokentilt.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.train import Interrupted, TrainConfig, TrainingDiverged, train
+
+from conftest import tiny_gpt2
+
+
+def dropout_gpt2(seed=0):
+    """Dropout on, so a resume that lost torch's RNG state would train differently."""
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                      resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1))
+
+
+def fit(model, run_dir=None, resume=False, log=None, **overrides):
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[[3, 7, 11]] = True
+    cfg = TrainConfig(**{"lr": 1e-2, "steps": 8, "batch": 2, "seq_len": 8, "eval_every": 0, **overrides})
+    ctx = ObjectiveContext(mask=mask, positions="all")
+    return train(model, OBJECTIVES["kl-uniform"], ctx, lambda g, rows: random_tokens(64, rows, cfg.seq_len, g),
+                 cfg, progress=False, run_dir=run_dir, resume=resume, log=log)
+
+
+def test_grad_accum_equals_the_larger_batch():
+    a, b = tiny_gpt2(), tiny_gpt2()
+    full = fit(a, batch=4, steps=5, optimizer="sgd", lr=0.5)
+    accum = fit(b, batch=2, grad_accum=2, steps=5, optimizer="sgd", lr=0.5)
+    for x, y in zip(full, accum):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=1e-6)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-4)
+    assert full[-1]["loss"] < full[0]["loss"]
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+    assert TrainConfig(batch=3, grad_accum=2).global_batch(processes=4) == 24
+
+
+def test_sigint_checkpoints_then_resume_is_bitwise(tmp_path):
+    """Ctrl-C after step 5: a checkpoint at step 5, Interrupted; --resume ends where an uninterrupted run ends."""
+    whole_model = dropout_gpt2()
+    whole = fit(whole_model, optimizer="adamw", weight_decay=0.1)
+
+    def ctrl_c_at_5(record):
+        if record["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler only raises a flag; the step finishes
+
+    with pytest.raises(Interrupted, match=r"after step 5; checkpoint .*step-5; .*--resume"):
+        fit(dropout_gpt2(), run_dir=tmp_path, log=ctrl_c_at_5, optimizer="adamw", weight_decay=0.1)
+    assert [s for s, _ in checkpoint.checkpoints(tmp_path / "checkpoints")] == [5]
+    resumed_model = dropout_gpt2(seed=1)  # other weights: all of them must come from the checkpoint
+    resumed = fit(resumed_model, run_dir=tmp_path, resume=True, optimizer="adamw", weight_decay=0.1)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
+    assert [r["grad_norm"] for r in resumed] == [r["grad_norm"] for r in whole]
+    for p, q in zip(whole_model.parameters(), resumed_model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_save_every_keeps_the_newest_k(tmp_path):
+    fit(tiny_gpt2(), run_dir=tmp_path, steps=9, save_every=2, keep=2)
+    folder = tmp_path / "checkpoints"
+    assert [s for s, _ in checkpoint.checkpoints(folder)] == [6, 8]
+    step8 = folder / "step-8"
+    assert {p.name for p in step8.iterdir()} == {"model.safetensors", "optimizer.pt", "rng-0.pt", "state.json"}
+    state = json.loads((step8 / "state.json").read_text())
+    assert state["step"] == 8 and [r["step"] for r in state["history"]] == list(range(1, 9))
+    assert not list(folder.glob("*.tmp"))
+
+
+def test_a_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
+    fit(tiny_gpt2(), run_dir=tmp_path, steps=2, save_every=1)
+    step1 = tmp_path / "checkpoints" / "step-1"
+    (step1 / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(checkpoint.CheckpointError, match="step-1 cannot be read"):
+        fit(tiny_gpt2(), run_dir=tmp_path, resume=True)
+    other = tmp_path / "other"
+    fit(tiny_gpt2(), run_dir=other, steps=2, save_every=1)
+    bigger = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=64, n_embd=48, n_layer=2, n_head=4))
+    with pytest.raises(checkpoint.CheckpointError, match="does not match this model"):
+        fit(bigger, run_dir=other, resume=True)
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint to resume"):
+        fit(tiny_gpt2(), run_dir=tmp_path / "empty", resume=True)
+
+
+def test_a_checkpoint_is_not_unpickled(tmp_path):
+    """optimizer.pt holding an arbitrary Python object is refused by torch.load(weights_only=True)."""
+    fit(tiny_gpt2(), run_dir=tmp_path, steps=2, save_every=1)
+    torch.save({"state": {}, "param_groups": [], "evil": Interrupted("x")},
+               tmp_path / "checkpoints" / "step-1" / "optimizer.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="cannot be read"):
+        fit(tiny_gpt2(), run_dir=tmp_path, resume=True)
+
+
+def test_non_finite_loss_stops_with_the_reason_and_the_newest_checkpoint(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at step \d+; lower the learning rate; "
+                                               r"newest good checkpoint: .*step-"):
+        fit(tiny_gpt2(), run_dir=tmp_path, optimizer="sgd", lr=1e30, grad_clip=0, save_every=1, steps=20)
+    failure = json.loads((tmp_path / "failure.json").read_text())
+    assert "loss became" in failure["reason"] and failure["checkpoint"].endswith(f"step-{failure['step'] - 1}")
+    assert checkpoint.checkpoints(tmp_path / "checkpoints")
+
+
+def test_tensorboard_tracker_logs_the_loss(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    history = fit(tiny_gpt2(), run_dir=tmp_path, steps=4, report_to="tensorboard")
+    logdir = tmp_path / "tensorboard"
+    assert list(logdir.glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    logged = [(e.step, e.value) for e in acc.Scalars("loss")]
+    assert [s for s, _ in logged] == [1, 2, 3, 4]
+    assert [v for _, v in logged] == pytest.approx([r["loss"] for r in history], rel=1e-6)
+
+
+def test_engine_refuses_what_this_machine_cannot_do():
+    with pytest.raises(ValueError, match="precision fp16 is not available on cpu"):
+        make_accelerator("cpu", "fp16", 1)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda' is not available"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="report-to tensorboard needs a run folder"):
+        make_accelerator("cpu", "fp32", 1, "tensorboard")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("precision", "fp8", "precision must be one of"), ("device", "tpu", "device must be one of"),
+    ("grad_accum", 0, "grad-accum must be positive"), ("keep", 0, "keep must be positive"),
+    ("save_every", -1, "save-every must be >= 0"), ("report_to", "comet", "report-to must be one of"),
+])
+def test_bad_engine_settings_are_refused(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value}).check()
+
+
+def test_bf16_flag_is_precision_bf16():
+    cfg = TrainConfig(bf16=True)
+    cfg.check()
+    assert cfg.precision == "bf16" and cfg.bf16
+    cfg = TrainConfig(precision="bf16")
+    cfg.check()
+    assert cfg.bf16
+    with pytest.raises(ValueError, match="contradict"):
+        TrainConfig(bf16=True, precision="fp16").check()
