@@ -19,7 +19,7 @@ import torch
 from tokentilt.data import random_tokens
 from tokentilt.losses import OBJECTIVES, ObjectiveContext
 from tokentilt.models.load import load_model
-from tokentilt.tilt import resolve_set
+from tokentilt.targets import resolve_set
 
 
 def one_step(model, optimizer, objective, ctx, ids, bf16: bool) -> float:

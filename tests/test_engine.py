@@ -153,3 +153,12 @@ def test_bf16_flag_is_precision_bf16():
     assert cfg.bf16
     with pytest.raises(ValueError, match="contradict"):
         TrainConfig(bf16=True, precision="fp16").check()
+
+
+def test_resume_cuts_metrics_back_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
+    from tokentilt.tilt import keep_records_until
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)) + '{"step": 6, "lo')
+    keep_records_until(path, 3)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]

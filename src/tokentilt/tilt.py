@@ -202,9 +202,16 @@ def check_resumable(folder: RunFolder, cfg: TiltConfig) -> int:
 
 def keep_records_until(path, step: int) -> None:
     """Drop the metrics.jsonl records after `step` (written after the checkpoint that resumes)."""
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in lines))
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # a line cut short by kill -9
+            continue
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 def peak_rss_mb() -> float:
