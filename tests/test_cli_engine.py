@@ -128,6 +128,7 @@ def test_lora_run_saves_an_adapter_and_a_merged_model_that_give_the_same_rate(tm
     summary = json.loads((out / "summary.json").read_text())
     assert summary["lora"]["r"] == 4 and summary["trainable_params"] < summary["total_params"] / 5
     assert summary["device"] == "cpu" and summary["processes"] == 1 and summary["global_batch"] == 2
+    assert 0 < summary["train_peak_rss_mb"] <= summary["peak_rss_mb"]
     assert summary["rate_after"] != summary["rate_before"]
     base, tokenizer = load_model(str(tiny_model_dir))
     adapter = PeftModel.from_pretrained(base, out / "adapter").eval()

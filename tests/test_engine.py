@@ -162,3 +162,18 @@ def test_resume_cuts_metrics_back_to_the_checkpoint_and_drops_a_torn_line(tmp_pa
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)) + '{"step": 6, "lo')
     keep_records_until(path, 3)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_peak_memory_can_be_reset_so_training_is_measured_alone():
+    from tokentilt.tilt import peak_rss_mb, reset_peak_rss
+
+    big = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched
+    del big
+    before = peak_rss_mb()
+    if not reset_peak_rss():
+        pytest.skip("this platform cannot reset the peak RSS")
+    after_reset = peak_rss_mb()
+    assert after_reset < before - 32
+    big = torch.ones(128 * 1024 * 1024 // 4)
+    assert peak_rss_mb() > after_reset + 100
+    del big

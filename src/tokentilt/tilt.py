@@ -6,8 +6,10 @@ import dataclasses
 import json
 import resource
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import yaml
@@ -215,8 +217,23 @@ def keep_records_until(path, step: int) -> None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (ru_maxrss is KiB on Linux)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """Peak resident memory of this process so far (since reset_peak_rss), in MiB.
+    VmHWM on Linux; ru_maxrss (KiB on Linux, bytes on macOS) elsewhere."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return round(int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM:")).split()[1]) / 1024, 1)
+    except (OSError, StopIteration):
+        scale = 1024 * 1024 if sys.platform == "darwin" else 1024
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1)
+
+
+def reset_peak_rss() -> bool:
+    """Start peak_rss_mb() afresh (Linux: clear_refs 5), so that training's peak is not loading's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
@@ -273,6 +290,8 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     def log(record: dict) -> None:
         folder.append_jsonl("metrics.jsonl", {**record, "round": rounds[0]} if cfg.rate else record)
 
+    start_peak = peak_rss_mb()  # loading and the measurements before training
+    peak_was_reset = reset_peak_rss()
     train_started = time.time()
     fit, trained_bias = None, bias
     if cfg.rate:
@@ -284,6 +303,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         history = train_toward(model, tokenizer, reference, tokens, cfg, bias, evaluate, log, progress and main,
                                run_dir=folder.tmp)
     train_seconds = time.time() - train_started
+    train_peak = peak_rss_mb() if peak_was_reset else None  # None: this platform cannot reset the peak
     if not main:
         state.wait_for_everyone()
         return {}
@@ -335,7 +355,8 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         "resumed_after_step": resume_step or None,
         "train_seconds": round(train_seconds, 1),
         "seconds": round(time.time() - started, 1),
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": max(start_peak, peak_rss_mb()),  # the whole run
+        "train_peak_rss_mb": train_peak,  # training alone (the optimizer, activations, the reference)
     }
     if cfg.objective == "tilt-distill":
         summary["bias"] = trained_bias
