@@ -163,6 +163,7 @@ def train(
         history, early_stop = restored.history, restored.early_stop
     start = len(history) + 1
     best_state = None
+    own_forward = model.__dict__.get("forward")  # usually none: model.forward is the class's method
     wrapped, optimizer = accelerator.prepare(model, optimizer)  # DDP wrapper and autocast around forward
     if reference is not None:
         reference.to(accelerator.device)
@@ -242,7 +243,7 @@ def train(
         raise TrainingDiverged(f"{err}; lower the learning rate{where}") from None
     finally:
         bar.close()
-        accelerator.unwrap_model(wrapped, keep_fp32_wrapper=False)  # takes the autocast off model.forward
+        _restore_forward(model, own_forward)
         if cfg.report_to != "none":
             accelerator.end_training()
         ctx.ref_logits = None
@@ -251,6 +252,19 @@ def train(
     model.eval()
     accelerator.wait_for_everyone()
     return history
+
+
+def _restore_forward(model, own_forward) -> None:
+    """Undo what Accelerate's prepare() did to `model`: put back its own forward (without the
+    autocast wrapper) and drop the "prepared" mark. With the mark left, the next prepare() of the
+    same model (tilt --rate's rounds, a sweep, x-factor's learning rates) returned it as it was,
+    and that training ran in fp32 although bf16 was asked for."""
+    if own_forward is None:
+        model.__dict__.pop("forward", None)
+    else:
+        model.forward = own_forward
+    for mark in ("_original_forward", "_is_accelerate_prepared"):
+        model.__dict__.pop(mark, None)
 
 
 def frozen_copy(model):

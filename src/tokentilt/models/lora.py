@@ -84,7 +84,7 @@ def save_adapter_and_merged(peft_model, tokenizer, folder: Path):
     """Write folder/adapter (PEFT) and folder/model (merged, plain transformers); return the merged model."""
     from tokentilt.models.load import save_model
 
-    peft_model.save_pretrained(folder / "adapter")
+    peft_model.save_pretrained(folder / "adapter", save_embedding_layers=False)  # LoRA weights only
     merged = peft_model.merge_and_unload()
     save_model(merged, tokenizer, folder / "model")
     return merged
