@@ -27,6 +27,16 @@ def test_all_linear_adapts_attention_and_mlp_not_the_head(build, targets):
     assert 0 < counts["trainable_params"] < counts["total_params"] / 5
 
 
+def test_the_adapter_init_follows_the_seed():
+    def init(seed):
+        model = add_adapter(tiny_llama(), LoraArgs(lora=True, lora_r=4), seed=seed)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
+
+    a, b, c = init(0), init(0), init(1)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert not all(torch.equal(a[n], c[n]) for n in a)
+
+
 def test_named_targets_and_bad_ones():
     model = add_adapter(tiny_llama(), LoraArgs(lora=True, lora_r=2, lora_targets="q_proj, v_proj"))
     adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.requires_grad}

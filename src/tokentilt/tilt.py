@@ -252,7 +252,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     started = time.time()
     model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, say)
     if cfg.lora.lora:
-        model = lora.add_adapter(model, cfg.lora)
+        model = lora.add_adapter(model, cfg.lora, seed=cfg.train.seed)
         reference = lora.AdapterOff(model)  # the base, with the adapter switched off: no second copy
     else:
         reference = frozen_copy(model)  # the starting model: target of tilt-distill, reference of drift

@@ -43,14 +43,17 @@ class LoraArgs:
         return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
 
 
-def add_adapter(model, args: LoraArgs):
-    """Wrap `model` in a PEFT model whose only trainable weights are a fresh LoRA adapter."""
+def add_adapter(model, args: LoraArgs, seed: int = 0):
+    """Wrap `model` in a PEFT model whose only trainable weights are a fresh LoRA adapter.
+    Its random initialisation (lora_A) comes from `seed`, so a run is reproducible."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                         target_modules=args.targets(), task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return get_peft_model(model, config)
     except ValueError as err:  # e.g. a target module that the model does not have
         raise ValueError(f"cannot add a LoRA adapter: {str(err).splitlines()[0]}") from None
 
