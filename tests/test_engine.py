@@ -165,29 +165,21 @@ def test_resume_cuts_metrics_back_to_the_checkpoint_and_drops_a_torn_line(tmp_pa
 
 
 def test_peak_memory_can_be_reset_so_training_is_measured_alone():
+    from pathlib import Path
+
     from tokentilt.tilt import peak_rss_mb, reset_peak_rss
 
-    big = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched
+    def rss_mb():
+        status = Path("/proc/self/status").read_text()
+        return int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS:")).split()[1]) / 1024
+
+    big = torch.ones(256 * 1024 * 1024 // 4)  # 256 MiB, touched
     del big
     before = peak_rss_mb()
     if not reset_peak_rss():
         pytest.skip("this platform cannot reset the peak RSS")
-    after_reset = peak_rss_mb()
-    assert after_reset < before - 32
-    big = torch.ones(128 * 1024 * 1024 // 4)
-    assert peak_rss_mb() > after_reset + 100
+    assert peak_rss_mb() < before - 128  # the freed 256 MiB no longer count
+    now = rss_mb()
+    big = torch.ones(256 * 1024 * 1024 // 4)
+    assert peak_rss_mb() >= now + 200  # a new allocation does
     del big
-
-
-def test_a_model_trained_twice_runs_under_autocast_both_times():
-    """tilt --rate, a sweep and x-factor train one model several times: each must get bf16."""
-    model = tiny_gpt2()
-    under_autocast = []
-    model.transformer.h[0].mlp.c_fc.register_forward_hook(
-        lambda module, args, out: under_autocast.append(torch.is_autocast_enabled("cpu")))
-    for _ in range(2):
-        fit(model, steps=2, precision="bf16")
-    assert under_autocast == [True] * 4
-    assert "forward" not in model.__dict__  # the class's forward is back
-    with torch.no_grad():
-        assert model(input_ids=torch.ones(1, 4, dtype=torch.long)).logits.dtype == torch.float32
