@@ -183,3 +183,17 @@ def test_peak_memory_can_be_reset_so_training_is_measured_alone():
     big = torch.ones(256 * 1024 * 1024 // 4)
     assert peak_rss_mb() >= now + 200  # a new allocation does
     del big
+
+
+def test_a_model_trained_twice_runs_under_autocast_both_times():
+    """tilt --rate, a sweep and x-factor train one model several times: each must get bf16."""
+    model = tiny_gpt2()
+    under_autocast = []
+    model.transformer.h[0].mlp.c_fc.register_forward_hook(
+        lambda module, args, out: under_autocast.append(torch.is_autocast_enabled("cpu")))
+    for _ in range(2):
+        fit(model, steps=2, precision="bf16")
+    assert under_autocast == [True] * 4
+    assert "forward" not in model.__dict__  # the class's forward is back
+    with torch.no_grad():
+        assert model(input_ids=torch.ones(1, 4, dtype=torch.long)).logits.dtype == torch.float32
