@@ -281,14 +281,18 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
             say(f"measuring the decode-time baseline at b = {bias:.3f} ...")
             baseline, _ = measure(model, tokenizer, tokens.mask, cfg.eval, windows, bias=bias, bf16=bf16)
     bias = on_main(lambda: bias, state)
-    rounds = [0]
+    round_no = 0  # with --rate: the training round that metrics.jsonl records belong to
+
+    def next_round() -> None:
+        nonlocal round_no
+        round_no += 1
 
     def evaluate(step: int) -> dict:  # the main process only
         rate, _ = measure_rate(model, tokenizer, tokens.mask, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=bf16)
         return {"rate": rate["mean"], "rate_ci_low": rate["ci_low"], "rate_ci_high": rate["ci_high"]}
 
     def log(record: dict) -> None:
-        folder.append_jsonl("metrics.jsonl", {**record, "round": rounds[0]} if cfg.rate else record)
+        folder.append_jsonl("metrics.jsonl", {**record, "round": round_no} if cfg.rate else record)
 
     start_peak = peak_rss_mb()  # loading and the measurements before training
     peak_was_reset = reset_peak_rss()
@@ -297,7 +301,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     if cfg.rate:
         say(f"training toward R = {cfg.rate}, correcting b from the trained model's R (<= {cfg.rate_rounds} rounds)")
         fit, history = train_to_rate(model, tokenizer, reference, tokens, cfg, bias, evaluate, log, progress and main,
-                                     on_round=lambda: rounds.__setitem__(0, rounds[0] + 1), echo=say)
+                                     on_round=next_round, echo=say)
         trained_bias = fit.bias
     else:
         history = train_toward(model, tokenizer, reference, tokens, cfg, bias, evaluate, log, progress and main,
