@@ -51,8 +51,10 @@ def test_held_out_windows_from_a_file_are_capped(tok, text_file):
     assert windows.shape == (3, 16)
     short = text_file.with_name("short.txt")
     short.write_text("Hello there, friend.")
-    one = held_out_windows(tok, EvalConfig(eval_text=str(short), eval_seq_len=128))
-    assert one.shape == (1, len(tok("Hello there, friend.")["input_ids"]))
+    n = len(tok("Hello there, friend.")["input_ids"])
+    with pytest.raises(ValueError, match=f"short.txt has {n} tokens, too short for one window of 128 tokens"):
+        held_out_windows(tok, EvalConfig(eval_text=str(short), eval_seq_len=128))
+    assert held_out_windows(tok, EvalConfig(eval_text=str(short), eval_seq_len=n)).shape == (1, n)
 
 
 def test_held_out_windows_default_to_the_test_split_not_train(tok, monkeypatch):

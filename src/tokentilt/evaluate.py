@@ -71,12 +71,15 @@ def held_out_text(cfg: EvalConfig) -> str:
 def held_out_windows(tokenizer, cfg: EvalConfig, text: str | None = None) -> torch.Tensor:
     """(W, T) windows of the eval text (or of `text`): at most cfg.eval_windows of cfg.eval_seq_len tokens.
 
-    A text shorter than one window gives a single window of all its tokens (at least 2).
+    A text shorter than one window is refused: a perplexity over a few tokens would look like a
+    measurement and mean nothing.
     """
     tokens = data.tokenize(tokenizer, held_out_text(cfg) if text is None else text)  # (N,)
-    if tokens.numel() < 2:
-        raise data.DataError(f"eval text has {tokens.numel()} token(s); perplexity needs at least 2")
-    return data.eval_windows(tokens, min(cfg.eval_seq_len, tokens.numel()), cfg.eval_windows)
+    if tokens.numel() < cfg.eval_seq_len:
+        where = f"eval text {cfg.eval_text}" if cfg.eval_text else "the eval text"
+        raise data.DataError(f"{where} has {tokens.numel()} tokens, too short for one window of {cfg.eval_seq_len} "
+                             "tokens (give a longer text or a smaller --eval-seq-len)")
+    return data.eval_windows(tokens, cfg.eval_seq_len, cfg.eval_windows)
 
 
 def sample_costs(tokens: torch.Tensor) -> dict:
