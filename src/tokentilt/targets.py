@@ -41,14 +41,17 @@ def select(spec: str, texts: list[str]) -> torch.Tensor:
     """Build a boolean mask of shape (V,) from a selector string and the token texts."""
     if not spec.strip():
         raise SelectorError("empty selector")
+    is_regex = spec.startswith(("regex:", "not:regex:"))
+    if not is_regex:
+        _check_operators(spec)
     # Combinators bind loosest; ' | ' before ' & ' so that 'a & b | c' = '(a & b) | c'.
-    if " | " in spec and not spec.startswith(("regex:", "not:regex:")):
+    if " | " in spec and not is_regex:
         parts = spec.split(" | ")
         mask = select(parts[0], texts)
         for part in parts[1:]:
             mask = mask | select(part, texts)
         return mask
-    if " & " in spec and not spec.startswith(("regex:", "not:regex:")):
+    if " & " in spec and not is_regex:
         parts = spec.split(" & ")
         mask = select(parts[0], texts)
         for part in parts[1:]:
@@ -66,19 +69,32 @@ def select(spec: str, texts: list[str]) -> torch.Tensor:
     if kind == "regex":
         try:
             pattern = re.compile(arg)
-        except re.error as err:
+        except (re.error, OverflowError, RecursionError) as err:  # OverflowError: a{99999999999}
             raise SelectorError(f"selector {spec!r}: bad regular expression ({err})") from None
         return torch.tensor([pattern.search(t) is not None for t in texts], dtype=torch.bool)
     if kind == "words":
+        if not arg.strip():
+            raise SelectorError(f"selector {spec!r}: 'words:' needs a file name")
         return _words(Path(arg), texts)
     if kind == "ids":
         return _ids(arg, len(texts))
     if kind == "not":
+        if not arg.strip():
+            raise SelectorError(f"selector {spec!r}: 'not:' needs a selector to negate")
         return ~select(arg, texts)
     if re.fullmatch(r"[A-Za-z_]+", kind):
         raise SelectorError(f"unknown selector kind {kind!r} in {spec!r}; use one of: {', '.join(KINDS)}")
     # Something like 'x:y' that is not a kind at all: treat the whole thing as text.
     return _contains(spec, texts, case_sensitive=False)
+
+
+def _check_operators(spec: str) -> None:
+    """Name a stray '&' or '|' (at either end, or with nothing between two of them): without this
+    check 'x &' would be read as the text 'x &' and fail later as "matches no token"."""
+    for op in ("&", "|"):
+        parts = [p.strip() for p in spec.split(f" {op} ")]
+        if any(p in ("", op) or p.startswith(f"{op} ") or p.endswith(f" {op}") for p in parts):
+            raise SelectorError(f"selector {spec!r}: stray '{op}'; write 'A {op} B' with a selector on each side")
 
 
 def _contains(needle: str, texts: list[str], case_sensitive: bool) -> torch.Tensor:
@@ -90,8 +106,16 @@ def _contains(needle: str, texts: list[str], case_sensitive: bool) -> torch.Tens
 
 def _words(path: Path, texts: list[str]) -> torch.Tensor:
     if not path.is_file():
-        raise SelectorError(f"words file not found: {path}")
-    words = {w.strip() for w in path.read_text(encoding="utf-8").splitlines() if w.strip()}
+        raise SelectorError(f"words file not found: {path}" if not path.exists() else f"words file is not a file: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SelectorError(f"words file is not UTF-8 text: {path}") from None
+    except OSError as err:
+        raise SelectorError(f"cannot read words file {path}: {err.strerror or err}") from None
+    if "\0" in text:
+        raise SelectorError(f"words file looks binary (it holds NUL bytes): {path}")
+    words = {w.strip() for w in text.splitlines() if w.strip()}
     if not words:
         raise SelectorError(f"words file is empty: {path}")
     wanted = words | {" " + w for w in words}
@@ -105,6 +129,8 @@ def _ids(arg: str, vocab_size: int) -> torch.Tensor:
         raise SelectorError(f"ids selector needs comma-separated integers, got {arg!r}") from None
     if not ids:
         raise SelectorError("ids selector needs at least one id")
+    if any(i < 0 for i in ids):
+        raise SelectorError(f"token ids must be >= 0, got {[i for i in ids if i < 0][:5]}")
     if vocab_size == 0:  # syntax check only (see check_syntax)
         return torch.zeros(0, dtype=torch.bool)
     bad = [i for i in ids if not 0 <= i < vocab_size]
