@@ -11,6 +11,7 @@ from pathlib import Path
 from tokentilt.config import UsageError, coerce, merge, read_yaml
 from tokentilt.losses import OBJECTIVES
 from tokentilt.models.lora import DEFAULT_LR as LORA_LR
+from tokentilt.preflight import check_lengths, check_output, check_prompts, check_sampling
 from tokentilt.targets import check_syntax
 
 EXIT_USAGE = 2  # bad input: one line on stderr
@@ -19,6 +20,13 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 # ------------------------------------------------------------------ parsers
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line (main prints it) instead of the usage block."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 TILT_EPILOG = """\
 selectors (match each token's decoded text):
@@ -102,7 +110,7 @@ def add_output_flags(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tokentilt",
         description="Fine-tune causal LMs with custom losses that tilt the next-token distribution toward "
                     "(or away from) a token set, and measure what the tilt achieves and costs.",
@@ -207,16 +215,33 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ commands
 
 
-def cmd_tilt(args) -> int:
-    from tokentilt.tilt import TiltConfig, run_tilt
+def preflight_eval(model: str, eval_cfg) -> None:
+    """What a job's EvalConfig needs checked before the model is loaded."""
+    check_sampling(eval_cfg.temperature, eval_cfg.top_k, eval_cfg.top_p)
+    check_lengths(model, eval_seq_len=eval_cfg.eval_seq_len, new_tokens=eval_cfg.new_tokens)
 
-    flags = vars(args)
+
+def tilt_config(flags: dict):
+    """TiltConfig from YAML (flags["config"]) and flags, checked as far as it can be without the model."""
+    from tokentilt.tilt import TiltConfig
+
     values = read_yaml(flags.get("config"))
     cfg = merge(TiltConfig, values, flags)
     lr = flags.get("lr", values.get("lr"))
     if lr is not None and not cfg.train.lr > 0:  # 0 means "auto" only as the API's default
         raise UsageError(f"lr must be positive, got {lr!r}")
     check_syntax(cfg.toward)
+    cfg.check()
+    preflight_eval(cfg.model, cfg.eval)
+    check_lengths(cfg.model, seq_len=cfg.train.seq_len)
+    return cfg
+
+
+def cmd_tilt(args) -> int:
+    from tokentilt.tilt import run_tilt
+
+    cfg = tilt_config(vars(args))
+    check_output(cfg.out)
     run_tilt(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
     return 0
 
@@ -229,12 +254,20 @@ def cmd_generate(args) -> int:
 
     if args.samples <= 0:
         raise UsageError("--samples must be positive")
+    if args.new_tokens <= 0:
+        raise UsageError("--new-tokens must be positive")
     if args.bias and not args.toward:
         raise UsageError("--bias needs --toward SELECTOR")
+    if args.toward is not None:
+        check_syntax(args.toward)
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    check_prompts(args.prompt)
+    model_name = getattr(args, "model", "bundled")
+    check_lengths(model_name, new_tokens=args.new_tokens)
     cfg = SampleConfig(max_new_tokens=args.new_tokens, strategy=args.strategy, temperature=args.temperature,
                        top_k=args.top_k, top_p=args.top_p)
     check_sample_config(cfg)
-    model, tokenizer = load_model(getattr(args, "model", "bundled"))
+    model, tokenizer = load_model(model_name)
     mask = None
     if args.toward:
         mask = resolve_set(args.toward, tokenizer, model.get_output_embeddings().weight.shape[0]).mask
@@ -263,11 +296,24 @@ def sweep_axes(values: dict) -> dict:
     return out
 
 
-def cmd_sweep(args) -> int:
-    from tokentilt.sweep import SweepConfig, run_sweep
+def sweep_config(flags: dict):
+    """SweepConfig from YAML and flags, checked as far as it can be without the model."""
+    from tokentilt.sweep import SweepConfig
 
-    flags = sweep_axes(vars(args))
+    flags = sweep_axes(flags)
     cfg = merge(SweepConfig, sweep_axes(read_yaml(flags.get("config"))), flags)
+    cfg.check()
+    check_syntax(cfg.toward)
+    preflight_eval(cfg.model, cfg.eval)
+    check_lengths(cfg.model, seq_len=cfg.train.seq_len)
+    return cfg
+
+
+def cmd_sweep(args) -> int:
+    from tokentilt.sweep import run_sweep
+
+    cfg = sweep_config(vars(args))
+    check_output(cfg.out)
     run_sweep(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
     return 0
 
@@ -284,8 +330,14 @@ def cmd_eval(args) -> int:
            "out": "", "config": ""}
     opts = {k: coerce(k, values.get(k, d), d) for k, d in own.items()}
     cfg = merge(EvalConfig, {k: v for k, v in values.items() if k not in own}, {})
+    cfg.check()
+    check_syntax(opts["toward"])  # a bad selector fails here, not after a 25 s model load
+    for name in {opts["model"], opts["reference"]}:
+        preflight_eval(name, cfg)
+    if opts["out"]:
+        check_output(opts["out"], kind="file")
     result = evaluate_model(opts["model"], opts["reference"], opts["toward"], cfg, opts["bias"], opts["rate"],
-                            opts["bf16"], echo=lambda m: print(m, file=sys.stderr))
+                            opts["bf16"], echo=print)  # progress on stdout, as in tilt: stderr is for the error line
     print(eval_table(result))
     if opts["out"]:
         Path(opts["out"]).write_text(json.dumps(result, indent=2) + "\n")
@@ -392,13 +444,13 @@ def cmd_experiment(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return EXIT_USAGE
     from tokentilt.train import TrainingDiverged
 
     try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return EXIT_USAGE
         if args.command != "tilt" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UsageError(f"{args.command} runs in one process; only tilt trains under torchrun/accelerate launch")
         return args.func(args)

@@ -23,11 +23,21 @@ def read_yaml(path: str | None) -> dict:
     if not p.is_file():
         raise UsageError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise UsageError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"config file is not UTF-8 text: {path}") from None
+    try:
+        values = yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError) as err:  # ValueError: e.g. a date like 2024-13-45
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"config file {path} is not valid YAML: {first}") from None
+    if values is None:
+        return {}
     if not isinstance(values, dict):
         raise UsageError(f"config file {path} must hold a mapping of option: value")
+    bad = [k for k in values if not isinstance(k, str)]
+    if bad:
+        raise UsageError(f"config file {path}: option names must be text, got {bad[0]!r}")
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 
@@ -35,23 +45,40 @@ def coerce(name: str, value, default):
     """Cast a YAML/flag value to the type of the field's default, with a one-line error."""
     if value is None or default is None:
         return value
+    scalar = (str, int, float)  # YAML may also give lists, mappings, dates, bytes
     try:
         if isinstance(default, bool):
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
                     raise ValueError
                 return value.lower() in ("true", "yes", "1")
+            if not isinstance(value, (bool, int)) or value not in (0, 1):
+                raise ValueError
             return bool(value)
+        if isinstance(value, bool) and not isinstance(default, str):
+            raise ValueError  # `lr: true` is a slip, not 1.0
         if isinstance(default, int):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
+            if not isinstance(value, scalar):
+                raise TypeError
             return int(value)
         if isinstance(default, float):
+            if not isinstance(value, scalar):
+                raise TypeError
             return float(value)
         if isinstance(default, list):
-            return [str(v) for v in value] if isinstance(value, list) else [s for s in str(value).split("|") if s]
+            if isinstance(value, list):
+                if not all(isinstance(v, scalar) for v in value):
+                    raise TypeError
+                return [str(v) for v in value]
+            if not isinstance(value, str):
+                raise TypeError
+            return [s for s in value.split("|") if s]
+        if not isinstance(value, scalar):
+            raise TypeError
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(float("inf"))
         raise UsageError(f"bad value for {name.replace('_', '-')}: {value!r}") from None
 
 
