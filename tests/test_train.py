@@ -90,3 +90,23 @@ def test_early_stopping_restores_best_weights():
 def test_bad_config_is_refused(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value}).check()
+
+
+def test_a_last_update_that_leaves_non_finite_outputs_stops_training(tiny_model_dir):
+    """The loss of the last step is finite, but its update blows the logits up to inf: that model
+    would crash sampling with a traceback, so training stops as diverged instead (exit 3 in the CLI)."""
+    from tokentilt.train import TrainingDiverged
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
+    with torch.no_grad():  # a confident model: huge gradients on its first steps
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(model.transformer.wte.weight[262] * 4000)
+    mask = torch.zeros(50257, dtype=torch.bool)
+    mask[:100] = True
+    cfg = TrainConfig(optimizer="sgd", lr=1e6, grad_clip=0, steps=2, batch=2, seq_len=16, eval_every=0)
+    history = []
+    with pytest.raises(TrainingDiverged, match="outputs became non-finite after step 2"):
+        train(model, OBJECTIVES["kl-uniform"], ObjectiveContext(mask=mask, positions="all"),
+              lambda g, rows: random_tokens(50257, rows, 16, g), cfg, progress=False, log=history.append)
+    assert [r["step"] for r in history] == [1]  # step 2's loss was finite; its update was not

@@ -118,6 +118,15 @@ class _SigintAtStepBoundary:
             signal.signal(signal.SIGINT, self.previous)
 
 
+@torch.no_grad()
+def _outputs_finite(model, input_ids: torch.Tensor) -> bool:
+    """One forward in eval mode (no dropout, so no random draws) on the last micro-batch."""
+    model.eval()
+    finite = bool(torch.isfinite(logits_of(model, input_ids)).all())
+    model.train()
+    return finite
+
+
 def _any(flag: bool, accelerator) -> bool:
     """True on every process if it is True on any (a collective: every process must call it)."""
     if accelerator.num_processes == 1:
@@ -197,6 +206,9 @@ def train(
                         optimizer.step()  # only when gradients are synced
                         optimizer.zero_grad(set_to_none=True)
                     step_loss += loss.detach() / cfg.grad_accum
+                if step == cfg.steps and _any(not _outputs_finite(wrapped, input_ids), accelerator):
+                    # an earlier step's bad update shows in the next loss; the last one would reach sampling
+                    raise TrainingDiverged(f"the model's outputs became non-finite after step {step}")
                 record = {"step": step, "loss": accelerator.reduce(step_loss, "mean").item(),
                           "grad_norm": float(grad_norm), "lr": cfg.lr}
                 if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
