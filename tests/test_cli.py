@@ -145,3 +145,40 @@ def test_flat_config_reaches_nested_fields_and_keeps_factory_defaults():
     assert sweep.train.eval_every == 0  # the sweep's own nested default survives
     tilt = TiltConfig()
     assert from_flat(TiltConfig, to_flat(tilt)) == tilt
+
+
+@pytest.fixture(scope="module")
+def confident_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny GPT-2 made to predict ' the' everywhere: held-out perplexity ~1.2 on a text of ' the'."""
+    folder = tmp_path_factory.mktemp("confident")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(model.transformer.wte.weight[262] * 4000)  # 262 = ' the'
+    model.save_pretrained(folder)
+    for f in tiny_model_dir.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "merges", "special")):
+            (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
+@pytest.mark.slow
+def test_a_model_no_better_than_uniform_after_training_is_a_warning_not_an_error(
+        tmp_path, tiny_model_dir, confident_model_dir, capsys):
+    text = tmp_path / "the.txt"
+    text.write_text(" the" * 300)
+    small = ["--toward", "x", "--steps", "2", "--batch", "2", "--seq-len", "16", "--samples-per-prompt", "1",
+             "--new-tokens", "4", "--eval-every", "0", "--eval-text", str(text), "--eval-windows", "2",
+             "--eval-seq-len", "16", "--optimizer", "sgd", "--grad-clip", "0"]
+    summaries = {}
+    for name, model, lr in [("random", tiny_model_dir, "1e-2"), ("confident", confident_model_dir, "1e-6")]:
+        capsys.readouterr()
+        assert main(["tilt", "--model", str(model), *small, "--lr", lr, "--out", str(tmp_path / name)]) == 0
+        summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
+        summaries[name]["stderr"] = [ln for ln in capsys.readouterr().err.splitlines() if "tokentilt:" in ln]
+    random, confident = summaries["random"], summaries["confident"]
+    # a random tiny model predicts no better than uniform (ppl ~ V = 50257), before and after
+    assert random["ppl_after"] > 50257 / 2 and len(random["warnings"]) == 1
+    assert random["stderr"] == [f"tokentilt: warning: {random['warnings'][0]}"]
+    assert "near or above the vocabulary size 50,257" in random["warnings"][0]
+    assert confident["ppl_after"] < 2 and confident["warnings"] == [] and confident["stderr"] == []

@@ -214,3 +214,14 @@ def test_biased_drift_of_uniform_reference(windows):
 def test_windows_shape_is_checked():
     with pytest.raises(ValueError, match="windows must have shape"):
         metrics.perplexity(FixedLogits(torch.zeros(V)), torch.zeros(4, dtype=torch.long))
+
+
+def test_collapse_warning_at_half_the_vocabulary_or_non_finite():
+    from tokentilt.metrics import collapse_warnings
+
+    assert collapse_warnings(71.1, 84.0, 49152) == []
+    assert collapse_warnings(71.1, 24575.9, 49152) == []
+    [warning] = collapse_warnings(71.1, 49152.0, 49152)
+    assert "49,152 (before: 71)" in warning and "vocabulary size 49,152" in warning
+    assert len(collapse_warnings(71.1, float("nan"), 49152)) == 1
+    assert len(collapse_warnings(71.1, float("inf"), 49152)) == 1

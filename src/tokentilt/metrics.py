@@ -138,6 +138,23 @@ def kl_per_token(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor
 # ---------------------------------------------------------------- degeneration
 
 
+COLLAPSE_SHARE = 0.5  # held-out perplexity at or above this share of V counts as no better than uniform
+
+
+def collapse_warnings(ppl_before: float, ppl_after: float, vocab_size: int) -> list[str]:
+    """Warnings for a model whose held-out perplexity is near or above the vocabulary size V.
+
+    Uniform guessing scores exactly V; a language model of any use scores orders of magnitude
+    less (the bundled model: 71 against V = 49,152). Training that lands at >= V/2 has taken the
+    model's knowledge of text away, even when every loss was finite.
+    """
+    if math.isfinite(ppl_after) and ppl_after < COLLAPSE_SHARE * vocab_size:
+        return []
+    return [f"held-out perplexity after training is {ppl_after:,.0f} (before: {ppl_before:,.0f}), near or above the "
+            f"vocabulary size {vocab_size:,} that uniform guessing scores: the model no longer predicts text; "
+            "a lower --lr or a --grad-clip avoids this"]
+
+
 def _as_lists(seqs) -> list[list[int]]:
     if isinstance(seqs, torch.Tensor):
         return [seqs.tolist()] if seqs.dim() == 1 else seqs.tolist()

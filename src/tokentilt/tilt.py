@@ -20,6 +20,7 @@ from tokentilt.calibrate import RateFit, calibrate, check_rate, fit_trained_bias
 from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure, measure_rate
 from tokentilt.engine import on_main, process_state, resolve_device
 from tokentilt.losses import OBJECTIVES, REFERENCE_OBJECTIVES, TEXT_OBJECTIVES, ObjectiveContext
+from tokentilt.metrics import collapse_warnings
 from tokentilt.models import lora
 from tokentilt.models.load import load_model, save_model
 from tokentilt.outputs import RunFolder
@@ -362,6 +363,9 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         "peak_rss_mb": max(start_peak, peak_rss_mb()),  # the whole run
         "train_peak_rss_mb": train_peak,  # training alone (the optimizer, activations, the reference)
     }
+    summary["warnings"] = collapse_warnings(before["ppl"], after["ppl"], tokens.vocab_size)
+    for warning in summary["warnings"]:
+        print(f"tokentilt: warning: {warning}", file=sys.stderr)
     if cfg.objective == "tilt-distill":
         summary["bias"] = trained_bias
         summary["rate_target"] = cfg.rate or None
