@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -314,7 +315,14 @@ def cmd_sweep(args) -> int:
 
     cfg = sweep_config(vars(args))
     check_output(cfg.out)
-    run_sweep(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
+    try:
+        run_sweep(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
+    except KeyboardInterrupt:
+        log = Path(cfg.out) / "runs.jsonl"
+        if not log.exists():
+            raise KeyboardInterrupt("interrupted before the first run finished; nothing was written") from None
+        runs = log.read_text().count('"kind": "run"')  # runs.jsonl is written by json.dumps
+        raise KeyboardInterrupt(f"interrupted; {runs} finished runs are kept in {log}; the same command continues")
     return 0
 
 
@@ -417,9 +425,22 @@ def cmd_pretrain(args) -> int:
     from tokentilt.pretrain import PretrainConfig, run_pretrain
 
     flags = vars(args)
-    run_pretrain(merge(PretrainConfig, read_yaml(flags.get("config")), flags),
-                 progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
+    cfg = merge(PretrainConfig, read_yaml(flags.get("config")), flags)
+    with unfinished_on_interrupt(cfg.out):
+        run_pretrain(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
     return 0
+
+
+@contextlib.contextmanager
+def unfinished_on_interrupt(out: str):
+    """Ctrl-C in a job that writes OUT.partial/ and renames it when done: say where the unfinished run is."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        partial = Path(out).with_name(Path(out).name + ".partial")
+        if str(err) or not partial.exists():
+            raise
+        raise KeyboardInterrupt(f"interrupted; the unfinished run stays in {partial}") from None
 
 
 def cmd_experiment(args) -> int:
@@ -438,7 +459,10 @@ def cmd_experiment(args) -> int:
     if "pretrain_steps" in flags:
         cfg.pretrain.steps = flags.pop("pretrain_steps")
     cfg = dataclasses.replace(cfg, **flags)
-    module.run(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
+    if hasattr(cfg, "model"):
+        check_lengths(cfg.model)
+    with unfinished_on_interrupt(cfg.out):
+        module.run(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
     return 0
 
 
@@ -455,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"{args.command} runs in one process; only tilt trains under torchrun/accelerate launch")
         return args.func(args)
     except KeyboardInterrupt as err:  # train.Interrupted says where the checkpoint is
-        print(f"tokentilt: {err or 'interrupted'}", file=sys.stderr)
+        print(f"tokentilt: {str(err) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except TrainingDiverged as err:
         print(f"tokentilt: training stopped: {err}", file=sys.stderr)

@@ -43,8 +43,10 @@ def read_yaml(path: str | None) -> dict:
 
 def coerce(name: str, value, default):
     """Cast a YAML/flag value to the type of the field's default, with a one-line error."""
-    if value is None or default is None:
+    if default is None:
         return value
+    if value is None:  # `alpha:` with nothing after it; the field has no "unset" state to go to
+        raise UsageError(f"bad value for {name.replace('_', '-')}: None (give a value, or leave the option out)")
     scalar = (str, int, float)  # YAML may also give lists, mappings, dates, bytes
     try:
         if isinstance(default, bool):

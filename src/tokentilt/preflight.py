@@ -34,7 +34,10 @@ def model_context(name: str) -> int | None:
     """The longest sequence the model takes, from its config alone; None if that cannot be told cheaply."""
     if name == "bundled":
         return BUNDLED_CONTEXT
-    folder = Path(name).expanduser()
+    try:
+        folder = Path(name).expanduser()
+    except RuntimeError:  # '~nosuchuser/model': pathlib cannot find that home folder
+        raise UsageError(f"model folder not found: {name} (no home folder for {name.split('/')[0]})") from None
     config = folder / "config.json"
     if folder.is_dir() and config.is_file():
         try:
@@ -49,7 +52,8 @@ def model_context(name: str) -> int | None:
 
 
 def check_lengths(model: str, **lengths: int) -> None:
-    """Refuse a sequence length beyond the model's context (seq_len=..., eval_seq_len=...)."""
+    """Refuse a sequence length beyond the model's context (seq_len=..., eval_seq_len=...); with no
+    lengths, only a model name that cannot name anything."""
     context = model_context(model)
     if context is None:
         return
