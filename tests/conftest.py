@@ -2,6 +2,9 @@
 
 import pytest
 import torch
+
+import tokentilt.tilt
+from tokentilt import data
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 
@@ -65,3 +68,20 @@ def tiny_model_dir(tmp_path_factory):
     GPT2LMHeadModel(cfg).save_pretrained(folder)
     gpt2_tokenizer().save_pretrained(folder)
     return folder
+
+
+TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next to the axe. " * 30
+
+
+@pytest.fixture
+def eval_file(tmp_path, monkeypatch):
+    path = tmp_path / "eval.txt"
+    path.write_text("Held-out words, never trained on. " * 20)
+    monkeypatch.setattr(tokentilt.tilt, "train_tokens", lambda tok: data.tokenize(tok, TEXT))
+    return path
+
+
+def tilt_argv(tiny_model_dir, eval_file, out, *extra):
+    return ["tilt", "--model", str(tiny_model_dir), "--toward", "x", "--steps", "2", "--batch", "2", "--seq-len", "16",
+            "--lr", "1e-3", "--eval-every", "0", "--samples-per-prompt", "1", "--new-tokens", "8",
+            "--eval-text", str(eval_file), "--eval-windows", "2", "--eval-seq-len", "16", "--out", str(out), *extra]

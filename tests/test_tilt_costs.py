@@ -3,31 +3,17 @@ import json
 import pytest
 
 import tokentilt.tilt
-from tokentilt import data
 from tokentilt.cli import main
+from conftest import tilt_argv
 
-TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next to the axe. " * 30
 COST_KEYS = ("ppl", "drift", "distinct_1", "distinct_2", "repetition")
-
-
-@pytest.fixture
-def eval_file(tmp_path, monkeypatch):
-    path = tmp_path / "eval.txt"
-    path.write_text("Held-out words, never trained on. " * 20)
-    monkeypatch.setattr(tokentilt.tilt, "train_tokens", lambda tok: data.tokenize(tok, TEXT))
-    return path
-
-
-def tilt_argv(tiny_model_dir, eval_file, out, *extra):
-    return ["tilt", "--model", str(tiny_model_dir), "--toward", "x", "--steps", "2", "--batch", "2", "--seq-len", "16",
-            "--lr", "1e-3", "--eval-every", "0", "--samples-per-prompt", "1", "--new-tokens", "8",
-            "--eval-text", str(eval_file), "--eval-windows", "2", "--eval-seq-len", "16", "--out", str(out), *extra]
 
 
 @pytest.mark.slow
 def test_tilt_distill_summary_has_costs_before_after_and_the_baseline(tiny_model_dir, eval_file, tmp_path):
     out = tmp_path / "run"
-    assert main(tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--bias", "3")) == 0
+    assert main(tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--bias", "3",
+                          "--placement", "model")) == 0
     s = json.loads((out / "summary.json").read_text())
     for key in COST_KEYS:
         assert isinstance(s[f"{key}_before"], float) and isinstance(s[f"{key}_after"], float)
@@ -70,7 +56,7 @@ def test_missing_eval_text_fails_before_loading(tiny_model_dir, tmp_path, capsys
 def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, eval_file, tmp_path):
     out = tmp_path / "run"
     argv = tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.5",
-                     "--rate-rounds", "2", "--samples-per-prompt", "2")
+                     "--rate-rounds", "2", "--samples-per-prompt", "2", "--placement", "model")
     assert main(argv) == 0
     s = json.loads((out / "summary.json").read_text())
     rounds = s["bias_rounds"]

@@ -127,6 +127,22 @@ def calibrate(model, tokenizer, mask: torch.Tensor, target: float, cfg: EvalConf
     return Calibration(target, best, measured[best], b0, history)
 
 
+def bias_at_rate(points: list[tuple[float, float]], target: float, n: int) -> float:
+    """b whose decode-time R is `target`, read off measured (b, R) points: linear in logit(R)
+    between the two points that bracket it, or along the end segment beyond them."""
+    pts = sorted({b: _logit(r, n) for b, r in points}.items())  # (b, logit R), one per b
+    goal = _logit(target, n)
+    if len(pts) == 1:
+        return pts[0][0]
+    for (b1, y1), (b2, y2) in zip(pts, pts[1:]):
+        if y1 != y2 and min(y1, y2) <= goal <= max(y1, y2):
+            return b1 + (goal - y1) / (y2 - y1) * (b2 - b1)
+    (b1, y1), (b2, y2) = pts[:2] if goal < pts[0][1] else pts[-2:]
+    if y1 == y2:
+        return min(pts, key=lambda p: abs(p[1] - goal))[0]
+    return b1 + (goal - y1) / (y2 - y1) * (b2 - b1)
+
+
 @dataclass
 class RateFit:
     """tilt-distill's b, corrected so that the *trained* model's rate is R*."""

@@ -34,11 +34,13 @@ selectors (match each token's decoded text):
   x / contains:x     tokens containing "x", case-insensitive (contains:x:case for case-sensitive)
   regex:PATTERN      re.search on the token text, e.g. regex:^ [A-Z]
   words:FILE         whole words from FILE (one per line), with and without a leading space
+  words:colours      a built-in list (34 colour words)
   ids:1,2,3          explicit token ids
   not:SELECTOR       the complement; combine with ' & ' and ' | '
 
-example:
-  tokentilt tilt --toward x --lr 1e-4 --positions all --steps 40 --bf16 --out runs/x
+examples:
+  tokentilt tilt --toward x --lr 1e-4 --positions all --steps 40 --bf16 --out runs/x   # the course's tilt
+  tokentilt tilt --toward x --objective tilt-distill --rate 0.5 --bf16 --out runs/x-05  # at the optimum's cost
 """
 
 
@@ -93,7 +95,7 @@ def add_engine_flags(p):
 
 def add_eval_flags(p):
     _opt(p, "--samples-per-prompt", type=int, dest="samples_per_prompt",
-         help="samples per prompt for R (default: 4, with 8 prompts = 32 samples)")
+         help="samples per prompt for R (default: 4, with 16 prompts = 64 samples)")
     _opt(p, "--new-tokens", type=int, dest="new_tokens", help="tokens generated per sample (default: 48)")
     _opt(p, "--temperature", type=float, help="sampling temperature (default: 1.0)")
     _opt(p, "--top-k", type=int, dest="top_k", help="top-k sampling, 0 = off (default: 0)")
@@ -132,9 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--beta", type=float, help="kl-alpha-beta/mixed: weight of other tokens (default: 1e-4)")
     _opt(p, "--bias", type=float, help="tilt-distill: logit bias b of the target (default: 2.0)")
     _opt(p, "--rate", type=float,
-         help="tilt-distill: target rate R*; b is calibrated so that decode-time R on the start model is R*")
+         help="tilt-distill: target rate R*; b is calibrated so that decode-time R on the start model is R*. "
+              "Below the model's own rate, b < 0 and the tilt is away from the set")
     _opt(p, "--rate-rounds", type=int, dest="rate_rounds", metavar="N",
          help="with --rate: trainings that correct b until the trained model's R is R* (default: 3)")
+    _opt(p, "--placement", choices=["auto", "head-rows", "model"],
+         help="tilt-distill: where the change lives. head-rows: only the set's rows of an untied output head, "
+              "fitted on cached hidden states (seconds; the cheapest tilt found, see docs/tilt-variants.md). "
+              "model: every weight (or LoRA's) trained on play text. (default: auto = head-rows, or model "
+              "with --lora)")
+    _opt(p, "--contexts", choices=["mix", "text", "policy"],
+         help="head-rows: training contexts: play windows, continuations sampled from the decode-time tilted "
+              "model after training prompts (never the R prompts), or both (default: mix)")
+    _opt(p, "--head-steps", type=int, dest="head_steps", metavar="N",
+         help="head-rows: Adam steps of 1024 cached positions (default: 300)")
+    _opt(p, "--head-lr", type=float, dest="head_lr", help="head-rows: peak learning rate, cosine schedule (default: 1e-2)")
     _opt(p, "--ce-weight", type=float, dest="ce_weight", help="mixed: lambda on the CE term (default: 1.0)")
     _opt(p, "--inputs", choices=["auto", "random", "text"],
          help="training inputs: random tokens (the course) or play text (default: auto)")
@@ -150,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "logits of the set at every step (the decode-time baseline).",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _opt(p, "--model", metavar="bundled|PATH|HUB_ID", help="model to load (default: bundled)")
-    p.add_argument("--prompt", action="append", help="prompt (repeatable; default: 8 built-in prompts)")
+    p.add_argument("--prompt", action="append", help="prompt (repeatable; default: 16 built-in prompts)")
     p.add_argument("--samples", type=int, default=1, help="samples per prompt (default: 1)")
     p.add_argument("--new-tokens", type=int, default=48, help="tokens per sample (default: 48)")
     p.add_argument("--strategy", choices=["greedy", "multinomial"], default="multinomial",

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tokentilt import data
-from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, Samples, sample
+from tokentilt.generate import COURSE_PROMPTS, DEFAULT_PROMPTS, SampleConfig, Samples, sample
 from tokentilt.metrics import (
     distinct_n,
     drift,
@@ -28,7 +28,7 @@ class EvalConfig:
     """How R and the costs are measured: prompts x samples for R, held-out windows for the rest."""
 
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))  # varied openings
-    samples_per_prompt: int = 4  # continuations per prompt (8 prompts x 4 = 32 samples)
+    samples_per_prompt: int = 4  # continuations per prompt (16 prompts x 4 = 64 samples)
     new_tokens: int = 48  # tokens generated per sample
     temperature: float = 1.0  # 1.0 samples the model's own distribution
     top_k: int = 0  # 0 = off
@@ -46,6 +46,11 @@ class EvalConfig:
             raise ValueError("samples-per-prompt and new-tokens must be positive")
         if self.eval_windows <= 0 or self.eval_seq_len < 2:
             raise ValueError("eval-windows must be positive and eval-seq-len at least 2")
+
+    @classmethod
+    def course(cls) -> "EvalConfig":
+        """The course experiments' measurement: their 8 prompts (their README numbers were taken on them)."""
+        return cls(prompts=list(COURSE_PROMPTS))
 
     def sample_config(self) -> SampleConfig:
         return SampleConfig(max_new_tokens=self.new_tokens, strategy="multinomial", temperature=self.temperature,
@@ -106,3 +111,20 @@ def measure(
     else:
         kl = drift(model, reference or model, windows, bf16=bf16, bias_mask=mask if bias else None, bias=bias)
     return {"rate": rate, "ppl": ppl, "drift": kl, **sample_costs(samples.tokens)}, samples
+
+
+def decode_costs(model, mask: torch.Tensor, windows: torch.Tensor, bias: float, bf16: bool = False) -> dict:
+    """Held-out perplexity and drift of `model` decoded with logit bias b on the set (no sampling)."""
+    return {"ppl": perplexity(model, windows, bias_mask=mask, bias=bias, bf16=bf16),
+            "drift": drift(model, model, windows, bf16=bf16, bias_mask=mask, bias=bias)}
+
+
+def excess_cost(before: dict, after: dict, decode: dict | None) -> dict:
+    """rho = (ppl_tuned - ppl_base) / (ppl_decode - ppl_base) and drift_tuned / drift_decode, with
+    the decode-time tilt at the tuned model's R: 1 = the weights carry the tilt as cheaply as a
+    logit bias at decode time. None where the decode-time tilt costs nothing (R did not move)."""
+    if decode is None:
+        return {"rho": None, "drift_ratio": None}
+    extra = decode["ppl"] - before["ppl"]
+    return {"rho": (after["ppl"] - before["ppl"]) / extra if extra > 0 else None,
+            "drift_ratio": after["drift"] / decode["drift"] if decode["drift"] > 0 else None}

@@ -28,7 +28,8 @@ from transformers import (
 STRATEGIES = ("greedy", "multinomial")
 
 # Varied openings so that R is not a property of one context.
-DEFAULT_PROMPTS = (
+# The course experiments' prompts (their README numbers were measured on these 8).
+COURSE_PROMPTS = (
     "The king said",
     "Once upon a time,",
     "In the morning, the",
@@ -37,6 +38,55 @@ DEFAULT_PROMPTS = (
     "She opened the letter and",
     "The city at night",
     "When I was young,",
+)
+
+# R prompts: varied openings (narrative, dialogue, instructions, technical, lists, questions).
+DEFAULT_PROMPTS = COURSE_PROMPTS + (
+    '"Where have you been?" she asked.',
+    "To install the package, first",
+    "The function returns a list of",
+    "Here are three things to pack for a trip:",
+    "Why do cats sleep so much?",
+    "Dear Sir or Madam,",
+    "The results of the experiment show",
+    "Step 1: Preheat the oven to",
+)
+
+# Prompts for on-policy training contexts (tilt-distill): disjoint from DEFAULT_PROMPTS, so that
+# the prompts R is measured on never enter training.
+TRAIN_PROMPTS = (
+    "It was a cold winter evening and",
+    "The old man looked at the sea",
+    "\"I don't think that's a good idea,\" he said.",
+    "\"Can you help me?\" asked the girl.",
+    "First, open the settings menu and",
+    "To make a cup of tea, you need",
+    "The algorithm works by",
+    "In this tutorial we will learn how to",
+    "The main causes of the war were",
+    "A list of the best books of the year:",
+    "What is the capital of France?",
+    "How does a computer store numbers?",
+    "The weather today is",
+    "My name is Anna and I",
+    "The company announced on Monday that",
+    "According to the report,",
+    "The doctor told me that",
+    "Yesterday I went to the market and",
+    "The best way to learn a language is",
+    "Ingredients: two eggs,",
+    "The history of the city begins",
+    "In the year 1850,",
+    "The teacher asked the students to",
+    "Our team has been working on",
+    "The river flows through",
+    "He picked up the phone and",
+    "The key idea of the paper is",
+    "Q: What time does the train leave?",
+    "Chapter One. The house on the hill",
+    "Please note that the office will",
+    "The children ran into the garden",
+    "If you want to save money,",
 )
 
 

@@ -123,6 +123,24 @@ def unlikelihood(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -torch.log1p(-log_p.exp()).mean()
 
 
+def set_rows_kl(h: torch.Tensor, rest_lse: torch.Tensor, head_set: torch.Tensor, delta: torch.Tensor,
+                bias: float) -> torch.Tensor:
+    """Mean over rows of KL(softmax(z + b·M) || softmax(z')), where only the set's logits change.
+
+    z = h·W^T are the reference logits and z' equal z except on the set S, where z'_S = h·(W_S + delta)^T.
+    h (N, d) are the head's inputs, rest_lse (N,) = logsumexp of z outside S (fixed, so it is
+    computed once), head_set (|S|, d) = W_S and delta (|S|, d) the trained change. With
+    q = softmax(z + b·M), log q_i - log p'_i = lse' - lse_q outside S, so
+    KL = sum_S q_S·(z_S + b - z'_S) + lse' - lse_q: O(N·|S|), never (N, V).
+    """
+    z_set = h @ head_set.T  # (N, |S|) reference logits on the set
+    shift = h @ delta.T  # (N, |S|) what the change adds to them
+    lse_q = torch.logaddexp(rest_lse, torch.logsumexp(z_set + bias, -1))  # (N,)
+    lse_p = torch.logaddexp(rest_lse, torch.logsumexp(z_set + shift, -1))  # (N,)
+    q_set = (z_set + bias - lse_q[:, None]).exp()  # (N, |S|)
+    return ((q_set * (bias - shift)).sum(-1) + lse_p - lse_q).mean()
+
+
 # ---------------------------------------------------------------- objectives
 
 

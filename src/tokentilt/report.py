@@ -111,6 +111,30 @@ def tilt_bias_note(s: dict) -> str:
             f"tilt-distill trained toward b = {s['bias']:.3f}, the round nearest R* on probe seeds ({rounds})")
 
 
+def excess_cost_note(s: dict) -> str:
+    """One line: rho and the drift ratio against the decode-time tilt at the same R ("" without one)."""
+    m = s.get("matched_decode")
+    if not m:
+        return ""
+    rho = "n/a (R did not move)" if s["rho"] is None else f"{s['rho']:.2f}"
+    ratio = "n/a" if s["drift_ratio"] is None else f"{s['drift_ratio']:.2f}"
+    return (f"excess cost rho = {rho} (1 = as cheap as a decode-time bias); drift ratio {ratio}; decode-time "
+            f"tilt at the trained R {s['rate_after']['mean']:.3f}: b = {m['bias']:.3f}, perplexity {m['ppl']:.2f}, "
+            f"drift {m['drift']:.4f}")
+
+
+def tilt_placement(cfg, s: dict) -> str:
+    if s.get("placement") == "head-rows":
+        h = s["head"]
+        side = "its complement's" if h["via_complement"] else "the set's"
+        return (f"- {s['steps']} Adam steps (lr {h['lr']:g}, cosine) on {side} {h['trained_rows']} rows of the "
+                f"untied output head, fitted on {h['context_positions']} cached positions ({h['contexts']} "
+                f"contexts){', bf16 autocast' if cfg.train.bf16 else ''}; {s['seconds']:.0f} s in all")
+    return (f"- {s['steps']} steps of {cfg.train.optimizer} at lr {cfg.train.lr:g}, batch {cfg.train.batch} x "
+            f"{cfg.train.seq_len} tokens, {cfg.input_kind()} inputs, {cfg.positions} positions"
+            f"{', bf16 autocast' if cfg.train.bf16 else ''}; {s['seconds']:.0f} s in all")
+
+
 def tilt_report(cfg, s: dict, before, after) -> str:
     """report.md of a tilt run: cfg is its TiltConfig, s its summary, before/after the Samples."""
     columns = ["", "before", "after"] + (["decode-time baseline"] if "baseline" in s else [])
@@ -120,14 +144,14 @@ def tilt_report(cfg, s: dict, before, after) -> str:
         "",
         f"- model: `{cfg.model}`; set: {s['target_size']} of {s['vocab_size']} tokens "
         f"({100 * s['target_share']:.2f}%)",
-        f"- {s['steps']} steps of {cfg.train.optimizer} at lr {cfg.train.lr:g}, batch {cfg.train.batch} x "
-        f"{cfg.train.seq_len} tokens, {cfg.input_kind()} inputs, {cfg.positions} positions"
-        f"{', bf16 autocast' if cfg.train.bf16 else ''}; {s['seconds']:.0f} s in all",
+        tilt_placement(cfg, s),
         f"- R over {s['samples']} samples of {s['new_tokens']} tokens, 95% interval over samples; perplexity "
         f"and drift on {s['eval_tokens']} held-out tokens of {s['eval_text']}"
         + (tilt_bias_note(s) if "bias" in s else ""),
         "",
         table,
+        "",
+        excess_cost_note(s),
         "",
         "![loss](loss.png) ![R](rate.png)",
         "",

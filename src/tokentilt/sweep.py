@@ -88,7 +88,8 @@ class SweepConfig:
     def tilt_config(self, objective: str, lr: float, bias: float, rate: float | None = None) -> TiltConfig:
         return TiltConfig(model=self.model, toward=self.toward, objective=objective, positions=self.positions,
                           alpha=self.alpha, beta=self.beta, bias=bias, rate=rate or 0.0, rate_rounds=self.rate_rounds,
-                          ce_weight=self.ce_weight, train=dataclasses.replace(self.train, lr=lr), eval=self.eval)
+                          ce_weight=self.ce_weight, placement="model",  # a sweep compares learning rates
+                          train=dataclasses.replace(self.train, lr=lr), eval=self.eval)
 
     def shared(self) -> dict:
         flat = to_flat(self)

@@ -7,6 +7,7 @@ A selector is a small rule written as ``kind:argument`` that picks tokens by the
     contains:x:case   ... case-sensitive
     regex:PATTERN     tokens whose text matches PATTERN (re.search)
     words:FILE        whole words listed in FILE, with and without a leading space
+    words:NAME        a built-in word list (wordlists/NAME.txt), e.g. words:colours
     ids:1,2,3         explicit token ids
     not:SELECTOR      the complement of another selector
     A & B, A | B      intersection / union of selectors (spaces required around & and |)
@@ -75,7 +76,7 @@ def select(spec: str, texts: list[str]) -> torch.Tensor:
     if kind == "words":
         if not arg.strip():
             raise SelectorError(f"selector {spec!r}: 'words:' needs a file name")
-        return _words(Path(arg), texts)
+        return _words(word_list(arg), texts)
     if kind == "ids":
         return _ids(arg, len(texts))
     if kind == "not":
@@ -104,9 +105,25 @@ def _contains(needle: str, texts: list[str], case_sensitive: bool) -> torch.Tens
     return torch.tensor([needle in t.lower() for t in texts], dtype=torch.bool)
 
 
+WORDLISTS = Path(__file__).parent / "wordlists"
+
+
+def builtin_word_lists() -> list[str]:
+    return sorted(f.stem for f in WORDLISTS.glob("*.txt"))
+
+
+def word_list(arg: str) -> Path:
+    """The words file `arg`, or the built-in list of that name when no such file exists."""
+    path = Path(arg)
+    if not path.exists() and re.fullmatch(r"[a-z_]+", arg) and (WORDLISTS / f"{arg}.txt").is_file():
+        return WORDLISTS / f"{arg}.txt"
+    return path
+
+
 def _words(path: Path, texts: list[str]) -> torch.Tensor:
     if not path.is_file():
-        raise SelectorError(f"words file not found: {path}" if not path.exists() else f"words file is not a file: {path}")
+        raise SelectorError(f"words file not found: {path} (built-in lists: {', '.join(builtin_word_lists())})"
+                            if not path.exists() else f"words file is not a file: {path}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import resource
 import shutil
 import sys
@@ -14,21 +15,23 @@ from pathlib import Path
 import torch
 import yaml
 
-from tokentilt import checkpoint, data
+from tokentilt import checkpoint, data, head_tilt
 from tokentilt.config import UsageError, to_flat
-from tokentilt.calibrate import RateFit, calibrate, check_rate, fit_trained_bias
-from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure, measure_rate
+from tokentilt.calibrate import RateFit, bias_at_rate, calibrate, check_rate, fit_trained_bias
+from tokentilt.evaluate import (EvalConfig, decode_costs, excess_cost, held_out_text, held_out_windows, measure,
+                                measure_rate)
 from tokentilt.engine import on_main, process_state, resolve_device
 from tokentilt.losses import OBJECTIVES, REFERENCE_OBJECTIVES, TEXT_OBJECTIVES, ObjectiveContext
 from tokentilt.metrics import collapse_warnings
 from tokentilt.models import lora
 from tokentilt.models.load import load_model, save_model
 from tokentilt.outputs import RunFolder
-from tokentilt.report import fmt_rate, plot_rate, plot_series, summary_table, tilt_report
+from tokentilt.report import excess_cost_note, fmt_rate, plot_rate, plot_series, summary_table, tilt_report
 from tokentilt.targets import TokenSet, resolve_set
 from tokentilt.train import TrainConfig, frozen_copy, train
 
 INPUTS = ("auto", "random", "text")
+PLACEMENTS = ("auto", "head-rows", "model")
 FULL_LR = 1e-4  # the course's learning rate for full fine-tuning
 # Settings that may differ between a run and its --resume.
 RESUME_FREE = ("resume", "overwrite", "calibrated_bias")
@@ -52,6 +55,10 @@ class TiltConfig:
     rate: float = 0.0  # tilt-distill: target rate R*; b is calibrated to it on the reference (0 = use bias)
     rate_rounds: int = 3  # with rate: training rounds that correct b until the trained model's R is R*
     ce_weight: float = 1.0  # mixed: lambda in KL + lambda * CE
+    placement: str = "auto"  # tilt-distill: head-rows | model | auto (head-rows, or model with --lora)
+    contexts: str = "mix"  # head-rows: training contexts, mix | text (plays) | policy (tilted samples)
+    head_steps: int = 300  # head-rows: Adam steps of the fit on cached head inputs
+    head_lr: float = 1e-2  # head-rows: peak learning rate (cosine schedule)
     inputs: str = "auto"  # random | text | auto (text for tilt-distill and mixed, else random)
     out: str = "runs/tilt"  # output folder
     overwrite: bool = False  # replace an existing run folder
@@ -78,6 +85,19 @@ class TiltConfig:
         if self.rate and (self.resume or self.train.save_every or self.train.report_to != "none"):
             raise ValueError("--rate trains up to rate-rounds times from the start; "
                              "it takes no --resume, --save-every or --report-to")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
+        if self.placement == "head-rows" and (self.objective != "tilt-distill" or self.lora.lora):
+            raise ValueError("--placement head-rows applies to tilt-distill without --lora")
+        if self.contexts not in head_tilt.CONTEXTS:
+            raise ValueError(f"contexts must be one of {', '.join(head_tilt.CONTEXTS)}, got {self.contexts!r}")
+        if not (isinstance(self.head_steps, int) and self.head_steps >= 1):
+            raise ValueError(f"head-steps must be a positive integer, got {self.head_steps!r}")
+        if not (isinstance(self.head_lr, (int, float)) and math.isfinite(self.head_lr) and self.head_lr > 0):
+            raise ValueError(f"head-lr must be positive, got {self.head_lr!r}")
+        if self.head_rows() and (self.resume or self.train.save_every or self.train.report_to != "none"):
+            raise ValueError("--placement head-rows fits in seconds on cached hidden states; "
+                             "it takes no --resume, --save-every or --report-to (use --placement model)")
         if self.resume and self.overwrite:
             raise ValueError("--resume continues a run and --overwrite starts it afresh: give one of them")
         if self.train.lr == 0:
@@ -85,6 +105,12 @@ class TiltConfig:
         self.lora.check()
         self.train.check()
         self.eval.check()
+
+    def head_rows(self) -> bool:
+        """Whether the tilt is fitted into the set's rows of the output head (head_tilt.py)."""
+        if self.placement == "auto":
+            return self.objective == "tilt-distill" and not self.lora.lora
+        return self.placement == "head-rows"
 
     def input_kind(self) -> str:
         if self.inputs != "auto":
@@ -135,13 +161,15 @@ def train_toward(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig,
 
 
 def train_to_rate(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig, bias: float, evaluate=None,
-                  log=None, progress: bool = True, on_round=None, echo=print) -> tuple[RateFit, list[dict]]:
+                  log=None, progress: bool = True, on_round=None, echo=print,
+                  train_once=None) -> tuple[RateFit, list[dict]]:
     """tilt-distill toward the rate cfg.rate: up to cfg.rate_rounds trainings, each from the reference's weights.
 
     `bias` is the decode-time calibration; calibrate.fit_trained_bias corrects it after each
     round from the trained model's R, measured on probe seeds (eval_seed + 1) so that the R the
     run reports afterwards (on eval_seed) is not the one b was fitted to. The model ends holding
-    the kept round's weights. on_round() is called before each round trains.
+    the kept round's weights. on_round() is called before each round trains. train_once(b) ->
+    history replaces train_toward (head-rows passes HeadRowsTilt.train).
     -> (the fit, the kept round's training history).
     """
     probe_cfg = dataclasses.replace(cfg.eval, eval_seed=cfg.eval.eval_seed + 1)
@@ -152,7 +180,10 @@ def train_to_rate(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig
         if on_round is not None:
             on_round()
         restore(model, start)
-        history = train_toward(model, tokenizer, reference, tokens, cfg, b, evaluate, log, progress)
+        if train_once is None:
+            history = train_toward(model, tokenizer, reference, tokens, cfg, b, evaluate, log, progress)
+        else:
+            history = train_once(b)
         return history, snapshot(model)
 
     def probe() -> dict:
@@ -257,10 +288,18 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         reference = lora.AdapterOff(model)  # the base, with the adapter switched off: no second copy
     else:
         reference = frozen_copy(model)  # the starting model: target of tilt-distill, reference of drift
-    counts = lora.param_counts(model)
-    say(f"training {counts['trainable_params']:,} of {counts['total_params']:,} parameters"
-        + (f" (LoRA r={cfg.lora.lora_r})" if cfg.lora.lora else ""))
     bf16 = cfg.train.bf16
+    head = None
+    if cfg.head_rows():
+        head = head_tilt.HeadRowsTilt(model, tokens.mask, lambda b: head_tilt.context_batches(
+            model, tokenizer, train_tokens(tokenizer), tokens.mask, b, cfg.contexts, cfg.train.seed, bf16),
+            cfg.head_steps, cfg.head_lr, seed=cfg.train.seed, bf16=bf16)
+    counts = lora.param_counts(model)
+    if head:
+        counts["trainable_params"] = head.original.numel()  # the set's rows; the rest is frozen
+    say(f"training {counts['trainable_params']:,} of {counts['total_params']:,} parameters"
+        + (f" (LoRA r={cfg.lora.lora_r})" if cfg.lora.lora else "")
+        + (f" ({head.trained_rows:,} rows of the untied output head)" if head else ""))
 
     bias, calibration, baseline, before, samples_before, windows = cfg.bias, None, None, None, None, None
     if main:
@@ -302,8 +341,11 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     if cfg.rate:
         say(f"training toward R = {cfg.rate}, correcting b from the trained model's R (<= {cfg.rate_rounds} rounds)")
         fit, history = train_to_rate(model, tokenizer, reference, tokens, cfg, bias, evaluate, log, progress and main,
-                                     on_round=next_round, echo=say)
+                                     on_round=next_round, echo=say,
+                                     train_once=(lambda b: head.train(b, progress and main, log)) if head else None)
         trained_bias = fit.bias
+    elif head:
+        history = head.train(bias, progress and main, log)
     else:
         history = train_toward(model, tokenizer, reference, tokens, cfg, bias, evaluate, log, progress and main,
                                run_dir=folder.tmp)
@@ -315,6 +357,12 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
 
     say("measuring R and costs after training ...")
     after, samples_after = measure(model, tokenizer, tokens.mask, cfg.eval, windows, reference=reference, bf16=bf16)
+    matched = None
+    if cfg.objective == "tilt-distill":  # the decode-time tilt at the trained model's R: the cost to beat
+        curve = [(0.0, before["rate"]["mean"]), (bias, baseline["rate"]["mean"])] + \
+            (calibration.history if calibration else [])
+        b_matched = bias_at_rate(curve, after["rate"]["mean"], after["rate"]["n"])
+        matched = {"bias": b_matched, **decode_costs(reference, tokens.mask, windows, b_matched, bf16)}
     del reference
     rate_before, rate_after = before["rate"], after["rate"]
     rate_points = [(0, rate_before)] + [(r["step"], {"mean": r["rate"], "ci_low": r["rate_ci_low"],
@@ -327,8 +375,9 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         save_model(model, tokenizer, folder.path("model"))
 
     steps = [r["step"] for r in history]
+    how = (f"head rows, lr {cfg.head_lr:g}" if head else f"{cfg.positions} positions, lr {cfg.train.lr:g}")
     plot_series(folder.path("loss.png"), {cfg.objective: (steps, [r["loss"] for r in history])},
-                f"{cfg.objective} loss ({cfg.positions} positions, lr {cfg.train.lr:g})", "loss", logy=True)
+                f"{cfg.objective} loss ({how})", "loss", logy=True)
     plot_rate(folder.path("rate.png"), rate_points, f"R for {cfg.toward!r} over training")
     summary = {
         "model": cfg.model,
@@ -354,6 +403,9 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         "precision": cfg.train.precision,
         "processes": state.num_processes,
         "global_batch": cfg.train.global_batch(state.num_processes),
+        "placement": "head-rows" if head else ("lora" if cfg.lora.lora else "model"),
+        "head": {"trained_rows": head.trained_rows, "via_complement": head.sign < 0, "contexts": cfg.contexts,
+                 "context_positions": len(head.inputs.h), "steps": cfg.head_steps, "lr": cfg.head_lr} if head else None,
         "lora": {"r": cfg.lora.lora_r, "alpha": cfg.lora.lora_alpha, "dropout": cfg.lora.lora_dropout,
                  "targets": cfg.lora.lora_targets} if cfg.lora.lora else None,
         **counts,
@@ -373,11 +425,15 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
             summary["calibrated_bias"] = bias
             summary["bias_rounds"] = fit.round_records()
         summary["baseline"] = {"objective": "decode-bias", "bias": bias, **baseline}
+        summary["matched_decode"] = matched
+        summary.update(excess_cost(before, after, matched))
     folder.path("report.md").write_text(tilt_report(cfg, summary, samples_before, samples_after))
     folder.write_json("summary.json", summary)
     shutil.rmtree(folder.path("checkpoints"), ignore_errors=True)  # a finished run needs none
     out = folder.finish()
     state.wait_for_everyone()
     echo(summary_table(summary))
+    if summary.get("matched_decode"):
+        echo(excess_cost_note(summary))
     echo(f"run folder: {out}")
     return summary

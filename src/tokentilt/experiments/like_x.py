@@ -50,7 +50,7 @@ class LikeXConfig:
     seed: int = 0  # seeds the random inputs (and the pretraining, if any)
     out: str = "runs/exp/like-x"  # output folder
     overwrite: bool = False  # replace an existing run folder
-    eval: EvalConfig = field(default_factory=EvalConfig)  # R with an interval over prompts x samples
+    eval: EvalConfig = field(default_factory=EvalConfig.course)  # R over the course's 8 prompts x samples
     # used only without a checkpoint; 300 steps keeps the whole experiment short
     pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(steps=300))
 

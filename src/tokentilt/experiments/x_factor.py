@@ -38,7 +38,7 @@ class XFactorConfig:
     seed: int = 0  # seeds the random inputs
     out: str = "runs/exp/x-factor"  # output folder
     overwrite: bool = False  # replace an existing run folder
-    eval: EvalConfig = field(default_factory=EvalConfig)  # R with an interval over prompts x samples
+    eval: EvalConfig = field(default_factory=EvalConfig.course)  # R over the course's 8 prompts x samples
 
     def check(self) -> None:
         if not self.lrs or any(not lr > 0 for lr in self.lrs):

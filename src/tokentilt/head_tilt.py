@@ -1,0 +1,169 @@
+"""tilt-distill's default placement: train only the set's rows of an untied output head.
+
+An exact tilt adds b to the set's logits, softmax(z + b·M). With z = h·W^T, a change delta of
+the set's rows W_S adds h·delta_i to logit i and leaves every other logit as it was. So the head
+can carry the tilt wherever h·delta_i ≈ b, and nothing else in the model changes. The body is
+frozen, so the head's inputs h are computed once, on the training contexts, and the fit runs on
+them: O(N·|S|·d) per step, with no forward or backward pass through the model.
+
+The training contexts (never the R prompts, never the eval text) are
+- windows of the plays' train split, and
+- continuations sampled from the decode-time tilted reference softmax(z + b·M) after
+  generate.TRAIN_PROMPTS: the kind of text that R is measured on (on-policy contexts, as in
+  sequence-level and on-policy distillation).
+
+A set larger than half the vocabulary is tilted through its complement with -b (the same
+distribution, fewer rows). The saved model is a plain checkpoint with an untied head
+(config.tie_word_embeddings = False), loadable with AutoModelForCausalLM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from tokentilt import data
+from tokentilt.config import UsageError
+from tokentilt.generate import TRAIN_PROMPTS, SampleConfig, sample
+from tokentilt.losses import set_rows_kl
+
+CONTEXTS = ("mix", "text", "policy")
+TEXT_WINDOWS = 48  # plays' train split: 48 windows x 128 tokens
+WINDOW_LEN = 128
+POLICY_SAMPLES = 2  # continuations per training prompt
+POLICY_TOKENS = 64  # tokens per continuation
+ROWS_PER_STEP = 1024  # head inputs per optimizer step
+
+
+def untie_output_head(model) -> None:
+    """Give the output head its own copy of the weights (a tied head shares the input embedding)."""
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if not isinstance(getattr(head, "weight", None), nn.Parameter) or not hasattr(model, "config"):
+        raise UsageError("--placement head-rows needs a Hugging Face model with an output head "
+                         "(use --placement model for this one)")
+    embed = model.get_input_embeddings()
+    if embed is not None and head.weight.data_ptr() == embed.weight.data_ptr():
+        head.weight = nn.Parameter(head.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+
+
+@dataclass
+class HeadInputs:
+    """What the fit needs from the frozen model, per context position."""
+
+    h: torch.Tensor  # (N, d) inputs of the output head
+    rest_lse: torch.Tensor  # (N,) logsumexp of the reference logits outside the trained rows
+
+
+@torch.no_grad()
+def head_inputs(model, batches, trained: torch.Tensor, bf16: bool = False) -> HeadInputs:
+    """Run the frozen model on each (b, T) batch of ids, keeping the head's inputs and the
+    logsumexp of its logits outside `trained` (a (V,) bool mask)."""
+    head = model.get_output_embeddings()
+    seen = {}
+    hook = head.register_forward_hook(lambda mod, args, out: seen.update(h=args[0], logits=out))
+    hs, lses = [], []
+    was_training = model.training
+    model.eval()
+    device = head.weight.device
+    try:
+        for ids in batches:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                model(input_ids=ids.to(device))
+            hs.append(seen["h"].float().reshape(-1, seen["h"].size(-1)))
+            logits = seen["logits"].float().reshape(-1, seen["logits"].size(-1))
+            lses.append(logits[:, ~trained.to(device)].logsumexp(-1))
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return HeadInputs(torch.cat(hs), torch.cat(lses))
+
+
+def context_batches(model, tokenizer, train_tokens: torch.Tensor, mask: torch.Tensor, bias: float, kind: str,
+                    seed: int, bf16: bool = False) -> list[torch.Tensor]:
+    """The training contexts as (b, T) id batches: play windows and/or tilted continuations."""
+    batches = []
+    if kind in ("mix", "text"):
+        g = torch.Generator().manual_seed(seed)
+        windows = data.text_windows(train_tokens, TEXT_WINDOWS, min(WINDOW_LEN, len(train_tokens) - 1), g)
+        batches += list(windows.split(8))
+    if kind in ("mix", "policy"):
+        cfg = SampleConfig(max_new_tokens=POLICY_TOKENS, strategy="multinomial")
+        got = sample(model, tokenizer, list(TRAIN_PROMPTS), POLICY_SAMPLES, cfg, seed=seed, bias_mask=mask,
+                     bias=bias, bf16=bf16)
+        for i, prompt in enumerate(TRAIN_PROMPTS):  # one batch per prompt: equal lengths, no padding
+            ids = torch.tensor(tokenizer(prompt)["input_ids"])
+            rows = got.tokens[i * POLICY_SAMPLES:(i + 1) * POLICY_SAMPLES]  # (POLICY_SAMPLES, L)
+            batches.append(torch.cat([ids.expand(len(rows), -1), rows], 1))
+    return batches
+
+
+def fit_rows(inputs: HeadInputs, head_set: torch.Tensor, bias: float, steps: int, lr: float, seed: int = 0,
+             progress: bool = True, log=None) -> tuple[torch.Tensor, list[dict]]:
+    """Adam with a cosine schedule on delta (|S|, d), from zero, minimising set_rows_kl on random
+    rows of the cached inputs. -> (delta, [{"step", "loss"}])."""
+    delta = torch.zeros_like(head_set, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    g = torch.Generator().manual_seed(seed)
+    history = []
+    for step in tqdm(range(1, steps + 1), desc="fitting head rows", disable=not progress, leave=False):
+        idx = torch.randint(len(inputs.h), (min(ROWS_PER_STEP, len(inputs.h)),), generator=g).to(head_set.device)
+        loss = set_rows_kl(inputs.h[idx], inputs.rest_lse[idx], head_set, delta, bias)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {step} of the head-rows fit; lower --head-lr")
+        record = {"step": step, "loss": loss.item()}
+        history.append(record)
+        if log is not None:
+            log(record)
+    return delta.detach(), history
+
+
+class HeadRowsTilt:
+    """Tilt `model` (untied here) toward `mask` by refitting its head's set rows for any b.
+
+    `contexts(b)` gives the training contexts' id batches for the b they are sampled at; they are
+    built once, at the first b, and every later fit (tilt --rate's rounds) reuses them.
+    """
+
+    def __init__(self, model, mask: torch.Tensor, contexts, steps: int, lr: float, seed: int = 0,
+                 bf16: bool = False):
+        untie_output_head(model)
+        self.model, self.steps, self.lr, self.seed, self.bf16 = model, steps, lr, seed, bf16
+        for p in model.parameters():  # only the head's rows change (tilt --rate snapshots what trains)
+            p.requires_grad_(False)
+        self.head.weight.requires_grad_(True)
+        self.contexts = contexts
+        # Train the smaller side: +b on S is -b on its complement (softmax ignores a common shift).
+        self.sign = 1.0 if mask.sum() * 2 <= mask.numel() else -1.0
+        self.trained = mask if self.sign > 0 else ~mask
+        self.rows = self.trained.nonzero().squeeze(1).to(self.head.weight.device)
+        self.original = self.head.weight.detach()[self.rows].clone()  # (|S|, d)
+        self.inputs: HeadInputs | None = None
+
+    @property
+    def head(self):
+        return self.model.get_output_embeddings()
+
+    @property
+    def trained_rows(self) -> int:
+        return len(self.rows)
+
+    def train(self, bias: float, progress: bool = True, log=None) -> list[dict]:
+        """Fit the rows toward softmax(z_ref + bias·M) and write them into the head."""
+        if self.inputs is None:
+            with torch.no_grad():
+                self.head.weight[self.rows] = self.original  # contexts come from the untouched model
+            self.inputs = head_inputs(self.model, self.contexts(bias), self.trained, self.bf16)
+        delta, history = fit_rows(self.inputs, self.original, self.sign * bias, self.steps, self.lr, self.seed,
+                                  progress, log)
+        with torch.no_grad():
+            self.head.weight[self.rows] = self.original + delta
+        return history

@@ -1,0 +1,163 @@
+"""tilt-distill's head-rows placement: the set-rows loss, untying, the fit, and the excess-cost helpers."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from conftest import tilt_argv, tiny_llama
+from tokentilt import head_tilt
+from tokentilt.calibrate import bias_at_rate
+from tokentilt.cli import main
+from tokentilt.evaluate import excess_cost
+from tokentilt.losses import set_rows_kl
+from tokentilt.targets import SelectorError, resolve, select, tilted_log_probs
+
+
+def dense_tilt_kl(h, head, new_head, mask, bias):
+    """The same loss the long way: F.kl_div between the full (N, V) softmaxes."""
+    target = F.softmax(h @ head.T + bias * mask, -1)  # softmax(z + b·M), in h's float64
+    return F.kl_div(F.log_softmax(h @ new_head.T, -1), target, reduction="batchmean")
+
+
+@pytest.mark.parametrize("bias", [3.0, -2.0])
+def test_set_rows_kl_equals_the_dense_kl_in_value_and_gradient(bias):
+    g = torch.Generator().manual_seed(0)
+    n, d, v = 12, 8, 40
+    h, head = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(v, d, generator=g, dtype=torch.float64)
+    mask = torch.zeros(v, dtype=torch.bool)
+    mask[[1, 5, 6, 30]] = True
+    delta = (0.3 * torch.randn(4, d, generator=g, dtype=torch.float64)).requires_grad_()
+    rest_lse = (h @ head[~mask].T).logsumexp(-1)
+    fused = set_rows_kl(h, rest_lse, head[mask], delta, bias)
+    (grad_fused,) = torch.autograd.grad(fused, delta)
+
+    delta_dense = delta.detach().clone().requires_grad_()
+    new_head = head.clone()
+    new_head = new_head.index_put((mask.nonzero().squeeze(1),), head[mask] + delta_dense)
+    dense = dense_tilt_kl(h, head, new_head, mask, bias)
+    (grad_dense,) = torch.autograd.grad(dense, delta_dense)
+    assert fused.item() == pytest.approx(dense.item(), rel=1e-10)
+    assert torch.allclose(grad_fused, grad_dense, rtol=1e-9, atol=1e-12)
+    # delta = 0 is the untilted head, delta = b on every row of a constant feature is the exact tilt:
+    zero = set_rows_kl(h, rest_lse, head[mask], torch.zeros_like(delta), bias)
+    assert zero.item() == pytest.approx(dense_tilt_kl(h, head, head, mask, bias).item(), rel=1e-10) and zero > 0
+
+
+def test_untie_output_head_gives_a_checkpoint_that_loads_untied(tmp_path):
+    model = tiny_llama()
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    head_tilt.untie_output_head(model)
+    assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
+    with torch.no_grad():
+        model.lm_head.weight[3] += 1.0  # the head now differs from the embedding on one row
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert not loaded.config.tie_word_embeddings
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+    assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-6)
+
+
+def test_untie_refuses_a_model_without_an_output_head():
+    with pytest.raises(ValueError, match="--placement model"):
+        head_tilt.untie_output_head(torch.nn.Linear(2, 2))
+
+
+def exact_tilt_gap(model, reference, ids, mask, bias):
+    """Mean per-token KL(exact tilt of the reference || model) on ids."""
+    with torch.no_grad():
+        target = tilted_log_probs(reference(input_ids=ids).logits, mask, bias)
+        return (target.exp() * (target - F.log_softmax(model(input_ids=ids).logits, -1))).sum(-1).mean().item()
+
+
+@pytest.mark.parametrize("members", [[3, 7, 9, 20], list(range(10, 60))], ids=["small-set", "via-complement"])
+def test_head_rows_fit_carries_the_tilt_and_changes_only_the_set_rows(members):
+    model, reference = tiny_llama(), tiny_llama()
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[members] = True
+    g = torch.Generator().manual_seed(1)
+    train_ids = torch.randint(64, (16, 24), generator=g)
+    held_out = torch.randint(64, (4, 24), generator=g)
+    body = {k: v.clone() for k, v in model.state_dict().items() if "lm_head" not in k}
+    tilt = head_tilt.HeadRowsTilt(model, mask, lambda b: list(train_ids.split(4)), steps=200, lr=3e-2)
+    assert tilt.sign == (1.0 if len(members) < 32 else -1.0) and tilt.trained_rows == min(len(members), 64 - len(members))
+    start_gap = exact_tilt_gap(model, reference, held_out, mask, 2.0)
+    history = tilt.train(2.0, progress=False)
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+    assert exact_tilt_gap(model, reference, held_out, mask, 2.0) < 0.5 * start_gap  # held-out ids too
+    changed = (model.lm_head.weight != reference.lm_head.weight).any(-1)
+    assert torch.equal(changed, tilt.trained)  # only the trained side's rows moved
+    assert all(torch.equal(v, body[k]) for k, v in model.state_dict().items() if k in body)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["lm_head.weight"]
+    # A second fit (another --rate round) starts again from the original rows and reuses the contexts.
+    inputs = tilt.inputs
+    tilt.train(0.0, progress=False)
+    assert tilt.inputs is inputs and exact_tilt_gap(model, reference, held_out, mask, 0.0) < 0.01
+
+
+def test_bias_at_rate_interpolates_in_logit_space_and_extends_the_ends():
+    logit = lambda r: math.log(r / (1 - r))  # noqa: E731
+    points = [(0.0, 0.1), (2.0, 0.5), (4.0, 0.9)]
+    assert bias_at_rate(points, 0.5, 1000) == pytest.approx(2.0)
+    # logit(0.3) lies between logit(0.1) and 0, at the fraction (logit 0.3 - logit 0.1) / -logit 0.1:
+    assert bias_at_rate(points, 0.3, 1000) == pytest.approx(2 * (logit(0.3) - logit(0.1)) / -logit(0.1))
+    assert bias_at_rate(points, 0.95, 1000) == pytest.approx(2 + 2 * (logit(0.95) - logit(0.5)) / logit(0.9))
+    assert bias_at_rate([(1.5, 0.4)], 0.9, 64) == 1.5  # one point: nothing to interpolate
+    assert bias_at_rate([(0.0, 0.3), (-2.0, 0.1)], 0.2, 1000) < 0  # away from the set: b < 0
+
+
+def test_excess_cost_is_rho_and_the_drift_ratio():
+    before = {"ppl": 70.0, "drift": 0.0}
+    out = excess_cost(before, {"ppl": 85.0, "drift": 0.3}, {"ppl": 80.0, "drift": 0.2})
+    assert out == {"rho": pytest.approx(1.5), "drift_ratio": pytest.approx(1.5)}
+    assert excess_cost(before, {"ppl": 71.0, "drift": 0.1}, {"ppl": 70.0, "drift": 0.0}) == \
+        {"rho": None, "drift_ratio": None}
+    assert excess_cost(before, {"ppl": 71.0, "drift": 0.1}, None) == {"rho": None, "drift_ratio": None}
+
+
+def test_built_in_word_list_and_a_missing_one():
+    texts = ["red", " red", "blue", "Blue", " green", "x", "violet"]
+    assert select("words:colours", texts).tolist() == [True, True, True, False, True, False, True]
+    assert resolve("words:colours", texts).size == 5
+    with pytest.raises(SelectorError, match="built-in lists: colours"):
+        select("words:no_such_list", texts)
+
+
+@pytest.mark.slow
+def test_tilt_distill_defaults_to_head_rows_and_saves_a_plain_untied_model(tiny_model_dir, eval_file, tmp_path):
+    out = tmp_path / "run"
+    argv = tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--bias", "4",
+                     "--head-steps", "60", "--samples-per-prompt", "2")
+    assert main(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["placement"] == "head-rows" and s["head"]["trained_rows"] == s["target_size"]
+    assert s["trainable_params"] == s["target_size"] * 32 and s["steps"] == 60
+    assert s["rate_after"]["mean"] > s["rate_before"]["mean"] + 0.02  # a random tiny body carries little of it
+    assert s["matched_decode"]["bias"] > 0 and s["rho"] is not None and s["drift_ratio"] is not None
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    changed = (model.lm_head.weight != base.lm_head.weight).any(-1)
+    assert changed.sum().item() == s["target_size"]
+    assert torch.equal(model.transformer.wte.weight, base.transformer.wte.weight)
+    assert "rho" in (out / "report.md").read_text()
+
+
+def test_the_r_prompts_are_16_varied_openings_disjoint_from_the_training_prompts(tmp_path):
+    from tokentilt.cli import tilt_config
+    from tokentilt.generate import COURSE_PROMPTS, DEFAULT_PROMPTS, TRAIN_PROMPTS
+    from tokentilt.tilt import TiltConfig
+
+    assert len(set(DEFAULT_PROMPTS)) >= 16 and not set(DEFAULT_PROMPTS) & set(TRAIN_PROMPTS)
+    assert TiltConfig().eval.prompts == list(DEFAULT_PROMPTS)
+    from tokentilt.experiments.x_factor import XFactorConfig
+    assert XFactorConfig().eval.prompts == list(COURSE_PROMPTS)  # the course numbers' 8 prompts
+    config = tmp_path / "prompts.yaml"
+    config.write_text("prompts:\n  - Alpha beta\n  - 'Gamma: delta'\n")
+    cfg = tilt_config({"config": str(config)})
+    assert cfg.eval.prompts == ["Alpha beta", "Gamma: delta"]
