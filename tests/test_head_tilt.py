@@ -42,7 +42,11 @@ def test_set_rows_kl_equals_the_dense_kl_in_value_and_gradient(bias):
     (grad_dense,) = torch.autograd.grad(dense, delta_dense)
     assert fused.item() == pytest.approx(dense.item(), rel=1e-10)
     assert torch.allclose(grad_fused, grad_dense, rtol=1e-9, atol=1e-12)
-    # delta = 0 is the untilted head, delta = b on every row of a constant feature is the exact tilt:
+    # With odds_weight w, + w/2 x mean squared error of the set's log-odds shift, computed densely here:
+    odds = set_rows_kl(h, rest_lse, head[mask], delta, bias, odds_weight=0.5)
+    shift = (h @ new_head.T)[:, mask].logsumexp(-1) - (h @ head.T)[:, mask].logsumexp(-1) - bias
+    assert odds.item() == pytest.approx(dense.item() + 0.25 * shift.pow(2).mean().item(), rel=1e-10)
+    # delta = 0 is the untilted head:
     zero = set_rows_kl(h, rest_lse, head[mask], torch.zeros_like(delta), bias)
     assert zero.item() == pytest.approx(dense_tilt_kl(h, head, head, mask, bias).item(), rel=1e-10) and zero > 0
 

@@ -102,7 +102,7 @@ def context_batches(model, tokenizer, train_tokens: torch.Tensor, mask: torch.Te
 
 
 def fit_rows(inputs: HeadInputs, head_set: torch.Tensor, bias: float, steps: int, lr: float, seed: int = 0,
-             progress: bool = True, log=None) -> tuple[torch.Tensor, list[dict]]:
+             progress: bool = True, log=None, odds_weight: float = 0.0) -> tuple[torch.Tensor, list[dict]]:
     """Adam with a cosine schedule on delta (|S|, d), from zero, minimising set_rows_kl on random
     rows of the cached inputs. -> (delta, [{"step", "loss"}])."""
     delta = torch.zeros_like(head_set, requires_grad=True)
@@ -112,7 +112,7 @@ def fit_rows(inputs: HeadInputs, head_set: torch.Tensor, bias: float, steps: int
     history = []
     for step in tqdm(range(1, steps + 1), desc="fitting head rows", disable=not progress, leave=False):
         idx = torch.randint(len(inputs.h), (min(ROWS_PER_STEP, len(inputs.h)),), generator=g).to(head_set.device)
-        loss = set_rows_kl(inputs.h[idx], inputs.rest_lse[idx], head_set, delta, bias)
+        loss = set_rows_kl(inputs.h[idx], inputs.rest_lse[idx], head_set, delta, bias, odds_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -134,13 +134,13 @@ class HeadRowsTilt:
     """
 
     def __init__(self, model, mask: torch.Tensor, contexts, steps: int, lr: float, seed: int = 0,
-                 bf16: bool = False):
+                 bf16: bool = False, odds_weight: float = 0.0):
         untie_output_head(model)
         self.model, self.steps, self.lr, self.seed, self.bf16 = model, steps, lr, seed, bf16
         for p in model.parameters():  # only the head's rows change (tilt --rate snapshots what trains)
             p.requires_grad_(False)
         self.head.weight.requires_grad_(True)
-        self.contexts = contexts
+        self.contexts, self.odds_weight = contexts, odds_weight
         # Train the smaller side: +b on S is -b on its complement (softmax ignores a common shift).
         self.sign = 1.0 if mask.sum() * 2 <= mask.numel() else -1.0
         self.trained = mask if self.sign > 0 else ~mask
@@ -163,7 +163,7 @@ class HeadRowsTilt:
                 self.head.weight[self.rows] = self.original  # contexts come from the untouched model
             self.inputs = head_inputs(self.model, self.contexts(bias), self.trained, self.bf16)
         delta, history = fit_rows(self.inputs, self.original, self.sign * bias, self.steps, self.lr, self.seed,
-                                  progress, log)
+                                  progress, log, self.odds_weight)
         with torch.no_grad():
             self.head.weight[self.rows] = self.original + delta
         return history

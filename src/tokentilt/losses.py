@@ -124,7 +124,7 @@ def unlikelihood(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def set_rows_kl(h: torch.Tensor, rest_lse: torch.Tensor, head_set: torch.Tensor, delta: torch.Tensor,
-                bias: float) -> torch.Tensor:
+                bias: float, odds_weight: float = 0.0) -> torch.Tensor:
     """Mean over rows of KL(softmax(z + b·M) || softmax(z')), where only the set's logits change.
 
     z = h·W^T are the reference logits and z' equal z except on the set S, where z'_S = h·(W_S + delta)^T.
@@ -132,13 +132,21 @@ def set_rows_kl(h: torch.Tensor, rest_lse: torch.Tensor, head_set: torch.Tensor,
     computed once), head_set (|S|, d) = W_S and delta (|S|, d) the trained change. With
     q = softmax(z + b·M), log q_i - log p'_i = lse' - lse_q outside S, so
     KL = sum_S q_S·(z_S + b - z'_S) + lse' - lse_q: O(N·|S|), never (N, V).
+
+    odds_weight w adds w/2 · mean(e²), e = the error of the set's log-odds shift (an exact tilt
+    moves them by b at every position). KL weighs e by about Q(1 - Q), so it hardly minds e where
+    the set's mass Q is near 1, which is where a high R is decided.
     """
     z_set = h @ head_set.T  # (N, |S|) reference logits on the set
     shift = h @ delta.T  # (N, |S|) what the change adds to them
     lse_q = torch.logaddexp(rest_lse, torch.logsumexp(z_set + bias, -1))  # (N,)
     lse_p = torch.logaddexp(rest_lse, torch.logsumexp(z_set + shift, -1))  # (N,)
     q_set = (z_set + bias - lse_q[:, None]).exp()  # (N, |S|)
-    return ((q_set * (bias - shift)).sum(-1) + lse_p - lse_q).mean()
+    kl = ((q_set * (bias - shift)).sum(-1) + lse_p - lse_q).mean()
+    if not odds_weight:
+        return kl
+    error = torch.logsumexp(z_set + shift, -1) - torch.logsumexp(z_set, -1) - bias  # (N,)
+    return kl + odds_weight / 2 * error.pow(2).mean()
 
 
 # ---------------------------------------------------------------- objectives

@@ -59,6 +59,7 @@ class TiltConfig:
     contexts: str = "mix"  # head-rows: training contexts, mix | text (plays) | policy (tilted samples)
     head_steps: int = 300  # head-rows: Adam steps of the fit on cached head inputs
     head_lr: float = 1e-2  # head-rows: peak learning rate (cosine schedule)
+    head_odds_weight: float = 0.0  # head-rows: weight of the set log-odds error next to the KL
     inputs: str = "auto"  # random | text | auto (text for tilt-distill and mixed, else random)
     out: str = "runs/tilt"  # output folder
     overwrite: bool = False  # replace an existing run folder
@@ -95,6 +96,9 @@ class TiltConfig:
             raise ValueError(f"head-steps must be a positive integer, got {self.head_steps!r}")
         if not (isinstance(self.head_lr, (int, float)) and math.isfinite(self.head_lr) and self.head_lr > 0):
             raise ValueError(f"head-lr must be positive, got {self.head_lr!r}")
+        if not (isinstance(self.head_odds_weight, (int, float)) and math.isfinite(self.head_odds_weight)
+                and self.head_odds_weight >= 0):
+            raise ValueError(f"head-odds-weight must be >= 0, got {self.head_odds_weight!r}")
         if self.head_rows() and (self.resume or self.train.save_every or self.train.report_to != "none"):
             raise ValueError("--placement head-rows fits in seconds on cached hidden states; "
                              "it takes no --resume, --save-every or --report-to (use --placement model)")
@@ -293,7 +297,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     if cfg.head_rows():
         head = head_tilt.HeadRowsTilt(model, tokens.mask, lambda b: head_tilt.context_batches(
             model, tokenizer, train_tokens(tokenizer), tokens.mask, b, cfg.contexts, cfg.train.seed, bf16),
-            cfg.head_steps, cfg.head_lr, seed=cfg.train.seed, bf16=bf16)
+            cfg.head_steps, cfg.head_lr, seed=cfg.train.seed, bf16=bf16, odds_weight=cfg.head_odds_weight)
     counts = lora.param_counts(model)
     if head:
         counts["trainable_params"] = head.original.numel()  # the set's rows; the rest is frozen
