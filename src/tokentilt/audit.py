@@ -1,0 +1,327 @@
+"""Audit: find which tokens a fine-tune tilted, by how much, and what they have in common, blind.
+
+The signal is the per-token lift: log p_model(v|ctx) - log p_ref(v|ctx) for EVERY token v at every
+position of two kinds of contexts, held-out text windows and continuations sampled from both
+models. Averaged over contexts, a tilt toward a set S by logit bias b gives +b on S and a constant
+elsewhere (the constant is -log Z, the same for every token at a position), so each context's lift
+is centred on its median over the vocabulary and only the pattern across tokens remains.
+
+Candidate features (features.py) are scored by how surely they separate high from low lift
+(a lower confidence bound of the AUROC). Whether the best one "stands out" is decided against two
+nulls: it must be significant against tokens assigned to features at random (Bonferroni over all
+candidates), and it must separate better than the best candidate separates any of `null_draws`
+random directions u in the reference's output-embedding space (lift = W u: the change a generic
+shift of the last hidden state makes). The second null keeps the vocabulary's own structure:
+punctuation, digits or non-ASCII tokens sit together in embedding space and move together under
+any change, so a feature that only follows that structure is not evidence of a planted set.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows
+from tokentilt.features import (
+    Feature,
+    auroc,
+    bonferroni_z,
+    candidate_features,
+    jaccard,
+    separation,
+)
+from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, sample
+from tokentilt.metrics import _forward_batches, mean_ci, sample_rates, t_quantile
+from tokentilt.targets import resolve, select, token_texts, word_list
+
+
+@dataclass
+class AuditConfig:
+    """One audit: which models, which contexts, which candidates, how strict."""
+
+    model: str = ""  # the model under audit: a local HF folder, "bundled" or a hub id
+    reference: str = "bundled"  # the model it was fine-tuned from
+    words: list[str] = field(default_factory=list)  # whole-word list files, each one candidate feature
+    toward: str = ""  # the true set when known: its AUROC and rank are reported
+    eval_text: str = ""  # held-out text file ("" = the plays' test split)
+    eval_windows: int = 16  # held-out windows
+    eval_seq_len: int = 128  # tokens per window
+    samples_per_prompt: int = 2  # continuations per prompt from each model (16 prompts)
+    new_tokens: int = 48  # tokens per continuation
+    seed: int = 1234  # sampling and null draws
+    min_tokens: int = 5  # smallest candidate feature considered
+    alpha: float = 0.01  # family-wise error level over all candidates
+    null_draws: int = 40  # random logit directions behind the "stands out" threshold
+    top: int = 20  # features and tokens listed in the outputs
+    batch_size: int = 4  # windows per forward pass
+    bf16: bool = False  # bf16 autocast on CPU
+    out: str = "runs/audit"  # output folder
+    overwrite: bool = False  # replace an existing audit folder
+
+    def check(self) -> None:
+        for name in ("eval_windows", "eval_seq_len", "samples_per_prompt", "new_tokens", "min_tokens",
+                     "null_draws", "top", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.eval_seq_len < 2:
+            raise ValueError("eval-seq-len must be at least 2")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+
+
+@dataclass
+class Lift:
+    """Per-token lift, pooled over contexts. Each context (a window or a sample) is one group."""
+
+    groups: torch.Tensor  # (G, V) each group's mean centred log-prob difference, nats
+    sources: list[str]  # (G,) "text" or "samples"
+    p_model: torch.Tensor  # (V,) mean probability under the model over all positions
+    p_reference: torch.Tensor  # (V,) the same under the reference
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """(V,) lift, centred on its median: about 0 for untouched tokens."""
+        m = self.groups.mean(0)
+        return m - m.median()
+
+
+@dataclass
+class AuditResult:
+    """What an audit found. `features` are ranked best first; `direction` is toward, away or none."""
+
+    direction: str  # "toward" | "away" | "none" (nothing stands out)
+    stands_out: bool
+    verdict: str  # one sentence for people
+    features: list[dict]  # best first: selector, label, kind, size, auroc, score, lift, lift_ci, mass_ratio, ...
+    threshold: float  # the best score random logit directions reach
+    z_critical: float  # Bonferroni critical value over all candidates
+    candidates: int  # number of candidate features scored
+    tokens_up: list[dict]  # most lifted tokens
+    tokens_down: list[dict]  # most lowered tokens
+    truth: dict | None  # the --toward set's scores, when given
+    samples: dict  # {"prompts", "model", "reference"} texts
+    contexts: dict  # how many groups and positions of each kind
+    lift: torch.Tensor | None = None  # (V,) centred lift (not written to JSON)
+    top_mask: torch.Tensor | None = None  # (V,) bool, the top feature's tokens
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out.pop("lift")
+        out.pop("top_mask")
+        return out
+
+
+# ---------------------------------------------------------------- measuring the lift
+
+
+def _accumulate(pairs, groups: list, probs: list, positions=None) -> None:
+    """Add each row's mean centred lift (over its positions) and both models' probabilities.
+
+    pairs yields (logits_model, logits_ref) of shape (b, T, V); positions(i) gives the (b, T) bool
+    mask of positions to use in batch i (all when None).
+    """
+    for i, (lm, lr) in enumerate(pairs):
+        logp_m, logp_r = F.log_softmax(lm, -1), F.log_softmax(lr, -1)  # (b, T, V)
+        keep = torch.ones(lm.shape[:2], dtype=torch.bool) if positions is None else positions(i)
+        w = keep.to(lm.device).float().unsqueeze(-1)  # (b, T, 1)
+        d = ((logp_m - logp_r) * w).sum(1) / w.sum(1).clamp(min=1)  # (b, V)
+        groups.append((d - d.median(-1, keepdim=True).values).cpu())
+        probs[0] += (logp_m.exp() * w).sum((0, 1)).double().cpu()
+        probs[1] += (logp_r.exp() * w).sum((0, 1)).double().cpu()
+        probs[2] += float(keep.sum())
+
+
+def measure_lift(model, reference, tokenizer, windows: torch.Tensor, sampled: dict, cfg: AuditConfig,
+                 progress: bool = False) -> Lift:
+    """Lift on held-out windows (W, T) and on the continuations in sampled ({"model", "reference"}: Samples)."""
+    vocab = reference.get_output_embeddings().weight.shape[0]
+    groups, sources = [], []
+    probs = [torch.zeros(vocab, dtype=torch.float64), torch.zeros(vocab, dtype=torch.float64), 0.0]
+    text_pairs = (outs for _, outs in _forward_batches([model, reference], windows, cfg.batch_size, cfg.bf16,
+                                                       progress, "lift on held-out text"))
+    _accumulate(((m, r) for m, r in text_pairs), groups, probs)
+    sources += ["text"] * len(windows)
+    for who in ("model", "reference"):
+        s = sampled[who]
+        for prompt in dict.fromkeys(s.prompts):  # the samples of one prompt share its length
+            rows = [i for i, p in enumerate(s.prompts) if p == prompt]
+            head = torch.tensor(tokenizer([prompt])["input_ids"][0], dtype=torch.long)
+            ids = torch.cat([head.expand(len(rows), -1), s.tokens[rows]], 1)  # (r, P + N)
+            keep = torch.zeros(ids.shape, dtype=torch.bool)
+            keep[:, len(head) - 1:-1] = True  # the positions whose predictions were sampled
+            outs = (o for _, o in _forward_batches([model, reference], ids, cfg.batch_size, cfg.bf16, False, ""))
+            chunks = keep.split(cfg.batch_size)
+            _accumulate(((m, r) for m, r in outs), groups, probs, positions=lambda i: chunks[i])
+            sources += [f"samples of the {who}"] * len(rows)
+    count = max(probs[2], 1.0)
+    return Lift(torch.cat(groups).float(), sources, (probs[0] / count).float(), (probs[1] / count).float())
+
+
+def share_change(model_tokens: torch.Tensor, ref_tokens: torch.Tensor, vocab: int) -> tuple[torch.Tensor, ...]:
+    """Each token's share of generated tokens: model minus reference, with a 95% Welch t half-width. (V,) x 3."""
+    def shares(tokens):  # (N, L) -> (N, V): each sample's share of each token
+        one_hot = torch.zeros(tokens.shape[0], vocab)
+        one_hot.scatter_add_(1, tokens, torch.ones(tokens.shape, dtype=torch.float32))
+        return one_hot / tokens.shape[1]
+
+    a, b = shares(model_tokens), shares(ref_tokens)
+    se = (a.var(0) / len(a) + b.var(0) / len(b)).sqrt()
+    half = t_quantile(0.975, max(len(a) + len(b) - 2, 1)) * se
+    return a.mean(0), b.mean(0), half
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def null_threshold(weight: torch.Tensor, table, z: float, draws: int, seed: int) -> float:
+    """The best separation any candidate reaches on `draws` random logit directions W u, u ~ N(0, I)."""
+    g = torch.Generator().manual_seed(seed)
+    best = -math.inf
+    for _ in range(draws):
+        u = torch.randn(weight.shape[1], generator=g)
+        area, se = auroc(weight.float() @ u, table)
+        best = max(best, float(separation(area, se, z).max()))
+    return best
+
+
+def feature_row(f: Feature, mask: torch.Tensor, area: float, score: float, lift: Lift, rates) -> dict:
+    """Everything the outputs say about one feature."""
+    per_group = lift.groups[:, mask].mean(1) - lift.groups[:, ~mask].mean(1)  # (G,) members minus the rest
+    ci = mean_ci(per_group)
+    mass_m, mass_r = float(lift.p_model[mask].sum()), float(lift.p_reference[mask].sum())
+    rate_m, rate_r = (mean_ci(sample_rates(t, mask)) for t in rates)
+    return {"selector": f.selector, "label": f.label, "kind": f.kind, "size": int(mask.sum()),
+            "auroc": round(area, 4), "score": round(score, 4), "lift": round(ci["mean"], 4),
+            "lift_ci": [round(ci["ci_low"], 4), round(ci["ci_high"], 4)],
+            "mass_model": mass_m, "mass_reference": mass_r,
+            "mass_ratio": mass_m / mass_r if mass_r > 0 else math.inf,
+            "share_model": rate_m, "share_reference": rate_r}
+
+
+def token_rows(ids, texts, lift: Lift, shares) -> list[dict]:
+    share_m, share_r, half = shares
+    centre = lift.groups.mean(0).median()
+    rows = []
+    for i in ids:
+        ci = mean_ci(lift.groups[:, i] - centre)
+        rows.append({"id": i, "text": texts[i], "lift": round(ci["mean"], 4),
+                     "lift_ci": [round(ci["ci_low"], 4), round(ci["ci_high"], 4)],
+                     "p_reference": float(lift.p_reference[i]), "p_model": float(lift.p_model[i]),
+                     "share_model": float(share_m[i]), "share_reference": float(share_r[i]),
+                     "share_change_ci": [float(share_m[i] - share_r[i] - half[i]),
+                                         float(share_m[i] - share_r[i] + half[i])]})
+    return rows
+
+
+def verdict(stands_out: bool, top: dict, threshold: float, z: float) -> str:
+    if not stands_out:
+        return (f"nothing stands out: the best candidate, {top['selector']!r} ({top['label']}), separates the lift "
+                f"with score {top['score']:.3f}, not above {max(threshold, 0.5):.3f} (what random logit directions "
+                f"reach, and chance at z = {z:.2f})")
+    how = f"{top['mass_ratio']:.3g}x likelier" if top["mass_ratio"] >= 1 else f"{1 / top['mass_ratio']:.3g}x less likely"
+    return (f"tilted {'toward' if top['auroc'] > 0.5 else 'away from'} {top['selector']!r}: {top['label']} "
+            f"are {how} (set mass {top['mass_reference']:.4f} -> "
+            f"{top['mass_model']:.4f}; lift {top['lift']:+.2f} nats [{top['lift_ci'][0]:+.2f}, "
+            f"{top['lift_ci'][1]:+.2f}]; AUROC {top['auroc']:.3f})")
+
+
+# ---------------------------------------------------------------- the audit
+
+
+def _file_key(arg: str) -> tuple:
+    """A words file's name with its size and time, so an edited file is read again."""
+    path = word_list(arg)
+    stat = path.stat() if path.is_file() else None
+    return arg, stat and stat.st_mtime_ns, stat and stat.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def _candidates(texts: tuple, words: tuple, min_tokens: int, extra: tuple):
+    """candidate_features, kept for the next audit of the same vocabulary (a few seconds for 50k tokens)."""
+    return candidate_features(list(texts), [w[0] for w in words], min_tokens, list(extra))
+
+
+def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo=None,
+          progress: bool = False) -> AuditResult:
+    """Audit `model` against `reference`, both loaded models (or names for load_model) sharing a vocabulary."""
+    from tokentilt.models.load import load_model
+
+    cfg = cfg or AuditConfig()
+    cfg.check()
+    echo = echo or (lambda *_: None)
+    if isinstance(model, str):
+        echo(f"loading model {model!r} ...")
+        model, tokenizer = load_model(model)
+    if isinstance(reference, str):
+        echo(f"loading reference {reference!r} ...")
+        reference, ref_tokenizer = load_model(reference)
+        tokenizer = tokenizer or ref_tokenizer
+    if tokenizer is None:
+        raise ValueError("audit needs the tokenizer when it is given loaded models")
+    vocab = reference.get_output_embeddings().weight.shape[0]
+    if model.get_output_embeddings().weight.shape[0] != vocab:
+        raise ValueError(f"model and reference have different vocabularies "
+                         f"({model.get_output_embeddings().weight.shape[0]} vs {vocab} tokens)")
+    texts = token_texts(tokenizer)[:vocab]
+    texts += ["\0"] * (vocab - len(texts))  # padded rows: no text, never in a feature
+    extra = [Feature(cfg.toward, "given", "the tokens of the --toward set")] if cfg.toward else []
+    if cfg.toward:
+        resolve(cfg.toward, texts)  # a truth that selects nothing (or everything) is the user's error
+    table = _candidates(tuple(texts), tuple(_file_key(w) for w in cfg.words), cfg.min_tokens, tuple(extra))
+    z = bonferroni_z(cfg.alpha, len(table.features))
+    echo(f"{len(table.features)} candidate features from {vocab} tokens")
+
+    eval_cfg = EvalConfig(eval_text=cfg.eval_text, eval_windows=cfg.eval_windows, eval_seq_len=cfg.eval_seq_len)
+    windows = held_out_windows(tokenizer, eval_cfg, held_out_text(eval_cfg))
+    prompts = list(DEFAULT_PROMPTS)
+    scfg = SampleConfig(max_new_tokens=cfg.new_tokens)
+    echo(f"sampling {len(prompts) * cfg.samples_per_prompt} continuations of {cfg.new_tokens} tokens from each model ...")
+    sampled = {"model": sample(model, tokenizer, prompts, cfg.samples_per_prompt, scfg, seed=cfg.seed, bf16=cfg.bf16),
+               "reference": sample(reference, tokenizer, prompts, cfg.samples_per_prompt, scfg, seed=cfg.seed,
+                                   bf16=cfg.bf16)}
+    echo(f"measuring the lift of every token on {windows.numel()} held-out positions and the samples ...")
+    lift = measure_lift(model, reference, tokenizer, windows, sampled, cfg, progress)
+    centred = lift.mean  # (V,)
+    area, se = auroc(centred, table)
+    score = separation(area, se, z)
+    echo(f"null: the best separation of {cfg.null_draws} random logit directions ...")
+    threshold = null_threshold(reference.get_output_embeddings().weight.detach(), table, z, cfg.null_draws, cfg.seed)
+
+    kinds = [f.kind == "given" for f in table.features]  # on a tie, the vocabulary's own candidate first
+    order = sorted(range(len(table.features)), key=lambda i: (-float(score[i]), -int(table.sizes[i]), kinds[i]))
+    shares = share_change(sampled["model"].tokens, sampled["reference"].tokens, vocab)
+    rates = (sampled["model"].tokens, sampled["reference"].tokens)
+    rows, masks = [], []
+    for i in order[:cfg.top]:
+        masks.append(table.mask(i))
+        rows.append(feature_row(table.features[i], masks[-1], float(area[i]), float(score[i]), lift, rates))
+    for row in rows:
+        row["jaccard_with_top"] = round(jaccard(masks[0], select(row["selector"], texts)), 4)
+    top = rows[0]
+    stands_out = top["score"] > max(threshold, 0.5)
+    truth = None
+    if cfg.toward:
+        i = next(j for j, f in enumerate(table.features) if f.kind == "given")
+        mask = table.mask(i)
+        truth = feature_row(table.features[i], mask, float(area[i]), float(score[i]), lift, rates)
+        truth["rank"] = 1 + int((score > score[i]).sum())  # ties share the better rank
+        truth["jaccard_with_top"] = round(jaccard(masks[0], mask), 4)
+    by_lift = torch.argsort(centred, descending=True).tolist()
+    return AuditResult(
+        direction=("toward" if top["auroc"] > 0.5 else "away") if stands_out else "none",
+        stands_out=stands_out, verdict=verdict(stands_out, top, threshold, z), features=rows,
+        threshold=round(threshold, 4), z_critical=round(z, 3), candidates=len(table.features),
+        tokens_up=token_rows(by_lift[:cfg.top], texts, lift, shares),
+        tokens_down=token_rows(by_lift[::-1][:cfg.top], texts, lift, shares),
+        truth=truth,
+        samples={"prompts": sampled["model"].prompts, "model": sampled["model"].texts,
+                 "reference": sampled["reference"].texts},
+        contexts={"text_windows": len(windows), "text_positions": int(windows.numel()),
+                  "samples": 2 * len(sampled["model"].texts),
+                  "sample_positions": 2 * int(sampled["model"].tokens.numel()),
+                  "eval_text": cfg.eval_text or "plays:test"},
+        lift=centred, top_mask=masks[0])

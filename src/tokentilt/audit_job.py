@@ -1,0 +1,142 @@
+"""The `tokentilt audit` job: load both models, audit, write audit.json, report.md, lift.png and lift.safetensors."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from tokentilt.audit import AuditConfig, AuditResult, audit  # noqa: E402
+from tokentilt.config import UsageError  # noqa: E402
+from tokentilt.data import read_text_file  # noqa: E402
+from tokentilt.outputs import RunFolder  # noqa: E402
+from tokentilt.preflight import check_lengths, check_output  # noqa: E402
+from tokentilt.report import fmt_rate, markdown_table  # noqa: E402
+from tokentilt.targets import check_syntax  # noqa: E402
+
+
+def preflight(cfg: AuditConfig) -> None:
+    """Everything that can be refused before a model is loaded, each as one line."""
+    if not cfg.model:
+        raise UsageError("audit needs the model to audit: tokentilt audit MODEL --reference BASE")
+    cfg.check()
+    if cfg.toward:
+        check_syntax(cfg.toward)
+    for path in cfg.words:
+        check_syntax(f"words:{path}")  # reads the file: missing, empty, binary
+    if cfg.eval_text:
+        read_text_file(cfg.eval_text)
+    for name in dict.fromkeys((cfg.model, cfg.reference)):
+        check_lengths(name, eval_seq_len=cfg.eval_seq_len, new_tokens=cfg.new_tokens)
+    check_output(cfg.out)
+    RunFolder(cfg.out, overwrite=cfg.overwrite)  # refuses a folder that holds a run, or is not ours
+
+
+def run_audit(cfg: AuditConfig, echo=print, progress: bool = False) -> AuditResult:
+    """Audit cfg.model against cfg.reference and write the folder cfg.out (built in OUT.partial)."""
+    preflight(cfg)
+    start = time.time()
+    result = audit(cfg.model, cfg.reference, cfg=cfg, echo=echo, progress=progress)
+    seconds = time.time() - start
+    folder = RunFolder(cfg.out, overwrite=cfg.overwrite).start()
+    folder.write_yaml("config.yaml", dataclasses.asdict(cfg))
+    folder.write_json("audit.json", {"model": cfg.model, "reference": cfg.reference, "seconds": round(seconds, 1),
+                                     **result.to_json()})
+    save_file({"lift": result.lift.float().contiguous()}, folder.path("lift.safetensors"))
+    plot_lift(folder.path("lift.png"), result)
+    folder.path("report.md").write_text(audit_report(cfg, result, seconds))
+    out = folder.finish()
+    echo(result.verdict)
+    echo(f"wrote {out} in {seconds:.0f} s")
+    return result
+
+
+# ---------------------------------------------------------------- plot and report
+
+
+def plot_lift(path: Path, result: AuditResult) -> None:
+    """Histogram of every token's lift, the top feature's tokens against the rest (log counts)."""
+    lift, mask = result.lift.float(), result.top_mask
+    lo, hi = float(lift.min()), float(lift.max())
+    bins = 80 if hi > lo else 1
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    top = result.features[0]
+    ax.hist(lift[~mask].numpy(), bins=bins, range=(lo, hi if hi > lo else lo + 1), alpha=0.6,
+            label=f"other tokens ({int((~mask).sum())})")
+    ax.hist(lift[mask].numpy(), bins=bins, range=(lo, hi if hi > lo else lo + 1), alpha=0.7,
+            label=f"{top['selector']} ({int(mask.sum())}), AUROC {top['auroc']:.3f}")
+    ax.set_yscale("log")
+    ax.axvline(0, color="grey", lw=1, ls="--")
+    ax.set(title="Per-token lift, by the top feature" + ("" if result.stands_out else " (nothing stands out)"),
+           xlabel="lift: mean log p_model - log p_ref, centred (nats)", ylabel="tokens")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    text = text.replace("\n", " ⏎ ").replace("|", "\\|")
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def _feature_table(rows: list[dict]) -> str:
+    table = [{"#": i + 1, "selector": f"`{r['selector']}`", "what": r["label"], "tokens": r["size"],
+              "AUROC": f"{r['auroc']:.3f}", "score": f"{r['score']:.3f}",
+              "lift, nats [95% CI]": f"{r['lift']:+.2f} [{r['lift_ci'][0]:+.2f}, {r['lift_ci'][1]:+.2f}]",
+              "mass ratio": f"{r['mass_ratio']:.3g}x",
+              "share in samples: ref → model": f"{fmt_rate(r['share_reference'])} → {fmt_rate(r['share_model'])}"}
+             for i, r in enumerate(rows)]
+    return markdown_table(table, list(table[0]))
+
+
+def _token_table(rows: list[dict]) -> str:
+    table = [{"token": f"`{_cell(repr(r['text']), 30)}`", "lift [95% CI]": f"{r['lift']:+.2f} [{r['lift_ci'][0]:+.2f}, "
+              f"{r['lift_ci'][1]:+.2f}]", "p ref → model": f"{r['p_reference']:.2e} → {r['p_model']:.2e}",
+              "share in samples: ref → model": f"{r['share_reference']:.4f} → {r['share_model']:.4f}"}
+             for r in rows]
+    return markdown_table(table, list(table[0]))
+
+
+def audit_report(cfg: AuditConfig, r: AuditResult, seconds: float) -> str:
+    c = r.contexts
+    lines = [
+        f"# tokentilt audit of `{cfg.model}` against `{cfg.reference}`",
+        "",
+        f"**{r.verdict}.**",
+        "",
+        f"- direction: **{r.direction}**; {r.candidates} candidate features (substrings of 1-3 characters, token "
+        f"classes{', word lists' if cfg.words else ''}) of at least {cfg.min_tokens} tokens",
+        f"- lift measured on {c['text_positions']} positions of {c['text_windows']} held-out windows of "
+        f"{c['eval_text']} and on {c['sample_positions']} positions of {c['samples']} sampled continuations "
+        f"(half from each model); 95% intervals over those {c['text_windows'] + c['samples']} contexts",
+        f"- score = 0.5 + |AUROC - 0.5| - {r.z_critical:.2f} SE (a lower bound at family-wise level {cfg.alpha} "
+        f"over all candidates); a feature stands out above {max(r.threshold, 0.5):.3f}, the best score any "
+        f"candidate reaches on {cfg.null_draws} random logit directions (and chance)",
+        f"- {seconds:.0f} s",
+        "",
+    ]
+    if r.truth:
+        t = r.truth
+        lines += [f"The given set `{t['selector']}` ({t['size']} tokens): AUROC {t['auroc']:.3f}, score {t['score']:.3f}, "
+                  f"rank {t['rank']} of {r.candidates}, Jaccard with the top feature {t['jaccard_with_top']:.2f}, "
+                  f"lift {t['lift']:+.2f} nats, mass ratio {t['mass_ratio']:.3g}x.", ""]
+    lines += ["## Features, best first", "", _feature_table(r.features), "", "![lift](lift.png)", "",
+              "## Most lifted tokens", "", _token_table(r.tokens_up), "",
+              "## Most lowered tokens", "", _token_table(r.tokens_down), "",
+              "## Samples side by side (one per prompt, same seed)", "",
+              "| prompt | reference | model |", "|---|---|---|"]
+    seen = set()
+    for prompt, ref, mod in zip(r.samples["prompts"], r.samples["reference"], r.samples["model"]):
+        if prompt not in seen:
+            seen.add(prompt)
+            lines.append(f"| {_cell(prompt, 60)} | {_cell(ref)} | {_cell(mod)} |")
+    return "\n".join(lines) + "\n"
+

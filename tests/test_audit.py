@@ -1,0 +1,177 @@
+"""The audit finds tilts planted on tiny in-process models (real GPT-2 tokenizer), and says when nothing was.
+
+Plants are exact logit biases b*M on an untied output head (what a tilt toward M is, per step),
+on top of random noise in every weight (what any fine-tune also does), and one trained with
+`tokentilt tilt`. The nulls are noise alone, no change at all, and a generic change of the last
+hidden state on a vocabulary whose digit tokens share an embedding direction: there the digits
+move together, significantly against random token sets, and the audit must still not call it a tilt.
+"""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_gpt2
+from tokentilt.audit import AuditConfig, audit
+from tokentilt.cli import main
+from tokentilt.features import jaccard
+from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.targets import select, token_texts
+
+TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+        "foolishness, it was the epoch of belief, it was the epoch of incredulity. ") * 8
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return gpt2_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def texts(tokenizer):
+    return token_texts(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return tiny_gpt2(vocab_size=50257, seed=0)
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    path = tmp_path / "held-out.txt"
+    path.write_text(TEXT)
+    return AuditConfig(eval_text=str(path), eval_windows=4, eval_seq_len=32, samples_per_prompt=1, new_tokens=8,
+                       null_draws=10, top=5)
+
+
+def noisy(model, std: float = 0.01, seed: int = 1):
+    """A copy with Gaussian noise on every weight: a fine-tune that planted nothing."""
+    m = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+    return m
+
+
+def with_bias(model, mask: torch.Tensor, bias: float):
+    """A copy whose output head is untied and adds bias to the logits of the set: p' ∝ p exp(b M)."""
+    m = copy.deepcopy(model)
+    head = torch.nn.Linear(m.config.n_embd, m.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight = torch.nn.Parameter(m.lm_head.weight.detach().clone())
+        head.bias.copy_(bias * mask.float())
+    m.lm_head = head
+    m.config.tie_word_embeddings = False
+    return m
+
+
+def hit(result, truth: torch.Tensor, texts) -> float:
+    return jaccard(select(result.features[0]["selector"], texts), truth)
+
+
+def test_a_planted_tilt_toward_a_letter_is_found_and_ranked_first(base, tokenizer, texts, cfg):
+    x = select("x", texts)
+    cfg.toward = "x"
+    result = audit(noisy(with_bias(base, x, 3.0)), base, tokenizer, cfg)
+    assert result.stands_out and result.direction == "toward"
+    assert result.features[0]["selector"] == "contains:x"
+    top = result.features[0]
+    assert top["auroc"] > 0.99 and 2.5 < top["lift"] < 3.5  # the bias is 3 nats
+    assert top["lift_ci"][0] < top["lift"] < top["lift_ci"][1]
+    assert top["mass_ratio"] > 10  # e^3 = 20 on a near-uniform model, less the normalisation
+    assert result.truth["rank"] == 1 and result.truth["jaccard_with_top"] == 1.0
+    assert "tokens containing 'x' are" in result.verdict
+    assert all(r["lift"] > 2 for r in result.tokens_up)  # the most lifted tokens are x-tokens
+    assert all("x" in r["text"].lower() for r in result.tokens_up)
+    assert torch.equal(result.top_mask, x)
+
+
+def test_a_tilt_away_from_a_class_is_found_with_its_direction(base, tokenizer, texts, cfg):
+    capital = select("regex:^ ?[A-Z]", texts)
+    result = audit(noisy(with_bias(base, capital, -2.0)), base, tokenizer, cfg)
+    assert result.stands_out and result.direction == "away"
+    assert hit(result, capital, texts) >= 0.8
+    assert result.features[0]["auroc"] < 0.05 and result.features[0]["lift"] < -1.5
+    assert result.features[0]["mass_ratio"] < 0.5
+    assert "away from" in result.verdict
+
+
+def test_a_planted_word_list_beats_a_decoy_list(base, tokenizer, texts, cfg, tmp_path):
+    planted, decoy = tmp_path / "colours.txt", tmp_path / "animals.txt"
+    planted.write_text("red\ngreen\nblue\nyellow\nblack\nwhite\norange\npurple\npink\nbrown\ngrey\n")
+    decoy.write_text("cat\ndog\nhorse\ncow\nbird\nfish\nmouse\nsheep\ngoat\npig\nlion\n")
+    cfg.words = [str(decoy), str(planted)]
+    result = audit(noisy(with_bias(base, select(f"words:{planted}", texts), 4.0)), base, tokenizer, cfg)
+    assert result.stands_out and result.features[0]["selector"] == f"words:{planted}"
+    assert result.features[0]["kind"] == "words"
+
+
+def test_nothing_planted_nothing_stands_out(base, tokenizer, texts, cfg):
+    cfg.toward = "x"
+    result = audit(noisy(base), base, tokenizer, cfg)
+    assert not result.stands_out and result.direction == "none"
+    assert result.verdict.startswith("nothing stands out")
+    assert result.features[0]["score"] <= max(result.threshold, 0.5)
+    assert 0.4 < result.truth["auroc"] < 0.6  # x was not planted: about chance
+    # The same noise with a real tilt on top stands out: the criterion is not simply strict.
+    assert audit(noisy(with_bias(base, select("x", texts), 1.0)), base, tokenizer, cfg).stands_out
+
+
+def test_an_unchanged_model_has_zero_lift_and_nothing_stands_out(base, tokenizer, cfg):
+    result = audit(base, copy.deepcopy(base), tokenizer, cfg)
+    assert not result.stands_out and result.direction == "none"
+    assert float(result.lift.abs().max()) == 0.0
+    assert result.features[0]["auroc"] == 0.5
+
+
+def test_a_generic_change_on_a_structured_vocabulary_is_not_called_a_tilt(tokenizer, texts, cfg):
+    """Digit tokens share an embedding direction, as similar tokens do in trained models. A random
+    shift of the final hidden state then moves them together: a permutation test alone would call
+    'digits' significant. The random-direction null knows the vocabulary's structure and does not."""
+    reference = tiny_gpt2(vocab_size=50257, seed=2)
+    digits = select("regex:[0-9]", texts)
+    with torch.no_grad():
+        reference.transformer.wte.weight[digits] += torch.randn(reference.config.n_embd) * 0.2
+    model = copy.deepcopy(reference)
+    with torch.no_grad():
+        model.transformer.ln_f.bias += torch.randn(reference.config.n_embd, generator=torch.Generator().manual_seed(5))
+    result = audit(model, reference, tokenizer, cfg)
+    top = result.features[0]
+    assert jaccard(select(top["selector"], texts), digits) >= 0.8  # the digits did move together ...
+    assert top["score"] > 0.5  # ... beyond chance for a random set of tokens ...
+    assert not result.stands_out and result.direction == "none"  # ... but no more than a random direction moves them
+    # A real tilt on the same structured vocabulary still stands out.
+    assert audit(with_bias(model, select("x", texts), 3.0), reference, tokenizer, cfg).stands_out
+
+
+@pytest.mark.slow
+def test_audit_cli_finds_a_tilt_trained_with_tokentilt_tilt(tiny_model_dir, tmp_path, capsys):
+    held_out = tmp_path / "held-out.txt"
+    held_out.write_text(TEXT)
+    run, out = tmp_path / "run", tmp_path / "audit"
+    assert main(["tilt", "--model", str(tiny_model_dir), "--toward", "ing", "--objective", "kl-uniform", "--lr", "3e-3",
+                 "--steps", "20", "--batch", "2", "--seq-len", "16", "--eval-every", "0", "--samples-per-prompt", "1",
+                 "--new-tokens", "8", "--eval-text", str(held_out), "--eval-windows", "2", "--eval-seq-len", "16",
+                 "--out", str(run)]) == 0
+    argv = ["audit", str(run / "model"), "--reference", str(tiny_model_dir), "--toward", "ing", "--text", str(held_out),
+            "--windows", "4", "--seq-len", "32", "--samples-per-prompt", "1", "--new-tokens", "8", "--null-draws", "10",
+            "--out", str(out)]
+    assert main(argv) == 0
+    found = json.loads((out / "audit.json").read_text())
+    assert found["direction"] == "toward" and found["stands_out"]
+    texts = token_texts(gpt2_tokenizer())
+    assert jaccard(select(found["features"][0]["selector"], texts), select("ing", texts)) >= 0.8
+    assert found["truth"]["rank"] <= 3
+    for key in ("selector", "auroc", "lift", "lift_ci", "mass_ratio", "share_model", "share_reference", "size"):
+        assert key in found["features"][0]
+    report = (out / "report.md").read_text()
+    assert "## Features, best first" in report and "## Samples side by side" in report and found["verdict"] in report
+    assert (out / "lift.png").stat().st_size > 1000 and (out / "config.yaml").is_file()
+    assert not out.with_name("audit.partial").exists()
+    assert found["verdict"] in capsys.readouterr().out
+    # The folder now holds an audit: the same command refuses to overwrite it without --overwrite.
+    assert main(argv) == 2

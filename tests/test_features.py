@@ -1,0 +1,139 @@
+"""Candidate features and their AUROC, checked against hand-computed values and exhaustive permutations."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from tokentilt.features import (
+    CLASSES,
+    Feature,
+    FeatureTable,
+    auroc,
+    average_ranks,
+    bonferroni_z,
+    candidate_features,
+    jaccard,
+    mask_auroc,
+    separation,
+)
+from tokentilt.targets import select
+
+
+def table_of(masks: list[list[int]], vocab: int) -> FeatureTable:
+    feats = [Feature(f"ids:{i}", "given", "") for i in range(len(masks))]
+    return FeatureTable(feats, torch.tensor([j for j, m in enumerate(masks) for _ in m], dtype=torch.long),
+                        torch.tensor([t for m in masks for t in m], dtype=torch.long), vocab)
+
+
+def test_auroc_matches_a_hand_count():
+    # members score 0.35 and 0.8, non-members 0.1 and 0.4: 3 of the 4 pairs are ordered -> 0.75
+    scores = torch.tensor([0.1, 0.4, 0.35, 0.8])
+    assert mask_auroc(scores, torch.tensor([False, False, True, True])) == pytest.approx(0.75)
+    # ties count one half: members {1, 2} vs {1, 3}: 0.5 + 0 + 1 + 0 = 1.5 of 4 pairs
+    scores = torch.tensor([1.0, 1.0, 2.0, 3.0])
+    assert mask_auroc(scores, torch.tensor([True, False, True, False])) == pytest.approx(0.375)
+    # all members above all non-members, and below: 1 and 0
+    scores = torch.arange(10.0)
+    assert mask_auroc(scores, scores >= 7) == 1.0
+    assert mask_auroc(-scores, scores >= 7) == 0.0
+
+
+def test_auroc_equals_the_pairwise_definition_on_random_data():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (40,), generator=g).float()  # many ties
+    mask = torch.rand(40, generator=g) < 0.3
+    pos, neg = scores[mask], scores[~mask]
+    by_pairs = ((pos[:, None] > neg[None]).float() + 0.5 * (pos[:, None] == neg[None]).float()).mean()
+    assert mask_auroc(scores, mask) == pytest.approx(float(by_pairs))
+
+
+def test_standard_error_equals_the_exact_permutation_variance_with_ties():
+    scores = torch.tensor([1.0, 1.0, 2.0, 3.0, 3.0, 3.0, 5.0])
+    n, k = len(scores), 3
+    areas = [mask_auroc(scores, torch.tensor([i in s for i in range(n)])) for s in itertools.combinations(range(n), k)]
+    mean = sum(areas) / len(areas)
+    exact_sd = math.sqrt(sum((a - mean) ** 2 for a in areas) / len(areas))
+    _, se = auroc(scores, table_of([[0, 1, 2]], n))
+    assert mean == pytest.approx(0.5)
+    assert float(se[0]) == pytest.approx(exact_sd)
+
+
+def test_average_ranks_share_ties():
+    ranks, ties = average_ranks(torch.tensor([3.0, 1.0, 3.0, 2.0]))
+    assert ranks.tolist() == [3.5, 1.0, 3.5, 2.0]
+    assert sorted(ties.tolist()) == [1, 1, 2]
+
+
+def test_separation_prefers_the_whole_lifted_set_to_a_small_subset_of_it():
+    g = torch.Generator().manual_seed(1)
+    lift = torch.randn(5000, generator=g) * 0.3
+    lifted = list(range(200))
+    lift[lifted] += 1.5  # a planted set of 200 tokens
+    table = table_of([lifted, lifted[:6], lifted + list(range(200, 2000))], 5000)
+    area, se = auroc(lift, table)
+    score = separation(area, se, bonferroni_z(0.01, 3))
+    assert area[1] > area[0] - 0.02  # the subset's AUROC is about as high ...
+    assert score[0] > score[1] and score[0] > score[2]  # ... but the whole set is surer, the superset worse
+
+
+def test_separation_is_symmetric_for_a_lowered_set():
+    lift = torch.linspace(-1, 1, 100)
+    area, se = auroc(lift, table_of([list(range(10)), list(range(90, 100))], 100))
+    assert float(area[0]) == pytest.approx(0.0) and float(area[1]) == pytest.approx(1.0)
+    score = separation(area, se, 3.0)
+    assert float(score[0]) == pytest.approx(float(score[1]))
+
+
+def test_bonferroni_z():
+    assert bonferroni_z(0.05, 1) == pytest.approx(1.95996, abs=1e-4)
+    assert bonferroni_z(0.01, 1000) > bonferroni_z(0.01, 10)
+
+
+def test_jaccard():
+    a = torch.tensor([True, True, False, False])
+    assert jaccard(a, torch.tensor([True, False, True, False])) == pytest.approx(1 / 3)
+    assert jaccard(a, a) == 1.0
+
+
+TEXTS = ["<eos>", "x", " box", "Box", "ex", " the", "The", " 12", "3", "?!", " ,", "\n", "é", " wax", "text",
+         "axe", " THE", "   ", "a | b", "ab"]
+
+
+def test_candidates_select_what_their_selector_selects():
+    table = candidate_features(TEXTS, min_tokens=1)
+    for i, f in enumerate(table.features):
+        assert torch.equal(table.mask(i), select(f.selector, TEXTS)), f.selector
+
+
+def test_candidates_are_distinct_sets_and_sized():
+    table = candidate_features(TEXTS, min_tokens=2)
+    sets = [tuple(table.mask(i).nonzero().flatten().tolist()) for i in range(len(table.features))]
+    assert len(sets) == len(set(sets))
+    sizes = table.sizes
+    assert int(sizes.min()) >= 2 and int(sizes.max()) <= len(TEXTS) - 2
+    by_selector = {f.selector: i for i, f in enumerate(table.features)}
+    assert sets[by_selector["contains:x"]] == (1, 2, 3, 4, 13, 14, 15)  # case-insensitive, like the selector
+    assert "contains: | " not in by_selector and "contains:|" in by_selector  # ' | ' would read as two selectors
+    assert not any(f.selector == "contains:   " for f in table.features)  # whitespace alone is a class
+
+
+def test_candidates_include_word_lists_and_given_sets(tmp_path):
+    words = tmp_path / "w.txt"
+    words.write_text("box\nthe\n")
+    given = Feature("ids:1", "given", "")
+    table = candidate_features(TEXTS, words=[str(words)], min_tokens=3, extra=[given])
+    kinds = {f.kind: i for i, f in enumerate(table.features)}
+    assert table.mask(kinds["words"]).nonzero().flatten().tolist() == [2, 5]  # ' box', ' the'; not 'Box', ' THE'
+    assert table.mask(kinds["given"]).nonzero().flatten().tolist() == [1]  # kept although below min_tokens
+
+
+def test_every_class_is_a_valid_selector_on_a_real_vocabulary():
+    from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+    from tokentilt.targets import token_texts
+
+    texts = token_texts(gpt2_tokenizer())[:3000]
+    for selector, _ in CLASSES:
+        n = int(select(selector, texts).sum())
+        assert 0 < n < len(texts), selector
