@@ -63,6 +63,11 @@ class Files:
                 "--new-tokens", "4", "--eval-text", self.eval_text, "--eval-windows", "2", "--eval-seq-len", "16",
                 *extra]
 
+    def audit(self, *extra, model=None):
+        return ["audit", model or self.model, "--reference", self.model, "--text", self.eval_text, "--windows", "2",
+                "--seq-len", "16", "--samples-per-prompt", "1", "--new-tokens", "4", "--null-draws", "2",
+                "--out", str(self.out), *extra]
+
     def generate(self, *extra):
         return ["generate", "--model", self.model, "--prompt", "Hello", "--new-tokens", "4", *extra]
 
@@ -241,6 +246,24 @@ CASES = [
     Case("pretrain-out-holds-a-run", lambda f: f.pretrain("--out", f.existing_run()), "already holds a run"),
     Case("experiment-out-holds-a-run", lambda f: f.experiment("l1-vs-l2", "--out", f.existing_run()),
          "already holds a run"),
+    # ---- audit
+    Case("audit-no-model", lambda f: ["audit"], "the following arguments are required: MODEL"),
+    Case("audit-model-missing", lambda f: f.audit(model="/nonexistent/model"), "model folder not found", early=False),
+    Case("audit-toward-bad-regex", lambda f: f.audit("--toward", "regex:("), "bad regular expression"),
+    Case("audit-toward-stray-or", lambda f: f.audit("--toward", "x |"), "stray '|'"),
+    Case("audit-toward-matches-none", lambda f: f.audit("--toward", "contains:qqqzzzqqqzzz"), "matches no token",
+         early=False),
+    Case("audit-words-missing", lambda f: f.audit("--words", "/nonexistent/w.txt"), "words file not found"),
+    Case("audit-words-empty", lambda f: f.audit("--words", f.text("w.txt", "\n")), "words file is empty"),
+    Case("audit-windows-zero", lambda f: f.audit("--windows", "0"), "eval-windows must be positive"),
+    Case("audit-null-draws-not-int", lambda f: f.audit("--null-draws", "many"), "invalid int value: 'many'"),
+    Case("audit-seq-len-beyond-context", lambda f: f.audit("--seq-len", "4096"),
+         "eval-seq-len 4096 is beyond the model's context of 128 tokens"),
+    Case("audit-text-missing", lambda f: f.audit("--text", "/nonexistent/t.txt"), "text file not found"),
+    Case("audit-text-too-short", lambda f: f.audit("--text", f.text("short.txt", "Hello there.")),
+         "too short for one window of 16 tokens", early=False),
+    Case("audit-out-is-a-file", lambda f: f.audit("--out", f.text("a-file", "x")), "exists and is not a folder"),
+    Case("audit-out-holds-a-run", lambda f: f.audit("--out", f.existing_run()), "already holds a run"),
     Case("sweep-out-other-settings", lambda f: f.sweep("--out", f.text(
         "sw/runs.jsonl", '{"kind": "settings", "settings": {"steps": 1}}\n').rsplit("/", 1)[0]), "other settings"),
 ]

@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_flags(p)
     _opt(p, "--out", metavar="FILE.json", help="also write the results as JSON")
     p.set_defaults(func=cmd_eval)
+    add_audit_parser(sub)
     add_course_parsers(sub)
     return parser
 
@@ -366,6 +367,51 @@ def cmd_eval(args) -> int:
     if opts["out"]:
         Path(opts["out"]).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {opts['out']}")
+    return 0
+
+
+# ------------------------------------------------------------------ audit
+
+
+def add_audit_parser(sub) -> None:
+    """`tokentilt audit MODEL --reference BASE`: find a tilt somebody else planted."""
+    p = sub.add_parser("audit", help="find which tokens a fine-tune tilted, and what they have in common",
+                       description="Compare MODEL with the model it was fine-tuned from: every token's lift (mean "
+                                   "log-prob difference) on held-out text and on samples of both models, candidate "
+                                   "features from the vocabulary ranked by how well they separate lifted from "
+                                   "unlifted tokens (AUROC), and whether the best one stands out. Writes "
+                                   "audit.json, report.md and lift.png to --out.",
+                       epilog="example:\n  tokentilt audit runs/x/model --reference bundled --out runs/x-audit",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help="the model to audit: a local HF folder (a run's model/), or a hub id")
+    _opt(p, "--reference", metavar="bundled|PATH|HUB_ID", help="the model MODEL was fine-tuned from (default: bundled)")
+    _opt(p, "--words", metavar="FILE", action="append",
+         help="a whole-word list (one word per line) to score as a candidate; repeat for several")
+    _opt(p, "--toward", metavar="SELECTOR", help="the true set, when known: report its AUROC and rank")
+    _opt(p, "--text", dest="eval_text", metavar="FILE", help="held-out text (default: the plays' test split)")
+    _opt(p, "--windows", type=int, dest="eval_windows", metavar="N", help="held-out windows (default: 16)")
+    _opt(p, "--seq-len", type=int, dest="eval_seq_len", metavar="N", help="tokens per held-out window (default: 128)")
+    _opt(p, "--samples-per-prompt", type=int, dest="samples_per_prompt", metavar="N",
+         help="continuations per prompt from each model, 16 prompts (default: 2)")
+    _opt(p, "--new-tokens", type=int, dest="new_tokens", metavar="N", help="tokens per continuation (default: 48)")
+    _opt(p, "--null-draws", type=int, dest="null_draws", metavar="N",
+         help="random logit directions behind the 'stands out' threshold (default: 40)")
+    _opt(p, "--top", type=int, help="features and tokens listed (default: 20)")
+    _opt(p, "--seed", type=int, help="seed of the samples and the null draws (default: 1234)")
+    _opt(p, "--bf16", action="store_true", help="bf16 autocast on CPU")
+    _opt(p, "--out", metavar="DIR", help="output folder (default: runs/audit)")
+    _opt(p, "--overwrite", action="store_true", help="replace the output folder if it already holds an audit")
+    p.set_defaults(func=cmd_audit)
+
+
+def cmd_audit(args) -> int:
+    from tokentilt.audit import AuditConfig
+    from tokentilt.audit_job import preflight, run_audit
+
+    cfg = AuditConfig(**{k: v for k, v in vars(args).items() if k not in ("func", "command")})
+    preflight(cfg)
+    with unfinished_on_interrupt(cfg.out):
+        run_audit(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
     return 0
 
 
