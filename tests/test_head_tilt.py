@@ -165,3 +165,24 @@ def test_the_r_prompts_are_16_varied_openings_disjoint_from_the_training_prompts
     config.write_text("prompts:\n  - Alpha beta\n  - 'Gamma: delta'\n")
     cfg = tilt_config({"config": str(config)})
     assert cfg.eval.prompts == ["Alpha beta", "Gamma: delta"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--objective", "kl-uniform", "--placement", "head-rows"], "head-rows applies to tilt-distill without --lora"),
+    (["--objective", "tilt-distill", "--placement", "head-rows", "--lora"], "head-rows applies to tilt-distill"),
+    (["--objective", "tilt-distill", "--head-steps", "0"], "head-steps must be a positive integer"),
+    (["--objective", "tilt-distill", "--head-lr", "0"], "head-lr must be positive"),
+    (["--objective", "tilt-distill", "--head-lr", "nan"], "head-lr must be positive"),
+    (["--objective", "tilt-distill", "--head-odds-weight", "-1"], "head-odds-weight must be >= 0"),
+    (["--objective", "tilt-distill", "--contexts", "web"], "invalid choice: 'web'"),
+    (["--objective", "tilt-distill", "--save-every", "5"], "it takes no --resume, --save-every or --report-to"),
+])
+def test_bad_head_rows_options_are_one_line_before_loading(tiny_model_dir, eval_file, tmp_path, capsys, monkeypatch,
+                                                           extra, message):
+    import tokentilt.tilt
+    monkeypatch.setattr(tokentilt.tilt, "load_model", lambda *a: pytest.fail("loaded the model"))
+    out = tmp_path / "run"
+    code = main(tilt_argv(tiny_model_dir, eval_file, out, *extra))
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists() and not out.with_name("run.partial").exists()

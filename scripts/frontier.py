@@ -1,0 +1,95 @@
+"""The frontier table: tilt-distill's default recipe against the decode-time optimum, cell by cell.
+
+    python scripts/frontier.py --out runs/frontier        # writes docs/frontier.md and prints it
+
+Each cell is one `tokentilt tilt --objective tilt-distill --rate R*` run on the bundled model,
+in its own process (so its seconds include loading, calibration and every round). A cell whose
+run folder already holds summary.json is not run again: rerun after an interruption and only the
+missing cells run. The table reports, per cell, R with its 95% interval, the perplexities of the
+base model, of the decode-time tilt at the same R and of the tuned model, rho, the drift ratio,
+distinct-2 and seconds, and checks the targets |R - R*| <= 0.05, rho <= 1.5, seconds <= 600.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CELLS = [  # (name, selector, R*)
+    ("x", "x", 0.1), ("x", "x", 0.5), ("x", "x", 0.9),
+    ("colour words", "words:colours", 0.1), ("colour words", "words:colours", 0.5),
+    ("colour words", "words:colours", 0.9),
+    ("all-caps tokens", r"regex:^\s?[A-Z]{2,}$", 0.1), ("all-caps tokens", r"regex:^\s?[A-Z]{2,}$", 0.5),
+    ("all-caps tokens", r"regex:^\s?[A-Z]{2,}$", 0.9),
+    ("e (away)", "e", 0.1),
+]
+COLUMNS = ("set", "selector", "R*", "R [95% CI]", "ppl base", "ppl decode", "ppl tuned", "rho", "drift ratio",
+           "distinct-2", "seconds", "targets met")
+
+
+def folder_name(selector: str, rate: float) -> str:
+    safe = "".join(c if c.isalnum() else "-" for c in selector).strip("-")
+    return f"{safe}-{rate:g}"
+
+
+def run_cell(out: Path, selector: str, rate: float, extra: list[str]) -> None:
+    cmd = [sys.executable, "-m", "tokentilt", "tilt", "--toward", selector, "--objective", "tilt-distill",
+           "--rate", str(rate), "--bf16", "--out", str(out), "--overwrite", *extra]
+    print("$", " ".join(cmd), flush=True)
+    started = time.time()
+    subprocess.run(cmd, check=True)
+    print(f"  {time.time() - started:.0f} s", flush=True)
+
+
+def row(name: str, selector: str, target: float, s: dict) -> dict:
+    r = s["rate_after"]
+    rho, ratio = s.get("rho"), s.get("drift_ratio")
+    met = abs(r["mean"] - target) <= 0.05 and rho is not None and rho <= 1.5 and s["seconds"] <= 600
+    return {"set": name, "selector": f"`{selector}`", "R*": f"{target:g}",
+            "R [95% CI]": f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+            "ppl base": f"{s['ppl_before']:.2f}", "ppl decode": f"{s['matched_decode']['ppl']:.2f}",
+            "ppl tuned": f"{s['ppl_after']:.2f}", "rho": "n/a" if rho is None else f"{rho:.2f}",
+            "drift ratio": "n/a" if ratio is None else f"{ratio:.2f}", "distinct-2": f"{s['distinct_2_after']:.3f}",
+            "seconds": f"{s['seconds']:.0f}", "targets met": "yes" if met else "**no**"}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(r[c] for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="runs/frontier", help="folder of the cells' run folders")
+    ap.add_argument("--table", default="docs/frontier.md", help="markdown file to write")
+    ap.add_argument("--only", metavar="SUBSTRING", help="run only the cells whose folder name contains this")
+    ap.add_argument("extra", nargs="*", help="more flags for every tilt run (after --)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    rows = []
+    for name, selector, target in CELLS:
+        cell = out / folder_name(selector, target)
+        if args.only and args.only not in cell.name:
+            continue
+        if not (cell / "summary.json").is_file():
+            run_cell(cell, selector, target, args.extra)
+        rows.append(row(name, selector, target, json.loads((cell / "summary.json").read_text())))
+    table = markdown(rows)
+    Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.table).write_text(
+        "# Frontier: tilt-distill (head rows) against the decode-time optimum\n\n"
+        "Made by `python scripts/frontier.py --out runs/frontier` on the bundled model (2-core CPU, bf16). "
+        "rho = (ppl tuned - ppl base) / (ppl decode - ppl base), with the decode-time tilt at the tuned "
+        "model's R; drift ratio = drift tuned / drift decode. R over 16 prompts x 4 samples x 48 tokens; "
+        "perplexity on 16 x 128 held-out tokens of the plays' test split.\n\n" + table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
