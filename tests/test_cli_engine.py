@@ -129,7 +129,7 @@ def test_lora_run_saves_an_adapter_and_a_merged_model_that_give_the_same_rate(tm
     assert summary["lora"]["r"] == 4 and summary["trainable_params"] < summary["total_params"] / 5
     assert summary["device"] == "cpu" and summary["processes"] == 1 and summary["global_batch"] == 2
     assert 0 < summary["train_peak_rss_mb"] <= summary["peak_rss_mb"]
-    assert summary["rate_after"] != summary["rate_before"]
+    assert summary["drift_after"] > 0  # the adapter changed the model (R on 16 short samples may not move)
     base, tokenizer = load_model(str(tiny_model_dir))
     adapter = PeftModel.from_pretrained(base, out / "adapter").eval()
     merged = AutoModelForCausalLM.from_pretrained(out / "model").eval()
