@@ -14,6 +14,7 @@ import torch
 from tokentilt import data
 from tokentilt.generate import COURSE_PROMPTS, DEFAULT_PROMPTS, SampleConfig, Samples, sample
 from tokentilt.metrics import (
+    biased_drift,
     distinct_n,
     drift,
     mean_ci,
@@ -116,7 +117,7 @@ def measure(
 def decode_costs(model, mask: torch.Tensor, windows: torch.Tensor, bias: float, bf16: bool = False) -> dict:
     """Held-out perplexity and drift of `model` decoded with logit bias b on the set (no sampling)."""
     return {"ppl": perplexity(model, windows, bias_mask=mask, bias=bias, bf16=bf16),
-            "drift": drift(model, model, windows, bf16=bf16, bias_mask=mask, bias=bias)}
+            "drift": biased_drift(model, windows, mask, bias, bf16=bf16)}
 
 
 def excess_cost(before: dict, after: dict, decode: dict | None) -> dict:

@@ -158,9 +158,7 @@ class HeadRowsTilt:
 
     def train(self, bias: float, progress: bool = True, log=None) -> list[dict]:
         """Fit the rows toward softmax(z_ref + bias·M) and write them into the head."""
-        if self.inputs is None:
-            with torch.no_grad():
-                self.head.weight[self.rows] = self.original  # contexts come from the untouched model
+        if self.inputs is None:  # the first fit: the head still holds the original rows
             self.inputs = head_inputs(self.model, self.contexts(bias), self.trained, self.bf16)
         delta, history = fit_rows(self.inputs, self.original, self.sign * bias, self.steps, self.lr, self.seed,
                                   progress, log, self.odds_weight)
