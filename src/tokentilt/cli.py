@@ -73,6 +73,9 @@ def add_train_flags(p):
     _opt(p, "--grad-accum", type=int, dest="grad_accum", metavar="N",
          help="micro-batches per optimizer step; global batch = batch x processes x N (default: 1)")
     _opt(p, "--eval-every", type=int, dest="eval_every", help="measure R every N steps, 0 = off (default: 10)")
+    _opt(p, "--loss-chunk", type=int, dest="loss_chunk", metavar="N",
+         help="rows per chunk of the output head fused with the loss, which never holds (B*T, V) logits; "
+              "0 = dense logits (default: 512)")
 
 
 def add_engine_flags(p):

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tokentilt.fused import Head
 from tokentilt.targets import alpha_beta_target, tilted_log_probs, uniform_target
 
 # ---------------------------------------------------------------- regression losses
@@ -163,6 +164,8 @@ class ObjectiveContext:
     bias: float = 0.0  # logit bias b for tilt-distill
     ce_weight: float = 1.0  # lambda for the mixed objective
     ref_logits: torch.Tensor | None = None  # (B, T, V) from the frozen reference, per batch
+    ref_hidden: torch.Tensor | None = None  # (B, T, d): the reference's head inputs, for the fused form
+    ref_head: Head | None = None  # the reference's output head, for the fused form
     cache: dict = field(default_factory=dict)  # targets built once per run
 
 
@@ -187,6 +190,11 @@ def _tilt_distill(logits, input_ids, ctx):
     return kl_rows_from_log_targets(log_probs, log_target).mean()
 
 
+def next_token_objective(logits, input_ids, ctx):
+    """Language modelling (pretraining Model 5): position t predicts token t+1."""
+    return next_token_ce(logits, input_ids)
+
+
 def _mixed(logits, input_ids, ctx):
     return _alpha_beta(logits, input_ids, ctx) + ctx.ce_weight * next_token_ce(logits, input_ids)
 
@@ -204,6 +212,86 @@ OBJECTIVES: dict[str, Objective] = {
     "tilt-distill": _tilt_distill,  # KL to the reference's tilted distribution, on real text
     "mixed": _mixed,  # kl-alpha-beta + lambda * next-token CE on real text
     "away": _away,  # unlikelihood: -log(1 - p(set))
+}
+
+
+# ---------------------------------------------------------------- the same objectives, fused with the head
+# fn(hidden, head, input_ids, ctx) -> scalar: hidden (B, T, d) are the output head's inputs and head a
+# fused.Head. Each has the value and gradients of its dense twin above (tests/test_fused.py holds it
+# to that) but never holds (B·T, V): the head's matmul runs a chunk of rows at a time in Head.loss,
+# and row_loss(z, start, stop) returns the chunk's share of the loss.
+
+
+def _rows(x: torch.Tensor, positions: str) -> torch.Tensor:
+    """(B, T, ...) -> (N, ...): the final position of each sequence, or every position."""
+    return x[:, -1] if positions == "last" else x.reshape(-1, *x.shape[2:])
+
+
+def kl_to_fixed_target_rows(z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(q || softmax(z)) for one (V,) target q, in closed form:
+    sum q·log q - q·z + logsumexp(z)·sum q. Never expands q to (n, V). (n, V) -> (n,)"""
+    q = q.to(z.dtype)
+    return torch.xlogy(q, q).sum() - z @ q + z.logsumexp(-1) * q.sum()
+
+
+def _fixed_target_fused(key: str, build: Callable[[ObjectiveContext], torch.Tensor]):
+    def objective(hidden, head, input_ids, ctx):
+        q = ctx.cache.setdefault(key, build(ctx).to(hidden.device))  # (V,)
+        rows = _rows(hidden, ctx.positions)  # (N, d)
+        return head.loss(rows, lambda z, start, stop: kl_to_fixed_target_rows(z, q).sum() / len(rows))
+    return objective
+
+
+def _tilt_distill_fused(hidden, head, input_ids, ctx):
+    if ctx.ref_hidden is None or ctx.ref_head is None:
+        raise ValueError("tilt-distill needs the reference's hidden states and head")
+    rows, ref = _rows(hidden, ctx.positions), _rows(ctx.ref_hidden, ctx.positions)  # (N, d) each
+
+    def row_loss(z, start, stop):
+        log_target = tilted_log_probs(ctx.ref_head.logits(ref[start:stop]), ctx.mask, ctx.bias)  # (c, V)
+        return kl_rows_from_log_targets(F.log_softmax(z, -1), log_target).sum() / len(rows)
+    return head.loss(rows, row_loss)
+
+
+def _next_token_fused(hidden, head, input_ids, ctx):
+    rows = hidden[:, :-1].reshape(-1, hidden.size(-1))  # (B·(T-1), d): position t predicts token t+1
+    targets = input_ids[:, 1:].reshape(-1)
+    return head.loss(rows, lambda z, start, stop: F.cross_entropy(z, targets[start:stop], reduction="sum") / len(rows))
+
+
+def _mixed_fused(hidden, head, input_ids, ctx):
+    q = ctx.cache.setdefault("alpha_beta", alpha_beta_target(ctx.mask, ctx.alpha, ctx.beta).to(hidden.device))
+    B, T = input_ids.shape
+    kl_weight = torch.zeros(B, T, device=hidden.device)  # 1/(rows that count) where the KL counts
+    if ctx.positions == "last":
+        kl_weight[:, -1] = 1 / B
+    else:
+        kl_weight[:] = 1 / (B * T)
+    ce_weight = torch.zeros(B, T, device=hidden.device)  # the last position predicts nothing
+    ce_weight[:, :-1] = ctx.ce_weight / (B * max(T - 1, 1))
+    next_ids = torch.cat([input_ids[:, 1:], input_ids[:, :1]], 1).reshape(-1)  # (B·T,), last column unused
+    kl_weight, ce_weight = kl_weight.reshape(-1), ce_weight.reshape(-1)
+
+    def row_loss(z, start, stop):
+        kl = kl_to_fixed_target_rows(z, q)  # (c,)
+        ce = F.cross_entropy(z, next_ids[start:stop], reduction="none")  # (c,)
+        return (kl_weight[start:stop] * kl).sum() + (ce_weight[start:stop] * ce).sum()
+    return head.loss(hidden.reshape(B * T, -1), row_loss)
+
+
+def _away_fused(hidden, head, input_ids, ctx):
+    rows = _rows(hidden, ctx.positions)  # (N, d)
+    return head.loss(rows, lambda z, start, stop: unlikelihood(z, ctx.mask) * (stop - start) / len(rows))
+
+
+# dense objective -> its fused form; train() uses the fused form whenever the model's head allows it
+FUSED: dict[Objective, Callable] = {
+    _uniform: _fixed_target_fused("uniform", lambda ctx: uniform_target(ctx.mask)),
+    _alpha_beta: _fixed_target_fused("alpha_beta", lambda ctx: alpha_beta_target(ctx.mask, ctx.alpha, ctx.beta)),
+    _tilt_distill: _tilt_distill_fused,
+    _mixed: _mixed_fused,
+    _away: _away_fused,
+    next_token_objective: _next_token_fused,
 }
 
 # Objectives whose inputs must be real text rather than random tokens.

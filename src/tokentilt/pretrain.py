@@ -16,7 +16,7 @@ import torch
 
 from tokentilt import data
 from tokentilt.generate import SampleConfig, sample
-from tokentilt.losses import ObjectiveContext, next_token_ce
+from tokentilt.losses import ObjectiveContext, next_token_objective
 from tokentilt.metrics import perplexity
 from tokentilt.models.gpt import GPT, GPTConfig
 from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
@@ -65,11 +65,6 @@ class PretrainConfig:
         return TrainConfig(optimizer="adamw", lr=self.lr, steps=self.steps, batch=self.batch, seq_len=self.seq_len,
                            grad_clip=self.grad_clip, weight_decay=self.weight_decay, seed=self.seed, bf16=self.bf16,
                            eval_every=self.eval_every, patience=self.patience)
-
-
-def next_token_objective(logits: torch.Tensor, input_ids: torch.Tensor, ctx: ObjectiveContext) -> torch.Tensor:
-    """Language modelling as a train.train objective: position t predicts token t+1."""
-    return next_token_ce(logits, input_ids)
 
 
 def unigram_cross_entropy(train_tokens: torch.Tensor, eval_tokens: torch.Tensor, vocab_size: int) -> dict:

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from tokentilt import checkpoint
 from tokentilt.engine import DEVICES, PRECISIONS, REPORTERS, broadcast, make_accelerator
-from tokentilt.losses import ObjectiveContext
+from tokentilt.fused import DEFAULT_CHUNK, Head, fusable_head, heads_return_inputs
+from tokentilt.losses import FUSED, ObjectiveContext
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -47,6 +48,7 @@ class TrainConfig:
     save_every: int = 0  # write checkpoints/step-N every N steps (0 = only when interrupted)
     keep: int = 2  # newest checkpoints kept
     report_to: str = "none"  # none | tensorboard | wandb | mlflow | trackio (besides metrics.jsonl)
+    loss_chunk: int = DEFAULT_CHUNK  # rows per chunk of the head fused with the loss (0 = dense logits)
 
     def check(self) -> None:
         """Raise ValueError with one clear line for any bad value; settle precision vs bf16."""
@@ -58,8 +60,9 @@ class TrainConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {value!r}")
         if self.grad_clip < 0 or self.weight_decay < 0 or self.eval_every < 0 or self.patience < 0:
             raise ValueError("grad-clip, weight-decay, eval-every and patience must be >= 0")
-        if self.save_every < 0:
-            raise ValueError(f"save-every must be >= 0, got {self.save_every}")
+        for name in ("save_every", "loss_chunk"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name, allowed in (("precision", PRECISIONS), ("device", DEVICES), ("report_to", REPORTERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
@@ -93,6 +96,45 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def logits_of(model, input_ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=input_ids).logits  # (B, T, V)
+
+
+_MATMUL_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # as autocast would
+
+
+@dataclass
+class _Heads:
+    """The output heads that the fused loss takes over (the model's and the reference's), or none."""
+
+    model: torch.nn.Module | None = None
+    reference: torch.nn.Module | None = None
+
+    @classmethod
+    def find(cls, model, reference, objective, cfg: TrainConfig) -> "_Heads":
+        head = fusable_head(model) if cfg.loss_chunk and objective in FUSED else None
+        ref_head = fusable_head(reference) if reference is not None and head is not None else None
+        if reference is not None and ref_head is None:
+            return cls()  # the fused form needs the reference's head inputs too: dense for both
+        return cls(head, ref_head)
+
+
+def _loss(wrapped, reference, objective, heads: _Heads, ctx: ObjectiveContext, input_ids, accelerator,
+          cfg: TrainConfig) -> torch.Tensor:
+    """One micro-batch's loss in fp32: the objective on the logits, or (heads found) its fused form on
+    the head's inputs, which never holds (B·T, V) logits."""
+    if heads.model is None:
+        if reference is not None:
+            with torch.no_grad(), accelerator.autocast():
+                ctx.ref_logits = logits_of(reference, input_ids)  # (B, T, V)
+        logits = logits_of(wrapped, input_ids)  # (B, T, V), fp32 (Accelerate casts back)
+        return objective(logits, input_ids, ctx)
+    with heads_return_inputs(*(h for h in (heads.model, heads.reference) if h is not None)):
+        if reference is not None:
+            with torch.no_grad(), accelerator.autocast():
+                ctx.ref_hidden = logits_of(reference, input_ids)  # (B, T, d)
+        hidden = logits_of(wrapped, input_ids)  # (B, T, d)
+    head = Head(heads.model.weight, _MATMUL_DTYPE[cfg.precision], cfg.loss_chunk)
+    return FUSED[objective](hidden, head, input_ids, ctx)
+
 
 
 class _SigintAtStepBoundary:
@@ -176,6 +218,9 @@ def train(
     wrapped, optimizer = accelerator.prepare(model, optimizer)  # DDP wrapper and autocast around forward
     if reference is not None:
         reference.to(accelerator.device)
+    heads = _Heads.find(model, reference, objective, cfg)
+    if heads.reference is not None:  # frozen: its weight is cast for the matmul once per training
+        ctx.ref_head = Head(heads.reference.weight, _MATMUL_DTYPE[cfg.precision], cfg.loss_chunk)
     if cfg.report_to != "none":
         accelerator.init_trackers("tensorboard" if cfg.report_to == "tensorboard" else "tokentilt",
                                   config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str))})
@@ -192,11 +237,7 @@ def train(
                     first = (micro * processes + rank) * cfg.batch
                     input_ids = global_ids[first:first + cfg.batch].to(accelerator.device)  # (B, T)
                     with accelerator.accumulate(wrapped):
-                        if reference is not None:
-                            with torch.no_grad(), accelerator.autocast():
-                                ctx.ref_logits = logits_of(reference, input_ids)  # (B, T, V)
-                        logits = logits_of(wrapped, input_ids)  # (B, T, V), fp32 (Accelerate casts back)
-                        loss = objective(logits, input_ids, ctx)  # computed in fp32 inside the objective
+                        loss = _loss(wrapped, reference, objective, heads, ctx, input_ids, accelerator, cfg)
                         if _any(not torch.isfinite(loss).item(), accelerator):
                             raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
                         accelerator.backward(loss)  # divided by grad_accum
@@ -258,7 +299,7 @@ def train(
         _restore_forward(model, own_forward)
         if cfg.report_to != "none":
             accelerator.end_training()
-        ctx.ref_logits = None
+        ctx.ref_logits = ctx.ref_hidden = ctx.ref_head = None
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

@@ -72,6 +72,9 @@ class AdapterOff(torch.nn.Module):
     def parameters(self, recurse: bool = True):
         return self.peft_model[0].parameters(recurse)
 
+    def get_output_embeddings(self):
+        return self.peft_model[0].get_output_embeddings()  # the same head as the trained model's
+
     def to(self, *args, **kwargs):
         return self  # lives wherever the trained model lives
 
