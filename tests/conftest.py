@@ -1,5 +1,7 @@
 """Shared fixtures: tiny models built in-process, so unit tests never need a download."""
 
+import os
+
 import pytest
 import torch
 
@@ -29,6 +31,19 @@ class CharTokenizer:
 @pytest.fixture
 def char_tokenizer():
     return CharTokenizer()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_model_cache(tmp_path_factory):
+    """The de-quantised bundled model is cached under a session folder, not the user's ~/.cache;
+    the CLI subprocesses that tests start inherit it."""
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
 
 
 def tiny_gpt2(vocab_size=64, seed=0):

@@ -41,3 +41,19 @@ def test_tilt_on_bundled_model_saves_a_model_that_reproduces_its_rate(tmp_path):
     mask = resolve_set("x", tokenizer, 49152).mask
     rate, _ = measure_rate(model, tokenizer, mask, cfg, bf16=True)
     assert rate == summary["rate_after"]
+
+
+def test_the_cached_bundled_model_equals_the_gguf_one(bundled, tmp_path, monkeypatch):
+    import torch
+
+    from tokentilt.models.load import BUNDLED_FILE, _load, bundled_dir, cache_root
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    gguf_model, gguf_tok = _load(bundled_dir(), {"dtype": torch.float32, "gguf_file": BUNDLED_FILE}, "bundled")
+    load_model("bundled")  # builds the cache in tmp_path
+    model, tokenizer = load_model("bundled")  # reads it
+    assert len(list(cache_root().iterdir())) == 1
+    text = "The fox, quietly: 42 words\n"
+    assert tokenizer(text).input_ids == gguf_tok(text).input_ids
+    for (name, a), b in zip(model.state_dict().items(), gguf_model.state_dict().values()):
+        assert torch.equal(a, b), name
