@@ -1,0 +1,127 @@
+"""P1: training throughput on the bundled model against the bf16 matmul ceiling at the model's own shapes.
+
+    python benchmarks/p1_throughput.py [--steps 8] [--rounds 2] [--profile]
+
+Ceiling: every Linear of the model (and the output head, tied to the embedding), as the three
+matmuls of a training step (forward, input gradient, weight gradient) on B·T rows in bf16, each
+shape timed alone; the ceiling is their FLOPs over their summed time. That is the speed a step
+would reach if it were nothing but the model's 6·N FLOPs per token at this CPU's bf16 matmul rate.
+
+Throughput: `tokentilt tilt`'s defaults (kl-uniform toward x, all positions, random tokens, B = 4,
+T = 64, Adam) with --bf16, through train.train() itself, timed step by step (after 2 warm-up
+steps). Variants run alternately, round by round, from the same weights, so a drifting machine
+affects them alike. --profile adds a torch.profiler breakdown of one step of the default.
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+from tokentilt.data import random_tokens
+from tokentilt.fused import output_head
+from tokentilt.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.models.load import load_model
+from tokentilt.targets import resolve_set
+from tokentilt.train import TrainConfig, train
+
+
+def matmul_ceiling(model, rows: int, reps: int = 5) -> tuple[float, list[tuple]]:
+    """(FLOP/s, per-shape table) of the step's matmuls in bf16, each shape timed alone."""
+    shapes: dict[tuple[int, int], int] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            shapes[tuple(module.weight.shape)] = shapes.get(tuple(module.weight.shape), 0) + 1
+    table, flops, seconds = [], 0.0, 0.0
+    for (out_f, in_f), count in shapes.items():
+        x = torch.randn(rows, in_f, dtype=torch.bfloat16)
+        w = torch.randn(out_f, in_f, dtype=torch.bfloat16)
+        g = torch.randn(rows, out_f, dtype=torch.bfloat16)
+
+        def step():
+            x @ w.T  # forward (rows, out)
+            g @ w  # input gradient (rows, in)
+            g.T @ x  # weight gradient (out, in)
+        step()
+        start = time.perf_counter()
+        for _ in range(reps):
+            step()
+        t = (time.perf_counter() - start) / reps
+        f = 6 * rows * in_f * out_f
+        table.append(((in_f, out_f), count, f / t / 1e9))
+        flops += count * f
+        seconds += count * t
+    return flops / seconds, table
+
+
+def step_times(model, cfg: TrainConfig, mask, steps: int) -> list[float]:
+    stamps = []
+    ctx = ObjectiveContext(mask=mask, positions="all")
+    train(model, OBJECTIVES["kl-uniform"], ctx, lambda g, rows: random_tokens(49152, rows, cfg.seq_len, g), cfg,
+          log=lambda r: stamps.append(time.perf_counter()), progress=False)
+    return [b - a for a, b in zip(stamps[2:], stamps[3:])]  # from the 3rd step on: warm-up excluded
+
+
+VARIANTS = {
+    "fp32, dense logits (before)": dict(loss_chunk=0),
+    "bf16, dense logits": dict(bf16=True, loss_chunk=0),
+    "bf16, fused head + loss (default)": dict(bf16=True),
+    "bf16, fused head + loss, B = 16": dict(bf16=True, batch=16),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per variant and round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--profile", action="store_true", help="also print a profiler breakdown of one default step")
+    args = parser.parse_args()
+    model, tokenizer = load_model("bundled")
+    mask = resolve_set("x", tokenizer, output_head(model).weight.shape[0]).mask
+    n_params = sum(p.numel() for p in model.parameters())
+    start_state = copy.deepcopy(model.state_dict())
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    tokens = {}
+    for _ in range(args.rounds):
+        for name, overrides in VARIANTS.items():
+            model.load_state_dict(start_state)
+            cfg = TrainConfig(lr=1e-7, steps=args.steps + 3, eval_every=0, **overrides)
+            tokens[name] = cfg.batch * cfg.seq_len
+            times[name] += step_times(model, cfg, mask, args.steps)
+    ceiling, table = matmul_ceiling(model, 4 * 64)
+    print(f"bundled model, N = {n_params / 1e6:.1f}M parameters, {torch.get_num_threads()} threads, "
+          f"{args.rounds} rounds x {args.steps} steps\n")
+    print(f"bf16 matmul ceiling at the model's shapes, 256 rows: **{ceiling / 1e9:.0f} GFLOP/s** "
+          f"= {ceiling / (6 * n_params):.0f} tokens/s at 6N FLOPs per token")
+    print("\n| Linear (in, out) | count | bf16 GFLOP/s |\n|---|---|---|")
+    for shape, count, gflops in table:
+        print(f"| {shape} | {count} | {gflops:.0f} |")
+    print("\n| variant | median s/step | tokens/s | share of the bf16 ceiling |\n|---|---|---|---|")
+    for name, t in times.items():
+        rate = tokens[name] / statistics.median(t)
+        print(f"| {name} | {statistics.median(t):.3f} | {rate:.0f} | **{rate * 6 * n_params / ceiling:.0%}** |")
+    if args.profile:
+        profile(model, mask)
+
+
+def profile(model, mask) -> None:
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    cfg = TrainConfig(lr=1e-7, steps=3, eval_every=0, bf16=True)
+    ctx = ObjectiveContext(mask=mask, positions="all")
+    batches = lambda g, rows: random_tokens(49152, rows, cfg.seq_len, g)  # noqa: E731
+    train(model, OBJECTIVES["kl-uniform"], ctx, batches, cfg, progress=False)  # warm-up
+    cfg.steps = 1
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        train(model, OBJECTIVES["kl-uniform"], ctx, batches, cfg, progress=False)
+    print("\nOne default bf16 step (plus the engine's set-up), by self CPU time:\n")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=40))
+
+
+if __name__ == "__main__":
+    main()
