@@ -110,17 +110,18 @@ def main() -> None:
 
 
 def profile(model, mask) -> None:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    """Steady state: the profiler records the 4th step of a training (Adam's state exists by then)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile, schedule
 
-    cfg = TrainConfig(lr=1e-7, steps=3, eval_every=0, bf16=True)
+    cfg = TrainConfig(lr=1e-7, steps=4, eval_every=0, bf16=True)
     ctx = ObjectiveContext(mask=mask, positions="all")
-    batches = lambda g, rows: random_tokens(49152, rows, cfg.seq_len, g)  # noqa: E731
-    train(model, OBJECTIVES["kl-uniform"], ctx, batches, cfg, progress=False)  # warm-up
-    cfg.steps = 1
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        train(model, OBJECTIVES["kl-uniform"], ctx, batches, cfg, progress=False)
-    print("\nOne default bf16 step (plus the engine's set-up), by self CPU time:\n")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=40))
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True,
+                       schedule=schedule(wait=2, warmup=1, active=1)) as prof:
+        train(model, OBJECTIVES["kl-uniform"], ctx, lambda g, rows: random_tokens(49152, rows, cfg.seq_len, g),
+              cfg, log=lambda record: prof.step(), progress=False)
+    print("\nOne steady-state default bf16 step, by self CPU time and input shapes:\n")
+    print(prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=32, max_shapes_column_width=50))
 
 
 if __name__ == "__main__":

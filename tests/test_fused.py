@@ -156,3 +156,14 @@ def test_bf16_training_with_the_fused_loss_stays_close_to_dense():
     fused, _ = train_once("tilt-distill", loss_chunk=5, bf16=True)
     dense, _ = train_once("tilt-distill", loss_chunk=0, bf16=True)
     assert fused == pytest.approx(dense, rel=2e-2)
+
+
+def test_a_scaled_loss_scales_both_gradients():
+    hidden, weight, *_ = problem()
+    grads = []
+    for scale in (1.0, -2.5):
+        h, w = hidden.reshape(-1, D).clone().requires_grad_(), weight.clone().requires_grad_()
+        (scale * Head(w, chunk=4).loss(h, lambda z, start, stop: z.logsumexp(-1).sum())).backward()
+        grads.append((h.grad, w.grad))
+    torch.testing.assert_close(grads[1][0], -2.5 * grads[0][0])
+    torch.testing.assert_close(grads[1][1], -2.5 * grads[0][1])

@@ -83,9 +83,10 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
-        return (None if grad_h is None else grad_h * grad_out,
-                None if grad_w is None else (grad_w * grad_out).to(ctx.weight_dtype),
-                None, None)
+        if grad_out.item() != 1.0:  # the usual 1 skips a pass over the (V, d) gradient
+            grad_h = None if grad_h is None else grad_h * grad_out
+            grad_w = None if grad_w is None else grad_w * grad_out
+        return grad_h, None if grad_w is None else grad_w.to(ctx.weight_dtype), None, None
 
 
 def output_head(model) -> torch.nn.Module | None:
