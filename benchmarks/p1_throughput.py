@@ -80,9 +80,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per variant and round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also print a profiler breakdown of one default step")
+    parser.add_argument("--profile-only", action="store_true", help="only the profiler breakdown")
     args = parser.parse_args()
     model, tokenizer = load_model("bundled")
     mask = resolve_set("x", tokenizer, output_head(model).weight.shape[0]).mask
+    if args.profile_only:
+        return profile(model, mask)
     n_params = sum(p.numel() for p in model.parameters())
     start_state = copy.deepcopy(model.state_dict())
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -117,7 +120,7 @@ def profile(model, mask) -> None:
     cfg = TrainConfig(lr=1e-7, steps=5, eval_every=0, bf16=True)
     ctx = ObjectiveContext(mask=mask, positions="all")
     with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True,
-                       schedule=schedule(wait=1, warmup=1, active=1)) as prof:
+                       schedule=schedule(wait=1, warmup=1, active=1, repeat=1)) as prof:
         train(model, OBJECTIVES["kl-uniform"], ctx, lambda g, rows: random_tokens(49152, rows, cfg.seq_len, g),
               cfg, log=lambda record: prof.step(), progress=False)
     print("\nOne steady-state default bf16 step, by self CPU time and input shapes:\n")
