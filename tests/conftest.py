@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models built in-process, so unit tests never need a download."""
 
 import os
+import signal
 
 import pytest
 import torch
@@ -44,6 +45,16 @@ def own_model_cache(tmp_path_factory):
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_raises():
+    """Tests send themselves SIGINT as a terminal's Ctrl-C would. A pytest started in the background
+    by a non-interactive shell (`cmd &`) inherits SIGINT ignored, and Python then never installs its
+    handler; put it in place, so that the interruption tests test the product, not the shell."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def tiny_gpt2(vocab_size=64, seed=0):

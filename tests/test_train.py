@@ -110,3 +110,17 @@ def test_a_last_update_that_leaves_non_finite_outputs_stops_training(tiny_model_
         train(model, OBJECTIVES["kl-uniform"], ObjectiveContext(mask=mask, positions="all"),
               lambda g, rows: random_tokens(50257, rows, 16, g), cfg, progress=False, log=history.append)
     assert [r["step"] for r in history] == [1]  # step 2's loss was finite; its update was not
+
+
+def test_an_ignored_sigint_stays_ignored_during_training():
+    import signal
+
+    from tokentilt.train import _SigintAtStepBoundary
+
+    assert _SigintAtStepBoundary(active=True).active  # the default handler: Ctrl-C is caught at a step boundary
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a job started with `cmd &` by a script
+    try:
+        with _SigintAtStepBoundary(active=True) as sigint:
+            assert not sigint.active and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -143,7 +143,9 @@ class _SigintAtStepBoundary:
     one interrupts at once. Outside the main thread (or without a run folder) nothing changes."""
 
     def __init__(self, active: bool):
-        self.active = active and threading.current_thread() is threading.main_thread()
+        # a process started in the background by a non-interactive shell ignores SIGINT; keep it so
+        self.active = (active and threading.current_thread() is threading.main_thread()
+                       and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
         self.raised = False
 
     def __enter__(self):
