@@ -173,10 +173,12 @@ def generate(
     step_ids, step_pos = input_ids, (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     past, new = None, []
     cache_arg = cache_argument(model)
+    # only the last position's logits are sampled from (HF models and Model 5 take this argument)
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     for _ in range(cfg.max_new_tokens):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
-                        **{cache_arg: past})
+                        **{cache_arg: past}, **last_only)
         past = getattr(out, cache_arg)
         scores = procs(seen, out.logits[:, -1].float())  # (B, V)
         if cfg.strategy == "greedy":

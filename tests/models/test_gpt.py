@@ -223,3 +223,14 @@ def test_training_step_changes_weights_and_dropout_is_active():
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(ids).logits, model(ids).logits)
+
+
+def test_logits_to_keep_gives_the_last_positions_logits():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=100, n_layer=2, n_embd=32, n_head=4)).eval()
+    ids = torch.randint(0, 100, (2, 7))
+    full = model(ids).logits
+    assert model(ids, logits_to_keep=1).logits.shape == (2, 1, 100)
+    torch.testing.assert_close(model(ids, logits_to_keep=3).logits, full[:, -3:])
+    with pytest.raises(ValueError, match="labels need the logits of every position"):
+        model(ids, labels=ids, logits_to_keep=1)

@@ -171,6 +171,7 @@ class GPT(nn.Module):
         use_cache: bool = False,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,  # accepted for HF compatibility; we always return the dataclass
+        logits_to_keep: int = 0,
     ) -> CausalLMOutputWithPast:
         """input_ids: (B, T) token ids.
         attention_mask: (B, T_past + T) of 1 (real) / 0 (padding); padded keys are never attended to.
@@ -178,6 +179,8 @@ class GPT(nn.Module):
             handled), or, without a mask, continue from the cache length.
         past_key_values: the previous call's `past_key_values`, or None.
         labels: (B, T) ids, -100 = ignore; if given, `loss` is the next-token cross-entropy (shift inside).
+        logits_to_keep: compute logits for the last n positions only (0 = all), as HF models do;
+            sampling needs only the last, and the head is most of a small model's cost.
         Returns logits (B, T, V) in float32, past_key_values if use_cache, and loss if labels.
         """
         B, T = input_ids.shape
@@ -214,7 +217,11 @@ class GPT(nn.Module):
             new_past.append(kv)
         x = self.transformer.ln_f(x)  # (B, T, C)
         # Float32 logits even under bf16 autocast: log-softmax and KL over 50k tokens need the digits.
-        logits = self.lm_head(x).float()  # (B, T, V)
+        if logits_to_keep:
+            if labels is not None:
+                raise ValueError("labels need the logits of every position (logits_to_keep=0)")
+            x = x[:, -logits_to_keep:]  # (B, n, C)
+        logits = self.lm_head(x).float()  # (B, T or n, V)
 
         loss = None
         if labels is not None:
