@@ -167,3 +167,36 @@ def test_a_scaled_loss_scales_both_gradients():
         grads.append((h.grad, w.grad))
     torch.testing.assert_close(grads[1][0], -2.5 * grads[0][0])
     torch.testing.assert_close(grads[1][1], -2.5 * grads[0][1])
+
+
+class SoftCapped(torch.nn.Module):
+    """A model whose logits are changed after the head (as Gemma 2's soft-capping does)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def forward(self, input_ids):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=10 * torch.tanh(self.inner(input_ids=input_ids).logits / 10))
+
+
+def test_logits_changed_after_the_head_keep_the_dense_loss(monkeypatch):
+    from tokentilt.fused import logits_come_from_head
+
+    plain = tiny_gpt2()
+    assert logits_come_from_head(plain, fusable_head(plain))
+    capped = SoftCapped(tiny_gpt2())
+    assert fusable_head(capped) is not None and not logits_come_from_head(capped, fusable_head(capped))
+    calls = []
+    monkeypatch.setattr(Head, "loss", lambda self, h, fn, real=Head.loss: calls.append(1) or real(self, h, fn))
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[[3, 7]] = True
+    cfg = TrainConfig(optimizer="sgd", lr=0.5, steps=2, batch=2, seq_len=8, eval_every=0)
+    history = train(capped, OBJECTIVES["kl-uniform"], ObjectiveContext(mask=mask),
+                    lambda g, rows: random_tokens(64, rows, 8, g), cfg, progress=False)
+    assert calls == [] and history[-1]["loss"] > 0

@@ -104,6 +104,25 @@ def fusable_head(model) -> torch.nn.Module | None:
     return head if type(head) is torch.nn.Linear and head.bias is None else None
 
 
+@torch.no_grad()
+def logits_come_from_head(model, head: torch.nn.Module, tokens: int = 8) -> bool:
+    """Whether the model's logits are its head applied to what the head receives, and nothing after
+    it (no soft-capping or scaling, as some architectures add), checked on one short probe in eval
+    mode and fp32. Only then may the fused loss take the head over."""
+    ids = (torch.arange(tokens, device=head.weight.device) % head.weight.shape[0])[None]  # (1, tokens)
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(input_ids=ids).logits.float()  # (1, tokens or fewer, V)
+        with heads_return_inputs(head):
+            hidden = model(input_ids=ids).logits  # (1, tokens or fewer, d)
+    finally:
+        model.train(was_training)
+    if hidden.shape[:-1] != logits.shape[:-1] or hidden.shape[-1] != head.weight.shape[1]:
+        return False
+    return torch.allclose(hidden.to(head.weight.dtype) @ head.weight.T, logits, rtol=1e-4, atol=1e-4)
+
+
 @contextmanager
 def heads_return_inputs(*heads: torch.nn.Module):
     """While active, each head returns its input: the model's "logits" are its final hidden states.

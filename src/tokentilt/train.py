@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from tokentilt import checkpoint
 from tokentilt.engine import DEVICES, PRECISIONS, REPORTERS, broadcast, make_accelerator
-from tokentilt.fused import DEFAULT_CHUNK, Head, fusable_head, heads_return_inputs
+from tokentilt.fused import DEFAULT_CHUNK, Head, fusable_head, heads_return_inputs, logits_come_from_head
 from tokentilt.losses import FUSED, ObjectiveContext
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -112,6 +112,8 @@ class _Heads:
     @classmethod
     def find(cls, model, reference, objective, cfg: TrainConfig) -> "_Heads":
         head = fusable_head(model) if cfg.loss_chunk and objective in FUSED else None
+        if head is not None and not logits_come_from_head(model, head):
+            head = None  # e.g. logits soft-capped after the head: only the dense form is right
         ref_head = fusable_head(reference) if reference is not None and head is not None else None
         if reference is not None and ref_head is None:
             return cls()  # the fused form needs the reference's head inputs too: dense for both
@@ -217,11 +219,11 @@ def train(
         history, early_stop = restored.history, restored.early_stop
     start = len(history) + 1
     best_state = None
+    heads = _Heads.find(model, reference, objective, cfg)  # before prepare(): the probe runs in fp32
     own_forward = model.__dict__.get("forward")  # usually none: model.forward is the class's method
     wrapped, optimizer = accelerator.prepare(model, optimizer)  # DDP wrapper and autocast around forward
     if reference is not None:
         reference.to(accelerator.device)
-    heads = _Heads.find(model, reference, objective, cfg)
     if heads.reference is not None:  # frozen: its weight is cast for the matmul once per training
         ctx.ref_head = Head(heads.reference.weight, _MATMUL_DTYPE[cfg.precision], cfg.loss_chunk)
     if cfg.report_to != "none":
