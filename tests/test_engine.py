@@ -190,7 +190,9 @@ def test_a_model_trained_twice_runs_under_autocast_both_times():
         lambda module, args, out: under_autocast.append(torch.is_autocast_enabled("cpu")))
     for _ in range(2):
         fit(model, steps=2, precision="bf16")
-    assert under_autocast == [True] * 6  # per training: 2 steps and the check that the last update left finite outputs
+    # per training: the fused loss's fp32 probe (2 forwards, before prepare), then under autocast the
+    # 2 steps and the check that the last update left finite outputs
+    assert under_autocast == [False, False, True, True, True] * 2
     assert "forward" not in model.__dict__  # the class's forward is back
     with torch.no_grad():
         assert model(input_ids=torch.ones(1, 4, dtype=torch.long)).logits.dtype == torch.float32
