@@ -146,7 +146,12 @@ def check_sample_config(cfg: SampleConfig) -> None:
 def cache_argument(model) -> str:
     """The forward argument (and output field) of the KV-cache: `cache` in newer transformers 5 releases,
     `past_key_values` in earlier ones (deprecated since) and in Model 5."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if _takes(model, "cache") else "past_key_values"
+
+
+def _takes(model, argument: str) -> bool:
+    """Whether the model's forward has a parameter of this name."""
+    return argument in inspect.signature(model.forward).parameters
 
 
 @torch.no_grad()
@@ -174,7 +179,7 @@ def generate(
     past, new = None, []
     cache_arg = cache_argument(model)
     # only the last position's logits are sampled from (HF models and Model 5 take this argument)
-    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    last_only = {"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}
     for _ in range(cfg.max_new_tokens):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,

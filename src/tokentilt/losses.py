@@ -169,14 +169,24 @@ class ObjectiveContext:
     cache: dict = field(default_factory=dict)  # targets built once per run
 
 
+# the fixed (V,) targets, by name: built on first use and kept in ctx.cache for the run
+_TARGETS = {"uniform": lambda ctx: uniform_target(ctx.mask),
+            "alpha_beta": lambda ctx: alpha_beta_target(ctx.mask, ctx.alpha, ctx.beta)}
+
+
+def fixed_target(ctx, name: str, device) -> torch.Tensor:
+    """The run's (V,) target `name`, built once (not on every step, as a setdefault would)."""
+    if name not in ctx.cache:
+        ctx.cache[name] = _TARGETS[name](ctx).to(device)
+    return ctx.cache[name]
+
+
 def _uniform(logits, input_ids, ctx):
-    q = ctx.cache.setdefault("uniform", uniform_target(ctx.mask).to(logits.device))
-    return kl_to_target(logits, q, ctx.positions)
+    return kl_to_target(logits, fixed_target(ctx, "uniform", logits.device), ctx.positions)
 
 
 def _alpha_beta(logits, input_ids, ctx):
-    q = ctx.cache.setdefault("alpha_beta", alpha_beta_target(ctx.mask, ctx.alpha, ctx.beta).to(logits.device))
-    return kl_to_target(logits, q, ctx.positions)
+    return kl_to_target(logits, fixed_target(ctx, "alpha_beta", logits.device), ctx.positions)
 
 
 def _tilt_distill(logits, input_ids, ctx):
@@ -234,9 +244,9 @@ def kl_to_fixed_target_rows(z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.xlogy(q, q).sum() - z @ q + z.logsumexp(-1) * q.sum()
 
 
-def _fixed_target_fused(key: str, build: Callable[[ObjectiveContext], torch.Tensor]):
+def _fixed_target_fused(name: str):
     def objective(hidden, head, input_ids, ctx):
-        q = ctx.cache.setdefault(key, build(ctx).to(hidden.device))  # (V,)
+        q = fixed_target(ctx, name, hidden.device)  # (V,)
         rows = _rows(hidden, ctx.positions)  # (N, d)
         return head.loss(rows, lambda z, start, stop: kl_to_fixed_target_rows(z, q).sum() / len(rows))
     return objective
@@ -260,7 +270,7 @@ def _next_token_fused(hidden, head, input_ids, ctx):
 
 
 def _mixed_fused(hidden, head, input_ids, ctx):
-    q = ctx.cache.setdefault("alpha_beta", alpha_beta_target(ctx.mask, ctx.alpha, ctx.beta).to(hidden.device))
+    q = fixed_target(ctx, "alpha_beta", hidden.device)  # (V,)
     B, T = input_ids.shape
     kl_weight = torch.zeros(B, T, device=hidden.device)  # 1/(rows that count) where the KL counts
     if ctx.positions == "last":
@@ -286,8 +296,8 @@ def _away_fused(hidden, head, input_ids, ctx):
 
 # dense objective -> its fused form; train() uses the fused form whenever the model's head allows it
 FUSED: dict[Objective, Callable] = {
-    _uniform: _fixed_target_fused("uniform", lambda ctx: uniform_target(ctx.mask)),
-    _alpha_beta: _fixed_target_fused("alpha_beta", lambda ctx: alpha_beta_target(ctx.mask, ctx.alpha, ctx.beta)),
+    _uniform: _fixed_target_fused("uniform"),
+    _alpha_beta: _fixed_target_fused("alpha_beta"),
     _tilt_distill: _tilt_distill_fused,
     _mixed: _mixed_fused,
     _away: _away_fused,

@@ -124,20 +124,17 @@ def _loss(wrapped, reference, objective, heads: _Heads, ctx: ObjectiveContext, i
           cfg: TrainConfig) -> torch.Tensor:
     """One micro-batch's loss in fp32: the objective on the logits, or (heads found) its fused form on
     the head's inputs, which never holds (B·T, V) logits."""
+    with heads_return_inputs(*(h for h in (heads.model, heads.reference) if h is not None)):  # none: dense
+        if reference is not None:
+            with torch.no_grad(), accelerator.autocast():
+                ref_out = logits_of(reference, input_ids)  # (B, T, V), or (B, T, d) with heads
+        out = logits_of(wrapped, input_ids)  # (B, T, V) fp32 (Accelerate casts back), or (B, T, d) with heads
     if heads.model is None:
-        if reference is not None:
-            with torch.no_grad(), accelerator.autocast():
-                ctx.ref_logits = logits_of(reference, input_ids)  # (B, T, V)
-        logits = logits_of(wrapped, input_ids)  # (B, T, V), fp32 (Accelerate casts back)
-        return objective(logits, input_ids, ctx)
-    with heads_return_inputs(*(h for h in (heads.model, heads.reference) if h is not None)):
-        if reference is not None:
-            with torch.no_grad(), accelerator.autocast():
-                ctx.ref_hidden = logits_of(reference, input_ids)  # (B, T, d)
-        hidden = logits_of(wrapped, input_ids)  # (B, T, d)
+        ctx.ref_logits = ref_out if reference is not None else None
+        return objective(out, input_ids, ctx)
+    ctx.ref_hidden = ref_out if reference is not None else None
     head = Head(heads.model.weight, _MATMUL_DTYPE[cfg.precision], cfg.loss_chunk)
-    return FUSED[objective](hidden, head, input_ids, ctx)
-
+    return FUSED[objective](out, head, input_ids, ctx)
 
 
 class _SigintAtStepBoundary:
