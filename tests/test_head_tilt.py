@@ -81,7 +81,7 @@ def exact_tilt_gap(model, reference, ids, mask, bias):
 
 
 @pytest.mark.parametrize("members", [[3, 7, 9, 20], list(range(10, 60))], ids=["small-set", "via-complement"])
-def test_head_rows_fit_carries_the_tilt_and_changes_only_the_set_rows(members):
+def test_head_rows_kl_fit_carries_the_tilt_and_changes_only_the_set_rows(members):
     model, reference = tiny_llama(), tiny_llama()
     mask = torch.zeros(64, dtype=torch.bool)
     mask[members] = True
@@ -89,7 +89,7 @@ def test_head_rows_fit_carries_the_tilt_and_changes_only_the_set_rows(members):
     train_ids = torch.randint(64, (16, 24), generator=g)
     held_out = torch.randint(64, (4, 24), generator=g)
     body = {k: v.clone() for k, v in model.state_dict().items() if "lm_head" not in k}
-    tilt = head_tilt.HeadRowsTilt(model, mask, lambda b: list(train_ids.split(4)), steps=200, lr=3e-2)
+    tilt = head_tilt.HeadRowsTilt(model, mask, lambda b: list(train_ids.split(4)), steps=200, lr=3e-2, fit="kl")
     assert tilt.sign == (1.0 if len(members) < 32 else -1.0) and tilt.trained_rows == min(len(members), 64 - len(members))
     start_gap = exact_tilt_gap(model, reference, held_out, mask, 2.0)
     history = tilt.train(2.0, progress=False)
@@ -103,6 +103,69 @@ def test_head_rows_fit_carries_the_tilt_and_changes_only_the_set_rows(members):
     inputs = tilt.inputs
     tilt.train(0.0, progress=False)
     assert tilt.inputs is inputs and exact_tilt_gap(model, reference, held_out, mask, 0.0) < 0.01
+
+
+def test_offset_direction_finds_a_constant_feature_and_solves_least_squares():
+    g = torch.Generator().manual_seed(0)
+    h = torch.cat([torch.randn(500, 7, generator=g), torch.full((500, 1), 2.5)], 1)  # column 7 is constant
+    u = head_tilt.offset_direction(h, ridge=1e-9)
+    assert torch.allclose(h @ u, torch.ones(500), atol=1e-5)  # h·u = 1 at every position: an exact offset
+    assert torch.allclose(u, torch.tensor([0.0] * 7 + [0.4]), atol=1e-5)
+    # Without a constant feature it is the ridge least-squares solution, checked against torch.linalg.lstsq:
+    h = torch.randn(300, 6, generator=g, dtype=torch.float64) + 0.5
+    ridge = 1e-2
+    lam = ridge * (h * h).sum(0).mean()
+    stacked = torch.cat([h, lam.sqrt() * torch.eye(6, dtype=h.dtype)])
+    target = torch.cat([torch.ones(300, dtype=h.dtype), torch.zeros(6, dtype=h.dtype)])
+    expected = torch.linalg.lstsq(stacked, target[:, None]).solution.squeeze(1)
+    assert torch.allclose(head_tilt.offset_direction(h, ridge).double(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("members", [[3, 7, 9, 20], list(range(10, 60))], ids=["small-set", "via-complement"])
+def test_head_rows_offset_fit_is_the_exact_tilt_when_the_head_inputs_allow_a_constant(members, monkeypatch):
+    monkeypatch.setattr(head_tilt, "RIDGE", 1e-10)  # the default ridge shrinks h·u by about 0.1% here
+    model, reference = tiny_llama(), tiny_llama()
+    with torch.no_grad():  # the final norm's weight 0 on feature 0, plus a bias there: h[:, 0] = 1 everywhere
+        for m in (model, reference):
+            m.model.norm.weight[0] = 0.0
+    hook = lambda mod, args, out: out + torch.nn.functional.one_hot(torch.tensor(0), out.size(-1)).to(out)  # noqa: E731
+    for m in (model, reference):
+        m.model.norm.register_forward_hook(hook)
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[members] = True
+    g = torch.Generator().manual_seed(1)
+    train_ids = torch.randint(64, (16, 24), generator=g)
+    held_out = torch.randint(64, (4, 24), generator=g)
+    body = {k: v.clone() for k, v in model.state_dict().items() if "lm_head" not in k}
+    tilt = head_tilt.HeadRowsTilt(model, mask, lambda b: list(train_ids.split(4)), steps=1, lr=1.0)
+    assert tilt.fit == "offset"
+    start_gap = exact_tilt_gap(model, reference, held_out, mask, 2.0)
+    history = tilt.train(2.0, progress=False)
+    assert len(history) == 1 and history[0]["offset_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert history[0]["offset_std"] < 1e-4 and history[0]["loss"] < 1e-6 < start_gap
+    assert exact_tilt_gap(model, reference, held_out, mask, 2.0) < 1e-6  # held-out ids: the exact tilt
+    delta = model.lm_head.weight[tilt.rows] - reference.lm_head.weight[tilt.rows]
+    assert torch.allclose(delta, delta[:1].expand_as(delta))  # the same b·u on every trained row
+    changed = (model.lm_head.weight != reference.lm_head.weight).any(-1)
+    assert torch.equal(changed, tilt.trained)
+    assert all(torch.equal(v, body[k]) for k, v in model.state_dict().items() if k in body)
+    tilt.train(-1.0, progress=False)  # another round rescales the same direction: away from the set
+    assert exact_tilt_gap(model, reference, held_out, mask, -1.0) < 1e-6
+
+
+def test_offset_fit_on_a_plain_tiny_model_moves_the_set_mass_the_way_of_b():
+    model, reference = tiny_llama(), tiny_llama()
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[[3, 7, 9, 20]] = True
+    ids = torch.randint(64, (16, 24), generator=torch.Generator().manual_seed(2))
+    tilt = head_tilt.HeadRowsTilt(model, mask, lambda b: list(ids.split(4)), steps=1, lr=1.0)
+    with torch.no_grad():
+        base = reference(input_ids=ids).logits.log_softmax(-1)[..., mask].logsumexp(-1).exp().mean()
+        masses = {}
+        for b in (-2.0, 2.0):
+            tilt.train(b, progress=False)
+            masses[b] = model(input_ids=ids).logits.log_softmax(-1)[..., mask].logsumexp(-1).exp().mean()
+    assert masses[-2.0] < base < masses[2.0]
 
 
 def test_bias_at_rate_interpolates_in_logit_space_and_extends_the_ends():
@@ -172,6 +235,7 @@ def test_the_r_prompts_are_16_varied_openings_disjoint_from_the_training_prompts
     (["--objective", "tilt-distill", "--placement", "head-rows", "--lora"], "head-rows applies to tilt-distill"),
     (["--objective", "tilt-distill", "--head-steps", "0"], "head-steps must be a positive integer"),
     (["--objective", "tilt-distill", "--head-lr", "0"], "head-lr must be positive"),
+    (["--objective", "tilt-distill", "--head-fit", "mse"], "invalid choice: 'mse'"),
     (["--objective", "tilt-distill", "--head-lr", "nan"], "head-lr must be positive"),
     (["--objective", "tilt-distill", "--head-odds-weight", "-1"], "head-odds-weight must be >= 0"),
     (["--objective", "tilt-distill", "--contexts", "web"], "invalid choice: 'web'"),

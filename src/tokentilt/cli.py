@@ -149,11 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(p, "--contexts", choices=["mix", "text", "policy"],
          help="head-rows: training contexts: play windows, continuations sampled from the decode-time tilted "
               "model after training prompts (never the R prompts), or both (default: mix)")
+    _opt(p, "--head-fit", choices=["offset", "kl"], dest="head_fit",
+         help="head-rows: offset adds b·u to every set row, u the least-squares direction with h·u ≈ 1 on the "
+              "contexts (closed form: the decode-time tilt's constant offset, as far as the head's inputs allow); "
+              "kl fits each row by Adam on KL(exact tilt || model) (default: offset)")
     _opt(p, "--head-steps", type=int, dest="head_steps", metavar="N",
-         help="head-rows: Adam steps of 1024 cached positions (default: 300)")
-    _opt(p, "--head-lr", type=float, dest="head_lr", help="head-rows: peak learning rate, cosine schedule (default: 1e-2)")
+         help="head-rows, kl fit: Adam steps of 1024 cached positions (default: 300)")
+    _opt(p, "--head-lr", type=float, dest="head_lr", help="head-rows, kl fit: peak learning rate, cosine schedule (default: 1e-2)")
     _opt(p, "--head-odds-weight", type=float, dest="head_odds_weight", metavar="W",
-         help="head-rows: add W/2 x the squared error of the set's log-odds shift to the KL (default: 0)")
+         help="head-rows, kl fit: add W/2 x the squared error of the set's log-odds shift to the KL (default: 0)")
     _opt(p, "--ce-weight", type=float, dest="ce_weight", help="mixed: lambda on the CE term (default: 1.0)")
     _opt(p, "--inputs", choices=["auto", "random", "text"],
          help="training inputs: random tokens (the course) or play text (default: auto)")

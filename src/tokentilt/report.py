@@ -127,7 +127,9 @@ def tilt_placement(cfg, s: dict) -> str:
     if s.get("placement") == "head-rows":
         h = s["head"]
         side = "its complement's" if h["via_complement"] else "the set's"
-        return (f"- {s['steps']} Adam steps (lr {h['lr']:g}, cosine) on {side} {h['trained_rows']} rows of the "
+        how = (f"{s['steps']} Adam steps (lr {h['lr']:g}, cosine) on" if h.get("fit", "kl") == "kl" else
+               f"least-squares offset b·u (h·u = {h['offset_mean']:.3f} ± {h['offset_std']:.3f}) added to")
+        return (f"- {how} {side} {h['trained_rows']} rows of the "
                 f"untied output head, fitted on {h['context_positions']} cached positions ({h['contexts']} "
                 f"contexts){', bf16 autocast' if cfg.train.bf16 else ''}; {s['seconds']:.0f} s in all")
     return (f"- {s['steps']} steps of {cfg.train.optimizer} at lr {cfg.train.lr:g}, batch {cfg.train.batch} x "

@@ -57,9 +57,10 @@ class TiltConfig:
     ce_weight: float = 1.0  # mixed: lambda in KL + lambda * CE
     placement: str = "auto"  # tilt-distill: head-rows | model | auto (head-rows, or model with --lora)
     contexts: str = "mix"  # head-rows: training contexts, mix | text (plays) | policy (tilted samples)
-    head_steps: int = 300  # head-rows: Adam steps of the fit on cached head inputs
-    head_lr: float = 1e-2  # head-rows: peak learning rate (cosine schedule)
-    head_odds_weight: float = 0.0  # head-rows: weight of the set log-odds error next to the KL
+    head_fit: str = "offset"  # head-rows: offset (least-squares constant logit offset) | kl (Adam on the KL)
+    head_steps: int = 300  # head-rows, kl fit: Adam steps on cached head inputs
+    head_lr: float = 1e-2  # head-rows, kl fit: peak learning rate (cosine schedule)
+    head_odds_weight: float = 0.0  # head-rows, kl fit: weight of the set log-odds error next to the KL
     inputs: str = "auto"  # random | text | auto (text for tilt-distill and mixed, else random)
     out: str = "runs/tilt"  # output folder
     overwrite: bool = False  # replace an existing run folder
@@ -92,6 +93,8 @@ class TiltConfig:
             raise ValueError("--placement head-rows applies to tilt-distill without --lora")
         if self.contexts not in head_tilt.CONTEXTS:
             raise ValueError(f"contexts must be one of {', '.join(head_tilt.CONTEXTS)}, got {self.contexts!r}")
+        if self.head_fit not in head_tilt.FITS:
+            raise ValueError(f"head-fit must be one of {', '.join(head_tilt.FITS)}, got {self.head_fit!r}")
         if not (isinstance(self.head_steps, int) and self.head_steps >= 1):
             raise ValueError(f"head-steps must be a positive integer, got {self.head_steps!r}")
         if not (isinstance(self.head_lr, (int, float)) and math.isfinite(self.head_lr) and self.head_lr > 0):
@@ -297,7 +300,8 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     if cfg.head_rows():
         head = head_tilt.HeadRowsTilt(model, tokens.mask, lambda b: head_tilt.context_batches(
             model, tokenizer, train_tokens(tokenizer), tokens.mask, b, cfg.contexts, cfg.train.seed, bf16),
-            cfg.head_steps, cfg.head_lr, seed=cfg.train.seed, bf16=bf16, odds_weight=cfg.head_odds_weight)
+            cfg.head_steps, cfg.head_lr, seed=cfg.train.seed, bf16=bf16, odds_weight=cfg.head_odds_weight,
+            fit=cfg.head_fit)
     counts = lora.param_counts(model)
     if head:
         counts["trainable_params"] = head.original.numel()  # the set's rows; the rest is frozen
@@ -379,7 +383,8 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         save_model(model, tokenizer, folder.path("model"))
 
     steps = [r["step"] for r in history]
-    how = (f"head rows, lr {cfg.head_lr:g}" if head else f"{cfg.positions} positions, lr {cfg.train.lr:g}")
+    how = ((f"head rows, {cfg.head_fit} fit" + (f", lr {cfg.head_lr:g}" if cfg.head_fit == "kl" else ""))
+           if head else f"{cfg.positions} positions, lr {cfg.train.lr:g}")
     plot_series(folder.path("loss.png"), {cfg.objective: (steps, [r["loss"] for r in history])},
                 f"{cfg.objective} loss ({how})", "loss", logy=True)
     plot_rate(folder.path("rate.png"), rate_points, f"R for {cfg.toward!r} over training")
@@ -409,7 +414,9 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         "global_batch": cfg.train.global_batch(state.num_processes),
         "placement": "head-rows" if head else ("lora" if cfg.lora.lora else "model"),
         "head": {"trained_rows": head.trained_rows, "via_complement": head.sign < 0, "contexts": cfg.contexts,
-                 "context_positions": len(head.inputs.h), "steps": cfg.head_steps, "lr": cfg.head_lr} if head else None,
+                 "context_positions": len(head.inputs.h), "fit": cfg.head_fit, "steps": len(history),
+                 "lr": cfg.head_lr if cfg.head_fit == "kl" else None,
+                 **{k: history[-1][k] for k in ("offset_mean", "offset_std") if k in history[-1]}} if head else None,
         "lora": {"r": cfg.lora.lora_r, "alpha": cfg.lora.lora_alpha, "dropout": cfg.lora.lora_dropout,
                  "targets": cfg.lora.lora_targets} if cfg.lora.lora else None,
         **counts,
