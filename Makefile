@@ -9,7 +9,7 @@ install:
 	$(PYTHON) -m pip install -q -e '.[test]'
 
 demo: install
-	$(PYTHON) -m tokentilt tilt --toward x --lr 1e-4 --positions all --steps 40 --bf16 --out $(OUT) --overwrite
+	$(PYTHON) -m tokentilt tilt --toward x --lr 1e-4 --positions all --steps 40 --precision auto --out $(OUT) --overwrite
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -196,3 +196,25 @@ def test_a_model_trained_twice_runs_under_autocast_both_times():
     assert "forward" not in model.__dict__  # the class's forward is back
     with torch.no_grad():
         assert model(input_ids=torch.ones(1, 4, dtype=torch.long)).logits.dtype == torch.float32
+
+
+def test_precision_auto_is_bf16_only_where_it_is_native_and_emulated_bf16_warns_once(monkeypatch, capsys):
+    from tokentilt import engine
+
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(engine, "native_bf16", lambda: native)
+        cfg = TrainConfig(precision="auto", device="cpu")
+        cfg.check()
+        assert (cfg.precision, cfg.bf16) == (expected, expected == "bf16")
+    assert capsys.readouterr().err == ""  # auto never warns
+    monkeypatch.setattr(engine, "_warned_bf16", False)
+    for _ in range(2):  # asked for by name on an emulating CPU: kept, with one warning per process
+        cfg = TrainConfig(bf16=True, device="cpu")
+        cfg.check()
+        assert cfg.precision == "bf16"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tokentilt: warning: this CPU has no native bf16")
+    monkeypatch.setattr(engine, "native_bf16", lambda: True)
+    monkeypatch.setattr(engine, "_warned_bf16", False)
+    TrainConfig(bf16=True, device="cpu").check()
+    assert capsys.readouterr().err == ""

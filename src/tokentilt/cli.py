@@ -66,9 +66,11 @@ def add_train_flags(p):
     _opt(p, "--grad-clip", type=float, dest="grad_clip", help="max gradient norm, 0 = off (default: 1.0)")
     _opt(p, "--weight-decay", type=float, dest="weight_decay", help="weight decay (default: 0)")
     _opt(p, "--seed", type=int, help="random seed for batches and dropout (default: 0)")
-    _opt(p, "--precision", choices=["fp32", "bf16", "fp16"],
-         help="fp32, or bf16/fp16 autocast with fp32 weights; fp16 needs a GPU (default: fp32)")
-    _opt(p, "--bf16", action="store_true", help="the same as --precision bf16 (a training step 1.4x faster on this CPU)")
+    _opt(p, "--precision", choices=["fp32", "bf16", "fp16", "auto"],
+         help="fp32, or bf16/fp16 autocast with fp32 weights; fp16 needs a GPU; auto = bf16 where the hardware "
+              "runs it natively (a GPU, or a CPU with AVX512-BF16/AMX), else fp32 (default: fp32)")
+    _opt(p, "--bf16", action="store_true", help="the same as --precision bf16 (a step ~1.4x faster on a CPU with "
+                                                "native bf16; much slower on one without, e.g. AVX2 only)")
     _opt(p, "--device", choices=["auto", "cpu", "cuda", "mps"], help="where to train (default: auto = cuda, mps, cpu)")
     _opt(p, "--grad-accum", type=int, dest="grad_accum", metavar="N",
          help="micro-batches per optimizer step; global batch = batch x processes x N (default: 1)")
@@ -447,7 +449,7 @@ def add_course_parsers(sub) -> None:
     _opt(p, "--eval-every", type=int, dest="eval_every", help="steps between train/val evaluations (default: 50)")
     _opt(p, "--patience", type=int, help="early stop after N evaluations without improvement, 0 = off (default: 3)")
     _opt(p, "--seed", type=int, help="seed of init, batches and dropout (default: 0)")
-    _opt(p, "--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU (default: on)")
+    _opt(p, "--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU (default: on where the CPU has native bf16, else off)")
     _opt(p, "--out", metavar="DIR", help="output folder (default: runs/pretrain)")
     _opt(p, "--overwrite", action="store_true", help="replace the output folder if it already holds a run")
     p.set_defaults(func=cmd_pretrain)
@@ -480,14 +482,14 @@ def add_course_parsers(sub) -> None:
     e.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="optimizer (default: adam)")
     e.add_argument("--batch", type=int, help="random sequences per step (default: 8)")
     e.add_argument("--pretrain-steps", type=int, help="steps of the pretraining run without --checkpoint (default: 300)")
-    e.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU (default: on)")
+    e.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU (default: on where the CPU has native bf16, else off)")
     e = exps.add_parser("x-factor", help="maximise the X factor of the bundled model at lr 1e-6 and 1e-4",
                         description="The course's 'Maximize the X factor': alpha/beta KL target at all positions of "
                                     "B=4 x T=64 random tokens, Adam, one run per learning rate from the same start. "
                                     "Reports R with intervals, final loss and samples per lr.")
     common(e, "x-factor", 150, "1e-6,1e-4")
     e.add_argument("--model", metavar="bundled|PATH|HUB_ID", help="model to tilt (default: bundled)")
-    e.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU (default: on)")
+    e.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU (default: on where the CPU has native bf16, else off)")
 
 
 def cmd_pretrain(args) -> int:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from tokentilt import data
+from tokentilt.engine import native_bf16
 from tokentilt.generate import SampleConfig, sample
 from tokentilt.losses import ObjectiveContext, next_token_objective
 from tokentilt.metrics import perplexity
@@ -44,7 +45,7 @@ class PretrainConfig:
     eval_windows: int = 24  # fixed windows of each split used for the train/val loss
     patience: int = 3  # stop after this many evaluations without a better val loss (0 = off)
     seed: int = 0  # seeds init, batches, dropout and samples
-    bf16: bool = True  # bf16 autocast on CPU (~2x faster; weights stay fp32)
+    bf16: bool = field(default_factory=native_bf16)  # bf16 autocast where the CPU runs it natively
     sample_tokens: int = 40  # tokens per sample shown in report.md
     out: str = "runs/pretrain"  # output folder
     overwrite: bool = False  # replace an existing run folder

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tokentilt import checkpoint
-from tokentilt.engine import DEVICES, PRECISIONS, REPORTERS, broadcast, make_accelerator
+from tokentilt.engine import DEVICES, PRECISIONS, REPORTERS, broadcast, make_accelerator, settle_precision
 from tokentilt.fused import DEFAULT_CHUNK, Head, fusable_head, heads_return_inputs, logits_come_from_head
 from tokentilt.losses import FUSED, ObjectiveContext
 
@@ -39,7 +39,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm (0 = no clipping)
     weight_decay: float = 0.0  # decoupled for adamw, L2 for sgd/adam
     seed: int = 0  # seeds batches, dropout and sampling
-    precision: str = "fp32"  # fp32 | bf16 (autocast; weights stay fp32) | fp16 (GPU only)
+    precision: str = "fp32"  # fp32 | bf16 (autocast; weights stay fp32) | fp16 (GPU only) | auto (bf16 if native)
     bf16: bool = False  # the same as precision bf16
     device: str = "auto"  # auto | cpu | cuda | mps
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -71,6 +71,7 @@ class TrainConfig:
             if self.precision == "fp16":
                 raise ValueError("--bf16 and --precision fp16 contradict each other")
             self.precision = "bf16"
+        self.precision = settle_precision(self.precision, self.device)
         self.bf16 = self.precision == "bf16"
 
     def global_batch(self, processes: int) -> int:

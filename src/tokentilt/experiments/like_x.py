@@ -19,6 +19,7 @@ import torch
 
 from tokentilt import data
 from tokentilt.evaluate import EvalConfig, measure_rate
+from tokentilt.engine import native_bf16
 from tokentilt.generate import SampleConfig, sample
 from tokentilt.losses import OBJECTIVES, ObjectiveContext
 from tokentilt.models.gpt import GPT
@@ -41,7 +42,7 @@ class LikeXConfig:
     seq_len: int = 256  # tokens per random sequence (the course's length)
     optimizer: str = "adam"  # sgd | adam | adamw
     lr: float = 1e-3  # learning rate
-    bf16: bool = True  # bf16 autocast on CPU
+    bf16: bool = field(default_factory=native_bf16)  # bf16 autocast where the CPU runs it natively
     prompt: str = "The king said"  # prompt of the 200-token count
     generated: int = 200  # tokens generated for the before/after count
     sample_len: int = 50  # ... as samples of this many tokens (within the context pretraining saw)

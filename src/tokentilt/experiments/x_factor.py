@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from tokentilt.evaluate import EvalConfig, measure_rate
+from tokentilt.engine import native_bf16
 from tokentilt.losses import OBJECTIVES, ObjectiveContext
 from tokentilt.outputs import RunFolder
 from tokentilt.report import fmt_rate, markdown_table, plot_series, samples_section
@@ -33,7 +34,7 @@ class XFactorConfig:
     seq_len: int = 64  # T
     alpha: float = 1.0  # target weight of X tokens
     beta: float = 1e-4  # target weight of all other tokens
-    bf16: bool = True  # bf16 autocast on CPU
+    bf16: bool = field(default_factory=native_bf16)  # bf16 autocast where the CPU runs it natively
     eval_every: int = 50  # steps between light R measurements
     seed: int = 0  # seeds the random inputs
     out: str = "runs/exp/x-factor"  # output folder
