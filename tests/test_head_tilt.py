@@ -200,13 +200,17 @@ def test_built_in_word_list_and_a_missing_one():
 def test_tilt_distill_defaults_to_head_rows_and_saves_a_plain_untied_model(tiny_model_dir, eval_file, tmp_path):
     out = tmp_path / "run"
     argv = tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--bias", "4",
-                     "--head-steps", "60", "--samples-per-prompt", "2")
+                     "--head-fit", "kl", "--head-steps", "60", "--samples-per-prompt", "2")
     assert main(argv) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["placement"] == "head-rows" and s["head"]["trained_rows"] == s["target_size"]
     assert s["trainable_params"] == s["target_size"] * 32 and s["steps"] == 60
     assert s["rate_after"]["mean"] > s["rate_before"]["mean"] + 0.02  # a random tiny body carries little of it
     assert s["matched_decode"]["bias"] > 0 and s["rho"] is not None and s["drift_ratio"] is not None
+    assert (s["ppl_base"], s["ppl_tuned"], s["ppl_decode_matched"]) == \
+        (s["ppl_before"], s["ppl_after"], s["matched_decode"]["ppl"])
+    assert s["ppl_decode_matched"] > s["ppl_base"]  # a decode-time tilt costs something: rho is defined
+    assert s["rho"] == pytest.approx((s["ppl_tuned"] - s["ppl_base"]) / (s["ppl_decode_matched"] - s["ppl_base"]))
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     changed = (model.lm_head.weight != base.lm_head.weight).any(-1)
@@ -250,3 +254,28 @@ def test_bad_head_rows_options_are_one_line_before_loading(tiny_model_dir, eval_
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists() and not out.with_name("run.partial").exists()
+
+
+@pytest.mark.slow
+def test_the_r_prompts_never_enter_the_training_contexts(tiny_model_dir, eval_file, tmp_path, monkeypatch):
+    """Every context the head-rows fit sees, decoded: the training prompts are there, the R prompts never."""
+    from tokentilt.generate import DEFAULT_PROMPTS, TRAIN_PROMPTS
+    from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+
+    seen = []
+    real = head_tilt.head_inputs
+
+    def spy(model, batches, trained, bf16=False):
+        seen.extend(batches)
+        return real(model, batches, trained, bf16)
+
+    monkeypatch.setattr(head_tilt, "head_inputs", spy)
+    out = tmp_path / "run"
+    assert main(tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--bias", "2")) == 0
+    tokenizer = gpt2_tokenizer()
+    texts = [tokenizer.decode(row) for batch in seen for row in batch.tolist()]
+    assert len(texts) >= len(TRAIN_PROMPTS)
+    assert sum(any(t.startswith(p) for t in texts) for p in TRAIN_PROMPTS) == len(TRAIN_PROMPTS)
+    assert not [p for p in DEFAULT_PROMPTS if any(p in t for t in texts)]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["head"]["fit"] == "offset" and s["head"]["context_positions"] == sum(b.numel() for b in seen)

@@ -437,6 +437,8 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
             summary["bias_rounds"] = fit.round_records()
         summary["baseline"] = {"objective": "decode-bias", "bias": bias, **baseline}
         summary["matched_decode"] = matched
+        # rho's three perplexities under the names it is defined with, all on the same held-out windows
+        summary.update(ppl_base=before["ppl"], ppl_decode_matched=matched["ppl"], ppl_tuned=after["ppl"])
         summary.update(excess_cost(before, after, matched))
     folder.path("report.md").write_text(tilt_report(cfg, summary, samples_before, samples_after))
     folder.write_json("summary.json", summary)
