@@ -80,14 +80,18 @@ def exact_tilt_gap(model, reference, ids, mask, bias):
         return (target.exp() * (target - F.log_softmax(model(input_ids=ids).logits, -1))).sum(-1).mean().item()
 
 
-@pytest.mark.parametrize("members", [[3, 7, 9, 20], list(range(10, 60))], ids=["small-set", "via-complement"])
-def test_head_rows_kl_fit_carries_the_tilt_and_changes_only_the_set_rows(members):
-    model, reference = tiny_llama(), tiny_llama()
+def set_and_ids(members):
+    """A (64,) set mask, 16 training id rows and 4 held-out ones for the tiny models."""
     mask = torch.zeros(64, dtype=torch.bool)
     mask[members] = True
     g = torch.Generator().manual_seed(1)
-    train_ids = torch.randint(64, (16, 24), generator=g)
-    held_out = torch.randint(64, (4, 24), generator=g)
+    return mask, torch.randint(64, (16, 24), generator=g), torch.randint(64, (4, 24), generator=g)
+
+
+@pytest.mark.parametrize("members", [[3, 7, 9, 20], list(range(10, 60))], ids=["small-set", "via-complement"])
+def test_head_rows_kl_fit_carries_the_tilt_and_changes_only_the_set_rows(members):
+    model, reference = tiny_llama(), tiny_llama()
+    mask, train_ids, held_out = set_and_ids(members)
     body = {k: v.clone() for k, v in model.state_dict().items() if "lm_head" not in k}
     tilt = head_tilt.HeadRowsTilt(model, mask, lambda b: list(train_ids.split(4)), steps=200, lr=3e-2, fit="kl")
     assert tilt.sign == (1.0 if len(members) < 32 else -1.0) and tilt.trained_rows == min(len(members), 64 - len(members))
@@ -131,11 +135,7 @@ def test_head_rows_offset_fit_is_the_exact_tilt_when_the_head_inputs_allow_a_con
     hook = lambda mod, args, out: out + torch.nn.functional.one_hot(torch.tensor(0), out.size(-1)).to(out)  # noqa: E731
     for m in (model, reference):
         m.model.norm.register_forward_hook(hook)
-    mask = torch.zeros(64, dtype=torch.bool)
-    mask[members] = True
-    g = torch.Generator().manual_seed(1)
-    train_ids = torch.randint(64, (16, 24), generator=g)
-    held_out = torch.randint(64, (4, 24), generator=g)
+    mask, train_ids, held_out = set_and_ids(members)
     body = {k: v.clone() for k, v in model.state_dict().items() if "lm_head" not in k}
     tilt = head_tilt.HeadRowsTilt(model, mask, lambda b: list(train_ids.split(4)), steps=1, lr=1.0)
     assert tilt.fit == "offset"
