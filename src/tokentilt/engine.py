@@ -9,6 +9,8 @@ it is given an MPI hostfile; the processes then find no GPU and train over gloo 
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -45,7 +47,7 @@ def native_bf16() -> bool:
 _warned_bf16 = False
 
 
-def settle_precision(precision: str, device: str = "auto", echo_warning=None) -> str:
+def settle_precision(precision: str, device: str = "auto") -> str:
     """'auto' -> bf16 where it is native (native_bf16), else fp32. bf16 asked for by name on a CPU
     that only emulates it is kept, with one warning on stderr per process (it is the user's choice,
     but a run 60x slower than it needs to be should not go unexplained)."""
@@ -54,10 +56,9 @@ def settle_precision(precision: str, device: str = "auto", echo_warning=None) ->
         return "bf16" if native_bf16() else "fp32"
     if precision == "bf16" and resolve_device(device) == "cpu" and not native_bf16() and not _warned_bf16:
         _warned_bf16 = True
-        import sys
         print("tokentilt: warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast is "
               "emulated and much slower than fp32 here; --precision auto picks fp32 on such a CPU",
-              file=echo_warning or sys.stderr)
+              file=sys.stderr)
     return precision
 
 
