@@ -202,7 +202,7 @@ def test_precision_auto_is_bf16_only_where_it_is_native_and_emulated_bf16_warns_
     from tokentilt import engine
 
     for native, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(engine, "native_bf16", lambda: native)
+        monkeypatch.setattr(engine, "native_bf16", lambda device="auto": native)
         cfg = TrainConfig(precision="auto", device="cpu")
         cfg.check()
         assert (cfg.precision, cfg.bf16) == (expected, expected == "bf16")
@@ -214,7 +214,7 @@ def test_precision_auto_is_bf16_only_where_it_is_native_and_emulated_bf16_warns_
         assert cfg.precision == "bf16"
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tokentilt: warning: this CPU has no native bf16")
-    monkeypatch.setattr(engine, "native_bf16", lambda: True)
+    monkeypatch.setattr(engine, "native_bf16", lambda device="auto": True)
     monkeypatch.setattr(engine, "_warned_bf16", False)
     TrainConfig(bf16=True, device="cpu").check()
     assert capsys.readouterr().err == ""

@@ -32,12 +32,15 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def native_bf16() -> bool:
-    """Whether this machine runs bf16 matmuls natively: a GPU, or a CPU with AVX512-BF16 or AMX.
-    Without them (an AVX2-only CPU), oneDNN emulates bf16 and a bf16 matmul is tens of times slower
-    than fp32 (measured on an AVX2 EPYC: 1.2 against 75 GFLOP/s)."""
-    if torch.cuda.is_available():
-        return True
+def native_bf16(device: str = "auto") -> bool:
+    """Whether `device` (resolved as resolve_device does) runs bf16 matmuls natively: a GPU with
+    bf16, or a CPU with AVX512-BF16 or AMX. Without them (an AVX2-only CPU), oneDNN emulates bf16 and
+    a bf16 matmul is tens of times slower than fp32 (measured on an AVX2 EPYC: 1.2 against 75 GFLOP/s)."""
+    resolved = resolve_device(device)
+    if resolved == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if resolved != "cpu":
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -53,8 +56,8 @@ def settle_precision(precision: str, device: str = "auto") -> str:
     but a run 60x slower than it needs to be should not go unexplained)."""
     global _warned_bf16
     if precision == "auto":
-        return "bf16" if native_bf16() else "fp32"
-    if precision == "bf16" and resolve_device(device) == "cpu" and not native_bf16() and not _warned_bf16:
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision == "bf16" and resolve_device(device) == "cpu" and not native_bf16("cpu") and not _warned_bf16:
         _warned_bf16 = True
         print("tokentilt: warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast is "
               "emulated and much slower than fp32 here; --precision auto picks fp32 on such a CPU",

@@ -149,18 +149,16 @@ def offset_direction(h: torch.Tensor, ridge: float | None = None) -> torch.Tenso
     return torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), h.sum(0)).float()
 
 
-def fit_record(inputs: HeadInputs, head_set: torch.Tensor, delta: torch.Tensor, bias: float, direction=None,
-               rows: int = ROWS_PER_STEP, seed: int = 0) -> dict:
-    """How well a fitted delta carries the tilt on (up to `rows` of) the cached positions: the KL to
-    the exact tilt and, for the offset fit, the mean and spread of h·u (1 = the exact offset)."""
+def fit_record(inputs: HeadInputs, head_set: torch.Tensor, delta: torch.Tensor, bias: float,
+               direction: torch.Tensor, rows: int = ROWS_PER_STEP, seed: int = 0) -> dict:
+    """How well the offset fit carries the tilt on (up to `rows` of) the cached positions: the KL to
+    the exact tilt, and the mean and spread of h·u (1 = the exact offset)."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(inputs.h), generator=g)[:rows].to(head_set.device)
     with torch.no_grad():
-        record = {"step": 1, "loss": set_rows_kl(inputs.h[idx], inputs.rest_lse[idx], head_set, delta, bias).item()}
-        if direction is not None:
-            offset = inputs.h @ direction  # (N,)
-            record.update(offset_mean=offset.mean().item(), offset_std=offset.std().item())
-    return record
+        loss = set_rows_kl(inputs.h[idx], inputs.rest_lse[idx], head_set, delta, bias).item()
+        offset = inputs.h @ direction  # (N,)
+    return {"step": 1, "loss": loss, "offset_mean": offset.mean().item(), "offset_std": offset.std().item()}
 
 
 class HeadRowsTilt:
