@@ -26,6 +26,25 @@ def test_generation_builds_no_autograd_graph_and_uses_the_current_cache_argument
     assert not [w for w in recwarn if "past_key_values" in str(w.message)]  # no deprecated argument
 
 
+@pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama])
+def test_bf16_generation_of_a_partly_frozen_model_matches_hf_and_restores_requires_grad(build):
+    model = build()
+    for name, p in model.named_parameters():  # frozen body, trainable rest (as head-rows tilts leave it)
+        p.requires_grad_("ln_f" in name or name.startswith("model.norm"))
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    ids = torch.randint(1, 64, (2, 5), generator=torch.Generator().manual_seed(3))
+    ours = generate(model, ids, cfg=SampleConfig(max_new_tokens=10, strategy="greedy", ban_eos=False), bf16=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        theirs = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
+                                pad_token_id=0)
+    assert torch.equal(ours, theirs[:, 5:])
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+    with pytest.raises(RuntimeError):  # a call that fails midway (a bias row of the wrong size) restores them too
+        generate(model, ids, cfg=SampleConfig(max_new_tokens=2, ban_eos=False), bias_mask=torch.ones(3), bias=1.0,
+                 bf16=True)
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
+
+
 def test_left_padded_batch_matches_single_rows(llama_model):
     g = torch.Generator().manual_seed(2)
     a, b = torch.randint(1, 64, (1, 5), generator=g), torch.randint(1, 64, (1, 8), generator=g)

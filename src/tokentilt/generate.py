@@ -180,22 +180,34 @@ def generate(
     cache_arg = cache_argument(model)
     # only the last position's logits are sampled from (HF models and Model 5 take this argument)
     last_only = {"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}
-    for _ in range(cfg.max_new_tokens):
+    # One autocast region for every step, so each weight is cast to bf16 once per call, not once per
+    # token. Autocast caches only the casts of leaf tensors that require grad, so frozen weights are
+    # marked for the call (under no_grad that builds no graph) and restored after. Not inside a caller's
+    # autocast region: its cache would outlive this call.
+    outer = torch.is_autocast_enabled(device.type)
+    frozen = [p for p in model.parameters() if not p.requires_grad] if bf16 and not outer else []
+    try:
+        for p in frozen:
+            p.requires_grad_(True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
-                        **{cache_arg: past}, **last_only)
-        past = getattr(out, cache_arg)
-        scores = procs(seen, out.logits[:, -1].float())  # (B, V)
-        if cfg.strategy == "greedy":
-            nxt = scores.argmax(-1, keepdim=True)  # (B, 1)
-        else:
-            probs = torch.softmax(scores, -1).cpu()  # drawn on the CPU generator, the same on every device
-            nxt = torch.multinomial(probs, 1, generator=generator).to(device)  # (B, 1)
-        new.append(nxt)
-        seen = torch.cat([seen, nxt], 1)
-        mask = torch.cat([mask, torch.ones_like(nxt)], 1)
-        step_ids, step_pos = nxt, step_pos[:, -1:] + 1
-    model.train(was_training)
+            for _ in range(cfg.max_new_tokens):
+                out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
+                            **{cache_arg: past}, **last_only)
+                past = getattr(out, cache_arg)
+                scores = procs(seen, out.logits[:, -1].float())  # (B, V)
+                if cfg.strategy == "greedy":
+                    nxt = scores.argmax(-1, keepdim=True)  # (B, 1)
+                else:
+                    probs = torch.softmax(scores, -1).cpu()  # drawn on the CPU generator, the same on every device
+                    nxt = torch.multinomial(probs, 1, generator=generator).to(device)  # (B, 1)
+                new.append(nxt)
+                seen = torch.cat([seen, nxt], 1)
+                mask = torch.cat([mask, torch.ones_like(nxt)], 1)
+                step_ids, step_pos = nxt, step_pos[:, -1:] + 1
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+        model.train(was_training)
     return torch.cat(new, 1).cpu()
 
 
