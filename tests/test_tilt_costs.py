@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+import tokentilt.evaluate
 import tokentilt.tilt
 from tokentilt.cli import main
 from conftest import tilt_argv
@@ -53,10 +54,14 @@ def test_missing_eval_text_fails_before_loading(tiny_model_dir, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, eval_file, tmp_path):
+def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, eval_file, tmp_path, monkeypatch):
+    draws = []  # (seed, bias) of every R measurement
+    real_sample = tokentilt.evaluate.sample
+    monkeypatch.setattr(tokentilt.evaluate, "sample", lambda *a, seed, bias=0.0, **k: draws.append((seed, bias))
+                        or real_sample(*a, seed=seed, bias=bias, **k))
     out = tmp_path / "run"
     argv = tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.5",
-                     "--rate-rounds", "2", "--samples-per-prompt", "2", "--placement", "model")
+                     "--rate-rounds", "2", "--samples-per-prompt", "2", "--placement", "model", "--eval-seed", "7")
     assert main(argv) == 0
     s = json.loads((out / "summary.json").read_text())
     rounds = s["bias_rounds"]
@@ -64,6 +69,13 @@ def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, 
     # Two steps barely train the tiny model, so round 1 undershoots and round 2 raises b by the logit gap.
     assert len(rounds) == 2 and rounds[0]["probe_rate"] < 0.5 and rounds[1]["bias"] > rounds[0]["bias"]
     assert s["bias"] in [r["bias"] for r in rounds]
+    # b is chosen on the probe seeds (calibration and rounds); the eval seed only measures: before, the
+    # decode-time tilt at the calibrated and at the trained b (rho's curve), after.
+    calibrated, trained = s["calibrated_bias"], s["bias"]
+    assert s["calibration"]["eval_seed"] == 8 and calibrated in [p["bias"] for p in s["calibration"]["points"]]
+    assert {(8, p["bias"]) for p in s["calibration"]["points"]} <= set(draws)
+    assert sorted(d for d in draws if d[0] == 7) == sorted([(7, 0.0), (7, calibrated), (7, 0.0)]
+                                                           + ([(7, trained)] if trained != calibrated else []))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [i for i in range(1, len(rounds) + 1) for _ in range(2)]
     assert "trained toward b" in (out / "report.md").read_text()

@@ -7,6 +7,7 @@ the same prompts and seeds for R, the same held-out windows for perplexity and d
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -52,6 +53,11 @@ class EvalConfig:
     def course(cls) -> "EvalConfig":
         """The course experiments' measurement: their 8 prompts (their README numbers were taken on them)."""
         return cls(prompts=list(COURSE_PROMPTS))
+
+    def probe(self) -> "EvalConfig":
+        """The same measurement on other seeds (eval_seed + 1): what tilt --rate chooses b on, so that the
+        R it reports on eval_seed is not the one b was fitted to."""
+        return dataclasses.replace(self, eval_seed=self.eval_seed + 1)
 
     def sample_config(self) -> SampleConfig:
         return SampleConfig(max_new_tokens=self.new_tokens, strategy="multinomial", temperature=self.temperature,

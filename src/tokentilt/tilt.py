@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import resource
@@ -179,7 +178,7 @@ def train_to_rate(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig
     history replaces train_toward (head-rows passes HeadRowsTilt.train).
     -> (the fit, the kept round's training history).
     """
-    probe_cfg = dataclasses.replace(cfg.eval, eval_seed=cfg.eval.eval_seed + 1)
+    probe_cfg = cfg.eval.probe()
     state = process_state(cfg.train.device)
     start = snapshot(model)  # every round starts here (the full weights, or a fresh LoRA adapter)
 
@@ -318,11 +317,12 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
             keep_records_until(folder.path("metrics.jsonl"), resume_step)
         say("measuring R and costs before training ...")
         before, samples_before = measure(model, tokenizer, tokens.mask, cfg.eval, windows, bf16=bf16)
-        if cfg.rate:
-            say(f"calibrating the decode-time bias to R = {cfg.rate} ...")
-            calibration = calibrate(model, tokenizer, tokens.mask, cfg.rate, cfg.eval, windows, bf16=bf16, echo=say)
+        if cfg.rate:  # on the probe seeds, like the rate rounds: the eval seeds only measure
+            say(f"calibrating the decode-time bias to R = {cfg.rate} (probe seeds) ...")
+            calibration = calibrate(model, tokenizer, tokens.mask, cfg.rate, cfg.eval.probe(), windows, bf16=bf16,
+                                    echo=say)
             bias = calibration.bias
-            say(f"b = {bias:.3f} gives decode-time R = {fmt_rate(calibration.rate)}")
+            say(f"b = {bias:.3f} gives decode-time R = {fmt_rate(calibration.rate)} on the probe seeds")
         if not cfg.resume:
             folder.write_yaml("config.yaml", {**to_flat(cfg), **({"calibrated_bias": bias} if cfg.rate else {})})
         if cfg.objective == "tilt-distill":
@@ -367,8 +367,13 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     after, samples_after = measure(model, tokenizer, tokens.mask, cfg.eval, windows, reference=reference, bf16=bf16)
     matched = None
     if cfg.objective == "tilt-distill":  # the decode-time tilt at the trained model's R: the cost to beat
-        curve = [(0.0, before["rate"]["mean"]), (bias, baseline["rate"]["mean"])] + \
-            (calibration.history if calibration else [])
+        # The decode-time R(b) curve on the eval seeds, the seeds of the tuned R: at b = 0, at the calibrated
+        # b and, when the rate rounds moved it, at the trained b.
+        curve = [(0.0, before["rate"]["mean"]), (bias, baseline["rate"]["mean"])]
+        if trained_bias != bias:
+            say(f"measuring the decode-time R at the trained b = {trained_bias:.3f} ...")
+            curve.append((trained_bias, measure_rate(reference, tokenizer, tokens.mask, cfg.eval, bias=trained_bias,
+                                                     bf16=bf16)[0]["mean"]))
         b_matched = bias_at_rate(curve, after["rate"]["mean"], after["rate"]["n"])
         matched = {"bias": b_matched, **decode_costs(reference, tokens.mask, windows, b_matched, bf16)}
     del reference
@@ -432,6 +437,9 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     if cfg.objective == "tilt-distill":
         summary["bias"] = trained_bias
         summary["rate_target"] = cfg.rate or None
+        if calibration is not None:  # the decode-time (b, R) points it measured, on the probe seeds
+            summary["calibration"] = {"eval_seed": cfg.eval.probe().eval_seed, "proxy_bias": calibration.proxy_bias,
+                                      "points": [{"bias": b, "rate": r} for b, r in calibration.history]}
         if fit is not None:
             summary["calibrated_bias"] = bias
             summary["bias_rounds"] = fit.round_records()
