@@ -62,7 +62,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         acc = torch.float64 if head.dtype == torch.float64 else torch.float32  # the loss and dL/dW sum in this
         total = torch.zeros((), dtype=acc, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None  # (N, d)
-        grad_w = torch.zeros_like(weight, dtype=total.dtype) if need_w else None  # (V, d)
+        grad_w = None  # (V, d) in the accumulation dtype: the first chunk's product, then a sum (no zero-fill)
         for start in range(0, hidden.size(0), head.chunk):
             h = hidden[start:start + head.chunk].detach().to(head.dtype)  # (c, d)
             with torch.enable_grad():
@@ -74,8 +74,11 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 if need_h:
                     grad_h[start:start + h.size(0)] = grad_z @ w  # (c, d)
                 if need_w:
-                    grad_w += grad_z.T @ h  # (V, d)
+                    part = grad_z.T @ h  # (V, d)
+                    grad_w = part.to(acc) if grad_w is None else grad_w.add_(part)
             total += loss.detach()
+        if need_w and grad_w is None:  # no rows
+            grad_w = torch.zeros_like(weight, dtype=acc)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return total
