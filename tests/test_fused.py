@@ -93,6 +93,16 @@ def test_chunks_never_exceed_the_chunk_size_and_cover_every_row():
     assert all(shape == (b - a, V) for a, b, shape in seen)
 
 
+def test_no_rows_give_a_zero_loss_and_zero_gradients():
+    _, weight, *_ = problem()
+    weight = weight.detach().requires_grad_()
+    h = torch.zeros(0, D, requires_grad=True)
+    loss = Head(weight, chunk=4).loss(h, lambda z, start, stop: z.logsumexp(-1).sum())
+    loss.backward()
+    assert loss.item() == 0.0 and h.grad.shape == (0, D)
+    assert weight.grad.shape == weight.shape and not weight.grad.any()
+
+
 def test_hidden_rows_must_be_two_dimensional():
     hidden, weight, *_ = problem()
     with pytest.raises(ValueError, match=r"must be \(N, d\)"):
