@@ -81,11 +81,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also print a profiler breakdown of one default step")
     parser.add_argument("--profile-only", action="store_true", help="only the profiler breakdown")
+    parser.add_argument("--attention", action="store_true",
+                        help="only the default step with the model's SDPA attention against eager attention")
     args = parser.parse_args()
     model, tokenizer = load_model("bundled")
     mask = resolve_set("x", tokenizer, output_head(model).weight.shape[0]).mask
     if args.profile_only:
         return profile(model, mask)
+    if args.attention:
+        return compare_attention(model, mask, args.steps, args.rounds)
     n_params = sum(p.numel() for p in model.parameters())
     start_state = copy.deepcopy(model.state_dict())
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -110,6 +114,22 @@ def main() -> None:
         print(f"| {name} | {statistics.median(t):.3f} | {rate:.0f} | **{rate * 6 * n_params / ceiling:.0%}** |")
     if args.profile:
         profile(model, mask)
+
+
+def compare_attention(model, mask, steps: int, rounds: int) -> None:
+    """The default bf16 step with the attention the model loads with (SDPA) and with eager attention,
+    alternating round by round from the same weights."""
+    start_state = copy.deepcopy(model.state_dict())
+    times: dict[str, list[float]] = {"sdpa": [], "eager": []}
+    for _ in range(rounds):
+        for impl in times:
+            model.set_attn_implementation(impl)
+            model.load_state_dict(start_state)
+            times[impl] += step_times(model, TrainConfig(lr=1e-7, steps=steps + 3, eval_every=0, bf16=True), mask, steps)
+    print("\n| attention | median s/step |\n|---|---|")
+    for impl, t in times.items():
+        print(f"| {impl} | {statistics.median(t):.3f} |")
+    print(f"\nsdpa / eager: {statistics.median(times['sdpa']) / statistics.median(times['eager']):.2f}x")
 
 
 def profile(model, mask) -> None:
