@@ -54,14 +54,16 @@ def test_missing_eval_text_fails_before_loading(tiny_model_dir, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, eval_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", [["--placement", "model"], ["--lora"]])
+def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, eval_file, tmp_path, monkeypatch,
+                                                                where):
     draws = []  # (seed, bias) of every R measurement
     real_sample = tokentilt.evaluate.sample
     monkeypatch.setattr(tokentilt.evaluate, "sample", lambda *a, seed, bias=0.0, **k: draws.append((seed, bias))
                         or real_sample(*a, seed=seed, bias=bias, **k))
     out = tmp_path / "run"
     argv = tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.5",
-                     "--rate-rounds", "2", "--samples-per-prompt", "2", "--placement", "model", "--eval-seed", "7")
+                     "--rate-rounds", "2", "--samples-per-prompt", "2", *where, "--eval-seed", "7")
     assert main(argv) == 0
     s = json.loads((out / "summary.json").read_text())
     rounds = s["bias_rounds"]
