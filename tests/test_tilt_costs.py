@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -54,16 +55,14 @@ def test_missing_eval_text_fails_before_loading(tiny_model_dir, tmp_path, capsys
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", [["--placement", "model"], ["--lora"]])
-def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, eval_file, tmp_path, monkeypatch,
-                                                                where):
+def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, eval_file, tmp_path, monkeypatch):
     draws = []  # (seed, bias) of every R measurement
     real_sample = tokentilt.evaluate.sample
     monkeypatch.setattr(tokentilt.evaluate, "sample", lambda *a, seed, bias=0.0, **k: draws.append((seed, bias))
                         or real_sample(*a, seed=seed, bias=bias, **k))
     out = tmp_path / "run"
     argv = tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.5",
-                     "--rate-rounds", "2", "--samples-per-prompt", "2", *where, "--eval-seed", "7")
+                     "--rate-rounds", "2", "--samples-per-prompt", "2", "--placement", "model", "--eval-seed", "7")
     assert main(argv) == 0
     s = json.loads((out / "summary.json").read_text())
     rounds = s["bias_rounds"]
@@ -81,6 +80,32 @@ def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [i for i in range(1, len(rounds) + 1) for _ in range(2)]
     assert "trained toward b" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", [["--placement", "model"], ["--lora"]])
+def test_when_the_rounds_move_b_rho_reads_a_decode_time_point_at_the_trained_b(tiny_model_dir, eval_file, tmp_path,
+                                                                              monkeypatch, where):
+    draws = []  # (seed, bias) of every R measurement
+    real_sample, real_train_to_rate = tokentilt.evaluate.sample, tokentilt.tilt.train_to_rate
+    monkeypatch.setattr(tokentilt.evaluate, "sample", lambda *a, seed, bias=0.0, **k: draws.append((seed, bias))
+                        or real_sample(*a, seed=seed, bias=bias, **k))
+
+    def rounds_that_move_b(*args, **kwargs):  # as if a later round had been kept
+        fit, history = real_train_to_rate(*args, **kwargs)
+        return dataclasses.replace(fit, bias=fit.bias + 1.5), history
+    monkeypatch.setattr(tokentilt.tilt, "train_to_rate", rounds_that_move_b)
+    out = tmp_path / "run"
+    assert main(tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.5",
+                          "--rate-rounds", "1", *where, "--eval-seed", "7")) == 0
+    s = json.loads((out / "summary.json").read_text())
+    calibrated, trained = s["calibrated_bias"], s["bias"]
+    assert trained == pytest.approx(calibrated + 1.5)
+    # on the eval seed: before, the decode-time tilt at the calibrated b, after, and the decode-time tilt at the
+    # trained b (sampled from the reference: for LoRA, the model with its adapter off)
+    assert sorted(d for d in draws if d[0] == 7) == sorted([(7, 0.0), (7, calibrated), (7, 0.0), (7, trained)])
+    assert s["rho"] is None or s["rho"] == pytest.approx(
+        (s["ppl_tuned"] - s["ppl_base"]) / (s["ppl_decode_matched"] - s["ppl_base"]))
 
 
 def test_rate_rounds_must_be_positive(tiny_model_dir, eval_file, tmp_path, capsys):
