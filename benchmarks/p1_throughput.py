@@ -11,6 +11,8 @@ Throughput: `tokentilt tilt`'s defaults (kl-uniform toward x, all positions, ran
 T = 64, Adam) with --bf16, through train.train() itself, timed step by step (after 2 warm-up
 steps). Variants run alternately, round by round, from the same weights, so a drifting machine
 affects them alike. --profile adds a torch.profiler breakdown of one step of the default.
+--allocator compares the default step with and without engine.keep_freed_memory() (malloc keeps
+freed memory instead of unmapping it), one fresh process per side and round, alternating.
 Not part of the test suite.
 """
 
@@ -18,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -81,15 +86,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also print a profiler breakdown of one default step")
     parser.add_argument("--profile-only", action="store_true", help="only the profiler breakdown")
+    parser.add_argument("--allocator", action="store_true",
+                        help="only the default step with malloc keeping freed memory against glibc's default")
+    parser.add_argument("--default-only", action="store_true", help=argparse.SUPPRESS)  # one side of --allocator
     parser.add_argument("--attention", action="store_true",
                         help="only the default step with the model's SDPA attention against eager attention")
     args = parser.parse_args()
+    if args.allocator:
+        return compare_allocator(args.steps, args.rounds)
     model, tokenizer = load_model("bundled")
     mask = resolve_set("x", tokenizer, output_head(model).weight.shape[0]).mask
     if args.profile_only:
         return profile(model, mask)
     if args.attention:
         return compare_attention(model, mask, args.steps, args.rounds)
+    if args.default_only:
+        times = step_times(model, TrainConfig(lr=1e-7, steps=args.steps + 3, eval_every=0, bf16=True), mask, args.steps)
+        return print(" ".join(f"{t:.4f}" for t in times))
     n_params = sum(p.numel() for p in model.parameters())
     start_state = copy.deepcopy(model.state_dict())
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -130,6 +143,20 @@ def compare_attention(model, mask, steps: int, rounds: int) -> None:
     for impl, t in times.items():
         print(f"| {impl} | {statistics.median(t):.3f} |")
     print(f"\nsdpa / eager: {statistics.median(times['sdpa']) / statistics.median(times['eager']):.2f}x")
+
+
+def compare_allocator(steps: int, rounds: int) -> None:
+    """The default bf16 step in a fresh process with TOKENTILT_KEEP_FREED_MEMORY=1 (train() has malloc
+    keep freed memory) and =0 (glibc's default: large blocks mmap()ed and unmapped every time)."""
+    times: dict[str, list[float]] = {"1": [], "0": []}
+    for _ in range(rounds):
+        for keep in times:
+            out = subprocess.run([sys.executable, __file__, "--default-only", "--steps", str(steps)], check=True,
+                                 capture_output=True, text=True, env={**os.environ, "TOKENTILT_KEEP_FREED_MEMORY": keep})
+            times[keep] += [float(t) for t in out.stdout.split()]
+    kept, plain = statistics.median(times["1"]), statistics.median(times["0"])
+    print(f"\n| malloc | median s/step |\n|---|---|\n| keeps freed memory (default) | {kept:.3f} |\n"
+          f"| glibc's default | {plain:.3f} |\n\nspeed-up: {plain / kept:.2f}x")
 
 
 def profile(model, mask) -> None:

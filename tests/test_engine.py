@@ -3,6 +3,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -218,3 +220,33 @@ def test_precision_auto_is_bf16_only_where_it_is_native_and_emulated_bf16_warns_
     monkeypatch.setattr(engine, "_warned_bf16", False)
     TrainConfig(bf16=True, device="cpu").check()
     assert capsys.readouterr().err == ""
+
+
+_FAULTS = """
+import resource, sys, torch
+from tokentilt.engine import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else False
+for _ in range(16):  # 64 MB: above glibc's largest mmap threshold (32 MB); the heap settles first
+    torch.empty(16 << 20).fill_(1.0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    torch.empty(16 << 20).fill_(1.0)
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+def test_keep_freed_memory_stops_the_page_faults_of_every_large_allocation():
+    def run(mode, **env):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True,
+                             env={**os.environ, **env}).stdout.split()
+        return out[0] == "True", int(out[1])
+
+    kept, faults = run("keep")
+    plain_kept, plain_faults = run("plain")
+    off_kept, off_faults = run("keep", TOKENTILT_KEEP_FREED_MEMORY="0")
+    assert kept and not plain_kept and not off_kept
+    pages = 4 * (64 << 20) // 4096  # four 64 MB tensors, 4 KiB pages
+    assert plain_faults > pages // 2 and off_faults > pages // 2  # each allocation is fresh memory
+    assert faults < pages // 20  # ... unless freed memory is kept for the next one

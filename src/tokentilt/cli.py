@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from tokentilt.config import UsageError, coerce, merge, read_yaml
+from tokentilt.engine import keep_freed_memory
 from tokentilt.losses import OBJECTIVES
 from tokentilt.models.lora import DEFAULT_LR as LORA_LR
 from tokentilt.preflight import check_lengths, check_output, check_prompts, check_sampling
@@ -548,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         if args.command != "tilt" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UsageError(f"{args.command} runs in one process; only tilt trains under torchrun/accelerate launch")
+        keep_freed_memory()  # training, sampling and the audit's (rows, V) tensors reuse freed memory
         return args.func(args)
     except KeyboardInterrupt as err:  # train.Interrupted says where the checkpoint is
         print(f"tokentilt: {str(err) or 'interrupted'}", file=sys.stderr)

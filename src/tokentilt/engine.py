@@ -9,6 +9,9 @@ it is given an MPI hostfile; the processes then find no GPU and train over gloo 
 
 from __future__ import annotations
 
+import ctypes
+import os
+import platform
 import sys
 
 import torch
@@ -63,6 +66,37 @@ def settle_precision(precision: str, device: str = "auto") -> str:
               "emulated and much slower than fp32 here; --precision auto picks fp32 on such a CPU",
               file=sys.stderr)
     return precision
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt() parameters (malloc.h)
+_kept_freed = False
+
+
+def keep_freed_memory() -> bool:
+    """Have malloc keep freed memory for the next allocation instead of handing it back to the OS
+    (Linux with glibc only; elsewhere nothing changes). Returns whether the setting is in effect.
+
+    glibc serves every allocation over 32 MB with a fresh mmap() and unmaps it when it is freed.
+    A training step frees and allocates the same large tensors every time ((V, d) gradients and
+    casts, (rows, V) logits), so each one arrives as new pages that the kernel faults in and zeroes:
+    on the bundled model that was a quarter of a bf16 step on 2 cores (1.57 s against 1.18 s).
+    With mmap off (M_MMAP_MAX = 0) and a 1 GB trim threshold, freed blocks stay in the heap and
+    the next step reuses them. Training's peak memory stayed the same (3.1 GB either way, measured
+    after 11 steps); the heap can grow by a few of the largest blocks before it settles, and memory
+    freed after the peak stays with the process. PyTorch's CPU tuning guide gets the same from
+    jemalloc or tcmalloc via LD_PRELOAD. Process-wide and idempotent; TOKENTILT_KEEP_FREED_MEMORY=0
+    leaves malloc alone.
+    """
+    global _kept_freed
+    if _kept_freed or os.environ.get("TOKENTILT_KEEP_FREED_MEMORY", "1") == "0":
+        return _kept_freed
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    _kept_freed = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    return _kept_freed
 
 
 def process_state(device: str = "auto"):

@@ -20,7 +20,15 @@ import torch
 from tqdm.auto import tqdm
 
 from tokentilt import checkpoint
-from tokentilt.engine import DEVICES, PRECISIONS, REPORTERS, broadcast, make_accelerator, settle_precision
+from tokentilt.engine import (
+    DEVICES,
+    PRECISIONS,
+    REPORTERS,
+    broadcast,
+    keep_freed_memory,
+    make_accelerator,
+    settle_precision,
+)
 from tokentilt.fused import DEFAULT_CHUNK, Head, fusable_head, heads_return_inputs, logits_come_from_head
 from tokentilt.losses import FUSED, ObjectiveContext
 
@@ -206,6 +214,8 @@ def train(
     cfg.check()
     accelerator = make_accelerator(cfg.device, cfg.precision, cfg.grad_accum, cfg.report_to, run_dir)
     rank, processes = accelerator.process_index, accelerator.num_processes
+    if accelerator.device.type == "cpu":
+        keep_freed_memory()  # each step's large tensors reuse the last step's memory (see there)
     torch.manual_seed(cfg.seed + rank)  # dropout: its own stream on each process
     generator = torch.Generator().manual_seed(cfg.seed)  # batches: the same stream on every process
     optimizer = make_optimizer(model.parameters(), cfg)
