@@ -14,9 +14,9 @@ from tokentilt import checkpoint
 from tokentilt.data import random_tokens
 from tokentilt.engine import make_accelerator, resolve_device
 from tokentilt.losses import OBJECTIVES, ObjectiveContext
-from tokentilt.train import Interrupted, TrainConfig, TrainingDiverged, train
+from tokentilt.train import Interrupted, TrainConfig, TrainingDiverged, train, training_attention
 
-from conftest import tiny_gpt2
+from conftest import tiny_gpt2, tiny_llama
 
 
 def dropout_gpt2(seed=0):
@@ -250,3 +250,36 @@ def test_keep_freed_memory_stops_the_page_faults_of_every_large_allocation():
     pages = 4 * (64 << 20) // 4096  # four 64 MB tensors, 4 KiB pages
     assert plain_faults > pages // 2 and off_faults > pages // 2  # each allocation is fresh memory
     assert faults < pages // 20  # ... unless freed memory is kept for the next one
+
+
+def test_training_attention_is_eager_only_for_short_sequences_on_a_cpu():
+    from tokentilt.models.gpt import GPT, GPTConfig
+
+    model = tiny_llama()
+    assert training_attention(model, TrainConfig(seq_len=128), "cpu") == "eager"
+    assert training_attention(model, TrainConfig(seq_len=129), "cpu") is None  # flash wins on long sequences
+    assert training_attention(model, TrainConfig(seq_len=64), "cuda") is None
+    assert training_attention(model, TrainConfig(attention="model"), "cpu") is None
+    assert training_attention(model, TrainConfig(attention="sdpa"), "cpu") == "sdpa"
+    model5 = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    assert training_attention(model5, TrainConfig(), "cpu") is None  # Model 5 keeps its own
+    with pytest.raises(ValueError, match="cannot switch its attention"):
+        training_attention(model5, TrainConfig(attention="eager"), "cpu")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        TrainConfig(attention="flash").check()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_runs_eager_attention_then_gives_the_model_back_its_own(precision):
+    model, other = tiny_llama(), tiny_llama()
+    assert model.config._attn_implementation == "sdpa"
+    seen = []
+    model.model.layers[0].self_attn.register_forward_hook(
+        lambda module, args, out: seen.append(module.config._attn_implementation))
+    auto = fit(model, steps=3, precision=precision)
+    assert seen[-1] == "eager" and model.config._attn_implementation == "sdpa"
+    # exact attention either way: the same training up to rounding, against the model's own SDPA
+    own = fit(other, steps=3, precision=precision, attention="model")
+    assert other.config._attn_implementation == "sdpa"
+    tol = 1e-5 if precision == "fp32" else 2e-2
+    assert [r["loss"] for r in auto] == pytest.approx([r["loss"] for r in own], rel=tol)

@@ -79,6 +79,9 @@ def add_train_flags(p):
     _opt(p, "--loss-chunk", type=int, dest="loss_chunk", metavar="N",
          help="rows per chunk of the output head fused with the loss, which never holds (B*T, V) logits; "
               "0 = dense logits (default: 512)")
+    _opt(p, "--attention", choices=["auto", "model", "eager", "sdpa"],
+         help="a Hugging Face model's attention while it trains: auto = eager on a CPU for sequences of up to "
+              "128 tokens (faster there), else the model's own; model = leave it (default: auto)")
 
 
 def add_engine_flags(p):

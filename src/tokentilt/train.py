@@ -57,6 +57,7 @@ class TrainConfig:
     keep: int = 2  # newest checkpoints kept
     report_to: str = "none"  # none | tensorboard | wandb | mlflow | trackio (besides metrics.jsonl)
     loss_chunk: int = DEFAULT_CHUNK  # rows per chunk of the head fused with the loss (0 = dense logits)
+    attention: str = "auto"  # auto | model | eager | sdpa: a Hugging Face model's attention while it trains
 
     def check(self) -> None:
         """Raise ValueError with one clear line for any bad value; settle precision vs bf16."""
@@ -71,7 +72,8 @@ class TrainConfig:
         for name in ("save_every", "loss_chunk"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name, allowed in (("precision", PRECISIONS), ("device", DEVICES), ("report_to", REPORTERS)):
+        for name, allowed in (("precision", PRECISIONS), ("device", DEVICES), ("report_to", REPORTERS),
+                              ("attention", ATTENTIONS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                                  f"got {getattr(self, name)!r}")
@@ -84,6 +86,31 @@ class TrainConfig:
 
     def global_batch(self, processes: int) -> int:
         return self.batch * processes * self.grad_accum
+
+
+ATTENTIONS = ("auto", "model", "eager", "sdpa")
+EAGER_MAX_LEN = 128  # auto: eager attention up to this many tokens per sequence, on a CPU
+
+
+def training_attention(model, cfg: TrainConfig, device: str) -> str | None:
+    """The attention a Hugging Face model should train with, or None to leave it as it is.
+
+    auto = eager for sequences of at most EAGER_MAX_LEN tokens on a CPU, else the model's own. On
+    this CPU, torch's fused (flash) SDPA kernel takes about twice as long as eager attention's bf16
+    matmuls for the forward and backward of short sequences (64 tokens: 6.9 against 4.0 ms per
+    layer), and eager falls behind from about 256 tokens, where its (T, T) weights grow; see
+    benchmarks/README.md (P1). Both are exact attention, equal up to rounding. model = leave it;
+    eager / sdpa = that one. A model without set_attn_implementation (Model 5) keeps its own, and
+    asking it for one by name is an error.
+    """
+    settable = callable(getattr(model, "set_attn_implementation", None))
+    if cfg.attention == "model" or (cfg.attention == "auto" and not settable):
+        return None
+    if not settable:
+        raise ValueError(f"attention {cfg.attention}: this model cannot switch its attention (use auto or model)")
+    if cfg.attention == "auto":
+        return "eager" if device == "cpu" and cfg.seq_len <= EAGER_MAX_LEN else None
+    return cfg.attention
 
 
 class TrainingDiverged(RuntimeError):
@@ -229,6 +256,10 @@ def train(
     best_state = None
     heads = _Heads.find(model, reference, objective, cfg)  # before prepare(): the probe runs in fp32
     own_forward = model.__dict__.get("forward")  # usually none: model.forward is the class's method
+    attention = training_attention(model, cfg, accelerator.device.type)
+    own_attention = getattr(model.config, "_attn_implementation", None) if attention else None
+    if attention and attention != own_attention:
+        model.set_attn_implementation(attention)  # put back in the finally below
     wrapped, optimizer = accelerator.prepare(model, optimizer)  # DDP wrapper and autocast around forward
     if reference is not None:
         reference.to(accelerator.device)
@@ -310,6 +341,8 @@ def train(
     finally:
         bar.close()
         _restore_forward(model, own_forward)
+        if attention and attention != own_attention and own_attention:
+            model.set_attn_implementation(own_attention)
         if cfg.report_to != "none":
             accelerator.end_training()
         ctx.ref_logits = ctx.ref_hidden = ctx.ref_head = None
