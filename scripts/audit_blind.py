@@ -84,8 +84,8 @@ def check(name: str, kind: str, direction: str, planted: str, runs: Path, texts)
     top = found["features"][0]
     truth = select(planted, texts)
     overlap = jaccard(select(top["selector"], texts), truth)
-    area, score = planted_score(lift, truth, found["z_critical"])
-    above = sum(f["score"] > score for f in found["features"])
+    area, _ = planted_score(lift, truth, found["z_critical"])
+    rank = next((n for n, f in enumerate(found["features"], 1) if jaccard(select(f["selector"], texts), truth) == 1), None)
     if direction == "none":
         hit = not found["stands_out"]
     else:
@@ -93,8 +93,9 @@ def check(name: str, kind: str, direction: str, planted: str, runs: Path, texts)
     return {"name": name, "kind": kind, "direction": direction, "planted": planted,
             "rate": (summary["rate_before"]["mean"], summary["rate_after"]["mean"]),
             "found": found["direction"], "top": top["selector"], "auroc": top["auroc"], "score": top["score"],
+            "beyond": top.get("beyond", {}).get("selector"),
             "threshold": found["threshold"], "jaccard": overlap, "planted_auroc": area,
-            "planted_rank": above + 1 if above < len(found["features"]) else f">{len(found['features'])}",
+            "planted_rank": rank or f">{len(found['features'])}",
             "hit": hit, "seconds": found["seconds"]}
 
 
@@ -102,10 +103,11 @@ def table(rows: list[dict], commands: dict) -> str:
     lines = ["| case | planted | tilt command | R before → after | audit's verdict | top feature (AUROC, score) | "
              "Jaccard with planted | planted set's AUROC (rank) | hit | audit s |", "|" + "---|" * 10]
     for r in rows:
+        over = f"; first over `{r['beyond']}`" if r["beyond"] else ""  # the audit's sharpening step
         lines.append(
             f"| {r['name']} | {r['kind']}, {r['direction']} `{r['planted']}` | `{commands[r['name']]}` | "
             f"{r['rate'][0]:.3f} → {r['rate'][1]:.3f} | {r['found']} | `{r['top']}` ({r['auroc']:.3f}, {r['score']:.3f}; "
-            f"bar {max(r['threshold'], 0.5):.3f}) | {r['jaccard']:.2f} | {r['planted_auroc']:.3f} ({r['planted_rank']}) | "
+            f"bar {max(r['threshold'], 0.5):.3f}{over}) | {r['jaccard']:.2f} | {r['planted_auroc']:.3f} ({r['planted_rank']}) | "
             f"{'**hit**' if r['hit'] else 'MISS'} | {r['seconds']:.0f} |")
     hits = sum(r["hit"] for r in rows)
     lines.append(f"\n{hits} of {len(rows)} hits.")

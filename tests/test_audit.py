@@ -102,6 +102,31 @@ def test_a_tilt_away_from_a_class_is_found_with_its_direction(base, tokenizer, t
     assert "away from" in result.verdict
 
 
+def with_biases(model, *planted):
+    """with_bias for several (mask, bias) pairs at once."""
+    m = with_bias(model, planted[0][0], planted[0][1])
+    with torch.no_grad():
+        for mask, bias in planted[1:]:
+            m.lm_head.bias.add_(bias * mask.float())
+    return m
+
+
+def test_a_small_set_lifted_beyond_a_larger_one_leads_it(base, tokenizer, texts, cfg):
+    """11 tokens at +4 nats, 111 disjoint ones at +1.5 (lifted along with them, as the digits took ')'
+    with them on the bundled model). The bound ranks the larger set first, being surer of it; the
+    sharpening puts the 11 first, since every one of them is lifted beyond every one of the 111."""
+    small, large = select("contains:~", texts), select("contains:)", texts)
+    assert int(small.sum()) == 11 and int(large.sum()) == 111 and not (small & large).any()
+    cfg.toward = "contains:~"
+    result = audit(noisy(with_biases(base, (small, 4.0), (large, 1.5))), base, tokenizer, cfg)
+    assert result.stands_out and result.direction == "toward"
+    top = result.features[0]
+    assert torch.equal(result.top_mask, small) and top["beyond"]["selector"] == "contains:)"
+    assert top["beyond"]["bound"] > 0.5 and top["score"] < result.features[1]["score"]  # first by sharpening
+    assert result.features[1]["selector"] == "contains:)"  # the one it displaced comes next
+    assert result.truth["rank"] == 1 and "lies beyond that of 'contains:)'" in result.verdict
+
+
 def test_a_planted_word_list_beats_a_decoy_list(base, tokenizer, texts, cfg, tmp_path):
     planted, decoy = tmp_path / "colours.txt", tmp_path / "animals.txt"
     planted.write_text("red\ngreen\nblue\nyellow\nblack\nwhite\norange\npurple\npink\nbrown\ngrey\n")

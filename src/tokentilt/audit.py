@@ -14,6 +14,15 @@ random directions u in the reference's output-embedding space (lift = W u: the c
 shift of the last hidden state makes). The second null keeps the vocabulary's own structure:
 punctuation, digits or non-ASCII tokens sit together in embedding space and move together under
 any change, so a feature that only follows that structure is not evidence of a planted set.
+
+The bound charges a small set for its uncertainty, so a planted set of 10 tokens (the digits)
+can score below a larger set lifted along with it (tokens holding ')'), even when the 10 are the
+10 most lifted tokens of the vocabulary. So the ranking is then sharpened: a candidate that is
+significant on its own, in the same direction, nearly disjoint from the leader, and whose tokens'
+lifts lie beyond the leader's own tokens' (a Mann-Whitney test between the two, Bonferroni over
+the candidates compared) takes the lead: the lift peaks there, and the leader only follows it. A
+subset of the leader never qualifies (it is not disjoint), so a sub-part of a planted set, lifted
+a little more than the rest, does not displace the set.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from tokentilt.features import (
     bonferroni_z,
     candidate_features,
     jaccard,
+    mask_auroc,
     separation,
 )
 from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, sample
@@ -188,6 +198,50 @@ def null_threshold(weight: torch.Tensor, table, z: float, draws: int, seed: int)
     return best
 
 
+PEAK_OVERLAP = 0.2  # a candidate sharing more than this share of its tokens with the leader is not "beyond" it
+
+
+def sharpen(lift: torch.Tensor, table, area: torch.Tensor, score: torch.Tensor, leader: int,
+            alpha: float) -> list[tuple[int, float]]:
+    """The chain of leads taken from `leader` (see the module's docstring): [(feature, bound), ...], empty
+    when the leader keeps its place. bound is the lower confidence bound of P(a token of the new lead
+    has a lift beyond a token of the one before it), above 0.5 when significant."""
+    toward = float(area[leader]) > 0.5
+    sig = [i for i in range(len(table.features))
+           if float(score[i]) > 0.5 and (float(area[i]) > 0.5) == toward]
+    masks = {i: table.mask(i) for i in sig}
+    chain, seen = [], {leader}
+    while True:
+        lead = masks.get(leader)
+        if lead is None:
+            lead = table.mask(leader)
+        tests = []
+        for i in sig:
+            if i in seen:
+                continue
+            both = masks[i] & lead
+            if int(both.sum()) > PEAK_OVERLAP * int(masks[i].sum()):
+                continue
+            ours, theirs = lift[masks[i] & ~both], lift[lead & ~both]  # (k1,), (k2,)
+            if ours.numel() and theirs.numel():
+                tests.append((i, ours, theirs))
+        z = bonferroni_z(alpha, len(tests))
+        best = None
+        for i, ours, theirs in tests:
+            labels = torch.cat([torch.ones(ours.numel()), torch.zeros(theirs.numel())]).bool()
+            beyond = mask_auroc(torch.cat([ours, theirs]), labels)
+            beyond = beyond if toward else 1 - beyond
+            k1, k2 = ours.numel(), theirs.numel()
+            bound = beyond - z * math.sqrt((k1 + k2 + 1) / (12 * k1 * k2))
+            if bound > 0.5 and (best is None or float(score[i]) > float(score[best[0]])):
+                best = (i, bound)
+        if best is None:
+            return chain
+        chain.append(best)
+        leader = best[0]
+        seen.add(leader)
+
+
 def feature_row(f: Feature, mask: torch.Tensor, area: float, score: float, lift: Lift, rates) -> dict:
     """Everything the outputs say about one feature."""
     per_group = lift.groups[:, mask].mean(1) - lift.groups[:, ~mask].mean(1)  # (G,) members minus the rest
@@ -226,7 +280,9 @@ def verdict(stands_out: bool, top: dict, threshold: float, z: float) -> str:
     return (f"tilted {'toward' if top['auroc'] > 0.5 else 'away from'} {top['selector']!r}: {top['label']} "
             f"are {how} (set mass {top['mass_reference']:.4f} -> "
             f"{top['mass_model']:.4f}; lift {top['lift']:+.2f} nats [{top['lift_ci'][0]:+.2f}, "
-            f"{top['lift_ci'][1]:+.2f}]; AUROC {top['auroc']:.3f})")
+            f"{top['lift_ci'][1]:+.2f}]; AUROC {top['auroc']:.3f})"
+            + (f"; first because its tokens' lift lies beyond that of {top['beyond']['selector']!r}, which "
+               f"separates the lift more surely (bound {top['beyond']['bound']:.3f})" if "beyond" in top else ""))
 
 
 # ---------------------------------------------------------------- the audit
@@ -293,22 +349,32 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
 
     kinds = [f.kind == "given" for f in table.features]  # on a tie, the vocabulary's own candidate first
     order = sorted(range(len(table.features)), key=lambda i: (-float(score[i]), -int(table.sizes[i]), kinds[i]))
+    stands_out = float(score[order[0]]) > max(threshold, 0.5)  # decided on the best score, before sharpening
+    chain = sharpen(centred, table, area, score, order[0], cfg.alpha) if stands_out else []
+    beyond = {}  # feature -> (the lead it took over, its bound)
+    for (i, bound), before in zip(chain, [order[0]] + [c[0] for c in chain]):
+        beyond[i] = (table.features[before].selector, bound)
+    if chain:
+        order = [c[0] for c in reversed(chain)] + [i for i in order if i not in beyond]
     shares = share_change(sampled["model"].tokens, sampled["reference"].tokens, vocab)
     rates = (sampled["model"].tokens, sampled["reference"].tokens)
     rows, masks = [], []
     for i in order[:cfg.top]:
         masks.append(table.mask(i))
         rows.append(feature_row(table.features[i], masks[-1], float(area[i]), float(score[i]), lift, rates))
+        if i in beyond:
+            rows[-1]["beyond"] = {"selector": beyond[i][0], "bound": round(beyond[i][1], 4)}
     for row in rows:
         row["jaccard_with_top"] = round(jaccard(masks[0], select(row["selector"], texts)), 4)
     top = rows[0]
-    stands_out = top["score"] > max(threshold, 0.5)
     truth = None
     if cfg.toward:
         i = next(j for j, f in enumerate(table.features) if f.kind == "given")
         mask = table.mask(i)
         truth = feature_row(table.features[i], mask, float(area[i]), float(score[i]), lift, rates)
-        truth["rank"] = 1 + int((score > score[i]).sum())  # ties share the better rank
+        place, sizes = order.index(i), table.sizes  # ties (the same tokens as a vocabulary candidate) share
+        truth["rank"] = 1 + sum(1 for j in order[:place]  # the better rank
+                                if not (float(score[j]) == float(score[i]) and int(sizes[j]) == int(sizes[i])))
         truth["jaccard_with_top"] = round(jaccard(masks[0], mask), 4)
     by_lift = torch.argsort(centred, descending=True).tolist()
     return AuditResult(
