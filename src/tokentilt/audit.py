@@ -11,7 +11,9 @@ Candidate features (features.py) are scored by how surely they separate high fro
 nulls: it must be significant against tokens assigned to features at random (Bonferroni over all
 candidates), and it must separate better than the best candidate separates any of `null_draws`
 random directions u in the reference's output-embedding space (lift = W u: the change a generic
-shift of the last hidden state makes). The second null keeps the vocabulary's own structure:
+shift of the last hidden state makes). A new random direction beats the best of N with probability
+1/(N + 1), so the default N = 200 holds that null to about alpha/2, as Bonferroni's two-sided
+critical value holds the first. The second null keeps the vocabulary's own structure:
 punctuation, digits or non-ASCII tokens sit together in embedding space and move together under
 any change, so a feature that only follows that structure is not evidence of a planted set.
 
@@ -65,7 +67,8 @@ class AuditConfig:
     seed: int = 1234  # sampling and null draws
     min_tokens: int = 5  # smallest candidate feature considered
     alpha: float = 0.01  # family-wise error level over all candidates
-    null_draws: int = 40  # random logit directions behind the "stands out" threshold
+    null_draws: int = 200  # random logit directions behind the "stands out" threshold: a new one beats
+    # their best with probability 1/(N + 1), about alpha/2 at 200 (40 let a 40-step generic fine-tune through)
     top: int = 20  # features and tokens listed in the outputs
     batch_size: int = 4  # windows per forward pass
     bf16: bool = False  # bf16 autocast on CPU

@@ -408,7 +408,7 @@ def add_audit_parser(sub) -> None:
          help="continuations per prompt from each model, 16 prompts (default: 2)")
     _opt(p, "--new-tokens", type=int, dest="new_tokens", metavar="N", help="tokens per continuation (default: 48)")
     _opt(p, "--null-draws", type=int, dest="null_draws", metavar="N",
-         help="random logit directions behind the 'stands out' threshold (default: 40)")
+         help="random logit directions behind the 'stands out' threshold (default: 200)")
     _opt(p, "--top", type=int, help="features and tokens listed (default: 20)")
     _opt(p, "--seed", type=int, help="seed of the samples and the null draws (default: 1234)")
     _opt(p, "--bf16", action="store_true", help="bf16 autocast on CPU")
