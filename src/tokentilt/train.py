@@ -258,8 +258,6 @@ def train(
     own_forward = model.__dict__.get("forward")  # usually none: model.forward is the class's method
     attention = training_attention(model, cfg, accelerator.device.type)
     own_attention = getattr(model.config, "_attn_implementation", None) if attention else None
-    if attention and attention != own_attention:
-        model.set_attn_implementation(attention)  # put back in the finally below
     wrapped, optimizer = accelerator.prepare(model, optimizer)  # DDP wrapper and autocast around forward
     if reference is not None:
         reference.to(accelerator.device)
@@ -272,6 +270,8 @@ def train(
     bar = tqdm(range(start, cfg.steps + 1), desc="train", initial=start - 1, total=cfg.steps,
                disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
     model.train()
+    if attention and attention != own_attention:
+        model.set_attn_implementation(attention)  # put back in the finally below
     try:
         with _SigintAtStepBoundary(active=run_dir is not None) as sigint:
             for step in bar:
