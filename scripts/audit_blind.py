@@ -63,19 +63,8 @@ def run(argv: list[str], log: Path) -> float:
     return time.time() - start
 
 
-def planted_score(lift, mask, z: float) -> tuple[float, float]:
-    """The planted set's AUROC and score against the audit's lift, as the audit scores its candidates."""
-    from tokentilt.features import Feature, FeatureTable, auroc, separation
-    import torch
-
-    table = FeatureTable([Feature("", "given", "")], torch.zeros(int(mask.sum()), dtype=torch.long),
-                         mask.nonzero().flatten(), mask.numel())
-    area, se = auroc(lift, table)
-    return float(area[0]), float(separation(area, se, z)[0])
-
-
 def check(name: str, kind: str, direction: str, planted: str, runs: Path, texts) -> dict:
-    from tokentilt.features import jaccard
+    from tokentilt.features import jaccard, mask_auroc
     from tokentilt.targets import select
 
     found = json.loads((runs / f"{name}-audit" / "audit.json").read_text())
@@ -84,7 +73,7 @@ def check(name: str, kind: str, direction: str, planted: str, runs: Path, texts)
     top = found["features"][0]
     truth = select(planted, texts)
     overlap = jaccard(select(top["selector"], texts), truth)
-    area, _ = planted_score(lift, truth, found["z_critical"])
+    area = mask_auroc(lift, truth)  # the planted set's AUROC against the audit's lift
     rank = next((n for n, f in enumerate(found["features"], 1) if jaccard(select(f["selector"], texts), truth) == 1), None)
     if direction == "none":
         hit = not found["stands_out"]
