@@ -72,6 +72,18 @@ def step_times(model, cfg: TrainConfig, mask, steps: int) -> list[float]:
     return [b - a for a, b in zip(stamps[2:], stamps[3:])]  # from the 3rd step on: warm-up excluded
 
 
+def alternate(model, mask, variants: dict[str, dict], steps: int, rounds: int) -> dict[str, list[float]]:
+    """Step times of each variant (TrainConfig overrides), round by round in turn, each from the same weights."""
+    start_state = copy.deepcopy(model.state_dict())
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, overrides in variants.items():
+            model.load_state_dict(start_state)
+            times[name] += step_times(model, TrainConfig(lr=1e-7, steps=steps + 3, eval_every=0, **overrides),
+                                      mask, steps)
+    return times
+
+
 VARIANTS = {
     "fp32, dense logits (before)": dict(loss_chunk=0),
     "bf16, dense logits": dict(bf16=True, loss_chunk=0),
@@ -104,15 +116,9 @@ def main() -> None:
         times = step_times(model, TrainConfig(lr=1e-7, steps=args.steps + 3, eval_every=0, bf16=True), mask, args.steps)
         return print(" ".join(f"{t:.4f}" for t in times))
     n_params = sum(p.numel() for p in model.parameters())
-    start_state = copy.deepcopy(model.state_dict())
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    tokens = {}
-    for _ in range(args.rounds):
-        for name, overrides in VARIANTS.items():
-            model.load_state_dict(start_state)
-            cfg = TrainConfig(lr=1e-7, steps=args.steps + 3, eval_every=0, **overrides)
-            tokens[name] = cfg.batch * cfg.seq_len
-            times[name] += step_times(model, cfg, mask, args.steps)
+    times = alternate(model, mask, VARIANTS, args.steps, args.rounds)
+    configs = {name: TrainConfig(**overrides) for name, overrides in VARIANTS.items()}
+    tokens = {name: cfg.batch * cfg.seq_len for name, cfg in configs.items()}
     ceiling, table = matmul_ceiling(model, 4 * 64)
     print(f"bundled model, N = {n_params / 1e6:.1f}M parameters, {torch.get_num_threads()} threads, "
           f"{args.rounds} rounds x {args.steps} steps\n")
@@ -132,13 +138,8 @@ def main() -> None:
 def compare_attention(model, mask, steps: int, rounds: int) -> None:
     """The default bf16 step with eager attention (what --attention auto picks for 64 tokens on a CPU)
     and with the model's fused SDPA kernel, alternating round by round from the same weights."""
-    start_state = copy.deepcopy(model.state_dict())
-    times: dict[str, list[float]] = {"eager": [], "sdpa": []}
-    for _ in range(rounds):
-        for impl in times:
-            model.load_state_dict(start_state)
-            cfg = TrainConfig(lr=1e-7, steps=steps + 3, eval_every=0, bf16=True, attention=impl)
-            times[impl] += step_times(model, cfg, mask, steps)
+    times = alternate(model, mask, {impl: dict(bf16=True, attention=impl) for impl in ("eager", "sdpa")},
+                      steps, rounds)
     print("\n| attention | median s/step |\n|---|---|")
     for impl, t in times.items():
         print(f"| {impl} | {statistics.median(t):.3f} |")
