@@ -258,6 +258,7 @@ def train(
     own_forward = model.__dict__.get("forward")  # usually none: model.forward is the class's method
     attention = training_attention(model, cfg, accelerator.device.type)
     own_attention = getattr(model.config, "_attn_implementation", None) if attention else None
+    switch_attention = attention is not None and attention != own_attention
     wrapped, optimizer = accelerator.prepare(model, optimizer)  # DDP wrapper and autocast around forward
     if reference is not None:
         reference.to(accelerator.device)
@@ -270,7 +271,7 @@ def train(
     bar = tqdm(range(start, cfg.steps + 1), desc="train", initial=start - 1, total=cfg.steps,
                disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
     model.train()
-    if attention and attention != own_attention:
+    if switch_attention:
         model.set_attn_implementation(attention)  # put back in the finally below
     try:
         with _SigintAtStepBoundary(active=run_dir is not None) as sigint:
@@ -341,7 +342,7 @@ def train(
     finally:
         bar.close()
         _restore_forward(model, own_forward)
-        if attention and attention != own_attention and own_attention:
+        if switch_attention and own_attention:
             model.set_attn_implementation(own_attention)
         if cfg.report_to != "none":
             accelerator.end_training()
