@@ -69,11 +69,11 @@ def check(name: str, kind: str, direction: str, planted: str, runs: Path, texts)
 
     found = json.loads((runs / f"{name}-audit" / "audit.json").read_text())
     summary = json.loads((runs / name / "summary.json").read_text())
-    lift = load_file(str(runs / f"{name}-audit" / "lift.safetensors"))["lift"]
+    lifts = load_file(str(runs / f"{name}-audit" / "lift.safetensors"))
     top = found["features"][0]
     truth = select(planted, texts)
     overlap = jaccard(select(top["selector"], texts), truth)
-    area = mask_auroc(lift, truth)  # the planted set's AUROC against the audit's lift
+    areas = [mask_auroc(lifts[view], truth) for view in ("lift", "unexplained")]  # the planted set's, on both views
     rank = next((n for n, f in enumerate(found["features"], 1) if jaccard(select(f["selector"], texts), truth) == 1), None)
     if direction == "none":
         hit = not found["stands_out"]
@@ -81,22 +81,22 @@ def check(name: str, kind: str, direction: str, planted: str, runs: Path, texts)
         hit = found["stands_out"] and found["direction"] == direction and overlap >= 0.8
     return {"name": name, "kind": kind, "direction": direction, "planted": planted,
             "rate": (summary["rate_before"]["mean"], summary["rate_after"]["mean"]),
-            "found": found["direction"], "top": top["selector"], "auroc": top["auroc"], "score": top["score"],
+            "found": found["direction"], "top": top["selector"], "auroc": top["auroc"], "score": top["score"], "view": top["view"],
             "beyond": top.get("beyond", {}).get("selector"),
-            "threshold": found["threshold"], "jaccard": overlap, "planted_auroc": area,
+            "threshold": found["threshold"], "jaccard": overlap, "planted_auroc": areas,
             "planted_rank": rank or f">{len(found['features'])}",
             "hit": hit, "seconds": found["seconds"]}
 
 
 def table(rows: list[dict], commands: dict) -> str:
     lines = ["| case | planted | tilt command | R before → after | audit's verdict | top feature (AUROC, score) | "
-             "Jaccard with planted | planted set's AUROC (rank) | hit | audit s |", "|" + "---|" * 10]
+             "Jaccard with planted | planted set's AUROC: lift / unexplained (rank) | hit | audit s |", "|" + "---|" * 10]
     for r in rows:
         over = f"; first over `{r['beyond']}`" if r["beyond"] else ""  # the audit's sharpening step
         lines.append(
             f"| {r['name']} | {r['kind']}, {r['direction']} `{r['planted']}` | `{commands[r['name']]}` | "
-            f"{r['rate'][0]:.3f} → {r['rate'][1]:.3f} | {r['found']} | `{r['top']}` ({r['auroc']:.3f}, {r['score']:.3f}; "
-            f"bar {max(r['threshold'], 0.5):.3f}{over}) | {r['jaccard']:.2f} | {r['planted_auroc']:.3f} ({r['planted_rank']}) | "
+            f"{r['rate'][0]:.3f} → {r['rate'][1]:.3f} | {r['found']} | `{r['top']}` ({r['auroc']:.3f}, {r['score']:.3f} on {r['view']}; "
+            f"bar {max(r['threshold'], 0.5):.3f}{over}) | {r['jaccard']:.2f} | {r['planted_auroc'][0]:.3f} / {r['planted_auroc'][1]:.3f} ({r['planted_rank']}) | "
             f"{'**hit**' if r['hit'] else 'MISS'} | {r['seconds']:.0f} |")
     hits = sum(r["hit"] for r in rows)
     lines.append(f"\n{hits} of {len(rows)} hits.")

@@ -180,6 +180,30 @@ def test_a_generic_change_on_a_structured_vocabulary_is_not_called_a_tilt(tokeni
     assert not result.stands_out and result.direction == "none"  # ... but no more than a random direction moves them
 
 
+def test_a_tilt_under_a_larger_generic_shift_is_found_in_the_part_no_hidden_shift_explains(tokenizer, texts, cfg):
+    """The bundled model's unlikelihood miss, in small: short tokens share an embedding direction and a
+    shift of the final hidden state along it lifts them far more than a -0.2 bias lowers the e-tokens.
+    On the lift, token length separates best and 'e' barely (AUROC about 0.35); on the unexplained part
+    (the lift less its best fit W u + c) the shift is gone and 'e' separates perfectly."""
+    short, e = select("regex:^.{1,2}$", texts), select("e", texts)
+    reference = tiny_gpt2(vocab_size=50257, seed=2)
+    direction = torch.randn(reference.config.n_embd, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        reference.transformer.wte.weight[short] += direction * 0.2
+    model = with_bias(reference, e, -0.2)
+    with torch.no_grad():
+        model.transformer.ln_f.bias += direction / direction.norm() * 20
+    result = audit(model, reference, tokenizer, cfg)
+    assert result.stands_out and result.direction == "away"
+    top, runner_up = result.features[0], result.features[1]
+    assert top["selector"] == "contains:e" and top["view"] == "unexplained" and top["auroc"] < 0.01
+    assert 0.25 < top["auroc_lift"] < 0.45  # on the lift alone 'e' is a weak separator ...
+    assert runner_up["view"] == "lift" and runner_up["auroc_lift"] > 0.99  # ... and short tokens lead there
+    assert jaccard(select(runner_up["selector"], texts), short) == 1.0
+    assert float(result.unexplained[e].max()) < float(result.unexplained[~e].min())  # every e-token below the rest
+    assert "no shift of the final hidden state explains" in result.verdict
+
+
 @pytest.mark.xfail(strict=True, reason="known miss: under this strong generic shift (ln_f.bias + N(0, 1)) the "
                    "random-direction null rises above a planted +3 tilt on x, and the digits rank first")
 def test_a_real_tilt_on_top_of_a_generic_change_still_stands_out(tokenizer, texts, cfg):

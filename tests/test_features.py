@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from tokentilt.audit import unexplained
 from tokentilt.features import (
     CLASSES,
     Feature,
@@ -139,3 +140,19 @@ def test_every_class_is_a_valid_selector_on_a_real_vocabulary():
     for selector, _ in CLASSES:
         n = int(select(selector, texts).sum())
         assert 0 < n < len(texts), selector
+
+
+def test_unexplained_removes_exactly_what_a_hidden_state_shift_can_do():
+    """A shift u of the final hidden state (plus the per-position constant -log Z) changes the logits
+    by W u + c: nothing of it is left. A bias b on a set is a change of the head rows: it is left,
+    less its own best fit, so the set still stands apart; the result is orthogonal to W and to 1."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(2000, 16, generator=g)
+    u = torch.randn(16, generator=g)
+    assert unexplained(weight @ u + 3.0, weight).abs().max() < 1e-4
+    planted = torch.zeros(2000, dtype=torch.bool)
+    planted[:50] = True
+    rest = unexplained(weight @ u + 2.0 * planted.float(), weight)
+    assert float(rest[planted].min()) > float(rest[~planted].max())  # the set, apart from every other token
+    assert rest[planted].mean() == pytest.approx(2.0 * (1 - 50 / 2000), abs=0.3)  # most of the bias survives
+    assert (weight.T @ rest).abs().max() < 1e-3 and abs(float(rest.sum())) < 1e-3

@@ -109,7 +109,7 @@ class AuditResult:
     direction: str  # "toward" | "away" | "none" (nothing stands out)
     stands_out: bool
     verdict: str  # one sentence for people
-    features: list[dict]  # best first: selector, label, kind, size, auroc, score, lift, lift_ci, mass_ratio, ...
+    features: list[dict]  # best first: selector, label, kind, size, auroc, score, view, lift, lift_ci, mass_ratio, ...
     threshold: float  # the best score random logit directions reach
     z_critical: float  # Bonferroni critical value over all candidates
     candidates: int  # number of candidate features scored
@@ -119,11 +119,13 @@ class AuditResult:
     samples: dict  # {"prompts", "model", "reference"} texts
     contexts: dict  # how many groups and positions of each kind
     lift: torch.Tensor | None = None  # (V,) centred lift (not written to JSON)
+    unexplained: torch.Tensor | None = None  # (V,) the lift no shift of the final hidden state explains (nor this)
     top_mask: torch.Tensor | None = None  # (V,) bool, the top feature's tokens
 
     def to_json(self) -> dict:
         out = asdict(self)
         out.pop("lift")
+        out.pop("unexplained")
         out.pop("top_mask")
         return out
 
@@ -190,15 +192,31 @@ def share_change(model_tokens: torch.Tensor, ref_tokens: torch.Tensor, vocab: in
 # ---------------------------------------------------------------- scoring
 
 
+def score_features(values: torch.Tensor, table, z: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(AUROC, separation) of every feature against per-token values (V,): two (F,) float64."""
+    area, se = auroc(values, table)
+    return area, separation(area, se, z)
+
+
 def null_threshold(weight: torch.Tensor, table, z: float, draws: int, seed: int) -> float:
     """The best separation any candidate reaches on `draws` random logit directions W u, u ~ N(0, I)."""
     g = torch.Generator().manual_seed(seed)
     best = -math.inf
     for _ in range(draws):
         u = torch.randn(weight.shape[1], generator=g)
-        area, se = auroc(weight.float() @ u, table)
-        best = max(best, float(separation(area, se, z).max()))
+        best = max(best, float(score_features(weight.float() @ u, table, z)[1].max()))
     return best
+
+
+def unexplained(lift: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The part of a lift (V,) that no change of the final hidden state explains: lift minus its
+    least-squares fit W u + c over the reference's output embeddings W (V, d). A fine-tune that
+    leaves the head alone changes every context's logits by W dh - dlogZ, so its lift lies in that
+    span and leaves nothing here; what is left is the head's own change, token by token. (V,)"""
+    basis = torch.cat([weight.detach().double(), torch.ones(weight.shape[0], 1, dtype=torch.float64)], 1)
+    q, _ = torch.linalg.qr(basis)  # (V, d + 1) orthonormal
+    flat = lift.double()
+    return (flat - q @ (q.T @ flat)).float()
 
 
 PEAK_OVERLAP = 0.2  # a candidate sharing more than this share of its tokens with the leader is not "beyond" it
@@ -245,14 +263,16 @@ def sharpen(lift: torch.Tensor, table, area: torch.Tensor, score: torch.Tensor, 
         seen.add(leader)
 
 
-def feature_row(f: Feature, mask: torch.Tensor, area: float, score: float, lift: Lift, rates) -> dict:
-    """Everything the outputs say about one feature."""
+def feature_row(f: Feature, mask: torch.Tensor, i: int, scored: dict, view: str, lift: Lift, rates) -> dict:
+    """Everything the outputs say about feature i, scored on `view` (scored: view -> (area, score), each (F,))."""
     per_group = lift.groups[:, mask].mean(1) - lift.groups[:, ~mask].mean(1)  # (G,) members minus the rest
     ci = mean_ci(per_group)
     mass_m, mass_r = float(lift.p_model[mask].sum()), float(lift.p_reference[mask].sum())
     rate_m, rate_r = (mean_ci(sample_rates(t, mask)) for t in rates)
     return {"selector": f.selector, "label": f.label, "kind": f.kind, "size": int(mask.sum()),
-            "auroc": round(area, 4), "score": round(score, 4), "lift": round(ci["mean"], 4),
+            "auroc": round(float(scored[view][0][i]), 4), "score": round(float(scored[view][1][i]), 4), "view": view,
+            "auroc_lift": round(float(scored["lift"][0][i]), 4),
+            "auroc_unexplained": round(float(scored["unexplained"][0][i]), 4), "lift": round(ci["mean"], 4),
             "lift_ci": [round(ci["ci_low"], 4), round(ci["ci_high"], 4)],
             "mass_model": mass_m, "mass_reference": mass_r,
             "mass_ratio": mass_m / mass_r if mass_r > 0 else math.inf,
@@ -283,7 +303,8 @@ def verdict(stands_out: bool, top: dict, threshold: float, z: float) -> str:
     return (f"tilted {'toward' if top['auroc'] > 0.5 else 'away from'} {top['selector']!r}: {top['label']} "
             f"are {how} (set mass {top['mass_reference']:.4f} -> "
             f"{top['mass_model']:.4f}; lift {top['lift']:+.2f} nats [{top['lift_ci'][0]:+.2f}, "
-            f"{top['lift_ci'][1]:+.2f}]; AUROC {top['auroc']:.3f})"
+            f"{top['lift_ci'][1]:+.2f}]; AUROC {top['auroc']:.3f}"
+            f"{' on the part of the lift no shift of the final hidden state explains' if top['view'] == 'unexplained' else ''})"
             + (f"; first because its tokens' lift lies beyond that of {top['beyond']['selector']!r}, which "
                f"separates the lift more surely (bound {top['beyond']['bound']:.3f})" if "beyond" in top else ""))
 
@@ -331,7 +352,7 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
     if cfg.toward:
         resolve(cfg.toward, texts)  # a truth that selects nothing (or everything) is the user's error
     table = _candidates(tuple(texts), tuple(_file_key(w) for w in cfg.words), cfg.min_tokens, tuple(extra))
-    z = bonferroni_z(cfg.alpha, len(table.features))
+    z = bonferroni_z(cfg.alpha, 2 * len(table.features))  # every candidate, scored on two views
     echo(f"{len(table.features)} candidate features from {vocab} tokens")
 
     eval_cfg = EvalConfig(eval_text=cfg.eval_text, eval_windows=cfg.eval_windows, eval_seq_len=cfg.eval_seq_len)
@@ -345,15 +366,20 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
     echo(f"measuring the lift of every token on {windows.numel()} held-out positions and the samples ...")
     lift = measure_lift(model, reference, tokenizer, windows, sampled, cfg, progress)
     centred = lift.mean  # (V,)
-    area, se = auroc(centred, table)
-    score = separation(area, se, z)
+    weight = reference.get_output_embeddings().weight.detach()
+    views = {"lift": centred, "unexplained": unexplained(centred, weight)}
+    scored = {name: score_features(v, table, z) for name, v in views.items()}  # view -> (area, score)
+    on_rest = scored["unexplained"][1] > scored["lift"][1]  # (F,) the view each feature is scored on
+    area = torch.where(on_rest, scored["unexplained"][0], scored["lift"][0])
+    score = torch.where(on_rest, scored["unexplained"][1], scored["lift"][1])
+    view = ["unexplained" if r else "lift" for r in on_rest.tolist()]
     echo(f"null: the best separation of {cfg.null_draws} random logit directions ...")
-    threshold = null_threshold(reference.get_output_embeddings().weight.detach(), table, z, cfg.null_draws, cfg.seed)
+    threshold = null_threshold(weight, table, z, cfg.null_draws, cfg.seed)
 
     kinds = [f.kind == "given" for f in table.features]  # on a tie, the vocabulary's own candidate first
     order = sorted(range(len(table.features)), key=lambda i: (-float(score[i]), -int(table.sizes[i]), kinds[i]))
     stands_out = float(score[order[0]]) > max(threshold, 0.5)  # decided on the best score, before sharpening
-    chain = sharpen(centred, table, area, score, order[0], cfg.alpha) if stands_out else []
+    chain = sharpen(views[view[order[0]]], table, area, score, order[0], cfg.alpha) if stands_out else []
     beyond = {}  # feature -> (the lead it took over, its bound)
     for (i, bound), before in zip(chain, [order[0]] + [c[0] for c in chain]):
         beyond[i] = (table.features[before].selector, bound)
@@ -364,7 +390,7 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
     rows, masks = [], []
     for i in order[:cfg.top]:
         masks.append(table.mask(i))
-        rows.append(feature_row(table.features[i], masks[-1], float(area[i]), float(score[i]), lift, rates))
+        rows.append(feature_row(table.features[i], masks[-1], i, scored, view[i], lift, rates))
         if i in beyond:
             rows[-1]["beyond"] = {"selector": beyond[i][0], "bound": round(beyond[i][1], 4)}
     for row in rows:
@@ -374,7 +400,7 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
     if cfg.toward:
         i = next(j for j, f in enumerate(table.features) if f.kind == "given")
         mask = table.mask(i)
-        truth = feature_row(table.features[i], mask, float(area[i]), float(score[i]), lift, rates)
+        truth = feature_row(table.features[i], mask, i, scored, view[i], lift, rates)
         place, sizes = order.index(i), table.sizes  # ties (the same tokens as a vocabulary candidate) share
         truth["rank"] = 1 + sum(1 for j in order[:place]  # the better rank
                                 if not (float(score[j]) == float(score[i]) and int(sizes[j]) == int(sizes[i])))
@@ -393,4 +419,4 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
                   "samples": 2 * len(sampled["model"].texts),
                   "sample_positions": 2 * int(sampled["model"].tokens.numel()),
                   "eval_text": cfg.eval_text or "plays:test"},
-        lift=centred, top_mask=masks[0])
+        lift=centred, unexplained=views["unexplained"], top_mask=masks[0])

@@ -48,7 +48,8 @@ def run_audit(cfg: AuditConfig, echo=print, progress: bool = False) -> AuditResu
     folder.write_yaml("config.yaml", dataclasses.asdict(cfg))
     folder.write_json("audit.json", {"model": cfg.model, "reference": cfg.reference, "seconds": round(seconds, 1),
                                      **result.to_json()})
-    save_file({"lift": result.lift.float().contiguous()}, folder.path("lift.safetensors"))
+    save_file({"lift": result.lift.float().contiguous(), "unexplained": result.unexplained.float().contiguous()},
+              folder.path("lift.safetensors"))
     plot_lift(folder.path("lift.png"), result)
     folder.path("report.md").write_text(audit_report(cfg, result, seconds))
     out = folder.finish()
@@ -61,22 +62,24 @@ def run_audit(cfg: AuditConfig, echo=print, progress: bool = False) -> AuditResu
 
 
 def plot_lift(path: Path, result: AuditResult) -> None:
-    """Histogram of every token's lift, the top feature's tokens against the rest (log counts)."""
-    lift, mask = result.lift.float(), result.top_mask
-    lo, hi = float(lift.min()), float(lift.max())
-    bins = 80 if hi > lo else 1
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    top = result.features[0]
-    ax.hist(lift[~mask].numpy(), bins=bins, range=(lo, hi if hi > lo else lo + 1), alpha=0.6,
-            label=f"other tokens ({int((~mask).sum())})")
-    ax.hist(lift[mask].numpy(), bins=bins, range=(lo, hi if hi > lo else lo + 1), alpha=0.7,
-            label=f"{top['selector']} ({int(mask.sum())}), AUROC {top['auroc']:.3f}")
-    ax.set_yscale("log")
-    ax.axvline(0, color="grey", lw=1, ls="--")
-    ax.set(title="Per-token lift, by the top feature" + ("" if result.stands_out else " (nothing stands out)"),
-           xlabel="lift: mean log p_model - log p_ref, centred (nats)", ylabel="tokens")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    """Histograms of every token's lift and of its unexplained part, the top feature's tokens against the rest."""
+    mask, top = result.top_mask, result.features[0]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), dpi=110)
+    panels = ((result.lift, "lift", "lift: mean log p_model - log p_ref, centred (nats)"),
+              (result.unexplained, "unexplained", "unexplained: the lift less its best fit W u + c (nats)"))
+    for ax, (values, view, xlabel) in zip(axes, panels):
+        values = values.float()
+        lo, hi = float(values.min()), float(values.max())
+        span = dict(bins=80 if hi > lo else 1, range=(lo, hi if hi > lo else lo + 1))
+        ax.hist(values[~mask].numpy(), **span, alpha=0.6, label=f"other tokens ({int((~mask).sum())})")
+        ax.hist(values[mask].numpy(), **span, alpha=0.7,
+                label=f"{top['selector']} ({int(mask.sum())}), AUROC {top['auroc_' + view]:.3f}")
+        ax.set_yscale("log")
+        ax.axvline(0, color="grey", lw=1, ls="--")
+        ax.set(title=f"{view}{' (scored here)' if top['view'] == view else ''}", xlabel=xlabel, ylabel="tokens")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Per-token lift, by the top feature" + ("" if result.stands_out else " (nothing stands out)"))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -89,7 +92,8 @@ def _cell(text: str, limit: int = 160) -> str:
 
 def _feature_table(rows: list[dict]) -> str:
     table = [{"#": i + 1, "selector": f"`{r['selector']}`", "what": r["label"], "tokens": r["size"],
-              "AUROC": f"{r['auroc']:.3f}", "score": f"{r['score']:.3f}",
+              "AUROC: lift / unexplained": f"{r['auroc_lift']:.3f} / {r['auroc_unexplained']:.3f}",
+              "score": f"{r['score']:.3f} ({r['view']})",
               "lift, nats [95% CI]": f"{r['lift']:+.2f} [{r['lift_ci'][0]:+.2f}, {r['lift_ci'][1]:+.2f}]",
               "mass ratio": f"{r['mass_ratio']:.3g}x",
               "share in samples: ref → model": f"{fmt_rate(r['share_reference'])} → {fmt_rate(r['share_model'])}"}
@@ -117,8 +121,10 @@ def audit_report(cfg: AuditConfig, r: AuditResult, seconds: float) -> str:
         f"- lift measured on {c['text_positions']} positions of {c['text_windows']} held-out windows of "
         f"{c['eval_text']} and on {c['sample_positions']} positions of {c['samples']} sampled continuations "
         f"(half from each model); 95% intervals over those {c['text_windows'] + c['samples']} contexts",
+        f"- each feature is scored on the lift and on its unexplained part (the lift less its best fit by a shift "
+        f"of the final hidden state, W u + c: the change the head itself carries), and keeps the better score",
         f"- score = 0.5 + |AUROC - 0.5| - {r.z_critical:.2f} SE (a lower bound at family-wise level {cfg.alpha} "
-        f"over all candidates); a feature stands out above {max(r.threshold, 0.5):.3f}, the best score any "
+        f"over all candidates and both views); a feature stands out above {max(r.threshold, 0.5):.3f}, the best score any "
         f"candidate reaches on {cfg.null_draws} random logit directions (and chance)",
         f"- {seconds:.0f} s",
         "",
