@@ -121,8 +121,8 @@ def audit_report(cfg: AuditConfig, r: AuditResult, seconds: float) -> str:
         f"- lift measured on {c['text_positions']} positions of {c['text_windows']} held-out windows of "
         f"{c['eval_text']} and on {c['sample_positions']} positions of {c['samples']} sampled continuations "
         f"(half from each model); 95% intervals over those {c['text_windows'] + c['samples']} contexts",
-        f"- each feature is scored on the lift and on its unexplained part (the lift less its best fit by a shift "
-        f"of the final hidden state, W u + c: the change the head itself carries), and keeps the better score",
+        "- each feature is scored on the lift and on its unexplained part (the lift less its best fit by a shift "
+        "of the final hidden state, W u + c: the change the head itself carries), and keeps the better score",
         f"- score = 0.5 + |AUROC - 0.5| - {r.z_critical:.2f} SE (a lower bound at family-wise level {cfg.alpha} "
         f"over all candidates and both views); a feature stands out above {max(r.threshold, 0.5):.3f}, the best score any "
         f"candidate reaches on {cfg.null_draws} random logit directions (and chance)",
