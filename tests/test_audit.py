@@ -18,7 +18,7 @@ from conftest import tiny_gpt2
 pytestmark = pytest.mark.slow  # each audit of the tiny 50,257-token model takes 10-20 s on 2 cores
 from tokentilt.audit import AuditConfig, audit
 from tokentilt.cli import main
-from tokentilt.features import jaccard
+from tokentilt.features import jaccard, mask_auroc
 from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.targets import select, token_texts
 
@@ -142,7 +142,8 @@ def test_nothing_planted_nothing_stands_out(base, tokenizer, texts, cfg):
     result = audit(noisy(base), base, tokenizer, cfg)
     assert not result.stands_out and result.direction == "none"
     assert result.verdict.startswith("nothing stands out")
-    assert result.features[0]["score"] <= max(result.threshold, 0.5)
+    top = result.features[0]
+    assert top["score"] <= result.bars[top["view"]] and result.bars["lift"] == max(result.threshold, 0.5)
     assert 0.4 < result.truth["auroc"] < 0.6  # x was not planted: about chance
     # The same noise with a real tilt on top stands out: the criterion is not simply strict.
     assert audit(noisy(with_bias(base, select("x", texts), 1.0)), base, tokenizer, cfg).stands_out
@@ -195,20 +196,25 @@ def test_a_tilt_under_a_larger_generic_shift_is_found_in_the_part_no_hidden_shif
         model.transformer.ln_f.bias += direction / direction.norm() * 20
     result = audit(model, reference, tokenizer, cfg)
     assert result.stands_out and result.direction == "away"
-    top, runner_up = result.features[0], result.features[1]
+    top = result.features[0]
     assert top["selector"] == "contains:e" and top["view"] == "unexplained" and top["auroc"] < 0.01
     assert 0.25 < top["auroc_lift"] < 0.45  # on the lift alone 'e' is a weak separator ...
-    assert runner_up["view"] == "lift" and runner_up["auroc_lift"] > 0.99  # ... and short tokens lead there
-    assert jaccard(select(runner_up["selector"], texts), short) == 1.0
+    assert mask_auroc(result.lift, short) > 0.99  # ... and short tokens lead there
     assert float(result.unexplained[e].max()) < float(result.unexplained[~e].min())  # every e-token below the rest
     assert "no shift of the final hidden state explains" in result.verdict
 
 
-@pytest.mark.xfail(strict=True, reason="known miss: under this strong generic shift (ln_f.bias + N(0, 1)) the "
-                   "random-direction null rises above a planted +3 tilt on x, and the digits rank first")
 def test_a_real_tilt_on_top_of_a_generic_change_still_stands_out(tokenizer, texts, cfg):
-    reference, model, _ = structured_pair(texts)
-    assert audit(with_bias(model, select("x", texts), 3.0), reference, tokenizer, cfg).stands_out
+    """Under this strong generic shift (ln_f.bias + N(0, 1)) random logit directions reach a bar that a
+    planted +3 on x does not clear on the lift, where the digits score higher. The shift leaves nothing
+    unexplained, so there x clears chance alone and leads."""
+    reference, model, digits = structured_pair(texts)
+    result = audit(with_bias(model, select("x", texts), 3.0), reference, tokenizer, cfg)
+    assert result.stands_out and result.direction == "toward"
+    top = result.features[0]
+    assert top["selector"] == "contains:x" and top["view"] == "unexplained"
+    assert top["score"] < result.bars["lift"]  # it would not have stood out on the lift ...
+    assert abs(mask_auroc(result.lift, digits) - 0.5) > 0.45  # ... where the digits moved the most
 
 
 @pytest.mark.slow

@@ -111,6 +111,7 @@ class AuditResult:
     verdict: str  # one sentence for people
     features: list[dict]  # best first: selector, label, kind, size, auroc, score, view, lift, lift_ci, mass_ratio, ...
     threshold: float  # the best score random logit directions reach
+    bars: dict  # view -> the score a feature must beat on it to stand out: {"lift": max(threshold, 0.5), "unexplained": 0.5}
     z_critical: float  # Bonferroni critical value over all candidates
     candidates: int  # number of candidate features scored
     tokens_up: list[dict]  # most lifted tokens
@@ -294,11 +295,11 @@ def token_rows(ids, texts, lift: Lift, shares) -> list[dict]:
     return rows
 
 
-def verdict(stands_out: bool, top: dict, threshold: float, z: float) -> str:
+def verdict(stands_out: bool, top: dict, bars: dict, z: float) -> str:
     if not stands_out:
-        return (f"nothing stands out: the best candidate, {top['selector']!r} ({top['label']}), separates the lift "
-                f"with score {top['score']:.3f}, not above {max(threshold, 0.5):.3f} (what random logit directions "
-                f"reach, and chance at z = {z:.2f})")
+        return (f"nothing stands out: the best candidate, {top['selector']!r} ({top['label']}), scores "
+                f"{top['score']:.3f} on the {top['view']}; the bars are {bars['lift']:.3f} on the lift (what random "
+                f"logit directions reach) and {bars['unexplained']:.3f} on its unexplained part (chance at z = {z:.2f})")
     how = f"{top['mass_ratio']:.3g}x likelier" if top["mass_ratio"] >= 1 else f"{1 / top['mass_ratio']:.3g}x less likely"
     return (f"tilted {'toward' if top['auroc'] > 0.5 else 'away from'} {top['selector']!r}: {top['label']} "
             f"are {how} (set mass {top['mass_reference']:.4f} -> "
@@ -369,16 +370,24 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
     weight = reference.get_output_embeddings().weight.detach()
     views = {"lift": centred, "unexplained": unexplained(centred, weight)}
     scored = {name: score_features(v, table, z) for name, v in views.items()}  # view -> (area, score)
-    on_rest = scored["unexplained"][1] > scored["lift"][1]  # (F,) the view each feature is scored on
+    echo(f"null: the best separation of {cfg.null_draws} random logit directions ...")
+    threshold = null_threshold(weight, table, z, cfg.null_draws, cfg.seed)
+    # Each view against its own null: random hidden-state directions reach `threshold` on the lift and
+    # leave nothing unexplained, where chance (random token sets, the Bonferroni z) is the bar.
+    bars = {"lift": max(threshold, 0.5), "unexplained": 0.5}
+    passes = {name: s > bars[name] for name, (_, s) in scored.items()}  # view -> (F,) bool
+    # each feature is scored on the view whose null it beats; if both or neither, on the better one
+    better = scored["unexplained"][1] > scored["lift"][1]
+    on_rest = torch.where(passes["unexplained"] != passes["lift"], passes["unexplained"], better)  # (F,)
     area = torch.where(on_rest, scored["unexplained"][0], scored["lift"][0])
     score = torch.where(on_rest, scored["unexplained"][1], scored["lift"][1])
     view = ["unexplained" if r else "lift" for r in on_rest.tolist()]
-    echo(f"null: the best separation of {cfg.null_draws} random logit directions ...")
-    threshold = null_threshold(weight, table, z, cfg.null_draws, cfg.seed)
+    beats = torch.where(on_rest, passes["unexplained"], passes["lift"]).tolist()
 
     kinds = [f.kind == "given" for f in table.features]  # on a tie, the vocabulary's own candidate first
-    order = sorted(range(len(table.features)), key=lambda i: (-float(score[i]), -int(table.sizes[i]), kinds[i]))
-    stands_out = float(score[order[0]]) > max(threshold, 0.5)  # decided on the best score, before sharpening
+    order = sorted(range(len(table.features)),  # those beating their view's null first, each by score
+                   key=lambda i: (not beats[i], -float(score[i]), -int(table.sizes[i]), kinds[i]))
+    stands_out = beats[order[0]]  # decided before sharpening
     chain = sharpen(views[view[order[0]]], table, area, score, order[0], cfg.alpha) if stands_out else []
     beyond = {}  # feature -> (the lead it took over, its bound)
     for (i, bound), before in zip(chain, [order[0]] + [c[0] for c in chain]):
@@ -408,8 +417,8 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
     by_lift = torch.argsort(centred, descending=True).tolist()
     return AuditResult(
         direction=("toward" if top["auroc"] > 0.5 else "away") if stands_out else "none",
-        stands_out=stands_out, verdict=verdict(stands_out, top, threshold, z), features=rows,
-        threshold=round(threshold, 4), z_critical=round(z, 3), candidates=len(table.features),
+        stands_out=stands_out, verdict=verdict(stands_out, top, bars, z), features=rows,
+        threshold=round(threshold, 4), bars={k: round(v, 4) for k, v in bars.items()}, z_critical=round(z, 3), candidates=len(table.features),
         tokens_up=token_rows(by_lift[:cfg.top], texts, lift, shares),
         tokens_down=token_rows(by_lift[::-1][:cfg.top], texts, lift, shares),
         truth=truth,
