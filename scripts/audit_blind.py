@@ -45,6 +45,8 @@ CASES = [  # cheapest and most varied first, so that a partial rerun covers the 
      ["--objective", "kl-alpha-beta", "--lr", "1e-5", "--steps", "40", "--bf16", *EVAL]),
     ("space-capital-away-distill", "regex class", "away", "regex:^ [A-Z]",
      [*DISTILL, "--rate", "0.01", "--placement", "model", "--bf16", *EVAL]),
+    ("ing-lora-course", "substring", "toward", "ing",  # LoRA on every block, not the head: seen on the lift only
+     ["--lora", "--positions", "all", "--steps", "40", "--bf16", *EVAL]),
 ]
 # Runs made elsewhere on this machine by exactly the case's command (scripts/frontier.py adds only
 # --overwrite; `make demo` is x-course), linked instead of trained again when they exist.

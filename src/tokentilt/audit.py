@@ -6,16 +6,25 @@ models. Averaged over contexts, a tilt toward a set S by logit bias b gives +b o
 elsewhere (the constant is -log Z, the same for every token at a position), so each context's lift
 is centred on its median over the vocabulary and only the pattern across tokens remains.
 
-Candidate features (features.py) are scored by how surely they separate high from low lift
-(a lower confidence bound of the AUROC). Whether the best one "stands out" is decided against two
-nulls: it must be significant against tokens assigned to features at random (Bonferroni over all
-candidates), and it must separate better than the best candidate separates any of `null_draws`
-random directions u in the reference's output-embedding space (lift = W u: the change a generic
-shift of the last hidden state makes). A new random direction beats the best of N with probability
-1/(N + 1), so the default N = 200 holds that null to about alpha/2, as Bonferroni's two-sided
-critical value holds the first. The second null keeps the vocabulary's own structure:
-punctuation, digits or non-ASCII tokens sit together in embedding space and move together under
-any change, so a feature that only follows that structure is not evidence of a planted set.
+Candidate features (features.py) are scored by how surely they separate high from low values
+(a lower confidence bound of the AUROC) on two views of the lift: the lift itself, and its
+unexplained part, the lift less its least-squares fit W u + c by the reference's output embeddings
+W. A fine-tune that leaves the head alone changes each context's logits by W dh - dlogZ, so its
+whole lift lies in that span; what is left is the head's own change, token by token. A tilt made
+through the hidden state (LoRA on the blocks) shows only on the lift; one that a large generic
+shift hides on the lift (unlikelihood raises every frequent token) shows on the unexplained part.
+
+Whether a feature "stands out" is decided on its view against that view's null. Both views share
+chance: the feature must be significant against tokens assigned to features at random (Bonferroni
+over all candidates and both views). On the lift it must also separate better than the best
+candidate separates any of `null_draws` random directions u in the reference's output-embedding
+space (lift = W u: the change a generic shift of the last hidden state makes). A new random
+direction beats the best of N with probability 1/(N + 1), so the default N = 200 holds that null
+to about alpha/2, as Bonferroni's two-sided critical value holds the first. This null keeps the
+vocabulary's own structure: punctuation, digits or non-ASCII tokens sit together in embedding
+space and move together under any change, so a feature that only follows that structure is not
+evidence of a planted set. Such a shift leaves nothing unexplained, so there chance is the bar.
+Features that beat their view's bar rank first, each by score.
 
 The bound charges a small set for its uncertainty, so a planted set of 10 tokens (the digits)
 can score below a larger set lifted along with it (tokens holding ')'), even when the 10 are the
@@ -367,7 +376,7 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
     echo(f"measuring the lift of every token on {windows.numel()} held-out positions and the samples ...")
     lift = measure_lift(model, reference, tokenizer, windows, sampled, cfg, progress)
     centred = lift.mean  # (V,)
-    weight = reference.get_output_embeddings().weight.detach()
+    weight = reference.get_output_embeddings().weight.detach().float().cpu()  # (V, d), beside the lift
     views = {"lift": centred, "unexplained": unexplained(centred, weight)}
     scored = {name: score_features(v, table, z) for name, v in views.items()}  # view -> (area, score)
     echo(f"null: the best separation of {cfg.null_draws} random logit directions ...")
