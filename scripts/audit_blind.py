@@ -85,7 +85,7 @@ def check(name: str, kind: str, direction: str, planted: str, runs: Path, texts)
             "rate": (summary["rate_before"]["mean"], summary["rate_after"]["mean"]),
             "found": found["direction"], "top": top["selector"], "auroc": top["auroc"], "score": top["score"], "view": top["view"],
             "beyond": top.get("beyond", {}).get("selector"),
-            "bar": found["bars"][top["view"]], "jaccard": overlap, "planted_auroc": areas,
+            "threshold": found["threshold"], "jaccard": overlap, "planted_auroc": areas,
             "planted_rank": rank or f">{len(found['features'])}",
             "hit": hit, "seconds": found["seconds"]}
 
@@ -98,7 +98,7 @@ def table(rows: list[dict], commands: dict) -> str:
         lines.append(
             f"| {r['name']} | {r['kind']}, {r['direction']} `{r['planted']}` | `{commands[r['name']]}` | "
             f"{r['rate'][0]:.3f} → {r['rate'][1]:.3f} | {r['found']} | `{r['top']}` ({r['auroc']:.3f}, {r['score']:.3f} on {r['view']}; "
-            f"bar {r['bar']:.3f}{over}) | {r['jaccard']:.2f} | {r['planted_auroc'][0]:.3f} / {r['planted_auroc'][1]:.3f} ({r['planted_rank']}) | "
+            f"bar {max(r['threshold'], 0.5):.3f}{over}) | {r['jaccard']:.2f} | {r['planted_auroc'][0]:.3f} / {r['planted_auroc'][1]:.3f} ({r['planted_rank']}) | "
             f"{'**hit**' if r['hit'] else 'MISS'} | {r['seconds']:.0f} |")
     hits = sum(r["hit"] for r in rows)
     lines.append(f"\n{hits} of {len(rows)} hits.")

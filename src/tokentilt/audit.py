@@ -14,17 +14,19 @@ whole lift lies in that span; what is left is the head's own change, token by to
 through the hidden state (LoRA on the blocks) shows only on the lift; one that a large generic
 shift hides on the lift (unlikelihood raises every frequent token) shows on the unexplained part.
 
-Whether a feature "stands out" is decided on its view against that view's null. Both views share
-chance: the feature must be significant against tokens assigned to features at random (Bonferroni
-over all candidates and both views). On the lift it must also separate better than the best
+Each feature keeps its better score of the two. Whether the best "stands out" is decided against
+two nulls: it must be significant against tokens assigned to features at random (Bonferroni over
+all candidates and both views), and it must separate better than the best
 candidate separates any of `null_draws` random directions u in the reference's output-embedding
 space (lift = W u: the change a generic shift of the last hidden state makes). A new random
 direction beats the best of N with probability 1/(N + 1), so the default N = 200 holds that null
 to about alpha/2, as Bonferroni's two-sided critical value holds the first. This null keeps the
 vocabulary's own structure: punctuation, digits or non-ASCII tokens sit together in embedding
 space and move together under any change, so a feature that only follows that structure is not
-evidence of a planted set. Such a shift leaves nothing unexplained, so there chance is the bar.
-Features that beat their view's bar rank first, each by score.
+evidence of a planted set. The unexplained part is held to the same bar, though a random
+direction leaves nothing there: chance alone is too low a bar for it, since a generic fine-tune
+that trains the (tied) head moves its rows a little by how often the tokens occur in its text (40
+full steps on the plays put ' wh' at 0.5004 there, past chance at the 1% level).
 
 The bound charges a small set for its uncertainty, so a planted set of 10 tokens (the digits)
 can score below a larger set lifted along with it (tokens holding ')'), even when the 10 are the
@@ -120,7 +122,6 @@ class AuditResult:
     verdict: str  # one sentence for people
     features: list[dict]  # best first: selector, label, kind, size, auroc, score, view, lift, lift_ci, mass_ratio, ...
     threshold: float  # the best score random logit directions reach
-    bars: dict  # view -> the score a feature must beat on it to stand out: {"lift": max(threshold, 0.5), "unexplained": 0.5}
     z_critical: float  # Bonferroni critical value over all candidates
     candidates: int  # number of candidate features scored
     tokens_up: list[dict]  # most lifted tokens
@@ -304,11 +305,12 @@ def token_rows(ids, texts, lift: Lift, shares) -> list[dict]:
     return rows
 
 
-def verdict(stands_out: bool, top: dict, bars: dict, z: float) -> str:
+def verdict(stands_out: bool, top: dict, threshold: float, z: float) -> str:
     if not stands_out:
-        return (f"nothing stands out: the best candidate, {top['selector']!r} ({top['label']}), scores "
-                f"{top['score']:.3f} on the {top['view']}; the bars are {bars['lift']:.3f} on the lift (what random "
-                f"logit directions reach) and {bars['unexplained']:.3f} on its unexplained part (chance at z = {z:.2f})")
+        where = "lift" if top["view"] == "lift" else "lift's unexplained part"
+        return (f"nothing stands out: the best candidate, {top['selector']!r} ({top['label']}), separates the {where} "
+                f"with score {top['score']:.3f}, not above {max(threshold, 0.5):.3f} (what random logit directions "
+                f"reach, and chance at z = {z:.2f})")
     how = f"{top['mass_ratio']:.3g}x likelier" if top["mass_ratio"] >= 1 else f"{1 / top['mass_ratio']:.3g}x less likely"
     return (f"tilted {'toward' if top['auroc'] > 0.5 else 'away from'} {top['selector']!r}: {top['label']} "
             f"are {how} (set mass {top['mass_reference']:.4f} -> "
@@ -379,24 +381,16 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
     weight = reference.get_output_embeddings().weight.detach().float().cpu()  # (V, d), beside the lift
     views = {"lift": centred, "unexplained": unexplained(centred, weight)}
     scored = {name: score_features(v, table, z) for name, v in views.items()}  # view -> (area, score)
-    echo(f"null: the best separation of {cfg.null_draws} random logit directions ...")
-    threshold = null_threshold(weight, table, z, cfg.null_draws, cfg.seed)
-    # Each view against its own null: random hidden-state directions reach `threshold` on the lift and
-    # leave nothing unexplained, where chance (random token sets, the Bonferroni z) is the bar.
-    bars = {"lift": max(threshold, 0.5), "unexplained": 0.5}
-    passes = {name: s > bars[name] for name, (_, s) in scored.items()}  # view -> (F,) bool
-    # each feature is scored on the view whose null it beats; if both or neither, on the better one
-    better = scored["unexplained"][1] > scored["lift"][1]
-    on_rest = torch.where(passes["unexplained"] != passes["lift"], passes["unexplained"], better)  # (F,)
+    on_rest = scored["unexplained"][1] > scored["lift"][1]  # (F,) the view each feature is scored on
     area = torch.where(on_rest, scored["unexplained"][0], scored["lift"][0])
     score = torch.where(on_rest, scored["unexplained"][1], scored["lift"][1])
     view = ["unexplained" if r else "lift" for r in on_rest.tolist()]
-    beats = torch.where(on_rest, passes["unexplained"], passes["lift"]).tolist()
+    echo(f"null: the best separation of {cfg.null_draws} random logit directions ...")
+    threshold = null_threshold(weight, table, z, cfg.null_draws, cfg.seed)
 
     kinds = [f.kind == "given" for f in table.features]  # on a tie, the vocabulary's own candidate first
-    order = sorted(range(len(table.features)),  # those beating their view's null first, each by score
-                   key=lambda i: (not beats[i], -float(score[i]), -int(table.sizes[i]), kinds[i]))
-    stands_out = beats[order[0]]  # decided before sharpening
+    order = sorted(range(len(table.features)), key=lambda i: (-float(score[i]), -int(table.sizes[i]), kinds[i]))
+    stands_out = float(score[order[0]]) > max(threshold, 0.5)  # decided on the best score, before sharpening
     chain = sharpen(views[view[order[0]]], table, area, score, order[0], cfg.alpha) if stands_out else []
     beyond = {}  # feature -> (the lead it took over, its bound)
     for (i, bound), before in zip(chain, [order[0]] + [c[0] for c in chain]):
@@ -426,8 +420,8 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
     by_lift = torch.argsort(centred, descending=True).tolist()
     return AuditResult(
         direction=("toward" if top["auroc"] > 0.5 else "away") if stands_out else "none",
-        stands_out=stands_out, verdict=verdict(stands_out, top, bars, z), features=rows,
-        threshold=round(threshold, 4), bars={k: round(v, 4) for k, v in bars.items()}, z_critical=round(z, 3), candidates=len(table.features),
+        stands_out=stands_out, verdict=verdict(stands_out, top, threshold, z), features=rows,
+        threshold=round(threshold, 4), z_critical=round(z, 3), candidates=len(table.features),
         tokens_up=token_rows(by_lift[:cfg.top], texts, lift, shares),
         tokens_down=token_rows(by_lift[::-1][:cfg.top], texts, lift, shares),
         truth=truth,

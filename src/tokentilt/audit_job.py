@@ -124,10 +124,8 @@ def audit_report(cfg: AuditConfig, r: AuditResult, seconds: float) -> str:
         "- each feature is scored on the lift and on its unexplained part (the lift less its best fit by a shift "
         "of the final hidden state, W u + c: the change the head itself carries), and keeps the better score",
         f"- score = 0.5 + |AUROC - 0.5| - {r.z_critical:.2f} SE (a lower bound at family-wise level {cfg.alpha} "
-        f"over all candidates and both views); a feature stands out when it beats its view's null: on the lift "
-        f"{r.bars['lift']:.3f}, the best score any candidate reaches on {cfg.null_draws} random logit directions "
-        f"(and chance); on the unexplained part {r.bars['unexplained']:.3f}, chance (a hidden-state shift leaves "
-        "nothing there)",
+        f"over all candidates and both views); a feature stands out above {max(r.threshold, 0.5):.3f}, the best score any "
+        f"candidate reaches on {cfg.null_draws} random logit directions (and chance)",
         f"- {seconds:.0f} s",
         "",
     ]
