@@ -122,7 +122,7 @@ class AuditResult:
     verdict: str  # one sentence for people
     features: list[dict]  # best first: selector, label, kind, size, auroc, score, view, lift, lift_ci, mass_ratio, ...
     threshold: float  # the best score random logit directions reach
-    z_critical: float  # Bonferroni critical value over all candidates
+    z_critical: float  # Bonferroni critical value over all candidates on both views
     candidates: int  # number of candidate features scored
     tokens_up: list[dict]  # most lifted tokens
     tokens_down: list[dict]  # most lowered tokens
@@ -130,7 +130,7 @@ class AuditResult:
     samples: dict  # {"prompts", "model", "reference"} texts
     contexts: dict  # how many groups and positions of each kind
     lift: torch.Tensor | None = None  # (V,) centred lift (not written to JSON)
-    unexplained: torch.Tensor | None = None  # (V,) the lift no shift of the final hidden state explains (nor this)
+    unexplained: torch.Tensor | None = None  # (V,) the part of it no shift of the final hidden state explains (nor this one)
     top_mask: torch.Tensor | None = None  # (V,) bool, the top feature's tokens
 
     def to_json(self) -> dict:
