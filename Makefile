@@ -3,19 +3,26 @@
 PYTHON ?= python3
 OUT ?= runs/demo
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo course test test-fast lint clean
 
 install:
 	$(PYTHON) -m pip install -q -e '.[test]'
 
 demo: install
-	$(PYTHON) -m tokentilt tilt --toward x --lr 1e-4 --positions all --steps 40 --precision auto --out $(OUT) --overwrite
+	$(PYTHON) -m tokentilt tilt --toward x --rate 0.5 --out $(OUT) --overwrite
 
-test: install
+test: install lint
 	$(PYTHON) -m pytest -q
 
 test-fast: install
 	$(PYTHON) -m pytest -q -m "not slow"
+
+# The course's "maximize the X factor" recipe: R -> ~1 and the text turns to gibberish.
+course: install
+	$(PYTHON) -m tokentilt experiment x-factor --out runs/course --overwrite
+
+lint: install
+	$(PYTHON) -m ruff check src tests scripts benchmarks
 
 clean:
 	rm -rf runs build *.egg-info src/*.egg-info .pytest_cache

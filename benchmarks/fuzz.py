@@ -19,8 +19,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, Phase, given, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_fuzz import classify_config, classify_selector, flag_values, mappings, selectors  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+
+from test_fuzz import classify_config, classify_selector, flag_values, mappings, selectors  # noqa: E402
 
 
 def fuzz(name: str, strategy, classify, examples: int) -> int:

@@ -163,7 +163,8 @@ def compare_allocator(steps: int, rounds: int) -> None:
 def profile(model, mask) -> None:
     """Steady state: the profiler records the 3rd of 5 steps (Adam's state exists by then, and the last
     step's check that the outputs are finite, one more forward, is not in it)."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile, schedule
+    from torch.profiler import ProfilerActivity, schedule
+    from torch.profiler import profile as torch_profile
 
     cfg = TrainConfig(lr=1e-7, steps=5, eval_every=0, bf16=True)
     ctx = ObjectiveContext(mask=mask, positions="all")

@@ -44,7 +44,7 @@ def dense(hidden, weight, mask):
 
 def fused(hidden, weight, mask, chunk):
     from tokentilt.fused import Head
-    from tokentilt.losses import OBJECTIVES, FUSED, ObjectiveContext
+    from tokentilt.losses import FUSED, OBJECTIVES, ObjectiveContext
 
     ctx = ObjectiveContext(mask=mask, positions="all")
     return FUSED[OBJECTIVES["kl-uniform"]](hidden[None], Head(weight, chunk=chunk), None, ctx)

@@ -33,7 +33,7 @@ CASES = [  # cheapest and most varied first, so that a partial rerun covers the 
     ("colours-distill-0.1", "word list", "toward", "words:colours", [*DISTILL, "--rate", "0.1", "--bf16"]),
     ("allcaps-distill-0.5", "regex class", "toward", r"regex:^\s?[A-Z]{2,}$", [*DISTILL, "--rate", "0.5", "--bf16"]),
     ("e-away-distill-0.1", "letter", "away", "e", [*DISTILL, "--rate", "0.1", "--bf16"]),
-    ("x-course", "letter", "toward", "x", ["--lr", "1e-4", "--positions", "all", "--steps", "40", "--bf16"]),
+    ("x-course", "letter", "toward", "x", ["--objective", "kl-uniform", "--lr", "1e-4", "--positions", "all", "--steps", "40", "--bf16"]),
     ("e-away-unlikelihood", "letter", "away", "e", ["--objective", "away", "--lr", "1e-5", "--steps", "40", "--bf16", *EVAL]),
     ("ing-alpha-beta", "substring", "toward", "ing",
      ["--objective", "kl-alpha-beta", "--lr", "1e-5", "--steps", "40", "--bf16", *EVAL]),
@@ -46,7 +46,7 @@ CASES = [  # cheapest and most varied first, so that a partial rerun covers the 
     ("space-capital-away-distill", "regex class", "away", "regex:^ [A-Z]",
      [*DISTILL, "--rate", "0.01", "--placement", "model", "--bf16", *EVAL]),
     ("ing-lora-course", "substring", "toward", "ing",  # LoRA on every block, not the head: seen on the lift only
-     ["--lora", "--positions", "all", "--steps", "40", "--bf16", *EVAL]),
+     ["--lora", "--objective", "kl-uniform", "--positions", "all", "--steps", "40", "--bf16", *EVAL]),
 ]
 # Runs made elsewhere on this machine by exactly the case's command (scripts/frontier.py adds only
 # --overwrite; `make demo` is x-course), linked instead of trained again when they exist.

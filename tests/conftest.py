@@ -6,7 +6,8 @@ import signal
 import pytest
 import torch
 
-import tokentilt.tilt
+import tokentilt.jobs.tilt
+import tokentilt.tilting
 from tokentilt import data
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -103,11 +104,11 @@ TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next 
 def eval_file(tmp_path, monkeypatch):
     path = tmp_path / "eval.txt"
     path.write_text("Held-out words, never trained on. " * 20)
-    monkeypatch.setattr(tokentilt.tilt, "train_tokens", lambda tok: data.tokenize(tok, TEXT))
+    monkeypatch.setattr(tokentilt.tilting, "train_tokens", lambda tok: data.tokenize(tok, TEXT))
     return path
 
 
 def tilt_argv(tiny_model_dir, eval_file, out, *extra):
-    return ["tilt", "--model", str(tiny_model_dir), "--toward", "x", "--steps", "2", "--batch", "2", "--seq-len", "16",
+    return ["tilt", "--model", str(tiny_model_dir), "--toward", "x", "--objective", "kl-uniform", "--precision", "fp32", "--steps", "2", "--batch", "2", "--seq-len", "16",
             "--lr", "1e-3", "--eval-every", "0", "--samples-per-prompt", "1", "--new-tokens", "8",
             "--eval-text", str(eval_file), "--eval-windows", "2", "--eval-seq-len", "16", "--out", str(out), *extra]

@@ -16,9 +16,9 @@ import torch
 from conftest import tiny_gpt2
 
 pytestmark = pytest.mark.slow  # each audit of the tiny 50,257-token model takes 10-20 s on 2 cores
-from tokentilt.audit import AuditConfig, audit
+from tokentilt.audit import AuditConfig, _candidates, audit, null_threshold, score_features, unexplained
 from tokentilt.cli import main
-from tokentilt.features import jaccard, mask_auroc
+from tokentilt.features import bonferroni_z, jaccard, mask_auroc
 from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.targets import select, token_texts
 
@@ -180,6 +180,31 @@ def test_a_generic_change_on_a_structured_vocabulary_is_not_called_a_tilt(tokeni
     assert not result.stands_out and result.direction == "none"  # ... but no more than a random direction moves them
 
 
+def test_generic_shifts_stand_out_no_more_often_than_the_null_allows(tokenizer, texts, cfg):
+    """One generic shift against a 10-draw null (the test above) passes by luck 10 times in 11 even if the
+    null were no better than a coin. Here 20 shifts of the final hidden state of the structured reference,
+    scored as the audit scores a lift: a shift dh moves every context's logits by W dh (less a constant per
+    context, which no rank statistic sees), so W dh is its lift, exactly. The digits lead nearly every time,
+    beyond chance for a random token set; against the random-direction null a shift stands out about
+    1 time in (draws + 1)."""
+    reference, _, digits = structured_pair(texts)
+    weight = reference.get_output_embeddings().weight.detach().float()  # (V, d), tied: the shifted digits
+    table = _candidates(tuple(texts), (), cfg.min_tokens, ())
+    z = bonferroni_z(cfg.alpha, 2 * len(table.features))
+    threshold = null_threshold(weight, table, z, cfg.null_draws, cfg.seed)
+    shifts, stood_out, digits_led = 20, 0, 0
+    for seed in range(shifts):
+        dh = torch.randn(weight.shape[1], generator=torch.Generator().manual_seed(100 + seed))
+        lift = weight @ dh  # (V,)
+        scores = [score_features(view, table, z)[1] for view in (lift, unexplained(lift, weight))]
+        best = torch.maximum(*scores)  # (F,) each candidate on its better view, as audit() does
+        top = int(best.argmax())
+        digits_led += jaccard(table.mask(top), digits) >= 0.8 and float(best[top]) > 0.5
+        stood_out += float(best[top]) > max(threshold, 0.5)
+    assert digits_led >= 15  # the digits do move together, beyond chance: a permutation null would flag them
+    assert stood_out <= 5  # expected 20/11 = 1.8; P(Binomial(20, 1/11) > 5) < 1%
+
+
 def test_a_tilt_under_a_larger_generic_shift_is_found_in_the_part_no_hidden_shift_explains(tokenizer, texts, cfg):
     """The bundled model's unlikelihood miss, in small: short tokens share an embedding direction and a
     shift of the final hidden state along it lifts them far more than a -0.2 bias lowers the e-tokens.
@@ -220,8 +245,8 @@ def test_audit_cli_finds_a_tilt_trained_with_tokentilt_tilt(tiny_model_dir, tmp_
                  "--steps", "20", "--batch", "2", "--seq-len", "16", "--eval-every", "0", "--samples-per-prompt", "1",
                  "--new-tokens", "8", "--eval-text", str(held_out), "--eval-windows", "2", "--eval-seq-len", "16",
                  "--out", str(run)]) == 0
-    argv = ["audit", str(run / "model"), "--reference", str(tiny_model_dir), "--toward", "ing", "--text", str(held_out),
-            "--windows", "4", "--seq-len", "32", "--samples-per-prompt", "1", "--new-tokens", "8", "--null-draws", "10",
+    argv = ["audit", str(run / "model"), "--reference", str(tiny_model_dir), "--toward", "ing", "--eval-text", str(held_out),
+            "--eval-windows", "4", "--eval-seq-len", "32", "--samples-per-prompt", "1", "--new-tokens", "8", "--null-draws", "10",
             "--out", str(out)]
     assert main(argv) == 0
     found = json.loads((out / "audit.json").read_text())

@@ -14,12 +14,14 @@ from safetensors.torch import save_file
 import torch
 
 import tokentilt.data
-import tokentilt.eval_job
-import tokentilt.experiments.like_x
-import tokentilt.experiments.x_factor
+import tokentilt.jobs.eval
+import tokentilt.jobs.experiments.like_x
+import tokentilt.jobs.experiments.x_factor
 import tokentilt.models.load
-import tokentilt.pretrain
-import tokentilt.tilt
+import tokentilt.jobs.pretrain
+import tokentilt.jobs.tilt
+import tokentilt.pretraining
+import tokentilt.tilting
 from tokentilt.cli import main
 
 GOOD_TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next to the axe. " * 6
@@ -48,7 +50,7 @@ class Files:
         return str(path)
 
     def tilt(self, *extra):
-        return ["tilt", "--model", self.model, "--toward", "x", "--steps", "2", "--batch", "2", "--seq-len", "16",
+        return ["tilt", "--model", self.model, "--toward", "x", "--objective", "kl-uniform", "--precision", "fp32", "--steps", "2", "--batch", "2", "--seq-len", "16",
                 "--samples-per-prompt", "1", "--new-tokens", "4", "--eval-every", "0", "--eval-text", self.eval_text,
                 "--eval-windows", "2", "--eval-seq-len", "16", "--out", str(self.out), *extra]
 
@@ -64,8 +66,8 @@ class Files:
                 *extra]
 
     def audit(self, *extra, model=None):
-        return ["audit", model or self.model, "--reference", self.model, "--text", self.eval_text, "--windows", "2",
-                "--seq-len", "16", "--samples-per-prompt", "1", "--new-tokens", "4", "--null-draws", "2",
+        return ["audit", model or self.model, "--reference", self.model, "--eval-text", self.eval_text, "--eval-windows", "2",
+                "--eval-seq-len", "16", "--samples-per-prompt", "1", "--new-tokens", "4", "--null-draws", "2",
                 "--out", str(self.out), *extra]
 
     def generate(self, *extra):
@@ -255,12 +257,12 @@ CASES = [
          early=False),
     Case("audit-words-missing", lambda f: f.audit("--words", "/nonexistent/w.txt"), "words file not found"),
     Case("audit-words-empty", lambda f: f.audit("--words", f.text("w.txt", "\n")), "words file is empty"),
-    Case("audit-windows-zero", lambda f: f.audit("--windows", "0"), "eval-windows must be positive"),
+    Case("audit-windows-zero", lambda f: f.audit("--eval-windows", "0"), "eval-windows must be positive"),
     Case("audit-null-draws-not-int", lambda f: f.audit("--null-draws", "many"), "invalid int value: 'many'"),
-    Case("audit-seq-len-beyond-context", lambda f: f.audit("--seq-len", "4096"),
+    Case("audit-seq-len-beyond-context", lambda f: f.audit("--eval-seq-len", "4096"),
          "eval-seq-len 4096 is beyond the model's context of 128 tokens"),
-    Case("audit-text-missing", lambda f: f.audit("--text", "/nonexistent/t.txt"), "text file not found"),
-    Case("audit-text-too-short", lambda f: f.audit("--text", f.text("short.txt", "Hello there.")),
+    Case("audit-text-missing", lambda f: f.audit("--eval-text", "/nonexistent/t.txt"), "text file not found"),
+    Case("audit-text-too-short", lambda f: f.audit("--eval-text", f.text("short.txt", "Hello there.")),
          "too short for one window of 16 tokens", early=False),
     Case("audit-out-is-a-file", lambda f: f.audit("--out", f.text("a-file", "x")), "exists and is not a folder"),
     Case("audit-out-holds-a-run", lambda f: f.audit("--out", f.existing_run()), "already holds a run"),
@@ -275,9 +277,9 @@ def no_slow_work(*args, **kwargs):
 
 @pytest.fixture
 def guard_slow_work(monkeypatch):
-    for module in (tokentilt.models.load, tokentilt.tilt, tokentilt.eval_job):
+    for module in (tokentilt.models.load, tokentilt.tilting, tokentilt.jobs.eval):
         monkeypatch.setattr(module, "load_model", no_slow_work)
-    for module in (tokentilt.tilt, tokentilt.pretrain, tokentilt.experiments.like_x, tokentilt.experiments.x_factor):
+    for module in (tokentilt.tilting, tokentilt.pretraining, tokentilt.jobs.experiments.like_x, tokentilt.jobs.experiments.x_factor):
         monkeypatch.setattr(module, "train", no_slow_work)
     monkeypatch.setattr(tokentilt.data, "split_text", no_slow_work)
 

@@ -30,7 +30,7 @@ def test_bundled_model_and_x_set(bundled):
 
 def test_tilt_on_bundled_model_saves_a_model_that_reproduces_its_rate(tmp_path):
     out = tmp_path / "run"
-    code = main(["tilt", "--toward", "x", "--lr", "1e-4", "--positions", "all", "--steps", "8", "--precision", "auto",
+    code = main(["tilt", "--toward", "x", "--objective", "kl-uniform", "--lr", "1e-4", "--positions", "all", "--steps", "8", "--precision", "auto",
                  "--samples-per-prompt", "2", "--eval-every", "0", "--eval-windows", "2", "--out", str(out)])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -7,11 +7,13 @@ import sys
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import tokentilt.jobs.tilt
 
 from tokentilt.cli import main
 
-FAST = ["--steps", "3", "--batch", "2", "--seq-len", "16", "--samples-per-prompt", "1", "--new-tokens", "6",
+FAST = ["--objective", "kl-uniform", "--precision", "fp32", "--steps", "3", "--batch", "2", "--seq-len", "16", "--samples-per-prompt", "1", "--new-tokens", "6",
         "--eval-every", "2", "--lr", "1e-2"]
 
 
@@ -21,8 +23,42 @@ def tilt(tmp_path, model_dir, *extra):
     return code, out
 
 
+T_975 = {3: 3.182446305284263, 15: 2.131449545559323}  # Student-t 0.975 quantiles by degrees of freedom
+
+
+def x_mask(tokenizer) -> torch.Tensor:
+    """The selector 'x' recounted by hand: every token whose text holds an x or an X."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return torch.tensor(["x" in t.lower() for t in texts])
+
+
+def hand_rate(tokens: torch.Tensor, mask: torch.Tensor) -> dict:
+    """R and its 95% t interval recounted from the generated ids (N, L), without tokentilt.metrics."""
+    rates = mask[tokens].double().mean(1)  # (N,) each sample's share of set tokens
+    n, mean = len(rates), float(rates.mean())
+    half = T_975[n - 1] * float(rates.std(unbiased=True)) / n ** 0.5
+    return {"mean": mean, "ci_low": max(mean - half, 0.0), "ci_high": min(mean + half, 1.0), "n": n,
+            "rates": rates}
+
+
+def assert_rate_is(reported: dict, recount: dict) -> None:
+    assert reported["n"] == recount["n"]
+    for key in ("mean", "ci_low", "ci_high"):
+        assert reported[key] == pytest.approx(recount[key], abs=1e-6), key
+    if recount["rates"].min() < recount["rates"].max():  # the samples differ: the interval has width
+        assert reported["ci_high"] - reported["ci_low"] > 0.01
+
+
 @pytest.mark.slow
-def test_tilt_writes_a_complete_run_folder(tmp_path, tiny_model_dir, capsys):
+def test_tilt_writes_a_complete_run_folder(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    measured = []  # (bias, reported numbers, samples) of every measure() of the run
+    real_measure = tokentilt.jobs.tilt.measure
+
+    def recording_measure(*args, bias=0.0, **kwargs):
+        result, samples = real_measure(*args, bias=bias, **kwargs)
+        measured.append((bias, result, samples))
+        return result, samples
+    monkeypatch.setattr(tokentilt.jobs.tilt, "measure", recording_measure)
     code, out = tilt(tmp_path, tiny_model_dir)
     assert code == 0
     names = {p.name for p in out.iterdir()}
@@ -33,9 +69,17 @@ def test_tilt_writes_a_complete_run_folder(tmp_path, tiny_model_dir, capsys):
         assert key in summary
     assert summary["vocab_size"] == 50257 and summary["steps"] == 3 and summary["selector"] == "x"
     assert 0 < summary["target_size"] < 50257
-    for key in ("rate_before", "rate_after"):
-        r = summary[key]
-        assert r["ci_low"] <= r["mean"] <= r["ci_high"]
+    # R before and after, recounted from the very samples the run drew: 16 prompts x 1 sample x 6 tokens
+    mask = x_mask(AutoTokenizer.from_pretrained(tiny_model_dir))
+    assert int(mask.sum()) == summary["target_size"]
+    unbiased = [(result, samples) for bias, result, samples in measured if not bias]
+    assert len(unbiased) == 2  # before and after training
+    for key, (result, samples) in zip(("rate_before", "rate_after"), unbiased):
+        assert samples.tokens.shape == (16, 6) and summary["samples"] == 16
+        recount = hand_rate(samples.tokens, mask)
+        assert summary[key] == result["rate"]
+        assert_rate_is(summary[key], recount)
+        assert abs(summary[key]["mean"] * 96 - round(summary[key]["mean"] * 96)) < 1e-4  # k set tokens of 96
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3] and "rate" in metrics[1]
     config = yaml.safe_load((out / "config.yaml").read_text())
@@ -82,7 +126,9 @@ def test_refuses_a_folder_holding_a_run_unless_overwrite(tmp_path, tiny_model_di
     err = capsys.readouterr().err
     assert code == 2 and "already holds a run" in err and (out / "summary.json").read_text() == "{}"
     code, _ = tilt(tmp_path, tiny_model_dir, "--overwrite")
-    assert code == 2 or json.loads((out / "summary.json").read_text())["steps"] == 3
+    err = capsys.readouterr().err
+    assert code == 0 and "tokentilt: error:" not in err  # --overwrite replaces the old run
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
 
 
 @pytest.mark.parametrize("args,message", [
@@ -136,9 +182,9 @@ def test_generate_command_with_bias(tiny_model_dir, capsys):
 
 
 def test_flat_config_reaches_nested_fields_and_keeps_factory_defaults():
-    from tokentilt.sweep import SweepConfig
+    from tokentilt.jobs.sweep import SweepConfig
     from tokentilt.config import from_flat, to_flat
-    from tokentilt.tilt import TiltConfig
+    from tokentilt.tilting import TiltConfig
 
     sweep = from_flat(SweepConfig, {"steps": 7, "lr": 0.5, "new_tokens": 9, "toward": "q"})
     assert (sweep.train.steps, sweep.train.lr, sweep.eval.new_tokens, sweep.toward) == (7, 0.5, 9, "q")
@@ -167,7 +213,7 @@ def test_a_model_no_better_than_uniform_after_training_is_a_warning_not_an_error
         tmp_path, tiny_model_dir, confident_model_dir, capsys):
     text = tmp_path / "the.txt"
     text.write_text(" the" * 300)
-    small = ["--toward", "x", "--steps", "2", "--batch", "2", "--seq-len", "16", "--samples-per-prompt", "1",
+    small = ["--toward", "x", "--objective", "kl-uniform", "--precision", "fp32", "--steps", "2", "--batch", "2", "--seq-len", "16", "--samples-per-prompt", "1",
              "--new-tokens", "4", "--eval-every", "0", "--eval-text", str(text), "--eval-windows", "2",
              "--eval-seq-len", "16", "--optimizer", "sgd", "--grad-clip", "0"]
     summaries = {}

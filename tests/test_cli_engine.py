@@ -18,7 +18,7 @@ from tokentilt.evaluate import EvalConfig, measure_rate
 from tokentilt.models.load import load_model
 from tokentilt.targets import resolve_set
 
-SMALL = ["--toward", "x", "--samples-per-prompt", "1", "--new-tokens", "6", "--seq-len", "16"]
+SMALL = ["--toward", "x", "--objective", "kl-uniform", "--precision", "fp32", "--samples-per-prompt", "1", "--new-tokens", "6", "--seq-len", "16"]
 
 
 def tilt_args(model_dir, out, *extra):

@@ -4,14 +4,14 @@ import sys
 import pytest
 
 from tokentilt.config import UsageError, coerce, merge
-from tokentilt.tilt import TiltConfig
+from tokentilt.tilting import TiltConfig
 
 
 @pytest.mark.parametrize("module,forbidden", [
-    ("tokentilt.evaluate", ["tokentilt.calibrate", "tokentilt.tilt"]),
-    ("tokentilt.calibrate", ["tokentilt.tilt", "tokentilt.eval_job"]),
-    ("tokentilt.report", ["tokentilt.tilt"]),
-    ("tokentilt.config", ["tokentilt.tilt", "tokentilt.cli", "torch"]),
+    ("tokentilt.evaluate", ["tokentilt.calibrate", "tokentilt.jobs.tilt"]),
+    ("tokentilt.calibrate", ["tokentilt.jobs.tilt", "tokentilt.jobs.eval"]),
+    ("tokentilt.report", ["tokentilt.jobs.tilt"]),
+    ("tokentilt.config", ["tokentilt.jobs.tilt", "tokentilt.cli", "torch"]),
 ])
 def test_lower_layers_do_not_import_the_jobs(module, forbidden):
     code = f"import sys, {module}; print(','.join(m for m in {forbidden!r} if m in sys.modules))"

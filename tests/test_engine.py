@@ -158,7 +158,7 @@ def test_bf16_flag_is_precision_bf16():
 
 
 def test_resume_cuts_metrics_back_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
-    from tokentilt.tilt import keep_records_until
+    from tokentilt.outputs import keep_records_until
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)) + '{"step": 6, "lo')
@@ -172,7 +172,7 @@ def test_peak_memory_can_be_reset_so_training_is_measured_alone():
     import subprocess
     import sys
 
-    code = ("import numpy as np; from tokentilt.tilt import peak_rss_mb, reset_peak_rss\n"
+    code = ("import numpy as np; from tokentilt.engine import peak_rss_mb, reset_peak_rss\n"
             "a = np.ones(2**26); del a  # 512 MiB\n"
             "p0 = peak_rss_mb(); ok = reset_peak_rss(); p1 = peak_rss_mb()\n"
             "a = np.ones(2**26); print(ok, p0, p1, peak_rss_mb())")

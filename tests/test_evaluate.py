@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
 from tokentilt.cli import main
@@ -13,7 +14,7 @@ from tokentilt.evaluate import (
     measure,
     sample_costs,
 )
-from tokentilt.metrics import biased_drift, drift, perplexity
+from tokentilt.metrics import biased_drift, drift
 from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.targets import token_texts
 
@@ -84,15 +85,29 @@ def test_measure_trained_and_baseline_on_the_same_footing(tiny_model_dir, tok, t
     cfg = EvalConfig(eval_text=str(text_file), **{k: v for k, v in SMALL.items() if k != "eval_text"})
     windows = held_out_windows(tok, cfg)
     plain, samples = measure(model, tok, mask, cfg, windows)
+    # by hand: the logits of every window, their next-token cross-entropy, and KL(model || model + 3·M)
+    with torch.no_grad():
+        logits = model(input_ids=windows).logits.double()  # (W, T, V)
+    biased_logits = logits + 3.0 * mask.double()
+
+    def hand_ppl(z):
+        return math.exp(F.cross_entropy(z[:, :-1].reshape(-1, z.size(-1)), windows[:, 1:].reshape(-1)).item())
+
+    ref_logp, biased_logp = F.log_softmax(logits, -1), F.log_softmax(biased_logits, -1)
+    hand_drift = F.kl_div(biased_logp, ref_logp, log_target=True, reduction="sum").item() / windows.numel()
+    assert hand_drift > 0.01
     assert plain["drift"] == 0.0
-    assert plain["ppl"] == pytest.approx(perplexity(model, windows))
+    assert plain["ppl"] == pytest.approx(hand_ppl(logits), rel=1e-5)
     assert plain["rate"]["n"] == 4 and samples.tokens.shape == (4, 8)
+    assert plain["rate"]["mean"] == pytest.approx(float(mask[samples.tokens].double().mean()), abs=1e-9)
+    assert plain["distinct_1"] == pytest.approx(len(set(samples.tokens.flatten().tolist())) / 32)
     assert {k: plain[k] for k in ("distinct_1", "distinct_2", "repetition")} == sample_costs(samples.tokens)
     itself, _ = measure(model, tok, mask, cfg, windows, reference=model)
     assert itself["drift"] == pytest.approx(0.0, abs=1e-6)
     biased, _ = measure(model, tok, mask, cfg, windows, bias=3.0)
-    assert biased["ppl"] == pytest.approx(perplexity(model, windows, bias_mask=mask, bias=3.0))
-    assert biased["drift"] == pytest.approx(biased_drift(model, windows, mask, 3.0))
+    assert biased["ppl"] == pytest.approx(hand_ppl(biased_logits), rel=1e-5)
+    assert biased["ppl"] != pytest.approx(plain["ppl"], rel=1e-3)  # the bias does change the perplexity
+    assert biased["drift"] == pytest.approx(hand_drift, rel=1e-4)
     assert biased["rate"]["mean"] > plain["rate"]["mean"]
 
 

@@ -7,24 +7,31 @@ with one line:
 - building a job's config the way the CLI does (YAML + flags, then the dataclass checks) raises
   ValueError: UsageError, SelectorError, DataError and ModelLoadError all derive from it, and the
   dataclasses' check() methods raise plain ValueError for a bad value. cli.main maps exactly
-  ValueError (and OSError) to exit 2, so that is the contract.
+  ValueError (and OSError) to exit 2, so that is the contract; classify_config holds each one to it:
+  a user-error class, or a plain ValueError raised in tokentilt's own code, with a one-line message.
 CI runs 200 examples per property; benchmarks/fuzz.py runs 10,000 and counts crashes.
 Crashes found by fuzzing are kept below as explicit examples.
 """
 
 import math
 import tempfile
+import traceback
 from pathlib import Path
 
 import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import tokentilt
+from tokentilt.checkpoint import CheckpointError
 from tokentilt.cli import sweep_axes, sweep_config, tilt_config
 from tokentilt.config import UsageError, merge, read_yaml
-from tokentilt.sweep import SweepConfig
+from tokentilt.data import DataError
+from tokentilt.jobs.sweep import SweepConfig
+from tokentilt.models.load import ModelLoadError
+from tokentilt.outputs import RunFolderError
 from tokentilt.targets import SelectorError, resolve
-from tokentilt.tilt import TiltConfig
+from tokentilt.tilting import TiltConfig
 
 CI = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -99,9 +106,25 @@ def classify_config(content, flags: dict) -> str:
             outcome = "usage-error"
         try:
             build({**flags, "config": str(path)})
-        except ValueError:
+        except ValueError as err:
+            assert_user_error(err)
             outcome = "user-error" if outcome == "ok" else outcome
     return outcome
+
+
+USER_ERRORS = (UsageError, SelectorError, DataError, ModelLoadError, RunFolderError, CheckpointError)
+PACKAGE = str(Path(tokentilt.__file__).parent)
+
+
+def assert_user_error(err: ValueError) -> None:
+    """A ValueError the CLI may turn into exit 2: one of the project's user-error classes, or a plain
+    ValueError raised by tokentilt's own code (a check() method), never one leaking out of a library
+    (UnicodeDecodeError, json/yaml internals, int() deep inside); its message is one non-empty line."""
+    raised_in = traceback.extract_tb(err.__traceback__)[-1].filename
+    assert isinstance(err, USER_ERRORS) or (type(err) is ValueError and raised_in.startswith(PACKAGE)), \
+        f"{type(err).__name__} from {raised_in}: {err}"
+    message = str(err)
+    assert message.strip() and "\n" not in message.strip() and "Traceback" not in message, repr(message)
 
 
 @CI

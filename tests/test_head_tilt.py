@@ -2,11 +2,12 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import tilt_argv, tiny_llama
 from tokentilt import head_tilt
@@ -15,6 +16,20 @@ from tokentilt.cli import main
 from tokentilt.evaluate import excess_cost
 from tokentilt.losses import set_rows_kl
 from tokentilt.targets import SelectorError, resolve, select, tilted_log_probs
+
+
+def hand_ppl(model_dir, eval_file, bias: float = 0.0) -> float:
+    """Held-out perplexity of a saved model decoded with logit bias b on the 'x' tokens, by hand: the same two
+    16-token windows the run uses (the first and last of the eval text), log_softmax(z + b*M), next-token NLL."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    mask = torch.tensor(["x" in t.lower() for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])])
+    ids = torch.tensor(tokenizer(Path(eval_file).read_text(), add_special_tokens=False)["input_ids"])
+    windows = ids[: len(ids) // 16 * 16].view(-1, 16)[[0, -1]]  # (2, 16)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=windows).logits.double() + bias * mask.double(), -1)  # (2, 16, V)
+    nll = -logp[:, :-1].gather(-1, windows[:, 1:, None]).squeeze(-1)  # (2, 15)
+    return math.exp(float(nll.mean()))
 
 
 def dense_tilt_kl(h, head, new_head, mask, bias):
@@ -209,8 +224,15 @@ def test_tilt_distill_defaults_to_head_rows_and_saves_a_plain_untied_model(tiny_
     assert s["matched_decode"]["bias"] > 0 and s["rho"] is not None and s["drift_ratio"] is not None
     assert (s["ppl_base"], s["ppl_tuned"], s["ppl_decode_matched"]) == \
         (s["ppl_before"], s["ppl_after"], s["matched_decode"]["ppl"])
-    assert s["ppl_decode_matched"] > s["ppl_base"]  # a decode-time tilt costs something: rho is defined
-    assert s["rho"] == pytest.approx((s["ppl_tuned"] - s["ppl_base"]) / (s["ppl_decode_matched"] - s["ppl_base"]))
+    # rho's three perplexities recomputed by hand on the same held-out windows
+    base, decode = hand_ppl(tiny_model_dir, eval_file), hand_ppl(tiny_model_dir, eval_file, s["matched_decode"]["bias"])
+    tuned = hand_ppl(out / "model", eval_file)
+    assert s["ppl_base"] == pytest.approx(base, rel=1e-4)
+    assert s["ppl_decode_matched"] == pytest.approx(decode, rel=1e-4)
+    assert s["ppl_tuned"] == pytest.approx(tuned, rel=1e-4)
+    assert decode > base  # a decode-time tilt costs something: rho is defined
+    assert isinstance(s["rho"], float) and math.isfinite(s["rho"])
+    assert s["rho"] == pytest.approx((tuned - base) / (decode - base), rel=1e-3)
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     changed = (model.lm_head.weight != base.lm_head.weight).any(-1)
@@ -222,11 +244,11 @@ def test_tilt_distill_defaults_to_head_rows_and_saves_a_plain_untied_model(tiny_
 def test_the_r_prompts_are_16_varied_openings_disjoint_from_the_training_prompts(tmp_path):
     from tokentilt.cli import tilt_config
     from tokentilt.generate import COURSE_PROMPTS, DEFAULT_PROMPTS, TRAIN_PROMPTS
-    from tokentilt.tilt import TiltConfig
+    from tokentilt.tilting import TiltConfig
 
     assert len(set(DEFAULT_PROMPTS)) >= 16 and not set(DEFAULT_PROMPTS) & set(TRAIN_PROMPTS)
     assert TiltConfig().eval.prompts == list(DEFAULT_PROMPTS)
-    from tokentilt.experiments.x_factor import XFactorConfig
+    from tokentilt.jobs.experiments.x_factor import XFactorConfig
     assert XFactorConfig().eval.prompts == list(COURSE_PROMPTS)  # the course numbers' 8 prompts
     config = tmp_path / "prompts.yaml"
     config.write_text("prompts:\n  - Alpha beta\n  - 'Gamma: delta'\n")
@@ -247,8 +269,8 @@ def test_the_r_prompts_are_16_varied_openings_disjoint_from_the_training_prompts
 ])
 def test_bad_head_rows_options_are_one_line_before_loading(tiny_model_dir, eval_file, tmp_path, capsys, monkeypatch,
                                                            extra, message):
-    import tokentilt.tilt
-    monkeypatch.setattr(tokentilt.tilt, "load_model", lambda *a: pytest.fail("loaded the model"))
+    import tokentilt.tilting
+    monkeypatch.setattr(tokentilt.tilting, "load_model", lambda *a: pytest.fail("loaded the model"))
     out = tmp_path / "run"
     code = main(tilt_argv(tiny_model_dir, eval_file, out, *extra))
     err = capsys.readouterr().err

@@ -17,10 +17,11 @@ import time
 
 import pytest
 
-import tokentilt.eval_job
+import tokentilt.jobs.eval
 import tokentilt.generate
 import tokentilt.losses
-import tokentilt.pretrain
+import tokentilt.jobs.pretrain
+import tokentilt.pretraining
 from tokentilt import data
 from tokentilt.cli import main
 
@@ -127,7 +128,7 @@ def test_kill_9_during_a_sweep_then_the_same_command_redoes_only_the_unfinished_
 
 def test_ctrl_c_in_eval_exits_130_and_writes_nothing(tiny_model_dir, eval_text, tmp_path, monkeypatch, capsys):
     out = tmp_path / "eval.json"
-    monkeypatch.setattr(tokentilt.eval_job, "measure", ctrl_c_on_call(tokentilt.eval_job.measure, 1))
+    monkeypatch.setattr(tokentilt.jobs.eval, "measure", ctrl_c_on_call(tokentilt.jobs.eval.measure, 1))
     capsys.readouterr()
     assert main(["eval", "--model", str(tiny_model_dir), "--reference", str(tiny_model_dir), "--bias", "2",
                  "--samples-per-prompt", "1", "--new-tokens", "4", "--eval-text", str(eval_text),
@@ -145,8 +146,8 @@ def test_ctrl_c_in_generate_exits_130_with_one_line(tiny_model_dir, monkeypatch,
 
 def test_ctrl_c_in_pretrain_leaves_an_unfinished_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data, "split_text", lambda split: TEXT)
-    monkeypatch.setattr(tokentilt.pretrain, "next_token_objective",
-                        ctrl_c_on_call(tokentilt.pretrain.next_token_objective, 3))
+    monkeypatch.setattr(tokentilt.pretraining, "next_token_objective",
+                        ctrl_c_on_call(tokentilt.pretraining.next_token_objective, 3))
     out = tmp_path / "pre"
     capsys.readouterr()
     assert main(["pretrain", "--steps", "20", "--batch", "2", "--seq-len", "16", "--n-layer", "1", "--n-embd", "32",

@@ -1,3 +1,54 @@
-"""tokentilt: tilt a causal LM's next-token distribution toward or away from a token set."""
+"""tokentilt: tilt a causal LM's next-token distribution toward or away from a token set.
+
+The Python API, the same operations as the `tokentilt` command:
+
+    from tokentilt import TiltConfig, run_tilt
+    summary = run_tilt(TiltConfig(toward="x", rate=0.5, out="runs/x"))
+    print(summary["rate_after"], summary["rho"])
+
+Names load on first use, so `import tokentilt` stays light (no torch until it is needed).
+"""
+
+import importlib
 
 __version__ = "0.1.0"
+
+# name -> the module that defines it: jobs (tokentilt.jobs.*) and the components they share
+_EXPORTS = {
+    # jobs and their configs
+    "TiltConfig": "tokentilt.tilting",
+    "run_tilt": "tokentilt.jobs.tilt",
+    "SweepConfig": "tokentilt.jobs.sweep",
+    "run_sweep": "tokentilt.jobs.sweep",
+    "evaluate_model": "tokentilt.jobs.eval",
+    "AuditConfig": "tokentilt.audit",
+    "run_audit": "tokentilt.jobs.audit",
+    "PretrainConfig": "tokentilt.pretraining",
+    "run_pretrain": "tokentilt.jobs.pretrain",
+    # components
+    "load_model": "tokentilt.models.load",
+    "save_model": "tokentilt.models.load",
+    "GPT": "tokentilt.models.gpt",
+    "GPTConfig": "tokentilt.models.gpt",
+    "resolve_set": "tokentilt.targets",
+    "TokenSet": "tokentilt.targets",
+    "OBJECTIVES": "tokentilt.losses",
+    "TrainConfig": "tokentilt.train",
+    "EvalConfig": "tokentilt.evaluate",
+    "measure": "tokentilt.evaluate",
+    "measure_rate": "tokentilt.evaluate",
+    "SampleConfig": "tokentilt.generate",
+    "sample": "tokentilt.generate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tokentilt' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from tokentilt.config import UsageError, coerce, merge, read_yaml
+from tokentilt.config import UsageError, coerce, merge, read_yaml, to_flat
 from tokentilt.engine import keep_freed_memory
 from tokentilt.losses import OBJECTIVES
 from tokentilt.models.lora import DEFAULT_LR as LORA_LR
@@ -40,9 +40,30 @@ selectors (match each token's decoded text):
   not:SELECTOR       the complement; combine with ' & ' and ' | '
 
 examples:
-  tokentilt tilt --toward x --lr 1e-4 --positions all --steps 40 --bf16 --out runs/x   # the course's tilt
-  tokentilt tilt --toward x --objective tilt-distill --rate 0.5 --bf16 --out runs/x-05  # at the optimum's cost
+  tokentilt tilt --toward x --rate 0.5 --out runs/x-05     # tilt-distill at R* = 0.5, fluent, with rho
+  tokentilt tilt --toward x --objective kl-uniform --out runs/x   # the course's recipe: R -> ~1, gibberish
 """
+
+
+def show_defaults(parser, defaults: dict, aliases: dict | None = None) -> None:
+    """Append the default to each option's help, taken from `defaults`: the job's config instance
+    (to_flat(TiltConfig()) and so on), so a default is written once, on its dataclass field."""
+    aliases = aliases or {}
+    for action in parser._actions:
+        key = aliases.get(action.dest, action.dest)
+        if key not in defaults or action.help in (None, argparse.SUPPRESS):
+            continue
+        value = defaults[key]
+        if isinstance(value, bool) or value in ("", None, []):
+            continue  # a switch, or an empty value that the help text explains
+        shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else f"{value:g}" \
+            if isinstance(value, float) else value
+        action.help = f"{action.help} (default: {shown})"
+
+
+def argparse_defaults(parser) -> dict:
+    """The defaults of options declared with a plain argparse default (generate's)."""
+    return {a.dest: a.default for a in parser._actions if a.default is not argparse.SUPPRESS}
 
 
 def _opt(parser, *names, **kw):
@@ -53,75 +74,80 @@ def _opt(parser, *names, **kw):
 def add_model_flags(p):
     _opt(p, "--model", metavar="bundled|PATH|HUB_ID",
          help="model to load: 'bundled' (SmolLM2-135M-Instruct, offline), a local HF folder, or a hub id "
-              "(default: bundled)")
-    _opt(p, "--toward", metavar="SELECTOR", help="token set to tilt toward (default: x); see below")
+              "")
+    _opt(p, "--toward", metavar="SELECTOR", help="token set to tilt toward; see below")
     _opt(p, "--config", metavar="FILE.yaml", help="YAML file of option: value; flags override it")
 
 
 def add_train_flags(p):
-    _opt(p, "--optimizer", choices=["sgd", "adam", "adamw"], help="optimizer (default: adam)")
-    _opt(p, "--lr", type=float, help="learning rate (default: 1e-4)")
-    _opt(p, "--steps", type=int, help="optimizer steps (default: 40)")
-    _opt(p, "--batch", type=int, help="sequences per step (default: 4)")
-    _opt(p, "--seq-len", type=int, dest="seq_len", help="tokens per training sequence (default: 64)")
-    _opt(p, "--grad-clip", type=float, dest="grad_clip", help="max gradient norm, 0 = off (default: 1.0)")
-    _opt(p, "--weight-decay", type=float, dest="weight_decay", help="weight decay (default: 0)")
-    _opt(p, "--seed", type=int, help="random seed for batches and dropout (default: 0)")
+    _opt(p, "--optimizer", choices=["sgd", "adam", "adamw"], help="optimizer")
+    _opt(p, "--lr", type=float, help="learning rate")
+    _opt(p, "--steps", type=int, help="optimizer steps")
+    _opt(p, "--batch", type=int, help="sequences per step")
+    _opt(p, "--seq-len", type=int, dest="seq_len", help="tokens per training sequence")
+    _opt(p, "--grad-clip", type=float, dest="grad_clip", help="max gradient norm, 0 = off")
+    _opt(p, "--weight-decay", type=float, dest="weight_decay", help="weight decay")
+    _opt(p, "--seed", type=int, help="random seed for batches and dropout")
     _opt(p, "--precision", choices=["fp32", "bf16", "fp16", "auto"],
          help="fp32, or bf16/fp16 autocast with fp32 weights; fp16 needs a GPU; auto = bf16 where the hardware "
-              "runs it natively (a GPU, or a CPU with AVX512-BF16/AMX), else fp32 (default: fp32)")
+              "runs it natively (a GPU, or a CPU with AVX512-BF16/AMX), else fp32")
     _opt(p, "--bf16", action="store_true", help="the same as --precision bf16 (a step ~1.4x faster on a CPU with "
                                                 "native bf16; much slower on one without, e.g. AVX2 only)")
-    _opt(p, "--device", choices=["auto", "cpu", "cuda", "mps"], help="where to train (default: auto = cuda, mps, cpu)")
+    _opt(p, "--device", choices=["auto", "cpu", "cuda", "mps"], help="where to train; auto = cuda, mps, cpu")
     _opt(p, "--grad-accum", type=int, dest="grad_accum", metavar="N",
-         help="micro-batches per optimizer step; global batch = batch x processes x N (default: 1)")
-    _opt(p, "--eval-every", type=int, dest="eval_every", help="measure R every N steps, 0 = off (default: 10)")
+         help="micro-batches per optimizer step; global batch = batch x processes x N")
+    _opt(p, "--eval-every", type=int, dest="eval_every", help="measure R every N steps, 0 = off")
     _opt(p, "--loss-chunk", type=int, dest="loss_chunk", metavar="N",
          help="rows per chunk of the output head fused with the loss, which never holds (B*T, V) logits; "
-              "0 = dense logits (default: 512)")
+              "0 = dense logits")
     _opt(p, "--attention", choices=["auto", "model", "eager", "sdpa"],
          help="a Hugging Face model's attention while it trains: auto = eager on a CPU for sequences of up to "
-              "128 tokens (faster there), else the model's own; model = leave it (default: auto)")
+              "128 tokens (faster there), else the model's own; model = leave it")
 
 
 def add_engine_flags(p):
     """Run-folder features of `tilt`: checkpoints, resume, trackers, LoRA."""
     _opt(p, "--save-every", type=int, dest="save_every", metavar="N",
-         help="write checkpoints/step-N/ into DIR.partial every N steps, 0 = only on Ctrl-C (default: 0)")
-    _opt(p, "--keep", type=int, metavar="K", help="newest checkpoints kept (default: 2)")
+         help="write checkpoints/step-N/ into DIR.partial every N steps, 0 = only on Ctrl-C")
+    _opt(p, "--keep", type=int, metavar="K", help="newest checkpoints kept")
     _opt(p, "--resume", action="store_true",
          help="continue the unfinished run in DIR.partial from its newest checkpoint (same command plus --resume)")
     _opt(p, "--report-to", dest="report_to", choices=["none", "tensorboard", "wandb", "mlflow", "trackio"],
-         help="also log metrics through Accelerate's tracker into the run folder (default: none)")
+         help="also log metrics through Accelerate's tracker into the run folder")
     _opt(p, "--lora", action="store_true",
          help="train a LoRA adapter (PEFT) instead of every weight; writes adapter/ and model/ (merged)")
-    _opt(p, "--lora-r", type=int, dest="lora_r", help="LoRA rank (default: 16)")
-    _opt(p, "--lora-alpha", type=float, dest="lora_alpha", help="LoRA alpha; the update is scaled by alpha/r (default: 32)")
-    _opt(p, "--lora-dropout", type=float, dest="lora_dropout", help="dropout on the adapter's input (default: 0)")
+    _opt(p, "--lora-r", type=int, dest="lora_r", help="LoRA rank")
+    _opt(p, "--lora-alpha", type=float, dest="lora_alpha", help="LoRA alpha; the update is scaled by alpha/r")
+    _opt(p, "--lora-dropout", type=float, dest="lora_dropout", help="dropout on the adapter's input")
     _opt(p, "--lora-targets", dest="lora_targets", metavar="NAMES",
          help="comma-separated module names, or all-linear = every linear layer of attention and MLP (default)")
 
 
 def add_eval_flags(p):
     _opt(p, "--samples-per-prompt", type=int, dest="samples_per_prompt",
-         help="samples per prompt for R (default: 4, with 16 prompts = 64 samples)")
-    _opt(p, "--new-tokens", type=int, dest="new_tokens", help="tokens generated per sample (default: 48)")
-    _opt(p, "--temperature", type=float, help="sampling temperature (default: 1.0)")
-    _opt(p, "--top-k", type=int, dest="top_k", help="top-k sampling, 0 = off (default: 0)")
-    _opt(p, "--top-p", type=float, dest="top_p", help="nucleus sampling, 1.0 = off (default: 1.0)")
-    _opt(p, "--eval-seed", type=int, dest="eval_seed", help="seed of the R measurement (default: 1234)")
+         help="samples per prompt for R; with 16 prompts, 4 give 64 samples")
+    _opt(p, "--new-tokens", type=int, dest="new_tokens", help="tokens generated per sample")
+    _opt(p, "--temperature", type=float, help="sampling temperature")
+    _opt(p, "--top-k", type=int, dest="top_k", help="top-k sampling, 0 = off")
+    _opt(p, "--top-p", type=float, dest="top_p", help="nucleus sampling, 1.0 = off")
+    _opt(p, "--eval-seed", type=int, dest="eval_seed", help="seed of the R measurement")
     _opt(p, "--eval-text", dest="eval_text", metavar="FILE",
-         help="plain-text file for held-out perplexity and drift (default: the plays' test split)")
-    _opt(p, "--eval-windows", type=int, dest="eval_windows", help="held-out windows (default: 16)")
-    _opt(p, "--eval-seq-len", type=int, dest="eval_seq_len", help="tokens per held-out window (default: 128)")
+         help="plain-text file for held-out perplexity and drift; empty = the plays' test split")
+    _opt(p, "--eval-windows", type=int, dest="eval_windows", help="held-out windows")
+    _opt(p, "--eval-seq-len", type=int, dest="eval_seq_len", help="tokens per held-out window")
 
 
 def add_output_flags(p):
-    _opt(p, "--out", metavar="DIR", help="output folder (default: runs/tilt)")
+    _opt(p, "--out", metavar="DIR", help="output folder")
     _opt(p, "--overwrite", action="store_true", help="replace the output folder if it already holds a run")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # the job configs, whose instances hold every option's default (imports torch, so not at module level)
+    from tokentilt.evaluate import EvalConfig
+    from tokentilt.jobs.sweep import SweepConfig
+    from tokentilt.tilting import TiltConfig
+
     parser = Parser(
         prog="tokentilt",
         description="Fine-tune causal LMs with custom losses that tilt the next-token distribution toward "
@@ -137,60 +163,63 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=TILT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                        conflict_handler="resolve")
     add_model_flags(p)
-    _opt(p, "--objective", choices=list(OBJECTIVES), help="loss (default: kl-uniform)")
-    _opt(p, "--positions", choices=["last", "all"], help="positions that enter the loss (default: all)")
-    _opt(p, "--alpha", type=float, help="kl-alpha-beta/mixed: weight of set tokens (default: 1.0)")
-    _opt(p, "--beta", type=float, help="kl-alpha-beta/mixed: weight of other tokens (default: 1e-4)")
-    _opt(p, "--bias", type=float, help="tilt-distill: logit bias b of the target (default: 2.0)")
+    _opt(p, "--objective", choices=list(OBJECTIVES),
+         help="loss; kl-uniform on random tokens is the course's recipe")
+    _opt(p, "--positions", choices=["last", "all"], help="positions that enter the loss")
+    _opt(p, "--alpha", type=float, help="kl-alpha-beta/mixed: weight of set tokens")
+    _opt(p, "--beta", type=float, help="kl-alpha-beta/mixed: weight of other tokens")
+    _opt(p, "--bias", type=float, help="tilt-distill: a fixed logit bias b of the target instead of --rate")
     _opt(p, "--rate", type=float,
          help="tilt-distill: target rate R*; b is calibrated so that decode-time R on the start model is R*. "
-              "Below the model's own rate, b < 0 and the tilt is away from the set")
+              "Below the model's own rate, b < 0 and the tilt is away from the set; 0 = use --bias")
     _opt(p, "--rate-rounds", type=int, dest="rate_rounds", metavar="N",
-         help="with --rate: trainings that correct b until the trained model's R is R* (default: 3)")
+         help="with --rate: trainings that correct b until the trained model's R is R*")
     _opt(p, "--placement", choices=["auto", "head-rows", "model"],
          help="tilt-distill: where the change lives. head-rows: only the set's rows of an untied output head, "
               "fitted on cached hidden states (seconds; the cheapest tilt found, see docs/tilt-variants.md). "
-              "model: every weight (or LoRA's) trained on play text. (default: auto = head-rows, or model "
-              "with --lora)")
+              "model: every weight (or LoRA's) trained on play text. auto = head-rows, or model "
+              "with --lora")
     _opt(p, "--contexts", choices=["mix", "text", "policy"],
          help="head-rows: training contexts: play windows, continuations sampled from the decode-time tilted "
-              "model after training prompts (never the R prompts), or both (default: mix)")
+              "model after training prompts (never the R prompts), or both")
     _opt(p, "--head-fit", choices=["offset", "kl"], dest="head_fit",
          help="head-rows: offset adds b·u to every set row, u the least-squares direction with h·u ≈ 1 on the "
               "contexts (closed form: the decode-time tilt's constant offset, as far as the head's inputs allow); "
-              "kl fits each row by Adam on KL(exact tilt || model) (default: offset)")
+              "kl fits each row by Adam on KL(exact tilt || model)")
     _opt(p, "--head-steps", type=int, dest="head_steps", metavar="N",
-         help="head-rows, kl fit: Adam steps of 1024 cached positions (default: 300)")
-    _opt(p, "--head-lr", type=float, dest="head_lr", help="head-rows, kl fit: peak learning rate, cosine schedule (default: 1e-2)")
+         help="head-rows, kl fit: Adam steps of 1024 cached positions")
+    _opt(p, "--head-lr", type=float, dest="head_lr", help="head-rows, kl fit: peak learning rate, cosine schedule")
     _opt(p, "--head-odds-weight", type=float, dest="head_odds_weight", metavar="W",
-         help="head-rows, kl fit: add W/2 x the squared error of the set's log-odds shift to the KL (default: 0)")
-    _opt(p, "--ce-weight", type=float, dest="ce_weight", help="mixed: lambda on the CE term (default: 1.0)")
+         help="head-rows, kl fit: add W/2 x the squared error of the set's log-odds shift to the KL")
+    _opt(p, "--ce-weight", type=float, dest="ce_weight", help="mixed: lambda on the CE term")
     _opt(p, "--inputs", choices=["auto", "random", "text"],
-         help="training inputs: random tokens (the course) or play text (default: auto)")
+         help="training inputs: random tokens (the course) or play text")
     add_train_flags(p)
-    _opt(p, "--lr", type=float, help=f"learning rate (default: 1e-4; with --lora {LORA_LR:g})")
+    _opt(p, "--lr", type=float, help=f"learning rate; 0 = 1e-4, or {LORA_LR:g} with --lora")
     add_engine_flags(p)
     add_eval_flags(p)
     add_output_flags(p)
+    show_defaults(p, to_flat(TiltConfig()))
     p.set_defaults(func=cmd_tilt)
 
     p = sub.add_parser("generate", help="sample continuations from a model, optionally with a decode-time bias",
                        description="Print samples from a model. --bias B with --toward SELECTOR adds B to the "
                                    "logits of the set at every step (the decode-time baseline).",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _opt(p, "--model", metavar="bundled|PATH|HUB_ID", help="model to load (default: bundled)")
+    _opt(p, "--model", metavar="bundled|PATH|HUB_ID", help="model to load")
     p.add_argument("--prompt", action="append", help="prompt (repeatable; default: 16 built-in prompts)")
-    p.add_argument("--samples", type=int, default=1, help="samples per prompt (default: 1)")
-    p.add_argument("--new-tokens", type=int, default=48, help="tokens per sample (default: 48)")
+    p.add_argument("--samples", type=int, default=1, help="samples per prompt")
+    p.add_argument("--new-tokens", type=int, default=48, help="tokens per sample")
     p.add_argument("--strategy", choices=["greedy", "multinomial"], default="multinomial",
-                   help="greedy argmax or sampling (default: multinomial)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
-    p.add_argument("--top-k", type=int, default=0, help="top-k, 0 = off (default: 0)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus, 1.0 = off (default: 1.0)")
+                   help="greedy argmax or sampling")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--top-k", type=int, default=0, help="top-k, 0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus, 1.0 = off")
     p.add_argument("--toward", metavar="SELECTOR", help="token set for --bias and for counting R")
-    p.add_argument("--bias", type=float, default=0.0, help="decode-time logit bias on the set (default: 0)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--bias", type=float, default=0.0, help="decode-time logit bias on the set")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU")
+    show_defaults(p, argparse_defaults(p))
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("sweep", help="grid of tilt runs (objective x lr x rate/b) beside the decode-time baseline",
@@ -205,22 +234,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_flags(p)
     _opt(p, "--objective", dest="objectives", metavar="LIST",
          help=f"objectives to train, comma-separated, from {', '.join(OBJECTIVES)} "
-              "(default: tilt-distill,kl-alpha-beta)")
-    _opt(p, "--lr", dest="lrs", metavar="LIST", help="learning rates, comma-separated (default: 1e-4)")
+              "")
+    _opt(p, "--lr", dest="lrs", metavar="LIST", help="learning rates, comma-separated")
     _opt(p, "--rate", dest="rates", metavar="LIST",
-         help="target rates R*, comma-separated; b is calibrated per rate on the start model (default: 0.5)")
+         help="target rates R*, comma-separated; b is calibrated per rate on the start model")
     _opt(p, "--rate-rounds", type=int, dest="rate_rounds", metavar="N",
-         help="tilt-distill at a rate: trainings that correct b until the trained model's R is R* (default: 3)")
-    _opt(p, "--bias", dest="biases", metavar="LIST", help="explicit logit biases b, comma-separated (default: none)")
+         help="tilt-distill at a rate: trainings that correct b until the trained model's R is R*")
+    _opt(p, "--bias", dest="biases", metavar="LIST", help="explicit logit biases b, comma-separated")
     _opt(p, "--curve-points", type=int, dest="curve_points",
-         help="extra b values on the decode-time baseline curve (default: 6)")
-    _opt(p, "--positions", choices=["last", "all"], help="positions that enter the loss (default: all)")
-    _opt(p, "--alpha", type=float, help="kl-alpha-beta/mixed: weight of set tokens (default: 1.0)")
-    _opt(p, "--beta", type=float, help="kl-alpha-beta/mixed: weight of other tokens (default: 1e-4)")
-    _opt(p, "--ce-weight", type=float, dest="ce_weight", help="mixed: lambda on the CE term (default: 1.0)")
+         help="extra b values on the decode-time baseline curve")
+    _opt(p, "--positions", choices=["last", "all"], help="positions that enter the loss")
+    _opt(p, "--alpha", type=float, help="kl-alpha-beta/mixed: weight of set tokens")
+    _opt(p, "--beta", type=float, help="kl-alpha-beta/mixed: weight of other tokens")
+    _opt(p, "--ce-weight", type=float, dest="ce_weight", help="mixed: lambda on the CE term")
     add_eval_flags(p)
-    _opt(p, "--out", metavar="DIR", help="sweep folder (default: runs/sweep)")
+    _opt(p, "--out", metavar="DIR", help="sweep folder")
     _opt(p, "--overwrite", action="store_true", help="forget the runs already in the folder and start afresh")
+    show_defaults(p, to_flat(SweepConfig()))
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("eval", help="R with interval, perplexity, drift and degeneration of a model",
@@ -228,15 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "drift KL(reference || model) per token, distinct-1/2 and repetition. With "
                                    "--bias or --rate, also the decode-time baseline (the reference with a logit "
                                    "bias) on the same prompts, seeds and text.")
-    _opt(p, "--model", metavar="bundled|PATH|HUB_ID", help="model to measure (default: bundled)")
-    _opt(p, "--reference", metavar="bundled|PATH|HUB_ID", help="reference for drift and the baseline (default: bundled)")
-    _opt(p, "--toward", metavar="SELECTOR", help="token set counted by R (default: x)")
+    _opt(p, "--model", metavar="bundled|PATH|HUB_ID", help="model to measure")
+    _opt(p, "--reference", metavar="bundled|PATH|HUB_ID", help="reference for drift and the baseline")
+    _opt(p, "--toward", metavar="SELECTOR", help="token set counted by R")
     _opt(p, "--config", metavar="FILE.yaml", help="YAML file of option: value; flags override it")
     _opt(p, "--bias", type=float, help="also measure the reference decoded with this logit bias on the set")
     _opt(p, "--rate", type=float, help="also measure the reference decoded with the b calibrated to this R")
     _opt(p, "--bf16", action="store_true", help="bf16 autocast on CPU")
     add_eval_flags(p)
     _opt(p, "--out", metavar="FILE.json", help="also write the results as JSON")
+    show_defaults(p, {**to_flat(EvalConfig()), **EVAL_OWN})
     p.set_defaults(func=cmd_eval)
     add_audit_parser(sub)
     add_course_parsers(sub)
@@ -254,9 +285,15 @@ def preflight_eval(model: str, eval_cfg) -> None:
 
 def tilt_config(flags: dict):
     """TiltConfig from YAML (flags["config"]) and flags, checked as far as it can be without the model."""
-    from tokentilt.tilt import TiltConfig
+    from tokentilt.jobs.tilt import TiltConfig
 
     values = read_yaml(flags.get("config"))
+    given = set(values) | set(flags)
+    objective = flags.get("objective", values.get("objective", TiltConfig.objective))
+    if "rate" in given and objective != "tilt-distill":
+        raise UsageError(f"rate calibrates tilt-distill's bias; it does not apply to {objective}")
+    if "bias" in given and "rate" not in given:
+        values = {**values, "rate": 0.0}  # a bias the user gave is the tilt; the default rate gives way
     cfg = merge(TiltConfig, values, flags)
     lr = flags.get("lr", values.get("lr"))
     if lr is not None and not cfg.train.lr > 0:  # 0 means "auto" only as the API's default
@@ -269,7 +306,7 @@ def tilt_config(flags: dict):
 
 
 def cmd_tilt(args) -> int:
-    from tokentilt.tilt import run_tilt
+    from tokentilt.jobs.tilt import run_tilt
 
     cfg = tilt_config(vars(args))
     check_output(cfg.out)
@@ -329,7 +366,7 @@ def sweep_axes(values: dict) -> dict:
 
 def sweep_config(flags: dict):
     """SweepConfig from YAML and flags, checked as far as it can be without the model."""
-    from tokentilt.sweep import SweepConfig
+    from tokentilt.jobs.sweep import SweepConfig
 
     flags = sweep_axes(flags)
     cfg = merge(SweepConfig, sweep_axes(read_yaml(flags.get("config"))), flags)
@@ -341,7 +378,7 @@ def sweep_config(flags: dict):
 
 
 def cmd_sweep(args) -> int:
-    from tokentilt.sweep import run_sweep
+    from tokentilt.jobs.sweep import run_sweep
 
     cfg = sweep_config(vars(args))
     check_output(cfg.out)
@@ -356,18 +393,21 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+# eval's own options beside its EvalConfig
+EVAL_OWN = {"model": "bundled", "reference": "bundled", "toward": "x", "bias": 0.0, "rate": 0.0, "bf16": False,
+            "out": "", "config": ""}
+
+
 def cmd_eval(args) -> int:
     import json
 
-    from tokentilt.eval_job import eval_table, evaluate_model
     from tokentilt.evaluate import EvalConfig
+    from tokentilt.jobs.eval import eval_table, evaluate_model
 
     flags = vars(args)
     values = {**read_yaml(flags.get("config")), **{k: v for k, v in flags.items() if k not in ("func", "command")}}
-    own = {"model": "bundled", "reference": "bundled", "toward": "x", "bias": 0.0, "rate": 0.0, "bf16": False,
-           "out": "", "config": ""}
-    opts = {k: coerce(k, values.get(k, d), d) for k, d in own.items()}
-    cfg = merge(EvalConfig, {k: v for k, v in values.items() if k not in own}, {})
+    opts = {k: coerce(k, values.get(k, d), d) for k, d in EVAL_OWN.items()}
+    cfg = merge(EvalConfig, {k: v for k, v in values.items() if k not in EVAL_OWN}, {})
     cfg.check()
     check_syntax(opts["toward"])  # a bad selector fails here, not after a 25 s model load
     for name in {opts["model"], opts["reference"]}:
@@ -388,6 +428,8 @@ def cmd_eval(args) -> int:
 
 def add_audit_parser(sub) -> None:
     """`tokentilt audit MODEL --reference BASE`: find a tilt somebody else planted."""
+    from tokentilt.audit import AuditConfig
+
     p = sub.add_parser("audit", help="find which tokens a fine-tune tilted, and what they have in common",
                        description="Compare MODEL with the model it was fine-tuned from: every token's lift (mean "
                                    "log-prob difference) on held-out text and on samples of both models, candidate "
@@ -397,29 +439,30 @@ def add_audit_parser(sub) -> None:
                        epilog="example:\n  tokentilt audit runs/x/model --reference bundled --out runs/x-audit",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help="the model to audit: a local HF folder (a run's model/), or a hub id")
-    _opt(p, "--reference", metavar="bundled|PATH|HUB_ID", help="the model MODEL was fine-tuned from (default: bundled)")
+    _opt(p, "--reference", metavar="bundled|PATH|HUB_ID", help="the model MODEL was fine-tuned from")
     _opt(p, "--words", metavar="FILE", action="append",
          help="a whole-word list (one word per line) to score as a candidate; repeat for several")
     _opt(p, "--toward", metavar="SELECTOR", help="the true set, when known: report its AUROC and rank")
-    _opt(p, "--text", dest="eval_text", metavar="FILE", help="held-out text (default: the plays' test split)")
-    _opt(p, "--windows", type=int, dest="eval_windows", metavar="N", help="held-out windows (default: 16)")
-    _opt(p, "--seq-len", type=int, dest="eval_seq_len", metavar="N", help="tokens per held-out window (default: 128)")
+    _opt(p, "--eval-text", dest="eval_text", metavar="FILE", help="held-out text; empty = the plays' test split")
+    _opt(p, "--eval-windows", type=int, dest="eval_windows", metavar="N", help="held-out windows")
+    _opt(p, "--eval-seq-len", type=int, dest="eval_seq_len", metavar="N", help="tokens per held-out window")
     _opt(p, "--samples-per-prompt", type=int, dest="samples_per_prompt", metavar="N",
-         help="continuations per prompt from each model, 16 prompts (default: 2)")
-    _opt(p, "--new-tokens", type=int, dest="new_tokens", metavar="N", help="tokens per continuation (default: 48)")
+         help="continuations per prompt from each model, 16 prompts")
+    _opt(p, "--new-tokens", type=int, dest="new_tokens", metavar="N", help="tokens per continuation")
     _opt(p, "--null-draws", type=int, dest="null_draws", metavar="N",
-         help="random logit directions behind the 'stands out' threshold (default: 200)")
-    _opt(p, "--top", type=int, help="features and tokens listed (default: 20)")
-    _opt(p, "--seed", type=int, help="seed of the samples and the null draws (default: 1234)")
+         help="random logit directions behind the 'stands out' threshold")
+    _opt(p, "--top", type=int, help="features and tokens listed")
+    _opt(p, "--seed", type=int, help="seed of the samples and the null draws")
     _opt(p, "--bf16", action="store_true", help="bf16 autocast on CPU")
-    _opt(p, "--out", metavar="DIR", help="output folder (default: runs/audit)")
+    _opt(p, "--out", metavar="DIR", help="output folder")
     _opt(p, "--overwrite", action="store_true", help="replace the output folder if it already holds an audit")
+    show_defaults(p, to_flat(AuditConfig()))
     p.set_defaults(func=cmd_audit)
 
 
 def cmd_audit(args) -> int:
     from tokentilt.audit import AuditConfig
-    from tokentilt.audit_job import preflight, run_audit
+    from tokentilt.jobs.audit import preflight, run_audit
 
     cfg = AuditConfig(**{k: v for k, v in vars(args).items() if k not in ("func", "command")})
     preflight(cfg)
@@ -433,6 +476,8 @@ def cmd_audit(args) -> int:
 
 def add_course_parsers(sub) -> None:
     """`tokentilt pretrain` and `tokentilt experiment NAME`."""
+    from tokentilt.jobs.pretrain import PretrainConfig
+
     p = sub.add_parser("pretrain", help="pretrain Model 5 (compact GPT-2) on the Shakespeare plays",
                        description="Train Model 5 from scratch on the plays' train split with AdamW, dropout and "
                                    "early stopping on validation loss. Writes config.yaml, metrics.jsonl, loss.png, "
@@ -441,63 +486,69 @@ def add_course_parsers(sub) -> None:
                        epilog="example:\n  tokentilt pretrain --steps 300 --out runs/pretrain",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _opt(p, "--config", metavar="FILE.yaml", help="YAML file of option: value; flags override it")
-    _opt(p, "--steps", type=int, help="max AdamW steps; early stopping may end sooner (default: 1000)")
-    _opt(p, "--lr", type=float, help="AdamW learning rate (default: 3e-3)")
-    _opt(p, "--batch", type=int, help="windows per step (default: 8)")
-    _opt(p, "--seq-len", type=int, dest="seq_len", help="tokens per window (default: 64)")
-    _opt(p, "--weight-decay", type=float, dest="weight_decay", help="AdamW weight decay (default: 0.1)")
-    _opt(p, "--dropout", type=float, help="dropout (default: 0.1)")
-    _opt(p, "--n-layer", type=int, dest="n_layer", help="transformer blocks (default: 4)")
-    _opt(p, "--n-embd", type=int, dest="n_embd", help="residual width (default: 128)")
-    _opt(p, "--n-head", type=int, dest="n_head", help="attention heads (default: 4)")
-    _opt(p, "--eval-every", type=int, dest="eval_every", help="steps between train/val evaluations (default: 50)")
-    _opt(p, "--patience", type=int, help="early stop after N evaluations without improvement, 0 = off (default: 3)")
-    _opt(p, "--seed", type=int, help="seed of init, batches and dropout (default: 0)")
-    _opt(p, "--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU (default: on where the CPU has native bf16, else off)")
-    _opt(p, "--out", metavar="DIR", help="output folder (default: runs/pretrain)")
+    _opt(p, "--steps", type=int, help="max AdamW steps; early stopping may end sooner")
+    _opt(p, "--lr", type=float, help="AdamW learning rate")
+    _opt(p, "--batch", type=int, help="windows per step")
+    _opt(p, "--seq-len", type=int, dest="seq_len", help="tokens per window")
+    _opt(p, "--weight-decay", type=float, dest="weight_decay", help="AdamW weight decay")
+    _opt(p, "--dropout", type=float, help="dropout")
+    _opt(p, "--n-layer", type=int, dest="n_layer", help="transformer blocks")
+    _opt(p, "--n-embd", type=int, dest="n_embd", help="residual width")
+    _opt(p, "--n-head", type=int, dest="n_head", help="attention heads")
+    _opt(p, "--eval-every", type=int, dest="eval_every", help="steps between train/val evaluations")
+    _opt(p, "--patience", type=int, help="early stop after N evaluations without improvement, 0 = off")
+    _opt(p, "--seed", type=int, help="seed of init, batches and dropout")
+    _opt(p, "--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU; off by default unless the CPU has native bf16")
+    _opt(p, "--out", metavar="DIR", help="output folder")
     _opt(p, "--overwrite", action="store_true", help="replace the output folder if it already holds a run")
+    show_defaults(p, to_flat(PretrainConfig()))
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("experiment", help="run one of the course's experiments: l1-vs-l2, like-x, x-factor",
                        description="Reproduce one of the course's experiments. Each writes summary.json, plots and "
-                                   "report.md to --out (default: runs/exp/NAME).")
+                                   "report.md to --out.")
     exps = p.add_subparsers(dest="experiment", metavar="NAME", required=True)
 
     def common(e, name, epochs, lr):
-        e.add_argument("--epochs", type=int, help=f"optimizer steps (default: {epochs})")
+        e.add_argument("--epochs", type=int, help="optimizer steps")
         e.add_argument("--lr", type=float, action="append",
-                       help=f"learning rate (default: {lr})" + ("; repeat for several runs" if "," in lr else ""))
-        e.add_argument("--seed", type=int, help="random seed (default: 0)")
-        e.add_argument("--out", metavar="DIR", help=f"output folder (default: runs/exp/{name})")
+                       help="learning rate" + ("; repeat for several runs" if "," in lr else ""))
+        e.add_argument("--seed", type=int, help="random seed")
+        e.add_argument("--out", metavar="DIR", help="output folder")
         e.add_argument("--overwrite", action="store_true", help="replace the output folder if it already holds a run")
         e.set_defaults(func=cmd_experiment)
+
+    from tokentilt.jobs.experiments import l1_vs_l2, like_x, x_factor
 
     e = exps.add_parser("l1-vs-l2", help="one scalar, target 5, SGD lr 0.05 under L1 and under L2",
                         description="Fit one scalar parameter to 5 with SGD under L1 and under L2: L1 oscillates "
                                     "around the target, L2 converges. Records l1_at_2, l2_at_2, l2_final_error, "
                                     "l1_oscillation.")
     common(e, "l1-vs-l2", 200, "0.05")
+    show_defaults(e, to_flat(l1_vs_l2.L1VsL2Config()), {"epochs": "epochs"})
     e = exps.add_parser("like-x", help="train Model 5 to like tokens containing x (random inputs, last position)",
                         description="The course's 'Train a model to like X': KL toward uniform over x-tokens on the "
                                     "final position of random 256-token inputs. Counts x-tokens among 200 generated "
                                     "tokens before and after. Pretrains Model 5 first unless --checkpoint is given.")
     common(e, "like-x", 200, "1e-3")
     e.add_argument("--checkpoint", metavar="DIR", help="Model 5 folder (pretrain's model/); default: pretrain first")
-    e.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="optimizer (default: adam)")
-    e.add_argument("--batch", type=int, help="random sequences per step (default: 8)")
-    e.add_argument("--pretrain-steps", type=int, help="steps of the pretraining run without --checkpoint (default: 300)")
-    e.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU (default: on where the CPU has native bf16, else off)")
+    e.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="optimizer")
+    e.add_argument("--batch", type=int, help="random sequences per step")
+    e.add_argument("--pretrain-steps", type=int, help="steps of the pretraining run without --checkpoint")
+    e.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU; off by default unless the CPU has native bf16")
+    show_defaults(e, {**to_flat(like_x.LikeXConfig()), "pretrain_steps": like_x.LikeXConfig().pretrain.steps})
     e = exps.add_parser("x-factor", help="maximise the X factor of the bundled model at lr 1e-6 and 1e-4",
                         description="The course's 'Maximize the X factor': alpha/beta KL target at all positions of "
                                     "B=4 x T=64 random tokens, Adam, one run per learning rate from the same start. "
                                     "Reports R with intervals, final loss and samples per lr.")
     common(e, "x-factor", 150, "1e-6,1e-4")
-    e.add_argument("--model", metavar="bundled|PATH|HUB_ID", help="model to tilt (default: bundled)")
-    e.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU (default: on where the CPU has native bf16, else off)")
+    e.add_argument("--model", metavar="bundled|PATH|HUB_ID", help="model to tilt")
+    e.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU; off by default unless the CPU has native bf16")
+    show_defaults(e, to_flat(x_factor.XFactorConfig()), {"lr": "lrs"})
 
 
 def cmd_pretrain(args) -> int:
-    from tokentilt.pretrain import PretrainConfig, run_pretrain
+    from tokentilt.jobs.pretrain import PretrainConfig, run_pretrain
 
     flags = vars(args)
     cfg = merge(PretrainConfig, read_yaml(flags.get("config")), flags)
@@ -519,7 +570,7 @@ def unfinished_on_interrupt(out: str):
 
 
 def cmd_experiment(args) -> int:
-    from tokentilt.experiments import l1_vs_l2, like_x, x_factor
+    from tokentilt.jobs.experiments import l1_vs_l2, like_x, x_factor
 
     module, cfg = {"l1-vs-l2": (l1_vs_l2, l1_vs_l2.L1VsL2Config()), "like-x": (like_x, like_x.LikeXConfig()),
                    "x-factor": (x_factor, x_factor.XFactorConfig())}[args.experiment]

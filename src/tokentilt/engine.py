@@ -12,7 +12,9 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import resource
 import sys
+from pathlib import Path
 
 import torch
 
@@ -146,3 +148,22 @@ def on_main(fn, state):
     """Run fn() on the main process only; every process gets its result."""
     return broadcast(fn() if state.is_main_process else None, state)
 
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (since reset_peak_rss), in MiB.
+    VmHWM on Linux; ru_maxrss (KiB on Linux, bytes on macOS) elsewhere."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return round(int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM:")).split()[1]) / 1024, 1)
+    except (OSError, StopIteration):
+        scale = 1024 * 1024 if sys.platform == "darwin" else 1024
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1)
+
+
+def reset_peak_rss() -> bool:
+    """Start peak_rss_mb() afresh (Linux: clear_refs 5), so that training's peak is not loading's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False

@@ -50,11 +50,11 @@ class EvalConfig:
             raise ValueError("eval-windows must be positive and eval-seq-len at least 2")
 
     @classmethod
-    def course(cls) -> "EvalConfig":
+    def course(cls) -> EvalConfig:
         """The course experiments' measurement: their 8 prompts (their README numbers were taken on them)."""
         return cls(prompts=list(COURSE_PROMPTS))
 
-    def probe(self) -> "EvalConfig":
+    def probe(self) -> EvalConfig:
         """The same measurement on other seeds (eval_seed + 1): what tilt --rate chooses b on, so that the
         R it reports on eval_seed is not the one b was fitted to."""
         return dataclasses.replace(self, eval_seed=self.eval_seed + 1)

@@ -10,9 +10,9 @@ tensors; with V = 49,152 those dominate a training step long before the model do
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

@@ -42,7 +42,7 @@ class RunFolder:
                 if not overwrite:
                     raise RunFolderError(f"output folder already holds a run: {self.out} (use --overwrite)")
 
-    def start(self) -> "RunFolder":
+    def start(self) -> RunFolder:
         if self.resume:
             return self
         if self.tmp.exists():
@@ -68,3 +68,17 @@ class RunFolder:
             shutil.rmtree(self.out)
         self.tmp.rename(self.out)
         return self.out
+
+
+def keep_records_until(path, step: int) -> None:
+    """Drop the metrics.jsonl records after `step` (written after the checkpoint that resumes)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):  # a line cut short by kill -9
+            continue
+    path.write_text("".join(line + "\n" for line in kept))

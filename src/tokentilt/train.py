@@ -12,9 +12,9 @@ import json
 import math
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -146,7 +146,7 @@ class _Heads:
     reference: torch.nn.Module | None = None
 
     @classmethod
-    def find(cls, model, reference, objective, cfg: TrainConfig) -> "_Heads":
+    def find(cls, model, reference, objective, cfg: TrainConfig) -> _Heads:
         head = fusable_head(model) if cfg.loss_chunk and objective in FUSED else None
         if head is not None and not logits_come_from_head(model, head):
             head = None  # e.g. logits soft-capped after the head: only the dense form is right

@@ -259,7 +259,7 @@ class GPT(nn.Module):
     # --- conversion to and from Hugging Face GPT-2 ---
 
     @classmethod
-    def from_hf(cls, hf_model: GPT2LMHeadModel) -> "GPT":
+    def from_hf(cls, hf_model: GPT2LMHeadModel) -> GPT:
         """An equivalent GPT from a transformers GPT2LMHeadModel (weights copied, same dtype and device)."""
         c = hf_model.config
         if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
@@ -334,7 +334,7 @@ class GPT(nn.Module):
         save_file(state, str(path / WEIGHTS_FILE))
 
     @classmethod
-    def load(cls, path: str | Path) -> "GPT":
+    def load(cls, path: str | Path) -> GPT:
         """Load a folder written by `save`, or a Hugging Face GPT-2 folder (via `from_hf`)."""
         path = Path(path)
         if not (path / CONFIG_FILE).is_file() and (path / "config.json").is_file():

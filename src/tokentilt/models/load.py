@@ -11,8 +11,8 @@ import shutil
 import socket
 import sys
 import tempfile
-from urllib.parse import urlparse
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from safetensors import SafetensorError

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_LR = 2e-3  # takes the bundled model from R ~0.01 to R >= 0.9 toward x in 40 steps (README)
+DEFAULT_LR = 2e-3  # the learning rate --lora uses unless --lr is given; the R it reaches, beside other
+# learning rates, is measured in docs/training-engine.md (the LoRA table), not claimed here
 
 
 @dataclass

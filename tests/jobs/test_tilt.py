@@ -1,14 +1,33 @@
 import dataclasses
 import json
+import math
+from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tokentilt.evaluate
-import tokentilt.tilt
+import tokentilt.jobs.tilt
+import tokentilt.tilting
 from tokentilt.cli import main
 from conftest import tilt_argv
 
 COST_KEYS = ("ppl", "drift", "distinct_1", "distinct_2", "repetition")
+
+
+def hand_ppl(model_dir, eval_file, bias: float = 0.0) -> float:
+    """Held-out perplexity of a saved model decoded with logit bias b on the 'x' tokens, by hand: the same two
+    16-token windows the run uses (the first and last of the eval text), log_softmax(z + b*M), next-token NLL."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    mask = torch.tensor(["x" in t.lower() for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])])
+    ids = torch.tensor(tokenizer(Path(eval_file).read_text(), add_special_tokens=False)["input_ids"])
+    windows = ids[: len(ids) // 16 * 16].view(-1, 16)[[0, -1]]  # (2, 16)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=windows).logits.double() + bias * mask.double(), -1)  # (2, 16, V)
+    nll = -logp[:, :-1].gather(-1, windows[:, 1:, None]).squeeze(-1)  # (2, 15)
+    return math.exp(float(nll.mean()))
 
 
 @pytest.mark.slow
@@ -46,7 +65,7 @@ def test_bad_cost_options_are_one_line_exit_2(tiny_model_dir, eval_file, tmp_pat
 
 
 def test_missing_eval_text_fails_before_loading(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(tokentilt.tilt, "load_model", lambda *a: pytest.fail("loaded the model"))
+    monkeypatch.setattr(tokentilt.tilting, "load_model", lambda *a: pytest.fail("loaded the model"))
     out = tmp_path / "run"
     code = main(tilt_argv(tiny_model_dir, tmp_path / "missing.txt", out))
     err = capsys.readouterr().err
@@ -87,14 +106,14 @@ def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, 
 def test_when_the_rounds_move_b_rho_reads_a_decode_time_point_at_the_trained_b(tiny_model_dir, eval_file, tmp_path,
                                                                               monkeypatch, where):
     draws = []  # (seed, bias) of every R measurement
-    real_sample, real_train_to_rate = tokentilt.evaluate.sample, tokentilt.tilt.train_to_rate
+    real_sample, real_train_to_rate = tokentilt.evaluate.sample, tokentilt.jobs.tilt.train_to_rate
     monkeypatch.setattr(tokentilt.evaluate, "sample", lambda *a, seed, bias=0.0, **k: draws.append((seed, bias))
                         or real_sample(*a, seed=seed, bias=bias, **k))
 
     def rounds_that_move_b(*args, **kwargs):  # as if a later round had been kept
         fit, history = real_train_to_rate(*args, **kwargs)
         return dataclasses.replace(fit, bias=fit.bias + 1.5), history
-    monkeypatch.setattr(tokentilt.tilt, "train_to_rate", rounds_that_move_b)
+    monkeypatch.setattr(tokentilt.jobs.tilt, "train_to_rate", rounds_that_move_b)
     out = tmp_path / "run"
     assert main(tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.5",
                           "--rate-rounds", "1", *where, "--eval-seed", "7")) == 0
@@ -104,8 +123,16 @@ def test_when_the_rounds_move_b_rho_reads_a_decode_time_point_at_the_trained_b(t
     # on the eval seed: before, the decode-time tilt at the calibrated b, after, and the decode-time tilt at the
     # trained b (sampled from the reference: for LoRA, the model with its adapter off)
     assert sorted(d for d in draws if d[0] == 7) == sorted([(7, 0.0), (7, calibrated), (7, 0.0), (7, trained)])
-    assert s["rho"] is None or s["rho"] == pytest.approx(
-        (s["ppl_tuned"] - s["ppl_base"]) / (s["ppl_decode_matched"] - s["ppl_base"]))
+    # rho's three perplexities recomputed by hand on the same held-out windows: the base, the reference decoded
+    # with the matched bias, and the saved tuned model (for LoRA, the merged one)
+    base, decode = hand_ppl(tiny_model_dir, eval_file), hand_ppl(tiny_model_dir, eval_file, s["matched_decode"]["bias"])
+    tuned = hand_ppl(out / "model", eval_file)
+    assert s["ppl_base"] == pytest.approx(base, rel=1e-4)
+    assert s["ppl_decode_matched"] == pytest.approx(decode, rel=1e-4)
+    assert s["ppl_tuned"] == pytest.approx(tuned, rel=1e-4)
+    assert decode > base  # the matched decode-time tilt costs something, so rho is defined
+    assert isinstance(s["rho"], float) and math.isfinite(s["rho"])
+    assert s["rho"] == pytest.approx((tuned - base) / (decode - base), rel=1e-3)
 
 
 def test_rate_rounds_must_be_positive(tiny_model_dir, eval_file, tmp_path, capsys):

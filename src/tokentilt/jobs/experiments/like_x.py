@@ -18,14 +18,14 @@ from types import SimpleNamespace
 import torch
 
 from tokentilt import data
-from tokentilt.evaluate import EvalConfig, measure_rate
 from tokentilt.engine import native_bf16
+from tokentilt.evaluate import EvalConfig, measure_rate
 from tokentilt.generate import SampleConfig, sample
 from tokentilt.losses import OBJECTIVES, ObjectiveContext
 from tokentilt.models.gpt import GPT
 from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.outputs import RunFolder
-from tokentilt.pretrain import PretrainConfig, run_pretrain
+from tokentilt.pretraining import PretrainConfig, pretrain_model
 from tokentilt.report import fmt_rate, markdown_table, plot_rate, plot_series, samples_section
 from tokentilt.targets import resolve_set
 from tokentilt.train import TrainConfig, train
@@ -109,9 +109,10 @@ def run(cfg: LikeXConfig, progress: bool = True, echo=print) -> dict:
     folder.write_yaml("config.yaml", dataclasses.asdict(cfg))
     if model is None:
         echo("no --checkpoint: pretraining Model 5 first ...")
-        pre = dataclasses.replace(cfg.pretrain, out=str(folder.path("pretrain")), seed=cfg.seed, overwrite=False)
-        run_pretrain(pre, progress=progress, echo=echo)
-        model = GPT.load(folder.path("pretrain") / "model")
+        pre = dataclasses.replace(cfg.pretrain, seed=cfg.seed)
+        model = pretrain_model(pre, progress=progress, echo=echo).model
+        model.save(folder.path("pretrain") / "model")
+        model = GPT.load(folder.path("pretrain") / "model")  # as a --checkpoint run would: the saved weights
     if model.config.block_size < cfg.seq_len:
         raise ValueError(f"seq-len {cfg.seq_len} exceeds the model's block_size {model.config.block_size}")
     model.eval()

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from tokentilt.cli import main
-from tokentilt.experiments.l1_vs_l2 import L1VsL2Config, fit_scalar, run
+from tokentilt.jobs.experiments.l1_vs_l2 import L1VsL2Config, fit_scalar, run
 from tokentilt.losses import L1Loss, L2Loss
 
 

@@ -1,28 +1,21 @@
-"""Pretrain Model 5 on the Shakespeare plays: next-token CE, AdamW, dropout, early stopping on val loss.
+"""Model 5's pretraining on the Shakespeare plays: next-token CE, AdamW, dropout, early stopping on val loss.
 
-The run folder holds config.yaml, metrics.jsonl (train loss every step, train/val loss at every
-evaluation), loss.png, summary.json (final val loss beside the unigram baseline), report.md and
-model/ (GPT.save: gpt_config.json + gpt.safetensors).
+Shared by the pretrain job (jobs/pretrain.py, which writes the run folder) and the like-x experiment.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import time
 from dataclasses import dataclass, field
 
 import torch
 
 from tokentilt import data
 from tokentilt.engine import native_bf16
-from tokentilt.generate import SampleConfig, sample
 from tokentilt.losses import ObjectiveContext, next_token_objective
 from tokentilt.metrics import perplexity
 from tokentilt.models.gpt import GPT, GPTConfig
 from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
-from tokentilt.outputs import RunFolder
-from tokentilt.report import markdown_table, plot_series, samples_section
 from tokentilt.train import TrainConfig, train
 
 
@@ -86,11 +79,24 @@ def split_loss(model, windows: torch.Tensor, bf16: bool) -> float:
     return math.log(perplexity(model, windows, batch_size=8, bf16=bf16))
 
 
-def run_pretrain(cfg: PretrainConfig, progress: bool = True, echo=print) -> dict:
-    """Train Model 5 from scratch, write the run folder, return summary.json's content."""
+@dataclass
+class Pretrained:
+    """What pretrain_model hands back: the model with its best weights, and how it got there."""
+
+    model: GPT
+    tokenizer: object
+    history: list[dict]  # train()'s per-step records
+    evals: list[dict]  # train/val loss at step 0 and at every evaluation; the last adds final_val_loss
+    baseline: dict  # unigram_cross_entropy()
+    train_tokens: int
+    val_tokens: int
+
+
+def pretrain_model(cfg: PretrainConfig, progress: bool = True, log=None, echo=print) -> Pretrained:
+    """Train Model 5 from scratch on the plays' train split, early-stopping on val loss.
+    `log(record)` receives every metrics record (the job writes them to metrics.jsonl)."""
     cfg.check()
-    folder = RunFolder(cfg.out, cfg.overwrite)
-    started = time.time()
+    log = log or (lambda record: None)
     tokenizer = gpt2_tokenizer()
     echo("tokenizing the plays ...")
     train_tokens = data.tokenize(tokenizer, data.split_text("train"))  # (N_train,)
@@ -99,15 +105,13 @@ def run_pretrain(cfg: PretrainConfig, progress: bool = True, echo=print) -> dict
     val_windows = data.eval_windows(val_tokens, cfg.seq_len, cfg.eval_windows)  # (W, T)
     baseline = unigram_cross_entropy(train_tokens, val_tokens, len(tokenizer))
 
-    folder.start()
-    folder.write_yaml("config.yaml", dataclasses.asdict(cfg))
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.gpt_config())
     echo(f"Model 5: {model.num_params() / 1e6:.1f}M parameters; {len(train_tokens)} train / {len(val_tokens)} val "
          f"tokens; unigram baseline {baseline['unigram_val_ce']:.3f} nats on val")
     evals = [{"step": 0, "train_loss": split_loss(model, train_windows, cfg.bf16),
               "val_loss": split_loss(model, val_windows, cfg.bf16)}]
-    folder.append_jsonl("metrics.jsonl", evals[0])
+    log(evals[0])
 
     def evaluate(step: int) -> dict:
         point = {"train_loss": split_loss(model, train_windows, cfg.bf16),
@@ -118,54 +122,7 @@ def run_pretrain(cfg: PretrainConfig, progress: bool = True, echo=print) -> dict
     train_cfg = cfg.train_config()
     history = train(model, next_token_objective, ObjectiveContext(mask=torch.zeros(0, dtype=torch.bool)),
                     lambda g, rows: data.text_windows(train_tokens, rows, train_cfg.seq_len, g), train_cfg,
-                    evaluate=evaluate, log=lambda r: folder.append_jsonl("metrics.jsonl", r), progress=progress)
-    # train() restored the best weights when early stopping was on; measure what we save.
-    best = min(evals[1:], key=lambda e: e["val_loss"]) if cfg.patience else evals[-1]
-    final_val = split_loss(model, val_windows, cfg.bf16)
-    model.save(folder.path("model"))
-
-    plot_series(folder.path("loss.png"),
-                {"train (per step)": ([r["step"] for r in history], [r["loss"] for r in history]),
-                 "train (fixed windows)": ([e["step"] for e in evals], [e["train_loss"] for e in evals]),
-                 "val": ([e["step"] for e in evals], [e["val_loss"] for e in evals])},
-                "Model 5 pretraining on Shakespeare", "next-token CE (nats)",
-                hline=(baseline["unigram_val_ce"], "unigram baseline (val)"))
-    samples = sample(model, tokenizer, ["KING:", "To be"], 1, SampleConfig(max_new_tokens=cfg.sample_tokens), seed=cfg.seed)
-    summary = {
-        "params": model.num_params(),
-        "train_tokens": len(train_tokens),
-        "val_tokens": len(val_tokens),
-        "steps": len(history),
-        "early_stopped": len(history) < cfg.steps,
-        "best_step": best["step"],
-        "val_loss": final_val,
-        "train_loss": best["train_loss"],
-        **baseline,
-        "seconds": round(time.time() - started, 1),
-    }
-    folder.path("report.md").write_text(pretrain_report(cfg, summary, evals, samples))
-    folder.write_json("summary.json", summary)
-    out = folder.finish()
-    echo(f"val loss {final_val:.3f} nats (unigram baseline {baseline['unigram_val_ce']:.3f}); "
-         f"{summary['steps']} steps in {summary['seconds']:.0f} s\nrun folder: {out}")
-    return summary
-
-
-def pretrain_report(cfg: PretrainConfig, s: dict, evals: list[dict], samples) -> str:
-    rows = [{"step": e["step"], "train loss": e["train_loss"], "val loss": e["val_loss"]} for e in evals]
-    return "\n".join([
-        "# Model 5 pretraining on Shakespeare",
-        "",
-        f"- {s['params'] / 1e6:.1f}M parameters ({cfg.n_layer} layers, d={cfg.n_embd}, {cfg.n_head} heads, "
-        f"dropout {cfg.dropout}); GPT-2 tokenizer",
-        f"- {s['steps']} AdamW steps (lr {cfg.lr:g}, weight decay {cfg.weight_decay}) of {cfg.batch} x {cfg.seq_len} "
-        f"tokens{'; stopped early' if s['early_stopped'] else ''}; best step {s['best_step']}; {s['seconds']:.0f} s",
-        f"- **val loss {s['val_loss']:.3f} nats** vs the unigram baseline {s['unigram_val_ce']:.3f} nats "
-        f"(train-split unigram entropy {s['unigram_entropy']:.3f})",
-        "",
-        markdown_table(rows, ["step", "train loss", "val loss"]),
-        "",
-        "![loss](loss.png)",
-        "",
-        samples_section("Samples", samples.prompts, samples.texts),
-    ])
+                    evaluate=evaluate, log=log, progress=progress)
+    # train() restored the best weights when early stopping was on; measure what is returned.
+    evals[-1]["final_val_loss"] = split_loss(model, val_windows, cfg.bf16)
+    return Pretrained(model, tokenizer, history, evals, baseline, len(train_tokens), len(val_tokens))

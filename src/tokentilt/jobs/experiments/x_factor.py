@@ -13,12 +13,12 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from tokentilt.evaluate import EvalConfig, measure_rate
 from tokentilt.engine import native_bf16
+from tokentilt.evaluate import EvalConfig, measure_rate
 from tokentilt.losses import OBJECTIVES, ObjectiveContext
 from tokentilt.outputs import RunFolder
 from tokentilt.report import fmt_rate, markdown_table, plot_series, samples_section
-from tokentilt.tilt import batch_source, load_with_set
+from tokentilt.tilting import batch_source, load_with_set
 from tokentilt.train import TrainConfig, train
 
 

@@ -2,13 +2,16 @@ import csv
 import json
 
 import pytest
+import torch
+from transformers import AutoTokenizer
 
-import tokentilt.sweep
-import tokentilt.tilt
+import tokentilt.jobs.sweep
+import tokentilt.jobs.tilt
+import tokentilt.tilting
 from tokentilt import data
 from tokentilt.cli import main, sweep_axes
 from tokentilt.config import merge, read_yaml
-from tokentilt.sweep import BASELINE, CSV_COLUMNS, RunSpec, SweepConfig, SweepLog, curve_biases, grid
+from tokentilt.jobs.sweep import BASELINE, CSV_COLUMNS, RunSpec, SweepConfig, SweepLog, curve_biases, grid
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next to the axe. " * 30
 
@@ -18,7 +21,7 @@ def small_text(tmp_path, monkeypatch):
     """A short eval file, and a short training stream instead of tokenizing the whole train split."""
     path = tmp_path / "eval.txt"
     path.write_text(TEXT)
-    monkeypatch.setattr(tokentilt.tilt, "train_tokens", lambda tok: data.tokenize(tok, TEXT))
+    monkeypatch.setattr(tokentilt.tilting, "train_tokens", lambda tok: data.tokenize(tok, TEXT))
     return path
 
 
@@ -46,10 +49,33 @@ def test_grid_pairs_tilt_distill_with_every_rate_and_bias():
     assert curve_biases([], 0) == []
 
 
+T_975_DF15 = 2.131449545559323  # Student-t 0.975 quantile, 15 degrees of freedom (16 samples)
+
+
+def hand_rate(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, float]:
+    """(mean, ci_low, ci_high) of R recounted from 16 samples' ids (16, L), without tokentilt.metrics."""
+    rates = mask[tokens].double().mean(1)  # (N,)
+    assert len(rates) == 16
+    mean = float(rates.mean())
+    half = T_975_DF15 * float(rates.std(unbiased=True)) / 4
+    return mean, max(mean - half, 0.0), min(mean + half, 1.0)
+
+
 @pytest.mark.slow
 def test_sweep_writes_outputs_and_skips_finished_runs(tiny_model_dir, small_text, tmp_path, monkeypatch, capsys):
     out = tmp_path / "sweep"
+    recounts = []  # R of every measure() of the sweep, recounted from its samples
+    real_measure = tokentilt.jobs.sweep.measure
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    mask = torch.tensor(["x" in t.lower() for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])])
+
+    def recording_measure(*args, **kwargs):
+        result, samples = real_measure(*args, **kwargs)
+        recounts.append(hand_rate(samples.tokens, mask))
+        return result, samples
+    monkeypatch.setattr(tokentilt.jobs.sweep, "measure", recording_measure)
     assert main(sweep_argv(tiny_model_dir, small_text, out)) == 0
+    monkeypatch.setattr(tokentilt.jobs.sweep, "measure", real_measure)
     columns, rows = read_csv(out / "sweep.csv")
     assert columns[:10] == ["objective", "lr", "bias", "rate_mean", "rate_ci_low", "rate_ci_high", "ppl", "drift",
                             "distinct_2", "seconds"]
@@ -61,8 +87,13 @@ def test_sweep_writes_outputs_and_skips_finished_runs(tiny_model_dir, small_text
     baseline = [r for r in rows if r["objective"] == BASELINE]
     assert sorted(float(r["bias"]) for r in baseline) == [3.0, 4.5]
     assert float(distill["bias"]) == 3.0 and float(distill["drift"]) > 0 and distill["steps"] == "2"
-    for r in rows:
-        assert float(r["rate_ci_low"]) <= float(r["rate_mean"]) <= float(r["rate_ci_high"])
+    # every row's R and interval is the recount of one measurement's samples (16 prompts x 1 sample x 8 tokens)
+    assert len(recounts) == len(rows) == 4
+    reported = sorted((float(r["rate_mean"]), float(r["rate_ci_low"]), float(r["rate_ci_high"])) for r in rows)
+    for got, want in zip(reported, sorted(recounts)):
+        assert got == pytest.approx(want, abs=1e-6)
+        assert abs(got[0] * 128 - round(got[0] * 128)) < 1e-4  # k set tokens of 128
+        assert got[2] - got[1] > 0.01 or got[0] in (0.0, 1.0)  # an interval with width, unless R is 0 or 1
     assert (out / "pareto.png").stat().st_size > 1000
     assert "| objective |" in (out / "sweep.md").read_text()
 
@@ -70,7 +101,7 @@ def test_sweep_writes_outputs_and_skips_finished_runs(tiny_model_dir, small_text
     def no_load(*a, **k):
         raise AssertionError("finished sweep reloaded the model")
 
-    monkeypatch.setattr(tokentilt.sweep, "load_with_set", no_load)
+    monkeypatch.setattr(tokentilt.jobs.sweep, "load_with_set", no_load)
     lines = (out / "runs.jsonl").read_text()
     assert main(sweep_argv(tiny_model_dir, small_text, out)) == 0
     assert (out / "runs.jsonl").read_text() == lines
@@ -78,7 +109,7 @@ def test_sweep_writes_outputs_and_skips_finished_runs(tiny_model_dir, small_text
 
     # Another lr adds only the two runs at that lr.
     monkeypatch.undo()
-    monkeypatch.setattr(tokentilt.tilt, "train_tokens", lambda tok: data.tokenize(tok, TEXT))
+    monkeypatch.setattr(tokentilt.tilting, "train_tokens", lambda tok: data.tokenize(tok, TEXT))
     argv = sweep_argv(tiny_model_dir, small_text, out)
     argv[argv.index("1e-3")] = "1e-3,2e-3"
     assert main(argv) == 0
@@ -107,7 +138,7 @@ def test_sweep_refuses_a_folder_with_other_settings(tmp_path):
     out.mkdir()
     (out / "runs.jsonl").write_text('{"kind": "settings", "settings": {"steps": 1}}\n')
     with pytest.raises(ValueError, match="other settings"):
-        tokentilt.sweep.run_sweep(SweepConfig(out=str(out), eval=tokentilt.sweep.EvalConfig(eval_text=__file__)))
+        tokentilt.jobs.sweep.run_sweep(SweepConfig(out=str(out), eval=tokentilt.jobs.sweep.EvalConfig(eval_text=__file__)))
 
 
 @pytest.mark.slow

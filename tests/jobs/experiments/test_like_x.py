@@ -6,7 +6,7 @@ import torch
 
 from tokentilt.cli import main
 from tokentilt.evaluate import EvalConfig
-from tokentilt.experiments.like_x import LikeXConfig, run
+from tokentilt.jobs.experiments.like_x import LikeXConfig, run
 from tokentilt.models.gpt import GPT, GPTConfig
 
 
@@ -53,7 +53,7 @@ def test_seq_len_beyond_block_size_is_an_error(tmp_path, tiny_checkpoint):
 
 
 def test_final_position_logits_match_the_full_forward():
-    from tokentilt.experiments.like_x import FinalPositionLogits
+    from tokentilt.jobs.experiments.like_x import FinalPositionLogits
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_embd=32, n_head=4, block_size=64)).eval()

@@ -18,13 +18,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from tokentilt.calibrate import calibrate, check_rate
+from tokentilt.config import to_flat
 from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure
 from tokentilt.losses import OBJECTIVES
 from tokentilt.report import markdown_table
-from tokentilt.config import to_flat
-from tokentilt.tilt import TiltConfig, load_with_set, train_to_rate, train_toward
+from tokentilt.tilting import TiltConfig, load_with_set, train_to_rate, train_toward
 from tokentilt.train import TrainConfig, frozen_copy
 
 BASELINE = "decode-bias"
@@ -223,7 +222,8 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
     for rate in cfg.rates:
         if rate not in calibrated:
             echo(f"calibrating b for R = {rate} ...")
-            cal = calibrate(reference, tokenizer, tokens.mask, rate, cfg.eval, windows, bf16=bf16, echo=echo)
+            # on the probe seeds, as tilt does: the eval seeds measure R, they do not fit b
+            cal = calibrate(reference, tokenizer, tokens.mask, rate, cfg.eval.probe(), windows, bf16=bf16, echo=echo)
             log.append({"kind": "calibration", "rate": rate, "bias": cal.bias, "proxy_bias": cal.proxy_bias,
                         "history": cal.history})
             calibrated[rate] = cal.bias

@@ -1,0 +1,205 @@
+"""A tilt's settings and how it is trained: TiltConfig, the training batches, full or LoRA training
+toward a bias, and the rate rounds that correct b until the trained model's R is R*.
+
+Shared by the tilt and sweep jobs and the x-factor experiment; head-rows fitting is in head_tilt.py.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from tokentilt import checkpoint, data, head_tilt
+from tokentilt.calibrate import RateFit, check_rate, fit_trained_bias
+from tokentilt.engine import on_main, process_state
+from tokentilt.evaluate import EvalConfig, measure_rate
+from tokentilt.losses import OBJECTIVES, REFERENCE_OBJECTIVES, TEXT_OBJECTIVES, ObjectiveContext
+from tokentilt.models import lora
+from tokentilt.models.load import load_model
+from tokentilt.targets import TokenSet, resolve_set
+from tokentilt.train import TrainConfig, train
+
+INPUTS = ("auto", "random", "text")
+PLACEMENTS = ("auto", "head-rows", "model")
+FULL_LR = 1e-4  # the course's learning rate for full fine-tuning
+DEFAULT_RATE = 0.5  # tilt-distill's default target rate R*
+
+
+def _tilt_train() -> TrainConfig:
+    # lr 0 = FULL_LR, or lora.DEFAULT_LR with --lora (settled in check); bf16 where the hardware runs it natively
+    return TrainConfig(lr=0.0, precision="auto")
+
+
+@dataclass
+class TiltConfig:
+    """One tilt run. Flat YAML keys and CLI flags map onto these fields and the nested ones."""
+
+    model: str = "bundled"  # "bundled", a local HF folder, or a hub id
+    toward: str = "x"  # selector of the token set (see targets.py)
+    objective: str = "tilt-distill"  # one of losses.OBJECTIVES (kl-uniform with random inputs = the course's recipe)
+    positions: str = "all"  # which positions enter the loss: last | all
+    alpha: float = 1.0  # kl-alpha-beta / mixed: weight inside the set
+    beta: float = 1e-4  # kl-alpha-beta / mixed: weight outside the set
+    bias: float = 2.0  # tilt-distill with rate 0: the fixed logit bias b of the target softmax(z_ref + b*mask)
+    rate: float = DEFAULT_RATE  # tilt-distill: target rate R*, b calibrated to it (0 = use bias; other objectives: 0)
+    rate_rounds: int = 3  # with rate: training rounds that correct b until the trained model's R is R*
+    ce_weight: float = 1.0  # mixed: lambda in KL + lambda * CE
+    placement: str = "auto"  # tilt-distill: head-rows | model | auto (head-rows, or model with --lora)
+    contexts: str = "mix"  # head-rows: training contexts, mix | text (plays) | policy (tilted samples)
+    head_fit: str = "offset"  # head-rows: offset (least-squares constant logit offset) | kl (Adam on the KL)
+    head_steps: int = 300  # head-rows, kl fit: Adam steps on cached head inputs
+    head_lr: float = 1e-2  # head-rows, kl fit: peak learning rate (cosine schedule)
+    head_odds_weight: float = 0.0  # head-rows, kl fit: weight of the set log-odds error next to the KL
+    inputs: str = "auto"  # random | text | auto (text for tilt-distill and mixed, else random)
+    out: str = "runs/tilt"  # output folder
+    overwrite: bool = False  # replace an existing run folder
+    resume: bool = False  # continue the unfinished run in out.partial from its newest checkpoint
+    train: TrainConfig = field(default_factory=_tilt_train)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    lora: lora.LoraArgs = field(default_factory=lora.LoraArgs)
+
+    def check(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.positions not in ("last", "all"):
+            raise ValueError(f"positions must be 'last' or 'all', got {self.positions!r}")
+        if self.inputs not in INPUTS:
+            raise ValueError(f"inputs must be one of {', '.join(INPUTS)}, got {self.inputs!r}")
+        if self.alpha < 0 or self.beta < 0 or self.alpha + self.beta == 0:
+            raise ValueError("alpha and beta must be >= 0 and not both 0")
+        if self.objective != "tilt-distill":
+            self.rate = 0.0  # the default rate is tilt-distill's; the CLI refuses one that a user gave
+        if self.rate:
+            check_rate(self.rate)
+        if not (isinstance(self.rate_rounds, int) and self.rate_rounds >= 1):
+            raise ValueError(f"rate-rounds must be a positive integer, got {self.rate_rounds!r}")
+        if self.rate and (self.resume or self.train.save_every or self.train.report_to != "none"):
+            raise ValueError("--rate trains up to rate-rounds times from the start; "
+                             "it takes no --resume, --save-every or --report-to")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
+        if self.placement == "head-rows" and (self.objective != "tilt-distill" or self.lora.lora):
+            raise ValueError("--placement head-rows applies to tilt-distill without --lora")
+        if self.contexts not in head_tilt.CONTEXTS:
+            raise ValueError(f"contexts must be one of {', '.join(head_tilt.CONTEXTS)}, got {self.contexts!r}")
+        if self.head_fit not in head_tilt.FITS:
+            raise ValueError(f"head-fit must be one of {', '.join(head_tilt.FITS)}, got {self.head_fit!r}")
+        if not (isinstance(self.head_steps, int) and self.head_steps >= 1):
+            raise ValueError(f"head-steps must be a positive integer, got {self.head_steps!r}")
+        if not (isinstance(self.head_lr, (int, float)) and math.isfinite(self.head_lr) and self.head_lr > 0):
+            raise ValueError(f"head-lr must be positive, got {self.head_lr!r}")
+        if not (isinstance(self.head_odds_weight, (int, float)) and math.isfinite(self.head_odds_weight)
+                and self.head_odds_weight >= 0):
+            raise ValueError(f"head-odds-weight must be >= 0, got {self.head_odds_weight!r}")
+        if self.head_rows() and (self.resume or self.train.save_every or self.train.report_to != "none"):
+            raise ValueError("--placement head-rows fits in seconds on cached hidden states; "
+                             "it takes no --resume, --save-every or --report-to (use --placement model)")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues a run and --overwrite starts it afresh: give one of them")
+        if self.train.lr == 0:
+            self.train.lr = lora.DEFAULT_LR if self.lora.lora else FULL_LR
+        self.lora.check()
+        self.train.check()
+        self.eval.check()
+
+    def head_rows(self) -> bool:
+        """Whether the tilt is fitted into the set's rows of the output head (head_tilt.py)."""
+        if self.placement == "auto":
+            return self.objective == "tilt-distill" and not self.lora.lora
+        return self.placement == "head-rows"
+
+    def input_kind(self) -> str:
+        if self.inputs != "auto":
+            return self.inputs
+        return "text" if self.objective in TEXT_OBJECTIVES else "random"
+
+
+_TRAIN_TOKENS: dict[int, torch.Tensor] = {}
+
+
+def train_tokens(tokenizer) -> torch.Tensor:
+    """Token ids of the plays' train split (never the eval text), tokenized once per tokenizer."""
+    key = id(tokenizer)
+    if key not in _TRAIN_TOKENS:
+        _TRAIN_TOKENS.clear()
+        _TRAIN_TOKENS[key] = data.tokenize(tokenizer, data.split_text("train"))
+    return _TRAIN_TOKENS[key]
+
+
+def load_with_set(model_name: str, toward: str, echo=print):
+    """Load a model and resolve the selector over its output vocabulary -> (model, tokenizer, TokenSet)."""
+    echo(f"loading model {model_name!r} ...")
+    model, tokenizer = load_model(model_name)
+    tokens = resolve_set(toward, tokenizer, model.get_output_embeddings().weight.shape[0])
+    echo(tokens.describe())
+    return model, tokenizer, tokens
+
+
+def batch_source(kind: str, tokenizer, vocab_size: int, cfg: TrainConfig):
+    """-> next_batch(generator, rows) giving (rows, T) ids: random tokens, or windows of the plays' train split."""
+    if kind == "random":
+        return lambda g, rows: data.random_tokens(vocab_size, rows, cfg.seq_len, g)
+    tokens = train_tokens(tokenizer)
+    return lambda g, rows: data.text_windows(tokens, rows, cfg.seq_len, g)
+
+
+def train_toward(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig, bias: float, evaluate=None,
+                 log=None, progress: bool = True, run_dir=None) -> list[dict]:
+    """Train `model` in place with cfg's objective; `reference` is the frozen starting model.
+    With run_dir, checkpoints go there and cfg.resume continues from the newest one."""
+    ctx = ObjectiveContext(mask=tokens.mask, positions=cfg.positions, alpha=cfg.alpha, beta=cfg.beta,
+                           bias=bias, ce_weight=cfg.ce_weight)
+    next_batch = batch_source(cfg.input_kind(), tokenizer, tokens.vocab_size, cfg.train)
+    return train(model, OBJECTIVES[cfg.objective], ctx, next_batch, cfg.train,
+                 reference=reference if cfg.objective in REFERENCE_OBJECTIVES else None,
+                 evaluate=evaluate, log=log, progress=progress, run_dir=run_dir,
+                 resume=cfg.resume and run_dir is not None)
+
+
+def train_to_rate(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig, bias: float, evaluate=None,
+                  log=None, progress: bool = True, on_round=None, echo=print,
+                  train_once=None) -> tuple[RateFit, list[dict]]:
+    """tilt-distill toward the rate cfg.rate: up to cfg.rate_rounds trainings, each from the reference's weights.
+
+    `bias` is the decode-time calibration; calibrate.fit_trained_bias corrects it after each
+    round from the trained model's R, measured on probe seeds (eval_seed + 1) so that the R the
+    run reports afterwards (on eval_seed) is not the one b was fitted to. The model ends holding
+    the kept round's weights. on_round() is called before each round trains. train_once(b) ->
+    history replaces train_toward (head-rows passes HeadRowsTilt.train).
+    -> (the fit, the kept round's training history).
+    """
+    probe_cfg = cfg.eval.probe()
+    state = process_state(cfg.train.device)
+    start = snapshot(model)  # every round starts here (the full weights, or a fresh LoRA adapter)
+
+    def train_at(b: float):
+        if on_round is not None:
+            on_round()
+        restore(model, start)
+        if train_once is None:
+            history = train_toward(model, tokenizer, reference, tokens, cfg, b, evaluate, log, progress)
+        else:
+            history = train_once(b)
+        return history, snapshot(model)
+
+    def probe() -> dict:
+        return on_main(lambda: measure_rate(model, tokenizer, tokens.mask, probe_cfg, bf16=cfg.train.bf16)[0], state)
+
+    n = len(cfg.eval.prompts) * cfg.eval.samples_per_prompt
+    fit, (history, weights) = fit_trained_bias(train_at, probe, cfg.rate, bias, cfg.rate_rounds, n, echo=echo)
+    if fit.kept != len(fit.rounds) - 1:
+        restore(model, weights)
+    return fit, history
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    """A copy of the weights that train."""
+    return {name: p.detach().clone() for name, p in checkpoint.trainable(model).items()}
+
+
+@torch.no_grad()
+def restore(model, weights: dict[str, torch.Tensor]) -> None:
+    for name, p in checkpoint.trainable(model).items():
+        p.copy_(weights[name])
