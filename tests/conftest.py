@@ -5,11 +5,11 @@ import signal
 
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import tokentilt.jobs.tilt
 import tokentilt.tilting
 from tokentilt import data
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 
 class CharTokenizer:

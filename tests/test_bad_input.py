@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from safetensors.torch import save_file
 import torch
+from safetensors.torch import save_file
 
 import tokentilt.data
 import tokentilt.jobs.eval
 import tokentilt.jobs.experiments.like_x
 import tokentilt.jobs.experiments.x_factor
-import tokentilt.models.load
 import tokentilt.jobs.pretrain
 import tokentilt.jobs.tilt
+import tokentilt.models.load
 import tokentilt.pretraining
 import tokentilt.tilting
 from tokentilt.cli import main

@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from tokentilt.cli import main
+from tokentilt.config import from_flat
 from tokentilt.evaluate import EvalConfig, measure_rate
 from tokentilt.models.load import load_model
-from tokentilt.config import from_flat
 from tokentilt.targets import resolve_set
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,6 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tokentilt.jobs.tilt
-
 from tokentilt.cli import main
 
 FAST = ["--objective", "kl-uniform", "--precision", "fp32", "--steps", "3", "--batch", "2", "--seq-len", "16", "--samples-per-prompt", "1", "--new-tokens", "6",
@@ -182,8 +181,8 @@ def test_generate_command_with_bias(tiny_model_dir, capsys):
 
 
 def test_flat_config_reaches_nested_fields_and_keeps_factory_defaults():
-    from tokentilt.jobs.sweep import SweepConfig
     from tokentilt.config import from_flat, to_flat
+    from tokentilt.jobs.sweep import SweepConfig
     from tokentilt.tilting import TiltConfig
 
     sweep = from_flat(SweepConfig, {"steps": 7, "lr": 0.5, "new_tokens": 9, "toward": "q"})

@@ -10,13 +10,12 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from conftest import tiny_gpt2, tiny_llama
 from tokentilt import checkpoint
 from tokentilt.data import random_tokens
 from tokentilt.engine import make_accelerator, resolve_device
 from tokentilt.losses import OBJECTIVES, ObjectiveContext
 from tokentilt.train import Interrupted, TrainConfig, TrainingDiverged, train, training_attention
-
-from conftest import tiny_gpt2, tiny_llama
 
 
 def dropout_gpt2(seed=0):

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
+from conftest import tiny_gpt2
 from tokentilt.cli import main
 from tokentilt.evaluate import (
     EvalConfig,
@@ -17,8 +18,6 @@ from tokentilt.evaluate import (
 from tokentilt.metrics import biased_drift, drift
 from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.targets import token_texts
-
-from conftest import tiny_gpt2
 
 SMALL = dict(prompts=["The king said", "Once upon a time,"], samples_per_prompt=2, new_tokens=8, eval_windows=2,
              eval_seq_len=16)

@@ -3,13 +3,12 @@
 import pytest
 import torch
 
+from conftest import tiny_gpt2, tiny_llama
 from tokentilt.data import random_tokens
 from tokentilt.fused import Head, fusable_head, heads_return_inputs, output_head
 from tokentilt.losses import FUSED, OBJECTIVES, ObjectiveContext, next_token_objective
 from tokentilt.models.lora import AdapterOff, LoraArgs, add_adapter
 from tokentilt.train import TrainConfig, frozen_copy, train
-
-from conftest import tiny_gpt2, tiny_llama
 
 V, D, B, T = 50, 8, 3, 5
 DENSE = {**OBJECTIVES, "next-token": next_token_objective}

@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from tokentilt.generate import SampleConfig, SetBias, generate, make_processors
-
 from conftest import tiny_gpt2, tiny_llama
+from tokentilt.generate import SampleConfig, SetBias, generate, make_processors
 
 
 @pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama])

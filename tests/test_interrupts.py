@@ -17,10 +17,10 @@ import time
 
 import pytest
 
-import tokentilt.jobs.eval
 import tokentilt.generate
-import tokentilt.losses
+import tokentilt.jobs.eval
 import tokentilt.jobs.pretrain
+import tokentilt.losses
 import tokentilt.pretraining
 from tokentilt import data
 from tokentilt.cli import main

@@ -3,8 +3,6 @@
 import ast
 import pkgutil
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

@@ -5,12 +5,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from tokentilt.losses import OBJECTIVES, ObjectiveContext
+from conftest import CharTokenizer, tiny_gpt2, tiny_llama
 from tokentilt.data import random_tokens
+from tokentilt.losses import OBJECTIVES, ObjectiveContext
 from tokentilt.models.lora import AdapterOff, LoraArgs, add_adapter, param_counts, save_adapter_and_merged
 from tokentilt.train import TrainConfig, train
-
-from conftest import CharTokenizer, tiny_gpt2, tiny_llama
 
 
 @pytest.mark.parametrize("build,targets", [

@@ -1,11 +1,10 @@
 import pytest
 import torch
 
+from conftest import tiny_gpt2
 from tokentilt.data import random_tokens
 from tokentilt.losses import OBJECTIVES, ObjectiveContext
 from tokentilt.train import TrainConfig, frozen_copy, train
-
-from conftest import tiny_gpt2
 
 
 def run(model, objective="kl-uniform", **overrides):
@@ -95,8 +94,9 @@ def test_bad_config_is_refused(field, value, message):
 def test_a_last_update_that_leaves_non_finite_outputs_stops_training(tiny_model_dir):
     """The loss of the last step is finite, but its update blows the logits up to inf: that model
     would crash sampling with a traceback, so training stops as diverged instead (exit 3 in the CLI)."""
-    from tokentilt.train import TrainingDiverged
     from transformers import GPT2LMHeadModel
+
+    from tokentilt.train import TrainingDiverged
 
     model = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
     with torch.no_grad():  # a confident model: huge gradients on its first steps

@@ -11,6 +11,7 @@ import tokentilt.tilting
 from tokentilt import data
 from tokentilt.cli import main, sweep_axes
 from tokentilt.config import merge, read_yaml
+from tokentilt.evaluate import EvalConfig
 from tokentilt.jobs.sweep import BASELINE, CSV_COLUMNS, RunSpec, SweepConfig, SweepLog, curve_biases, grid
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next to the axe. " * 30
@@ -217,3 +218,19 @@ def test_each_sweep_run_starts_from_the_original_weights(tiny_model_dir, small_t
     both, alone = kl_rows(tmp_path / "both", "1e-2,2e-3"), kl_rows(tmp_path / "alone", "2e-3")
     assert both["0.002"]["ppl"] == alone["0.002"]["ppl"] and both["0.002"]["drift"] == alone["0.002"]["drift"]
     assert both["0.01"]["ppl"] != both["0.002"]["ppl"]
+
+
+@pytest.mark.slow
+def test_sweep_calibrates_b_on_the_probe_seeds_not_the_eval_seeds(tiny_model_dir, small_text, tmp_path, monkeypatch):
+    seeds = []
+    real_calibrate = tokentilt.jobs.sweep.calibrate
+
+    def recording_calibrate(model, tokenizer, mask, rate, cfg, *args, **kwargs):
+        seeds.append(cfg.eval_seed)
+        return real_calibrate(model, tokenizer, mask, rate, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(tokentilt.jobs.sweep, "calibrate", recording_calibrate)
+    argv = sweep_argv(tiny_model_dir, small_text, tmp_path / "sweep", "--objective", "kl-alpha-beta", "--rate", "0.5",
+                      "--bias", "", "--curve-points", "0", "--eval-seed", "77")
+    assert main(argv) == 0
+    assert seeds == [EvalConfig(eval_seed=77).probe().eval_seed] and seeds != [77]
