@@ -73,3 +73,11 @@ def test_tilt_help_shows_every_default_from_the_dataclass():
     assert shown >= 40  # every valued option of tilt, not a handful
     assert defaults["objective"] == "tilt-distill" and defaults["rate"] == 0.5  # the product, not the course
 
+
+
+def test_every_name_in_the_api_resolves():
+    for name in tokentilt.__all__:
+        obj = getattr(tokentilt, name)
+        assert getattr(obj, "__name__", name) == name or name == "OBJECTIVES", name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        tokentilt.nope  # noqa: B018
