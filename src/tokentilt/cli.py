@@ -456,6 +456,7 @@ def add_audit_parser(sub) -> None:
     _opt(p, "--bf16", action="store_true", help="bf16 autocast on CPU")
     _opt(p, "--out", metavar="DIR", help="output folder")
     _opt(p, "--overwrite", action="store_true", help="replace the output folder if it already holds an audit")
+    _opt(p, "--config", metavar="FILE.yaml", help="YAML file of option: value; flags override it")
     show_defaults(p, to_flat(AuditConfig()))
     p.set_defaults(func=cmd_audit)
 
@@ -464,7 +465,8 @@ def cmd_audit(args) -> int:
     from tokentilt.audit import AuditConfig
     from tokentilt.jobs.audit import preflight, run_audit
 
-    cfg = AuditConfig(**{k: v for k, v in vars(args).items() if k not in ("func", "command")})
+    flags = vars(args)
+    cfg = merge(AuditConfig, read_yaml(flags.get("config")), flags)  # as every job: dataclass <- YAML <- flags
     preflight(cfg)
     with unfinished_on_interrupt(cfg.out):
         run_audit(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
