@@ -97,11 +97,12 @@ def test_tilt_writes_a_complete_run_folder(tmp_path, tiny_model_dir, capsys, mon
 @pytest.mark.slow
 def test_yaml_config_and_flags_override_it(tmp_path, tiny_model_dir):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("lr: 1e-3\nsteps: 2\nobjective: kl-alpha-beta\nseed: 5\n")
+    cfg.write_text("lr: 1e-3\nsteps: 2\nobjective: kl-alpha-beta\nseed: 5\nbeta: 0.001\n")
     code, out = tilt(tmp_path, tiny_model_dir, "--config", str(cfg), "--steps", "3")
     assert code == 0
     resolved = yaml.safe_load((out / "config.yaml").read_text())
-    assert resolved["objective"] == "kl-alpha-beta" and resolved["seed"] == 5
+    assert resolved["seed"] == 5 and resolved["beta"] == 0.001  # from the YAML
+    assert resolved["objective"] == "kl-uniform"  # FAST's --objective flag beats the YAML's
     assert resolved["steps"] == 3 and resolved["lr"] == 1e-2  # flags beat the YAML
 
 
