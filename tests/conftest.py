@@ -1,13 +1,14 @@
 """Shared fixtures: tiny models built in-process, so unit tests never need a download."""
 
+import math
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-import tokentilt.jobs.tilt
 import tokentilt.tilting
 from tokentilt import data
 
@@ -112,3 +113,17 @@ def tilt_argv(tiny_model_dir, eval_file, out, *extra):
     return ["tilt", "--model", str(tiny_model_dir), "--toward", "x", "--objective", "kl-uniform", "--precision", "fp32", "--steps", "2", "--batch", "2", "--seq-len", "16",
             "--lr", "1e-3", "--eval-every", "0", "--samples-per-prompt", "1", "--new-tokens", "8",
             "--eval-text", str(eval_file), "--eval-windows", "2", "--eval-seq-len", "16", "--out", str(out), *extra]
+
+
+def hand_ppl(model_dir, eval_file, bias: float = 0.0) -> float:
+    """Held-out perplexity of a saved model decoded with logit bias b on the 'x' tokens, by hand: the same two
+    16-token windows the run uses (the first and last of the eval text), log_softmax(z + b*M), next-token NLL."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    mask = torch.tensor(["x" in t.lower() for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])])
+    ids = torch.tensor(tokenizer(Path(eval_file).read_text(), add_special_tokens=False)["input_ids"])
+    windows = ids[: len(ids) // 16 * 16].view(-1, 16)[[0, -1]]  # (2, 16)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=windows).logits.double() + bias * mask.double(), -1)  # (2, 16, V)
+    nll = -logp[:, :-1].gather(-1, windows[:, 1:, None]).squeeze(-1)  # (2, 15)
+    return math.exp(float(nll.mean()))

@@ -73,8 +73,7 @@ def _opt(parser, *names, **kw):
 
 def add_model_flags(p):
     _opt(p, "--model", metavar="bundled|PATH|HUB_ID",
-         help="model to load: 'bundled' (SmolLM2-135M-Instruct, offline), a local HF folder, or a hub id "
-              "")
+         help="model to load: 'bundled' (SmolLM2-135M-Instruct, offline), a local HF folder, or a hub id")
     _opt(p, "--toward", metavar="SELECTOR", help="token set to tilt toward; see below")
     _opt(p, "--config", metavar="FILE.yaml", help="YAML file of option: value; flags override it")
 
@@ -233,8 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_flags(p)
     add_train_flags(p)
     _opt(p, "--objective", dest="objectives", metavar="LIST",
-         help=f"objectives to train, comma-separated, from {', '.join(OBJECTIVES)} "
-              "")
+         help=f"objectives to train, comma-separated, from {', '.join(OBJECTIVES)}")
     _opt(p, "--lr", dest="lrs", metavar="LIST", help="learning rates, comma-separated")
     _opt(p, "--rate", dest="rates", metavar="LIST",
          help="target rates R*, comma-separated; b is calibrated per rate on the start model")

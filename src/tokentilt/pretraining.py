@@ -86,8 +86,9 @@ class Pretrained:
     model: GPT
     tokenizer: object
     history: list[dict]  # train()'s per-step records
-    evals: list[dict]  # train/val loss at step 0 and at every evaluation; the last adds final_val_loss
+    evals: list[dict]  # train/val loss at step 0 and at every evaluation
     baseline: dict  # unigram_cross_entropy()
+    final_val_loss: float  # val loss of the returned weights
     train_tokens: int
     val_tokens: int
 
@@ -124,5 +125,5 @@ def pretrain_model(cfg: PretrainConfig, progress: bool = True, log=None, echo=pr
                     lambda g, rows: data.text_windows(train_tokens, rows, train_cfg.seq_len, g), train_cfg,
                     evaluate=evaluate, log=log, progress=progress)
     # train() restored the best weights when early stopping was on; measure what is returned.
-    evals[-1]["final_val_loss"] = split_loss(model, val_windows, cfg.bf16)
-    return Pretrained(model, tokenizer, history, evals, baseline, len(train_tokens), len(val_tokens))
+    final_val = split_loss(model, val_windows, cfg.bf16)
+    return Pretrained(model, tokenizer, history, evals, baseline, final_val, len(train_tokens), len(val_tokens))

@@ -1,33 +1,16 @@
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tokentilt.evaluate
 import tokentilt.jobs.tilt
 import tokentilt.tilting
-from conftest import tilt_argv
+from conftest import hand_ppl, tilt_argv
 from tokentilt.cli import main
 
 COST_KEYS = ("ppl", "drift", "distinct_1", "distinct_2", "repetition")
-
-
-def hand_ppl(model_dir, eval_file, bias: float = 0.0) -> float:
-    """Held-out perplexity of a saved model decoded with logit bias b on the 'x' tokens, by hand: the same two
-    16-token windows the run uses (the first and last of the eval text), log_softmax(z + b*M), next-token NLL."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    mask = torch.tensor(["x" in t.lower() for t in tokenizer.batch_decode([[i] for i in range(len(tokenizer))])])
-    ids = torch.tensor(tokenizer(Path(eval_file).read_text(), add_special_tokens=False)["input_ids"])
-    windows = ids[: len(ids) // 16 * 16].view(-1, 16)[[0, -1]]  # (2, 16)
-    with torch.no_grad():
-        logp = torch.log_softmax(model(input_ids=windows).logits.double() + bias * mask.double(), -1)  # (2, 16, V)
-    nll = -logp[:, :-1].gather(-1, windows[:, 1:, None]).squeeze(-1)  # (2, 15)
-    return math.exp(float(nll.mean()))
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ def run_pretrain(cfg: PretrainConfig, progress: bool = True, echo=print) -> dict
     p = pretrain_model(cfg, progress, log=lambda r: folder.append_jsonl("metrics.jsonl", r), echo=echo)
     model, tokenizer, history, evals, baseline = p.model, p.tokenizer, p.history, p.evals, p.baseline
     best = min(evals[1:], key=lambda e: e["val_loss"]) if cfg.patience else evals[-1]
-    final_val = evals[-1]["final_val_loss"]
+    final_val = p.final_val_loss
     model.save(folder.path("model"))
 
     plot_series(folder.path("loss.png"),
