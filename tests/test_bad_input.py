@@ -80,6 +80,12 @@ class Files:
     def experiment(self, name, *extra):
         return ["experiment", name, "--epochs", "20", "--out", str(self.out), *extra]
 
+    def common_words(self) -> str:
+        """A list of the 3,000 commonest words of the plays: most of any text's words."""
+        from tokentilt.phrases import plays_reference
+
+        return self.text("common.txt", "\n".join(w for w, _ in plays_reference().most_common(3000)))
+
     def yaml(self, content) -> str:
         return self.text("config.yaml", content)
 
@@ -144,6 +150,23 @@ CASES = [
          ("words file is not UTF-8 text", "bin.words")),
     Case("generate-words-nul-bytes", lambda f: f.generate("--toward", "words:" + f.text("nul.words", "ab\0cd\n")),
          ("looks binary", "nul.words")),
+    # ---- words and phrases
+    Case("tilt-phrases-empty", lambda f: f.tilt("--toward", "phrases:" + f.text("p.txt", "\n# only a comment\n")),
+         "phrases file is empty"),
+    Case("tilt-phrase-only-spaces", lambda f: f.tilt("--toward", "phrase:   "), "holds no word"),
+    Case("tilt-phrases-line-only-spaces", lambda f: f.tilt("--toward", "phrases:" + f.text("p.txt", "red\n   \n")),
+         "line 2: the entry is only spaces"),
+    Case("eval-phrases-not-utf8", lambda f: f.eval("--toward", "phrases:" + f.text("p.txt", b"caf\xe9\n")),
+         "phrases file is not UTF-8 text"),
+    Case("generate-phrases-missing", lambda f: f.generate("--toward", "phrases:/nonexistent/p.txt"),
+         "phrases file not found"),
+    Case("tilt-phrase-inside-a-combination", lambda f: f.tilt("--toward", "x | phrase:red"), "stands alone"),
+    Case("tilt-phrases-head-rows", lambda f: f.tilt("--toward", "phrase:red", "--objective", "tilt-distill",
+                                                    "--placement", "head-rows"), "cannot tilt phrases"),
+    Case("tilt-phrases-course-objective", lambda f: f.tilt("--toward", "phrase:red"), "tilted by tilt-distill only"),
+    Case("tilt-phrases-cover-every-word", lambda f: f.tilt("--toward", "phrases:" + f.common_words(),
+                                                           "--objective", "tilt-distill"),
+         "nearly every word", early=False),
     Case("tilt-ids-non-numeric", lambda f: f.tilt("--toward", "ids:a,b"), "comma-separated integers"),
     Case("generate-ids-negative", lambda f: f.generate("--toward", "ids:5,-3", "--bias", "1"), "must be >= 0, got [-3]"),
     Case("tilt-ids-out-of-range", lambda f: f.tilt("--toward", "ids:3,99999999"), "out of range [0, 50257)",

@@ -76,6 +76,12 @@ def check_rate(target: float) -> None:
         raise ValueError(f"rate must be in (0, 1), got {target!r}")
 
 
+def rate_tolerance(target: float, tol: float) -> float:
+    """The |R - R*| that counts as on target: `tol`, or 15% of the distance to 0 or 1 when that is smaller,
+    so that a small R* (0.05 of words) is not met by a rate 40% off it."""
+    return min(tol, 0.15 * min(target, 1 - target))
+
+
 def _logit(r: float, n: int) -> float:
     r = min(max(r, 0.5 / n), 1 - 0.5 / n)  # a rate of 0 or 1 out of n samples is not infinitely sure
     return math.log(r / (1 - r))
@@ -89,11 +95,13 @@ def calibrate(model, tokenizer, mask: torch.Tensor, target: float, cfg: EvalConf
     unit of b moves a single position's logit(p) by one unit, so the first step is
     logit(R*) - logit(R(b0)), at most max_step). Once bracketed it bisects, placing each point by
     linear interpolation of logit(R) (false position), kept within the inner 80% of the bracket.
-    Stops when |R - target| <= tol or after `iters` sampled measurements, and returns the
+    Stops when |R - target| <= rate_tolerance(target, tol) or after `iters` sampled measurements, and returns the
     measured b whose R is closest to the target.
     """
     check_rate(target)
-    b0 = proxy_bias(model, windows, mask, target, bf16)
+    tol = rate_tolerance(target, tol)
+    # a phrase set has no one-pass proxy (its bias depends on context): start at b = 0
+    b0 = 0.0 if hasattr(mask, "adjust") else proxy_bias(model, windows, mask, target, bf16)
     measured: dict[float, dict] = {}
     n = len(cfg.prompts) * cfg.samples_per_prompt
     goal = _logit(target, n)
@@ -166,7 +174,7 @@ def fit_trained_bias(train_at, probe, target: float, bias: float, rounds: int, n
     rate of b on the prompts: the tilt is learned on other contexts, in a finite number of steps.
     So b starts at the decode-time calibration and each round moves it in logit space, first by
     logit(R*) - logit(R), then along the secant through the last two rounds. Stops when
-    |R - R*| <= tol and keeps the round whose R is nearest R*.
+    |R - R*| <= rate_tolerance(R*, tol) and keeps the round whose R is nearest R*.
 
     train_at(b) trains from the start weights and returns what the caller keeps of that round
     (its history, a copy of the weights); probe() -> R dict of the model just trained. The probe
@@ -177,6 +185,7 @@ def fit_trained_bias(train_at, probe, target: float, bias: float, rounds: int, n
     if rounds < 1:
         raise ValueError(f"rate-rounds must be >= 1, got {rounds}")
     goal = _logit(target, n)
+    tol = rate_tolerance(target, tol)
     tried: list[tuple[float, dict]] = []  # (b, R) per round
     best, best_value = 0, None
     for i in range(rounds):

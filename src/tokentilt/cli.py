@@ -35,7 +35,9 @@ selectors (match each token's decoded text):
   x / contains:x     tokens containing "x", case-insensitive (contains:x:case for case-sensitive)
   regex:PATTERN      re.search on the token text, e.g. regex:^ [A-Z]
   words:FILE         whole words from FILE (one per line), with and without a leading space
-  words:colours      a built-in list (34 colour words)
+  words:colours      a built-in list (34 colour words); entries of several tokens are named and left out
+  phrases:FILE       words and phrases of any number of tokens (one per line; :case keeps case); R counts
+                     the share of generated words that are entries. phrase:TEXT for one. LoRA by default
   ids:1,2,3          explicit token ids
   not:SELECTOR       the complement; combine with ' & ' and ' | '
 
@@ -313,10 +315,11 @@ def cmd_tilt(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from tokentilt.evaluate import rates_of
     from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, check_sample_config, sample
-    from tokentilt.metrics import mean_ci, sample_rates
+    from tokentilt.metrics import mean_ci
     from tokentilt.models.load import load_model
-    from tokentilt.targets import resolve_set
+    from tokentilt.phrases import resolve_target
 
     if args.samples <= 0:
         raise UsageError("--samples must be positive")
@@ -336,13 +339,13 @@ def cmd_generate(args) -> int:
     model, tokenizer = load_model(model_name)
     mask = None
     if args.toward:
-        mask = resolve_set(args.toward, tokenizer, model.get_output_embeddings().weight.shape[0]).mask
+        mask = resolve_target(args.toward, tokenizer, model, echo=lambda line: print(line, file=sys.stderr)).target
     samples = sample(model, tokenizer, args.prompt or list(DEFAULT_PROMPTS), args.samples, cfg, seed=args.seed,
                      bias_mask=mask, bias=args.bias, bf16=args.bf16)
     for prompt, text in zip(samples.prompts, samples.texts):
         print(f"--- {prompt!r}\n{prompt}{text}")
     if mask is not None:
-        r = mean_ci(sample_rates(samples.tokens, mask))
+        r = mean_ci(rates_of(mask, samples))
         print(f"R = {r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] over {len(samples.texts)} samples")
     return 0
 

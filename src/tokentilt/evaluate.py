@@ -71,8 +71,12 @@ def measure_rate(
     """R with a 95% interval over samples, and the samples themselves."""
     samples = sample(model, tokenizer, cfg.prompts, per_prompt or cfg.samples_per_prompt, cfg.sample_config(),
                      seed=cfg.eval_seed, bias_mask=mask if bias else None, bias=bias, bf16=bf16)
-    rates = sample_rates(samples.tokens, mask)  # (N,)
-    return mean_ci(rates), samples
+    return mean_ci(rates_of(mask, samples)), samples
+
+
+def rates_of(target, samples: Samples) -> torch.Tensor:
+    """Per-sample R: a token set counts tokens; a phrase set counts words of the decoded text (phrases.WORD). (N,)"""
+    return target.rates(samples.texts) if hasattr(target, "rates") else sample_rates(samples.tokens, target)
 
 
 def held_out_text(cfg: EvalConfig) -> str:

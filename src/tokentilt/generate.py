@@ -118,8 +118,8 @@ def make_processors(
 ) -> LogitsProcessorList:
     """Bias first (it changes the distribution), then the sampling warpers."""
     procs = LogitsProcessorList()
-    if bias_mask is not None and bias != 0.0:
-        procs.append(SetBias(bias_mask, bias))
+    if bias_mask is not None and bias != 0.0:  # a token mask, or a phrase set with its own processor
+        procs.append(bias_mask.processor(bias) if hasattr(bias_mask, "processor") else SetBias(bias_mask, bias))
     if cfg.ban_eos and eos_ids:
         procs.append(SuppressTokensLogitsProcessor(eos_ids, device=device))
     if cfg.strategy == "multinomial":
@@ -150,8 +150,9 @@ def cache_argument(model) -> str:
 
 
 def _takes(model, argument: str) -> bool:
-    """Whether the model's forward has a parameter of this name."""
-    return argument in inspect.signature(model.forward).parameters
+    """Whether the model's forward has a parameter of this name (a PEFT wrapper's: its base model's)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return argument in inspect.signature(base.forward).parameters
 
 
 @torch.no_grad()

@@ -167,6 +167,7 @@ class ObjectiveContext:
     ref_hidden: torch.Tensor | None = None  # (B, T, d): the reference's head inputs, for the fused form
     ref_head: Head | None = None  # the reference's output head, for the fused form
     cache: dict = field(default_factory=dict)  # targets built once per run
+    phrases: object | None = None  # a phrases.PhraseSet, for phrase_distill
 
 
 # the fixed (V,) targets, by name: built on first use and kept in ctx.cache for the run
@@ -198,6 +199,15 @@ def _tilt_distill(logits, input_ids, ctx):
     log_target = tilted_log_probs(ref, ctx.mask, ctx.bias)  # (B, T, V)
     log_probs = F.log_softmax(out.float(), dim=-1)  # (B, T, V)
     return kl_rows_from_log_targets(log_probs, log_target).mean()
+
+
+def phrase_distill(logits, input_ids, ctx):
+    """tilt-distill toward a phrase set's decode-time tilt, whose bias at each position depends on the
+    tokens before it (phrases.PhraseSet.adjust): KL(softmax(adjust(z_ref)) || softmax(z)) per position."""
+    if ctx.ref_logits is None or ctx.phrases is None:
+        raise ValueError("phrase tilt-distill needs reference logits and a phrase set")
+    log_target = F.log_softmax(ctx.phrases.adjust(ctx.ref_logits, input_ids, ctx.bias), dim=-1)  # (B, T, V)
+    return kl_rows_from_log_targets(F.log_softmax(logits.float(), dim=-1), log_target).mean()
 
 
 def next_token_objective(logits, input_ids, ctx):

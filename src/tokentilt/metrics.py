@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from tokentilt.targets import bias_logits
+from tokentilt.targets import apply_bias
 
 # ---------------------------------------------------------------- R: rate of target tokens
 
@@ -241,7 +241,7 @@ def perplexity(model, windows: torch.Tensor, batch_size: int = 8, bias_mask: tor
     total, count = 0.0, 0
     for ids, (logits,) in _forward_batches([model], windows, batch_size, bf16, progress, "perplexity"):
         if bias_mask is not None:
-            logits = bias_logits(logits, bias_mask, bias)  # (b, T, V)
+            logits = apply_bias(logits, ids, bias_mask, bias)  # (b, T, V)
         nll = token_nll(logits, ids)  # (b, T-1)
         total += nll.double().sum().item()
         count += nll.numel()
@@ -259,10 +259,10 @@ def drift(model, reference, windows: torch.Tensor, batch_size: int = 8, bf16: bo
     """
     models = [reference] if model is reference else [reference, model]
     total, count = 0.0, 0
-    for _, outs in _forward_batches(models, windows, batch_size, bf16, progress, "drift"):
+    for ids, outs in _forward_batches(models, windows, batch_size, bf16, progress, "drift"):
         ref_logits, logits = outs[0], outs[-1]  # (b, T, V) each
         if bias_mask is not None:
-            logits = bias_logits(logits, bias_mask, bias)
+            logits = apply_bias(logits, ids, bias_mask, bias)
         kl = kl_per_token(ref_logits, logits)  # (b, T)
         total += kl.double().sum().item()
         count += kl.numel()

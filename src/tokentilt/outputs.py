@@ -82,3 +82,14 @@ def keep_records_until(path, step: int) -> None:
         except (ValueError, KeyError, TypeError):  # a line cut short by kill -9
             continue
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def write_samples(path, before, after) -> None:
+    """samples.jsonl: one line per sample with its prompt, and the generated text and token ids
+    before and after (the same prompt and seed), so anyone can recount R with their own code."""
+    with open(path, "w", encoding="utf-8") as f:
+        for i, prompt in enumerate(before.prompts):
+            record = {"prompt": prompt,
+                      "before": {"text": before.texts[i], "ids": before.tokens[i].tolist()},
+                      "after": {"text": after.texts[i], "ids": after.tokens[i].tolist()}}
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")

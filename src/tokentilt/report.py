@@ -92,7 +92,8 @@ COST_ROWS = (("held-out perplexity", "ppl", "{:.2f}"), ("drift KL(ref || model) 
 def summary_rows(s: dict) -> list[dict]:
     """Before / after (/ decode-time baseline) rows for the console and the report."""
     base = s.get("baseline")
-    rows = [{"": "R (share of set tokens)", "before": fmt_rate(s["rate_before"]), "after": fmt_rate(s["rate_after"]),
+    what = "R (share of words that are entries)" if s.get("phrases") else "R (share of set tokens)"
+    rows = [{"": what, "before": fmt_rate(s["rate_before"]), "after": fmt_rate(s["rate_after"]),
              **({"decode-time baseline": fmt_rate(base["rate"])} if base else {})}]
     for name, key, fmt in COST_ROWS:
         row = {"": name, "before": fmt.format(s[f"{key}_before"]), "after": fmt.format(s[f"{key}_after"])}
@@ -144,8 +145,10 @@ def tilt_report(cfg, s: dict, before, after) -> str:
     return "\n".join([
         f"# tokentilt run: {cfg.objective} toward {cfg.toward!r}",
         "",
-        f"- model: `{cfg.model}`; set: {s['target_size']} of {s['vocab_size']} tokens "
-        f"({100 * s['target_share']:.2f}%)",
+        f"- model: `{cfg.model}`; " + (
+            f"list: {s['target_size']} entries, counted as words by `{s['phrases']['word_rule']}`"
+            if s.get("phrases") else
+            f"set: {s['target_size']} of {s['vocab_size']} tokens ({100 * s['target_share']:.2f}%)"),
         tilt_placement(cfg, s),
         f"- R over {s['samples']} samples of {s['new_tokens']} tokens, 95% interval over samples; perplexity "
         f"and drift on {s['eval_tokens']} held-out tokens of {s['eval_text']}"

@@ -8,6 +8,8 @@ A selector is a small rule written as ``kind:argument`` that picks tokens by the
     regex:PATTERN     tokens whose text matches PATTERN (re.search)
     words:FILE        whole words listed in FILE, with and without a leading space
     words:NAME        a built-in word list (wordlists/NAME.txt), e.g. words:colours
+                      (entries that are several tokens are not in the set: the run names them;
+                      phrases:FILE tilts them, see phrases.py)
     ids:1,2,3         explicit token ids
     not:SELECTOR      the complement of another selector
     A & B, A | B      intersection / union of selectors (spaces required around & and |)
@@ -19,13 +21,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-KINDS = ("contains", "regex", "words", "ids", "not")
+KINDS = ("contains", "regex", "words", "ids", "not", "phrase", "phrases")
 
 
 class SelectorError(ValueError):
@@ -79,6 +81,9 @@ def select(spec: str, texts: list[str]) -> torch.Tensor:
         return _words(word_list(arg), texts)
     if kind == "ids":
         return _ids(arg, len(texts))
+    if kind in ("phrase", "phrases"):
+        raise SelectorError(f"selector {spec!r}: {kind}: selects words, not tokens, so it stands alone "
+                            "(not inside &, | or not:)")
     if kind == "not":
         if not arg.strip():
             raise SelectorError(f"selector {spec!r}: 'not:' needs a selector to negate")
@@ -163,7 +168,23 @@ def check_syntax(spec: str) -> None:
 
     Lets a command fail in milliseconds, before it spends seconds loading a model.
     """
+    if spec.partition(":")[0] in ("phrase", "phrases"):
+        from tokentilt.phrases import parse  # phrases builds on this module
+
+        parse(spec)
+        return
     select(spec, [])
+
+
+def dropped_words(spec: str, texts: list[str]) -> list[str]:
+    """The entries of a words: selector that are no single token (with or without a leading space), so the
+    set leaves them out. [] for other selectors."""
+    kind, _, arg = spec.partition(":")
+    if kind != "words" or not arg.strip():
+        return []
+    vocab = set(texts)
+    words = dict.fromkeys(w.strip() for w in word_list(arg).read_text(encoding="utf-8").splitlines() if w.strip())
+    return [w for w in words if w not in vocab and " " + w not in vocab]
 
 
 @dataclass
@@ -172,10 +193,16 @@ class TokenSet:
 
     selector: str  # the rule as the user wrote it
     mask: torch.Tensor  # (V,) bool, True for tokens in the set
+    dropped: list[str] = field(default_factory=list)  # words: entries that are several tokens, left out
 
     @property
     def size(self) -> int:
         return int(self.mask.sum())
+
+    @property
+    def target(self) -> torch.Tensor:
+        """What sampling, R and the costs take: the mask (a phrases.PhraseSet passes itself)."""
+        return self.mask
 
     @property
     def vocab_size(self) -> int:
@@ -186,18 +213,27 @@ class TokenSet:
         return self.size / self.vocab_size
 
     def describe(self) -> str:
-        return f"{self.selector!r} selects {self.size} of {self.vocab_size} tokens ({100 * self.share:.2f}%)"
+        line = f"{self.selector!r} selects {self.size} of {self.vocab_size} tokens ({100 * self.share:.2f}%)"
+        if self.dropped:
+            shown = ", ".join(repr(w) for w in self.dropped[:8]) + (" ..." if len(self.dropped) > 8 else "")
+            line += (f"\n  {len(self.dropped)} entries are several tokens and are NOT in the set: {shown}"
+                     f"\n  (phrases:{self.selector.partition(':')[2]} tilts whole words of any length)")
+        return line
 
 
 def resolve(spec: str, texts: list[str]) -> TokenSet:
     """Selector -> TokenSet, refusing sets that are empty or cover the whole vocabulary."""
     mask = select(spec, texts)
     n = int(mask.sum())
+    dropped = dropped_words(spec, texts)
+    if n == 0 and dropped:
+        raise SelectorError(f"selector {spec!r}: none of its entries is a single token (e.g. {dropped[0]!r}); "
+                            f"use phrases:{spec.partition(':')[2]} for words of several tokens")
     if n == 0:
         raise SelectorError(f"selector {spec!r} matches no token in the vocabulary")
     if n == mask.numel():
         raise SelectorError(f"selector {spec!r} matches every token; there is nothing to tilt toward")
-    return TokenSet(spec, mask)
+    return TokenSet(spec, mask, dropped)
 
 
 def resolve_set(spec: str, tokenizer, vocab_size: int) -> TokenSet:
@@ -236,6 +272,14 @@ def tilted_log_probs(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> t
 def bias_logits(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> torch.Tensor:
     """Decode-time logit bias: z + b * M, in float32. (..., V)"""
     return logits.float() + bias * mask.to(logits.device, torch.float32)
+
+
+def apply_bias(logits: torch.Tensor, ids: torch.Tensor, target, bias: float) -> torch.Tensor:
+    """The decode-time tilt of (B, T, V) logits over (B, T) ids: +b on a token set's mask, or a phrase
+    set's context-dependent bias (phrases.PhraseSet.adjust). float32."""
+    if hasattr(target, "adjust"):
+        return target.adjust(logits, ids, bias)
+    return bias_logits(logits, target, bias)
 
 
 def tilted_set_mass(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> torch.Tensor:

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tokentilt import checkpoint, data, head_tilt
+from tokentilt import checkpoint, data, head_tilt, phrases
 from tokentilt.calibrate import RateFit, check_rate, fit_trained_bias
 from tokentilt.engine import on_main, process_state
 from tokentilt.evaluate import EvalConfig, measure_rate
-from tokentilt.losses import OBJECTIVES, REFERENCE_OBJECTIVES, TEXT_OBJECTIVES, ObjectiveContext
+from tokentilt.losses import OBJECTIVES, REFERENCE_OBJECTIVES, TEXT_OBJECTIVES, ObjectiveContext, phrase_distill
 from tokentilt.models import lora
 from tokentilt.models.load import load_model
-from tokentilt.targets import TokenSet, resolve_set
+from tokentilt.targets import TokenSet
 from tokentilt.train import TrainConfig, train
 
 INPUTS = ("auto", "random", "text")
@@ -80,6 +80,8 @@ class TiltConfig:
                              "it takes no --resume, --save-every or --report-to")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
+        if phrases.is_phrase_selector(self.toward):
+            self._check_phrases()
         if self.placement == "head-rows" and (self.objective != "tilt-distill" or self.lora.lora):
             raise ValueError("--placement head-rows applies to tilt-distill without --lora")
         if self.contexts not in head_tilt.CONTEXTS:
@@ -104,8 +106,22 @@ class TiltConfig:
         self.train.check()
         self.eval.check()
 
+    def _check_phrases(self) -> None:
+        """A phrase tilt is tilt-distill in a placement that sees context: LoRA unless --placement model."""
+        if self.objective != "tilt-distill":
+            raise ValueError(f"a phrase selector ({self.toward.partition(':')[0]}:) is tilted by tilt-distill only, "
+                             f"not {self.objective}")
+        if self.placement == "head-rows":
+            raise ValueError("--placement head-rows cannot tilt phrases: the bias on a phrase's later tokens "
+                             "depends on the tokens before it, and a head offset is the same everywhere "
+                             "(use --placement model, or --lora)")
+        if self.placement == "auto" and not self.lora.lora:
+            self.lora.lora = True  # the default placement for phrases: a LoRA adapter
+
     def head_rows(self) -> bool:
         """Whether the tilt is fitted into the set's rows of the output head (head_tilt.py)."""
+        if phrases.is_phrase_selector(self.toward):
+            return False
         if self.placement == "auto":
             return self.objective == "tilt-distill" and not self.lora.lora
         return self.placement == "head-rows"
@@ -129,12 +145,28 @@ def train_tokens(tokenizer) -> torch.Tensor:
 
 
 def load_with_set(model_name: str, toward: str, echo=print):
-    """Load a model and resolve the selector over its output vocabulary -> (model, tokenizer, TokenSet)."""
+    """Load a model and resolve the selector over its output vocabulary -> (model, tokenizer, TokenSet),
+    or a phrases.PhraseSet for a phrase selector (its completion probabilities taken from the model)."""
     echo(f"loading model {model_name!r} ...")
     model, tokenizer = load_model(model_name)
-    tokens = resolve_set(toward, tokenizer, model.get_output_embeddings().weight.shape[0])
-    echo(tokens.describe())
-    return model, tokenizer, tokens
+    return model, tokenizer, phrases.resolve_target(toward, tokenizer, model, echo)
+
+
+def phrase_batch_source(reference, tokenizer, phrase_set, bias: float, cfg: TrainConfig):
+    """-> next_batch(generator, rows) for a phrase tilt: half the rows from continuations of the training
+    prompts sampled from the decode-time tilt at b (where the entries occur, in the contexts they occur
+    in), half from the plays' train split (ordinary text, where the tilt should change little)."""
+    policy = head_tilt.context_batches(reference, tokenizer, train_tokens(tokenizer), phrase_set, bias, "policy",
+                                       cfg.seed, cfg.bf16)
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    stream = torch.cat([torch.cat([row, torch.tensor([eos])]) for batch in policy for row in batch])  # (N,)
+    plays = train_tokens(tokenizer)
+
+    def next_batch(g, rows):
+        half = (rows + 1) // 2
+        return torch.cat([data.text_windows(stream, half, cfg.seq_len, g),
+                          data.text_windows(plays, rows - half, cfg.seq_len, g)])
+    return next_batch
 
 
 def batch_source(kind: str, tokenizer, vocab_size: int, cfg: TrainConfig):
@@ -149,10 +181,16 @@ def train_toward(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig,
                  log=None, progress: bool = True, run_dir=None) -> list[dict]:
     """Train `model` in place with cfg's objective; `reference` is the frozen starting model.
     With run_dir, checkpoints go there and cfg.resume continues from the newest one."""
-    ctx = ObjectiveContext(mask=tokens.mask, positions=cfg.positions, alpha=cfg.alpha, beta=cfg.beta,
-                           bias=bias, ce_weight=cfg.ce_weight)
-    next_batch = batch_source(cfg.input_kind(), tokenizer, tokens.vocab_size, cfg.train)
-    return train(model, OBJECTIVES[cfg.objective], ctx, next_batch, cfg.train,
+    if isinstance(tokens, phrases.PhraseSet):
+        ctx = ObjectiveContext(mask=None, bias=bias, phrases=tokens)
+        objective = phrase_distill
+        next_batch = phrase_batch_source(reference, tokenizer, tokens, bias, cfg.train)
+    else:
+        ctx = ObjectiveContext(mask=tokens.mask, positions=cfg.positions, alpha=cfg.alpha, beta=cfg.beta,
+                               bias=bias, ce_weight=cfg.ce_weight)
+        objective = OBJECTIVES[cfg.objective]
+        next_batch = batch_source(cfg.input_kind(), tokenizer, tokens.vocab_size, cfg.train)
+    return train(model, objective, ctx, next_batch, cfg.train,
                  reference=reference if cfg.objective in REFERENCE_OBJECTIVES else None,
                  evaluate=evaluate, log=log, progress=progress, run_dir=run_dir,
                  resume=cfg.resume and run_dir is not None)
@@ -185,7 +223,7 @@ def train_to_rate(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig
         return history, snapshot(model)
 
     def probe() -> dict:
-        return on_main(lambda: measure_rate(model, tokenizer, tokens.mask, probe_cfg, bf16=cfg.train.bf16)[0], state)
+        return on_main(lambda: measure_rate(model, tokenizer, tokens.target, probe_cfg, bf16=cfg.train.bf16)[0], state)
 
     n = len(cfg.eval.prompts) * cfg.eval.samples_per_prompt
     fit, (history, weights) = fit_trained_bias(train_at, probe, cfg.rate, bias, cfg.rate_rounds, n, echo=echo)

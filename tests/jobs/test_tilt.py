@@ -131,3 +131,43 @@ def test_rate_rounds_must_be_positive(tiny_model_dir, eval_file, tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and "rate-rounds must be a positive integer" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_phrase_tilt_runs_on_lora_and_its_samples_recount_to_its_r(tiny_model_dir, eval_file, tmp_path):
+    """phrases: end to end on the tiny GPT-2: LoRA by default, each entry's tokenization in summary.json,
+    and samples.jsonl from which R recounts by a regex of our own (words of the decoded text)."""
+    import re
+
+    words = tmp_path / "words.txt"
+    words.write_text("verily\nbox of wax\nthe\n")
+    out = tmp_path / "run"
+    argv = tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.2",
+                     "--rate-rounds", "1")
+    argv[argv.index("--toward") + 1] = f"phrases:{words}"
+    assert main(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["placement"] == "lora" and (out / "adapter").is_dir()
+    entries = {e["entry"]: e for e in s["phrases"]["entries"]}
+    assert entries["verily"]["variants"][" verily"] == [" ver", "ily"]  # kept: two tokens
+    assert entries["box of wax"]["tokens"] == 3
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == s["samples"] and {"prompt", "before", "after"} <= set(records[0])
+    assert len(records[0]["after"]["ids"]) == 8
+
+    def recount(text):  # our own word rule and greedy phrase match, written apart from phrases.py
+        ws = [w.lower() for w in re.findall(r"[^\W_]+(?:['’][^\W_]+)*", text)]
+        hits, i = 0, 0
+        while i < len(ws):
+            for entry in (["box", "of", "wax"], ["verily"], ["the"]):
+                if ws[i:i + len(entry)] == entry:
+                    hits, i = hits + 1, i + len(entry) - 1
+                    break
+            i += 1
+        return hits / len(ws) if ws else None
+
+    for when in ("before", "after"):
+        rates = [r for r in (recount(rec[when]["text"]) for rec in records) if r is not None]
+        assert sum(rates) / len(rates) == pytest.approx(s[f"rate_{when}"]["mean"], abs=1e-9)
+    assert s["rate_target"] == 0.2 and s["matched_decode"]["ppl"] > 0
+    assert isinstance(s["phrases"]["collateral"], list)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tokentilt.calibrate import calibrate, check_rate
 from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure
 from tokentilt.models.load import load_model
-from tokentilt.targets import resolve_set
+from tokentilt.phrases import resolve_target
 
 
 def evaluate_model(model_name: str, reference_name: str, toward: str, cfg: EvalConfig, bias: float = 0.0,
@@ -31,18 +31,17 @@ def evaluate_model(model_name: str, reference_name: str, toward: str, cfg: EvalC
     if reference.get_output_embeddings().weight.shape[0] != vocab:
         raise ValueError(f"model and reference have different vocabularies ({vocab} vs "
                          f"{reference.get_output_embeddings().weight.shape[0]} tokens)")
-    tokens = resolve_set(toward, tokenizer, vocab)
-    echo(tokens.describe())
+    tokens = resolve_target(toward, tokenizer, model, echo)
     windows = held_out_windows(tokenizer, cfg, text)
     rows = []
-    result, _ = measure(model, tokenizer, tokens.mask, cfg, windows,
+    result, _ = measure(model, tokenizer, tokens.target, cfg, windows,
                         reference=None if reference is model else reference, bf16=bf16)
     rows.append({"name": model_name, "bias": 0.0, **result})
     if rate:
         echo(f"calibrating the decode-time bias to R = {rate} on the reference ...")
-        bias = calibrate(reference, tokenizer, tokens.mask, rate, cfg, windows, bf16=bf16, echo=echo).bias
+        bias = calibrate(reference, tokenizer, tokens.target, rate, cfg, windows, bf16=bf16, echo=echo).bias
     if bias:
-        result, _ = measure(reference, tokenizer, tokens.mask, cfg, windows, bias=bias, bf16=bf16)
+        result, _ = measure(reference, tokenizer, tokens.target, cfg, windows, bias=bias, bf16=bf16)
         rows.append({"name": f"decode-bias b={bias:.3f} on {reference_name}", "bias": bias, **result})
     return {"model": model_name, "reference": reference_name, "selector": toward, "target_size": tokens.size,
             "eval_text": cfg.eval_text or "plays:test", "eval_tokens": int(windows.numel()),

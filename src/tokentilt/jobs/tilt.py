@@ -16,7 +16,8 @@ from tokentilt.evaluate import decode_costs, excess_cost, held_out_text, held_ou
 from tokentilt.metrics import collapse_warnings
 from tokentilt.models import lora
 from tokentilt.models.load import save_model
-from tokentilt.outputs import RunFolder, keep_records_until
+from tokentilt.outputs import RunFolder, keep_records_until, write_samples
+from tokentilt.phrases import WORD, PhraseSet, plays_reference
 from tokentilt.report import excess_cost_note, fmt_rate, plot_rate, plot_series, summary_table, tilt_report
 from tokentilt.tilting import TiltConfig, load_with_set, train_to_rate, train_toward
 from tokentilt.train import frozen_copy
@@ -28,6 +29,13 @@ RESUME_FREE = ("resume", "overwrite", "calibrated_bias")
 def flat_costs(m: dict, suffix: str) -> dict:
     """measure()'s dict -> summary keys: ppl_before, drift_before, distinct_1_before, ..."""
     return {f"{k}_{suffix}": m[k] for k in ("ppl", "drift", "distinct_1", "distinct_2", "repetition")}
+
+
+def phrase_summary(phrases: PhraseSet, tokenizer, bias: float) -> dict:
+    """How each entry tokenizes, and the collateral at the trained b: the reference words (the plays'
+    train split) that are not entries but move with the tilt, the commonest first."""
+    return {"word_rule": WORD.pattern, "keep_case": phrases.keep_case, "entries": phrases.tokenizations(tokenizer),
+            "collateral": phrases.collateral(tokenizer, plays_reference(), bias)}
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -95,10 +103,10 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
             say(f"resuming {folder.tmp} after step {resume_step}")
             keep_records_until(folder.path("metrics.jsonl"), resume_step)
         say("measuring R and costs before training ...")
-        before, samples_before = measure(model, tokenizer, tokens.mask, cfg.eval, windows, bf16=bf16)
+        before, samples_before = measure(model, tokenizer, tokens.target, cfg.eval, windows, bf16=bf16)
         if cfg.rate:  # on the probe seeds, like the rate rounds: the eval seeds only measure
             say(f"calibrating the decode-time bias to R = {cfg.rate} (probe seeds) ...")
-            calibration = calibrate(model, tokenizer, tokens.mask, cfg.rate, cfg.eval.probe(), windows, bf16=bf16,
+            calibration = calibrate(model, tokenizer, tokens.target, cfg.rate, cfg.eval.probe(), windows, bf16=bf16,
                                     echo=say)
             bias = calibration.bias
             say(f"b = {bias:.3f} gives decode-time R = {fmt_rate(calibration.rate)} on the probe seeds")
@@ -106,7 +114,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
             folder.write_yaml("config.yaml", {**to_flat(cfg), **({"calibrated_bias": bias} if cfg.rate else {})})
         if cfg.objective == "tilt-distill":
             say(f"measuring the decode-time baseline at b = {bias:.3f} ...")
-            baseline, _ = measure(model, tokenizer, tokens.mask, cfg.eval, windows, bias=bias, bf16=bf16)
+            baseline, _ = measure(model, tokenizer, tokens.target, cfg.eval, windows, bias=bias, bf16=bf16)
     bias = on_main(lambda: bias, state)
     round_no = 0  # with --rate: the training round that metrics.jsonl records belong to
 
@@ -115,7 +123,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         round_no += 1
 
     def evaluate(step: int) -> dict:  # the main process only
-        rate, _ = measure_rate(model, tokenizer, tokens.mask, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=bf16)
+        rate, _ = measure_rate(model, tokenizer, tokens.target, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=bf16)
         return {"rate": rate["mean"], "rate_ci_low": rate["ci_low"], "rate_ci_high": rate["ci_high"]}
 
     def log(record: dict) -> None:
@@ -143,7 +151,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         return {}
 
     say("measuring R and costs after training ...")
-    after, samples_after = measure(model, tokenizer, tokens.mask, cfg.eval, windows, reference=reference, bf16=bf16)
+    after, samples_after = measure(model, tokenizer, tokens.target, cfg.eval, windows, reference=reference, bf16=bf16)
     matched = None
     if cfg.objective == "tilt-distill":  # the decode-time tilt at the trained model's R: the cost to beat
         # The decode-time R(b) curve on the eval seeds, the seeds of the tuned R: at b = 0, at the calibrated
@@ -151,10 +159,10 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         curve = [(0.0, before["rate"]["mean"]), (bias, baseline["rate"]["mean"])]
         if trained_bias != bias:
             say(f"measuring the decode-time R at the trained b = {trained_bias:.3f} ...")
-            curve.append((trained_bias, measure_rate(reference, tokenizer, tokens.mask, cfg.eval, bias=trained_bias,
+            curve.append((trained_bias, measure_rate(reference, tokenizer, tokens.target, cfg.eval, bias=trained_bias,
                                                      bf16=bf16)[0]["mean"]))
         b_matched = bias_at_rate(curve, after["rate"]["mean"], after["rate"]["n"])
-        matched = {"bias": b_matched, **decode_costs(reference, tokens.mask, windows, b_matched, bf16)}
+        matched = {"bias": b_matched, **decode_costs(reference, tokens.target, windows, b_matched, bf16)}
     del reference
     rate_before, rate_after = before["rate"], after["rate"]
     rate_points = [(0, rate_before)] + [(r["step"], {"mean": r["rate"], "ci_low": r["rate_ci_low"],
@@ -227,6 +235,9 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         # rho's three perplexities under the names it is defined with, all on the same held-out windows
         summary.update(ppl_base=before["ppl"], ppl_decode_matched=matched["ppl"], ppl_tuned=after["ppl"])
         summary.update(excess_cost(before, after, matched))
+    if isinstance(tokens, PhraseSet):
+        summary["phrases"] = phrase_summary(tokens, tokenizer, trained_bias)
+    write_samples(folder.path("samples.jsonl"), samples_before, samples_after)
     folder.path("report.md").write_text(tilt_report(cfg, summary, samples_before, samples_after))
     folder.write_json("summary.json", summary)
     shutil.rmtree(folder.path("checkpoints"), ignore_errors=True)  # a finished run needs none

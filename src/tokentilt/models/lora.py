@@ -76,6 +76,9 @@ class AdapterOff(torch.nn.Module):
     def get_output_embeddings(self):
         return self.peft_model[0].get_output_embeddings()  # the same head as the trained model's
 
+    def get_base_model(self):
+        return self.peft_model[0].get_base_model()  # whose forward tells which arguments it takes
+
     def to(self, *args, **kwargs):
         return self  # lives wherever the trained model lives
 

@@ -1,0 +1,481 @@
+"""Words and phrases as a target: entries of any number of tokens, counted as words of the text.
+
+A phrase selector names strings, not tokens:
+
+    phrase:TEXT         one word or phrase, e.g. phrase:"Alice in Wonderland"
+    phrases:FILE        one entry per line (blank lines and lines starting with '#' are skipped)
+    phrases:NAME        a built-in list (wordlists/NAME.txt), e.g. phrases:colours
+    ...:case            append ':case' to keep each entry's case (otherwise case variants count too)
+
+**The word rule (R).** R is the share of generated *words* that are entries. A word is a maximal
+run of letters and digits, with apostrophes inside it ("don't" is one word; "well-known" is two;
+"_" and punctuation are not words): the regex WORD below, applied to the decoded continuation. An
+entry is the word sequence the same rule cuts from it; an occurrence is that sequence of
+consecutive words (case-folded unless ':case'), so a phrase of three words counts once. Entries
+are matched greedily, longest first, without overlaps. The rule never looks at tokens, so anyone
+can recount R from samples.jsonl with a regex.
+
+**Variants.** Each entry is tokenized as the model meets it: after a space (" Wonderland" ->
+" Wonder" "land") and bare, at the start of a word after a newline or a quote ("Wonderland" ->
+"W" "onder" "land"), in its own case, lower case, capitalised and upper case (unless ':case').
+Both tokenizations are taken from inside a text (the anchor's tokens removed), so SentencePiece's
+"▁" and byte-level "Ġ" pieces come out as the tokenizer really uses them.
+
+**The decode-time tilt (PhraseBias).** The sequence-level tilt that tokentilt targets is
+q(text) ∝ p(text)·exp(b·count(text)). Sampled one token at a time, its exact per-step form is
+q(v | s) ∝ p(v | s)·exp(b·completed(v))·W(s+v)/W(s), with W(s) = E_p[exp(b·future count) | s]:
+a token that completes an entry gains b, and a token that *starts or continues* one gains the
+value of the partial match. tokentilt approximates W at a partial match c by its first-order
+form log W(c) ≈ log(1 + π(c)·(e^b − 1)), where π(c) is the model's probability of finishing the
+entry from c, measured once per set (in a few neutral contexts; see completion_probs). So:
+
+    completing token:  + b (+ log W of the node it reaches, if a longer entry continues it)
+    starting / continuing token:  + log(1 + π(c)(e^b - 1))
+    b = -inf (a hard ban):  completing tokens are removed; starting ones get log(1 - π(c))
+
+Hugging Face's `sequence_bias` is this with π = 0: it biases only the last token after its
+prefix, so a rare first token caps the rate it can reach (benchmarks/p7_phrases.py compares them).
+A trie over every variant's token ids holds the partial matches; bare variants may start only
+where the previous token does not end inside a word.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+from transformers import LogitsProcessor
+
+from tokentilt import data
+from tokentilt.targets import SelectorError, builtin_word_lists, resolve_set, word_list
+
+PHRASE_KINDS = ("phrase", "phrases")
+WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+MAX_COVERAGE = 0.5  # a list whose entries are this share of a reference text's words leaves nothing to tilt
+SPACE_ANCHORS = ("It was", "I saw the", "They said")  # contexts in which completion_probs measures π
+BARE_ANCHORS = ("\n", '"', "(")
+
+
+def is_phrase_selector(spec: str) -> bool:
+    return spec.partition(":")[0] in PHRASE_KINDS
+
+
+def words_of(text: str) -> list[str]:
+    """The word rule: maximal runs of letters and digits, apostrophes allowed inside."""
+    return WORD.findall(text)
+
+
+# ---------------------------------------------------------------- entries
+
+
+def parse(spec: str) -> tuple[list[str], bool]:
+    """phrase:TEXT / phrases:FILE[:case] -> (entries, keep_case). One-line SelectorErrors for bad input."""
+    kind, _, arg = spec.partition(":")
+    keep_case = arg.endswith(":case")
+    if keep_case:
+        arg = arg[: -len(":case")]
+    if kind == "phrase":
+        if not arg:
+            raise SelectorError(f"selector {spec!r}: 'phrase:' needs a word or phrase")
+        entries = [arg]
+    else:
+        entries = _read_list(arg, spec)
+    for entry in entries:
+        if not words_of(entry):
+            raise SelectorError(f"selector {spec!r}: entry {entry!r} holds no word (letters or digits)")
+    unique = {}  # one entry per word sequence (per case-folded one unless :case)
+    for entry in entries:
+        key = tuple(w if keep_case else w.casefold() for w in words_of(entry))
+        unique.setdefault(key, entry.strip())
+    return list(unique.values()), keep_case
+
+
+def _read_list(arg: str, spec: str) -> list[str]:
+    if not arg.strip():
+        raise SelectorError(f"selector {spec!r}: 'phrases:' needs a file name")
+    path = word_list(arg)
+    if not path.is_file():
+        raise SelectorError(f"phrases file not found: {path} (built-in lists: {', '.join(builtin_word_lists())})"
+                            if not path.exists() else f"phrases file is not a file: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SelectorError(f"phrases file is not UTF-8 text: {path}") from None
+    except OSError as err:
+        raise SelectorError(f"cannot read phrases file {path}: {err.strerror or err}") from None
+    if "\0" in text:
+        raise SelectorError(f"phrases file looks binary (it holds NUL bytes): {path}")
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line or line.lstrip().startswith("#"):
+            continue
+        if not line.strip():
+            raise SelectorError(f"phrases file {path}, line {number}: the entry is only spaces")
+        entries.append(line.strip())
+    if not entries:
+        raise SelectorError(f"phrases file is empty: {path}")
+    return entries
+
+
+def case_forms(entry: str, keep_case: bool) -> list[str]:
+    if keep_case:
+        return [entry]
+    return list(dict.fromkeys([entry, entry.lower(), entry[:1].upper() + entry[1:], entry.upper()]))
+
+
+def encode_in_text(tokenizer, text: str, anchor: str) -> list[int]:
+    """Token ids of `text` as they come after `anchor` inside a longer text (the anchor's own tokens
+    removed), or of `text` alone when the anchor's tokens merge into it."""
+    whole = tokenizer.encode(anchor + text, add_special_tokens=False)
+    head = tokenizer.encode(anchor, add_special_tokens=False)
+    if whole[: len(head)] == head and len(whole) > len(head):
+        return whole[len(head):]
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+# ---------------------------------------------------------------- the trie
+
+
+@dataclass(eq=False)  # nodes hash by identity: a state is a frozenset of them
+class Node:
+    depth: int = 0
+    children: dict[int, Node] = field(default_factory=dict)
+    ends: list[int] = field(default_factory=list)  # entries a variant of which ends here
+    pi: float = 0.0  # the model's probability of completing an entry from here (completion_probs)
+
+
+@dataclass
+class Variant:
+    entry: int  # index into entries
+    text: str  # e.g. " Wonderland"
+    bare: bool  # starts a word without a leading space (allowed only at a word start)
+    ids: list[int]
+
+
+def build_trie(variants: list[Variant]) -> tuple[Node, Node]:
+    """-> (root of the spaced variants, root of the bare ones)."""
+    roots = (Node(), Node())
+    for v in variants:
+        node = roots[v.bare]
+        for i in v.ids:
+            node = node.children.setdefault(i, Node(node.depth + 1))
+        if v.entry not in node.ends:
+            node.ends.append(v.entry)
+    return roots
+
+
+def _credit(pi: float, bias: float) -> float:
+    """log W ≈ log(1 + π(e^b - 1)): the value of a partial match that completes with probability π."""
+    pi = min(max(pi, 0.0), 1 - 1e-6)
+    if bias == -math.inf:
+        return math.log1p(-pi)
+    if bias > 30:  # e^b overflows soon: log(1 + π(e^b - 1)) -> log π + b
+        return math.log(pi) + bias if pi > 0 else 0.0
+    return math.log1p(pi * math.expm1(bias))
+
+
+# ---------------------------------------------------------------- the set
+
+
+@dataclass
+class PhraseSet:
+    """Entries of words and phrases resolved against one tokenizer (and, for π, one model)."""
+
+    selector: str
+    entries: list[str]
+    keep_case: bool
+    variants: list[Variant]
+    vocab_size: int
+    word_ends: torch.Tensor  # (V,) bool: the token's text ends inside a word (a letter or digit)
+    roots: tuple[Node, Node] = None
+    _bias_cache: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.roots is None:
+            self.roots = build_trie(self.variants)
+        self._keys = [tuple(self._fold(w) for w in words_of(e)) for e in self.entries]
+        self._by_first: dict[str, list[tuple[str, ...]]] = {}
+        for key in sorted(set(self._keys), key=len, reverse=True):
+            self._by_first.setdefault(key[0], []).append(key)
+
+    # TokenSet's face, so a PhraseSet goes where a token set goes
+    @property
+    def target(self) -> PhraseSet:
+        return self
+
+    @property
+    def size(self) -> int:
+        return len(self.entries)
+
+    @property
+    def share(self) -> float:
+        return len({i for v in self.variants for i in v.ids}) / self.vocab_size
+
+    def describe(self) -> str:
+        multi = sum(1 for e in range(len(self.entries)) if self.spaced(e) and len(self.spaced(e).ids) > 1)
+        return (f"{self.selector!r}: {len(self.entries)} entries ({multi} of several tokens), "
+                f"{len(self.variants)} tokenized variants; R counts words (phrases.WORD)")
+
+    def spaced(self, entry: int) -> Variant | None:
+        """The entry's variant after a space, in its own case: how it usually appears mid-sentence."""
+        return next((v for v in self.variants if v.entry == entry and not v.bare), None)
+
+    def tokenizations(self, tokenizer) -> list[dict]:
+        """Per entry: each distinct variant's token pieces, for the run's report."""
+        rows = []
+        for e, entry in enumerate(self.entries):
+            pieces = {v.text: [tokenizer.decode([i]) for i in v.ids] for v in self.variants if v.entry == e}
+            rows.append({"entry": entry, "tokens": len(self.spaced(e).ids) if self.spaced(e) else None,
+                         "variants": pieces})
+        return rows
+
+    # ------------------------------------------------------------ R: counted on words
+
+    def _fold(self, word: str) -> str:
+        return word if self.keep_case else word.casefold()
+
+    def count(self, text: str) -> tuple[int, int]:
+        """(occurrences of entries, words) in a text, by the word rule."""
+        words = [self._fold(w) for w in words_of(text)]
+        hits, i = 0, 0
+        while i < len(words):
+            for key in self._by_first.get(words[i], ()):
+                if tuple(words[i:i + len(key)]) == key:
+                    hits, i = hits + 1, i + len(key)
+                    break
+            else:
+                i += 1
+        return hits, len(words)
+
+    def rates(self, texts: list[str]) -> torch.Tensor:
+        """Per-sample share of words that are entries (NaN for a sample with no word). (N,)"""
+        counts = [self.count(t) for t in texts]
+        return torch.tensor([h / n if n else math.nan for h, n in counts], dtype=torch.float32)
+
+    # ------------------------------------------------------------ the decode-time tilt
+
+    def step(self, state: frozenset, at_word_start: bool, token: int) -> tuple[frozenset, int]:
+        """Advance the partial matches by one token -> (new state, entries completed)."""
+        nodes = [*state, self.roots[0]] + ([self.roots[1]] if at_word_start else [])
+        nxt, done = [], 0
+        for node in nodes:
+            child = node.children.get(token)
+            if child is not None:
+                done += len(child.ends)
+                if child.children:
+                    nxt.append(child)
+        return frozenset(nxt), done
+
+    def states(self, ids: list[int]) -> list[tuple[frozenset, bool]]:
+        """The (partial matches, at a word start) after each token of a sequence; the sequence is
+        taken to start at a word start."""
+        state, start, out = frozenset(), True, []
+        for t in ids:
+            state, _ = self.step(state, start, t)
+            start = not bool(self.word_ends[t])
+            out.append((state, start))
+        return out
+
+    def bias_terms(self, state: frozenset, at_word_start: bool, bias: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logit changes after (state, at_word_start) at bias b -> (token ids, values), cached."""
+        key = (state, at_word_start, bias)
+        if key not in self._bias_cache:
+            terms: dict[int, float] = {}
+            for node in [*state, self.roots[0]] + ([self.roots[1]] if at_word_start else []):
+                for token, child in node.children.items():
+                    value = (bias * len(child.ends) if child.ends else 0.0)
+                    if child.children:
+                        value += _credit(child.pi, bias)
+                    terms[token] = terms.get(token, 0.0) + value
+            ids = torch.tensor(sorted(terms), dtype=torch.long)
+            self._bias_cache[key] = (ids, torch.tensor([terms[i] for i in ids.tolist()], dtype=torch.float32))
+        return self._bias_cache[key]
+
+    def adjust(self, logits: torch.Tensor, ids: torch.Tensor, bias: float) -> torch.Tensor:
+        """The decode-time tilt applied at every position of (B, T) ids: logits (B, T, V) -> new float32
+        logits, position t's row predicting token t+1 from the state after ids[:, :t+1]."""
+        out = logits.float().clone()
+        if bias == 0:
+            return out
+        for row, seq in enumerate(ids.tolist()):
+            for t, (state, start) in enumerate(self.states(seq)):
+                tok, val = self.bias_terms(state, start, bias)
+                out[row, t, tok[tok < out.size(-1)]] += val[tok < out.size(-1)].to(out.device)
+        return out
+
+    def processor(self, bias: float) -> LogitsProcessor:
+        return PhraseBias(self, bias)
+
+    def sequence_bias(self, bias: float) -> dict[tuple[int, ...], float]:
+        """The same variants in Hugging Face's SequenceBiasLogitsProcessor form (for comparison)."""
+        return {tuple(v.ids): bias for v in self.variants}
+
+    # ------------------------------------------------------------ what else moves
+
+    def collateral(self, tokenizer, reference: Counter, bias: float, top: int = 15) -> list[dict]:
+        """Words of a reference word count that are not entries but whose own tokenization (after a
+        space) passes through a biased transition: they move with the tilt. Sorted by how often the
+        reference uses them. -> [{"word", "count", "log_odds_shift"}]."""
+        entries = {k for k in self._keys if len(k) == 1}
+        rows = []
+        for word, n in reference.most_common():
+            if (self._fold(word),) in entries:
+                continue
+            ids = encode_in_text(tokenizer, " " + word, SPACE_ANCHORS[0])
+            state, start, shift = frozenset(), True, 0.0
+            for t in ids:
+                tok, val = self.bias_terms(state, start, bias)
+                hit = (tok == t).nonzero()
+                if len(hit):
+                    shift += float(val[hit[0, 0]])
+                state, _ = self.step(state, start, t)
+                start = not bool(self.word_ends[t])
+            if abs(shift) > 1e-6:
+                rows.append({"word": word, "count": n, "log_odds_shift": round(shift, 3)})
+            if len(rows) >= top:
+                break
+        return rows
+
+    def coverage(self, reference: Counter) -> float:
+        """Share of the reference text's words that are (one-word) entries."""
+        total = sum(reference.values())
+        one = {k[0] for k in self._keys if len(k) == 1}
+        return sum(n for w, n in reference.items() if self._fold(w) in one) / total if total else 0.0
+
+
+class PhraseBias(LogitsProcessor):
+    """The decode-time phrase tilt: each row's partial matches decide which tokens it biases."""
+
+    def __init__(self, phrases: PhraseSet, bias: float):
+        self.phrases, self.bias = phrases, bias
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.clone()
+        for row, seq in enumerate(input_ids.tolist()):
+            state, start = self.phrases.states(seq)[-1] if seq else (frozenset(), True)
+            tok, val = self.phrases.bias_terms(state, start, self.bias)
+            keep = tok < scores.size(-1)
+            scores[row, tok[keep]] += val[keep].to(scores.device, scores.dtype)
+        return scores
+
+
+# ---------------------------------------------------------------- building one
+
+
+def token_word_ends(tokenizer, vocab_size: int) -> torch.Tensor:
+    """(V,) bool: the token's decoded text ends in a letter or digit, so a word may continue after it."""
+    texts = [tokenizer.decode([i]) for i in range(min(vocab_size, len(tokenizer)))]
+    ends = [bool(t) and (t[-1].isalnum()) for t in texts]
+    return torch.tensor(ends + [False] * (vocab_size - len(ends)), dtype=torch.bool)
+
+
+def tokenize_entries(tokenizer, entries: list[str], keep_case: bool, vocab_size: int) -> list[Variant]:
+    variants, seen = [], set()
+    for e, entry in enumerate(entries):
+        for form in case_forms(entry, keep_case):
+            for bare, text, anchor in ((False, " " + form, SPACE_ANCHORS[0]), (True, form, BARE_ANCHORS[0])):
+                ids = encode_in_text(tokenizer, text, anchor)
+                if not ids or any(i >= vocab_size for i in ids) or (bare, tuple(ids)) in seen:
+                    continue
+                seen.add((bare, tuple(ids)))
+                variants.append(Variant(e, text, bare, ids))
+    return variants
+
+
+@torch.no_grad()
+def completion_probs(model, tokenizer, phrases: PhraseSet, bf16: bool = False) -> None:
+    """Set π on every inner node: the model's probability of the rest of an entry given its first
+    tokens, averaged over a few neutral contexts (SPACE_ANCHORS / BARE_ANCHORS). Several entries
+    below one node add up (an expected count), capped below 1 in _credit."""
+    device = next(model.parameters()).device
+    rows = []  # (variant, anchor ids)
+    for v in phrases.variants:
+        if len(v.ids) > 1:
+            for anchor in BARE_ANCHORS if v.bare else SPACE_ANCHORS:
+                rows.append((v, tokenizer.encode(anchor, add_special_tokens=False)))
+    if not rows:
+        return
+    sums: dict[int, list] = {}  # id(node) -> [node, sum of P(rest | node) over its rows, rows]
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(rows), 64):
+            chunk = rows[start:start + 64]
+            seqs = [a + v.ids for v, a in chunk]
+            width = max(map(len, seqs))
+            ids = torch.zeros(len(seqs), width, dtype=torch.long)
+            att = torch.zeros_like(ids)
+            for r, s in enumerate(seqs):  # right-padded: every position read comes before the padding
+                ids[r, :len(s)], att[r, :len(s)] = torch.tensor(s), 1
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
+            logp = torch.log_softmax(logits, -1).cpu()
+            for r, (v, a) in enumerate(chunk):
+                step = [float(logp[r, len(a) + k - 1, v.ids[k]]) for k in range(len(v.ids))]  # log p per token
+                node = phrases.roots[v.bare]
+                for depth, tok in enumerate(v.ids[:-1]):
+                    node = node.children[tok]
+                    slot = sums.setdefault(id(node), [node, 0.0, set()])
+                    slot[1] += math.exp(sum(step[depth + 1:]))
+                    slot[2].add(tuple(a))
+    finally:
+        model.train(was_training)
+    for node, total, anchors in sums.values():
+        node.pi = total / len(anchors)  # the mean over contexts of the summed completion probabilities
+    phrases._bias_cache.clear()
+
+
+def resolve_phrases(spec: str, tokenizer, vocab_size: int, model=None, reference: Counter | None = None,
+                    bf16: bool = False) -> PhraseSet:
+    """phrase:/phrases: selector -> PhraseSet over the tokenizer; with `model`, π from the model.
+    With `reference` (word counts), refuse a list that covers MAX_COVERAGE of its words."""
+    entries, keep_case = parse(spec)
+    variants = tokenize_entries(tokenizer, entries, keep_case, vocab_size)
+    missing = sorted({entries[i] for i in range(len(entries))} - {entries[v.entry] for v in variants})
+    if missing:
+        raise SelectorError(f"selector {spec!r}: {missing[0]!r} has no tokenization inside the model's vocabulary")
+    phrases = PhraseSet(spec, entries, keep_case, variants, vocab_size, token_word_ends(tokenizer, vocab_size))
+    if reference is not None and phrases.coverage(reference) >= MAX_COVERAGE:
+        raise SelectorError(f"selector {spec!r} covers {100 * phrases.coverage(reference):.0f}% of the words of "
+                            f"the reference text: nearly every word is an entry, so there is nothing to tilt")
+    if model is not None:
+        completion_probs(model, tokenizer, phrases, bf16)
+    return phrases
+
+
+def reference_words(text: str) -> Counter:
+    """Word counts of a text by the word rule."""
+    return Counter(words_of(text))
+
+
+@lru_cache(maxsize=1)
+def plays_reference() -> Counter:
+    """Word counts of the plays' train split: the reference for a list's coverage and its collateral."""
+    return reference_words(data.split_text("train"))
+
+
+def resolve_target(spec: str, tokenizer, model, echo=print):
+    """Any selector over a model's output vocabulary: a TokenSet, or a PhraseSet (π from the model), described
+    on `echo` (a phrase set: how each entry tokenizes)."""
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    if not is_phrase_selector(spec):
+        tokens = resolve_set(spec, tokenizer, vocab_size)
+        echo(tokens.describe())
+        return tokens
+    phrases = resolve_phrases(spec, tokenizer, vocab_size, model, plays_reference())
+    echo(phrases.describe())
+    for row in phrases.tokenizations(tokenizer)[:20]:
+        pieces = next(iter(row["variants"].values()))
+        echo(f"  {row['entry']!r}: " + " ".join(repr(p) for p in pieces) + f" ({len(row['variants'])} variants)")
+    if len(phrases.entries) > 20:
+        echo(f"  ... and {len(phrases.entries) - 20} more (summary.json lists them all)")
+    return phrases
+
+
+def check_phrase_syntax(spec: str) -> None:
+    """Fail fast on a bad phrase selector (missing or unreadable file, empty entry) before a model loads."""
+    parse(spec)
