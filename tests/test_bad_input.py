@@ -164,6 +164,8 @@ CASES = [
     Case("tilt-phrases-head-rows", lambda f: f.tilt("--toward", "phrase:red", "--objective", "tilt-distill",
                                                     "--placement", "head-rows"), "cannot tilt phrases"),
     Case("tilt-phrases-course-objective", lambda f: f.tilt("--toward", "phrase:red"), "tilted by tilt-distill only"),
+    Case("sweep-phrases", lambda f: f.sweep("--toward", "phrase:red"), "sweep takes a token selector"),
+    Case("audit-phrases", lambda f: f.audit("--toward", "phrases:colours"), "audit takes a token selector"),
     Case("tilt-phrases-cover-every-word", lambda f: f.tilt("--toward", "phrases:" + f.common_words(),
                                                            "--objective", "tilt-distill"),
          "nearly every word", early=False),

@@ -252,3 +252,16 @@ def test_words_selector_names_the_entries_it_leaves_out(tmp_path):
     path.write_text("Wonderland\ncrimson\n")
     with pytest.raises(SelectorError, match="use phrases:"):
         resolve(f"words:{path}", texts)
+
+
+def test_the_sequence_bias_method_is_hugging_faces_processor_at_every_position():
+    phrases = toy_set(["Wonderland", "red"], pis={("space", " Wonder"): 0.3}).with_method("sequence-bias")
+    ids = torch.tensor([[ID[" the"], ID[" Wonder"], ID["land"], ID[" red"]]])
+    logits = torch.randn(1, 4, len(TOK))
+    hf = SequenceBiasLogitsProcessor(sequence_bias=[[list(k), v] for k, v in phrases.sequence_bias(2.0).items()])
+    adjusted = phrases.adjust(logits, ids, 2.0)
+    for t in range(4):
+        assert torch.allclose(adjusted[0, t], hf(ids[:, :t + 1], logits[:, t].clone())[0])
+    assert adjusted[0, 0, ID[" Wonder"]] == logits[0, 0, ID[" Wonder"]]  # no credit for starting
+    with pytest.raises(ValueError, match="phrase method"):
+        phrases.with_method("bogus")

@@ -14,7 +14,7 @@ from tokentilt.engine import keep_freed_memory
 from tokentilt.losses import OBJECTIVES
 from tokentilt.models.lora import DEFAULT_LR as LORA_LR
 from tokentilt.preflight import check_lengths, check_output, check_prompts, check_sampling
-from tokentilt.targets import check_syntax
+from tokentilt.targets import check_syntax, token_selector_only
 
 EXIT_USAGE = 2  # bad input: one line on stderr
 EXIT_DIVERGED = 3  # training stopped on a non-finite loss; the run folder stays unfinished
@@ -372,6 +372,7 @@ def sweep_config(flags: dict):
     flags = sweep_axes(flags)
     cfg = merge(SweepConfig, sweep_axes(read_yaml(flags.get("config"))), flags)
     cfg.check()
+    token_selector_only(cfg.toward, "sweep")
     check_syntax(cfg.toward)
     preflight_eval(cfg.model, cfg.eval)
     check_lengths(cfg.model, seq_len=cfg.train.seq_len)

@@ -41,6 +41,7 @@ where the previous token does not end inside a word.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections import Counter
@@ -48,12 +49,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, SequenceBiasLogitsProcessor
 
 from tokentilt import data
 from tokentilt.targets import SelectorError, builtin_word_lists, resolve_set, word_list
 
 PHRASE_KINDS = ("phrase", "phrases")
+METHODS = ("trie", "sequence-bias")
 WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 MAX_COVERAGE = 0.5  # a list whose entries are this share of a reference text's words leaves nothing to tilt
 SPACE_ANCHORS = ("It was", "I saw the", "They said")  # contexts in which completion_probs measures π
@@ -192,6 +194,7 @@ class PhraseSet:
     vocab_size: int
     word_ends: torch.Tensor  # (V,) bool: the token's text ends inside a word (a letter or digit)
     roots: tuple[Node, Node] = None
+    method: str = "trie"  # the decode-time tilt: "trie" (PhraseBias) or "sequence-bias" (Hugging Face's)
     _bias_cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -295,11 +298,22 @@ class PhraseSet:
             self._bias_cache[key] = (ids, torch.tensor([terms[i] for i in ids.tolist()], dtype=torch.float32))
         return self._bias_cache[key]
 
+    def with_method(self, method: str) -> PhraseSet:
+        """The same entries and trie with another decode-time tilt (METHODS)."""
+        if method not in METHODS:
+            raise ValueError(f"phrase method must be one of {', '.join(METHODS)}, got {method!r}")
+        return dataclasses.replace(self, method=method, _bias_cache={})
+
     def adjust(self, logits: torch.Tensor, ids: torch.Tensor, bias: float) -> torch.Tensor:
         """The decode-time tilt applied at every position of (B, T) ids: logits (B, T, V) -> new float32
         logits, position t's row predicting token t+1 from the state after ids[:, :t+1]."""
         out = logits.float().clone()
         if bias == 0:
+            return out
+        if self.method == "sequence-bias":
+            proc = self.processor(bias)
+            for t in range(ids.size(1)):
+                out[:, t] = proc(ids[:, :t + 1], out[:, t])
             return out
         for row, seq in enumerate(ids.tolist()):
             for t, (state, start) in enumerate(self.states(seq)):
@@ -308,6 +322,8 @@ class PhraseSet:
         return out
 
     def processor(self, bias: float) -> LogitsProcessor:
+        if self.method == "sequence-bias":  # every variant's last token, after its prefix (no start credit)
+            return SequenceBiasLogitsProcessor(sequence_bias=[[list(k), v] for k, v in self.sequence_bias(bias).items()])
         return PhraseBias(self, bias)
 
     def sequence_bias(self, bias: float) -> dict[tuple[int, ...], float]:

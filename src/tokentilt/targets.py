@@ -176,6 +176,13 @@ def check_syntax(spec: str) -> None:
     select(spec, [])
 
 
+def token_selector_only(spec: str, command: str) -> None:
+    """sweep and audit work on token sets; a phrase list goes to tilt, eval and generate."""
+    if spec.partition(":")[0] in ("phrase", "phrases"):
+        raise SelectorError(f"{command} takes a token selector; phrase:/phrases: lists work with tilt, eval and "
+                            "generate")
+
+
 def dropped_words(spec: str, texts: list[str]) -> list[str]:
     """The entries of a words: selector that are no single token (with or without a leading space), so the
     set leaves them out. [] for other selectors."""

@@ -18,7 +18,7 @@ from tokentilt.data import read_text_file  # noqa: E402
 from tokentilt.outputs import RunFolder  # noqa: E402
 from tokentilt.preflight import check_lengths, check_output  # noqa: E402
 from tokentilt.report import fmt_rate, markdown_table  # noqa: E402
-from tokentilt.targets import check_syntax  # noqa: E402
+from tokentilt.targets import check_syntax, token_selector_only  # noqa: E402
 
 
 def preflight(cfg: AuditConfig) -> None:
@@ -27,6 +27,7 @@ def preflight(cfg: AuditConfig) -> None:
         raise UsageError("audit needs the model to audit: tokentilt audit MODEL --reference BASE")
     cfg.check()
     if cfg.toward:
+        token_selector_only(cfg.toward, "audit")
         check_syntax(cfg.toward)
     for path in cfg.words:
         check_syntax(f"words:{path}")  # reads the file: missing, empty, binary

@@ -1,0 +1,80 @@
+"""P7: phrase tilts against two decode-time methods, the trie (tokentilt's) and Hugging Face's sequence_bias.
+
+    python benchmarks/p7_phrases.py runs/phrases/toward-05 runs/phrases/toward-15 runs/phrases/away-01
+
+Each argument is a finished `tokentilt tilt --toward phrases:FILE --rate R*` run folder (the commands are
+in benchmarks/README.md). For each run and each decode-time method this script calibrates b on the
+reference (the bundled model) until the decode-time R, on the run's own eval prompts and seeds, is the
+tuned model's R; then it measures that decode-time tilt's held-out perplexity on the run's held-out windows
+and gives rho = (ppl_tuned - ppl_base) / (ppl_decode - ppl_base) against it. A method that cannot reach
+the tuned R (sequence_bias biases only an entry's last token, so a rare first token caps its rate) is
+reported with the R it reached at its largest b. For a run below the base rate (away) it adds the hard
+ban: the trie at b = -inf. Not part of the test suite; writes p7_phrases.json beside the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from tokentilt.calibrate import calibrate
+from tokentilt.evaluate import EvalConfig, held_out_windows, measure
+from tokentilt.models.load import load_model
+from tokentilt.phrases import METHODS, resolve_target
+
+
+def rho(s: dict, ppl_decode: float) -> float | None:
+    extra = ppl_decode - s["ppl_before"]
+    return (s["ppl_after"] - s["ppl_before"]) / extra if extra > 0 and math.isfinite(extra) else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    args = ap.parse_args()
+    model, tokenizer = load_model("bundled")
+    rows = []
+    for run in args.runs:
+        s = json.loads((run / "summary.json").read_text())
+        cfg = EvalConfig()  # the runs use the default measurement: 16 prompts x 4, 48 tokens, eval seed 1234
+        windows = held_out_windows(tokenizer, cfg)
+        phrases = resolve_target(s["selector"], tokenizer, model)
+        tuned = s["rate_after"]["mean"]
+        base = {"run": run.name, "rate_target": s["rate_target"], "rate_before": s["rate_before"]["mean"],
+                "rate_tuned": tuned, "ppl_base": s["ppl_before"], "ppl_tuned": s["ppl_after"],
+                "rho_in_run": s.get("rho"), "seconds_run": s["seconds"]}
+        for method in METHODS:
+            started = time.time()
+            target = phrases.with_method(method)
+            cal = calibrate(model, tokenizer, target, tuned, cfg, windows, echo=print)
+            got, _ = measure(model, tokenizer, target, cfg, windows, bias=cal.bias)
+            rows.append({**base, "method": method, "bias": cal.bias, "rate_decode": got["rate"]["mean"],
+                         "rate_decode_ci": [got["rate"]["ci_low"], got["rate"]["ci_high"]],
+                         "reached": abs(got["rate"]["mean"] - tuned) <= max(0.02, 0.25 * tuned),
+                         "ppl_decode": got["ppl"], "rho": rho(s, got["ppl"]), "seconds": round(time.time() - started)})
+            print(rows[-1])
+        if tuned < s["rate_before"]["mean"]:
+            got, _ = measure(model, tokenizer, phrases, cfg, windows, bias=-math.inf)
+            rows.append({**base, "method": "trie, hard ban (b = -inf)", "bias": -math.inf,
+                         "rate_decode": got["rate"]["mean"],
+                         "rate_decode_ci": [got["rate"]["ci_low"], got["rate"]["ci_high"]], "reached": None,
+                         "ppl_decode": got["ppl"], "rho": None, "seconds": None})
+            print(rows[-1])
+    out = args.runs[0].parent / "p7_phrases.json"
+    out.write_text(json.dumps(rows, indent=1))
+    print("| run | R* | R before | R tuned | method | b | decode-time R | ppl base / tuned / decode | rho |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        fmt_rho = "n/a" if r["rho"] is None else f"{r['rho']:.2f}"
+        print(f"| {r['run']} | {r['rate_target']} | {r['rate_before']:.4f} | {r['rate_tuned']:.4f} | {r['method']} | "
+              f"{r['bias']:.2f} | {r['rate_decode']:.4f} [{r['rate_decode_ci'][0]:.4f}, {r['rate_decode_ci'][1]:.4f}]"
+              f"{'' if r['reached'] in (None, True) else ' (not reached)'} | {r['ppl_base']:.2f} / "
+              f"{r['ppl_tuned']:.2f} / {r['ppl_decode']:.2f} | {fmt_rho} |")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
