@@ -136,3 +136,23 @@ def test_fit_trained_bias_steps_are_bounded():
     fake = FakeTraining(lambda b: 0.001 if b < 20 else 0.5)  # R barely moves: steps are capped at max_step
     fit_trained_bias(fake.train_at, fake.probe, 0.5, 0.0, rounds=3, n=32, max_step=4.0)
     assert fake.trained == [0.0, 4.0, 8.0]
+
+
+
+def test_a_rate_of_zero_takes_the_full_step(monkeypatch):
+    """With no hit at b0 the logit of R is a clamp, not a measurement: calibrate steps by max_step."""
+    import tokentilt.calibrate as cal
+
+    tried = []
+
+    def fake_measure(model, tokenizer, mask, cfg, bias=0.0, bf16=False):
+        tried.append(bias)
+        return {"mean": 0.0 if bias < 7 else 0.05, "ci_low": 0.0, "ci_high": 0.0, "n": 64}, None
+
+    class Phrases:  # a target with adjust(), as a phrase set has: no one-pass proxy, so b0 = 0
+        def adjust(self, *args):
+            raise AssertionError("calibrate needs no forward pass here")
+
+    monkeypatch.setattr(cal, "measure_rate", fake_measure)
+    result = cal.calibrate(None, None, Phrases(), 0.05, cal.EvalConfig(), torch.zeros(1, 2), max_step=4.0)
+    assert tried[:3] == [0.0, 4.0, 8.0] and result.bias == 8.0

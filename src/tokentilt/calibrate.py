@@ -128,6 +128,8 @@ def calibrate(model, tokenizer, mask: torch.Tensor, target: float, cfg: EvalConf
             frac = (goal - y_lo) / (y_hi - y_lo) if y_hi > y_lo else 0.5
             frac = min(max(frac, 0.1), 0.9)  # keep the bracket shrinking even when R(b) is far from linear
             b = lo + frac * (hi - lo)
+        elif r in (0.0, 1.0):  # not a single hit (or miss) yet: the logit says nothing, take the full step
+            b = b + (max_step if r == 0 else -max_step)
         else:
             b = b + max(-max_step, min(max_step, goal - _logit(r, n)))
     best = min(measured, key=lambda x: (abs(measured[x]["mean"] - target), abs(x)))
