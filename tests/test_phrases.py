@@ -265,3 +265,14 @@ def test_the_sequence_bias_method_is_hugging_faces_processor_at_every_position()
     assert adjusted[0, 0, ID[" Wonder"]] == logits[0, 0, ID[" Wonder"]]  # no credit for starting
     with pytest.raises(ValueError, match="phrase method"):
         phrases.with_method("bogus")
+
+
+def test_generate_with_a_two_token_phrase_bias_writes_the_phrase(tiny_model_dir, capsys):
+    """On the tiny random GPT-2, b = 50 on phrase:verily (' ver' 'ily'): the start credit makes ' ver'
+    near certain, the completion bias then makes 'ily' near certain, so every word is 'verily'."""
+    from tokentilt.cli import main
+
+    code = main(["generate", "--model", str(tiny_model_dir), "--prompt", "Hello", "--samples", "2",
+                 "--new-tokens", "6", "--toward", "phrase:verily", "--bias", "50"])
+    out = capsys.readouterr().out
+    assert code == 0 and "hello verily verily verily" in out.lower() and "R = 1.000" in out  # any case counts
