@@ -3,9 +3,10 @@
     python benchmarks/p7_phrases.py runs/phrases/toward-05 runs/phrases/toward-15 runs/phrases/away-01
 
 Each argument is a finished `tokentilt tilt --toward phrases:FILE --rate R*` run folder (the commands are
-in benchmarks/README.md). For each run and each decode-time method this script calibrates b on the
-reference (the bundled model) until the decode-time R, on the run's own eval prompts and seeds, is the
-tuned model's R; then it measures that decode-time tilt's held-out perplexity on the run's held-out windows
+in benchmarks/README.md). The trie's row is the run's own matched decode-time tilt (b interpolated to the
+tuned R on the run's eval seeds, its held-out perplexity and rho). For Hugging Face's sequence_bias this
+script calibrates b on the reference (the bundled model) until the decode-time R, on the run's eval prompts
+and seeds, is the tuned model's R; then it measures that tilt's held-out perplexity on the same windows
 and gives rho = (ppl_tuned - ppl_base) / (ppl_decode - ppl_base) against it. A method that cannot reach
 the tuned R (sequence_bias biases only an entry's last token, so a rare first token caps its rate) is
 reported with the R it reached at its largest b. For a run below the base rate (away) it adds the hard
@@ -46,7 +47,11 @@ def main() -> None:
         base = {"run": run.name, "rate_target": s["rate_target"], "rate_before": s["rate_before"]["mean"],
                 "rate_tuned": tuned, "ppl_base": s["ppl_before"], "ppl_tuned": s["ppl_after"],
                 "rho_in_run": s.get("rho"), "seconds_run": s["seconds"]}
-        for method in METHODS:
+        m = s["matched_decode"]  # the run's own: the trie at the b interpolated to the tuned R on its eval seeds
+        rows.append({**base, "method": "trie (the run's matched b)", "bias": m["bias"], "rate_decode": tuned,
+                     "rate_decode_ci": [s["rate_after"]["ci_low"], s["rate_after"]["ci_high"]], "reached": True,
+                     "ppl_decode": m["ppl"], "rho": s.get("rho"), "seconds": None})
+        for method in [m for m in METHODS if m != "trie"]:
             started = time.time()
             target = phrases.with_method(method)
             cal = calibrate(model, tokenizer, target, tuned, cfg, windows, echo=print)
