@@ -31,6 +31,19 @@ def flat_costs(m: dict, suffix: str) -> dict:
     return {f"{k}_{suffix}": m[k] for k in ("ppl", "drift", "distinct_1", "distinct_2", "repetition")}
 
 
+class Stages:
+    """Wall seconds per named stage: mark(name) charges the time since the previous mark to `name`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.time()
+
+    def mark(self, name: str) -> None:
+        now = time.time()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 1)
+        self._last = now
+
+
 def phrase_summary(phrases: PhraseSet, tokenizer, bias: float) -> dict:
     """How each entry tokenizes, and the collateral at the trained b: the reference words (the plays'
     train split) that are not entries but move with the tilt, the commonest first."""
@@ -75,6 +88,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     resume_step = check_resumable(folder, cfg) if cfg.resume else 0
     eval_text = held_out_text(cfg.eval) if main else None  # and a missing eval file
     started = time.time()
+    clock = Stages()  # seconds per stage, for summary.json and the console
     model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, say)
     if cfg.lora.lora:
         model = lora.add_adapter(model, cfg.lora, seed=cfg.train.seed)
@@ -102,19 +116,23 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         if cfg.resume:
             say(f"resuming {folder.tmp} after step {resume_step}")
             keep_records_until(folder.path("metrics.jsonl"), resume_step)
+        clock.mark("load")
         say("measuring R and costs before training ...")
         before, samples_before = measure(model, tokenizer, tokens.target, cfg.eval, windows, bf16=bf16)
+        clock.mark("measure_before")
         if cfg.rate:  # on the probe seeds, like the rate rounds: the eval seeds only measure
             say(f"calibrating the decode-time bias to R = {cfg.rate} (probe seeds) ...")
             calibration = calibrate(model, tokenizer, tokens.target, cfg.rate, cfg.eval.probe(), windows, bf16=bf16,
                                     echo=say)
             bias = calibration.bias
             say(f"b = {bias:.3f} gives decode-time R = {fmt_rate(calibration.rate)} on the probe seeds")
+            clock.mark("calibrate")
         if not cfg.resume:
             folder.write_yaml("config.yaml", {**to_flat(cfg), **({"calibrated_bias": bias} if cfg.rate else {})})
         if cfg.objective == "tilt-distill":
             say(f"measuring the decode-time baseline at b = {bias:.3f} ...")
             baseline, _ = measure(model, tokenizer, tokens.target, cfg.eval, windows, bias=bias, bf16=bf16)
+            clock.mark("baseline")
     bias = on_main(lambda: bias, state)
     round_no = 0  # with --rate: the training round that metrics.jsonl records belong to
 
@@ -145,6 +163,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         history = train_toward(model, tokenizer, reference, tokens, cfg, bias, evaluate, log, progress and main,
                                run_dir=folder.tmp)
     train_seconds = time.time() - train_started
+    clock.mark("train")  # with --rate: every round, its contexts and its probe
     train_peak = peak_rss_mb() if peak_was_reset else None  # None: this platform cannot reset the peak
     if not main:
         state.wait_for_everyone()
@@ -152,6 +171,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
 
     say("measuring R and costs after training ...")
     after, samples_after = measure(model, tokenizer, tokens.target, cfg.eval, windows, reference=reference, bf16=bf16)
+    clock.mark("measure_after")
     matched = None
     if cfg.objective == "tilt-distill":  # the decode-time tilt at the trained model's R: the cost to beat
         # The decode-time R(b) curve on the eval seeds, the seeds of the tuned R: at b = 0, at the calibrated
@@ -163,6 +183,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
                                                      bf16=bf16)[0]["mean"]))
         b_matched = bias_at_rate(curve, after["rate"]["mean"], after["rate"]["n"])
         matched = {"bias": b_matched, **decode_costs(reference, tokens.target, windows, b_matched, bf16)}
+        clock.mark("matched_decode")
     del reference
     rate_before, rate_after = before["rate"], after["rate"]
     rate_points = [(0, rate_before)] + [(r["step"], {"mean": r["rate"], "ci_low": r["rate_ci_low"],
@@ -173,6 +194,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         model = lora.save_adapter_and_merged(model, tokenizer, folder.tmp)  # adapter/ and model/ (merged)
     else:
         save_model(model, tokenizer, folder.path("model"))
+    clock.mark("save")
 
     steps = [r["step"] for r in history]
     how = ((f"head rows, {cfg.head_fit} fit" + (f", lr {cfg.head_lr:g}" if cfg.head_fit == "kl" else ""))
@@ -215,6 +237,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         "resumed_after_step": resume_step or None,
         "train_seconds": round(train_seconds, 1),
         "seconds": round(time.time() - started, 1),
+        "stage_seconds": clock.seconds,  # load, measure_before, calibrate, baseline, train, measure_after, ...
         "peak_rss_mb": max(start_peak, peak_rss_mb()),  # the whole run
         "train_peak_rss_mb": train_peak,  # training alone (the optimizer, activations, the reference)
     }
@@ -246,5 +269,6 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     echo(summary_table(summary))
     if summary.get("matched_decode"):
         echo(excess_cost_note(summary))
+    echo("seconds: " + ", ".join(f"{k} {v:g}" for k, v in summary["stage_seconds"].items()))
     echo(f"run folder: {out}")
     return summary
