@@ -270,8 +270,40 @@ def build_parser() -> argparse.ArgumentParser:
     show_defaults(p, {**to_flat(EvalConfig()), **EVAL_OWN})
     p.set_defaults(func=cmd_eval)
     add_audit_parser(sub)
+    add_export_parser(sub)
     add_course_parsers(sub)
     return parser
+
+
+def add_export_parser(sub) -> None:
+    from tokentilt.export import DEFAULT_TYPE, TYPES
+
+    p = sub.add_parser("export", help="write a run's model as GGUF (llama.cpp, ollama) and its tilt as logit_bias",
+                       description="Export a tilted model where people run it: a GGUF file written with the gguf "
+                                   "package (Llama and GPT-2 families), an ollama Modelfile beside it, and the "
+                                   "run's decode-time tilt as a logit_bias JSON ({token id: b}) for "
+                                   "OpenAI-compatible servers. Check what the export keeps with "
+                                   "`tokentilt eval --model OUT.gguf`.",
+                       epilog="example:\n  tokentilt export runs/x --gguf runs/x.q8_0.gguf --type q8_0 "
+                              "--logit-bias runs/x.bias.json", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", metavar="RUN_OR_MODEL", help="a tilt run folder, a model folder, a .gguf or 'bundled'")
+    p.add_argument("--gguf", metavar="OUT.gguf", help="write the model here (OUT.Modelfile beside it)")
+    p.add_argument("--type", default=DEFAULT_TYPE, choices=TYPES, help="tensor type of the 2-D weights")
+    p.add_argument("--logit-bias", metavar="OUT.json", help="write the decode-time tilt as {token id: bias}")
+    p.add_argument("--toward", metavar="SELECTOR", help="--logit-bias: the token set; a run folder's when not given")
+    p.add_argument("--bias", type=float, help="--logit-bias: the bias b; a run folder's trained b when not given")
+    show_defaults(p, {"type": DEFAULT_TYPE})
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from tokentilt.jobs.export import run_export
+
+    if args.toward:
+        token_selector_only(args.toward, "export --logit-bias")
+        check_syntax(args.toward)
+    run_export(args.source, args.gguf, args.type, args.logit_bias, args.toward, args.bias)
+    return 0
 
 
 # ------------------------------------------------------------------ commands

@@ -56,7 +56,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def load_model(name: str = BUNDLED, dtype: torch.dtype = torch.float32):
-    """Return (model, tokenizer) for `name`: "bundled", a local folder, or a hub id.
+    """Return (model, tokenizer) for `name`: "bundled", a local folder, a .gguf file, or a hub id.
 
     The bundled SmolLM2-135M-Instruct is de-quantised from GGUF (~20 s on 2 cores) the first time and
     read from the cache (`cached`) after that. A tokenizer without a pad token gets its EOS as pad.
@@ -70,6 +70,9 @@ def load_model(name: str = BUNDLED, dtype: torch.dtype = torch.float32):
         gguf = bundled_dir() / BUNDLED_FILE
         return cached(gguf, lambda: _load(gguf.parent, {"dtype": torch.float32, "gguf_file": gguf.name}, name), dtype)
     kwargs: dict = {"dtype": dtype}
+    if name.endswith(".gguf") and Path(name).expanduser().is_file():  # e.g. a `tokentilt export` file
+        gguf = Path(name).expanduser()
+        return _load(gguf.parent, {"dtype": dtype, "gguf_file": gguf.name}, name)
     if Path(name).expanduser().exists():
         source = Path(name).expanduser()
         if not (source / "config.json").is_file():

@@ -1,0 +1,138 @@
+"""GGUF export: tiny Llama and GPT-2 models written by tokentilt and read back by transformers' GGUF
+loader (an independent reader) give the same weights and logits; the tokenizer round-trips."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from tokentilt.cli import main
+from tokentilt.export import export_gguf, logit_bias_map, permute_rotary
+from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+
+TEXT = "The quick brown fox: 42 jumps <|endoftext|> over ünïcode"
+
+
+def tiny_llama():
+    torch.manual_seed(0)  # an untied head, as a head-rows tilt leaves it
+    return LlamaForCausalLM(LlamaConfig(vocab_size=50257, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                        tie_word_embeddings=False)).eval()
+
+
+def tiny_gpt2():  # n_positions 1024: transformers' GGUF loader reads GPT-2's context as n_ctx, not n_positions
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=1024, n_embd=64, n_layer=2, n_head=4)).eval()
+
+
+def read_back(folder, name):
+    return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+
+
+def test_the_rotary_permutation_is_what_transformers_reverses():
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    w = np.arange(8 * 16 * 3, dtype=np.float32).reshape(8 * 16, 3)
+    back = LlamaTensorProcessor(config={})._reverse_permute_weights(permute_rotary(w, 8), 8, 8)
+    assert np.array_equal(back, w) and not np.array_equal(permute_rotary(w, 8), w)
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
+def test_f32_reads_back_bitwise_and_16_bit_types_within_their_rounding(build, tmp_path):
+    model, tokenizer = build(), gpt2_tokenizer()
+    ids = torch.tensor([tokenizer.encode(TEXT)])
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    export_gguf(model, tokenizer, tmp_path / "m-f32.gguf", "f32")
+    back = read_back(tmp_path, "m-f32.gguf")
+    for name, w in model.state_dict().items():
+        if name in back.state_dict() and not name.endswith(".attn.bias"):
+            assert torch.equal(back.state_dict()[name], w), name
+    with torch.no_grad():
+        assert torch.allclose(back(input_ids=ids).logits, want, atol=1e-5)
+    for kind, dtype in (("f16", torch.float16), ("bf16", torch.bfloat16)):
+        export_gguf(model, tokenizer, tmp_path / f"m-{kind}.gguf", kind)
+        back = read_back(tmp_path, f"m-{kind}.gguf")
+        for name, w in model.state_dict().items():  # 2-D weights rounded once to the type; 1-D kept f32
+            if name in back.state_dict() and not name.endswith(".attn.bias"):
+                expected = w.to(dtype).float() if w.dim() == 2 else w
+                assert torch.equal(back.state_dict()[name], expected), (kind, name)
+    export_gguf(model, tokenizer, tmp_path / "m-q8_0.gguf", "q8_0")
+    with torch.no_grad():
+        q8 = read_back(tmp_path, "m-q8_0.gguf")(input_ids=ids).logits
+    assert (q8 - want).abs().max() < 0.05 and (tmp_path / "m-q8_0.gguf").stat().st_size < \
+        0.4 * (tmp_path / "m-f32.gguf").stat().st_size
+
+
+def test_the_tokenizer_and_chat_template_round_trip(tmp_path):
+    tokenizer = gpt2_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    export_gguf(tiny_llama(), tokenizer, tmp_path / "m.gguf", "f32")
+    back = AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
+    assert back(TEXT).input_ids == tokenizer(TEXT).input_ids
+    assert back.decode(tokenizer(TEXT).input_ids) == TEXT
+    assert back.chat_template == tokenizer.chat_template
+
+
+def test_logit_bias_map_is_the_set_at_b():
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[[2, 7]] = True
+    assert logit_bias_map(mask, 1.5) == {"2": 1.5, "7": 1.5}
+
+
+@pytest.fixture
+def llama_dir(tmp_path):
+    folder = tmp_path / "model"
+    tiny_llama().save_pretrained(folder)
+    gpt2_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_export_cli_writes_gguf_modelfile_and_logit_bias_and_eval_reads_the_gguf(llama_dir, tmp_path, capsys):
+    out = tmp_path / "m.q8_0.gguf"
+    assert main(["export", str(llama_dir), "--gguf", str(out), "--type", "q8_0", "--logit-bias",
+                 str(tmp_path / "b.json"), "--toward", "x", "--bias", "2.5"]) == 0
+    assert out.is_file() and not out.with_name(out.name + ".partial").exists()
+    assert (tmp_path / "m.q8_0.Modelfile").read_text().startswith("FROM ./m.q8_0.gguf")
+    bias = json.loads((tmp_path / "b.json").read_text())
+    texts = gpt2_tokenizer().batch_decode([[int(i)] for i in bias])
+    assert set(bias.values()) == {2.5} and all("x" in t.lower() for t in texts) and len(bias) > 900
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(out), "--reference", str(llama_dir), "--toward", "x",
+                 "--samples-per-prompt", "1", "--new-tokens", "4", "--eval-windows", "2", "--eval-seq-len", "16",
+                 "--out", str(report)]) == 0
+    row = json.loads(report.read_text())["rows"][0]
+    assert row["drift"] < 1e-3  # q8_0 of the same weights: close to the folder's distribution
+
+
+@pytest.mark.parametrize("argv, message", [
+    (lambda d, t: ["export", str(t / "nothing"), "--gguf", str(t / "o.gguf")], "model folder not found"),
+    (lambda d, t: ["export", str(d), "--gguf", str(t / "o.txt")], "--gguf must end in .gguf"),
+    (lambda d, t: ["export", str(d), "--gguf", "/sys/tokentilt-test/o.gguf"], "does not exist"),
+    (lambda d, t: ["export", str(d)], "nothing to export"),
+    (lambda d, t: ["export", str(d), "--logit-bias", str(t / "b.json")], "needs --toward SELECTOR and --bias"),
+    (lambda d, t: ["export", str(d), "--logit-bias", str(t / "b.json"), "--toward", "phrase:red", "--bias", "1"],
+     "takes a token selector"),
+    (lambda d, t: ["export", str(d), "--gguf", str(t / "o.gguf"), "--type", "q4_k"], "invalid choice: 'q4_k'"),
+])
+def test_bad_export_input_is_one_line_exit_2(llama_dir, tmp_path, capsys, argv, message):
+    code = main(argv(llama_dir, tmp_path))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_an_architecture_without_a_mapping_is_one_line_exit_2(tmp_path, capsys):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    folder = tmp_path / "opt"
+    OPTForCausalLM(OPTConfig(vocab_size=50257, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
+                             word_embed_proj_dim=16, max_position_embeddings=64)).save_pretrained(folder)
+    gpt2_tokenizer().save_pretrained(folder)
+    code = main(["export", str(folder), "--gguf", str(tmp_path / "o.gguf")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no GGUF mapping for architecture 'opt'" in err[0]
+    assert not list(tmp_path.glob("o.gguf*"))
