@@ -39,6 +39,7 @@ def test_the_rotary_permutation_is_what_transformers_reverses():
     assert np.array_equal(back, w) and not np.array_equal(permute_rotary(w, 8), w)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
 def test_f32_reads_back_bitwise_and_16_bit_types_within_their_rounding(build, tmp_path):
     model, tokenizer = build(), gpt2_tokenizer()
@@ -59,11 +60,12 @@ def test_f32_reads_back_bitwise_and_16_bit_types_within_their_rounding(build, tm
             if name in back.state_dict() and not name.endswith(".attn.bias"):
                 expected = w.to(dtype).float() if w.dim() == 2 else w
                 assert torch.equal(back.state_dict()[name], expected), (kind, name)
-    export_gguf(model, tokenizer, tmp_path / "m-q8_0.gguf", "q8_0")
-    with torch.no_grad():
-        q8 = read_back(tmp_path, "m-q8_0.gguf")(input_ids=ids).logits
-    assert (q8 - want).abs().max() < 0.05 and (tmp_path / "m-q8_0.gguf").stat().st_size < \
-        0.4 * (tmp_path / "m-f32.gguf").stat().st_size
+    for kind, tol, size in (("q8_0", 0.05, 0.4), ("q4_0", 0.5, 0.25)):  # 8 and 4 bits in blocks of 32
+        export_gguf(model, tokenizer, tmp_path / f"m-{kind}.gguf", kind)
+        with torch.no_grad():
+            got = read_back(tmp_path, f"m-{kind}.gguf")(input_ids=ids).logits
+        assert (got - want).abs().max() < tol, kind
+        assert (tmp_path / f"m-{kind}.gguf").stat().st_size < size * (tmp_path / "m-f32.gguf").stat().st_size, kind
 
 
 def test_the_tokenizer_and_chat_template_round_trip(tmp_path):
@@ -136,3 +138,20 @@ def test_an_architecture_without_a_mapping_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no GGUF mapping for architecture 'opt'" in err[0]
     assert not list(tmp_path.glob("o.gguf*"))
+
+
+def test_llama_cpp_reads_the_export_with_the_same_tokens_and_logits(tmp_path):
+    """llama.cpp itself (llama-cpp-python, built from source with the bundled model's package) loads the
+    f32 file: the same token ids for a text, and logits within 1e-3 of the Hugging Face model's."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model, tokenizer = tiny_llama(), gpt2_tokenizer()
+    export_gguf(model, tokenizer, tmp_path / "m.gguf", "f32")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, logits_all=True, verbose=False,
+                          n_threads=2)
+    text = "The quick brown fox jumps"
+    ids = tokenizer.encode(text)
+    assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
+    llm.eval(ids)
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(np.array(llm.scores[:len(ids)]) - want).max() < 1e-3

@@ -8,8 +8,8 @@ llama.cpp's convert_hf_to_gguf.py takes and that transformers' GGUF loader undoe
 - Llama: the rows of q_proj and k_proj are permuted from the rotary layout of Hugging Face (two halves)
   to llama.cpp's (interleaved pairs), per head;
 - GPT-2: Conv1D weights are stored (in, out), so they are transposed to (out, in).
-1-D tensors (norms, biases) stay float32 in every type; q8_0 quantizes the 2-D tensors whose rows are
-a multiple of its 32-value block, the rest stay f16. A tied head (GPT-2, or Llama with tied embeddings)
+1-D tensors (norms, biases) stay float32 in every type; q8_0 and q4_0 quantize the 2-D tensors whose rows
+are a multiple of their 32-value block, the rest stay f16. A tied head (GPT-2, or Llama with tied embeddings)
 writes no `output.weight`; an untied one (a head-rows tilt unties it) writes its own.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TYPES = ("f32", "f16", "bf16", "q8_0")
+TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 DEFAULT_TYPE = "f16"
 ARCHITECTURES = ("llama", "gpt2")
 
@@ -42,8 +42,8 @@ def qtype_of(name: str, array: np.ndarray, kind: str):
     T = _gguf().GGMLQuantizationType
     if array.ndim < 2 or kind == "f32":
         return T.F32
-    if kind == "q8_0":
-        return T.Q8_0 if array.shape[-1] % 32 == 0 else T.F16
+    if kind in ("q8_0", "q4_0"):  # both in blocks of 32 values per row
+        return (T.Q8_0 if kind == "q8_0" else T.Q4_0) if array.shape[-1] % 32 == 0 else T.F16
     return {"f16": T.F16, "bf16": T.BF16}[kind]
 
 
@@ -144,7 +144,16 @@ def _tensors(model, arch: str):
         yield gguf_name, np.ascontiguousarray(w)
 
 
-def export_gguf(model, tokenizer, out: str | Path, kind: str = DEFAULT_TYPE, name: str = "tokentilt", pre: str = "gpt2") -> dict:
+def pre_tokenizer(tokenizer) -> str:
+    """llama.cpp's name for the tokenizer's pre-tokenizer (its regex split): "smollm" for the bundled
+    SmolLM2 vocabulary (49,152 tokens with <|im_start|>), else "gpt-2" (GPT-2's)."""
+    if len(tokenizer) == 49152 and tokenizer.convert_tokens_to_ids("<|im_start|>") == 1:
+        return "smollm"
+    return "gpt-2"
+
+
+def export_gguf(model, tokenizer, out: str | Path, kind: str = DEFAULT_TYPE, name: str = "tokentilt",
+                pre: str | None = None) -> dict:
     """Write `model` and `tokenizer` to the GGUF file `out` (through OUT.partial, renamed when complete).
     -> {"path", "type", "bytes", "tensors"}."""
     if kind not in TYPES:
@@ -159,9 +168,10 @@ def export_gguf(model, tokenizer, out: str | Path, kind: str = DEFAULT_TYPE, nam
     try:
         writer.add_name(name)
         writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                              "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind])
+                              "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+                              "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[kind])
         _hparams(writer, model.config, arch)
-        _tokenizer(writer, tokenizer, pre)
+        _tokenizer(writer, tokenizer, pre or pre_tokenizer(tokenizer))
         count = 0
         for gguf_name, w in _tensors(model, arch):
             qtype = qtype_of(gguf_name, w, kind)
