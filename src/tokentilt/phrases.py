@@ -52,7 +52,7 @@ import torch
 from transformers import LogitsProcessor, SequenceBiasLogitsProcessor
 
 from tokentilt import data
-from tokentilt.targets import SelectorError, builtin_word_lists, resolve_set, word_list
+from tokentilt.targets import SelectorError, read_list_text, resolve_set, word_list
 
 PHRASE_KINDS = ("phrase", "phrases")
 METHODS = ("trie", "sequence-bias")
@@ -100,17 +100,7 @@ def _read_list(arg: str, spec: str) -> list[str]:
     if not arg.strip():
         raise SelectorError(f"selector {spec!r}: 'phrases:' needs a file name")
     path = word_list(arg)
-    if not path.is_file():
-        raise SelectorError(f"phrases file not found: {path} (built-in lists: {', '.join(builtin_word_lists())})"
-                            if not path.exists() else f"phrases file is not a file: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SelectorError(f"phrases file is not UTF-8 text: {path}") from None
-    except OSError as err:
-        raise SelectorError(f"cannot read phrases file {path}: {err.strerror or err}") from None
-    if "\0" in text:
-        raise SelectorError(f"phrases file looks binary (it holds NUL bytes): {path}")
+    text = read_list_text(path, "phrases")
     entries = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line or line.lstrip().startswith("#"):

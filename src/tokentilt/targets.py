@@ -125,18 +125,25 @@ def word_list(arg: str) -> Path:
     return path
 
 
-def _words(path: Path, texts: list[str]) -> torch.Tensor:
+def read_list_text(path: Path, kind: str) -> str:
+    """The text of a user's list file (`kind` is "words" or "phrases", for the messages), or a one-line
+    SelectorError: missing, not a file, not UTF-8, unreadable, binary."""
     if not path.is_file():
-        raise SelectorError(f"words file not found: {path} (built-in lists: {', '.join(builtin_word_lists())})"
-                            if not path.exists() else f"words file is not a file: {path}")
+        raise SelectorError(f"{kind} file not found: {path} (built-in lists: {', '.join(builtin_word_lists())})"
+                            if not path.exists() else f"{kind} file is not a file: {path}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise SelectorError(f"words file is not UTF-8 text: {path}") from None
+        raise SelectorError(f"{kind} file is not UTF-8 text: {path}") from None
     except OSError as err:
-        raise SelectorError(f"cannot read words file {path}: {err.strerror or err}") from None
+        raise SelectorError(f"cannot read {kind} file {path}: {err.strerror or err}") from None
     if "\0" in text:
-        raise SelectorError(f"words file looks binary (it holds NUL bytes): {path}")
+        raise SelectorError(f"{kind} file looks binary (it holds NUL bytes): {path}")
+    return text
+
+
+def _words(path: Path, texts: list[str]) -> torch.Tensor:
+    text = read_list_text(path, "words")
     words = {w.strip() for w in text.splitlines() if w.strip()}
     if not words:
         raise SelectorError(f"words file is empty: {path}")
@@ -190,7 +197,7 @@ def dropped_words(spec: str, texts: list[str]) -> list[str]:
     if kind != "words" or not arg.strip():
         return []
     vocab = set(texts)
-    words = dict.fromkeys(w.strip() for w in word_list(arg).read_text(encoding="utf-8").splitlines() if w.strip())
+    words = dict.fromkeys(w.strip() for w in read_list_text(word_list(arg), "words").splitlines() if w.strip())
     return [w for w in words if w not in vocab and " " + w not in vocab]
 
 
