@@ -37,7 +37,7 @@ def _gguf():
     return gguf
 
 
-def qtype_of(name: str, array: np.ndarray, kind: str):
+def qtype_of(array: np.ndarray, kind: str):
     """The GGML type a tensor is stored in for export type `kind`."""
     T = _gguf().GGMLQuantizationType
     if array.ndim < 2 or kind == "f32":
@@ -174,7 +174,7 @@ def export_gguf(model, tokenizer, out: str | Path, kind: str = DEFAULT_TYPE, nam
         _tokenizer(writer, tokenizer, pre or pre_tokenizer(tokenizer))
         count = 0
         for gguf_name, w in _tensors(model, arch):
-            qtype = qtype_of(gguf_name, w, kind)
+            qtype = qtype_of(w, kind)
             T = gguf.GGMLQuantizationType
             if qtype in (T.F32, T.F16):
                 writer.add_tensor(gguf_name, w.astype(np.float32 if qtype == T.F32 else np.float16))

@@ -480,8 +480,3 @@ def resolve_target(spec: str, tokenizer, model, echo=print):
     if len(phrases.entries) > 20:
         echo(f"  ... and {len(phrases.entries) - 20} more (summary.json lists them all)")
     return phrases
-
-
-def check_phrase_syntax(spec: str) -> None:
-    """Fail fast on a bad phrase selector (missing or unreadable file, empty entry) before a model loads."""
-    parse(spec)

@@ -10,6 +10,7 @@ from pathlib import Path
 from tokentilt.export import ExportError, export_gguf, logit_bias_map, modelfile
 from tokentilt.models.load import load_model
 from tokentilt.phrases import is_phrase_selector
+from tokentilt.preflight import check_output
 from tokentilt.targets import resolve_set
 
 
@@ -22,29 +23,13 @@ def model_of(source: str) -> tuple[str, dict | None]:
 
 
 def check_out(path: str | None, suffix: str, what: str) -> None:
-    """Refuse an output path whose folder is missing or not writable, before the model loads."""
+    """Refuse an output path with the wrong suffix, or one that cannot be written (preflight.check_output),
+    before the model loads."""
     if path is None:
         return
-    out = Path(path).expanduser()
-    if not out.name.endswith(suffix):
+    if not Path(path).name.endswith(suffix):
         raise ExportError(f"{what} must end in {suffix}, got {path!r}")
-    if out.is_dir():
-        raise ExportError(f"{what} {path!r} is a folder")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise ExportError(f"the folder of {what} {path!r} does not exist")
-    if not _writable(parent):
-        raise ExportError(f"the folder of {what} {path!r} is not writable")
-
-
-def _writable(folder: Path) -> bool:
-    probe = folder / ".tokentilt-write-test"
-    try:
-        probe.touch()
-        probe.unlink()
-        return True
-    except OSError:
-        return False
+    check_output(path, "file")
 
 
 def run_export(source: str, gguf: str | None, kind: str, logit_bias: str | None = None, toward: str | None = None,
