@@ -18,7 +18,7 @@ import torch
 
 from tokentilt.evaluate import EvalConfig, measure_rate
 from tokentilt.losses import set_log_mass
-from tokentilt.metrics import _forward_batches
+from tokentilt.metrics import _forward_batches, split_windows
 
 
 @dataclass
@@ -32,11 +32,13 @@ class Calibration:
     history: list[tuple[float, float]] = field(default_factory=list)  # (b, R mean) per sampled measurement
 
 
-def set_log_masses(model, windows: torch.Tensor, mask: torch.Tensor, bf16: bool = False) -> torch.Tensor:
-    """log p(set) at every position of the (W, T) windows, flattened: (W*T,)."""
-    parts = [set_log_mass(logits, mask).reshape(-1)
-             for _, (logits,) in _forward_batches([model], windows, 8, bf16, False, "set mass")]
-    return torch.cat(parts)
+def set_log_masses(model, windows, mask: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """log p(set) at every position of the (W, T) windows, flattened: (W*T,); for ReplyWindows, at the
+    positions that predict a reply token."""
+    ids, counted = split_windows(windows)
+    parts = [set_log_mass(logits, mask) for _, (logits,) in _forward_batches([model], ids, 8, bf16, False, "set mass")]
+    log_mass = torch.cat(parts)  # (W, T)
+    return log_mass.reshape(-1) if counted is None else log_mass[:, :-1][counted[:, 1:]]
 
 
 def tilted_mean_mass(log_mass: torch.Tensor, bias: float) -> float:

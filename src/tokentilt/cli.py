@@ -135,7 +135,12 @@ def add_eval_flags(p):
     _opt(p, "--eval-text", dest="eval_text", metavar="FILE",
          help="plain-text file for held-out perplexity and drift; empty = the plays' test split")
     _opt(p, "--eval-windows", type=int, dest="eval_windows", help="held-out windows")
-    _opt(p, "--eval-seq-len", type=int, dest="eval_seq_len", help="tokens per held-out window")
+    _opt(p, "--eval-seq-len", type=int, dest="eval_seq_len",
+         help="tokens per held-out window (chat: at most this many tokens per held-out reply)")
+    _opt(p, "--chat", action="store_true",
+         help="prompts as user turns in the model's chat template (32 built-in requests); R, distinct-n, "
+              "repetition, perplexity and drift on the assistant's replies only, cut at end-of-turn")
+    _opt(p, "--system", metavar="TEXT", help="chat: a system message before each user turn")
 
 
 def add_output_flags(p):
@@ -220,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bias", type=float, default=0.0, help="decode-time logit bias on the set")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPU")
+    p.add_argument("--chat", action="store_true",
+                   help="each prompt as a user turn in the model's chat template; print the reply, cut at end-of-turn")
+    p.add_argument("--system", default="", metavar="TEXT", help="chat: a system message before each user turn")
     show_defaults(p, argparse_defaults(p))
     p.set_defaults(func=cmd_generate)
 
@@ -347,6 +355,7 @@ def cmd_tilt(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from tokentilt.chat import CHAT_PROMPTS, check_template
     from tokentilt.evaluate import rates_of
     from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, check_sample_config, sample
     from tokentilt.metrics import mean_ci
@@ -372,10 +381,15 @@ def cmd_generate(args) -> int:
     mask = None
     if args.toward:
         mask = resolve_target(args.toward, tokenizer, model, echo=lambda line: print(line, file=sys.stderr)).target
-    samples = sample(model, tokenizer, args.prompt or list(DEFAULT_PROMPTS), args.samples, cfg, seed=args.seed,
-                     bias_mask=mask, bias=args.bias, bf16=args.bf16)
+    if args.system and not args.chat:
+        raise UsageError("--system is a chat option; give --chat with it")
+    if args.chat:
+        check_template(tokenizer)
+    prompts = args.prompt or list(CHAT_PROMPTS if args.chat else DEFAULT_PROMPTS)
+    samples = sample(model, tokenizer, prompts, args.samples, cfg, seed=args.seed, bias_mask=mask, bias=args.bias,
+                     bf16=args.bf16, chat=args.chat, system=args.system)
     for prompt, text in zip(samples.prompts, samples.texts):
-        print(f"--- {prompt!r}\n{prompt}{text}")
+        print(f"--- user: {prompt!r}\n{text}" if args.chat else f"--- {prompt!r}\n{prompt}{text}")
     if mask is not None:
         r = mean_ci(rates_of(mask, samples))
         print(f"R = {r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] over {len(samples.texts)} samples")

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import torch
 
 from tokentilt import data
+from tokentilt.chat import CHAT_HELD_OUT_PROMPTS, CHAT_PROMPTS, HELD_OUT_SEED_OFFSET
 from tokentilt.generate import COURSE_PROMPTS, DEFAULT_PROMPTS, SampleConfig, Samples, sample
 from tokentilt.metrics import (
+    ReplyWindows,
     biased_drift,
     distinct_n,
     drift,
@@ -39,9 +41,15 @@ class EvalConfig:
     during_samples_per_prompt: int = 1  # lighter R measurement at eval_every steps
     eval_text: str = ""  # plain-text file for perplexity and drift ("" = the plays' held-out test split)
     eval_windows: int = 16  # held-out windows, spread over the text (a cap that keeps evaluation cheap)
-    eval_seq_len: int = 128  # tokens per held-out window
+    eval_seq_len: int = 128  # tokens per held-out window (in chat: at most this many reply tokens)
+    chat: bool = False  # prompts as user turns in the model's chat template; R and costs on the replies
+    system: str = ""  # chat: a system message before each user turn ("" = none, or the template's own)
 
     def check(self) -> None:
+        if self.chat and self.prompts == list(DEFAULT_PROMPTS):
+            self.prompts = list(CHAT_PROMPTS)  # the chat default: user requests instead of text openings
+        if self.system and not self.chat:
+            raise ValueError("--system is a chat option; give --chat with it")
         if not self.prompts or not all(isinstance(p, str) and p for p in self.prompts):
             raise ValueError("prompts must be a non-empty list of non-empty strings")
         if self.samples_per_prompt <= 0 or self.new_tokens <= 0 or self.during_samples_per_prompt <= 0:
@@ -70,13 +78,23 @@ def measure_rate(
 ) -> tuple[dict, Samples]:
     """R with a 95% interval over samples, and the samples themselves."""
     samples = sample(model, tokenizer, cfg.prompts, per_prompt or cfg.samples_per_prompt, cfg.sample_config(),
-                     seed=cfg.eval_seed, bias_mask=mask if bias else None, bias=bias, bf16=bf16)
+                     seed=cfg.eval_seed, bias_mask=mask if bias else None, bias=bias, bf16=bf16, chat=cfg.chat,
+                     system=cfg.system)
     return mean_ci(rates_of(mask, samples)), samples
 
 
 def rates_of(target, samples: Samples) -> torch.Tensor:
-    """Per-sample R: a token set counts tokens; a phrase set counts words of the decoded text (phrases.WORD). (N,)"""
-    return target.rates(samples.texts) if hasattr(target, "rates") else sample_rates(samples.tokens, target)
+    """Per-sample R: a token set counts tokens; a phrase set counts words of the decoded text (phrases.WORD). (N,)
+
+    In chat, only the reply counts (the tokens before end-of-turn), and special tokens never count
+    toward R. A reply of no tokens has no rate (NaN, which mean_ci leaves out).
+    """
+    if hasattr(target, "rates"):
+        return target.rates(samples.texts)
+    if samples.special:
+        target = target.clone()
+        target[[i for i in samples.special if i < len(target)]] = False
+    return sample_rates(samples.tokens, target, samples.lengths)
 
 
 def held_out_text(cfg: EvalConfig) -> str:
@@ -98,44 +116,87 @@ def held_out_windows(tokenizer, cfg: EvalConfig, text: str | None = None) -> tor
     return data.eval_windows(tokens, cfg.eval_seq_len, cfg.eval_windows)
 
 
-def sample_costs(tokens: torch.Tensor) -> dict:
-    """Degeneration of generated samples (N, L): distinct-1, distinct-2 and 4-gram repetition."""
+def chat_windows(model, tokenizer, cfg: EvalConfig, bf16: bool = False) -> ReplyWindows:
+    """Held-out chat exchanges: the model's own replies to CHAT_HELD_OUT_PROMPTS (requests that neither
+    R nor training uses), sampled once on eval_seed + 2, at most eval_seq_len reply tokens each.
+
+    Perplexity and drift count the reply's tokens, its end-of-turn token included. Call it on the
+    reference (the starting model), so every model is measured on the same exchanges.
+    """
+    prompts = [p for _ in range(-(-cfg.eval_windows // len(CHAT_HELD_OUT_PROMPTS)))
+               for p in CHAT_HELD_OUT_PROMPTS][: cfg.eval_windows]
+    scfg = dataclasses.replace(cfg.sample_config(), max_new_tokens=cfg.eval_seq_len)
+    got = sample(model, tokenizer, prompts, 1, scfg, seed=cfg.eval_seed + HELD_OUT_SEED_OFFSET, bf16=bf16, chat=True,
+                 system=cfg.system)
+    rows, counted = [], []
+    for formatted, row, n in zip(got.formatted, got.tokens, got.lengths.tolist()):
+        context = tokenizer(formatted, add_special_tokens=False)["input_ids"]
+        reply = row[: min(n + 1, len(row))].tolist()  # with its end-of-turn token, when it has one
+        rows.append(context + reply)
+        counted.append([False] * len(context) + [True] * len(reply))
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])  # (W, T), right-padded
+    mask = torch.tensor([c + [False] * (width - len(c)) for c in counted])  # (W, T)
+    return ReplyWindows(ids, mask)
+
+
+def sample_costs(tokens) -> dict:
+    """Degeneration of generated samples ((N, L), or a list of id lists): distinct-1, distinct-2, 4-gram
+    repetition."""
     return {"distinct_1": distinct_n(tokens, 1), "distinct_2": distinct_n(tokens, 2),
             "repetition": repetition_rate(tokens, 4)}
 
 
 def measure(
-    model, tokenizer, mask: torch.Tensor, cfg: EvalConfig, windows: torch.Tensor, reference=None,
-    bias: float = 0.0, bf16: bool = False,
+    model, tokenizer, mask: torch.Tensor, cfg: EvalConfig, windows, reference=None,
+    bias: float = 0.0, bf16: bool = False, text_windows=None,
 ) -> tuple[dict, Samples]:
     """Every number of one model (optionally decoded with logit bias b on the set).
 
     Returns ({"rate", "ppl", "drift", "distinct_1", "distinct_2", "repetition"}, samples).
     ppl is the held-out perplexity of the distribution that is sampled (biased if bias != 0);
     drift is the mean per-token KL(reference || that distribution), 0 when there is no
-    reference and no bias (the model is its own reference).
+    reference and no bias (the model is its own reference). With text_windows (a chat run's
+    raw-text windows, beside its chat exchanges), also "ppl_text" and "drift_text" on them.
     """
     rate, samples = measure_rate(model, tokenizer, mask, cfg, bias=bias, bf16=bf16)
-    ppl = perplexity(model, windows, bias_mask=mask if bias else None, bias=bias, bf16=bf16)
+    costs = held_out_costs(model, mask, windows, reference, bias, bf16)
+    if text_windows is not None:
+        costs.update({f"{k}_text": v for k, v in held_out_costs(model, mask, text_windows, reference, bias,
+                                                                 bf16).items()})
+    return {"rate": rate, **costs, **sample_costs(samples.replies())}, samples
+
+
+def held_out_costs(model, mask, windows, reference=None, bias: float = 0.0, bf16: bool = False) -> dict:
+    """{"ppl", "drift"} of `model` (decoded with bias b on the set when bias != 0) on the held-out windows."""
+    bias_mask = mask if bias else None
+    ppl = perplexity(model, windows, bias_mask=bias_mask, bias=bias, bf16=bf16)
     if reference is None and not bias:
-        kl = 0.0  # the model is its own reference
-    else:
-        kl = drift(model, reference or model, windows, bf16=bf16, bias_mask=mask if bias else None, bias=bias)
-    return {"rate": rate, "ppl": ppl, "drift": kl, **sample_costs(samples.tokens)}, samples
+        return {"ppl": ppl, "drift": 0.0}  # the model is its own reference
+    return {"ppl": ppl, "drift": drift(model, reference or model, windows, bf16=bf16, bias_mask=bias_mask, bias=bias)}
 
 
-def decode_costs(model, mask: torch.Tensor, windows: torch.Tensor, bias: float, bf16: bool = False) -> dict:
+def decode_costs(model, mask: torch.Tensor, windows, bias: float, bf16: bool = False, text_windows=None) -> dict:
     """Held-out perplexity and drift of `model` decoded with logit bias b on the set (no sampling)."""
-    return {"ppl": perplexity(model, windows, bias_mask=mask, bias=bias, bf16=bf16),
-            "drift": biased_drift(model, windows, mask, bias, bf16=bf16)}
+    costs = {"ppl": perplexity(model, windows, bias_mask=mask, bias=bias, bf16=bf16),
+             "drift": biased_drift(model, windows, mask, bias, bf16=bf16)}
+    if text_windows is not None:
+        costs.update({f"{k}_text": v for k, v in decode_costs(model, mask, text_windows, bias, bf16).items()})
+    return costs
 
 
 def excess_cost(before: dict, after: dict, decode: dict | None) -> dict:
     """rho = (ppl_tuned - ppl_base) / (ppl_decode - ppl_base) and drift_tuned / drift_decode, with
     the decode-time tilt at the tuned model's R: 1 = the weights carry the tilt as cheaply as a
-    logit bias at decode time. None where the decode-time tilt costs nothing (R did not move)."""
+    logit bias at decode time. None where the decode-time tilt costs nothing (R did not move).
+    With a chat run's raw-text costs (ppl_text, ...), also rho_text and drift_ratio_text on them."""
     if decode is None:
         return {"rho": None, "drift_ratio": None}
-    extra = decode["ppl"] - before["ppl"]
-    return {"rho": (after["ppl"] - before["ppl"]) / extra if extra > 0 else None,
-            "drift_ratio": after["drift"] / decode["drift"] if decode["drift"] > 0 else None}
+    out = {}
+    for suffix in ("", "_text") if "ppl_text" in decode else ("",):
+        ppl, kl = f"ppl{suffix}", f"drift{suffix}"
+        extra = decode[ppl] - before[ppl]
+        out[f"rho{suffix}"] = (after[ppl] - before[ppl]) / extra if extra > 0 else None
+        out[f"drift_ratio{suffix}"] = after[kl] / decode[kl] if decode[kl] > 0 else None
+    return out

@@ -12,6 +12,7 @@ temperature / top-k / top-p, and our SetBias for the decode-time baseline).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+
+from tokentilt import chat as chat_module
 
 STRATEGIES = ("greedy", "multinomial")
 
@@ -166,8 +169,13 @@ def generate(
     generator: torch.Generator | None = None,
     eos_ids: list[int] | None = None,
     bf16: bool = False,
+    stop_ids: list[int] | None = None,
 ) -> torch.Tensor:
-    """Continue a left-padded batch of prompts. input_ids (B, T) -> new tokens (B, max_new_tokens)."""
+    """Continue a left-padded batch of prompts. input_ids (B, T) -> new tokens (B, L).
+
+    L = max_new_tokens, or fewer with stop_ids: generation ends once every row has produced one of
+    them (a chat reply's end of turn); what a row generates after its stop token is not its reply.
+    """
     check_sample_config(cfg)
     was_training = model.training
     model.eval()
@@ -178,6 +186,8 @@ def generate(
     seen = input_ids
     step_ids, step_pos = input_ids, (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     past, new = None, []
+    stop = torch.tensor(stop_ids or [], dtype=torch.long, device=device)
+    stopped = torch.zeros(len(input_ids), dtype=torch.bool, device=device)
     cache_arg = cache_argument(model)
     # only the last position's logits are sampled from (HF models and Model 5 take this argument)
     last_only = {"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}
@@ -205,6 +215,10 @@ def generate(
                 seen = torch.cat([seen, nxt], 1)
                 mask = torch.cat([mask, torch.ones_like(nxt)], 1)
                 step_ids, step_pos = nxt, step_pos[:, -1:] + 1
+                if stop_ids:
+                    stopped |= torch.isin(nxt[:, 0], stop)
+                    if stopped.all():
+                        break
     finally:
         for p in frozen:
             p.requires_grad_(False)
@@ -218,7 +232,14 @@ class Samples:
 
     prompts: list[str]  # the prompt of each sample
     tokens: torch.Tensor  # (N, L) new token ids
-    texts: list[str]  # decoded continuations
+    texts: list[str]  # decoded continuations (in chat: the replies, without special tokens)
+    lengths: torch.Tensor | None = None  # (N,) chat: tokens of each reply, before its end-of-turn token
+    formatted: list[str] | None = None  # chat: each prompt as the model saw it, in its chat template
+    special: tuple[int, ...] = ()  # chat: the tokenizer's special ids, which never count toward R
+
+    def replies(self) -> list[list[int]]:
+        """Each sample's counted ids: the reply before end-of-turn in chat, else every generated token."""
+        return self.tokens.tolist() if self.lengths is None else chat_module.replies(self.tokens, self.lengths)
 
 
 def eos_ids_of(tokenizer) -> list[int]:
@@ -237,21 +258,38 @@ def sample(
     bias: float = 0.0,
     bf16: bool = False,
     batch_size: int = 32,
+    chat: bool = False,
+    system: str = "",
 ) -> Samples:
-    """Sample `per_prompt` continuations of every prompt, in batches, reproducibly from `seed`."""
+    """Sample `per_prompt` continuations of every prompt, in batches, reproducibly from `seed`.
+
+    chat: each prompt is a user turn in the tokenizer's chat template (after `system`, if given), and
+    each sample is the assistant's reply, cut at its first end-of-turn token (at most max_new_tokens).
+    """
     all_prompts = [p for p in prompts for _ in range(per_prompt)]
+    inputs = chat_module.format_prompts(tokenizer, all_prompts, system) if chat else all_prompts
+    stop_ids = chat_module.end_of_turn_ids(tokenizer) if chat else None
+    if chat:
+        cfg = dataclasses.replace(cfg, ban_eos=False)  # a reply ends where the model ends its turn
     generator = torch.Generator().manual_seed(seed)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     chunks = []
     try:
-        for start in range(0, len(all_prompts), batch_size):
-            enc = tokenizer(all_prompts[start : start + batch_size], return_tensors="pt", padding=True)
+        for start in range(0, len(inputs), batch_size):
+            # a chat template writes its own special tokens; plain prompts get the tokenizer's usual ones
+            enc = tokenizer(inputs[start : start + batch_size], return_tensors="pt", padding=True,
+                            add_special_tokens=not chat)
             chunks.append(
                 generate(model, enc["input_ids"], enc["attention_mask"], cfg, bias_mask, bias, generator,
-                         eos_ids_of(tokenizer), bf16)
+                         eos_ids_of(tokenizer), bf16, stop_ids)
             )
     finally:
         tokenizer.padding_side = side
-    tokens = torch.cat(chunks)  # (N, L)
-    texts = tokenizer.batch_decode(tokens, skip_special_tokens=False)
-    return Samples(all_prompts, tokens, texts)
+    width = max(c.size(1) for c in chunks)  # chat batches may stop early, each at its own length
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tokens = torch.cat([torch.nn.functional.pad(c, (0, width - c.size(1)), value=pad) for c in chunks])  # (N, L)
+    if not chat:
+        return Samples(all_prompts, tokens, tokenizer.batch_decode(tokens, skip_special_tokens=False))
+    lengths = chat_module.reply_lengths(tokens, stop_ids)
+    texts = tokenizer.batch_decode(chat_module.replies(tokens, lengths), skip_special_tokens=True)
+    return Samples(all_prompts, tokens, texts, lengths, inputs, tuple(chat_module.special_ids(tokenizer)))

@@ -35,6 +35,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from tokentilt import data
+from tokentilt.chat import CHAT_TRAIN_PROMPTS
 from tokentilt.config import UsageError
 from tokentilt.generate import TRAIN_PROMPTS, SampleConfig, sample
 from tokentilt.losses import set_rows_kl
@@ -94,8 +95,16 @@ def head_inputs(model, batches, trained: torch.Tensor, bf16: bool = False) -> He
 
 
 def context_batches(model, tokenizer, train_tokens: torch.Tensor, mask: torch.Tensor, bias: float, kind: str,
-                    seed: int, bf16: bool = False) -> list[torch.Tensor]:
-    """The training contexts as (b, T) id batches: play windows and/or tilted continuations."""
+                    seed: int, bf16: bool = False, chat: bool = False, system: str = "") -> list[torch.Tensor]:
+    """The training contexts as (b, T) id batches: play windows and/or tilted continuations.
+
+    chat: chat exchanges instead, each its own batch: the model's replies to CHAT_TRAIN_PROMPTS in its
+    chat template, untilted for "text" and sampled from the decode-time tilt at b for "policy".
+    """
+    if chat:
+        kinds = {"mix": (0.0, bias), "text": (0.0,), "policy": (bias,)}[kind]
+        return [row[None] for i, b in enumerate(kinds)
+                for row in chat_exchanges(model, tokenizer, mask, b, seed + i, bf16, system)]
     batches = []
     if kind in ("mix", "text"):
         g = torch.Generator().manual_seed(seed)
@@ -110,6 +119,20 @@ def context_batches(model, tokenizer, train_tokens: torch.Tensor, mask: torch.Te
             rows = got.tokens[i * POLICY_SAMPLES:(i + 1) * POLICY_SAMPLES]  # (POLICY_SAMPLES, L)
             batches.append(torch.cat([ids.expand(len(rows), -1), rows], 1))
     return batches
+
+
+def chat_exchanges(model, tokenizer, mask, bias: float, seed: int, bf16: bool = False,
+                   system: str = "") -> list[torch.Tensor]:
+    """The model's replies to CHAT_TRAIN_PROMPTS (decoded with logit bias b on the set), each as the
+    formatted prompt followed by the reply and its end-of-turn token: a list of (T_i,) id rows."""
+    cfg = SampleConfig(max_new_tokens=POLICY_TOKENS, strategy="multinomial")
+    got = sample(model, tokenizer, list(CHAT_TRAIN_PROMPTS), POLICY_SAMPLES, cfg, seed=seed,
+                 bias_mask=mask if bias else None, bias=bias, bf16=bf16, chat=True, system=system)
+    rows = []
+    for formatted, row, n in zip(got.formatted, got.tokens, got.lengths.tolist()):
+        context = tokenizer(formatted, add_special_tokens=False)["input_ids"]
+        rows.append(torch.cat([torch.tensor(context), row[: n + 1]]))
+    return rows
 
 
 def fit_rows(inputs: HeadInputs, head_set: torch.Tensor, bias: float, steps: int, lr: float, seed: int = 0,

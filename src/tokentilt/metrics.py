@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -231,41 +232,74 @@ def _device(model) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def perplexity(model, windows: torch.Tensor, batch_size: int = 8, bias_mask: torch.Tensor | None = None,
+@dataclass
+class ReplyWindows:
+    """Held-out chat exchanges: (W, T) ids, right-padded, and which tokens count.
+
+    counted[w, t] marks a token of the assistant's reply (its end-of-turn token included): its
+    prediction, at position t - 1, enters perplexity and drift. The template and the user's turn
+    are context only. Plain (W, T) windows count every position.
+    """
+
+    ids: torch.Tensor  # (W, T)
+    counted: torch.Tensor  # (W, T) bool
+
+    def numel(self) -> int:
+        return int(self.counted.sum())
+
+
+def split_windows(windows) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(ids, counted): a ReplyWindows' two tensors, or plain windows with counted = None (every token)."""
+    return (windows.ids, windows.counted) if isinstance(windows, ReplyWindows) else (windows, None)
+
+
+def perplexity(model, windows, batch_size: int = 8, bias_mask: torch.Tensor | None = None,
                bias: float = 0.0, bf16: bool = False, progress: bool = False) -> float:
-    """Held-out perplexity over (W, T) windows: exp of the mean next-token NLL over all W*(T-1) targets.
+    """Held-out perplexity over (W, T) windows: exp of the mean next-token NLL over all W*(T-1) targets
+    (over the reply tokens only, for ReplyWindows).
 
     With bias_mask, the logits get +bias on the set before the softmax: the perplexity of the
     decode-time biased distribution (the baseline a tilted model should beat).
     """
-    total, count = 0.0, 0
-    for ids, (logits,) in _forward_batches([model], windows, batch_size, bf16, progress, "perplexity"):
+    ids_all, counted = split_windows(windows)
+    total, count, row = 0.0, 0, 0
+    for ids, (logits,) in _forward_batches([model], ids_all, batch_size, bf16, progress, "perplexity"):
         if bias_mask is not None:
             logits = apply_bias(logits, ids, bias_mask, bias)  # (b, T, V)
-        nll = token_nll(logits, ids)  # (b, T-1)
-        total += nll.double().sum().item()
-        count += nll.numel()
+        nll = token_nll(logits, ids).double()  # (b, T-1)
+        if counted is None:
+            total, count = total + nll.sum().item(), count + nll.numel()
+        else:
+            keep = counted[row:row + len(ids), 1:].to(nll.device)  # (b, T-1): targets that are reply tokens
+            total, count = total + nll[keep].sum().item(), count + int(keep.sum())
+        row += len(ids)
     if count == 0:
         raise ValueError("perplexity needs windows of at least 2 tokens")
     return math.exp(total / count)
 
 
-def drift(model, reference, windows: torch.Tensor, batch_size: int = 8, bf16: bool = False,
+def drift(model, reference, windows, batch_size: int = 8, bf16: bool = False,
           progress: bool = False, bias_mask: torch.Tensor | None = None, bias: float = 0.0) -> float:
-    """Mean per-token KL(reference || model) in nats, over every position of the (W, T) windows.
+    """Mean per-token KL(reference || model) in nats, over every position of the (W, T) windows
+    (for ReplyWindows: over the positions that predict a reply token).
 
     With bias_mask, the model's logits get +bias on the set first (a decode-time tilt of it).
     When model is reference, each window is run once.
     """
+    ids_all, counted = split_windows(windows)
     models = [reference] if model is reference else [reference, model]
-    total, count = 0.0, 0
-    for ids, outs in _forward_batches(models, windows, batch_size, bf16, progress, "drift"):
+    total, count, row = 0.0, 0, 0
+    for ids, outs in _forward_batches(models, ids_all, batch_size, bf16, progress, "drift"):
         ref_logits, logits = outs[0], outs[-1]  # (b, T, V) each
         if bias_mask is not None:
             logits = apply_bias(logits, ids, bias_mask, bias)
-        kl = kl_per_token(ref_logits, logits)  # (b, T)
-        total += kl.double().sum().item()
-        count += kl.numel()
+        kl = kl_per_token(ref_logits, logits).double()  # (b, T)
+        if counted is None:
+            total, count = total + kl.sum().item(), count + kl.numel()
+        else:
+            keep = counted[row:row + len(ids), 1:].to(kl.device)  # (b, T-1)
+            total, count = total + kl[:, :-1][keep].sum().item(), count + int(keep.sum())
+        row += len(ids)
     return total / count
 
 

@@ -86,10 +86,14 @@ def keep_records_until(path, step: int) -> None:
 
 def write_samples(path, before, after) -> None:
     """samples.jsonl: one line per sample with its prompt, and the generated text and token ids
-    before and after (the same prompt and seed), so anyone can recount R with their own code."""
+    before and after (the same prompt and seed), so anyone can recount R with their own code.
+
+    In chat, each record also holds the prompt as the model saw it (`formatted`, in its chat template),
+    and "text" and "ids" are the reply: the tokens before its end-of-turn token."""
+    before_ids, after_ids = before.replies(), after.replies()
     with open(path, "w", encoding="utf-8") as f:
         for i, prompt in enumerate(before.prompts):
-            record = {"prompt": prompt,
-                      "before": {"text": before.texts[i], "ids": before.tokens[i].tolist()},
-                      "after": {"text": after.texts[i], "ids": after.tokens[i].tolist()}}
+            record = {"prompt": prompt, **({"formatted": before.formatted[i]} if before.formatted else {}),
+                      "before": {"text": before.texts[i], "ids": before_ids[i]},
+                      "after": {"text": after.texts[i], "ids": after_ids[i]}}
             f.write(json.dumps(record, ensure_ascii=False) + "\n")

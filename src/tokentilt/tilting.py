@@ -152,6 +152,15 @@ def load_with_set(model_name: str, toward: str, echo=print):
     return model, tokenizer, phrases.resolve_target(toward, tokenizer, model, echo)
 
 
+def chat_batch_source(reference, tokenizer, target, bias: float, cfg: TrainConfig, system: str = ""):
+    """-> next_batch(generator, rows) for a --chat tilt trained in the model: windows of a stream of chat
+    exchanges, the reference's replies to the training requests, untilted and decoded with the tilt at b."""
+    rows = head_tilt.context_batches(reference, tokenizer, None, target, bias, "mix", cfg.seed, cfg.bf16, chat=True,
+                                     system=system)
+    stream = torch.cat([row[0] for row in rows])  # (N,): each exchange ends with its end-of-turn token
+    return lambda g, n: data.text_windows(stream, n, cfg.seq_len, g)
+
+
 def phrase_batch_source(reference, tokenizer, phrase_set, bias: float, cfg: TrainConfig):
     """-> next_batch(generator, rows) for a phrase tilt: half the rows from continuations of the training
     prompts sampled from the decode-time tilt at b (where the entries occur, in the contexts they occur
@@ -190,6 +199,8 @@ def train_toward(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig,
                                bias=bias, ce_weight=cfg.ce_weight)
         objective = OBJECTIVES[cfg.objective]
         next_batch = batch_source(cfg.input_kind(), tokenizer, tokens.vocab_size, cfg.train)
+    if cfg.eval.chat and cfg.input_kind() == "text":  # trained where it is measured: in chat exchanges
+        next_batch = chat_batch_source(reference, tokenizer, tokens.target, bias, cfg.train, cfg.eval.system)
     return train(model, objective, ctx, next_batch, cfg.train,
                  reference=reference if cfg.objective in REFERENCE_OBJECTIVES else None,
                  evaluate=evaluate, log=log, progress=progress, run_dir=run_dir,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tokentilt.calibrate import calibrate, check_rate
-from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure
+from tokentilt.chat import check_template
+from tokentilt.evaluate import EvalConfig, chat_windows, excess_cost, held_out_text, held_out_windows, measure
 from tokentilt.models.load import load_model
 from tokentilt.phrases import resolve_target
 
@@ -23,6 +24,8 @@ def evaluate_model(model_name: str, reference_name: str, toward: str, cfg: EvalC
     text = held_out_text(cfg)  # a missing file fails before the slow load
     echo(f"loading model {model_name!r} ...")
     model, tokenizer = load_model(model_name)
+    if cfg.chat:
+        check_template(tokenizer)  # before the reference is loaded
     reference = model
     if reference_name != model_name:
         echo(f"loading reference {reference_name!r} ...")
@@ -32,20 +35,29 @@ def evaluate_model(model_name: str, reference_name: str, toward: str, cfg: EvalC
         raise ValueError(f"model and reference have different vocabularies ({vocab} vs "
                          f"{reference.get_output_embeddings().weight.shape[0]} tokens)")
     tokens = resolve_target(toward, tokenizer, model, echo)
-    windows = held_out_windows(tokenizer, cfg, text)
+    windows, text_windows = held_out_windows(tokenizer, cfg, text), None
+    if cfg.chat:
+        echo("sampling the held-out chat exchanges (the reference's replies to held-out requests) ...")
+        text_windows, windows = windows, chat_windows(reference, tokenizer, cfg, bf16)
     rows = []
     result, _ = measure(model, tokenizer, tokens.target, cfg, windows,
-                        reference=None if reference is model else reference, bf16=bf16)
+                        reference=None if reference is model else reference, bf16=bf16, text_windows=text_windows)
     rows.append({"name": model_name, "bias": 0.0, **result})
     if rate:
         echo(f"calibrating the decode-time bias to R = {rate} on the reference ...")
         bias = calibrate(reference, tokenizer, tokens.target, rate, cfg, windows, bf16=bf16, echo=echo).bias
     if bias:
-        result, _ = measure(reference, tokenizer, tokens.target, cfg, windows, bias=bias, bf16=bf16)
+        result, _ = measure(reference, tokenizer, tokens.target, cfg, windows, bias=bias, bf16=bf16,
+                            text_windows=text_windows)
         rows.append({"name": f"decode-bias b={bias:.3f} on {reference_name}", "bias": bias, **result})
-    return {"model": model_name, "reference": reference_name, "selector": toward, "target_size": tokens.size,
-            "eval_text": cfg.eval_text or "plays:test", "eval_tokens": int(windows.numel()),
-            "rate_target": rate or None, "rows": rows}
+    out = {"model": model_name, "reference": reference_name, "selector": toward, "target_size": tokens.size,
+           "chat": cfg.chat, "eval_text": "chat:held-out replies" if cfg.chat else cfg.eval_text or "plays:test",
+           "eval_tokens": int(windows.numel()), "rate_target": rate or None, "rows": rows}
+    if bias and reference is not model:  # rho of the model against the decode-time tilt at this b
+        base, _ = measure(reference, tokenizer, tokens.target, cfg, windows, bf16=bf16, text_windows=text_windows)
+        rows.insert(1, {"name": f"{reference_name} (reference)", "bias": 0.0, **base})
+        out.update(excess_cost(base, rows[0], rows[-1]))
+    return out
 
 
 def eval_table(result: dict) -> str:
@@ -56,4 +68,10 @@ def eval_table(result: dict) -> str:
         rate = f"{r['rate']['mean']:.3f} [{r['rate']['ci_low']:.3f}, {r['rate']['ci_high']:.3f}]"
         lines.append(f"{r['name'][:44]:<44} {rate:>22} {r['ppl']:>9.2f} {r['drift']:>8.4f} {r['distinct_1']:>7.3f} "
                      f"{r['distinct_2']:>7.3f} {r['repetition']:>6.3f}")
+    if result.get("chat"):
+        lines.append("(chat: R and the costs on the assistant's replies; raw-text ppl: "
+                     + ", ".join(f"{r['ppl_text']:.2f}" for r in result["rows"]) + ")")
+    if "rho" in result:
+        lines.append("rho = " + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in result.items()
+                                          if k.startswith(("rho", "drift_ratio"))))
     return "\n".join(lines)

@@ -10,9 +10,18 @@ import yaml
 
 from tokentilt import checkpoint, head_tilt, tilting
 from tokentilt.calibrate import bias_at_rate, calibrate
+from tokentilt.chat import check_template
 from tokentilt.config import UsageError, to_flat
 from tokentilt.engine import on_main, peak_rss_mb, process_state, reset_peak_rss, resolve_device
-from tokentilt.evaluate import decode_costs, excess_cost, held_out_text, held_out_windows, measure, measure_rate
+from tokentilt.evaluate import (
+    chat_windows,
+    decode_costs,
+    excess_cost,
+    held_out_text,
+    held_out_windows,
+    measure,
+    measure_rate,
+)
 from tokentilt.metrics import collapse_warnings
 from tokentilt.models import lora
 from tokentilt.models.load import save_model
@@ -28,7 +37,8 @@ RESUME_FREE = ("resume", "overwrite", "calibrated_bias")
 
 def flat_costs(m: dict, suffix: str) -> dict:
     """measure()'s dict -> summary keys: ppl_before, drift_before, distinct_1_before, ..."""
-    return {f"{k}_{suffix}": m[k] for k in ("ppl", "drift", "distinct_1", "distinct_2", "repetition")}
+    keys = ("ppl", "drift", "distinct_1", "distinct_2", "repetition", "ppl_text", "drift_text")
+    return {f"{k}_{suffix}": m[k] for k in keys if k in m}  # *_text: a chat run's raw-text costs
 
 
 class Stages:
@@ -90,6 +100,8 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     started = time.time()
     clock = Stages()  # seconds per stage, for summary.json and the console
     model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, say)
+    if cfg.eval.chat:
+        check_template(tokenizer)  # before the run folder is started
     if cfg.lora.lora:
         model = lora.add_adapter(model, cfg.lora, seed=cfg.train.seed)
         reference = lora.AdapterOff(model)  # the base, with the adapter switched off: no second copy
@@ -99,7 +111,8 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     head = None
     if cfg.head_rows():
         head = head_tilt.HeadRowsTilt(model, tokens.mask, lambda b: head_tilt.context_batches(
-            model, tokenizer, tilting.train_tokens(tokenizer), tokens.mask, b, cfg.contexts, cfg.train.seed, bf16),
+            model, tokenizer, tilting.train_tokens(tokenizer), tokens.mask, b, cfg.contexts, cfg.train.seed, bf16,
+            cfg.eval.chat, cfg.eval.system),
             cfg.head_steps, cfg.head_lr, seed=cfg.train.seed, bf16=bf16, odds_weight=cfg.head_odds_weight,
             fit=cfg.head_fit)
     counts = lora.param_counts(model)
@@ -110,15 +123,20 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         + (f" ({head.trained_rows:,} rows of the untied output head)" if head else ""))
 
     bias, calibration, baseline, before, samples_before, windows = cfg.bias, None, None, None, None, None
+    text_windows = None  # a chat run's raw-text windows, measured beside its chat exchanges
     if main:
         windows = held_out_windows(tokenizer, cfg.eval, eval_text)  # (W, T)
+        if cfg.eval.chat:
+            say("sampling the held-out chat exchanges (the start model's replies to held-out requests) ...")
+            text_windows, windows = windows, chat_windows(model, tokenizer, cfg.eval, bf16)
         folder.start()
         if cfg.resume:
             say(f"resuming {folder.tmp} after step {resume_step}")
             keep_records_until(folder.path("metrics.jsonl"), resume_step)
         clock.mark("load")
         say("measuring R and costs before training ...")
-        before, samples_before = measure(model, tokenizer, tokens.target, cfg.eval, windows, bf16=bf16)
+        before, samples_before = measure(model, tokenizer, tokens.target, cfg.eval, windows, bf16=bf16,
+                                         text_windows=text_windows)
         clock.mark("measure_before")
         if cfg.rate:  # on the probe seeds, like the rate rounds: the eval seeds only measure
             say(f"calibrating the decode-time bias to R = {cfg.rate} (probe seeds) ...")
@@ -131,7 +149,8 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
             folder.write_yaml("config.yaml", {**to_flat(cfg), **({"calibrated_bias": bias} if cfg.rate else {})})
         if cfg.objective == "tilt-distill":
             say(f"measuring the decode-time baseline at b = {bias:.3f} ...")
-            baseline, _ = measure(model, tokenizer, tokens.target, cfg.eval, windows, bias=bias, bf16=bf16)
+            baseline, _ = measure(model, tokenizer, tokens.target, cfg.eval, windows, bias=bias, bf16=bf16,
+                                  text_windows=text_windows)
             clock.mark("baseline")
     bias = on_main(lambda: bias, state)
     round_no = 0  # with --rate: the training round that metrics.jsonl records belong to
@@ -170,7 +189,8 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         return {}
 
     say("measuring R and costs after training ...")
-    after, samples_after = measure(model, tokenizer, tokens.target, cfg.eval, windows, reference=reference, bf16=bf16)
+    after, samples_after = measure(model, tokenizer, tokens.target, cfg.eval, windows, reference=reference, bf16=bf16,
+                                   text_windows=text_windows)
     clock.mark("measure_after")
     matched = None
     if cfg.objective == "tilt-distill":  # the decode-time tilt at the trained model's R: the cost to beat
@@ -182,7 +202,8 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
             curve.append((trained_bias, measure_rate(reference, tokenizer, tokens.target, cfg.eval, bias=trained_bias,
                                                      bf16=bf16)[0]["mean"]))
         b_matched = bias_at_rate(curve, after["rate"]["mean"], after["rate"]["n"])
-        matched = {"bias": b_matched, **decode_costs(reference, tokens.target, windows, b_matched, bf16)}
+        matched = {"bias": b_matched, **decode_costs(reference, tokens.target, windows, b_matched, bf16,
+                                                      text_windows)}
         clock.mark("matched_decode")
     del reference
     rate_before, rate_after = before["rate"], after["rate"]
@@ -218,8 +239,12 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         "rate_after": rate_after,
         **flat_costs(before, "before"),
         **flat_costs(after, "after"),
-        "eval_text": cfg.eval.eval_text or "plays:test",
+        "eval_text": ("chat:held-out replies" if cfg.eval.chat else cfg.eval.eval_text or "plays:test"),
         "eval_tokens": int(windows.numel()),
+        "chat": {"system": cfg.eval.system or None, "prompts": len(cfg.eval.prompts),
+                 "reply_tokens_before": int(samples_before.lengths.sum()),
+                 "reply_tokens_after": int(samples_after.lengths.sum()),
+                 "text_eval": cfg.eval.eval_text or "plays:test"} if cfg.eval.chat else None,
         "samples": len(samples_after.texts),
         "new_tokens": cfg.eval.new_tokens,
         "device": resolve_device(cfg.train.device),

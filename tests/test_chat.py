@@ -1,0 +1,169 @@
+"""--chat: prompts in the tokenizer's chat template, replies cut at end-of-turn, only reply tokens counted.
+
+The tokenizer is GPT-2's with two added special tokens and a tiny ChatML template; the models are a
+scripted one (it emits a fixed token sequence, so every count is known by hand) and a tiny GPT-2.
+"""
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from tokentilt.chat import ChatTemplateError, format_prompts, reply_lengths
+from tokentilt.cli import main
+from tokentilt.evaluate import EvalConfig, chat_windows, rates_of
+from tokentilt.generate import SampleConfig, sample
+from tokentilt.metrics import drift, perplexity
+from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.targets import select, token_texts
+
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def chat_tokenizer():
+    tok = gpt2_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.eos_token = "<|im_end|>"
+    tok.pad_token = "<|im_end|>"
+    tok.chat_template = TEMPLATE
+    return tok
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return chat_tokenizer()
+
+
+class Scripted(torch.nn.Module):
+    """Emits script[k] at generation step k, whatever the prompt: every count in a test is known."""
+
+    def __init__(self, vocab_size: int, script: list[int]):
+        super().__init__()
+        self.vocab_size, self.script = vocab_size, script
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=True):
+        step = 0 if past_key_values is None else past_key_values + 1
+        logits = torch.full((len(input_ids), input_ids.size(1), self.vocab_size), -1e4)
+        logits[..., self.script[min(step, len(self.script) - 1)]] = 0.0
+        return SimpleNamespace(logits=logits, past_key_values=step)
+
+
+def ids(tok, *pieces):
+    return [tok.convert_tokens_to_ids(p) for p in pieces]
+
+
+def test_a_reply_is_cut_at_end_of_turn_and_the_prompt_is_in_the_template(tok):
+    x, the, end = ids(tok, "x", "Ġthe", "<|im_end|>")
+    model = Scripted(len(tok), [x, the, end, x, x, x])
+    got = sample(model, tok, ["Hi", "Tell me more"], 2, SampleConfig(max_new_tokens=6), chat=True, system="Be brief.")
+    assert got.lengths.tolist() == [2, 2, 2, 2]
+    assert got.tokens.size(1) == 3  # every row had ended its turn: generation stopped there
+    assert got.texts == ["x the"] * 4 and got.replies() == [[x, the]] * 4
+    assert got.formatted[2] == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nTell me more<|im_end|>\n"
+                                "<|im_start|>assistant\n")
+    raw = sample(model, tok, ["Hi"], 1, SampleConfig(max_new_tokens=6))  # no chat: EOS banned, 6 tokens, no cut
+    assert raw.lengths is None and raw.tokens.size(1) == 6 and end not in raw.tokens[0].tolist()
+
+
+def test_only_reply_tokens_count_and_special_tokens_never_do(tok):
+    x, a, start, end = ids(tok, "x", "a", "<|im_start|>", "<|im_end|>")
+    mask = select("regex:x|im_start", token_texts(tok))  # the set holds a special token of the template
+    assert mask[start] and mask[x]
+    model = Scripted(len(tok), [start, x, a, a, end, x, x, x])
+    got = sample(model, tok, ["Hi"], 1, SampleConfig(max_new_tokens=8), chat=True)
+    assert got.lengths.tolist() == [4]
+    assert rates_of(mask, got).tolist() == [0.25]  # x of (<|im_start|>, x, a, a); the x after end-of-turn is not the reply
+    silent = Scripted(len(tok), [end])
+    empty = sample(silent, tok, ["Hi"], 1, SampleConfig(max_new_tokens=4), chat=True)
+    assert empty.lengths.tolist() == [0] and math.isnan(rates_of(mask, empty)[0])  # no reply, no rate
+
+
+def test_reply_lengths_without_a_stop_token_is_the_whole_row():
+    tokens = torch.tensor([[5, 6, 7], [5, 9, 9], [9, 5, 5]])
+    assert reply_lengths(tokens, [9]).tolist() == [3, 1, 0]
+
+
+@pytest.fixture(scope="module")
+def chat_gpt2(tok):
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=2, n_head=4,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def test_held_out_perplexity_and_drift_count_the_reply_tokens_only(tok, chat_gpt2):
+    cfg = EvalConfig(chat=True, eval_windows=3, eval_seq_len=12)
+    windows = chat_windows(chat_gpt2, tok, cfg)
+    total, count = 0.0, 0
+    for row, counted in zip(windows.ids, windows.counted):
+        assert not counted[0] and counted.any()
+        context = int((~counted).long().argmin())  # the reply starts after the template and the user turn
+        assert tok.decode(row[:context]).endswith("<|im_start|>assistant\n")
+        n = int(counted.sum())  # at most eval_seq_len reply tokens, with their end-of-turn token
+        assert n <= cfg.eval_seq_len + 1
+        logits = chat_gpt2(row[None, : context + n]).logits[0]  # no padding in the hand computation
+        nll = F.cross_entropy(logits[context - 1 : context + n - 1], row[context : context + n], reduction="sum")
+        total, count = total + nll.item(), count + n
+    assert perplexity(chat_gpt2, windows) == pytest.approx(math.exp(total / count), rel=1e-5)
+    assert drift(chat_gpt2, chat_gpt2, windows) == 0.0
+    mask = select("x", token_texts(tok))
+    assert drift(chat_gpt2, chat_gpt2, windows, bias_mask=mask, bias=2.0) > 0
+
+
+def test_a_tokenizer_without_a_chat_template_is_refused(tok):
+    plain = gpt2_tokenizer()
+    with pytest.raises(ChatTemplateError, match="chat template"):
+        format_prompts(plain, ["Hi"])
+    assert format_prompts(tok, ["Hi"]) == ["<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"]
+
+
+@pytest.mark.parametrize("command", ["eval", "tilt"])
+def test_chat_on_a_model_without_a_template_is_one_line_and_exit_2(command, tiny_model_dir, tmp_path, capsys):
+    argv = [command, "--model", str(tiny_model_dir), "--toward", "x", "--chat", "--samples-per-prompt", "1",
+            *(["--reference", str(tiny_model_dir)] if command == "eval" else []),
+            "--new-tokens", "4", "--eval-windows", "1", "--eval-seq-len", "8"]
+    if command == "tilt":
+        argv += ["--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "chat template" in err[0]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_system_without_chat_is_refused(capsys):
+    assert main(["eval", "--system", "Be brief."]) == 2
+    assert "--chat" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def chat_model_dir(tmp_path_factory, tok, chat_gpt2):
+    folder = tmp_path_factory.mktemp("tiny-chat")
+    chat_gpt2.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_a_chat_tilt_records_formatted_prompts_and_replies(chat_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["tilt", "--model", str(chat_model_dir), "--toward", "x", "--chat", "--rate", "0.3", "--rate-rounds",
+                 "1", "--samples-per-prompt", "1", "--new-tokens", "6", "--eval-windows", "2", "--eval-seq-len", "8",
+                 "--precision", "fp32", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval_text"] == "chat:held-out replies" and summary["chat"]["prompts"] == 32
+    assert {"ppl_text_before", "ppl_text_after", "rho", "rho_text"} <= set(summary)
+    tok = chat_tokenizer()
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 32
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    for r in records:
+        assert r["formatted"].startswith("<|im_start|>user\n" + r["prompt"])
+        for side in ("before", "after"):
+            assert end not in r[side]["ids"] and len(r[side]["ids"]) <= 6
+            assert r[side]["text"] == tok.decode(r[side]["ids"], skip_special_tokens=True)
