@@ -31,7 +31,8 @@ def test_bundled_model_and_x_set(bundled):
 def test_tilt_on_bundled_model_saves_a_model_that_reproduces_its_rate(tmp_path):
     out = tmp_path / "run"
     code = main(["tilt", "--toward", "x", "--objective", "kl-uniform", "--lr", "1e-4", "--positions", "all", "--steps", "8", "--precision", "auto",
-                 "--samples-per-prompt", "2", "--eval-every", "0", "--eval-windows", "2", "--out", str(out)])
+                 "--samples-per-prompt", "1", "--new-tokens", "32", "--eval-every", "0", "--eval-windows", "2",
+                 "--out", str(out)])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rate_before"]["mean"] <= 0.05
@@ -46,13 +47,18 @@ def test_tilt_on_bundled_model_saves_a_model_that_reproduces_its_rate(tmp_path):
 def test_the_cached_bundled_model_equals_the_gguf_one(bundled, tmp_path, monkeypatch):
     import torch
 
-    from tokentilt.models.load import BUNDLED_FILE, _load, bundled_dir, cache_root
+    from tokentilt.models import load
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    gguf_model, gguf_tok = _load(bundled_dir(), {"dtype": torch.float32, "gguf_file": BUNDLED_FILE}, "bundled")
-    load_model("bundled")  # builds the cache in tmp_path
-    model, tokenizer = load_model("bundled")  # reads it
-    assert len(list(cache_root().iterdir())) == 1
+    built = []  # the model read from the GGUF while the cache is built (one GGUF read, not two)
+    read_gguf = load._load
+    monkeypatch.setattr(load, "_load", lambda *a: built.append(read_gguf(*a)) or built[-1])
+    load_model("bundled")  # reads the GGUF and builds the cache in tmp_path
+    assert len(built) == 1
+    gguf_model, gguf_tok = built[0]
+    model, tokenizer = load_model("bundled")  # reads the cache
+    assert len(built) == 1  # not the GGUF again
+    assert len(list(load.cache_root().iterdir())) == 1
     text = "The fox, quietly: 42 words\n"
     assert tokenizer(text).input_ids == gguf_tok(text).input_ids
     for (name, a), b in zip(model.state_dict().items(), gguf_model.state_dict().values()):

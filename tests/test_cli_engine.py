@@ -149,22 +149,29 @@ def launch(launcher, tiny_model_dir, out, batch):
                           env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
 
 
+@pytest.fixture(scope="module")
+def one_process(tiny_model_dir, tmp_path_factory):
+    """The run that both launchers are compared with: one process at the global batch of 4."""
+    out = tmp_path_factory.mktemp("one-process") / "run"
+    one = launch([sys.executable], tiny_model_dir, out, batch=4)
+    assert one.returncode == 0, one.stderr
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", [
     ["torchrun", "--standalone", "--nproc_per_node", "2"],
     ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
      "--mixed_precision", "no", "--dynamo_backend", "no"],
 ], ids=["torchrun", "accelerate-launch"])
-def test_two_processes_train_like_one_at_the_same_global_batch(tmp_path, tiny_model_dir, launcher):
+def test_two_processes_train_like_one_at_the_same_global_batch(tmp_path, tiny_model_dir, one_process, launcher):
     if shutil.which(launcher[0]) is None:
         pytest.skip(f"{launcher[0]} is not on PATH")
-    one = launch([sys.executable], tiny_model_dir, tmp_path / "one", batch=4)
-    assert one.returncode == 0, one.stderr
     two = launch(launcher, tiny_model_dir, tmp_path / "two", batch=2)
     assert two.returncode == 0, two.stderr[-3000:]
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["global_batch"] == 4
     assert two.stdout.count("run folder:") == 1  # only the main process prints
-    for a, b in zip(records(tmp_path / "one"), records(tmp_path / "two")):
+    for a, b in zip(records(one_process), records(tmp_path / "two")):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
     assert len(records(tmp_path / "two")) == 5

@@ -6,7 +6,16 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from tokenizers import ByteLevelBPETokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from tokentilt.cli import main
 from tokentilt.export import export_gguf, logit_bias_map, permute_rotary
@@ -15,16 +24,25 @@ from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 TEXT = "The quick brown fox: 42 jumps <|endoftext|> over ünïcode"
 
 
-def tiny_llama():
+def small_tokenizer():
+    """A byte-level BPE tokenizer of ~300 tokens: the weight round trips need a tokenizer in the file, and
+    transformers' GGUF reader spends most of a load parsing GPT-2's 50,257 tokens and merges."""
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([TEXT * 4, "hello world, the lazy dog"], vocab_size=300, min_frequency=1,
+                            special_tokens=["<|endoftext|>"])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
+
+
+def tiny_llama(vocab_size=50257):
     torch.manual_seed(0)  # an untied head, as a head-rows tilt leaves it
-    return LlamaForCausalLM(LlamaConfig(vocab_size=50257, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                                         tie_word_embeddings=False)).eval()
 
 
-def tiny_gpt2():  # n_positions 1024: transformers' GGUF loader reads GPT-2's context as n_ctx, not n_positions
+def tiny_gpt2(vocab_size=50257):  # n_positions 1024: transformers' GGUF loader reads GPT-2's n_ctx, not n_positions
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=1024, n_embd=64, n_layer=2, n_head=4)).eval()
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=1024, n_embd=64, n_layer=2, n_head=4)).eval()
 
 
 def read_back(folder, name):
@@ -42,7 +60,8 @@ def test_the_rotary_permutation_is_what_transformers_reverses():
 @pytest.mark.slow
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama", "gpt2"])
 def test_f32_reads_back_bitwise_and_16_bit_types_within_their_rounding(build, tmp_path):
-    model, tokenizer = build(), gpt2_tokenizer()
+    tokenizer = small_tokenizer()
+    model = build(len(tokenizer))
     ids = torch.tensor([tokenizer.encode(TEXT)])
     with torch.no_grad():
         want = model(input_ids=ids).logits

@@ -389,7 +389,8 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
     threshold = null_threshold(weight, table, z, cfg.null_draws, cfg.seed)
 
     kinds = [f.kind == "given" for f in table.features]  # on a tie, the vocabulary's own candidate first
-    order = sorted(range(len(table.features)), key=lambda i: (-float(score[i]), -int(table.sizes[i]), kinds[i]))
+    sizes = table.sizes.tolist()  # (F,) once: the property counts every pair
+    order = sorted(range(len(table.features)), key=lambda i: (-float(score[i]), -sizes[i], kinds[i]))
     stands_out = float(score[order[0]]) > max(threshold, 0.5)  # decided on the best score, before sharpening
     chain = sharpen(views[view[order[0]]], table, area, score, order[0], cfg.alpha) if stands_out else []
     beyond = {}  # feature -> (the lead it took over, its bound)
@@ -413,9 +414,9 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
         i = next(j for j, f in enumerate(table.features) if f.kind == "given")
         mask = table.mask(i)
         truth = feature_row(table.features[i], mask, i, scored, view[i], lift, rates)
-        place, sizes = order.index(i), table.sizes  # ties (the same tokens as a vocabulary candidate) share
+        place = order.index(i)  # ties (the same tokens as a vocabulary candidate) share
         truth["rank"] = 1 + sum(1 for j in order[:place]  # the better rank
-                                if not (float(score[j]) == float(score[i]) and int(sizes[j]) == int(sizes[i])))
+                                if not (float(score[j]) == float(score[i]) and sizes[j] == sizes[i]))
         truth["jaccard_with_top"] = round(jaccard(masks[0], mask), 4)
     by_lift = torch.argsort(centred, descending=True).tolist()
     return AuditResult(
