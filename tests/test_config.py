@@ -1,9 +1,11 @@
+import dataclasses
 import subprocess
 import sys
+from typing import Literal
 
 import pytest
 
-from tokentilt.config import UsageError, coerce, merge
+from tokentilt.config import UsageError, coerce, merge, options
 from tokentilt.tilting import TiltConfig
 
 
@@ -38,3 +40,35 @@ def test_coerce_types():
     assert coerce("lr", "1e-4", 0.1) == 1e-4
     assert coerce("bf16", "yes", False) is True
     assert coerce("prompts", "a|b", ["x"]) == ["a", "b"]
+
+
+@dataclasses.dataclass
+class _Inner:
+    steps: int = 3  # optimizer steps
+    mode: Literal["a", "b"] = "a"  # a mode, with a help text that goes on
+    # over a second comment line
+
+
+@dataclasses.dataclass
+class _Outer:
+    name: str = "x"  # a name
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+
+
+@dataclasses.dataclass
+class _Clash:
+    steps: int = 1  # steps, again
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+
+
+def test_options_are_the_fields_flat_with_their_comments_and_choices():
+    found = {o.name: o for o in options(_Outer())}
+    assert list(found) == ["name", "steps", "mode"]
+    assert found["mode"].choices == ("a", "b") and found["mode"].type is str
+    assert found["mode"].help == "a mode, with a help text that goes on over a second comment line"
+    assert found["steps"].type is int and found["steps"].default == 3 and found["steps"].help == "optimizer steps"
+
+
+def test_a_field_name_used_twice_across_sections_is_an_error():
+    with pytest.raises(TypeError, match="used twice across its sections: steps"):
+        options(_Clash())

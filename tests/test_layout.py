@@ -1,6 +1,7 @@
 """The shape of the package: jobs apart from components, and each option's default written once."""
 
 import ast
+import dataclasses
 import pkgutil
 import re
 from pathlib import Path
@@ -9,11 +10,21 @@ import pytest
 
 import tokentilt
 import tokentilt.jobs
+from tokentilt.audit import AuditConfig
 from tokentilt.cli import build_parser
-from tokentilt.config import to_flat
+from tokentilt.config import field_comments, options, to_flat
+from tokentilt.evaluate import EvalConfig
+from tokentilt.generate import GenerateConfig
+from tokentilt.jobs.eval import EvalJobConfig
+from tokentilt.jobs.sweep import SweepConfig
+from tokentilt.models.lora import LoraArgs
+from tokentilt.pretraining import PretrainConfig
 from tokentilt.tilting import TiltConfig
+from tokentilt.train import TrainConfig
 
 SRC = Path(tokentilt.__file__).parent
+CONFIGS = [TiltConfig, TrainConfig, EvalConfig, LoraArgs, SweepConfig, EvalJobConfig, AuditConfig, PretrainConfig,
+           GenerateConfig]
 JOBS = sorted(m.name for m in pkgutil.walk_packages(tokentilt.jobs.__path__, "tokentilt.jobs.") if not m.ispkg)
 
 
@@ -60,19 +71,50 @@ def _subparser(name: str):
     return action.choices[name]
 
 
-def test_tilt_help_shows_every_default_from_the_dataclass():
-    defaults = to_flat(TiltConfig())
-    shown = 0
+def test_tilt_help_shows_every_default_from_the_dataclass(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # unwrapped help, so each default can be read off `--help`
+    entries = [" ".join(e.split()) for e in re.split(r"\n  (?=-)|\n\n", _subparser("tilt").format_help())]
+    defaults, shown = to_flat(TiltConfig()), 0
     for action in _subparser("tilt")._actions:
         value = defaults.get(action.dest)
         if value is None or isinstance(value, bool) or value in ("", []):
             continue
         expected = f"{value:g}" if isinstance(value, float) else str(value)
-        assert action.help.endswith(f"(default: {expected})"), (action.dest, action.help)
+        entry = next(e for e in entries if e.startswith(action.option_strings[0] + " "))
+        assert entry.endswith(f"(default: {expected})"), entry
         shown += 1
-    assert shown >= 40  # every valued option of tilt, not a handful
+    assert shown >= 45  # every valued option of tilt, not a handful
     assert defaults["objective"] == "tilt-distill" and defaults["rate"] == 0.5  # the product, not the course
 
+
+def test_no_option_default_is_written_twice():
+    # a default lives on its dataclass field; the CLI passes SUPPRESS (so YAML is not overridden) or names a
+    # constant of the module that owns it, and never types a value of its own
+    calls = [node for node in ast.walk(ast.parse((SRC / "cli.py").read_text())) if isinstance(node, ast.Call)]
+    for call in calls:
+        for kw in call.keywords:
+            if kw.arg == "default":
+                assert ast.unparse(kw.value) in ("argparse.SUPPRESS", "DEFAULT_TYPE"), ast.unparse(call)
+            if getattr(call.func, "attr", "") == "set_defaults":
+                assert kw.arg == "func", ast.unparse(call)  # only which command runs
+    for cls in CONFIGS:  # nor in a field's comment, which is the option's help
+        assert not [h for h in field_comments(cls).values() if "(default" in h], cls.__name__
+
+
+@pytest.mark.parametrize("command,cls", [("tilt", TiltConfig), ("sweep", SweepConfig), ("eval", EvalJobConfig),
+                                         ("audit", AuditConfig), ("pretrain", PretrainConfig),
+                                         ("generate", GenerateConfig)])
+def test_every_field_is_an_option_with_its_comment_as_help(command, cls):
+    from tokentilt.cli import YAML_ONLY
+
+    actions = {a.dest: a for a in _subparser(command)._actions}
+    offered = [o for o in options(cls()) if o.name in actions]
+    assert {o.name for o in options(cls())} - {o.name for o in offered} <= YAML_ONLY | {
+        "lr", "patience", "save_every", "keep", "report_to", "during_samples_per_prompt"}  # what a job leaves out
+    for o in offered:
+        assert o.help and actions[o.name].help.startswith(o.help[:20]), o.name
+    if hasattr(cls(), "eval") and command != "sweep":
+        assert {f.name for f in dataclasses.fields(EvalConfig)} - YAML_ONLY - {"during_samples_per_prompt"} <= set(actions)
 
 
 def test_every_name_in_the_api_resolves():

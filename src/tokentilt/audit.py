@@ -66,16 +66,17 @@ from tokentilt.targets import resolve, select, token_texts, word_list
 class AuditConfig:
     """One audit: which models, which contexts, which candidates, how strict."""
 
-    model: str = ""  # the model under audit: a local HF folder, "bundled" or a hub id
-    reference: str = "bundled"  # the model it was fine-tuned from
-    words: list[str] = field(default_factory=list)  # whole-word list files, each one candidate feature
-    toward: str = ""  # the true set when known: its AUROC and rank are reported
-    eval_text: str = ""  # held-out text file ("" = the plays' test split)
+    model: str = ""  # the model to audit: a local HF folder (a run's model/), 'bundled' or a hub id
+    reference: str = "bundled"  # the model MODEL was fine-tuned from
+    words: list[str] = field(default_factory=list)  # a whole-word list (one word per line) to score as a
+    # candidate; repeat for several
+    toward: str = ""  # selector of the true set, when known: report its AUROC and rank
+    eval_text: str = ""  # plain-text file for held-out perplexity and drift; empty = the plays' test split
     eval_windows: int = 16  # held-out windows
-    eval_seq_len: int = 128  # tokens per window
-    samples_per_prompt: int = 2  # continuations per prompt from each model (16 prompts)
-    new_tokens: int = 48  # tokens per continuation
-    seed: int = 1234  # sampling and null draws
+    eval_seq_len: int = 128  # tokens per held-out window
+    samples_per_prompt: int = 2  # continuations per prompt from each model, 16 prompts
+    new_tokens: int = 48  # tokens generated per continuation
+    seed: int = 1234  # seed of the samples and the null draws
     min_tokens: int = 5  # smallest candidate feature considered
     alpha: float = 0.01  # family-wise error level over all candidates
     null_draws: int = 200  # random logit directions behind the "stands out" threshold: a new one beats
@@ -84,7 +85,7 @@ class AuditConfig:
     batch_size: int = 4  # windows per forward pass
     bf16: bool = False  # bf16 autocast on CPU
     out: str = "runs/audit"  # output folder
-    overwrite: bool = False  # replace an existing audit folder
+    overwrite: bool = False  # replace the output folder if it already holds an audit
 
     def check(self) -> None:
         for name in ("eval_windows", "eval_seq_len", "samples_per_prompt", "new_tokens", "min_tokens",

@@ -7,6 +7,13 @@ are flat (`lr: 1e-4`, `--lr 1e-4`); each key is routed to the nested field of th
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import io
+import re
+import textwrap
+import tokenize
+import types
+import typing
 from pathlib import Path
 
 import yaml
@@ -125,3 +132,59 @@ def _fill(obj, values: dict):
         elif f.name in values:
             changes[f.name] = values[f.name]
     return dataclasses.replace(obj, **changes)
+
+
+@dataclasses.dataclass
+class Option:
+    """One field of a config dataclass as the CLI offers it."""
+
+    name: str  # the field's name: the flat YAML key and the flag's dest
+    type: type  # str, int, float, bool or list
+    default: object  # the value in an instance of the config
+    choices: tuple | None  # from a Literal[...] type
+    help: str  # the field's comment
+    computed: bool  # the default comes from a factory (a bool of this kind can be switched off too)
+
+
+def options(cfg) -> list[Option]:
+    """Every field of the dataclass instance `cfg` and of its nested ones, flat, in order.
+
+    Two fields of one name would be one YAML key and one flag, so that is an error here."""
+    out = []
+    hints, comments = typing.get_type_hints(type(cfg)), field_comments(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out += options(value)
+            continue
+        hint, choices = hints[f.name], None
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: the X
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        if typing.get_origin(hint) is typing.Literal:
+            choices = typing.get_args(hint)
+            hint = type(choices[0])
+        out.append(Option(f.name, typing.get_origin(hint) or hint, value, choices, comments.get(f.name, ""),
+                          f.default_factory is not dataclasses.MISSING))
+    names = [o.name for o in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise TypeError(f"{type(cfg).__name__}: field name(s) used twice across its sections: {', '.join(twice)}")
+    return out
+
+
+def field_comments(cls) -> dict[str, str]:
+    """Each field's `# comment` in the class source, joined with the comment-only lines right below it."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    found, name = {}, None
+    for number, line in enumerate(source.splitlines(), 1):
+        field = re.match(r" {4}(\w+)\s*:", line)
+        if field and number in comments:
+            name = field[1]
+            found[name] = comments[number]
+        elif name and line.strip().startswith("#"):
+            found[name] += " " + comments[number]
+        else:
+            name = None
+    return found

@@ -15,12 +15,14 @@ import platform
 import resource
 import sys
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # auto: bf16 where it is native, else fp32
-REPORTERS = ("none", "tensorboard", "wandb", "mlflow", "trackio")
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]  # auto: bf16 where it is native, else fp32
+Reporter = Literal["none", "tensorboard", "wandb", "mlflow", "trackio"]
+DEVICES, PRECISIONS, REPORTERS = get_args(Device), get_args(Precision), get_args(Reporter)
 _MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 

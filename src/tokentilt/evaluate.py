@@ -31,19 +31,20 @@ from tokentilt.metrics import (
 class EvalConfig:
     """How R and the costs are measured: prompts x samples for R, held-out windows for the rest."""
 
-    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))  # varied openings
-    samples_per_prompt: int = 4  # continuations per prompt (16 prompts x 4 = 64 samples)
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))  # varied openings for R (set in YAML)
+    samples_per_prompt: int = 4  # samples per prompt for R; with 16 prompts, 4 give 64 samples
     new_tokens: int = 48  # tokens generated per sample
-    temperature: float = 1.0  # 1.0 samples the model's own distribution
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
-    eval_seed: int = 1234  # fixed, so before/after/reloaded models see the same random draws
-    during_samples_per_prompt: int = 1  # lighter R measurement at eval_every steps
-    eval_text: str = ""  # plain-text file for perplexity and drift ("" = the plays' held-out test split)
+    temperature: float = 1.0  # sampling temperature; 1.0 samples the model's own distribution
+    top_k: int = 0  # top-k sampling, 0 = off
+    top_p: float = 1.0  # nucleus sampling, 1.0 = off
+    eval_seed: int = 1234  # seed of the R measurement, fixed so before/after/reloaded models see the same draws
+    during_samples_per_prompt: int = 1  # samples per prompt of the lighter R measurement every eval-every steps
+    eval_text: str = ""  # plain-text file for held-out perplexity and drift; empty = the plays' test split
     eval_windows: int = 16  # held-out windows, spread over the text (a cap that keeps evaluation cheap)
     eval_seq_len: int = 128  # tokens per held-out window (in chat: at most this many reply tokens)
-    chat: bool = False  # prompts as user turns in the model's chat template; R and costs on the replies
-    system: str = ""  # chat: a system message before each user turn ("" = none, or the template's own)
+    chat: bool = False  # prompts as user turns in the model's chat template (32 built-in requests); R, distinct-n,
+    # repetition, perplexity and drift on the assistant's replies only, cut at end-of-turn
+    system: str = ""  # chat: a system message before each user turn (none = the template's own, if any)
 
     def check(self) -> None:
         if self.chat and self.prompts == list(DEFAULT_PROMPTS):

@@ -29,6 +29,7 @@ distribution, fewer rows). The saved model is a plain checkpoint with an untied 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn as nn
@@ -40,8 +41,9 @@ from tokentilt.config import UsageError
 from tokentilt.generate import TRAIN_PROMPTS, SampleConfig, sample
 from tokentilt.losses import set_rows_kl
 
-CONTEXTS = ("mix", "text", "policy")
-FITS = ("offset", "kl")
+Contexts = Literal["mix", "text", "policy"]
+HeadFit = Literal["offset", "kl"]
+CONTEXTS, FITS = get_args(Contexts), get_args(HeadFit)
 RIDGE = 1e-3  # offset fit: ridge, relative to the mean diagonal of h^T h
 TEXT_WINDOWS = 48  # plays' train split: 48 windows x 128 tokens
 WINDOW_LEN = 128

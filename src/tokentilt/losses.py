@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -233,6 +234,7 @@ OBJECTIVES: dict[str, Objective] = {
     "mixed": _mixed,  # kl-alpha-beta + lambda * next-token CE on real text
     "away": _away,  # unlikelihood: -log(1 - p(set))
 }
+ObjectiveName = Literal[tuple(OBJECTIVES)]  # the registry's names, as a type: the CLI's choices for objective
 
 
 # ---------------------------------------------------------------- the same objectives, fused with the head

@@ -30,18 +30,18 @@ class PretrainConfig:
     dropout: float = 0.1  # on embeddings, attention and residual branches
     lr: float = 3e-3  # AdamW learning rate (constant)
     weight_decay: float = 0.1  # AdamW decoupled weight decay
-    steps: int = 1000  # max optimizer steps (early stopping may end sooner)
+    steps: int = 1000  # max AdamW steps; early stopping may end sooner
     batch: int = 8  # windows per step
-    seq_len: int = 64  # tokens per training window (<= block_size); short windows = more steps per minute
-    grad_clip: float = 1.0  # max global grad norm
+    seq_len: int = 64  # tokens per window (<= block-size); short windows = more steps per minute
+    grad_clip: float = 1.0  # max global gradient norm, 0 = off
     eval_every: int = 50  # steps between train/val loss evaluations
     eval_windows: int = 24  # fixed windows of each split used for the train/val loss
-    patience: int = 3  # stop after this many evaluations without a better val loss (0 = off)
-    seed: int = 0  # seeds init, batches, dropout and samples
-    bf16: bool = field(default_factory=native_bf16)  # bf16 autocast where the CPU runs it natively
+    patience: int = 3  # early stop after N evaluations without a better val loss, 0 = off
+    seed: int = 0  # seed of init, batches, dropout and samples
+    bf16: bool = field(default_factory=native_bf16)  # bf16 autocast on CPU; on by default where the CPU runs it natively
     sample_tokens: int = 40  # tokens per sample shown in report.md
     out: str = "runs/pretrain"  # output folder
-    overwrite: bool = False  # replace an existing run folder
+    overwrite: bool = False  # replace the output folder if it already holds a run
 
     def check(self) -> None:
         if self.seq_len > self.block_size:

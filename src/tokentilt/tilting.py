@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import torch
 
@@ -15,14 +16,23 @@ from tokentilt import checkpoint, data, head_tilt, phrases
 from tokentilt.calibrate import RateFit, check_rate, fit_trained_bias
 from tokentilt.engine import on_main, process_state
 from tokentilt.evaluate import EvalConfig, measure_rate
-from tokentilt.losses import OBJECTIVES, REFERENCE_OBJECTIVES, TEXT_OBJECTIVES, ObjectiveContext, phrase_distill
+from tokentilt.losses import (
+    OBJECTIVES,
+    REFERENCE_OBJECTIVES,
+    TEXT_OBJECTIVES,
+    ObjectiveContext,
+    ObjectiveName,
+    phrase_distill,
+)
 from tokentilt.models import lora
 from tokentilt.models.load import load_model
 from tokentilt.targets import TokenSet
 from tokentilt.train import TrainConfig, train
 
-INPUTS = ("auto", "random", "text")
-PLACEMENTS = ("auto", "head-rows", "model")
+Inputs = Literal["auto", "random", "text"]
+Placement = Literal["auto", "head-rows", "model"]
+Positions = Literal["last", "all"]
+INPUTS, PLACEMENTS = get_args(Inputs), get_args(Placement)
 FULL_LR = 1e-4  # the course's learning rate for full fine-tuning
 DEFAULT_RATE = 0.5  # tilt-distill's default target rate R*
 
@@ -36,26 +46,36 @@ def _tilt_train() -> TrainConfig:
 class TiltConfig:
     """One tilt run. Flat YAML keys and CLI flags map onto these fields and the nested ones."""
 
-    model: str = "bundled"  # "bundled", a local HF folder, or a hub id
-    toward: str = "x"  # selector of the token set (see targets.py)
-    objective: str = "tilt-distill"  # one of losses.OBJECTIVES (kl-uniform with random inputs = the course's recipe)
-    positions: str = "all"  # which positions enter the loss: last | all
-    alpha: float = 1.0  # kl-alpha-beta / mixed: weight inside the set
-    beta: float = 1e-4  # kl-alpha-beta / mixed: weight outside the set
-    bias: float = 2.0  # tilt-distill with rate 0: the fixed logit bias b of the target softmax(z_ref + b*mask)
-    rate: float = DEFAULT_RATE  # tilt-distill: target rate R*, b calibrated to it (0 = use bias; other objectives: 0)
-    rate_rounds: int = 3  # with rate: training rounds that correct b until the trained model's R is R*
-    ce_weight: float = 1.0  # mixed: lambda in KL + lambda * CE
-    placement: str = "auto"  # tilt-distill: head-rows | model | auto (head-rows, or model with --lora)
-    contexts: str = "mix"  # head-rows: training contexts, mix | text (plays) | policy (tilted samples)
-    head_fit: str = "offset"  # head-rows: offset (least-squares constant logit offset) | kl (Adam on the KL)
-    head_steps: int = 300  # head-rows, kl fit: Adam steps on cached head inputs
-    head_lr: float = 1e-2  # head-rows, kl fit: peak learning rate (cosine schedule)
-    head_odds_weight: float = 0.0  # head-rows, kl fit: weight of the set log-odds error next to the KL
-    inputs: str = "auto"  # random | text | auto (text for tilt-distill and mixed, else random)
+    model: str = "bundled"  # model to load: 'bundled' (SmolLM2-135M-Instruct, offline), a local HF folder, or a hub id
+    toward: str = "x"  # selector of the token set to tilt toward (see the selectors below)
+    objective: ObjectiveName = "tilt-distill"  # loss; kl-uniform on random tokens is the course's recipe
+    positions: Positions = "all"  # positions that enter the loss
+    alpha: float = 1.0  # kl-alpha-beta/mixed: weight of set tokens
+    beta: float = 1e-4  # kl-alpha-beta/mixed: weight of other tokens
+    bias: float = 2.0  # tilt-distill: a fixed logit bias b of the target softmax(z_ref + b*mask) instead of --rate
+    rate: float = DEFAULT_RATE  # tilt-distill: target rate R*; b is calibrated so that decode-time R on the start
+    # model is R*. Below the model's own rate, b < 0 and the tilt is away from the set; 0 = use --bias
+    rate_rounds: int = 3  # with --rate: trainings that correct b until the trained model's R is R*
+    ce_weight: float = 1.0  # mixed: lambda on the CE term
+    placement: Placement = "auto"  # tilt-distill: where the change lives. head-rows: only the set's rows of an
+    # untied output head, fitted on cached hidden states (seconds; the cheapest tilt found, see
+    # docs/tilt-variants.md). model: every weight (or LoRA's) trained on play text. auto = head-rows, or model with
+    # --lora
+    contexts: head_tilt.Contexts = "mix"  # head-rows: training contexts: play windows, continuations sampled from
+    # the decode-time tilted model after training prompts (never the R prompts), or both
+    head_fit: head_tilt.HeadFit = "offset"  # head-rows: offset adds b·u to every set row, u the least-squares
+    # direction with h·u ≈ 1 on the contexts (closed form: the decode-time tilt's constant offset, as far as the
+    # head's inputs allow); kl fits each row by Adam on KL(exact tilt || model)
+    head_steps: int = 300  # head-rows, kl fit: Adam steps of 1024 cached positions
+    head_lr: float = 1e-2  # head-rows, kl fit: peak learning rate, cosine schedule
+    head_odds_weight: float = 0.0  # head-rows, kl fit: add W/2 x the squared error of the set's log-odds shift to
+    # the KL
+    inputs: Inputs = "auto"  # training inputs: random tokens (the course) or play text; auto = text for
+    # tilt-distill and mixed, else random
     out: str = "runs/tilt"  # output folder
-    overwrite: bool = False  # replace an existing run folder
-    resume: bool = False  # continue the unfinished run in out.partial from its newest checkpoint
+    overwrite: bool = False  # replace the output folder if it already holds a run
+    resume: bool = False  # continue the unfinished run in DIR.partial from its newest checkpoint (same command
+    # plus --resume)
     train: TrainConfig = field(default_factory=_tilt_train)
     eval: EvalConfig = field(default_factory=EvalConfig)
     lora: lora.LoraArgs = field(default_factory=lora.LoraArgs)

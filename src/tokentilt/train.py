@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -24,6 +25,9 @@ from tokentilt.engine import (
     DEVICES,
     PRECISIONS,
     REPORTERS,
+    Device,
+    Precision,
+    Reporter,
     broadcast,
     keep_freed_memory,
     make_accelerator,
@@ -32,32 +36,38 @@ from tokentilt.engine import (
 from tokentilt.fused import DEFAULT_CHUNK, Head, fusable_head, heads_return_inputs, logits_come_from_head
 from tokentilt.losses import FUSED, ObjectiveContext
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+Optimizer = Literal["sgd", "adam", "adamw"]
+Attention = Literal["auto", "model", "eager", "sdpa"]
+OPTIMIZERS = get_args(Optimizer)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation settings; the same dataclass is filled from YAML and from flags."""
 
-    optimizer: str = "adam"  # sgd | adam | adamw
+    optimizer: Optimizer = "adam"  # optimizer
     lr: float = 1e-4  # learning rate
     steps: int = 40  # optimizer steps
     batch: int = 4  # sequences per micro-batch on each process
-    seq_len: int = 64  # tokens per sequence
-    grad_clip: float = 1.0  # max global grad norm (0 = no clipping)
-    weight_decay: float = 0.0  # decoupled for adamw, L2 for sgd/adam
-    seed: int = 0  # seeds batches, dropout and sampling
-    precision: str = "fp32"  # fp32 | bf16 (autocast; weights stay fp32) | fp16 (GPU only) | auto (bf16 if native)
-    bf16: bool = False  # the same as precision bf16
-    device: str = "auto"  # auto | cpu | cuda | mps
-    grad_accum: int = 1  # micro-batches per optimizer step
-    eval_every: int = 10  # call the evaluate hook every N steps (0 = never during training)
-    patience: int = 0  # early stop after N evaluations without a better val_loss (0 = off)
-    save_every: int = 0  # write checkpoints/step-N every N steps (0 = only when interrupted)
+    seq_len: int = 64  # tokens per training sequence
+    grad_clip: float = 1.0  # max global gradient norm, 0 = off
+    weight_decay: float = 0.0  # weight decay: decoupled for adamw, L2 for sgd/adam
+    seed: int = 0  # random seed for batches, dropout and sampling
+    precision: Precision = "fp32"  # fp32, or bf16/fp16 autocast with fp32 weights; fp16 needs a GPU; auto = bf16
+    # where the hardware runs it natively (a GPU, or a CPU with AVX512-BF16/AMX), else fp32
+    bf16: bool = False  # the same as --precision bf16 (a step ~1.4x faster on a CPU with native bf16; much slower
+    # on one without, e.g. AVX2 only)
+    device: Device = "auto"  # where to train; auto = cuda, mps, cpu
+    grad_accum: int = 1  # micro-batches per optimizer step; global batch = batch x processes x N
+    eval_every: int = 10  # measure R every N steps, 0 = off
+    patience: int = 0  # early stop after N evaluations without a better val_loss, 0 = off
+    save_every: int = 0  # write checkpoints/step-N/ into DIR.partial every N steps, 0 = only on Ctrl-C
     keep: int = 2  # newest checkpoints kept
-    report_to: str = "none"  # none | tensorboard | wandb | mlflow | trackio (besides metrics.jsonl)
-    loss_chunk: int = DEFAULT_CHUNK  # rows per chunk of the head fused with the loss (0 = dense logits)
-    attention: str = "auto"  # auto | model | eager | sdpa: a Hugging Face model's attention while it trains
+    report_to: Reporter = "none"  # also log metrics through Accelerate's tracker into the run folder
+    loss_chunk: int = DEFAULT_CHUNK  # rows per chunk of the output head fused with the loss, which never holds
+    # (B*T, V) logits; 0 = dense logits
+    attention: Attention = "auto"  # a Hugging Face model's attention while it trains: auto = eager on a CPU for
+    # sequences of up to 128 tokens (faster there), else the model's own; model = leave it
 
     def check(self) -> None:
         """Raise ValueError with one clear line for any bad value; settle precision vs bf16."""
@@ -88,7 +98,7 @@ class TrainConfig:
         return self.batch * processes * self.grad_accum
 
 
-ATTENTIONS = ("auto", "model", "eager", "sdpa")
+ATTENTIONS = get_args(Attention)
 EAGER_MAX_LEN = 128  # auto: eager attention up to this many tokens per sequence, on a CPU
 
 

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from tokentilt.calibrate import calibrate, check_rate
 from tokentilt.chat import check_template
 from tokentilt.evaluate import EvalConfig, chat_windows, excess_cost, held_out_text, held_out_windows, measure
 from tokentilt.models.load import load_model
 from tokentilt.phrases import resolve_target
+
+
+@dataclass
+class EvalJobConfig:
+    """`tokentilt eval`: which models, which set, which baseline; `eval` says how they are measured."""
+
+    model: str = "bundled"  # model to measure: 'bundled', a local HF folder, a .gguf or a hub id
+    reference: str = "bundled"  # reference for drift and the decode-time baseline
+    toward: str = "x"  # selector of the token set counted by R
+    bias: float = 0.0  # also measure the reference decoded with this logit bias on the set
+    rate: float = 0.0  # also measure the reference decoded with the b calibrated to this R
+    bf16: bool = False  # bf16 autocast on CPU
+    out: str = ""  # also write the results as JSON to this file
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def evaluate_model(model_name: str, reference_name: str, toward: str, cfg: EvalConfig, bias: float = 0.0,

@@ -23,7 +23,7 @@ from tokentilt.config import to_flat
 from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure
 from tokentilt.losses import OBJECTIVES
 from tokentilt.report import markdown_table
-from tokentilt.tilting import TiltConfig, load_with_set, train_to_rate, train_toward
+from tokentilt.tilting import Positions, TiltConfig, load_with_set, train_to_rate, train_toward
 from tokentilt.train import TrainConfig, frozen_copy
 
 BASELINE = "decode-bias"
@@ -44,20 +44,23 @@ def _train_defaults() -> TrainConfig:
 class SweepConfig:
     """A grid of tilt runs. Lists are the grid's axes; the rest is shared by every run."""
 
-    model: str = "bundled"  # "bundled", a local HF folder, or a hub id
-    toward: str = "x"  # selector of the token set
-    objectives: list[str] = field(default_factory=lambda: ["tilt-distill", "kl-alpha-beta"])  # trained objectives
-    lrs: list[float] = field(default_factory=lambda: [1e-4])  # learning rates, one run each
-    rates: list[float] = field(default_factory=lambda: [0.5])  # target rates R*: b calibrated per rate
-    biases: list[float] = field(default_factory=list)  # explicit logit biases b (besides the rates)
-    rate_rounds: int = 3  # tilt-distill at a rate: trainings that correct b until the trained R is R*
-    curve_points: int = 6  # extra decode-time b values for the baseline curve (0 = none)
-    positions: str = "all"  # last | all
-    alpha: float = 1.0  # kl-alpha-beta / mixed: weight inside the set
-    beta: float = 1e-4  # kl-alpha-beta / mixed: weight outside the set
+    model: str = "bundled"  # model to load: 'bundled' (SmolLM2-135M-Instruct, offline), a local HF folder, or a hub id
+    toward: str = "x"  # selector of the token set to tilt toward
+    objectives: list[str] = field(default_factory=lambda: ["tilt-distill", "kl-alpha-beta"])  # objectives to train, comma-separated, from tilt's
+    # --objective choices
+    lrs: list[float] = field(default_factory=lambda: [1e-4])  # learning rates, comma-separated; one run each
+    rates: list[float] = field(default_factory=lambda: [0.5])  # target rates R*, comma-separated; b is calibrated per
+    # rate on the start model
+    biases: list[float] = field(default_factory=list)  # explicit logit biases b, comma-separated (besides the
+    # rates)
+    rate_rounds: int = 3  # tilt-distill at a rate: trainings that correct b until the trained model's R is R*
+    curve_points: int = 6  # extra b values on the decode-time baseline curve, 0 = none
+    positions: Positions = "all"  # positions that enter the loss
+    alpha: float = 1.0  # kl-alpha-beta/mixed: weight of set tokens
+    beta: float = 1e-4  # kl-alpha-beta/mixed: weight of other tokens
     ce_weight: float = 1.0  # mixed: lambda on the CE term
     out: str = "runs/sweep"  # sweep folder
-    overwrite: bool = False  # start the folder afresh instead of resuming it
+    overwrite: bool = False  # forget the runs already in the folder and start afresh
     train: TrainConfig = field(default_factory=_train_defaults)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

@@ -20,11 +20,11 @@ DEFAULT_LR = 2e-3  # the learning rate --lora uses unless --lr is given; the R i
 class LoraArgs:
     """Where the change lives: every weight (lora off) or a LoRA adapter."""
 
-    lora: bool = False  # train a LoRA adapter (PEFT) instead of every weight
-    lora_r: int = 16  # rank of the adapter
-    lora_alpha: float = 32.0  # scaling: the update is (alpha / r) * B @ A
+    lora: bool = False  # train a LoRA adapter (PEFT) instead of every weight; writes adapter/ and model/ (merged)
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: float = 32.0  # LoRA alpha; the update is scaled by alpha/r
     lora_dropout: float = 0.0  # dropout on the adapter's input
-    lora_targets: str = "all-linear"  # comma-separated module names, or all-linear (attention and MLP, not the head)
+    lora_targets: str = "all-linear"  # comma-separated module names, or all-linear = every linear layer of attention and MLP
 
     def check(self) -> None:
         if not self.lora:
