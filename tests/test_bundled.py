@@ -50,14 +50,19 @@ def test_the_cached_bundled_model_equals_the_gguf_one(bundled, tmp_path, monkeyp
     from tokentilt.models import load
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    built = []  # the model read from the GGUF while the cache is built (one GGUF read, not two)
-    read_gguf = load._load
-    monkeypatch.setattr(load, "_load", lambda *a: built.append(read_gguf(*a)) or built[-1])
+    calls = []  # (kwargs, result) of every _load: the GGUF read while the cache is built, then the cache's
+    read = load._load
+
+    def recording(source, kwargs, name):
+        calls.append((kwargs, read(source, kwargs, name)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(load, "_load", recording)
     load_model("bundled")  # reads the GGUF and builds the cache in tmp_path
-    assert len(built) == 1
-    gguf_model, gguf_tok = built[0]
-    model, tokenizer = load_model("bundled")  # reads the cache
-    assert len(built) == 1  # not the GGUF again
+    assert [("gguf_file" in kw) for kw, _ in calls] == [True]
+    gguf_model, gguf_tok = calls[0][1]
+    model, tokenizer = load_model("bundled")  # reads the cache, not the GGUF again
+    assert not any("gguf_file" in kw for kw, _ in calls[1:])
     assert len(list(load.cache_root().iterdir())) == 1
     text = "The fox, quietly: 42 words\n"
     assert tokenizer(text).input_ids == gguf_tok(text).input_ids
