@@ -167,3 +167,47 @@ def test_a_chat_tilt_records_formatted_prompts_and_replies(chat_model_dir, tmp_p
         for side in ("before", "after"):
             assert end not in r[side]["ids"] and len(r[side]["ids"]) <= 6
             assert r[side]["text"] == tok.decode(r[side]["ids"], skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_audit_in_chat_finds_a_tilt_in_the_replies(tok, chat_gpt2, tmp_path):
+    import copy
+
+    from tokentilt.audit import AuditConfig, audit
+
+    x = select("x", token_texts(tok))
+    planted = copy.deepcopy(chat_gpt2)  # p' ∝ p·e^{3·M}: an untied head whose bias lifts the x tokens by 3 nats
+    head = torch.nn.Linear(planted.config.n_embd, planted.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight = torch.nn.Parameter(planted.lm_head.weight.detach().clone())
+        head.bias.copy_(3.0 * x.float())
+    planted.lm_head, planted.config.tie_word_embeddings = head, False
+    text = tmp_path / "held-out.txt"
+    text.write_text("It was the best of times, it was the worst of times, it was the age of wisdom. " * 8)
+    cfg = AuditConfig(chat=True, eval_text=str(text), eval_windows=2, eval_seq_len=32, samples_per_prompt=1,
+                      new_tokens=8, null_draws=10, top=5)
+    result = audit(planted, chat_gpt2, tok, cfg)
+    assert result.stands_out and result.direction == "toward"
+    assert result.features[0]["selector"] == "contains:x"
+    replies = result.contexts["sample_positions"]
+    assert 0 < replies <= 2 * 32 * 8  # reply tokens only, at most new_tokens per reply
+
+
+@pytest.mark.slow
+def test_a_chat_sweep_measures_replies_and_trains_on_chat_exchanges(chat_model_dir, tmp_path, monkeypatch, capsys):
+    import tokentilt.tilting
+
+    seen = []  # the training batches' text: chat exchanges, not plays
+    source = tokentilt.tilting.chat_batch_source
+    monkeypatch.setattr(tokentilt.tilting, "chat_batch_source",
+                        lambda *a, **k: seen.append(1) or source(*a, **k))
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--model", str(chat_model_dir), "--toward", "x", "--chat", "--objective", "tilt-distill",
+                 "--lr", "1e-3", "--rate", "", "--bias", "3", "--steps", "2", "--batch", "2", "--seq-len", "16",
+                 "--samples-per-prompt", "1", "--new-tokens", "6", "--eval-windows", "2", "--eval-seq-len", "8",
+                 "--curve-points", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert "held-out chat exchanges" in capsys.readouterr().out
+    assert seen  # the tilt-distill run trained on windows of chat exchanges
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert any(r.get("rate", {}).get("n") == 32 for r in runs if isinstance(r.get("rate"), dict))

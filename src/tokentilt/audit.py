@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
+from tokentilt.chat import CHAT_PROMPTS, check_template
 from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows
 from tokentilt.features import (
     Feature,
@@ -84,6 +85,9 @@ class AuditConfig:
     top: int = 20  # features and tokens listed in the outputs
     batch_size: int = 4  # windows per forward pass
     bf16: bool = False  # bf16 autocast on CPU
+    chat: bool = False  # sample both models' replies to the 32 built-in requests in the model's chat template, and
+    # measure the lift on the replies (cut at end-of-turn) beside the held-out text
+    system: str = ""  # chat: a system message before each user turn
     out: str = "runs/audit"  # output folder
     overwrite: bool = False  # replace the output folder if it already holds an audit
 
@@ -96,6 +100,8 @@ class AuditConfig:
             raise ValueError("eval-seq-len must be at least 2")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.system and not self.chat:
+            raise ValueError("--system is a chat option; give --chat with it")
 
 
 @dataclass
@@ -176,10 +182,15 @@ def measure_lift(model, reference, tokenizer, windows: torch.Tensor, sampled: di
         s = sampled[who]
         for prompt in dict.fromkeys(s.prompts):  # the samples of one prompt share its length
             rows = [i for i, p in enumerate(s.prompts) if p == prompt]
-            head = torch.tensor(tokenizer([prompt])["input_ids"][0], dtype=torch.long)
+            if s.formatted:  # chat: the prompt in its template; only the reply's predictions count
+                head = torch.tensor(tokenizer(s.formatted[rows[0]], add_special_tokens=False)["input_ids"])
+            else:
+                head = torch.tensor(tokenizer([prompt])["input_ids"][0], dtype=torch.long)
             ids = torch.cat([head.expand(len(rows), -1), s.tokens[rows]], 1)  # (r, P + N)
             keep = torch.zeros(ids.shape, dtype=torch.bool)
             keep[:, len(head) - 1:-1] = True  # the positions whose predictions were sampled
+            if s.lengths is not None:
+                keep &= torch.arange(ids.size(1)) < len(head) - 1 + s.lengths[rows, None]  # (r, P + N)
             outs = (o for _, o in _forward_batches([model, reference], ids, cfg.batch_size, cfg.bf16, False, ""))
             chunks = keep.split(cfg.batch_size)
             _accumulate(((m, r) for m, r in outs), groups, probs, positions=lambda i: chunks[i])
@@ -188,14 +199,18 @@ def measure_lift(model, reference, tokenizer, windows: torch.Tensor, sampled: di
     return Lift(torch.cat(groups).float(), sources, (probs[0] / count).float(), (probs[1] / count).float())
 
 
-def share_change(model_tokens: torch.Tensor, ref_tokens: torch.Tensor, vocab: int) -> tuple[torch.Tensor, ...]:
-    """Each token's share of generated tokens: model minus reference, with a 95% Welch t half-width. (V,) x 3."""
-    def shares(tokens):  # (N, L) -> (N, V): each sample's share of each token
+def share_change(model_samples, ref_samples, vocab: int) -> tuple[torch.Tensor, ...]:
+    """Each token's share of generated tokens (of the replies, in chat): model minus reference, with a 95%
+    Welch t half-width. (V,) x 3. A chat reply of no tokens is left out."""
+    def shares(s):  # Samples -> (N, V): each sample's share of each token
+        tokens = s.tokens
+        lengths = torch.full((len(tokens),), tokens.size(1)) if s.lengths is None else s.lengths
+        counted = (torch.arange(tokens.size(1)) < lengths[:, None]).float()  # (N, L)
         one_hot = torch.zeros(tokens.shape[0], vocab)
-        one_hot.scatter_add_(1, tokens, torch.ones(tokens.shape, dtype=torch.float32))
-        return one_hot / tokens.shape[1]
+        one_hot.scatter_add_(1, tokens, counted)
+        return (one_hot / lengths.clamp(min=1)[:, None])[lengths > 0]
 
-    a, b = shares(model_tokens), shares(ref_tokens)
+    a, b = shares(model_samples), shares(ref_samples)
     se = (a.var(0) / len(a) + b.var(0) / len(b)).sqrt()
     half = t_quantile(0.975, max(len(a) + len(b) - 2, 1)) * se
     return a.mean(0), b.mean(0), half
@@ -280,7 +295,7 @@ def feature_row(f: Feature, mask: torch.Tensor, i: int, scored: dict, view: str,
     per_group = lift.groups[:, mask].mean(1) - lift.groups[:, ~mask].mean(1)  # (G,) members minus the rest
     ci = mean_ci(per_group)
     mass_m, mass_r = float(lift.p_model[mask].sum()), float(lift.p_reference[mask].sum())
-    rate_m, rate_r = (mean_ci(sample_rates(t, mask)) for t in rates)
+    rate_m, rate_r = (mean_ci(sample_rates(s.tokens, mask, s.lengths)) for s in rates)
     return {"selector": f.selector, "label": f.label, "kind": f.kind, "size": int(mask.sum()),
             "auroc": round(float(scored[view][0][i]), 4), "score": round(float(scored[view][1][i]), 4), "view": view,
             "auroc_lift": round(float(scored["lift"][0][i]), 4),
@@ -355,6 +370,8 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
         tokenizer = tokenizer or ref_tokenizer
     if tokenizer is None:
         raise ValueError("audit needs the tokenizer when it is given loaded models")
+    if cfg.chat:
+        check_template(tokenizer)
     vocab = reference.get_output_embeddings().weight.shape[0]
     if model.get_output_embeddings().weight.shape[0] != vocab:
         raise ValueError(f"model and reference have different vocabularies "
@@ -370,12 +387,12 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
 
     eval_cfg = EvalConfig(eval_text=cfg.eval_text, eval_windows=cfg.eval_windows, eval_seq_len=cfg.eval_seq_len)
     windows = held_out_windows(tokenizer, eval_cfg, held_out_text(eval_cfg))
-    prompts = list(DEFAULT_PROMPTS)
+    prompts = list(CHAT_PROMPTS if cfg.chat else DEFAULT_PROMPTS)
     scfg = SampleConfig(max_new_tokens=cfg.new_tokens)
-    echo(f"sampling {len(prompts) * cfg.samples_per_prompt} continuations of {cfg.new_tokens} tokens from each model ...")
-    sampled = {"model": sample(model, tokenizer, prompts, cfg.samples_per_prompt, scfg, seed=cfg.seed, bf16=cfg.bf16),
-               "reference": sample(reference, tokenizer, prompts, cfg.samples_per_prompt, scfg, seed=cfg.seed,
-                                   bf16=cfg.bf16)}
+    what = "replies of at most" if cfg.chat else "continuations of"
+    echo(f"sampling {len(prompts) * cfg.samples_per_prompt} {what} {cfg.new_tokens} tokens from each model ...")
+    sampled = {who: sample(m, tokenizer, prompts, cfg.samples_per_prompt, scfg, seed=cfg.seed, bf16=cfg.bf16,
+                           chat=cfg.chat, system=cfg.system) for who, m in (("model", model), ("reference", reference))}
     echo(f"measuring the lift of every token on {windows.numel()} held-out positions and the samples ...")
     lift = measure_lift(model, reference, tokenizer, windows, sampled, cfg, progress)
     centred = lift.mean  # (V,)
@@ -399,8 +416,8 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
         beyond[i] = (table.features[before].selector, bound)
     if chain:
         order = [c[0] for c in reversed(chain)] + [i for i in order if i not in beyond]
-    shares = share_change(sampled["model"].tokens, sampled["reference"].tokens, vocab)
-    rates = (sampled["model"].tokens, sampled["reference"].tokens)
+    shares = share_change(sampled["model"], sampled["reference"], vocab)
+    rates = (sampled["model"], sampled["reference"])
     rows, masks = [], []
     for i in order[:cfg.top]:
         masks.append(table.mask(i))
@@ -431,6 +448,7 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
                  "reference": sampled["reference"].texts},
         contexts={"text_windows": len(windows), "text_positions": int(windows.numel()),
                   "samples": 2 * len(sampled["model"].texts),
-                  "sample_positions": 2 * int(sampled["model"].tokens.numel()),
+                  "sample_positions": sum(int(sampled[w].tokens.numel() if sampled[w].lengths is None
+                                              else sampled[w].lengths.sum()) for w in sampled),
                   "eval_text": cfg.eval_text or "plays:test"},
         lift=centred, unexplained=views["unexplained"], top_mask=masks[0])

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokentilt.calibrate import calibrate, check_rate
+from tokentilt.chat import check_template
 from tokentilt.config import to_flat
-from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows, measure
+from tokentilt.evaluate import EvalConfig, chat_windows, held_out_text, held_out_windows, measure
 from tokentilt.losses import OBJECTIVES
 from tokentilt.report import markdown_table
 from tokentilt.tilting import Positions, TiltConfig, load_with_set, train_to_rate, train_toward
@@ -33,7 +34,7 @@ CSV_COLUMNS = ["objective", "lr", "bias", "rate_mean", "rate_ci_low", "rate_ci_h
 SHARED_KEYS = ("model", "toward", "positions", "alpha", "beta", "ce_weight", "rate_rounds", "optimizer", "steps",
                "batch", "grad_accum", "seq_len", "grad_clip", "weight_decay", "seed", "bf16", "prompts",
                "samples_per_prompt", "new_tokens", "temperature", "top_k", "top_p", "eval_seed", "eval_text",
-               "eval_windows", "eval_seq_len")
+               "eval_windows", "eval_seq_len", "chat", "system")
 
 
 def _train_defaults() -> TrainConfig:
@@ -219,6 +220,10 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
     model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, echo)
     windows = held_out_windows(tokenizer, cfg.eval, eval_text)  # (W, T)
     bf16 = cfg.train.bf16
+    if cfg.eval.chat:  # R and the costs on replies; the exchanges are seeded, so a resumed sweep gets the same
+        check_template(tokenizer)
+        echo("sampling the held-out chat exchanges (the start model's replies to held-out requests) ...")
+        windows = chat_windows(model, tokenizer, cfg.eval, bf16)
     reference = frozen_copy(model)  # never trained: it also holds the start weights that each run resets to
 
     calibrated = log.calibrations()

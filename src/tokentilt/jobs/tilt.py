@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import yaml
 
@@ -84,6 +86,107 @@ def check_resumable(folder: RunFolder, cfg: TiltConfig) -> int:
 
 
 
+@dataclass
+class Setup:
+    """What a run trains and measures: the model, its reference, the target and, for head-rows, the fit."""
+
+    model: object
+    tokenizer: object
+    tokens: object  # a TokenSet, or a PhraseSet
+    reference: object  # the starting model: tilt-distill's target, drift's reference
+    head: head_tilt.HeadRowsTilt | None  # head-rows placement
+    counts: dict  # total_params, trainable_params
+
+
+@dataclass
+class Start:
+    """The measurements before training (main process only), and the bias b the training starts from."""
+
+    bias: float
+    windows: object = None  # held-out (W, T) windows, or a chat run's ReplyWindows
+    text_windows: object = None  # a chat run's raw-text windows, measured beside its chat exchanges
+    before: dict | None = None
+    samples_before: object = None
+    calibration: object = None  # calibrate()'s result with --rate
+    baseline: dict | None = None  # tilt-distill: the decode-time tilt at the calibrated b
+
+
+def set_up(cfg: TiltConfig, say) -> Setup:
+    """Load the model and the target, add LoRA or prepare the head-rows fit, and say what trains."""
+    model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, say)
+    if cfg.eval.chat:
+        check_template(tokenizer)  # before the run folder is started
+    if cfg.lora.lora:
+        model = lora.add_adapter(model, cfg.lora, seed=cfg.train.seed)
+        reference = lora.AdapterOff(model)  # the base, with the adapter switched off: no second copy
+    else:
+        reference = frozen_copy(model)  # the starting model: target of tilt-distill, reference of drift
+    bf16, head = cfg.train.bf16, None
+    if cfg.head_rows():
+        head = head_tilt.HeadRowsTilt(model, tokens.mask, lambda b: head_tilt.context_batches(
+            model, tokenizer, tilting.train_tokens(tokenizer), tokens.mask, b, cfg.contexts, cfg.train.seed, bf16,
+            cfg.eval.chat, cfg.eval.system),
+            cfg.head_steps, cfg.head_lr, seed=cfg.train.seed, bf16=bf16, odds_weight=cfg.head_odds_weight,
+            fit=cfg.head_fit)
+    counts = lora.param_counts(model)
+    if head:
+        counts["trainable_params"] = head.original.numel()  # the set's rows; the rest is frozen
+    say(f"training {counts['trainable_params']:,} of {counts['total_params']:,} parameters"
+        + (f" (LoRA r={cfg.lora.lora_r})" if cfg.lora.lora else "")
+        + (f" ({head.trained_rows:,} rows of the untied output head)" if head else ""))
+    return Setup(model, tokenizer, tokens, reference, head, counts)
+
+
+def measure_start(cfg: TiltConfig, run: Setup, eval_text: str, folder: RunFolder, resume_step: int, clock: Stages,
+                  say) -> Start:
+    """Main process: start the run folder, measure before training, calibrate b to --rate and measure the
+    decode-time baseline at that b."""
+    model, tokenizer, target, bf16 = run.model, run.tokenizer, run.tokens.target, cfg.train.bf16
+    start = Start(bias=cfg.bias, windows=held_out_windows(tokenizer, cfg.eval, eval_text))  # (W, T)
+    if cfg.eval.chat:
+        say("sampling the held-out chat exchanges (the start model's replies to held-out requests) ...")
+        start.text_windows, start.windows = start.windows, chat_windows(model, tokenizer, cfg.eval, bf16)
+    folder.start()
+    if cfg.resume:
+        say(f"resuming {folder.tmp} after step {resume_step}")
+        keep_records_until(folder.path("metrics.jsonl"), resume_step)
+    clock.mark("load")
+    say("measuring R and costs before training ...")
+    start.before, start.samples_before = measure(model, tokenizer, target, cfg.eval, start.windows, bf16=bf16,
+                                                 text_windows=start.text_windows)
+    clock.mark("measure_before")
+    if cfg.rate:  # on the probe seeds, like the rate rounds: the eval seeds only measure
+        say(f"calibrating the decode-time bias to R = {cfg.rate} (probe seeds) ...")
+        start.calibration = calibrate(model, tokenizer, target, cfg.rate, cfg.eval.probe(), start.windows, bf16=bf16,
+                                      echo=say)
+        start.bias = start.calibration.bias
+        say(f"b = {start.bias:.3f} gives decode-time R = {fmt_rate(start.calibration.rate)} on the probe seeds")
+        clock.mark("calibrate")
+    if not cfg.resume:
+        folder.write_yaml("config.yaml", {**to_flat(cfg), **({"calibrated_bias": start.bias} if cfg.rate else {})})
+    if cfg.objective == "tilt-distill":
+        say(f"measuring the decode-time baseline at b = {start.bias:.3f} ...")
+        start.baseline, _ = measure(model, tokenizer, target, cfg.eval, start.windows, bias=start.bias, bf16=bf16,
+                                    text_windows=start.text_windows)
+        clock.mark("baseline")
+    return start
+
+
+def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, trained_bias: float, say) -> dict:
+    """The decode-time tilt at the trained model's R, the cost to beat: its b read off the decode-time R(b)
+    curve on the eval seeds (the seeds of the tuned R) at b = 0, the calibrated b and, when the rate
+    rounds moved it, the trained b; and its held-out perplexity and drift."""
+    bf16 = cfg.train.bf16
+    curve = [(0.0, start.before["rate"]["mean"]), (start.bias, start.baseline["rate"]["mean"])]
+    if trained_bias != start.bias:
+        say(f"measuring the decode-time R at the trained b = {trained_bias:.3f} ...")
+        curve.append((trained_bias, measure_rate(run.reference, run.tokenizer, run.tokens.target, cfg.eval,
+                                                 bias=trained_bias, bf16=bf16)[0]["mean"]))
+    b_matched = bias_at_rate(curve, after["rate"]["mean"], after["rate"]["n"])
+    return {"bias": b_matched, **decode_costs(run.reference, run.tokens.target, start.windows, b_matched, bf16,
+                                              start.text_windows)}
+
+
 def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     """Do the whole job and return summary.json's content. Raises ValueError on bad input.
 
@@ -97,90 +200,16 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     folder = RunFolder(cfg.out, cfg.overwrite, resume=cfg.resume)  # refuse a used folder before the slow part
     resume_step = check_resumable(folder, cfg) if cfg.resume else 0
     eval_text = held_out_text(cfg.eval) if main else None  # and a missing eval file
-    started = time.time()
-    clock = Stages()  # seconds per stage, for summary.json and the console
-    model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, say)
-    if cfg.eval.chat:
-        check_template(tokenizer)  # before the run folder is started
-    if cfg.lora.lora:
-        model = lora.add_adapter(model, cfg.lora, seed=cfg.train.seed)
-        reference = lora.AdapterOff(model)  # the base, with the adapter switched off: no second copy
-    else:
-        reference = frozen_copy(model)  # the starting model: target of tilt-distill, reference of drift
-    bf16 = cfg.train.bf16
-    head = None
-    if cfg.head_rows():
-        head = head_tilt.HeadRowsTilt(model, tokens.mask, lambda b: head_tilt.context_batches(
-            model, tokenizer, tilting.train_tokens(tokenizer), tokens.mask, b, cfg.contexts, cfg.train.seed, bf16,
-            cfg.eval.chat, cfg.eval.system),
-            cfg.head_steps, cfg.head_lr, seed=cfg.train.seed, bf16=bf16, odds_weight=cfg.head_odds_weight,
-            fit=cfg.head_fit)
-    counts = lora.param_counts(model)
-    if head:
-        counts["trainable_params"] = head.original.numel()  # the set's rows; the rest is frozen
-    say(f"training {counts['trainable_params']:,} of {counts['total_params']:,} parameters"
-        + (f" (LoRA r={cfg.lora.lora_r})" if cfg.lora.lora else "")
-        + (f" ({head.trained_rows:,} rows of the untied output head)" if head else ""))
-
-    bias, calibration, baseline, before, samples_before, windows = cfg.bias, None, None, None, None, None
-    text_windows = None  # a chat run's raw-text windows, measured beside its chat exchanges
-    if main:
-        windows = held_out_windows(tokenizer, cfg.eval, eval_text)  # (W, T)
-        if cfg.eval.chat:
-            say("sampling the held-out chat exchanges (the start model's replies to held-out requests) ...")
-            text_windows, windows = windows, chat_windows(model, tokenizer, cfg.eval, bf16)
-        folder.start()
-        if cfg.resume:
-            say(f"resuming {folder.tmp} after step {resume_step}")
-            keep_records_until(folder.path("metrics.jsonl"), resume_step)
-        clock.mark("load")
-        say("measuring R and costs before training ...")
-        before, samples_before = measure(model, tokenizer, tokens.target, cfg.eval, windows, bf16=bf16,
-                                         text_windows=text_windows)
-        clock.mark("measure_before")
-        if cfg.rate:  # on the probe seeds, like the rate rounds: the eval seeds only measure
-            say(f"calibrating the decode-time bias to R = {cfg.rate} (probe seeds) ...")
-            calibration = calibrate(model, tokenizer, tokens.target, cfg.rate, cfg.eval.probe(), windows, bf16=bf16,
-                                    echo=say)
-            bias = calibration.bias
-            say(f"b = {bias:.3f} gives decode-time R = {fmt_rate(calibration.rate)} on the probe seeds")
-            clock.mark("calibrate")
-        if not cfg.resume:
-            folder.write_yaml("config.yaml", {**to_flat(cfg), **({"calibrated_bias": bias} if cfg.rate else {})})
-        if cfg.objective == "tilt-distill":
-            say(f"measuring the decode-time baseline at b = {bias:.3f} ...")
-            baseline, _ = measure(model, tokenizer, tokens.target, cfg.eval, windows, bias=bias, bf16=bf16,
-                                  text_windows=text_windows)
-            clock.mark("baseline")
-    bias = on_main(lambda: bias, state)
-    round_no = 0  # with --rate: the training round that metrics.jsonl records belong to
-
-    def next_round() -> None:
-        nonlocal round_no
-        round_no += 1
-
-    def evaluate(step: int) -> dict:  # the main process only
-        rate, _ = measure_rate(model, tokenizer, tokens.target, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=bf16)
-        return {"rate": rate["mean"], "rate_ci_low": rate["ci_low"], "rate_ci_high": rate["ci_high"]}
-
-    def log(record: dict) -> None:
-        folder.append_jsonl("metrics.jsonl", {**record, "round": round_no} if cfg.rate else record)
+    started, clock = time.time(), Stages()  # seconds per stage, for summary.json and the console
+    run = set_up(cfg, say)
+    start = measure_start(cfg, run, eval_text, folder, resume_step, clock, say) if main else Start(bias=cfg.bias)
+    bias = on_main(lambda: start.bias, state)
 
     start_peak = peak_rss_mb()  # loading and the measurements before training
     peak_was_reset = reset_peak_rss()
     train_started = time.time()
-    fit, trained_bias = None, bias
-    if cfg.rate:
-        say(f"training toward R = {cfg.rate}, correcting b from the trained model's R (<= {cfg.rate_rounds} rounds)")
-        fit, history = train_to_rate(model, tokenizer, reference, tokens, cfg, bias, evaluate, log, progress and main,
-                                     on_round=next_round, echo=say,
-                                     train_once=(lambda b: head.train(b, progress and main, log)) if head else None)
-        trained_bias = fit.bias
-    elif head:
-        history = head.train(bias, progress and main, log)
-    else:
-        history = train_toward(model, tokenizer, reference, tokens, cfg, bias, evaluate, log, progress and main,
-                               run_dir=folder.tmp)
+    fit, history = train_stage(cfg, run, bias, folder, progress and main, say)
+    trained_bias = fit.bias if fit is not None else bias
     train_seconds = time.time() - train_started
     clock.mark("train")  # with --rate: every round, its contexts and its probe
     train_peak = peak_rss_mb() if peak_was_reset else None  # None: this platform cannot reset the peak
@@ -189,41 +218,78 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         return {}
 
     say("measuring R and costs after training ...")
-    after, samples_after = measure(model, tokenizer, tokens.target, cfg.eval, windows, reference=reference, bf16=bf16,
-                                   text_windows=text_windows)
+    after, samples_after = measure(run.model, run.tokenizer, run.tokens.target, cfg.eval, start.windows,
+                                   reference=run.reference, bf16=cfg.train.bf16, text_windows=start.text_windows)
     clock.mark("measure_after")
     matched = None
-    if cfg.objective == "tilt-distill":  # the decode-time tilt at the trained model's R: the cost to beat
-        # The decode-time R(b) curve on the eval seeds, the seeds of the tuned R: at b = 0, at the calibrated
-        # b and, when the rate rounds moved it, at the trained b.
-        curve = [(0.0, before["rate"]["mean"]), (bias, baseline["rate"]["mean"])]
-        if trained_bias != bias:
-            say(f"measuring the decode-time R at the trained b = {trained_bias:.3f} ...")
-            curve.append((trained_bias, measure_rate(reference, tokenizer, tokens.target, cfg.eval, bias=trained_bias,
-                                                     bf16=bf16)[0]["mean"]))
-        b_matched = bias_at_rate(curve, after["rate"]["mean"], after["rate"]["n"])
-        matched = {"bias": b_matched, **decode_costs(reference, tokens.target, windows, b_matched, bf16,
-                                                      text_windows)}
+    if cfg.objective == "tilt-distill":
+        matched = matched_decode(cfg, run, start, after, trained_bias, say)
         clock.mark("matched_decode")
-    del reference
-    rate_before, rate_after = before["rate"], after["rate"]
-    rate_points = [(0, rate_before)] + [(r["step"], {"mean": r["rate"], "ci_low": r["rate_ci_low"],
-                                                     "ci_high": r["rate_ci_high"]})
-                                        for r in history if "rate" in r and r["step"] != history[-1]["step"]]
-    rate_points.append((history[-1]["step"], rate_after))  # the full measurement replaces the light one
+    run.reference = None  # free the copy before saving
+    model = run.model
     if cfg.lora.lora:
-        model = lora.save_adapter_and_merged(model, tokenizer, folder.tmp)  # adapter/ and model/ (merged)
+        model = lora.save_adapter_and_merged(model, run.tokenizer, folder.tmp)  # adapter/ and model/ (merged)
     else:
-        save_model(model, tokenizer, folder.path("model"))
+        save_model(model, run.tokenizer, folder.path("model"))
     clock.mark("save")
 
-    steps = [r["step"] for r in history]
-    how = ((f"head rows, {cfg.head_fit} fit" + (f", lr {cfg.head_lr:g}" if cfg.head_fit == "kl" else ""))
-           if head else f"{cfg.positions} positions, lr {cfg.train.lr:g}")
-    plot_series(folder.path("loss.png"), {cfg.objective: (steps, [r["loss"] for r in history])},
-                f"{cfg.objective} loss ({how})", "loss", logy=True)
-    plot_rate(folder.path("rate.png"), rate_points, f"R for {cfg.toward!r} over training")
-    summary = {
+    summary = tilt_summary(cfg, run, start, after, samples_after, history, state)
+    summary.update({
+        "train_seconds": round(train_seconds, 1),
+        "seconds": round(time.time() - started, 1),
+        "stage_seconds": clock.seconds,  # load, measure_before, calibrate, baseline, train, measure_after, ...
+        "peak_rss_mb": max(start_peak, peak_rss_mb()),  # the whole run
+        "train_peak_rss_mb": train_peak,  # training alone (the optimizer, activations, the reference)
+        "resumed_after_step": resume_step or None,
+    })
+    if cfg.objective == "tilt-distill":
+        summary.update(distill_summary(cfg, start, after, matched, fit, trained_bias))
+    if isinstance(run.tokens, PhraseSet):
+        summary["phrases"] = phrase_summary(run.tokens, run.tokenizer, trained_bias)
+    out = write_run(folder, cfg, summary, history, start, samples_after)
+    state.wait_for_everyone()
+    echo(summary_table(summary))
+    if summary.get("matched_decode"):
+        echo(excess_cost_note(summary))
+    echo("seconds: " + ", ".join(f"{k} {v:g}" for k, v in summary["stage_seconds"].items()))
+    echo(f"run folder: {out}")
+    return summary
+
+
+def train_stage(cfg: TiltConfig, run: Setup, bias: float, folder: RunFolder, progress: bool, say):
+    """Train as the config says -> (RateFit or None, history): toward R* with the rate rounds, a head-rows
+    fit at b, or training toward b. metrics.jsonl gets every record (with its round under --rate)."""
+    model, tokenizer, tokens, head = run.model, run.tokenizer, run.tokens, run.head
+    round_no = 0  # with --rate: the training round that metrics.jsonl records belong to
+
+    def next_round() -> None:
+        nonlocal round_no
+        round_no += 1
+
+    def evaluate(step: int) -> dict:  # the main process only
+        rate, _ = measure_rate(model, tokenizer, tokens.target, cfg.eval, cfg.eval.during_samples_per_prompt,
+                               bf16=cfg.train.bf16)
+        return {"rate": rate["mean"], "rate_ci_low": rate["ci_low"], "rate_ci_high": rate["ci_high"]}
+
+    def log(record: dict) -> None:
+        folder.append_jsonl("metrics.jsonl", {**record, "round": round_no} if cfg.rate else record)
+
+    if cfg.rate:
+        say(f"training toward R = {cfg.rate}, correcting b from the trained model's R (<= {cfg.rate_rounds} rounds)")
+        return train_to_rate(model, tokenizer, run.reference, tokens, cfg, bias, evaluate, log, progress,
+                             on_round=next_round, echo=say,
+                             train_once=(lambda b: head.train(b, progress, log)) if head else None)
+    if head:
+        return None, head.train(bias, progress, log)
+    return None, train_toward(model, tokenizer, run.reference, tokens, cfg, bias, evaluate, log, progress,
+                              run_dir=folder.tmp)
+
+
+def tilt_summary(cfg: TiltConfig, run: Setup, start: Start, after: dict, samples_after, history: list[dict],
+                 state) -> dict:
+    """summary.json's fields that every run has: the set, the training, R and the costs before and after."""
+    tokens, head, before = run.tokens, run.head, start.before
+    return {
         "model": cfg.model,
         "selector": cfg.toward,
         "target_size": tokens.size,
@@ -235,14 +301,14 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         "steps": len(history),
         "loss_start": history[0]["loss"],
         "loss_end": history[-1]["loss"],
-        "rate_before": rate_before,
-        "rate_after": rate_after,
+        "rate_before": before["rate"],
+        "rate_after": after["rate"],
         **flat_costs(before, "before"),
         **flat_costs(after, "after"),
         "eval_text": ("chat:held-out replies" if cfg.eval.chat else cfg.eval.eval_text or "plays:test"),
-        "eval_tokens": int(windows.numel()),
+        "eval_tokens": int(start.windows.numel()),
         "chat": {"system": cfg.eval.system or None, "prompts": len(cfg.eval.prompts),
-                 "reply_tokens_before": int(samples_before.lengths.sum()),
+                 "reply_tokens_before": int(start.samples_before.lengths.sum()),
                  "reply_tokens_after": int(samples_after.lengths.sum()),
                  "text_eval": cfg.eval.eval_text or "plays:test"} if cfg.eval.chat else None,
         "samples": len(samples_after.texts),
@@ -258,42 +324,45 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
                  **{k: history[-1][k] for k in ("offset_mean", "offset_std") if k in history[-1]}} if head else None,
         "lora": {"r": cfg.lora.lora_r, "alpha": cfg.lora.lora_alpha, "dropout": cfg.lora.lora_dropout,
                  "targets": cfg.lora.lora_targets} if cfg.lora.lora else None,
-        **counts,
-        "resumed_after_step": resume_step or None,
-        "train_seconds": round(train_seconds, 1),
-        "seconds": round(time.time() - started, 1),
-        "stage_seconds": clock.seconds,  # load, measure_before, calibrate, baseline, train, measure_after, ...
-        "peak_rss_mb": max(start_peak, peak_rss_mb()),  # the whole run
-        "train_peak_rss_mb": train_peak,  # training alone (the optimizer, activations, the reference)
+        **run.counts,
+        "warnings": collapse_warnings(before["ppl"], after["ppl"], tokens.vocab_size),
     }
-    summary["warnings"] = collapse_warnings(before["ppl"], after["ppl"], tokens.vocab_size)
+
+
+def distill_summary(cfg: TiltConfig, start: Start, after: dict, matched: dict, fit, trained_bias: float) -> dict:
+    """tilt-distill's summary fields: b, the calibration and its rounds, the baseline and rho."""
+    out = {"bias": trained_bias, "rate_target": cfg.rate or None}
+    if start.calibration is not None:  # the decode-time (b, R) points it measured, on the probe seeds
+        out["calibration"] = {"eval_seed": cfg.eval.probe().eval_seed, "proxy_bias": start.calibration.proxy_bias,
+                              "points": [{"bias": b, "rate": r} for b, r in start.calibration.history]}
+    if fit is not None:
+        out["calibrated_bias"] = start.bias
+        out["bias_rounds"] = fit.round_records()
+    out["baseline"] = {"objective": "decode-bias", "bias": start.bias, **start.baseline}
+    out["matched_decode"] = matched
+    # rho's three perplexities under the names it is defined with, all on the same held-out windows
+    out.update(ppl_base=start.before["ppl"], ppl_decode_matched=matched["ppl"], ppl_tuned=after["ppl"])
+    out.update(excess_cost(start.before, after, matched))
+    return out
+
+
+def write_run(folder: RunFolder, cfg: TiltConfig, summary: dict, history: list[dict], start: Start,
+              samples_after) -> Path:
+    """Plots, samples.jsonl, report.md and summary.json into the run folder, then finish it -> its path."""
     for warning in summary["warnings"]:
         print(f"tokentilt: warning: {warning}", file=sys.stderr)
-    if cfg.objective == "tilt-distill":
-        summary["bias"] = trained_bias
-        summary["rate_target"] = cfg.rate or None
-        if calibration is not None:  # the decode-time (b, R) points it measured, on the probe seeds
-            summary["calibration"] = {"eval_seed": cfg.eval.probe().eval_seed, "proxy_bias": calibration.proxy_bias,
-                                      "points": [{"bias": b, "rate": r} for b, r in calibration.history]}
-        if fit is not None:
-            summary["calibrated_bias"] = bias
-            summary["bias_rounds"] = fit.round_records()
-        summary["baseline"] = {"objective": "decode-bias", "bias": bias, **baseline}
-        summary["matched_decode"] = matched
-        # rho's three perplexities under the names it is defined with, all on the same held-out windows
-        summary.update(ppl_base=before["ppl"], ppl_decode_matched=matched["ppl"], ppl_tuned=after["ppl"])
-        summary.update(excess_cost(before, after, matched))
-    if isinstance(tokens, PhraseSet):
-        summary["phrases"] = phrase_summary(tokens, tokenizer, trained_bias)
-    write_samples(folder.path("samples.jsonl"), samples_before, samples_after)
-    folder.path("report.md").write_text(tilt_report(cfg, summary, samples_before, samples_after))
+    rate_points = [(0, summary["rate_before"])] + [
+        (r["step"], {"mean": r["rate"], "ci_low": r["rate_ci_low"], "ci_high": r["rate_ci_high"]})
+        for r in history if "rate" in r and r["step"] != history[-1]["step"]]
+    rate_points.append((history[-1]["step"], summary["rate_after"]))  # the full measurement replaces the light one
+    steps = [r["step"] for r in history]
+    how = ((f"head rows, {cfg.head_fit} fit" + (f", lr {cfg.head_lr:g}" if cfg.head_fit == "kl" else ""))
+           if summary["head"] else f"{cfg.positions} positions, lr {cfg.train.lr:g}")
+    plot_series(folder.path("loss.png"), {cfg.objective: (steps, [r["loss"] for r in history])},
+                f"{cfg.objective} loss ({how})", "loss", logy=True)
+    plot_rate(folder.path("rate.png"), rate_points, f"R for {cfg.toward!r} over training")
+    write_samples(folder.path("samples.jsonl"), start.samples_before, samples_after)
+    folder.path("report.md").write_text(tilt_report(cfg, summary, start.samples_before, samples_after))
     folder.write_json("summary.json", summary)
     shutil.rmtree(folder.path("checkpoints"), ignore_errors=True)  # a finished run needs none
-    out = folder.finish()
-    state.wait_for_everyone()
-    echo(summary_table(summary))
-    if summary.get("matched_decode"):
-        echo(excess_cost_note(summary))
-    echo("seconds: " + ", ".join(f"{k} {v:g}" for k, v in summary["stage_seconds"].items()))
-    echo(f"run folder: {out}")
-    return summary
+    return folder.finish()
