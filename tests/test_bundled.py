@@ -16,11 +16,25 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def bundled():
-    return load_model("bundled")
+    """(model, tokenizer, calls): the bundled model, and every `_load` call (kwargs, result) made while it
+    loaded. In a fresh cache that is the one GGUF read that builds the session's cache, so the model
+    returned is the GGUF's own, and the cache test compares the cache with it without a second read."""
+    from tokentilt.models import load
+
+    calls, read = [], load._load
+
+    def recording(source, kwargs, name):
+        calls.append((kwargs, read(source, kwargs, name)))
+        return calls[-1][1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(load, "_load", recording)
+        model, tokenizer = load_model("bundled")
+    return model, tokenizer, calls
 
 
 def test_bundled_model_and_x_set(bundled):
-    model, tokenizer = bundled
+    model, tokenizer, _ = bundled
     assert type(model).__name__ == "LlamaForCausalLM"
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     tokens = resolve_set("x", tokenizer, 49152)
@@ -44,25 +58,22 @@ def test_tilt_on_bundled_model_saves_a_model_that_reproduces_its_rate(tmp_path):
     assert rate == summary["rate_after"]
 
 
-def test_the_cached_bundled_model_equals_the_gguf_one(bundled, tmp_path, monkeypatch):
+def test_the_cached_bundled_model_equals_the_gguf_one(bundled, monkeypatch):
     import torch
 
     from tokentilt.models import load
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    calls = []  # (kwargs, result) of every _load: the GGUF read while the cache is built, then the cache's
-    read = load._load
-
-    def recording(source, kwargs, name):
-        calls.append((kwargs, read(source, kwargs, name)))
-        return calls[-1][1]
-
-    monkeypatch.setattr(load, "_load", recording)
-    load_model("bundled")  # reads the GGUF and builds the cache in tmp_path
+    _, _, calls = bundled
+    if not any("gguf_file" in kw for kw, _ in calls):  # the session's cache was built before this module ran
+        calls = [({"gguf_file": True}, load._load(load.bundled_dir(), {"dtype": torch.float32,
+                                                                        "gguf_file": load.BUNDLED_FILE}, "bundled"))]
     assert [("gguf_file" in kw) for kw, _ in calls] == [True]
     gguf_model, gguf_tok = calls[0][1]
+    reads = []
+    read = load._load
+    monkeypatch.setattr(load, "_load", lambda source, kwargs, name: reads.append(kwargs) or read(source, kwargs, name))
     model, tokenizer = load_model("bundled")  # reads the cache, not the GGUF again
-    assert not any("gguf_file" in kw for kw, _ in calls[1:])
+    assert reads and not any("gguf_file" in kw for kw in reads)
     assert len(list(load.cache_root().iterdir())) == 1
     text = "The fox, quietly: 42 words\n"
     assert tokenizer(text).input_ids == gguf_tok(text).input_ids
