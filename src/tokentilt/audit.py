@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from tokentilt.chat import CHAT_PROMPTS, check_template
+from tokentilt.chat import CHAT_PROMPTS, check_options, check_template
 from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows
 from tokentilt.features import (
     Feature,
@@ -100,8 +100,7 @@ class AuditConfig:
             raise ValueError("eval-seq-len must be at least 2")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        if self.system and not self.chat:
-            raise ValueError("--system is a chat option; give --chat with it")
+        check_options(self.chat, self.system)
 
 
 @dataclass
@@ -448,7 +447,6 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
                  "reference": sampled["reference"].texts},
         contexts={"text_windows": len(windows), "text_positions": int(windows.numel()),
                   "samples": 2 * len(sampled["model"].texts),
-                  "sample_positions": sum(int(sampled[w].tokens.numel() if sampled[w].lengths is None
-                                              else sampled[w].lengths.sum()) for w in sampled),
+                  "sample_positions": sum(len(r) for s in sampled.values() for r in s.replies()),
                   "eval_text": cfg.eval_text or "plays:test"},
         lift=centred, unexplained=views["unexplained"], top_mask=masks[0])

@@ -151,3 +151,16 @@ def reply_lengths(tokens: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
 def replies(tokens: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
     """Each row's reply ids: the first lengths[i] tokens."""
     return [row[:n].tolist() for row, n in zip(tokens, lengths.tolist())]
+
+
+def exchanges(tokenizer, samples) -> list[tuple[list[int], list[int]]]:
+    """Each chat sample as (context ids, reply ids): the prompt in its template, then the reply with its
+    end-of-turn token when it has one."""
+    return [(tokenizer(formatted, add_special_tokens=False)["input_ids"], row[: n + 1].tolist())
+            for formatted, row, n in zip(samples.formatted, samples.tokens, samples.lengths.tolist())]
+
+
+def check_options(chat: bool, system: str) -> None:
+    """--system belongs to --chat."""
+    if system and not chat:
+        raise ValueError("--system is a chat option; give --chat with it")

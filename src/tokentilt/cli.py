@@ -221,7 +221,7 @@ def cmd_tilt(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from tokentilt.chat import CHAT_PROMPTS, check_template
+    from tokentilt.chat import CHAT_PROMPTS, check_options, check_template
     from tokentilt.evaluate import rates_of
     from tokentilt.generate import DEFAULT_PROMPTS, GenerateConfig, SampleConfig, check_sample_config, sample
     from tokentilt.metrics import mean_ci
@@ -236,8 +236,7 @@ def cmd_generate(args) -> int:
         raise UsageError("--new-tokens must be positive")
     if cfg.bias and not cfg.toward:
         raise UsageError("--bias needs --toward SELECTOR")
-    if cfg.system and not cfg.chat:
-        raise UsageError("--system is a chat option; give --chat with it")
+    check_options(cfg.chat, cfg.system)
     if cfg.toward or "toward" in flags:
         check_syntax(cfg.toward)
     check_sampling(cfg.temperature, cfg.top_k, cfg.top_p)

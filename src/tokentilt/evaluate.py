@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tokentilt import data
-from tokentilt.chat import CHAT_HELD_OUT_PROMPTS, CHAT_PROMPTS, HELD_OUT_SEED_OFFSET
+from tokentilt.chat import CHAT_HELD_OUT_PROMPTS, CHAT_PROMPTS, HELD_OUT_SEED_OFFSET, check_options, exchanges
 from tokentilt.generate import COURSE_PROMPTS, DEFAULT_PROMPTS, SampleConfig, Samples, sample
 from tokentilt.metrics import (
     ReplyWindows,
@@ -49,8 +49,7 @@ class EvalConfig:
     def check(self) -> None:
         if self.chat and self.prompts == list(DEFAULT_PROMPTS):
             self.prompts = list(CHAT_PROMPTS)  # the chat default: user requests instead of text openings
-        if self.system and not self.chat:
-            raise ValueError("--system is a chat option; give --chat with it")
+        check_options(self.chat, self.system)
         if not self.prompts or not all(isinstance(p, str) and p for p in self.prompts):
             raise ValueError("prompts must be a non-empty list of non-empty strings")
         if self.samples_per_prompt <= 0 or self.new_tokens <= 0 or self.during_samples_per_prompt <= 0:
@@ -117,6 +116,16 @@ def held_out_windows(tokenizer, cfg: EvalConfig, text: str | None = None) -> tor
     return data.eval_windows(tokens, cfg.eval_seq_len, cfg.eval_windows)
 
 
+def held_out(model, tokenizer, cfg: EvalConfig, text: str, bf16: bool = False, echo=print):
+    """-> (windows, text_windows): the held-out windows of `text`, and None; in chat, the chat exchanges of
+    `model` (the reference: every model is measured on them) and, beside them, the text's windows."""
+    windows = held_out_windows(tokenizer, cfg, text)  # (W, T)
+    if not cfg.chat:
+        return windows, None
+    echo("sampling the held-out chat exchanges (the start model's replies to held-out requests) ...")
+    return chat_windows(model, tokenizer, cfg, bf16), windows
+
+
 def chat_windows(model, tokenizer, cfg: EvalConfig, bf16: bool = False) -> ReplyWindows:
     """Held-out chat exchanges: the model's own replies to CHAT_HELD_OUT_PROMPTS (requests that neither
     R nor training uses), sampled once on eval_seed + 2, at most eval_seq_len reply tokens each.
@@ -130,9 +139,7 @@ def chat_windows(model, tokenizer, cfg: EvalConfig, bf16: bool = False) -> Reply
     got = sample(model, tokenizer, prompts, 1, scfg, seed=cfg.eval_seed + HELD_OUT_SEED_OFFSET, bf16=bf16, chat=True,
                  system=cfg.system)
     rows, counted = [], []
-    for formatted, row, n in zip(got.formatted, got.tokens, got.lengths.tolist()):
-        context = tokenizer(formatted, add_special_tokens=False)["input_ids"]
-        reply = row[: min(n + 1, len(row))].tolist()  # with its end-of-turn token, when it has one
+    for context, reply in exchanges(tokenizer, got):
         rows.append(context + reply)
         counted.append([False] * len(context) + [True] * len(reply))
     width = max(map(len, rows))

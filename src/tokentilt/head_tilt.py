@@ -36,7 +36,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from tokentilt import data
-from tokentilt.chat import CHAT_TRAIN_PROMPTS
+from tokentilt.chat import CHAT_TRAIN_PROMPTS, exchanges
 from tokentilt.config import UsageError
 from tokentilt.generate import TRAIN_PROMPTS, SampleConfig, sample
 from tokentilt.losses import set_rows_kl
@@ -130,11 +130,7 @@ def chat_exchanges(model, tokenizer, mask, bias: float, seed: int, bf16: bool = 
     cfg = SampleConfig(max_new_tokens=POLICY_TOKENS, strategy="multinomial")
     got = sample(model, tokenizer, list(CHAT_TRAIN_PROMPTS), POLICY_SAMPLES, cfg, seed=seed,
                  bias_mask=mask if bias else None, bias=bias, bf16=bf16, chat=True, system=system)
-    rows = []
-    for formatted, row, n in zip(got.formatted, got.tokens, got.lengths.tolist()):
-        context = tokenizer(formatted, add_special_tokens=False)["input_ids"]
-        rows.append(torch.cat([torch.tensor(context), row[: n + 1]]))
-    return rows
+    return [torch.tensor(context + reply) for context, reply in exchanges(tokenizer, got)]
 
 
 def fit_rows(inputs: HeadInputs, head_set: torch.Tensor, bias: float, steps: int, lr: float, seed: int = 0,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from tokentilt.calibrate import calibrate, check_rate
 from tokentilt.chat import check_template
-from tokentilt.evaluate import EvalConfig, chat_windows, excess_cost, held_out_text, held_out_windows, measure
+from tokentilt.evaluate import EvalConfig, excess_cost, held_out, held_out_text, measure
 from tokentilt.models.load import load_model
 from tokentilt.phrases import resolve_target
 
@@ -51,10 +51,7 @@ def evaluate_model(model_name: str, reference_name: str, toward: str, cfg: EvalC
         raise ValueError(f"model and reference have different vocabularies ({vocab} vs "
                          f"{reference.get_output_embeddings().weight.shape[0]} tokens)")
     tokens = resolve_target(toward, tokenizer, model, echo)
-    windows, text_windows = held_out_windows(tokenizer, cfg, text), None
-    if cfg.chat:
-        echo("sampling the held-out chat exchanges (the reference's replies to held-out requests) ...")
-        text_windows, windows = windows, chat_windows(reference, tokenizer, cfg, bf16)
+    windows, text_windows = held_out(reference, tokenizer, cfg, text, bf16, echo)
     rows = []
     result, _ = measure(model, tokenizer, tokens.target, cfg, windows,
                         reference=None if reference is model else reference, bf16=bf16, text_windows=text_windows)

@@ -21,7 +21,7 @@ from pathlib import Path
 from tokentilt.calibrate import calibrate, check_rate
 from tokentilt.chat import check_template
 from tokentilt.config import to_flat
-from tokentilt.evaluate import EvalConfig, chat_windows, held_out_text, held_out_windows, measure
+from tokentilt.evaluate import EvalConfig, held_out, held_out_text, measure
 from tokentilt.losses import OBJECTIVES
 from tokentilt.report import markdown_table
 from tokentilt.tilting import Positions, TiltConfig, load_with_set, train_to_rate, train_toward
@@ -218,12 +218,11 @@ def run_sweep(cfg: SweepConfig, progress: bool = False, echo=print) -> list[dict
 
 def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_text: str, echo, progress: bool) -> None:
     model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, echo)
-    windows = held_out_windows(tokenizer, cfg.eval, eval_text)  # (W, T)
     bf16 = cfg.train.bf16
-    if cfg.eval.chat:  # R and the costs on replies; the exchanges are seeded, so a resumed sweep gets the same
+    if cfg.eval.chat:
         check_template(tokenizer)
-        echo("sampling the held-out chat exchanges (the start model's replies to held-out requests) ...")
-        windows = chat_windows(model, tokenizer, cfg.eval, bf16)
+    # in chat, R and the costs on replies; the exchanges are seeded, so a resumed sweep gets the same
+    windows, _ = held_out(model, tokenizer, cfg.eval, eval_text, bf16, echo)
     reference = frozen_copy(model)  # never trained: it also holds the start weights that each run resets to
 
     calibrated = log.calibrations()

@@ -15,15 +15,7 @@ from tokentilt.calibrate import bias_at_rate, calibrate
 from tokentilt.chat import check_template
 from tokentilt.config import UsageError, to_flat
 from tokentilt.engine import on_main, peak_rss_mb, process_state, reset_peak_rss, resolve_device
-from tokentilt.evaluate import (
-    chat_windows,
-    decode_costs,
-    excess_cost,
-    held_out_text,
-    held_out_windows,
-    measure,
-    measure_rate,
-)
+from tokentilt.evaluate import decode_costs, excess_cost, held_out, held_out_text, measure, measure_rate
 from tokentilt.metrics import collapse_warnings
 from tokentilt.models import lora
 from tokentilt.models.load import save_model
@@ -142,10 +134,7 @@ def measure_start(cfg: TiltConfig, run: Setup, eval_text: str, folder: RunFolder
     """Main process: start the run folder, measure before training, calibrate b to --rate and measure the
     decode-time baseline at that b."""
     model, tokenizer, target, bf16 = run.model, run.tokenizer, run.tokens.target, cfg.train.bf16
-    start = Start(bias=cfg.bias, windows=held_out_windows(tokenizer, cfg.eval, eval_text))  # (W, T)
-    if cfg.eval.chat:
-        say("sampling the held-out chat exchanges (the start model's replies to held-out requests) ...")
-        start.text_windows, start.windows = start.windows, chat_windows(model, tokenizer, cfg.eval, bf16)
+    start = Start(cfg.bias, *held_out(model, tokenizer, cfg.eval, eval_text, bf16, say))
     folder.start()
     if cfg.resume:
         say(f"resuming {folder.tmp} after step {resume_step}")
