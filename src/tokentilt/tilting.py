@@ -210,17 +210,20 @@ def train_toward(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig,
                  log=None, progress: bool = True, run_dir=None) -> list[dict]:
     """Train `model` in place with cfg's objective; `reference` is the frozen starting model.
     With run_dir, checkpoints go there and cfg.resume continues from the newest one."""
-    if isinstance(tokens, phrases.PhraseSet):
+    phrase = isinstance(tokens, phrases.PhraseSet)
+    if phrase:
         ctx = ObjectiveContext(mask=None, bias=bias, phrases=tokens)
         objective = phrase_distill
-        next_batch = phrase_batch_source(reference, tokenizer, tokens, bias, cfg.train)
     else:
         ctx = ObjectiveContext(mask=tokens.mask, positions=cfg.positions, alpha=cfg.alpha, beta=cfg.beta,
                                bias=bias, ce_weight=cfg.ce_weight)
         objective = OBJECTIVES[cfg.objective]
-        next_batch = batch_source(cfg.input_kind(), tokenizer, tokens.vocab_size, cfg.train)
     if cfg.eval.chat and cfg.input_kind() == "text":  # trained where it is measured: in chat exchanges
         next_batch = chat_batch_source(reference, tokenizer, tokens.target, bias, cfg.train, cfg.eval.system)
+    elif phrase:
+        next_batch = phrase_batch_source(reference, tokenizer, tokens, bias, cfg.train)
+    else:
+        next_batch = batch_source(cfg.input_kind(), tokenizer, tokens.vocab_size, cfg.train)
     return train(model, objective, ctx, next_batch, cfg.train,
                  reference=reference if cfg.objective in REFERENCE_OBJECTIVES else None,
                  evaluate=evaluate, log=log, progress=progress, run_dir=run_dir,
