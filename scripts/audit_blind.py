@@ -4,9 +4,9 @@ without telling it the set, and count how often the audit's top feature is the p
     python scripts/audit_blind.py --runs runs/audit-blind --table runs/audit-blind/table.md
 
 Each case trains once into RUNS/NAME (kept; delete the folder to train again) and is audited into
-RUNS/NAME-audit with decoy word lists beside the planted one. A hit: the top feature selects the
-planted tokens (Jaccard >= 0.8) in the planted direction; for the case where nothing was planted,
-a hit is "nothing stands out". The table (Markdown) goes to --table and to stdout.
+RUNS/NAME-audit (the shipped word lists, the planted colours list among them, are always candidates).
+A hit: the top feature selects the planted tokens (Jaccard >= 0.8) in the planted direction; for the
+case where nothing was planted, a hit is "nothing stands out". The table (Markdown) goes to --table and to stdout.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-WORDS = [str(p) for p in sorted((Path(__file__).parent / "audit_words").glob("*.txt"))] + ["colours"]
 EVAL = ["--samples-per-prompt", "1", "--eval-every", "0", "--eval-windows", "4"]  # R over 16 samples: cheaper
 
 DISTILL = ["--objective", "tilt-distill"]
@@ -129,8 +128,7 @@ def main() -> None:
         if not (runs / name / "model").is_dir():
             print(f"[{name}] planting: tokentilt {shlex.join(tilt)}", flush=True)
             run(tilt, runs / f"{name}.tilt.log")
-        audit = ["audit", str(runs / name / "model"), "--reference", "bundled", "--bf16", "--overwrite",
-                 *[a for w in WORDS for a in ("--words", w)], "--out", str(runs / f"{name}-audit")]
+        audit = ["audit", str(runs / name / "model"), "--reference", "bundled", "--bf16", "--overwrite", "--out", str(runs / f"{name}-audit")]
         print(f"[{name}] auditing blind: tokentilt {shlex.join(audit)}", flush=True)
         run(audit, runs / f"{name}.audit.log")
         if not rows:

@@ -263,3 +263,90 @@ def test_audit_cli_finds_a_tilt_trained_with_tokentilt_tilt(tiny_model_dir, tmp_
     assert found["verdict"] in capsys.readouterr().out
     # The folder now holds an audit: the same command refuses to overwrite it without --overwrite.
     assert main(argv) == 2
+
+
+def test_a_set_outside_the_family_is_read_off_the_lift(base, tokenizer, texts, cfg):
+    """A third of the x-tokens, drawn at random, at +3 nats: no selector of the family names them
+    ('contains:x' stands out but overlaps them by 1/3), so the set read off one half of the contexts'
+    lift, which separates the other half better and more sharply, takes the lead."""
+    x = select("x", texts).nonzero().flatten()
+    pick = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(3))[:len(x) // 3]]
+    planted = torch.zeros(len(texts), dtype=torch.bool)
+    planted[pick] = True
+    result = audit(noisy(with_bias(base, planted, 3.0)), base, tokenizer, cfg)
+    assert result.stands_out and result.direction == "toward"
+    top = result.features[0]
+    assert top["kind"] in ("discovered", "neighbours") and top["replaces"]["selector"] == "contains:x"
+    assert hit(result, planted, texts) >= 0.5 > jaccard(select("contains:x", texts), planted)
+    assert top["rule"]["selector"] == "contains:x" and "read off one half" in result.verdict
+
+
+def test_discover_reads_the_extreme_tokens_and_their_embedding_neighbours(monkeypatch):
+    from tokentilt import audit as audit_module
+    from tokentilt.audit import discover
+
+    monkeypatch.setattr(audit_module, "NEIGHBOURS_OF", 2)
+    values = torch.tensor([0.0, 5.0, 4.0, -3.0, 0.1, -0.2])
+    unit = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [0, 1], [0.1, 1], [1, 0.1], [1, 1], [-1, 0]]), dim=1)
+    found = {(f.kind, f.label.split(" (")[0]): ids for f, ids in discover(values, unit, list("abcdef"), "lift", sizes=(2,))}
+    assert found[("discovered", "the 2 most lifted tokens")] == [1, 2]
+    assert found[("discovered", "the 2 most lowered tokens")] == [3, 5]
+    # the centroid of the 2 most lifted (rows 1, 2) is nearest rows 2 and 1, then 4; of the 2 most lowered
+    # (rows 3, 5: (1, .1) and (-1, 0)) nearest row 1 (0, 1) and row 2 (.1, 1)
+    assert found[("neighbours", "the 2 tokens nearest in embedding space to the 2 most lifted")] == [1, 2]
+    assert found[("neighbours", "the 2 tokens nearest in embedding space to the 2 most lowered")] == [1, 2]
+
+
+def test_a_head_rows_edit_is_named_exactly_by_the_weights(base, tokenizer, texts, cfg):
+    from tokentilt.head_tilt import untie_output_head
+
+    ids = torch.randperm(len(texts), generator=torch.Generator().manual_seed(5))[:40]  # no rule names them
+    planted = torch.zeros(len(texts), dtype=torch.bool)
+    planted[ids] = True
+    model = copy.deepcopy(base)
+    untie_output_head(model)
+    with torch.no_grad():
+        model.lm_head.weight[ids] -= 0.3 * model.transformer.ln_f.bias.sign() + 0.3  # lowers them in most contexts
+    result = audit(model, base, tokenizer, cfg)
+    assert result.stands_out and result.direction == "away" and result.features[0]["kind"] == "weights"
+    assert torch.equal(result.top_mask, planted)
+    assert result.weights["head_only"] and result.weights["head_rows_changed"] == 40
+    assert "the weights show it" in result.verdict
+
+
+def test_the_weight_view_says_what_changed():
+    from tokentilt.head_tilt import untie_output_head
+    from tokentilt.weights import weight_view
+
+    base = tiny_gpt2(vocab_size=64)
+    same = weight_view(copy.deepcopy(base), base)
+    assert same.comparable and same.changed == 0 and same.summary == "the weights are identical"
+    body = copy.deepcopy(base)
+    with torch.no_grad():
+        body.transformer.h[1].mlp.c_fc.weight.add_(0.01)
+    view = weight_view(body, base)
+    assert not view.head_only and view.changed == 1 and view.head_rows_changed == 0
+    assert view.top[0]["name"] == "transformer.h.1.mlp.c_fc.weight" and view.top[1]["relative_change"] == 0
+    assert [x["relative_change"] > 0 for x in view.layers] == [False, True] and view.body_change > 0
+    head = copy.deepcopy(base)
+    untie_output_head(head)
+    with torch.no_grad():
+        head.lm_head.weight[[3, 9]] += 1.0
+    view = weight_view(head, base)
+    assert view.head_only and view.rows.nonzero().flatten().tolist() == [3, 9] and view.body_change == 0
+    assert not weight_view(tiny_gpt2(vocab_size=65), base).comparable  # another vocabulary
+
+
+def test_an_adapter_folder_is_audited_merged_into_the_reference(base, tokenizer, cfg, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    peft = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, target_modules=["c_attn"], init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "adapter")
+    result = audit(str(tmp_path / "adapter"), base, tokenizer, cfg)
+    changed = [t["name"] for t in result.weights["top"] if t["relative_change"] > 0]
+    assert result.weights["changed"] == 2 and all("c_attn" in n for n in changed)  # the adapted layers, merged
+    assert float(result.lift.abs().max()) > 0
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="cannot apply the adapter"):
+        audit(str(tmp_path / "broken"), base, tokenizer, cfg)

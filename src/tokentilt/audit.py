@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -54,13 +55,17 @@ from tokentilt.features import (
     auroc,
     bonferroni_z,
     candidate_features,
+    closest,
+    concat,
     jaccard,
     mask_auroc,
     separation,
+    table_of,
 )
 from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, sample
 from tokentilt.metrics import _forward_batches, mean_ci, sample_rates, t_quantile
-from tokentilt.targets import resolve, select, token_texts, word_list
+from tokentilt.targets import resolve, token_texts, word_list
+from tokentilt.weights import weight_view
 
 
 @dataclass
@@ -135,6 +140,7 @@ class AuditResult:
     truth: dict | None  # the --toward set's scores, when given
     samples: dict  # {"prompts", "model", "reference"} texts
     contexts: dict  # how many groups and positions of each kind
+    weights: dict | None = None  # weights.WeightView.to_json(): which tensors and head rows changed
     lift: torch.Tensor | None = None  # (V,) centred lift (not written to JSON)
     unexplained: torch.Tensor | None = None  # (V,) the part of it no shift of the final hidden state explains (nor this one)
     top_mask: torch.Tensor | None = None  # (V,) bool, the top feature's tokens
@@ -224,8 +230,19 @@ def score_features(values: torch.Tensor, table, z: float) -> tuple[torch.Tensor,
     return area, separation(area, se, z)
 
 
+_NULLS: dict = {}  # (weight, table, z, draws, seed) -> threshold: the same reference audited again
+
+
 def null_threshold(weight: torch.Tensor, table, z: float, draws: int, seed: int) -> float:
     """The best separation any candidate reaches on `draws` random logit directions W u, u ~ N(0, I)."""
+    key = (weight.data_ptr(), tuple(weight.shape), float(weight.sum()), id(table), z, draws, seed)
+    if key not in _NULLS:
+        _NULLS.clear()
+        _NULLS[key] = _null_threshold(weight, table, z, draws, seed)
+    return _NULLS[key]
+
+
+def _null_threshold(weight: torch.Tensor, table, z: float, draws: int, seed: int) -> float:
     g = torch.Generator().manual_seed(seed)
     best = -math.inf
     for _ in range(draws):
@@ -234,13 +251,18 @@ def null_threshold(weight: torch.Tensor, table, z: float, draws: int, seed: int)
     return best
 
 
-def unexplained(lift: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def fit_basis(weight: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis (V, d + 1) of the span of the output embeddings W (V, d) and the constant."""
+    basis = torch.cat([weight.detach().double(), torch.ones(weight.shape[0], 1, dtype=torch.float64)], 1)
+    return torch.linalg.qr(basis)[0]
+
+
+def unexplained(lift: torch.Tensor, weight: torch.Tensor, q: torch.Tensor | None = None) -> torch.Tensor:
     """The part of a lift (V,) that no change of the final hidden state explains: lift minus its
     least-squares fit W u + c over the reference's output embeddings W (V, d). A fine-tune that
     leaves the head alone changes every context's logits by W dh - dlogZ, so its lift lies in that
     span and leaves nothing here; what is left is the head's own change, token by token. (V,)"""
-    basis = torch.cat([weight.detach().double(), torch.ones(weight.shape[0], 1, dtype=torch.float64)], 1)
-    q, _ = torch.linalg.qr(basis)  # (V, d + 1) orthonormal
+    q = fit_basis(weight) if q is None else q  # (V, d + 1) orthonormal
     flat = lift.double()
     return (flat - q @ (q.T @ flat)).float()
 
@@ -320,20 +342,36 @@ def token_rows(ids, texts, lift: Lift, shares) -> list[dict]:
     return rows
 
 
+def _name(row: dict) -> str:
+    """A feature as people read it: its selector, or for a long list of ids its label."""
+    return repr(row["selector"]) if len(row["selector"]) <= 60 else row["label"]
+
+
 def verdict(stands_out: bool, top: dict, threshold: float, z: float) -> str:
     if not stands_out:
         where = "lift" if top["view"] == "lift" else "lift's unexplained part"
-        return (f"nothing stands out: the best candidate, {top['selector']!r} ({top['label']}), separates the {where} "
+        return (f"nothing stands out: the best candidate, {_name(top)} ({top['label']}), separates the {where} "
                 f"with score {top['score']:.3f}, not above {max(threshold, 0.5):.3f} (what random logit directions "
                 f"reach, and chance at z = {z:.2f})")
     how = f"{top['mass_ratio']:.3g}x likelier" if top["mass_ratio"] >= 1 else f"{1 / top['mass_ratio']:.3g}x less likely"
-    return (f"tilted {'toward' if top['auroc'] > 0.5 else 'away from'} {top['selector']!r}: {top['label']} "
+    what = top["label"] if top["kind"] not in ("discovered", "neighbours", "weights") or len(top["selector"]) <= 60 \
+        else "they"
+    text = (f"tilted {'toward' if top['auroc'] > 0.5 else 'away from'} {_name(top)}: {what} "
             f"are {how} (set mass {top['mass_reference']:.4f} -> "
             f"{top['mass_model']:.4f}; lift {top['lift']:+.2f} nats [{top['lift_ci'][0]:+.2f}, "
             f"{top['lift_ci'][1]:+.2f}]; AUROC {top['auroc']:.3f}"
-            f"{' on the part of the lift no shift of the final hidden state explains' if top['view'] == 'unexplained' else ''})"
-            + (f"; first because its tokens' lift lies beyond that of {top['beyond']['selector']!r}, which "
-               f"separates the lift more surely (bound {top['beyond']['bound']:.3f})" if "beyond" in top else ""))
+            f"{' on the part of the lift no shift of the final hidden state explains' if top['view'] == 'unexplained' else ''})")
+    if "beyond" in top:
+        text += (f"; first because its tokens' lift lies beyond that of {top['beyond']['selector']!r}, which "
+                 f"separates the lift more surely (bound {top['beyond']['bound']:.3f})")
+    if "replaces" in top:
+        text += (f"; read off one half of the contexts, it separates the other half with score {top['score']:.3f}, "
+                 f"above {top['replaces']['selector']!r} ({top['replaces']['score_half']:.3f} there)")
+    if top["kind"] == "weights":
+        text += "; the weights show it: nothing else changed"
+    if "rule" in top:
+        text += f"; the closest rule is {top['rule']['selector']!r} (Jaccard {top['rule']['jaccard']:.2f})"
+    return text
 
 
 # ---------------------------------------------------------------- the audit
@@ -352,21 +390,167 @@ def _candidates(texts: tuple, words: tuple, min_tokens: int, extra: tuple):
     return candidate_features(list(texts), [w[0] for w in words], min_tokens, list(extra))
 
 
-def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo=None,
-          progress: bool = False) -> AuditResult:
-    """Audit `model` against `reference`, both loaded models (or names for load_model) sharing a vocabulary."""
-    from tokentilt.models.load import load_model
+FOUND_KINDS = ("discovered", "neighbours", "weights")  # sets not from the vocabulary's own rules
 
-    cfg = cfg or AuditConfig()
-    cfg.check()
-    echo = echo or (lambda *_: None)
-    if isinstance(model, str):
+
+@dataclass
+class Ranking:
+    """The candidates ranked: the family, then the sets read off the lift, then the weights' set (if any)."""
+
+    table: object  # features.FeatureTable of all of them
+    order: list[int]  # best first
+    area: torch.Tensor  # (F,) the AUROC each is ranked by (a set read off the lift: on the other half)
+    score: torch.Tensor  # (F,) its separation
+    view: list[str]  # (F,) the view it is scored on
+    views: dict  # "lift" / "unexplained" -> (V,) over every context
+    stands_out: bool
+    threshold: float  # the best score random logit directions reach
+    beyond: dict  # feature -> (selector of the lead it took by sharpening, bound)
+    replaced: dict  # feature -> (selector of the family's leader it replaced, the leader's score on that half)
+
+
+def _better_view(scored: dict) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    on_rest = scored["unexplained"][1] > scored["lift"][1]  # (F,) the view each feature is scored on
+    area = torch.where(on_rest, scored["unexplained"][0], scored["lift"][0])
+    score = torch.where(on_rest, scored["unexplained"][1], scored["lift"][1])
+    return area, score, ["unexplained" if r else "lift" for r in on_rest.tolist()]
+
+
+def rank(lift: Lift, weight: torch.Tensor, family, texts: list[str], weights, z: float, cfg: AuditConfig,
+         echo) -> Ranking:
+    """Score the family on both views, decide whether anything stands out, sharpen, then let a set read
+    off one half of the contexts (discover) take the lead when it separates the other half better
+    than the family's leader does, and a head-rows edit that the weights show lead over all."""
+    q = fit_basis(weight)
+    views = {"lift": lift.mean, "unexplained": unexplained(lift.mean, weight, q)}
+    area, score, view = _better_view({name: score_features(v, family, z) for name, v in views.items()})
+    echo(f"null: the best separation of {cfg.null_draws} random logit directions ...")
+    threshold = null_threshold(weight, family, z, cfg.null_draws, cfg.seed)
+    kinds = [f.kind == "given" for f in family.features]  # on a tie, the vocabulary's own candidate first
+    sizes = family.sizes.tolist()  # (F,) once: the property counts every pair
+    order = sorted(range(len(family.features)), key=lambda i: (-float(score[i]), -sizes[i], kinds[i]))
+    stands_out = float(score[order[0]]) > max(threshold, 0.5)  # decided on the family's best, before sharpening
+    chain = sharpen(views[view[order[0]]], family, area, score, order[0], cfg.alpha) if stands_out else []
+    beyond = {}  # feature -> (the lead it took over, its bound)
+    for (i, bound), before in zip(chain, [order[0]] + [c[0] for c in chain]):
+        beyond[i] = (family.features[before].selector, bound)
+    if chain:
+        order = [c[0] for c in reversed(chain)] + [i for i in order if i not in beyond]
+
+    halves_ = dict(zip(("a", "b"), halves(lift.groups)))
+    per_half = {"lift": halves_, "unexplained": {k: unexplained(v, weight, q) for k, v in halves_.items()}}
+    unit = F.normalize(weight, dim=1)
+    found, f_area, f_score, f_view = [], [], [], []
+    for name, half in per_half.items():
+        sets = discover(half["a"], unit, texts, name)
+        a, sc = score_features(half["b"], table_of(sets, len(texts)), z)
+        found, f_view = found + sets, f_view + [name] * len(sets)
+        f_area.append(a)
+        f_score.append(sc)
+    leader, n = order[0], len(family.features)
+    table = concat(family, table_of(found, len(texts)))
+    lead_mask = family.mask(leader)
+    lead_half = float(separation(torch.tensor([mask_auroc(per_half[view[leader]]["b"], lead_mask)]),
+                                 torch.tensor([_se(lead_mask)]), z)[0])
+    area, score, view = torch.cat([area, *f_area]), torch.cat([score, *f_score]), view + f_view
+    heads = 1 + len(chain)  # the leader and the leads it took over keep their places
+    rest = sorted(order[heads:] + list(range(n, n + len(found))), key=lambda i: -float(score[i]))
+    order, replaced = order[:heads] + rest, {}
+    # A set read off the lift replaces the leader when, on the other half, it separates better and its
+    # tokens are lifted further on average (a sharper set: a superset padded with noise is not).
+    sign = 1.0 if float(area[leader]) > 0.5 else -1.0
+    lead_mean = sign * float(per_half[view[leader]]["b"][lead_mask].mean())
+    sharper = [i for i in range(n, n + len(found)) if (float(area[i]) > 0.5) == (sign > 0)
+               and sign * float(per_half[view[i]]["b"][table.mask(i)].mean()) > lead_mean]
+    best = max(sharper, key=lambda i: float(score[i]), default=None)
+    if stands_out and best is not None and float(score[best]) > max(lead_half, 0.5):
+        order = [best] + [i for i in order if i != best]
+        replaced[best] = (family.features[leader].selector, lead_half)
+    if weights.head_only:  # the weights name the set exactly
+        ids = weights.rows.nonzero().flatten().tolist()
+        w_table = table_of([(Feature("ids:" + ",".join(map(str, ids)), "weights",
+                                     f"the {len(ids)} output-head rows that changed"), ids)], len(texts))
+        w_area, w_score, w_view = _better_view({k: score_features(v, w_table, z) for k, v in views.items()})
+        table = concat(table, w_table)
+        area, score, view = torch.cat([area, w_area]), torch.cat([score, w_score]), view + w_view
+        order, stands_out = [len(table.features) - 1] + order, True
+    return Ranking(table, order, area, score, view, views, stands_out, threshold, beyond, replaced)
+
+
+def _se(mask: torch.Tensor) -> float:
+    """The AUROC's standard error of a set (V,) bool under no relation (no ties)."""
+    k, v = int(mask.sum()), mask.numel()
+    return math.sqrt((v + 1) / (12 * k * (v - k))) if 0 < k < v else math.inf
+
+
+DISCOVERY_SIZES = (8, 16, 32, 64, 128, 256, 512)  # sizes of the sets read off the lift
+NEIGHBOURS_OF = 16  # the most lifted tokens whose embedding centroid seeds a neighbourhood
+
+
+def halves(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The centred mean lift (V,) over the even and over the odd contexts of groups (G, V)."""
+    out = []
+    for part in (groups[0::2], groups[1::2]):
+        m = part.mean(0)
+        out.append(m - m.median())
+    return out[0], out[1]
+
+
+def discover(values: torch.Tensor, unit: torch.Tensor, texts: list[str], view: str,
+             sizes=DISCOVERY_SIZES) -> list[tuple[Feature, list[int]]]:
+    """Token sets read off one half's view of the lift (V,), to be scored on the other half: for each
+    direction, its n most extreme tokens, and the n tokens nearest (cosine, unit (V, d) rows of the
+    output embeddings) to the centroid of its NEIGHBOURS_OF most extreme ones, for n in sizes."""
+    found = []
+    for sign, word in ((1.0, "lifted"), (-1.0, "lowered")):
+        order = torch.argsort(sign * values, descending=True)  # (V,)
+        near = torch.argsort(unit @ unit[order[:NEIGHBOURS_OF]].mean(0), descending=True)  # (V,)
+        examples = ", ".join(repr(texts[i]) for i in order[:4].tolist())
+        for n in sizes:
+            for kind, ids, label in (
+                    ("discovered", order[:n], f"the {n} most {word} tokens ({view}; {examples}, ...)"),
+                    ("neighbours", near[:n], f"the {n} tokens nearest in embedding space to the {NEIGHBOURS_OF} "
+                                             f"most {word} ({view}; {examples}, ...)")):
+                ids = sorted(ids.tolist())
+                found.append((Feature("ids:" + ",".join(map(str, ids)), kind, label), ids))
+    return found
+
+
+def _load_pair(model, reference, tokenizer, echo):
+    """Models (or names for load_model; a PEFT adapter folder is merged into a copy of the reference)."""
+    import copy
+
+    from tokentilt.models.load import ModelLoadError, load_model
+
+    adapter = isinstance(model, str) and (Path(model).expanduser() / "adapter_config.json").is_file()
+    if isinstance(model, str) and not adapter:
         echo(f"loading model {model!r} ...")
         model, tokenizer = load_model(model)
     if isinstance(reference, str):
         echo(f"loading reference {reference!r} ...")
         reference, ref_tokenizer = load_model(reference)
         tokenizer = tokenizer or ref_tokenizer
+    if adapter:
+        from peft import PeftModel
+
+        echo(f"merging the adapter {model!r} into a copy of the reference ...")
+        try:
+            model = PeftModel.from_pretrained(copy.deepcopy(reference), str(Path(model).expanduser())).merge_and_unload()
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise ModelLoadError(f"cannot apply the adapter {model!r} to the reference: "
+                                 f"{str(err).strip().splitlines()[0]}") from None
+        model.eval()
+    return model, reference, tokenizer
+
+
+def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo=None,
+          progress: bool = False) -> AuditResult:
+    """Audit `model` against `reference`: loaded models or names for load_model (a PEFT adapter folder
+    for the model), sharing a vocabulary."""
+    cfg = cfg or AuditConfig()
+    cfg.check()
+    echo = echo or (lambda *_: None)
+    model, reference, tokenizer = _load_pair(model, reference, tokenizer, echo)
     if tokenizer is None:
         raise ValueError("audit needs the tokenizer when it is given loaded models")
     if cfg.chat:
@@ -380,9 +564,12 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
     extra = [Feature(cfg.toward, "given", "the tokens of the --toward set")] if cfg.toward else []
     if cfg.toward:
         resolve(cfg.toward, texts)  # a truth that selects nothing (or everything) is the user's error
-    table = _candidates(tuple(texts), tuple(_file_key(w) for w in cfg.words), cfg.min_tokens, tuple(extra))
-    z = bonferroni_z(cfg.alpha, 2 * len(table.features))  # every candidate, scored on two views
-    echo(f"{len(table.features)} candidate features from {vocab} tokens")
+    family = _candidates(tuple(texts), tuple(_file_key(w) for w in cfg.words), cfg.min_tokens, tuple(extra))
+    found_per_view = 2 * 2 * 2 * len(DISCOVERY_SIZES)  # views x directions x kinds x sizes
+    z = bonferroni_z(cfg.alpha, 2 * len(family.features) + found_per_view)  # every test made
+    echo(f"{len(family.features)} candidate features from {vocab} tokens, and {found_per_view} read off the lift")
+    weights = weight_view(model, reference)
+    echo(f"weights: {weights.summary}")
 
     eval_cfg = EvalConfig(eval_text=cfg.eval_text, eval_windows=cfg.eval_windows, eval_seq_len=cfg.eval_seq_len)
     windows = held_out_windows(tokenizer, eval_cfg, held_out_text(eval_cfg))
@@ -394,52 +581,45 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
                            chat=cfg.chat, system=cfg.system) for who, m in (("model", model), ("reference", reference))}
     echo(f"measuring the lift of every token on {windows.numel()} held-out positions and the samples ...")
     lift = measure_lift(model, reference, tokenizer, windows, sampled, cfg, progress)
-    centred = lift.mean  # (V,)
     weight = reference.get_output_embeddings().weight.detach().float().cpu()  # (V, d), beside the lift
-    views = {"lift": centred, "unexplained": unexplained(centred, weight)}
-    scored = {name: score_features(v, table, z) for name, v in views.items()}  # view -> (area, score)
-    on_rest = scored["unexplained"][1] > scored["lift"][1]  # (F,) the view each feature is scored on
-    area = torch.where(on_rest, scored["unexplained"][0], scored["lift"][0])
-    score = torch.where(on_rest, scored["unexplained"][1], scored["lift"][1])
-    view = ["unexplained" if r else "lift" for r in on_rest.tolist()]
-    echo(f"null: the best separation of {cfg.null_draws} random logit directions ...")
-    threshold = null_threshold(weight, table, z, cfg.null_draws, cfg.seed)
-
-    kinds = [f.kind == "given" for f in table.features]  # on a tie, the vocabulary's own candidate first
-    sizes = table.sizes.tolist()  # (F,) once: the property counts every pair
-    order = sorted(range(len(table.features)), key=lambda i: (-float(score[i]), -sizes[i], kinds[i]))
-    stands_out = float(score[order[0]]) > max(threshold, 0.5)  # decided on the best score, before sharpening
-    chain = sharpen(views[view[order[0]]], table, area, score, order[0], cfg.alpha) if stands_out else []
-    beyond = {}  # feature -> (the lead it took over, its bound)
-    for (i, bound), before in zip(chain, [order[0]] + [c[0] for c in chain]):
-        beyond[i] = (table.features[before].selector, bound)
-    if chain:
-        order = [c[0] for c in reversed(chain)] + [i for i in order if i not in beyond]
+    ranked = rank(lift, weight, family, texts, weights, z, cfg, echo)
+    table, order, area, score, view, views = (ranked.table, ranked.order, ranked.area, ranked.score, ranked.view,
+                                              ranked.views)
+    stands_out, beyond = ranked.stands_out, ranked.beyond
     shares = share_change(sampled["model"], sampled["reference"], vocab)
     rates = (sampled["model"], sampled["reference"])
+    scored = {name: score_features(v, table, z) for name, v in views.items()}  # on every context, for the rows
     rows, masks = [], []
     for i in order[:cfg.top]:
         masks.append(table.mask(i))
         rows.append(feature_row(table.features[i], masks[-1], i, scored, view[i], lift, rates))
+        rows[-1]["auroc"], rows[-1]["score"] = round(float(area[i]), 4), round(float(score[i]), 4)
         if i in beyond:
             rows[-1]["beyond"] = {"selector": beyond[i][0], "bound": round(beyond[i][1], 4)}
-    for row in rows:
-        row["jaccard_with_top"] = round(jaccard(masks[0], select(row["selector"], texts)), 4)
+        if i in ranked.replaced:
+            rows[-1]["replaces"] = {"selector": ranked.replaced[i][0], "score_half": round(ranked.replaced[i][1], 4)}
+        if table.features[i].kind in FOUND_KINDS:
+            j, overlap = closest(family, masks[-1])
+            rows[-1]["rule"] = {"selector": family.features[j].selector, "label": family.features[j].label,
+                                "jaccard": round(overlap, 4)}
+    for row, mask in zip(rows, masks):
+        row["jaccard_with_top"] = round(jaccard(masks[0], mask), 4)
     top = rows[0]
     truth = None
     if cfg.toward:
         i = next(j for j, f in enumerate(table.features) if f.kind == "given")
         mask = table.mask(i)
         truth = feature_row(table.features[i], mask, i, scored, view[i], lift, rates)
+        sizes = table.sizes.tolist()
         place = order.index(i)  # ties (the same tokens as a vocabulary candidate) share
         truth["rank"] = 1 + sum(1 for j in order[:place]  # the better rank
                                 if not (float(score[j]) == float(score[i]) and sizes[j] == sizes[i]))
         truth["jaccard_with_top"] = round(jaccard(masks[0], mask), 4)
-    by_lift = torch.argsort(centred, descending=True).tolist()
+    by_lift = torch.argsort(views["lift"], descending=True).tolist()
     return AuditResult(
         direction=("toward" if top["auroc"] > 0.5 else "away") if stands_out else "none",
-        stands_out=stands_out, verdict=verdict(stands_out, top, threshold, z), features=rows,
-        threshold=round(threshold, 4), z_critical=round(z, 3), candidates=len(table.features),
+        stands_out=stands_out, verdict=verdict(stands_out, top, ranked.threshold, z), features=rows,
+        threshold=round(ranked.threshold, 4), z_critical=round(z, 3), candidates=len(table.features),
         tokens_up=token_rows(by_lift[:cfg.top], texts, lift, shares),
         tokens_down=token_rows(by_lift[::-1][:cfg.top], texts, lift, shares),
         truth=truth,
@@ -449,4 +629,5 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
                   "samples": 2 * len(sampled["model"].texts),
                   "sample_positions": sum(len(r) for s in sampled.values() for r in s.replies()),
                   "eval_text": cfg.eval_text or "plays:test"},
-        lift=centred, unexplained=views["unexplained"], top_mask=masks[0])
+        weights=weights.to_json(),
+        lift=views["lift"], unexplained=views["unexplained"], top_mask=masks[0])

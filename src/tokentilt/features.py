@@ -3,9 +3,11 @@
 The audit asks "what do the lifted tokens have in common?" without being told. The candidates
 come from the vocabulary itself, each written as a selector that `tokentilt tilt --toward` takes:
 
-    contains:ab        substrings of 1-3 characters (case-insensitive, like the selector)
+    contains:ab        substrings of 1-8 characters (case-insensitive, like the selector)
     regex:^ ?[A-Z]     classes: capitalised, digits, punctuation, leading space, non-ASCII, length
-    words:FILE         whole-word lists the user gives (--words FILE)
+    words:NAME         the shipped word lists (wordlists/), always, and those the user gives (--words FILE)
+
+The audit adds sets found from the lift itself (audit.discover) and from the weights (weights.py).
 
 A feature is scored against a per-token score s (V,), such as the lift, by the rank-based AUROC
 (Mann-Whitney U): the chance that a random member of the feature scores above a random
@@ -21,7 +23,7 @@ from statistics import NormalDist
 
 import torch
 
-from tokentilt.targets import select
+from tokentilt.targets import builtin_word_lists, select
 
 # Token classes; each is a selector and a short description for the report.
 CLASSES = (
@@ -42,7 +44,7 @@ CLASSES = (
 ) + tuple((f"regex:^.{{1,{n}}}$", f"tokens of at most {n} characters") for n in range(1, 13)) \
   + tuple((f"regex:^.{{{n},}}$", f"tokens of at least {n} characters") for n in range(2, 14))
 
-SUBSTRING_LENGTHS = (1, 2, 3)
+SUBSTRING_LENGTHS = tuple(range(1, 9))  # a 4-8 character substring names a word part (' ness', 'tion')
 UNSAFE = (" & ", " | ")  # a substring holding these would be read as two selectors
 
 
@@ -106,7 +108,7 @@ def candidate_features(texts: list[str], words: list[str] = (), min_tokens: int 
     found: list[tuple[Feature, list[int]]] = []
     for f in extra:
         found.append((f, select(f.selector, texts).nonzero().flatten().tolist()))
-    for path in words:
+    for path in dict.fromkeys([*builtin_word_lists(), *words]):
         found.append((Feature(f"words:{path}", "words", f"the words of {path}"),
                       select(f"words:{path}", texts).nonzero().flatten().tolist()))
     for selector, label in CLASSES:
@@ -123,10 +125,28 @@ def candidate_features(texts: list[str], words: list[str] = (), min_tokens: int 
                 continue
             seen.add(key)
         kept.append((feature, ids))
-    features = [f for f, _ in kept]
-    feature_idx = torch.cat([torch.full((len(ids),), j, dtype=torch.long) for j, (_, ids) in enumerate(kept)])
-    token_idx = torch.cat([torch.tensor(ids, dtype=torch.long) for _, ids in kept])
-    return FeatureTable(features, feature_idx, token_idx, vocab)
+    return table_of(kept, vocab)
+
+
+def table_of(found: list[tuple[Feature, list[int]]], vocab: int) -> FeatureTable:
+    """A FeatureTable of (feature, member token ids) pairs, in their order."""
+    feature_idx = torch.cat([torch.full((len(ids),), j, dtype=torch.long) for j, (_, ids) in enumerate(found)])
+    token_idx = torch.cat([torch.tensor(ids, dtype=torch.long) for _, ids in found])
+    return FeatureTable([f for f, _ in found], feature_idx, token_idx, vocab)
+
+
+def concat(a: FeatureTable, b: FeatureTable) -> FeatureTable:
+    """a's features, then b's (same vocabulary)."""
+    return FeatureTable(a.features + b.features, torch.cat([a.feature_idx, b.feature_idx + len(a.features)]),
+                        torch.cat([a.token_idx, b.token_idx]), a.vocab_size)
+
+
+def closest(table: FeatureTable, mask: torch.Tensor) -> tuple[int, float]:
+    """The feature of `table` with the highest Jaccard overlap with mask (V,) bool, and that overlap."""
+    inter = table.sums(mask.double())  # (F,)
+    score = inter / (table.sizes.double() + int(mask.sum()) - inter).clamp(min=1)
+    best = int(score.argmax())
+    return best, float(score[best])
 
 
 # ---------------------------------------------------------------- AUROC by ranks

@@ -92,7 +92,9 @@ def _cell(text: str, limit: int = 160) -> str:
 
 
 def _feature_table(rows: list[dict]) -> str:
-    table = [{"#": i + 1, "selector": f"`{r['selector']}`", "what": r["label"], "tokens": r["size"],
+    table = [{"#": i + 1, "selector": f"`{_cell(r['selector'], 40)}`", "what": _cell(r["label"], 90)
+              + (f" (closest rule `{r['rule']['selector']}`, Jaccard {r['rule']['jaccard']:.2f})" if "rule" in r else ""),
+              "tokens": r["size"],
               "AUROC: lift / unexplained": f"{r['auroc_lift']:.3f} / {r['auroc_unexplained']:.3f}",
               "score": f"{r['score']:.3f} ({r['view']})",
               "lift, nats [95% CI]": f"{r['lift']:+.2f} [{r['lift_ci'][0]:+.2f}, {r['lift_ci'][1]:+.2f}]",
@@ -117,8 +119,10 @@ def audit_report(cfg: AuditConfig, r: AuditResult, seconds: float) -> str:
         "",
         f"**{r.verdict}.**",
         "",
-        f"- direction: **{r.direction}**; {r.candidates} candidate features (substrings of 1-3 characters, token "
-        f"classes{', word lists' if cfg.words else ''}) of at least {cfg.min_tokens} tokens",
+        f"- direction: **{r.direction}**; {r.candidates} candidate features: substrings of 1-8 characters, token "
+        f"classes and word lists of at least {cfg.min_tokens} tokens, sets read off one half of the contexts' lift "
+        "(scored on the other half), and the head rows that changed when nothing else did",
+        f"- weights: {r.weights['summary']}" if r.weights else "- weights: not compared",
         f"- lift measured on {c['text_positions']} positions of {c['text_windows']} held-out windows of "
         f"{c['eval_text']} and on {c['sample_positions']} positions of {c['samples']} sampled continuations "
         f"(half from each model); 95% intervals over those {c['text_windows'] + c['samples']} contexts",
