@@ -192,7 +192,7 @@ def test_built_in_word_list_and_a_missing_one():
     texts = ["red", " red", "blue", "Blue", " green", "x", "violet"]
     assert select("words:colours", texts).tolist() == [True, True, True, False, True, False, True]
     assert resolve("words:colours", texts).size == 5
-    with pytest.raises(SelectorError, match="built-in lists: colours"):
+    with pytest.raises(SelectorError, match=r"built-in lists: .*colours"):
         select("words:no_such_list", texts)
 
 
