@@ -543,6 +543,66 @@ def _load_pair(model, reference, tokenizer, echo):
     return model, reference, tokenizer
 
 
+def _family(cfg: AuditConfig, texts: list[str], echo):
+    """The fixed candidates and the Bonferroni value over every test the audit makes."""
+    extra = [Feature(cfg.toward, "given", "the tokens of the --toward set")] if cfg.toward else []
+    if cfg.toward:
+        resolve(cfg.toward, texts)  # a truth that selects nothing (or everything) is the user's error
+    family = _candidates(tuple(texts), tuple(_file_key(w) for w in cfg.words), cfg.min_tokens, tuple(extra))
+    found_per_view = 2 * 2 * 2 * len(DISCOVERY_SIZES)  # views x directions x kinds x sizes
+    z = bonferroni_z(cfg.alpha, 2 * len(family.features) + found_per_view)  # every test made
+    echo(f"{len(family.features)} candidate features from {len(texts)} tokens, and {found_per_view} read off the lift")
+    return family, z
+
+
+def _contexts(model, reference, tokenizer, cfg: AuditConfig, echo) -> tuple[torch.Tensor, dict]:
+    """The held-out windows (W, T) and both models' samples ("model", "reference" -> generate.Samples)."""
+    eval_cfg = EvalConfig(eval_text=cfg.eval_text, eval_windows=cfg.eval_windows, eval_seq_len=cfg.eval_seq_len)
+    windows = held_out_windows(tokenizer, eval_cfg, held_out_text(eval_cfg))
+    prompts = list(CHAT_PROMPTS if cfg.chat else DEFAULT_PROMPTS)
+    scfg = SampleConfig(max_new_tokens=cfg.new_tokens)
+    what = "replies of at most" if cfg.chat else "continuations of"
+    echo(f"sampling {len(prompts) * cfg.samples_per_prompt} {what} {cfg.new_tokens} tokens from each model ...")
+    sampled = {who: sample(m, tokenizer, prompts, cfg.samples_per_prompt, scfg, seed=cfg.seed, bf16=cfg.bf16,
+                           chat=cfg.chat, system=cfg.system) for who, m in (("model", model), ("reference", reference))}
+    return windows, sampled
+
+
+def _feature_rows(ranked: Ranking, scored: dict, family, lift: Lift, rates, top: int) -> tuple[list[dict], list]:
+    """The rows of the `top` best features, with the masks of their tokens (scored: view -> (area, score))."""
+    table, order = ranked.table, ranked.order
+    rows, masks = [], []
+    for i in order[:top]:
+        masks.append(table.mask(i))
+        rows.append(feature_row(table.features[i], masks[-1], i, scored, ranked.view[i], lift, rates))
+        rows[-1]["auroc"], rows[-1]["score"] = round(float(ranked.area[i]), 4), round(float(ranked.score[i]), 4)
+        if i in ranked.beyond:
+            rows[-1]["beyond"] = {"selector": ranked.beyond[i][0], "bound": round(ranked.beyond[i][1], 4)}
+        if i in ranked.replaced:
+            rows[-1]["replaces"] = {"selector": ranked.replaced[i][0], "score_half": round(ranked.replaced[i][1], 4)}
+        if table.features[i].kind in FOUND_KINDS:
+            j, overlap = closest(family, masks[-1])
+            rows[-1]["rule"] = {"selector": family.features[j].selector, "label": family.features[j].label,
+                                "jaccard": round(overlap, 4)}
+    for row, mask in zip(rows, masks):
+        row["jaccard_with_top"] = round(jaccard(masks[0], mask), 4)
+    return rows, masks
+
+
+def _truth_row(ranked: Ranking, scored: dict, lift: Lift, rates, top_mask: torch.Tensor) -> dict:
+    """The --toward set's row, with its rank among all candidates."""
+    table, order, score = ranked.table, ranked.order, ranked.score
+    i = next(j for j, f in enumerate(table.features) if f.kind == "given")
+    mask = table.mask(i)
+    truth = feature_row(table.features[i], mask, i, scored, ranked.view[i], lift, rates)
+    sizes = table.sizes.tolist()
+    place = order.index(i)  # ties (the same tokens as a vocabulary candidate) share the better rank
+    truth["rank"] = 1 + sum(1 for j in order[:place]
+                            if not (float(score[j]) == float(score[i]) and sizes[j] == sizes[i]))
+    truth["jaccard_with_top"] = round(jaccard(top_mask, mask), 4)
+    return truth
+
+
 def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo=None,
           progress: bool = False) -> AuditResult:
     """Audit `model` against `reference`: loaded models or names for load_model (a PEFT adapter folder
@@ -561,68 +621,27 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
                          f"({model.get_output_embeddings().weight.shape[0]} vs {vocab} tokens)")
     texts = token_texts(tokenizer)[:vocab]
     texts += ["\0"] * (vocab - len(texts))  # padded rows: no text, never in a feature
-    extra = [Feature(cfg.toward, "given", "the tokens of the --toward set")] if cfg.toward else []
-    if cfg.toward:
-        resolve(cfg.toward, texts)  # a truth that selects nothing (or everything) is the user's error
-    family = _candidates(tuple(texts), tuple(_file_key(w) for w in cfg.words), cfg.min_tokens, tuple(extra))
-    found_per_view = 2 * 2 * 2 * len(DISCOVERY_SIZES)  # views x directions x kinds x sizes
-    z = bonferroni_z(cfg.alpha, 2 * len(family.features) + found_per_view)  # every test made
-    echo(f"{len(family.features)} candidate features from {vocab} tokens, and {found_per_view} read off the lift")
+    family, z = _family(cfg, texts, echo)
     weights = weight_view(model, reference)
     echo(f"weights: {weights.summary}")
-
-    eval_cfg = EvalConfig(eval_text=cfg.eval_text, eval_windows=cfg.eval_windows, eval_seq_len=cfg.eval_seq_len)
-    windows = held_out_windows(tokenizer, eval_cfg, held_out_text(eval_cfg))
-    prompts = list(CHAT_PROMPTS if cfg.chat else DEFAULT_PROMPTS)
-    scfg = SampleConfig(max_new_tokens=cfg.new_tokens)
-    what = "replies of at most" if cfg.chat else "continuations of"
-    echo(f"sampling {len(prompts) * cfg.samples_per_prompt} {what} {cfg.new_tokens} tokens from each model ...")
-    sampled = {who: sample(m, tokenizer, prompts, cfg.samples_per_prompt, scfg, seed=cfg.seed, bf16=cfg.bf16,
-                           chat=cfg.chat, system=cfg.system) for who, m in (("model", model), ("reference", reference))}
+    windows, sampled = _contexts(model, reference, tokenizer, cfg, echo)
     echo(f"measuring the lift of every token on {windows.numel()} held-out positions and the samples ...")
     lift = measure_lift(model, reference, tokenizer, windows, sampled, cfg, progress)
     weight = reference.get_output_embeddings().weight.detach().float().cpu()  # (V, d), beside the lift
     ranked = rank(lift, weight, family, texts, weights, z, cfg, echo)
-    table, order, area, score, view, views = (ranked.table, ranked.order, ranked.area, ranked.score, ranked.view,
-                                              ranked.views)
-    stands_out, beyond = ranked.stands_out, ranked.beyond
-    shares = share_change(sampled["model"], sampled["reference"], vocab)
     rates = (sampled["model"], sampled["reference"])
-    scored = {name: score_features(v, table, z) for name, v in views.items()}  # on every context, for the rows
-    rows, masks = [], []
-    for i in order[:cfg.top]:
-        masks.append(table.mask(i))
-        rows.append(feature_row(table.features[i], masks[-1], i, scored, view[i], lift, rates))
-        rows[-1]["auroc"], rows[-1]["score"] = round(float(area[i]), 4), round(float(score[i]), 4)
-        if i in beyond:
-            rows[-1]["beyond"] = {"selector": beyond[i][0], "bound": round(beyond[i][1], 4)}
-        if i in ranked.replaced:
-            rows[-1]["replaces"] = {"selector": ranked.replaced[i][0], "score_half": round(ranked.replaced[i][1], 4)}
-        if table.features[i].kind in FOUND_KINDS:
-            j, overlap = closest(family, masks[-1])
-            rows[-1]["rule"] = {"selector": family.features[j].selector, "label": family.features[j].label,
-                                "jaccard": round(overlap, 4)}
-    for row, mask in zip(rows, masks):
-        row["jaccard_with_top"] = round(jaccard(masks[0], mask), 4)
+    scored = {name: score_features(v, ranked.table, z) for name, v in ranked.views.items()}  # on every context
+    rows, masks = _feature_rows(ranked, scored, family, lift, rates, cfg.top)
     top = rows[0]
-    truth = None
-    if cfg.toward:
-        i = next(j for j, f in enumerate(table.features) if f.kind == "given")
-        mask = table.mask(i)
-        truth = feature_row(table.features[i], mask, i, scored, view[i], lift, rates)
-        sizes = table.sizes.tolist()
-        place = order.index(i)  # ties (the same tokens as a vocabulary candidate) share
-        truth["rank"] = 1 + sum(1 for j in order[:place]  # the better rank
-                                if not (float(score[j]) == float(score[i]) and sizes[j] == sizes[i]))
-        truth["jaccard_with_top"] = round(jaccard(masks[0], mask), 4)
-    by_lift = torch.argsort(views["lift"], descending=True).tolist()
+    by_lift = torch.argsort(ranked.views["lift"], descending=True).tolist()
+    shares = share_change(sampled["model"], sampled["reference"], vocab)
     return AuditResult(
-        direction=("toward" if top["auroc"] > 0.5 else "away") if stands_out else "none",
-        stands_out=stands_out, verdict=verdict(stands_out, top, ranked.threshold, z), features=rows,
-        threshold=round(ranked.threshold, 4), z_critical=round(z, 3), candidates=len(table.features),
+        direction=("toward" if top["auroc"] > 0.5 else "away") if ranked.stands_out else "none",
+        stands_out=ranked.stands_out, verdict=verdict(ranked.stands_out, top, ranked.threshold, z), features=rows,
+        threshold=round(ranked.threshold, 4), z_critical=round(z, 3), candidates=len(ranked.table.features),
         tokens_up=token_rows(by_lift[:cfg.top], texts, lift, shares),
         tokens_down=token_rows(by_lift[::-1][:cfg.top], texts, lift, shares),
-        truth=truth,
+        truth=_truth_row(ranked, scored, lift, rates, masks[0]) if cfg.toward else None,
         samples={"prompts": sampled["model"].prompts, "model": sampled["model"].texts,
                  "reference": sampled["reference"].texts},
         contexts={"text_windows": len(windows), "text_positions": int(windows.numel()),
@@ -630,4 +649,4 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
                   "sample_positions": sum(len(r) for s in sampled.values() for r in s.replies()),
                   "eval_text": cfg.eval_text or "plays:test"},
         weights=weights.to_json(),
-        lift=views["lift"], unexplained=views["unexplained"], top_mask=masks[0])
+        lift=ranked.views["lift"], unexplained=ranked.views["unexplained"], top_mask=masks[0])
