@@ -287,26 +287,13 @@ def train(
         with _SigintAtStepBoundary(active=run_dir is not None) as sigint:
             for step in bar:
                 global_ids = next_batch(generator, rows)  # (rows, T), identical on every process
-                step_loss = torch.zeros((), device=accelerator.device)
-                for micro in range(cfg.grad_accum):
-                    first = (micro * processes + rank) * cfg.batch
-                    input_ids = global_ids[first:first + cfg.batch].to(accelerator.device)  # (B, T)
-                    with accelerator.accumulate(wrapped):
-                        loss = _loss(wrapped, reference, objective, heads, ctx, input_ids, accelerator, cfg)
-                        if _any(not torch.isfinite(loss).item(), accelerator):
-                            raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
-                        accelerator.backward(loss)  # divided by grad_accum
-                        if accelerator.sync_gradients:
-                            grad_norm = accelerator.clip_grad_norm_(
-                                wrapped.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-                        optimizer.step()  # only when gradients are synced
-                        optimizer.zero_grad(set_to_none=True)
-                    step_loss += loss.detach() / cfg.grad_accum
+                step_loss, grad_norm, input_ids = _one_step(wrapped, reference, objective, heads, ctx, global_ids,
+                                                            optimizer, accelerator, cfg, step)
                 if step == cfg.steps and _any(not _outputs_finite(wrapped, input_ids), accelerator):
                     # an earlier step's bad update shows in the next loss; the last one would reach sampling
                     raise TrainingDiverged(f"the model's outputs became non-finite after step {step}")
                 record = {"step": step, "loss": accelerator.reduce(step_loss, "mean").item(),
-                          "grad_norm": float(grad_norm), "lr": cfg.lr}
+                          "grad_norm": grad_norm, "lr": cfg.lr}
                 if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                     result = None
                     if accelerator.is_main_process:
@@ -321,14 +308,8 @@ def train(
                     log(record)
                 if cfg.report_to != "none":
                     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-                stop = False
-                if cfg.patience and "val_loss" in record:
-                    if record["val_loss"] < early_stop["best_val"]:
-                        early_stop.update(best_val=record["val_loss"], bad_evals=0)
-                        best_state = copy.deepcopy(model.state_dict())
-                    else:
-                        early_stop["bad_evals"] += 1
-                        stop = early_stop["bad_evals"] >= cfg.patience
+                stop, best = _early_stop(record, early_stop, model, cfg)
+                best_state = best if best is not None else best_state
                 interrupted = _any(sigint.raised, accelerator)
                 if ckpt_dir is not None and (interrupted or (cfg.save_every and step % cfg.save_every == 0
                                                              and step < cfg.steps)):
@@ -342,13 +323,7 @@ def train(
                               f"{early_stop['bad_evals']} evaluations")
                     break
     except TrainingDiverged as err:
-        newest = checkpoint.checkpoints(ckpt_dir) if ckpt_dir is not None else []
-        where = f"; newest good checkpoint: {newest[-1][1]}" if newest else "; no checkpoint was saved"
-        if run_dir is not None and accelerator.is_main_process:
-            (Path(run_dir) / "failure.json").write_text(json.dumps(
-                {"reason": str(err), "step": len(history) + 1,
-                 "checkpoint": str(newest[-1][1]) if newest else None}) + "\n")
-        raise TrainingDiverged(f"{err}; lower the learning rate{where}") from None
+        _diverged(err, ckpt_dir, run_dir, len(history) + 1, accelerator)
     finally:
         bar.close()
         _restore_forward(model, own_forward)
@@ -362,6 +337,50 @@ def train(
     model.eval()
     accelerator.wait_for_everyone()
     return history
+
+
+def _one_step(wrapped, reference, objective, heads: _Heads, ctx: ObjectiveContext, global_ids: torch.Tensor,
+              optimizer, accelerator, cfg: TrainConfig, step: int) -> tuple[torch.Tensor, float, torch.Tensor]:
+    """One optimizer step over this process's micro-batches of the global batch (rows, T)
+    -> (the step's mean loss, the gradient norm, the last micro-batch's ids)."""
+    rank, processes = accelerator.process_index, accelerator.num_processes
+    step_loss = torch.zeros((), device=accelerator.device)
+    for micro in range(cfg.grad_accum):
+        first = (micro * processes + rank) * cfg.batch
+        input_ids = global_ids[first:first + cfg.batch].to(accelerator.device)  # (B, T)
+        with accelerator.accumulate(wrapped):
+            loss = _loss(wrapped, reference, objective, heads, ctx, input_ids, accelerator, cfg)
+            if _any(not torch.isfinite(loss).item(), accelerator):
+                raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
+            accelerator.backward(loss)  # divided by grad_accum
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(
+                    wrapped.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            optimizer.step()  # only when gradients are synced
+            optimizer.zero_grad(set_to_none=True)
+        step_loss += loss.detach() / cfg.grad_accum
+    return step_loss, float(grad_norm), input_ids
+
+
+def _early_stop(record: dict, early_stop: dict, model, cfg: TrainConfig) -> tuple[bool, dict | None]:
+    """Update early_stop from the record's val_loss -> (stop now, a copy of the weights if they are the best yet)."""
+    if not (cfg.patience and "val_loss" in record):
+        return False, None
+    if record["val_loss"] < early_stop["best_val"]:
+        early_stop.update(best_val=record["val_loss"], bad_evals=0)
+        return False, copy.deepcopy(model.state_dict())
+    early_stop["bad_evals"] += 1
+    return early_stop["bad_evals"] >= cfg.patience, None
+
+
+def _diverged(err: TrainingDiverged, ckpt_dir, run_dir, step: int, accelerator):
+    """Record the failure in run_dir/failure.json and raise it again with where to go on from."""
+    newest = checkpoint.checkpoints(ckpt_dir) if ckpt_dir is not None else []
+    where = f"; newest good checkpoint: {newest[-1][1]}" if newest else "; no checkpoint was saved"
+    if run_dir is not None and accelerator.is_main_process:
+        (Path(run_dir) / "failure.json").write_text(json.dumps(
+            {"reason": str(err), "step": step, "checkpoint": str(newest[-1][1]) if newest else None}) + "\n")
+    raise TrainingDiverged(f"{err}; lower the learning rate{where}") from None
 
 
 def _restore_forward(model, own_forward) -> None:
