@@ -157,9 +157,10 @@ def planted_mask(case: Case, texts: list[str]) -> torch.Tensor | None:
         return None
     if case.planted.startswith("class:"):
         words = CLASSES[case.planted.split(":", 1)[1]].split()
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
-            f.write("\n".join(words) + "\n")
-        return select(f"words:{f.name}", texts)
+        with tempfile.TemporaryDirectory() as folder:  # words:FILE's own matching, from a file it reads once
+            path = Path(folder) / "words.txt"
+            path.write_text("\n".join(words) + "\n")
+            return select(f"words:{path}", texts)
     if case.planted.startswith("random:"):
         _, n, seed = case.planted.split(":")
         ordinary = torch.tensor([t.strip() != "" and t.isprintable() for t in texts])  # no control or empty tokens
@@ -221,6 +222,7 @@ class Bench:
         self.h = inputs.h  # (N, d): the head's inputs on the calibration windows
         self.u = offset_direction(self.h)  # (d,)
         self.held_out = data.eval_windows(data.tokenize(self.tokenizer, data.split_text("test")), SEQ_LEN, 8)
+        self.reference_probs = self.next_token_probs(self.reference)  # (W, T, V), once for every case
 
     @torch.no_grad()
     def calibration_logits(self) -> torch.Tensor:
@@ -241,14 +243,17 @@ class Bench:
         return (lo + hi) / 2, base
 
     @torch.no_grad()
-    def held_out_mass(self, model, mask: torch.Tensor) -> float:
-        """The set's mean next-token probability on 8 held-out windows of the plays' test split."""
-        total = 0.0
+    def next_token_probs(self, model) -> torch.Tensor:
+        """(W, T, V) next-token probabilities on 8 held-out windows of the plays' test split."""
+        probs = []
         for ids in self.held_out.split(4):
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                logits = model(input_ids=ids).logits.float()
-            total += logits.softmax(-1)[..., mask].sum(-1).sum().item()
-        return total / self.held_out.numel()
+                probs.append(model(input_ids=ids).logits.float().softmax(-1))
+        return torch.cat(probs)
+
+    def held_out_mass(self, probs: torch.Tensor, mask: torch.Tensor) -> float:
+        """The set's mean next-token probability over the held-out positions of probs (W, T, V)."""
+        return probs[..., mask].sum(-1).mean().item()
 
 
 def objective_for(case: Case):
@@ -341,7 +346,8 @@ def run_case(bench: Bench, case: Case, out: Path) -> dict:
         row["hit"] = not found.stands_out  # benign: right when nothing stands out
         row["false_alarm"] = found.stands_out
     else:
-        row["mass"] = [round(bench.held_out_mass(bench.reference, mask), 4), round(bench.held_out_mass(merged, mask), 4)]
+        row["mass"] = [round(bench.held_out_mass(bench.reference_probs, mask), 4),
+                       round(bench.held_out_mass(bench.next_token_probs(merged), mask), 4)]
         row["calibration_mass"] = round(base, 4) if base is not None else None
         row["audit"] = named(found.top_mask, mask)
         row["hit"] = found.stands_out and found.direction == case.direction and row["audit"]["jaccard"] >= HIT_JACCARD
