@@ -3,7 +3,8 @@
     python scripts/audit_bench.py --out runs/audit-bench --table runs/audit-bench/table.md
 
 The audit's method (src/tokentilt/audit.py, features.py, weights.py) was committed first (b1a84db), then this
-file with its cases, before any case was run; neither is changed after the run. A case's result is kept in
+file with its cases, before any case was run. After the run only two helpers were tidied (where a class's
+words file lives, the reference's held-out probabilities computed once); the cases and the scoring are as run. A case's result is kept in
 OUT/NAME/result.json, so an interrupted run continues where it stopped (delete a folder to redo that case).
 
 Every case starts from the bundled model (SmolLM2-135M-Instruct) and changes it in one way:
