@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_gpt2, tiny_llama
-from tokentilt.generate import SampleConfig, SetBias, generate, make_processors
+from tokentilt.generate import SampleConfig, SetBias, draw, generate, make_processors
 
 
 @pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama])
@@ -97,3 +97,20 @@ def test_set_bias_adds_b_on_the_set():
 def test_bad_sample_config(gpt2_model, bad):
     with pytest.raises(ValueError):
         generate(gpt2_model, torch.ones(1, 2, dtype=torch.long), cfg=SampleConfig(**bad))
+
+
+def test_draw_samples_each_row_from_its_distribution():
+    probs = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.0, 0.0, 0.1, 0.9]]).repeat(10_000, 1)  # (20000, 4)
+    ids = draw(probs, torch.Generator().manual_seed(0))
+    assert ids.shape == (20_000, 1)
+    first, second = ids[0::2, 0], ids[1::2, 0]
+    assert torch.allclose(torch.bincount(first, minlength=4) / 10_000., probs[0], atol=0.015)
+    assert torch.allclose(torch.bincount(second, minlength=4) / 10_000., probs[1], atol=0.015)
+    assert not (first == 3).any() and not (second < 2).any()  # probability 0 is never drawn
+
+
+def test_draw_is_reproducible_and_unnormalized_rows_work():
+    probs = torch.softmax(torch.randn(8, 50, generator=torch.Generator().manual_seed(1)), -1)
+    a = draw(probs, torch.Generator().manual_seed(3))
+    assert torch.equal(a, draw(probs, torch.Generator().manual_seed(3)))
+    assert torch.equal(a, draw(probs * 7.0, torch.Generator().manual_seed(3)))  # the scale does not matter

@@ -168,6 +168,19 @@ def check_sample_config(cfg: SampleConfig) -> None:
         raise ValueError(f"top_k must be >= 0 and top_p in (0, 1], got {cfg.top_k}, {cfg.top_p}")
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of (B, V) probabilities -> (B, 1) ids, by inverting the cumulative distribution
+    at one uniform draw per row (on the CPU generator, so the same on every device).
+
+    Exact, like torch.multinomial, but multinomial draws an exponential for every entry of the (B, V)
+    matrix, which took 60 ms of a 175 ms decoding step of the bundled model at B = 64; this draws B
+    numbers. A token of probability 0 (banned, or cut by top-k/top-p) is never drawn.
+    """
+    cdf = probs.double().cpu().cumsum(-1)  # (B, V); float64, so the tail of 49,152 entries keeps its mass
+    u = torch.rand(len(cdf), 1, generator=generator, dtype=torch.float64) * cdf[:, -1:]  # (B, 1)
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.size(-1) - 1)
+
+
 def cache_argument(model) -> str:
     """The forward argument (and output field) of the KV-cache: `cache` in newer transformers 5 releases,
     `past_key_values` in earlier ones (deprecated since) and in Model 5."""
@@ -231,8 +244,7 @@ def generate(
                 if cfg.strategy == "greedy":
                     nxt = scores.argmax(-1, keepdim=True)  # (B, 1)
                 else:
-                    probs = torch.softmax(scores, -1).cpu()  # drawn on the CPU generator, the same on every device
-                    nxt = torch.multinomial(probs, 1, generator=generator).to(device)  # (B, 1)
+                    nxt = draw(torch.softmax(scores, -1), generator).to(device)  # (B, 1)
                 new.append(nxt)
                 seen = torch.cat([seen, nxt], 1)
                 mask = torch.cat([mask, torch.ones_like(nxt)], 1)
@@ -279,7 +291,7 @@ def sample(
     bias_mask: torch.Tensor | None = None,
     bias: float = 0.0,
     bf16: bool = False,
-    batch_size: int = 32,
+    batch_size: int = 64,
     chat: bool = False,
     system: str = "",
 ) -> Samples:
