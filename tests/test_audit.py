@@ -303,11 +303,18 @@ def test_a_head_rows_edit_is_named_exactly_by_the_weights(base, tokenizer, texts
     ids = torch.randperm(len(texts), generator=torch.Generator().manual_seed(5))[:40]  # no rule names them
     planted = torch.zeros(len(texts), dtype=torch.bool)
     planted[ids] = True
-    model = copy.deepcopy(base)
-    untie_output_head(model)
+    # A fresh LayerNorm's output has zero mean and no bias, so no fixed head-row edit moves its logits the
+    # same way in every context. Give the reference's ln_f a bias of norm ~5.7: the last hidden state then
+    # lies along it (projection 5.7 +- ~1), and moving the rows against it lowers them by ~1.7 almost everywhere.
+    reference = copy.deepcopy(base)
     with torch.no_grad():
-        model.lm_head.weight[ids] -= 0.3 * model.transformer.ln_f.bias.sign() + 0.3  # lowers them in most contexts
-    result = audit(model, base, tokenizer, cfg)
+        reference.transformer.ln_f.bias.copy_(torch.randn(32, generator=torch.Generator().manual_seed(6)))
+    model = copy.deepcopy(reference)
+    untie_output_head(model)
+    direction = torch.nn.functional.normalize(reference.transformer.ln_f.bias, dim=0)
+    with torch.no_grad():
+        model.lm_head.weight[ids] -= 0.3 * direction
+    result = audit(model, reference, tokenizer, cfg)
     assert result.stands_out and result.direction == "away" and result.features[0]["kind"] == "weights"
     assert torch.equal(result.top_mask, planted)
     assert result.weights["head_only"] and result.weights["head_rows_changed"] == 40
