@@ -1,3 +1,4 @@
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -58,20 +59,37 @@ def tiny():
     return GPT2LMHeadModel(cfg).eval(), tok, mask
 
 
+PROMPTS = ["The king said", "Once upon a time,", "When I was young,", "The city at night"]
+
+
 @pytest.mark.slow
-def test_calibration_reaches_its_rate_on_a_tiny_model(tiny):
+def test_calibration_by_bisection_reaches_its_rate_on_a_tiny_model(tiny):
     model, tok, mask = tiny
-    cfg = EvalConfig(prompts=["The king said", "Once upon a time,", "When I was young,", "The city at night"],
-                     samples_per_prompt=2, new_tokens=12)
+    cfg = EvalConfig(prompts=PROMPTS, samples_per_prompt=2, new_tokens=12, top_k=1000)  # top-k: not weighable
     windows = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
     before, _ = measure_rate(model, tok, mask, cfg)
     assert before["mean"] < 0.1  # ~2% of GPT-2's tokens contain x
     cal = calibrate(model, tok, mask, 0.5, cfg, windows, tol=0.03)
-    assert abs(cal.rate["mean"] - 0.5) <= 0.03
+    assert cal.pool is None and abs(cal.rate["mean"] - 0.5) <= 0.03
     again, _ = measure_rate(model, tok, mask, cfg, bias=cal.bias)  # same prompts and seeds: same R
     assert again["mean"] == pytest.approx(cal.rate["mean"])
     assert (cal.bias, cal.rate["mean"]) in cal.history
     assert cal.bias > 0
+
+
+@pytest.mark.slow
+def test_calibration_by_importance_weights_agrees_with_fresh_samples(tiny):
+    model, tok, mask = tiny
+    cfg = EvalConfig(prompts=PROMPTS, samples_per_prompt=16, new_tokens=12)
+    windows = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
+    cal = calibrate(model, tok, mask, 0.5, cfg, windows, tol=0.03)
+    assert cal.pool is not None and cal.bias > 0
+    assert cal.rate["mean"] == pytest.approx(0.5, abs=1e-3)  # solved on the estimate
+    assert cal.rate["ess"] >= 32 and len(cal.history) == len(cal.pool.draws)
+    # R at that b, sampled afresh on other seeds, lies within the estimate's interval (intervals overlap)
+    fresh, _ = measure_rate(model, tok, mask, dataclasses.replace(cfg, eval_seed=cfg.eval_seed + 7), bias=cal.bias)
+    assert fresh["ci_low"] <= cal.rate["ci_high"] and cal.rate["ci_low"] <= fresh["ci_high"], (fresh, cal.rate)
+    assert abs(fresh["mean"] - 0.5) < 0.15
 
 
 @pytest.mark.parametrize("bad", [0.0, 1.0, -0.2, 1.5])

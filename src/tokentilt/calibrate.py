@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tokentilt.evaluate import EvalConfig, measure_rate
+from tokentilt import importance
+from tokentilt.evaluate import EvalConfig, measure_rate, rates_of
 from tokentilt.losses import set_log_mass
 from tokentilt.metrics import _forward_batches, split_windows
 
@@ -30,6 +31,7 @@ class Calibration:
     rate: dict  # measured R at b: {"mean", "ci_low", "ci_high", "n"}
     proxy_bias: float  # the one-pass guess b0
     history: list[tuple[float, float]] = field(default_factory=list)  # (b, R mean) per sampled measurement
+    pool: importance.Pool | None = None  # the draws, scored for importance weights (a token set at temperature 1)
 
 
 def set_log_masses(model, windows, mask: torch.Tensor, bf16: bool = False) -> torch.Tensor:
@@ -104,6 +106,10 @@ def calibrate(model, tokenizer, mask: torch.Tensor, target: float, cfg: EvalConf
     tol = rate_tolerance(target, tol)
     # a phrase set has no one-pass proxy (its bias depends on context): start at b = 0
     b0 = 0.0 if hasattr(mask, "adjust") else proxy_bias(model, windows, mask, target, bf16)
+    if importance.weighable(mask, cfg):
+        found = calibrate_by_weights(model, tokenizer, mask, target, cfg, b0, bf16, iters, max_step, echo)
+        if found is not None:
+            return found
     measured: dict[float, dict] = {}
     n = len(cfg.prompts) * cfg.samples_per_prompt
     goal = _logit(target, n)
@@ -137,6 +143,37 @@ def calibrate(model, tokenizer, mask: torch.Tensor, target: float, cfg: EvalConf
     best = min(measured, key=lambda x: (abs(measured[x]["mean"] - target), abs(x)))
     history = [(x, measured[x]["mean"]) for x in measured]
     return Calibration(target, best, measured[best], b0, history)
+
+
+def calibrate_by_weights(model, tokenizer, mask: torch.Tensor, target: float, cfg: EvalConfig, b0: float,
+                         bf16: bool = False, iters: int = 8, max_step: float = 4.0, echo=None) -> Calibration | None:
+    """calibrate() for a token set at temperature 1: R(b) estimated at every b from the draws so far.
+
+    Draws at b0, then solves R(b) = target on the importance-weighted estimate of all draws pooled
+    (importance.py), within max_step of the biases drawn. When the estimate at that b rests on an
+    effective sample size of at least half a draw, that b is the result and its R the estimate;
+    otherwise the next draw is one logit step from the last, as in calibrate(). None after `iters`
+    draws without one (the caller then bisects on fresh draws). Each draw costs one sampling pass and one teacher-forced forward.
+    """
+    pool, history, b = importance.Pool(), [], b0
+    for _ in range(iters):
+        rate, samples = measure_rate(model, tokenizer, mask, cfg, bias=b, bf16=bf16)
+        history.append((b, rate["mean"]))
+        if echo:
+            echo(f"  calibrate: b = {b:+.3f} -> R = {rate['mean']:.3f}")
+        per_sample = rates_of(mask, samples)
+        pool.draws.append(importance.draw_of(model, tokenizer, samples, mask, b, per_sample, bf16))
+        solved = pool.solve(target, reach=max_step)
+        estimate = pool.at_bias(solved)
+        if pool.enough(estimate):
+            if echo:
+                echo(f"  calibrate: b = {solved:+.3f} -> R = {estimate['mean']:.3f} estimated from the "
+                     f"{len(pool.draws)} draw(s) by importance weights ({estimate['ess']:.0f} effective samples)")
+            return Calibration(target, solved, estimate, b0, history, pool)
+        # the draws say little about R there: step in logit space from the last draw, as calibrate() does
+        step = _logit(target, pool.n) - _logit(rate["mean"], pool.n)
+        b = b + max(-max_step, min(max_step, step))
+    return None
 
 
 def bias_at_rate(points: list[tuple[float, float]], target: float, n: int) -> float:

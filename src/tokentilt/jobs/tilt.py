@@ -149,7 +149,8 @@ def measure_start(cfg: TiltConfig, run: Setup, eval_text: str, folder: RunFolder
         start.calibration = calibrate(model, tokenizer, target, cfg.rate, cfg.eval.probe(), start.windows, bf16=bf16,
                                       echo=say)
         start.bias = start.calibration.bias
-        say(f"b = {start.bias:.3f} gives decode-time R = {fmt_rate(start.calibration.rate)} on the probe seeds")
+        how = "estimated by importance weights" if start.calibration.pool is not None else "measured"
+        say(f"b = {start.bias:.3f} gives decode-time R = {fmt_rate(start.calibration.rate)} on the probe seeds ({how})")
         clock.mark("calibrate")
     if not cfg.resume:
         folder.write_yaml("config.yaml", {**to_flat(cfg), **({"calibrated_bias": start.bias} if cfg.rate else {})})
@@ -323,7 +324,9 @@ def distill_summary(cfg: TiltConfig, start: Start, after: dict, matched: dict, f
     out = {"bias": trained_bias, "rate_target": cfg.rate or None}
     if start.calibration is not None:  # the decode-time (b, R) points it measured, on the probe seeds
         out["calibration"] = {"eval_seed": cfg.eval.probe().eval_seed, "proxy_bias": start.calibration.proxy_bias,
-                              "points": [{"bias": b, "rate": r} for b, r in start.calibration.history]}
+                              "points": [{"bias": b, "rate": r} for b, r in start.calibration.history],
+                              "method": "importance weights" if start.calibration.pool is not None else "bisection",
+                              "rate": start.calibration.rate}
     if fit is not None:
         out["calibrated_bias"] = start.bias
         out["bias_rounds"] = fit.round_records()

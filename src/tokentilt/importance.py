@@ -1,0 +1,175 @@
+"""R at another bias, or of another model, from samples already drawn: importance weights.
+
+A decode-time tilt samples the reference from p_b(x_t | x_<t) ∝ p(x_t | x_<t)·exp(b·M(x_t)). For a
+whole sample x of generated tokens, with P_t the reference's set mass at step t,
+
+    log p_b(x) - log p_0(x) = b·c(x) - Σ_t log(1 - P_t + P_t·e^b),    c(x) = set tokens in x,
+
+so once each sample's P_t are known (one teacher-forced forward of the reference over it), the
+probability of every sample under every b is known exactly. Samples drawn at b_1..b_K then give R
+at any b by self-normalised importance weights, with the draws pooled by the balance heuristic
+(the proposal is the mixture of the K draws), and R of a trained model by the same weights with
+log p_model(x) from one teacher-forced forward of that model. Neither needs a new sampling pass.
+
+An estimate is only as good as its effective sample size, ESS = (Σw)² / Σw² (Kish): callers take
+it when ESS is at least half of one draw's samples, and sample afresh otherwise. The interval is
+the delta-method one of a self-normalised estimate, R̂ ± t·sqrt(Σ w̃_i² (R_i - R̂)²), with the t
+quantile at ESS - 1 degrees of freedom.
+
+This holds for a token set decoded at temperature 1 with no top-k or top-p (truncation moves with
+b, so support would differ); `weighable` says when. Phrase sets and other sampling settings are
+measured by sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from tokentilt.generate import Samples, eos_ids_of
+from tokentilt.metrics import _forward_batches, t_quantile
+
+MIN_ESS = 0.5  # an estimate counts when its effective sample size is at least this share of one draw
+SCORE_BATCH = 8  # rows per teacher-forced forward (logits of (8, T, V) float32)
+
+
+def weighable(target, cfg) -> bool:
+    """Whether R under cfg's sampling (an EvalConfig) can be reweighted exactly: a token set (not a
+    phrase set), temperature 1, no top-k or top-p."""
+    return isinstance(target, torch.Tensor) and cfg.temperature == 1.0 and cfg.top_k == 0 and cfg.top_p == 1.0
+
+
+@dataclass
+class Draw:
+    """Samples of the reference decoded with logit bias b on a set, with what reweighting them needs."""
+
+    bias: float
+    rates: torch.Tensor  # (N,) each sample's R, as reported (NaN: a reply of no tokens)
+    counts: torch.Tensor  # (N,) float64: tokens of the biased set among the sample's generated tokens
+    log_mass: torch.Tensor  # (N, L) float64: log P_t of the untilted reference, -inf past the sample's end
+    log_p0: torch.Tensor  # (N,) float64: log p_0(x), the sample under the untilted reference
+    rows: torch.Tensor  # (N, T) prompt + generated ids, right-padded (teacher forcing needs no mask)
+    starts: torch.Tensor  # (N,) index in rows of each sample's first generated token
+    lengths: torch.Tensor  # (N,) generated tokens that the sample's probability covers
+    banned: list[int]  # ids the sampler never draws (EOS unless chat)
+
+    def log_tilt(self, b: float) -> torch.Tensor:
+        """log p_b(x) - log p_0(x) per sample. (N,)"""
+        return b * self.counts - _log_normaliser(self.log_mass, b).sum(1)
+
+
+@dataclass
+class Pool:
+    """Draws of one measurement (same prompts and seeds) at one or more biases."""
+
+    draws: list[Draw] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        """Samples in one draw."""
+        return len(self.draws[0].rates)
+
+    def _cat(self, name: str) -> torch.Tensor:
+        return torch.cat([getattr(d, name) for d in self.draws])
+
+    def log_proposal(self) -> torch.Tensor:
+        """log q(x) - log p_0(x) for every pooled sample, q the equal mixture of the draws. (K·N,)"""
+        per_draw = torch.stack([torch.cat([d.log_tilt(x.bias) for d in self.draws]) for x in self.draws])  # (K, K·N)
+        return per_draw.logsumexp(0) - math.log(len(self.draws))
+
+    def estimate(self, log_target: torch.Tensor) -> dict:
+        """R under the distribution with log p(x) - log p_0(x) = log_target (K·N,) -> {"mean", "ci_low",
+        "ci_high", "n", "ess"}, from the pooled samples."""
+        rates = self._cat("rates").double()
+        keep = ~torch.isnan(rates)
+        log_w = (log_target - self.log_proposal())[keep]
+        w = torch.softmax(log_w, 0)  # normalised weights
+        r = rates[keep]
+        mean = float((w * r).sum())
+        ess = float(1.0 / (w * w).sum())
+        half = t_quantile(0.975, max(round(ess) - 1, 1)) * float(((w * (r - mean)) ** 2).sum().sqrt())
+        return {"mean": mean, "ci_low": max(mean - half, 0.0), "ci_high": min(mean + half, 1.0), "n": int(keep.sum()),
+                "ess": round(ess, 1)}
+
+    def at_bias(self, b: float) -> dict:
+        """R of the reference decoded with bias b."""
+        return self.estimate(torch.cat([d.log_tilt(b) for d in self.draws]))
+
+    def of_model(self, model, bf16: bool = False) -> dict:
+        """R of `model` (decoded without bias), from one teacher-forced forward of it over the samples."""
+        return self.estimate(torch.cat([_log_probs(model, d, bf16)[0] - d.log_p0 for d in self.draws]))
+
+    def solve(self, target: float, reach: float = 4.0) -> float:
+        """b whose estimated R is `target`, by bisection within `reach` of the draws' biases."""
+        lo = min(d.bias for d in self.draws) - reach
+        hi = max(d.bias for d in self.draws) + reach
+        if self.at_bias(lo)["mean"] >= target:
+            return lo
+        if self.at_bias(hi)["mean"] <= target:
+            return hi
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if self.at_bias(mid)["mean"] < target else (lo, mid)
+        return (lo + hi) / 2
+
+    def enough(self, estimate: dict) -> bool:
+        """Whether an estimate's effective sample size makes it count (MIN_ESS of one draw)."""
+        return estimate["ess"] >= MIN_ESS * self.n
+
+
+def _log_normaliser(log_mass: torch.Tensor, b: float) -> torch.Tensor:
+    """log(1 - P + P·e^b) per position from log P, stable near P = 0 and P = 1. -inf (no position) -> 0."""
+    log_mass = log_mass.clamp(max=-1e-12)
+    log_rest = torch.log1p(-log_mass.exp())  # log(1 - P)
+    return torch.logaddexp(log_rest, log_mass + b)
+
+
+def draw_of(reference, tokenizer, samples: Samples, mask: torch.Tensor, bias: float, rates: torch.Tensor,
+            bf16: bool = False) -> Draw:
+    """Score samples drawn from `reference` at bias b on `mask` (one teacher-forced forward) -> a Draw."""
+    chat = samples.lengths is not None
+    prompts = samples.formatted if chat else samples.prompts
+    width = samples.tokens.size(1)
+    if chat:  # a reply's probability covers its end-of-turn token, not what the batch generated after it
+        lengths = (samples.lengths + 1).clamp(max=width)
+    else:
+        lengths = torch.full((len(prompts),), width)
+    encoded = {p: tokenizer(p, add_special_tokens=not chat)["input_ids"] for p in set(prompts)}
+    seqs = [encoded[p] + row[:n].tolist() for p, row, n in zip(prompts, samples.tokens, lengths.tolist())]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    longest = max(map(len, seqs))
+    rows = torch.tensor([s + [pad] * (longest - len(s)) for s in seqs])  # (N, T)
+    starts = torch.tensor([len(encoded[p]) for p in prompts])
+    banned = [] if chat else eos_ids_of(tokenizer)
+    draw = Draw(bias, rates, torch.zeros(0), torch.zeros(0), torch.zeros(0), rows, starts, lengths, banned)
+    draw.log_p0, draw.log_mass = _log_probs(reference, draw, bf16, mask)
+    valid = torch.arange(width)[None] < lengths[:, None]  # (N, L)
+    generated = torch.where(valid, samples.tokens, 0)
+    draw.counts = (mask.bool()[generated] & valid).sum(1).double()
+    return draw
+
+
+def _log_probs(model, draw: Draw, bf16: bool, mask: torch.Tensor | None = None):
+    """Teacher-forced: log p(x) of each sample under `model` (N,), and with `mask` also the set's log mass
+    at each generated position (N, L), both over the distribution the sampler drew from (banned ids out)."""
+    width = int(draw.lengths.max())
+    steps = torch.arange(width)
+    log_p, log_mass = [], []
+    for i, (ids, (logits,)) in zip(range(0, len(draw.rows), SCORE_BATCH),
+                                   _forward_batches([model], draw.rows, SCORE_BATCH, bf16, False, "")):
+        starts, lengths = draw.starts[i:i + SCORE_BATCH], draw.lengths[i:i + SCORE_BATCH]
+        valid = steps[None] < lengths[:, None]  # (b, L)
+        where = (starts[:, None] - 1 + steps[None]).clamp(max=ids.size(1) - 2)  # positions that predict each token
+        picked = logits.cpu()[torch.arange(len(ids))[:, None], where]  # (b, L, V)
+        if draw.banned:
+            picked[..., draw.banned] = float("-inf")
+        log_probs = torch.log_softmax(picked.double(), -1)
+        chosen = log_probs.gather(-1, ids.cpu()[torch.arange(len(ids))[:, None], where + 1][..., None])[..., 0]
+        log_p.append(torch.where(valid, chosen, 0.0).sum(1))
+        if mask is not None:
+            m = torch.zeros(log_probs.size(-1), dtype=torch.bool)
+            m[: len(mask)] = mask.bool()[: log_probs.size(-1)]
+            log_mass.append(torch.where(valid, log_probs[..., m].logsumexp(-1), float("-inf")))
+    return torch.cat(log_p), (torch.cat(log_mass) if mask is not None else None)

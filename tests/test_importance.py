@@ -1,0 +1,122 @@
+"""Importance weights for decode-time tilts, checked against teacher forcing and exact enumeration."""
+
+import itertools
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import tiny_llama
+from tokentilt.generate import SampleConfig, Samples, generate
+from tokentilt.importance import Pool, draw_of, weighable
+from tokentilt.metrics import sample_rates
+
+EOS = 0
+
+
+class DigitTokenizer:
+    """Prompts like "3 7" are their ids; enough for scoring samples by teacher forcing."""
+
+    pad_token_id = EOS
+    eos_token_id = EOS
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [int(t) for t in text.split()]}
+
+
+class Biased(nn.Module):
+    """A model whose logits are the reference's plus b on the set: the decode-time tilt, in the weights."""
+
+    def __init__(self, model, mask, bias):
+        super().__init__()
+        self.model, self.row = model, bias * mask.float()
+
+    def forward(self, input_ids, **kw):
+        return SimpleNamespace(logits=self.model(input_ids=input_ids).logits + self.row)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_llama(seed=3)
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[[5, 9, 17, 30, 41, 52]] = True
+    return model, mask
+
+
+def draws(model, mask, prompt, n, length, bias, seed):
+    ids = torch.tensor([[int(t) for t in prompt.split()]] * n)
+    new = generate(model, ids, cfg=SampleConfig(max_new_tokens=length), bias_mask=mask, bias=bias,
+                   generator=torch.Generator().manual_seed(seed), eos_ids=[EOS])
+    samples = Samples([prompt] * n, new, [""] * n)
+    return draw_of(model, DigitTokenizer(), samples, mask, bias, sample_rates(new, mask))
+
+
+def teacher_forced(model, prompt, seq, mask, bias):
+    """log p_b(seq | prompt) with EOS banned, from one forward with the bias added to the logits."""
+    ids = torch.tensor([[int(t) for t in prompt.split()] + seq])
+    logits = model(input_ids=ids).logits[0, -len(seq) - 1:-1].double() + bias * mask.double()
+    logits[:, EOS] = float("-inf")
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(seq)[:, None]).sum().item()
+
+
+def exact_rate(model, prompt, mask, bias):
+    """E_b[R] over every two-token continuation (63 x 63 of them, EOS banned), in one batched forward."""
+    pairs = torch.tensor(list(itertools.product(range(1, 64), repeat=2)))  # (3969, 2)
+    ids = torch.cat([torch.tensor([[int(t) for t in prompt.split()]]).expand(len(pairs), -1), pairs], 1)
+    logits = model(input_ids=ids).logits[:, -3:-1].double() + bias * mask.double()  # (3969, 2, V)
+    logits[..., EOS] = float("-inf")
+    log_p = torch.log_softmax(logits, -1).gather(2, pairs[..., None])[..., 0].sum(1)  # (3969,)
+    return float((log_p.exp() * mask[pairs].double().mean(1)).sum())
+
+
+@torch.no_grad()
+def test_closed_form_tilt_matches_teacher_forcing(setup):
+    model, mask = setup
+    draw = draws(model, mask, "3 7 11", 6, 5, 1.5, seed=0)
+    for i in range(6):
+        seq = draw.rows[i, 3:8].tolist()
+        base = teacher_forced(model, "3 7 11", seq, mask, 0.0)
+        assert draw.log_p0[i].item() == pytest.approx(base, abs=1e-4)
+        for b in (-2.0, 0.7, 3.0):
+            tilted = teacher_forced(model, "3 7 11", seq, mask, b)
+            assert draw.log_tilt(b)[i].item() == pytest.approx(tilted - base, abs=1e-4)
+    assert torch.equal(draw.counts, mask[draw.rows[:, 3:8]].sum(1).double())
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_estimates_match_exact_enumeration(setup):
+    model, mask = setup
+    pool = Pool([draws(model, mask, "3 7", 3000, 2, 1.0, seed=1)])
+    for b in (0.0, 1.0, 2.0):
+        exact = exact_rate(model, "3 7", mask, b)
+        est = pool.at_bias(b)
+        assert est["ci_low"] - 0.01 <= exact <= est["ci_high"] + 0.01, (b, exact, est)
+        assert abs(est["mean"] - exact) < 0.03
+    assert pool.at_bias(1.0)["ess"] == pytest.approx(3000)  # the draw's own bias: every weight is 1
+    assert pool.at_bias(3.0)["ess"] < pool.at_bias(1.5)["ess"] < 3000
+    # a model that carries the tilt in its logits is estimated like the decode-time tilt itself
+    carried = pool.of_model(Biased(model, mask, 2.0))
+    assert carried["mean"] == pytest.approx(pool.at_bias(2.0)["mean"], abs=1e-6)
+    assert carried["ess"] == pytest.approx(pool.at_bias(2.0)["ess"], rel=1e-4)
+
+
+@torch.no_grad()
+def test_pooled_draws_and_solve(setup):
+    model, mask = setup
+    pool = Pool([draws(model, mask, "3 7", 400, 6, b, seed=b) for b in (0, 2)])
+    b = pool.solve(0.3)
+    assert pool.at_bias(b)["mean"] == pytest.approx(0.3, abs=1e-3)
+    assert pool.at_bias(b)["n"] == 800 and pool.enough(pool.at_bias(b))
+    assert pool.solve(0.999, reach=1.0) == 3.0  # out of reach: the end of the range
+    assert not pool.enough(pool.at_bias(3.0 + 6.0))
+
+
+def test_weighable_only_for_token_sets_at_temperature_one():
+    mask = torch.zeros(4, dtype=torch.bool)
+    plain = SimpleNamespace(temperature=1.0, top_k=0, top_p=1.0)
+    assert weighable(mask, plain)
+    assert not weighable(mask, SimpleNamespace(temperature=0.7, top_k=0, top_p=1.0))
+    assert not weighable(mask, SimpleNamespace(temperature=1.0, top_k=5, top_p=1.0))
+    assert not weighable(object(), plain)  # a phrase set
