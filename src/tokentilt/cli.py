@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import sys
 from pathlib import Path
 
-from tokentilt.config import UsageError, merge, options, read_yaml, to_flat
+from tokentilt.config import UsageError, merge, options, read_yaml
 from tokentilt.engine import keep_freed_memory
 from tokentilt.models.lora import DEFAULT_LR as LORA_LR
 from tokentilt.preflight import check_lengths, check_output, check_prompts, check_sampling
@@ -147,10 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 YAML_ONLY = {"prompts"}  # a list of sentences reads better in a config file than as flags
+COURSE_SKIP = YAML_ONLY | {"chat", "system"}  # the course's experiments sample raw text only
 
 
 def add_export_parser(sub) -> None:
-    from tokentilt.export import DEFAULT_TYPE, TYPES
+    from tokentilt.jobs.export import ExportConfig
 
     p = sub.add_parser("export", help="write a run's model as GGUF (llama.cpp, ollama) and its tilt as logit_bias",
                        description="Export a tilted model where people run it: a GGUF file written with the gguf "
@@ -160,23 +160,20 @@ def add_export_parser(sub) -> None:
                                    "`tokentilt eval --model OUT.gguf`.",
                        epilog="example:\n  tokentilt export runs/x --gguf runs/x.q8_0.gguf --type q8_0 "
                               "--logit-bias runs/x.bias.json", formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", metavar="RUN_OR_MODEL", help="a tilt run folder, a model folder, a .gguf or 'bundled'")
-    p.add_argument("--gguf", metavar="OUT.gguf", help="write the model here (OUT.Modelfile beside it)")
-    p.add_argument("--type", default=DEFAULT_TYPE, choices=TYPES,
-                   help=with_default("tensor type of the 2-D weights", DEFAULT_TYPE))
-    p.add_argument("--logit-bias", metavar="OUT.json", help="write the decode-time tilt as {token id: bias}")
-    p.add_argument("--toward", metavar="SELECTOR", help="--logit-bias: the token set; a run folder's when not given")
-    p.add_argument("--bias", type=float, help="--logit-bias: the bias b; a run folder's trained b when not given")
+    add_options(p, ExportConfig(), source={"flag": "source", "metavar": "RUN_OR_MODEL"},
+                gguf={"metavar": "OUT.gguf"}, logit_bias={"metavar": "OUT.json"})
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
-    from tokentilt.jobs.export import run_export
+    from tokentilt.jobs.export import ExportConfig, run_export
 
-    if args.toward:
-        token_selector_only(args.toward, "export --logit-bias")
-        check_syntax(args.toward)
-    run_export(args.source, args.gguf, args.type, args.logit_bias, args.toward, args.bias)
+    flags = vars(args)
+    cfg = merge(ExportConfig, read_yaml(flags.get("config")), flags)
+    if cfg.toward:
+        token_selector_only(cfg.toward, "export --logit-bias")
+        check_syntax(cfg.toward)
+    run_export(cfg)
     return 0
 
 
@@ -363,17 +360,9 @@ def cmd_audit(args) -> int:
 # ------------------------------------------------------------------ pretrain and the course's experiments
 
 
-def show_defaults(parser, defaults: dict, aliases: dict | None = None) -> None:
-    """The experiments' hand-written options (their configs nest a pretraining run whose field names repeat
-    theirs, so they are not flat): append each default from the config instance to its help."""
-    for action in parser._actions:
-        key = (aliases or {}).get(action.dest, action.dest)
-        if key in defaults and action.help not in (None, argparse.SUPPRESS):
-            action.help = with_default(action.help, defaults[key])
-
-
 def add_course_parsers(sub) -> None:
     """`tokentilt pretrain` and `tokentilt experiment NAME`."""
+    from tokentilt.jobs.experiments import l1_vs_l2, like_x, x_factor
     from tokentilt.jobs.pretrain import PretrainConfig
 
     p = sub.add_parser("pretrain", help="pretrain Model 5 (compact GPT-2) on the Shakespeare plays",
@@ -390,43 +379,23 @@ def add_course_parsers(sub) -> None:
                        description="Reproduce one of the course's experiments. Each writes summary.json, plots and "
                                    "report.md to --out.")
     exps = p.add_subparsers(dest="experiment", metavar="NAME", required=True)
-
-    def common(e, name, epochs, lr):
-        e.add_argument("--epochs", type=int, help="optimizer steps")
-        e.add_argument("--lr", type=float, action="append",
-                       help="learning rate" + ("; repeat for several runs" if "," in lr else ""))
-        e.add_argument("--seed", type=int, help="random seed")
-        e.add_argument("--out", metavar="DIR", help="output folder")
-        e.add_argument("--overwrite", action="store_true", help="replace the output folder if it already holds a run")
-        e.set_defaults(func=cmd_experiment)
-
-    from tokentilt.jobs.experiments import l1_vs_l2, like_x, x_factor
-
     e = exps.add_parser("l1-vs-l2", help="one scalar, target 5, SGD lr 0.05 under L1 and under L2",
                         description="Fit one scalar parameter to 5 with SGD under L1 and under L2: L1 oscillates "
                                     "around the target, L2 converges. Records l1_at_2, l2_at_2, l2_final_error, "
                                     "l1_oscillation.")
-    common(e, "l1-vs-l2", 200, "0.05")
-    show_defaults(e, to_flat(l1_vs_l2.L1VsL2Config()), {"epochs": "epochs"})
+    add_options(e, l1_vs_l2.L1VsL2Config())
     e = exps.add_parser("like-x", help="train Model 5 to like tokens containing x (random inputs, last position)",
                         description="The course's 'Train a model to like X': KL toward uniform over x-tokens on the "
                                     "final position of random 256-token inputs. Counts x-tokens among 200 generated "
                                     "tokens before and after. Pretrains Model 5 first unless --checkpoint is given.")
-    common(e, "like-x", 200, "1e-3")
-    e.add_argument("--checkpoint", metavar="DIR", help="Model 5 folder (pretrain's model/); default: pretrain first")
-    e.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="optimizer")
-    e.add_argument("--batch", type=int, help="random sequences per step")
-    e.add_argument("--pretrain-steps", type=int, help="steps of the pretraining run without --checkpoint")
-    e.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU; off by default unless the CPU has native bf16")
-    show_defaults(e, {**to_flat(like_x.LikeXConfig()), "pretrain_steps": like_x.LikeXConfig().pretrain.steps})
+    add_options(e, like_x.LikeXConfig(), skip=COURSE_SKIP, checkpoint={"metavar": "DIR"})
     e = exps.add_parser("x-factor", help="maximise the X factor of the bundled model at lr 1e-6 and 1e-4",
                         description="The course's 'Maximize the X factor': alpha/beta KL target at all positions of "
                                     "B=4 x T=64 random tokens, Adam, one run per learning rate from the same start. "
                                     "Reports R with intervals, final loss and samples per lr.")
-    common(e, "x-factor", 150, "1e-6,1e-4")
-    e.add_argument("--model", metavar="bundled|PATH|HUB_ID", help="model to tilt")
-    e.add_argument("--bf16", action=argparse.BooleanOptionalAction, help="bf16 autocast on CPU; off by default unless the CPU has native bf16")
-    show_defaults(e, to_flat(x_factor.XFactorConfig()), {"lr": "lrs"})
+    add_options(e, x_factor.XFactorConfig(), skip=COURSE_SKIP, lrs={"flag": "--lr", "metavar": "X"})
+    for e in exps.choices.values():
+        e.set_defaults(func=cmd_experiment)
 
 
 def cmd_pretrain(args) -> int:
@@ -454,19 +423,10 @@ def unfinished_on_interrupt(out: str):
 def cmd_experiment(args) -> int:
     from tokentilt.jobs.experiments import l1_vs_l2, like_x, x_factor
 
-    module, cfg = {"l1-vs-l2": (l1_vs_l2, l1_vs_l2.L1VsL2Config()), "like-x": (like_x, like_x.LikeXConfig()),
-                   "x-factor": (x_factor, x_factor.XFactorConfig())}[args.experiment]
-    flags = {k: v for k, v in vars(args).items() if v is not None and k not in ("func", "command", "experiment")}
-    if "lr" in flags:
-        if hasattr(cfg, "lrs"):
-            flags["lrs"] = flags.pop("lr")
-        elif len(flags["lr"]) > 1:
-            raise UsageError(f"experiment {args.experiment} takes one --lr")
-        else:
-            flags["lr"] = flags["lr"][0]
-    if "pretrain_steps" in flags:
-        cfg.pretrain.steps = flags.pop("pretrain_steps")
-    cfg = dataclasses.replace(cfg, **flags)
+    module, cls = {"l1-vs-l2": (l1_vs_l2, l1_vs_l2.L1VsL2Config), "like-x": (like_x, like_x.LikeXConfig),
+                   "x-factor": (x_factor, x_factor.XFactorConfig)}[args.experiment]
+    flags = vars(args)
+    cfg = merge(cls, read_yaml(flags.get("config")), flags)
     if hasattr(cfg, "model"):
         check_lengths(cfg.model)
     with unfinished_on_interrupt(cfg.out):

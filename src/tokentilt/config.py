@@ -77,13 +77,15 @@ def coerce(name: str, value, default):
                 raise TypeError
             return float(value)
         if isinstance(default, list):
+            # items take the type of the default's items (lrs: [1e-6, 1e-4] -> floats), else strings
+            item = type(default[0]) if default and type(default[0]) in (int, float) else str
             if isinstance(value, list):
-                if not all(isinstance(v, scalar) for v in value):
+                if not all(isinstance(v, scalar) and not isinstance(v, bool) for v in value):
                     raise TypeError
-                return [str(v) for v in value]
+                return [item(v) for v in value]
             if not isinstance(value, str):
                 raise TypeError
-            return [s for s in value.split("|") if s]
+            return [item(s) for s in value.split("|") if s]
         if not isinstance(value, scalar):
             raise TypeError
         return str(value)
@@ -94,8 +96,8 @@ def coerce(name: str, value, default):
 def merge(cls, yaml_values: dict, flags: dict):
     """dataclass defaults <- YAML <- flags, typed. Unknown YAML keys are an error."""
     defaults = to_flat(cls())
-    unknown = sorted(set(yaml_values) - set(defaults))
-    if unknown:
+    unknown = sorted(str(k) if str(k).isprintable() else repr(k) for k in set(yaml_values) - set(defaults))
+    if unknown:  # a key may be a number, or hold a line break: the message stays one line
         raise UsageError(f"unknown option(s) in config file: {', '.join(unknown)}")
     typed = {k: coerce(k, v, defaults[k]) for k, v in yaml_values.items()}
     typed.update({k: coerce(k, v, defaults[k]) for k, v in flags.items() if k in defaults})

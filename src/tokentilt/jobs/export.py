@@ -5,13 +5,27 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from tokentilt.export import ExportError, export_gguf, logit_bias_map, modelfile
+from tokentilt.export import DEFAULT_TYPE, TYPES, ExportError, export_gguf, logit_bias_map, modelfile
 from tokentilt.models.load import load_model
 from tokentilt.phrases import is_phrase_selector
 from tokentilt.preflight import check_output
 from tokentilt.targets import resolve_set
+
+
+@dataclass
+class ExportConfig:
+    """What `tokentilt export` writes, and from what."""
+
+    source: str = ""  # a tilt run folder, a model folder, a .gguf or 'bundled'
+    gguf: str = ""  # write the model here as GGUF (OUT.Modelfile beside it)
+    type: Literal[TYPES] = DEFAULT_TYPE  # tensor type of the 2-D weights
+    logit_bias: str = ""  # write the decode-time tilt here as JSON {token id: bias}
+    toward: str = ""  # --logit-bias: the token set; a run folder's when not given
+    bias: float | None = None  # --logit-bias: the bias b; a run folder's trained b when not given
 
 
 def model_of(source: str) -> tuple[str, dict | None]:
@@ -32,14 +46,14 @@ def check_out(path: str | None, suffix: str, what: str) -> None:
     check_output(path, "file")
 
 
-def run_export(source: str, gguf: str | None, kind: str, logit_bias: str | None = None, toward: str | None = None,
-               bias: float | None = None, echo=print) -> dict:
-    """Export `source` (a run folder, a model folder, a .gguf or "bundled") -> {"gguf", "logit_bias", ...}."""
+def run_export(cfg: ExportConfig, echo=print) -> dict:
+    """Export cfg.source (a run folder, a model folder, a .gguf or "bundled") -> {"gguf", "logit_bias", ...}."""
+    gguf, logit_bias, toward, bias = cfg.gguf or None, cfg.logit_bias or None, cfg.toward or None, cfg.bias
     if gguf is None and logit_bias is None:
         raise ExportError("nothing to export: give --gguf OUT.gguf and/or --logit-bias OUT.json")
     check_out(gguf, ".gguf", "--gguf")
     check_out(logit_bias, ".json", "--logit-bias")
-    name, summary = model_of(source)
+    name, summary = model_of(cfg.source)
     if logit_bias is not None:
         toward = toward or (summary or {}).get("selector")
         bias = bias if bias is not None else (summary or {}).get("bias")
@@ -50,11 +64,11 @@ def run_export(source: str, gguf: str | None, kind: str, logit_bias: str | None 
                               "(see docs/phrases.md), so it has no logit_bias form")
     echo(f"loading model {name!r} ...")
     model, tokenizer = load_model(name)
-    result = {"source": source}
+    result = {"source": cfg.source}
     if gguf is not None:
         started = time.time()
-        echo(f"writing {gguf} ({kind}) ...")
-        info = export_gguf(model, tokenizer, gguf, kind, name=Path(name).name or "tokentilt")
+        echo(f"writing {gguf} ({cfg.type}) ...")
+        info = export_gguf(model, tokenizer, gguf, cfg.type, name=Path(name).name or "tokentilt")
         card = Path(gguf).with_suffix(".Modelfile")
         card.write_text(modelfile(Path(gguf).name, bool(getattr(tokenizer, "chat_template", None))))
         result.update(gguf=info, modelfile=str(card), seconds=round(time.time() - started, 1))

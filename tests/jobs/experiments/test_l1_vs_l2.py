@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import yaml
 
 from tokentilt.cli import main
 from tokentilt.jobs.experiments.l1_vs_l2 import L1VsL2Config, fit_scalar, run
@@ -40,5 +41,11 @@ def test_cli_bad_name_and_bad_values(tmp_path, capsys):
     assert "invalid choice: 'no-such-thing'" in err and len(err.strip().splitlines()) == 1
     assert main(["experiment", "l1-vs-l2", "--epochs", "0", "--out", str(tmp_path / "e")]) == 2
     assert "epochs" in capsys.readouterr().err
-    assert main(["experiment", "l1-vs-l2", "--lr", "0.1", "--lr", "0.2", "--out", str(tmp_path / "e")]) == 2
-    assert "one --lr" in capsys.readouterr().err
+    assert main(["experiment", "l1-vs-l2", "--lr", "-0.1", "--out", str(tmp_path / "e")]) == 2
+    assert "lr must be > 0" in capsys.readouterr().err
+    config = tmp_path / "exp.yaml"  # experiments read YAML like every other subcommand; flags override it
+    config.write_text("epochs: 0\nwindow: 5\n")
+    assert main(["experiment", "l1-vs-l2", "--config", str(config), "--out", str(tmp_path / "e")]) == 2
+    assert "epochs" in capsys.readouterr().err
+    assert main(["experiment", "l1-vs-l2", "--config", str(config), "--epochs", "10", "--out", str(tmp_path / "e")]) == 0
+    assert yaml.safe_load((tmp_path / "e" / "config.yaml").read_text())["epochs"] == 10

@@ -52,8 +52,7 @@ class LikeXConfig:
     out: str = "runs/exp/like-x"  # output folder
     overwrite: bool = False  # replace an existing run folder
     eval: EvalConfig = field(default_factory=EvalConfig.course)  # R over the course's 8 prompts x samples
-    # used only without a checkpoint; 300 steps keeps the whole experiment short
-    pretrain: PretrainConfig = field(default_factory=lambda: PretrainConfig(steps=300))
+    pretrain_steps: int = 300  # steps of the pretraining run without --checkpoint (300 keeps the experiment short)
 
     def check(self) -> None:
         if self.checkpoint and not Path(self.checkpoint).is_dir():
@@ -109,7 +108,7 @@ def run(cfg: LikeXConfig, progress: bool = True, echo=print) -> dict:
     folder.write_yaml("config.yaml", dataclasses.asdict(cfg))
     if model is None:
         echo("no --checkpoint: pretraining Model 5 first ...")
-        pre = dataclasses.replace(cfg.pretrain, seed=cfg.seed)
+        pre = PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.seed)
         model = pretrain_model(pre, progress=progress, echo=echo).model
         model.save(folder.path("pretrain") / "model")
         model = GPT.load(folder.path("pretrain") / "model")  # as a --checkpoint run would: the saved weights
