@@ -234,7 +234,8 @@ def fit_trained_bias(train_at, probe, target: float, bias: float, rounds: int, n
         r = probe()
         tried.append((bias, r))
         if echo:
-            echo(f"  round {i + 1}: b = {bias:+.3f} -> trained R = {r['mean']:.3f} (target {target})")
+            how = f", estimated by importance weights from {r['ess']:.0f} effective samples" if "ess" in r else ""
+            echo(f"  round {i + 1}: b = {bias:+.3f} -> trained R = {r['mean']:.3f} (target {target}{how})")
         if i == 0 or abs(r["mean"] - target) < abs(tried[best][1]["mean"] - target):
             best, best_value = i, value  # only the best round's weights are held
         if abs(r["mean"] - target) <= tol:

@@ -232,14 +232,17 @@ def train_toward(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig,
 
 def train_to_rate(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig, bias: float, evaluate=None,
                   log=None, progress: bool = True, on_round=None, echo=print,
-                  train_once=None) -> tuple[RateFit, list[dict]]:
+                  train_once=None, pool=None) -> tuple[RateFit, list[dict]]:
     """tilt-distill toward the rate cfg.rate: up to cfg.rate_rounds trainings, each from the reference's weights.
 
     `bias` is the decode-time calibration; calibrate.fit_trained_bias corrects it after each
     round from the trained model's R, measured on probe seeds (eval_seed + 1) so that the R the
     run reports afterwards (on eval_seed) is not the one b was fitted to. The model ends holding
     the kept round's weights. on_round() is called before each round trains. train_once(b) ->
-    history replaces train_toward (head-rows passes HeadRowsTilt.train).
+    history replaces train_toward (head-rows passes HeadRowsTilt.train). With `pool`, the calibration's
+    draws on the probe seeds (importance.Pool), a round's R is first estimated from them by importance
+    weights (one teacher-forced forward of the trained model) and sampled only when the estimate rests
+    on too few effective samples.
     -> (the fit, the kept round's training history).
     """
     probe_cfg = cfg.eval.probe()
@@ -256,8 +259,15 @@ def train_to_rate(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig
             history = train_once(b)
         return history, snapshot(model)
 
+    def probe_once() -> dict:
+        if pool is not None:
+            estimate = pool.of_model(model, cfg.train.bf16)
+            if pool.enough(estimate):
+                return estimate
+        return measure_rate(model, tokenizer, tokens.target, probe_cfg, bf16=cfg.train.bf16)[0]
+
     def probe() -> dict:
-        return on_main(lambda: measure_rate(model, tokenizer, tokens.target, probe_cfg, bf16=cfg.train.bf16)[0], state)
+        return on_main(probe_once, state)
 
     n = len(cfg.eval.prompts) * cfg.eval.samples_per_prompt
     fit, (history, weights) = fit_trained_bias(train_at, probe, cfg.rate, bias, cfg.rate_rounds, n, echo=echo)

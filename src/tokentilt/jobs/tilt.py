@@ -198,7 +198,8 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     start_peak = peak_rss_mb()  # loading and the measurements before training
     peak_was_reset = reset_peak_rss()
     train_started = time.time()
-    fit, history = train_stage(cfg, run, bias, folder, progress and main, say)
+    pool = start.calibration.pool if start.calibration is not None else None  # the probe seeds' draws
+    fit, history = train_stage(cfg, run, bias, folder, progress and main, say, pool)
     trained_bias = fit.bias if fit is not None else bias
     train_seconds = time.time() - train_started
     clock.mark("train")  # with --rate: every round, its contexts and its probe
@@ -246,7 +247,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     return summary
 
 
-def train_stage(cfg: TiltConfig, run: Setup, bias: float, folder: RunFolder, progress: bool, say):
+def train_stage(cfg: TiltConfig, run: Setup, bias: float, folder: RunFolder, progress: bool, say, pool=None):
     """Train as the config says -> (RateFit or None, history): toward R* with the rate rounds, a head-rows
     fit at b, or training toward b. metrics.jsonl gets every record (with its round under --rate)."""
     model, tokenizer, tokens, head = run.model, run.tokenizer, run.tokens, run.head
@@ -268,7 +269,7 @@ def train_stage(cfg: TiltConfig, run: Setup, bias: float, folder: RunFolder, pro
         say(f"training toward R = {cfg.rate}, correcting b from the trained model's R (<= {cfg.rate_rounds} rounds)")
         return train_to_rate(model, tokenizer, run.reference, tokens, cfg, bias, evaluate, log, progress,
                              on_round=next_round, echo=say,
-                             train_once=(lambda b: head.train(b, progress, log)) if head else None)
+                             train_once=(lambda b: head.train(b, progress, log)) if head else None, pool=pool)
     if head:
         return None, head.train(bias, progress, log)
     return None, train_toward(model, tokenizer, run.reference, tokens, cfg, bias, evaluate, log, progress,
