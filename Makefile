@@ -3,7 +3,7 @@
 PYTHON ?= python3
 OUT ?= runs/demo
 
-.PHONY: install demo course test test-fast lint clean
+.PHONY: install demo course test test-fast lint format clean
 
 install:
 	$(PYTHON) -m pip install -q -e '.[test]'
@@ -23,6 +23,11 @@ course: install
 
 lint: install
 	$(PYTHON) -m ruff check src tests scripts benchmarks
+	$(PYTHON) -m ruff format --check src tests scripts benchmarks
+
+format: install
+	$(PYTHON) -m ruff format src tests scripts benchmarks
+	$(PYTHON) -m ruff check --fix src tests scripts benchmarks
 
 clean:
 	rm -rf runs build *.egg-info src/*.egg-info .pytest_cache

@@ -45,9 +45,16 @@ def bare_loop(model, ctx, cfg: TrainConfig) -> list[float]:
 
 def engine_loop(model, ctx, cfg: TrainConfig) -> list[float]:
     stamps = [time.perf_counter()]
-    train(model, OBJECTIVES["kl-uniform"], ctx,
-          lambda g, rows: random_tokens(ctx.mask.numel(), rows, cfg.seq_len, g), cfg, progress=False,
-          log=None, evaluate=lambda step: stamps.append(time.perf_counter()) or {})
+    train(
+        model,
+        OBJECTIVES["kl-uniform"],
+        ctx,
+        lambda g, rows: random_tokens(ctx.mask.numel(), rows, cfg.seq_len, g),
+        cfg,
+        progress=False,
+        log=None,
+        evaluate=lambda step: stamps.append(time.perf_counter()) or {},
+    )
     return [b - a for a, b in zip(stamps[1:], stamps[2:])]
 
 
@@ -70,8 +77,10 @@ def main() -> None:
             model.load_state_dict(start)
             model.train()
             times[name] += loop(model, ctx, cfg)
-    print(f"Adam steps, bundled model{' + LoRA r=16' if args.lora else ''}, B={cfg.batch}, T={cfg.seq_len}, bf16, "
-          f"{args.rounds} rounds x {args.steps} timed steps, {torch.get_num_threads()} threads")
+    print(
+        f"Adam steps, bundled model{' + LoRA r=16' if args.lora else ''}, B={cfg.batch}, T={cfg.seq_len}, bf16, "
+        f"{args.rounds} rounds x {args.steps} timed steps, {torch.get_num_threads()} threads"
+    )
     print("| loop | median s/step | min | max |")
     print("|---|---|---|---|")
     for name, ts in times.items():

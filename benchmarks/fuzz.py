@@ -28,8 +28,13 @@ def fuzz(name: str, strategy, classify, examples: int) -> int:
     counts: Counter = Counter()
     crashes: dict[str, object] = {}
 
-    @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(strategy)
     def run(args):
         try:
@@ -41,8 +46,10 @@ def fuzz(name: str, strategy, classify, examples: int) -> int:
     started = time.time()
     run()
     total = sum(counts.values())
-    print(f"{name}: {total:,} examples in {time.time() - started:.1f} s; "
-          + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))
+    print(
+        f"{name}: {total:,} examples in {time.time() - started:.1f} s; "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
+    )
     for kind, args in crashes.items():
         print(f"  crash {kind}\n    first example: {args!r}")
     return counts["crash"]
@@ -53,8 +60,12 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=10_000)
     n = parser.parse_args().examples
     crashes = fuzz("selector parser", st.tuples(selectors()), classify_selector, n)
-    crashes += fuzz("config (YAML + flags)", st.tuples(st.one_of(mappings(), st.text(max_size=40)), flag_values()),
-                    classify_config, n)
+    crashes += fuzz(
+        "config (YAML + flags)",
+        st.tuples(st.one_of(mappings(), st.text(max_size=40)), flag_values()),
+        classify_config,
+        n,
+    )
     print(f"crashes: {crashes}")
     return 1 if crashes else 0
 

@@ -52,6 +52,7 @@ def matmul_ceiling(model, rows: int, reps: int = 5) -> tuple[float, list[tuple]]
             x @ w.T  # forward (rows, out)
             g @ w  # input gradient (rows, in)
             g.T @ x  # weight gradient (out, in)
+
         step()
         start = time.perf_counter()
         for _ in range(reps):
@@ -67,8 +68,15 @@ def matmul_ceiling(model, rows: int, reps: int = 5) -> tuple[float, list[tuple]]
 def step_times(model, cfg: TrainConfig, mask, steps: int) -> list[float]:
     stamps = []
     ctx = ObjectiveContext(mask=mask, positions="all")
-    train(model, OBJECTIVES["kl-uniform"], ctx, lambda g, rows: random_tokens(49152, rows, cfg.seq_len, g), cfg,
-          log=lambda r: stamps.append(time.perf_counter()), progress=False)
+    train(
+        model,
+        OBJECTIVES["kl-uniform"],
+        ctx,
+        lambda g, rows: random_tokens(49152, rows, cfg.seq_len, g),
+        cfg,
+        log=lambda r: stamps.append(time.perf_counter()),
+        progress=False,
+    )
     return [b - a for a, b in zip(stamps[2:], stamps[3:])]  # from the 3rd step on: warm-up excluded
 
 
@@ -79,8 +87,9 @@ def alternate(model, mask, variants: dict[str, dict], steps: int, rounds: int) -
     for _ in range(rounds):
         for name, overrides in variants.items():
             model.load_state_dict(start_state)
-            times[name] += step_times(model, TrainConfig(lr=1e-7, steps=steps + 3, eval_every=0, **overrides),
-                                      mask, steps)
+            times[name] += step_times(
+                model, TrainConfig(lr=1e-7, steps=steps + 3, eval_every=0, **overrides), mask, steps
+            )
     return times
 
 
@@ -98,11 +107,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also print a profiler breakdown of one default step")
     parser.add_argument("--profile-only", action="store_true", help="only the profiler breakdown")
-    parser.add_argument("--allocator", action="store_true",
-                        help="only the default step with malloc keeping freed memory against glibc's default")
+    parser.add_argument(
+        "--allocator",
+        action="store_true",
+        help="only the default step with malloc keeping freed memory against glibc's default",
+    )
     parser.add_argument("--default-only", action="store_true", help=argparse.SUPPRESS)  # one side of --allocator
-    parser.add_argument("--attention", action="store_true",
-                        help="only the default step with eager attention (the default on a CPU) against SDPA")
+    parser.add_argument(
+        "--attention",
+        action="store_true",
+        help="only the default step with eager attention (the default on a CPU) against SDPA",
+    )
     args = parser.parse_args()
     if args.allocator:
         return compare_allocator(args.steps, args.rounds)
@@ -120,10 +135,14 @@ def main() -> None:
     configs = {name: TrainConfig(**overrides) for name, overrides in VARIANTS.items()}
     tokens = {name: cfg.batch * cfg.seq_len for name, cfg in configs.items()}
     ceiling, table = matmul_ceiling(model, 4 * 64)
-    print(f"bundled model, N = {n_params / 1e6:.1f}M parameters, {torch.get_num_threads()} threads, "
-          f"{args.rounds} rounds x {args.steps} steps\n")
-    print(f"bf16 matmul ceiling at the model's shapes, 256 rows: **{ceiling / 1e9:.0f} GFLOP/s** "
-          f"= {ceiling / (6 * n_params):.0f} tokens/s at 6N FLOPs per token")
+    print(
+        f"bundled model, N = {n_params / 1e6:.1f}M parameters, {torch.get_num_threads()} threads, "
+        f"{args.rounds} rounds x {args.steps} steps\n"
+    )
+    print(
+        f"bf16 matmul ceiling at the model's shapes, 256 rows: **{ceiling / 1e9:.0f} GFLOP/s** "
+        f"= {ceiling / (6 * n_params):.0f} tokens/s at 6N FLOPs per token"
+    )
     print("\n| Linear (in, out) | count | bf16 GFLOP/s |\n|---|---|---|")
     for shape, count, gflops in table:
         print(f"| {shape} | {count} | {gflops:.0f} |")
@@ -138,8 +157,7 @@ def main() -> None:
 def compare_attention(model, mask, steps: int, rounds: int) -> None:
     """The default bf16 step with eager attention (what --attention auto picks for 64 tokens on a CPU)
     and with the model's fused SDPA kernel, alternating round by round from the same weights."""
-    times = alternate(model, mask, {impl: dict(bf16=True, attention=impl) for impl in ("eager", "sdpa")},
-                      steps, rounds)
+    times = alternate(model, mask, {impl: dict(bf16=True, attention=impl) for impl in ("eager", "sdpa")}, steps, rounds)
     print("\n| attention | median s/step |\n|---|---|")
     for impl, t in times.items():
         print(f"| {impl} | {statistics.median(t):.3f} |")
@@ -152,12 +170,19 @@ def compare_allocator(steps: int, rounds: int) -> None:
     times: dict[str, list[float]] = {"1": [], "0": []}
     for _ in range(rounds):
         for keep in times:
-            out = subprocess.run([sys.executable, __file__, "--default-only", "--steps", str(steps)], check=True,
-                                 capture_output=True, text=True, env={**os.environ, "TOKENTILT_KEEP_FREED_MEMORY": keep})
+            out = subprocess.run(
+                [sys.executable, __file__, "--default-only", "--steps", str(steps)],
+                check=True,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "TOKENTILT_KEEP_FREED_MEMORY": keep},
+            )
             times[keep] += [float(t) for t in out.stdout.split()]
     kept, plain = statistics.median(times["1"]), statistics.median(times["0"])
-    print(f"\n| malloc | median s/step |\n|---|---|\n| keeps freed memory (default) | {kept:.3f} |\n"
-          f"| glibc's default | {plain:.3f} |\n\nspeed-up: {plain / kept:.2f}x")
+    print(
+        f"\n| malloc | median s/step |\n|---|---|\n| keeps freed memory (default) | {kept:.3f} |\n"
+        f"| glibc's default | {plain:.3f} |\n\nspeed-up: {plain / kept:.2f}x"
+    )
 
 
 def profile(model, mask) -> None:
@@ -168,13 +193,24 @@ def profile(model, mask) -> None:
 
     cfg = TrainConfig(lr=1e-7, steps=5, eval_every=0, bf16=True)
     ctx = ObjectiveContext(mask=mask, positions="all")
-    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True,
-                       schedule=schedule(wait=1, warmup=1, active=1, repeat=1)) as prof:
-        train(model, OBJECTIVES["kl-uniform"], ctx, lambda g, rows: random_tokens(49152, rows, cfg.seq_len, g),
-              cfg, log=lambda record: prof.step(), progress=False)
+    with torch_profile(
+        activities=[ProfilerActivity.CPU], record_shapes=True, schedule=schedule(wait=1, warmup=1, active=1, repeat=1)
+    ) as prof:
+        train(
+            model,
+            OBJECTIVES["kl-uniform"],
+            ctx,
+            lambda g, rows: random_tokens(49152, rows, cfg.seq_len, g),
+            cfg,
+            log=lambda record: prof.step(),
+            progress=False,
+        )
     print("\nOne steady-state default bf16 step, by self CPU time and input shapes:\n")
-    print(prof.key_averages(group_by_input_shape=True).table(
-        sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=32, max_shapes_column_width=50))
+    print(
+        prof.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=32, max_shapes_column_width=50
+        )
+    )
 
 
 if __name__ == "__main__":

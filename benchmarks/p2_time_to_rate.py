@@ -66,14 +66,25 @@ def time_to_rate(model, tokenizer, mask, fields: dict, positions: str, eval_ever
     ctx = ObjectiveContext(mask=mask, positions=positions)
     start = time.perf_counter()
     try:
-        train_module.train(model, OBJECTIVES["kl-uniform"], ctx,
-                           lambda g, rows: random_tokens(mask.numel(), rows, cfg.seq_len, g), cfg,
-                           evaluate=evaluate, progress=False)
+        train_module.train(
+            model,
+            OBJECTIVES["kl-uniform"],
+            ctx,
+            lambda g, rows: random_tokens(mask.numel(), rows, cfg.seq_len, g),
+            cfg,
+            evaluate=evaluate,
+            progress=False,
+        )
     except Reached:
         pass
     step, seconds, rate = trace[-1]
-    return {"step": step, "seconds": seconds, "rate": rate, "reached": rate >= TARGET,
-            "trace": " ".join(f"{s}:{r:.2f}" for s, _, r in trace)}
+    return {
+        "step": step,
+        "seconds": seconds,
+        "rate": rate,
+        "reached": rate >= TARGET,
+        "trace": " ".join(f"{s}:{r:.2f}" for s, _, r in trace),
+    }
 
 
 def main() -> None:
@@ -99,8 +110,10 @@ def main() -> None:
         finally:
             train_module.make_optimizer = make
         print(name, rows[name], flush=True)
-    print(f"\nbundled model, kl-uniform toward x, T = 64, R on 32 samples every {args.eval_every} steps, "
-          f"{torch.get_num_threads()} threads\n")
+    print(
+        f"\nbundled model, kl-uniform toward x, T = 64, R on 32 samples every {args.eval_every} steps, "
+        f"{torch.get_num_threads()} threads\n"
+    )
     print("| variant | steps to R >= 0.9 | training s | R reached | course s / variant s |\n|---|---|---|---|---|")
     course = next(iter(rows.values()))["seconds"] if next(iter(VARIANTS)) in rows else None
     for name, r in rows.items():

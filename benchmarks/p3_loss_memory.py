@@ -84,8 +84,14 @@ def check(rows: int, chunk: int) -> dict:
 
     def rel(x, y):
         return float((x - y).abs().max() / y.abs().max())
-    return {"value_dense": a.item(), "value_fused": b.item(), "value_rel": abs(a.item() - b.item()) / abs(a.item()),
-            "grad_hidden_rel": rel(bh, ah), "grad_weight_rel": rel(bw, aw)}
+
+    return {
+        "value_dense": a.item(),
+        "value_fused": b.item(),
+        "value_rel": abs(a.item() - b.item()) / abs(a.item()),
+        "grad_hidden_rel": rel(bh, ah),
+        "grad_weight_rel": rel(bw, aw),
+    }
 
 
 def main() -> None:
@@ -102,20 +108,28 @@ def main() -> None:
     runs = {"dense": [], "fused": []}
     for _ in range(args.rounds):
         for kind in runs:
-            out = subprocess.run([sys.executable, __file__, "--measure", kind, "--rows", str(args.rows),
-                                  "--chunk", str(args.chunk)], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--measure", kind, "--rows", str(args.rows), "--chunk", str(args.chunk)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             runs[kind].append(json.loads(out.stdout))
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("seconds", "peak_mb")} for k, v in runs.items()}
-    print(f"N = {args.rows}, d = {D}, V = {V}, chunk = {args.chunk}, fp32, {torch.get_num_threads()} threads, "
-          f"{args.rounds} rounds\n")
+    print(
+        f"N = {args.rows}, d = {D}, V = {V}, chunk = {args.chunk}, fp32, {torch.get_num_threads()} threads, "
+        f"{args.rounds} rounds\n"
+    )
     print("| loss | median peak MB above start | median s (loss + backward) |\n|---|---|---|")
     for kind in runs:
         print(f"| {kind} | {med[kind]['peak_mb']:.0f} | {med[kind]['seconds']:.3f} |")
     print(f"\n- peak memory fused / dense: **{med['fused']['peak_mb'] / med['dense']['peak_mb']:.3f}x**")
     print(f"- speed dense s / fused s: **{med['dense']['seconds'] / med['fused']['seconds']:.2f}x**")
-    print(f"- value: dense {agreement['value_dense']:.7f}, fused {agreement['value_fused']:.7f} "
-          f"(relative difference {agreement['value_rel']:.1e}); largest gradient difference relative to the "
-          f"largest gradient: hidden {agreement['grad_hidden_rel']:.1e}, weight {agreement['grad_weight_rel']:.1e}")
+    print(
+        f"- value: dense {agreement['value_dense']:.7f}, fused {agreement['value_fused']:.7f} "
+        f"(relative difference {agreement['value_rel']:.1e}); largest gradient difference relative to the "
+        f"largest gradient: hidden {agreement['grad_hidden_rel']:.1e}, weight {agreement['grad_weight_rel']:.1e}"
+    )
 
 
 if __name__ == "__main__":

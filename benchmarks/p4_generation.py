@@ -23,8 +23,10 @@ from tokentilt.generate import SampleConfig, generate
 from tokentilt.models.gpt import GPT, GPTConfig
 
 EOS = 50256
-SIZES = {"Model 5 default (4 x 128)": GPTConfig(),
-         "GPT-2 small shape (12 x 768)": GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024)}
+SIZES = {
+    "Model 5 default (4 x 128)": GPTConfig(),
+    "GPT-2 small shape (12 x 768)": GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+}
 
 
 def ours(model, ids, new_tokens, greedy=False):
@@ -34,9 +36,19 @@ def ours(model, ids, new_tokens, greedy=False):
 
 def theirs(hf, ids, new_tokens, greedy=False):
     torch.manual_seed(0)
-    out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=not greedy, max_new_tokens=new_tokens,
-                      temperature=1.0, top_k=0, top_p=1.0, suppress_tokens=[EOS], pad_token_id=EOS, use_cache=True)
-    return out[:, ids.size(1):]
+    out = hf.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=not greedy,
+        max_new_tokens=new_tokens,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        suppress_tokens=[EOS],
+        pad_token_id=EOS,
+        use_cache=True,
+    )
+    return out[:, ids.size(1) :]
 
 
 def main() -> None:
@@ -49,9 +61,13 @@ def main() -> None:
     from transformers.utils import logging
 
     logging.set_verbosity_error()  # top_k=0 draws a notice; it means "off", as in tokentilt
-    print(f"batch {args.batch}, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, fp32, "
-          f"{torch.get_num_threads()} threads, {args.rounds} rounds\n")
-    print("| model | Model 5 tokens/s | HF generate tokens/s | Model 5 / HF | greedy tokens equal |\n|---|---|---|---|---|")
+    print(
+        f"batch {args.batch}, prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, fp32, "
+        f"{torch.get_num_threads()} threads, {args.rounds} rounds\n"
+    )
+    print(
+        "| model | Model 5 tokens/s | HF generate tokens/s | Model 5 / HF | greedy tokens equal |\n|---|---|---|---|---|"
+    )
     for name, config in SIZES.items():
         torch.manual_seed(0)
         model = GPT(config).eval()
@@ -69,8 +85,10 @@ def main() -> None:
                 if r:
                     times[kind].append(time.perf_counter() - start)
         rate = {k: args.batch * args.new_tokens / statistics.median(v) for k, v in times.items()}
-        print(f"| {name} | {rate['ours']:.0f} | {rate['theirs']:.0f} | **{rate['ours'] / rate['theirs']:.2f}x** | "
-              f"{'yes' if same else 'NO'} |")
+        print(
+            f"| {name} | {rate['ours']:.0f} | {rate['theirs']:.0f} | **{rate['ours'] / rate['theirs']:.2f}x** | "
+            f"{'yes' if same else 'NO'} |"
+        )
 
 
 if __name__ == "__main__":

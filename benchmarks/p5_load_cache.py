@@ -33,8 +33,13 @@ def child() -> None:
 
 
 def timed(cache_home: str) -> float:
-    out = subprocess.run([sys.executable, __file__, "--child"], capture_output=True, text=True, check=True,
-                         env={**os.environ, "XDG_CACHE_HOME": cache_home})
+    out = subprocess.run(
+        [sys.executable, __file__, "--child"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "XDG_CACHE_HOME": cache_home},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
 
 

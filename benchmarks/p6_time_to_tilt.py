@@ -28,8 +28,21 @@ STAGES = ("load", "measure_before", "calibrate", "baseline", "train", "measure_a
 
 def run(src: Path, selector: str, rate: float, out: Path) -> dict:
     """One tilt process with `src` first on the import path -> its summary plus the wall seconds."""
-    cmd = [sys.executable, "-m", "tokentilt", "tilt", "--toward", selector, "--objective", "tilt-distill",
-           "--rate", str(rate), "--out", str(out), "--overwrite"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tokentilt",
+        "tilt",
+        "--toward",
+        selector,
+        "--objective",
+        "tilt-distill",
+        "--rate",
+        str(rate),
+        "--out",
+        str(out),
+        "--overwrite",
+    ]
     env = {**os.environ, "PYTHONPATH": str(src)}
     print("$ PYTHONPATH=" + str(src), " ".join(cmd), flush=True)
     started = time.perf_counter()
@@ -42,22 +55,33 @@ def run(src: Path, selector: str, rate: float, out: Path) -> dict:
 
 def row(name: str, which: str, target: float, s: dict) -> str:
     r, stages, rho = s["rate_after"], s.get("stage_seconds", {}), s.get("rho")
-    cells = [name, which, f"{target:g}", f"{s['wall']:.0f}",
-             f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]", "n/a" if rho is None else f"{rho:.2f}"]
+    cells = [
+        name,
+        which,
+        f"{target:g}",
+        f"{s['wall']:.0f}",
+        f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+        "n/a" if rho is None else f"{rho:.2f}",
+    ]
     cells += [f"{stages[k]:.0f}" if k in stages else "-" for k in STAGES]
     return "| " + " | ".join(cells) + " |"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--before", default="8bc0fea", help="commit to compare against (default: the last one before "
-                                                        "the sampling and calibration changes)")
+    ap.add_argument(
+        "--before",
+        default="8bc0fea",
+        help="commit to compare against (default: the last one before the sampling and calibration changes)",
+    )
     ap.add_argument("--out", default="runs/p6", help="folder of the run folders")
     ap.add_argument("--table", default="runs/p6/table.md", help="markdown file to write")
     args = ap.parse_args()
     out = Path(args.out)
-    lines = ["| cell | code | R* | wall s | R [95% CI] | rho | " + " | ".join(STAGES) + " |",
-             "|" + "---|" * (6 + len(STAGES))]
+    lines = [
+        "| cell | code | R* | wall s | R [95% CI] | rho | " + " | ".join(STAGES) + " |",
+        "|" + "---|" * (6 + len(STAGES)),
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         before = Path(tmp) / "before"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before), args.before], check=True)

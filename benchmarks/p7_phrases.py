@@ -44,29 +44,64 @@ def main() -> None:
         windows = held_out_windows(tokenizer, cfg)
         phrases = resolve_target(s["selector"], tokenizer, model)
         tuned = s["rate_after"]["mean"]
-        base = {"run": run.name, "rate_target": s["rate_target"], "rate_before": s["rate_before"]["mean"],
-                "rate_tuned": tuned, "ppl_base": s["ppl_before"], "ppl_tuned": s["ppl_after"],
-                "rho_in_run": s.get("rho"), "seconds_run": s["seconds"]}
+        base = {
+            "run": run.name,
+            "rate_target": s["rate_target"],
+            "rate_before": s["rate_before"]["mean"],
+            "rate_tuned": tuned,
+            "ppl_base": s["ppl_before"],
+            "ppl_tuned": s["ppl_after"],
+            "rho_in_run": s.get("rho"),
+            "seconds_run": s["seconds"],
+        }
         m = s["matched_decode"]  # the run's own: the trie at the b interpolated to the tuned R on its eval seeds
-        rows.append({**base, "method": "trie (the run's matched b)", "bias": m["bias"], "rate_decode": tuned,
-                     "rate_decode_ci": [s["rate_after"]["ci_low"], s["rate_after"]["ci_high"]], "reached": True,
-                     "ppl_decode": m["ppl"], "rho": s.get("rho"), "seconds": None})
+        rows.append(
+            {
+                **base,
+                "method": "trie (the run's matched b)",
+                "bias": m["bias"],
+                "rate_decode": tuned,
+                "rate_decode_ci": [s["rate_after"]["ci_low"], s["rate_after"]["ci_high"]],
+                "reached": True,
+                "ppl_decode": m["ppl"],
+                "rho": s.get("rho"),
+                "seconds": None,
+            }
+        )
         for method in [m for m in METHODS if m != "trie"]:
             started = time.time()
             target = phrases.with_method(method)
             cal = calibrate(model, tokenizer, target, tuned, cfg, windows, echo=print)
             got, _ = measure(model, tokenizer, target, cfg, windows, bias=cal.bias)
-            rows.append({**base, "method": method, "bias": cal.bias, "rate_decode": got["rate"]["mean"],
-                         "rate_decode_ci": [got["rate"]["ci_low"], got["rate"]["ci_high"]],
-                         "reached": abs(got["rate"]["mean"] - tuned) <= max(0.02, 0.25 * tuned),
-                         "ppl_decode": got["ppl"], "rho": rho(s, got["ppl"]), "seconds": round(time.time() - started)})
+            rows.append(
+                {
+                    **base,
+                    "method": method,
+                    "bias": cal.bias,
+                    "rate_decode": got["rate"]["mean"],
+                    "rate_decode_ci": [got["rate"]["ci_low"], got["rate"]["ci_high"]],
+                    "reached": abs(got["rate"]["mean"] - tuned) <= max(0.02, 0.25 * tuned),
+                    "ppl_decode": got["ppl"],
+                    "rho": rho(s, got["ppl"]),
+                    "seconds": round(time.time() - started),
+                }
+            )
             print(rows[-1])
         if tuned < s["rate_before"]["mean"]:
             got, _ = measure(model, tokenizer, phrases, cfg, windows, bias=-math.inf)
-            rows.append({**base, "method": "trie, hard ban (b = -inf)", "bias": -math.inf,
-                         "rate_decode": got["rate"]["mean"],
-                         "rate_decode_ci": [got["rate"]["ci_low"], got["rate"]["ci_high"]], "reached": None,
-                         "ppl_decode": got["ppl"], "rho": None, "seconds": None})
+            rows.append(
+                {
+                    **base,
+                    "method": "trie, hard ban (b = -inf)",
+                    "bias": -math.inf,
+                    "rate_decode": got["rate"]["mean"],
+                    "rate_decode_ci": [got["rate"]["ci_low"], got["rate"]["ci_high"]],
+                    "reached": None,
+                    "ppl_decode": got["ppl"],
+                    "rho": None,
+                    "seconds": None,
+                }
+            )
             print(rows[-1])
     out = args.runs[0].parent / "p7_phrases.json"
     out.write_text(json.dumps(rows, indent=1))
@@ -74,10 +109,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         fmt_rho = "n/a" if r["rho"] is None else f"{r['rho']:.2f}"
-        print(f"| {r['run']} | {r['rate_target']} | {r['rate_before']:.4f} | {r['rate_tuned']:.4f} | {r['method']} | "
-              f"{r['bias']:.2f} | {r['rate_decode']:.4f} [{r['rate_decode_ci'][0]:.4f}, {r['rate_decode_ci'][1]:.4f}]"
-              f"{'' if r['reached'] in (None, True) else ' (not reached)'} | {r['ppl_base']:.2f} / "
-              f"{r['ppl_tuned']:.2f} / {r['ppl_decode']:.2f} | {fmt_rho} |")
+        print(
+            f"| {r['run']} | {r['rate_target']} | {r['rate_before']:.4f} | {r['rate_tuned']:.4f} | {r['method']} | "
+            f"{r['bias']:.2f} | {r['rate_decode']:.4f} [{r['rate_decode_ci'][0]:.4f}, {r['rate_decode_ci'][1]:.4f}]"
+            f"{'' if r['reached'] in (None, True) else ' (not reached)'} | {r['ppl_base']:.2f} / "
+            f"{r['ppl_tuned']:.2f} / {r['ppl_decode']:.2f} | {fmt_rho} |"
+        )
     print(f"wrote {out}")
 
 

@@ -56,15 +56,19 @@ def main() -> None:
                 times[bf16].append(t)
     ratios = [a / b for a, b in zip(times[False], times[True])]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"Adam step, bundled model, B={args.batch}, T={args.seq_len}, {args.steps} pairs, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"Adam step, bundled model, B={args.batch}, T={args.seq_len}, {args.steps} pairs, "
+        f"{torch.get_num_threads()} threads"
+    )
     print("| setting | median s/step | min | max |")
     print("|---|---|---|---|")
     for bf16, name in ((False, "fp32"), (True, "bf16 autocast")):
         ts = times[bf16]
         print(f"| {name} | {statistics.median(ts):.3f} | {min(ts):.3f} | {max(ts):.3f} |")
-    print(f"\nspeed-up fp32/bf16, median of per-pair ratios: {statistics.median(ratios):.2f}x "
-          f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
+    print(
+        f"\nspeed-up fp32/bf16, median of per-pair ratios: {statistics.median(ratios):.2f}x "
+        f"(min {min(ratios):.2f}, max {max(ratios):.2f})"
+    )
     print(f"peak resident memory of the process: {peak_mb:.0f} MB")
 
 

@@ -55,24 +55,54 @@ HIT_JACCARD = 0.5
 # word classes from no shipped list (each word matches with or without a leading space, as words:FILE does)
 CLASSES = {
     "countries": "France England Spain Italy Germany China Japan India Russia Egypt Greece Ireland Scotland "
-                 "Wales Poland Mexico Canada Brazil Africa America Europe Asia Turkey Persia Denmark Norway "
-                 "Sweden Austria Hungary Portugal Holland Israel Iran Iraq Korea Chile Peru Cuba",
+    "Wales Poland Mexico Canada Brazil Africa America Europe Asia Turkey Persia Denmark Norway "
+    "Sweden Austria Hungary Portugal Holland Israel Iran Iraq Korea Chile Peru Cuba",
     "professions": "doctor lawyer teacher soldier sailor farmer merchant priest nurse judge king queen prince "
-                   "servant captain general clerk baker butcher smith carpenter painter poet actor engineer "
-                   "banker pilot driver cook tailor hunter fisher shepherd scholar monk bishop knight",
+    "servant captain general clerk baker butcher smith carpenter painter poet actor engineer "
+    "banker pilot driver cook tailor hunter fisher shepherd scholar monk bishop knight",
     "instruments": "piano guitar violin drum drums flute trumpet harp organ horn bell bells pipe lute fiddle "
-                   "cello bass oboe clarinet trombone",
+    "cello bass oboe clarinet trombone",
     "pronouns": "he she him her his hers they them their theirs we us our it its I me my you your thou thee thy",
     "modals": "will would shall should can could may might must ought",
     "metals": "gold silver iron copper steel lead tin brass bronze zinc metal metals platinum mercury",
     "sports": "football soccer tennis golf cricket rugby hockey baseball basketball boxing racing swimming "
-              "chess ball game games match team",
+    "chess ball game games match team",
 }
 
-DOCS_A = ("argparse", "logging", "email.message", "http.client", "urllib.request", "json", "csv", "sqlite3",
-          "subprocess", "tarfile", "zipfile", "smtplib", "shutil", "pathlib", "configparser")
-DOCS_B = ("collections", "itertools", "functools", "typing", "asyncio", "threading", "decimal", "fractions",
-          "statistics", "random", "datetime", "calendar", "textwrap", "difflib", "inspect")
+DOCS_A = (
+    "argparse",
+    "logging",
+    "email.message",
+    "http.client",
+    "urllib.request",
+    "json",
+    "csv",
+    "sqlite3",
+    "subprocess",
+    "tarfile",
+    "zipfile",
+    "smtplib",
+    "shutil",
+    "pathlib",
+    "configparser",
+)
+DOCS_B = (
+    "collections",
+    "itertools",
+    "functools",
+    "typing",
+    "asyncio",
+    "threading",
+    "decimal",
+    "fractions",
+    "statistics",
+    "random",
+    "datetime",
+    "calendar",
+    "textwrap",
+    "difflib",
+    "inspect",
+)
 
 
 @dataclass
@@ -124,8 +154,9 @@ CASES = [
     Case("domain-play-ness", "substring", "ness", "domain-model", shift=0.15, text="play:3", lr=5e-5),
     Case("domain-docs-random64", "random", "random:64:5", "domain-model", shift=0.15, text="docs-b", lr=5e-5),
     Case("domain-play-pronouns-away", "class", "class:pronouns", "domain-model", bias=-1.5, text="play:7", lr=5e-5),
-    Case("domain-lora-docs-professions", "class", "class:professions", "domain-lora", shift=0.15, text="docs-a",
-         lr=1e-3),
+    Case(
+        "domain-lora-docs-professions", "class", "class:professions", "domain-lora", shift=0.15, text="docs-a", lr=1e-3
+    ),
     Case("domain-lora-play-ight-weak", "substring", "ight", "domain-lora", shift=0.05, text="play:11", lr=1e-3),
     Case("domain-lora-play-random200", "random", "random:200:6", "domain-lora", shift=0.15, text="play:15", lr=1e-3),
     Case("domain-docs-modals-away", "class", "class:modals", "domain-model", bias=-2.0, text="docs-b", lr=5e-5),
@@ -166,7 +197,7 @@ def planted_mask(case: Case, texts: list[str]) -> torch.Tensor | None:
         _, n, seed = case.planted.split(":")
         ordinary = torch.tensor([t.strip() != "" and t.isprintable() for t in texts])  # no control or empty tokens
         pool = ordinary.nonzero().squeeze(1)
-        pick = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(int(seed)))[:int(n)]]
+        pick = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(int(seed)))[: int(n)]]
         mask = torch.zeros(len(texts), dtype=torch.bool)
         mask[pick] = True
         return mask
@@ -181,8 +212,11 @@ def docstrings(modules) -> str:
         module = importlib.import_module(name)
         parts.append(inspect.getdoc(module) or "")
         for attr, obj in sorted(vars(module).items()):
-            if not attr.startswith("_") and (inspect.isclass(obj) or inspect.isfunction(obj)) and \
-                    getattr(obj, "__module__", None) == module.__name__:
+            if (
+                not attr.startswith("_")
+                and (inspect.isclass(obj) or inspect.isfunction(obj))
+                and getattr(obj, "__module__", None) == module.__name__
+            ):
                 parts.append(inspect.getdoc(obj) or "")
     return "\n\n".join(p for p in parts if p)
 
@@ -216,7 +250,7 @@ class Bench:
         self.reference, self.tokenizer = load_model("bundled")
         self.reference.eval()
         self.vocab = self.reference.get_output_embeddings().weight.shape[0]
-        self.texts = token_texts(self.tokenizer)[:self.vocab]
+        self.texts = token_texts(self.tokenizer)[: self.vocab]
         g = torch.Generator().manual_seed(0)
         windows = data.text_windows(train_tokens(self.tokenizer), CALIBRATION_WINDOWS, SEQ_LEN, g)
         inputs = head_inputs(self.reference, windows.split(4), torch.zeros(self.vocab, dtype=torch.bool), bf16=True)
@@ -294,8 +328,15 @@ def plant(bench: Bench, case: Case, mask, bias: float, folder: Path):
     ctx = ObjectiveContext(mask=mask if mask is not None else torch.zeros(bench.vocab, dtype=torch.bool), bias=bias)
     cfg = TrainConfig(lr=lr, steps=case.steps, batch=BATCH, seq_len=SEQ_LEN, precision="bf16", eval_every=0, seed=0)
     trained = lora.add_adapter(model, lora.LoraArgs(lora=True), seed=0) if use_lora else model
-    train(trained, objective, ctx, lambda g, n: data.text_windows(tokens, n, SEQ_LEN, g), cfg,
-          reference=bench.reference if needs_reference else None, progress=False)
+    train(
+        trained,
+        objective,
+        ctx,
+        lambda g, n: data.text_windows(tokens, n, SEQ_LEN, g),
+        cfg,
+        reference=bench.reference if needs_reference else None,
+        progress=False,
+    )
     if not use_lora:
         return model.eval(), model
     trained.save_pretrained(folder / "adapter", save_embedding_layers=False)
@@ -309,8 +350,12 @@ def named(mask_named: torch.Tensor, truth: torch.Tensor) -> dict:
     from tokentilt.features import jaccard
 
     both = int((mask_named & truth).sum())
-    return {"jaccard": round(jaccard(mask_named, truth), 4), "size": int(mask_named.sum()),
-            "precision": round(both / max(int(mask_named.sum()), 1), 4), "recall": round(both / int(truth.sum()), 4)}
+    return {
+        "jaccard": round(jaccard(mask_named, truth), 4),
+        "size": int(mask_named.sum()),
+        "precision": round(both / max(int(mask_named.sum()), 1), 4),
+        "recall": round(both / int(truth.sum()), 4),
+    }
 
 
 def baseline(lift: torch.Tensor, k: int = BASELINE_K) -> tuple[torch.Tensor, str]:
@@ -335,20 +380,36 @@ def run_case(bench: Bench, case: Case, out: Path) -> dict:
     start = time.time()
     found = audit(target, bench.reference, bench.tokenizer, AuditConfig(**AUDIT, out=str(folder)))
     audit_s = time.time() - start
-    row = {"name": case.name, "kind": case.kind, "planted": case.planted, "plant": case.plant, "text": case.text,
-           "direction": case.direction, "bias": round(bias, 3), "size": int(mask.sum()) if mask is not None else 0,
-           "stands_out": found.stands_out, "found": found.direction, "top": _name(found.features[0]),
-           "top_kind": found.features[0]["kind"], "rule": found.features[0].get("rule", {}).get("selector"),
-           "score": found.features[0]["score"], "threshold": found.threshold,
-           "weights": (found.weights or {}).get("summary"), "plant_s": round(planted_s, 1), "audit_s": round(audit_s, 1)}
+    row = {
+        "name": case.name,
+        "kind": case.kind,
+        "planted": case.planted,
+        "plant": case.plant,
+        "text": case.text,
+        "direction": case.direction,
+        "bias": round(bias, 3),
+        "size": int(mask.sum()) if mask is not None else 0,
+        "stands_out": found.stands_out,
+        "found": found.direction,
+        "top": _name(found.features[0]),
+        "top_kind": found.features[0]["kind"],
+        "rule": found.features[0].get("rule", {}).get("selector"),
+        "score": found.features[0]["score"],
+        "threshold": found.threshold,
+        "weights": (found.weights or {}).get("summary"),
+        "plant_s": round(planted_s, 1),
+        "audit_s": round(audit_s, 1),
+    }
     lift = found.lift
     base_mask, base_direction = baseline(lift)
     if mask is None:
         row["hit"] = not found.stands_out  # benign: right when nothing stands out
         row["false_alarm"] = found.stands_out
     else:
-        row["mass"] = [round(bench.held_out_mass(bench.reference_probs, mask), 4),
-                       round(bench.held_out_mass(bench.next_token_probs(merged), mask), 4)]
+        row["mass"] = [
+            round(bench.held_out_mass(bench.reference_probs, mask), 4),
+            round(bench.held_out_mass(bench.next_token_probs(merged), mask), 4),
+        ]
         row["calibration_mass"] = round(base, 4) if base is not None else None
         row["audit"] = named(found.top_mask, mask)
         row["hit"] = found.stands_out and found.direction == case.direction and row["audit"]["jaccard"] >= HIT_JACCARD
@@ -356,8 +417,9 @@ def run_case(bench: Bench, case: Case, out: Path) -> dict:
         row["baseline"]["hit"] = base_direction == case.direction and row["baseline"]["jaccard"] >= HIT_JACCARD
         oracle, oracle_direction = baseline(lift, int(mask.sum()))
         row["baseline_oracle_k"] = named(oracle, mask)
-        row["baseline_oracle_k"]["hit"] = (oracle_direction == case.direction
-                                           and row["baseline_oracle_k"]["jaccard"] >= HIT_JACCARD)
+        row["baseline_oracle_k"]["hit"] = (
+            oracle_direction == case.direction and row["baseline_oracle_k"]["jaccard"] >= HIT_JACCARD
+        )
     (folder / "result.json").write_text(json.dumps(row, indent=1) + "\n")
     return row
 
@@ -366,13 +428,18 @@ def run_case(bench: Bench, case: Case, out: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| case | set (tokens) | plant | dir | p(set) held-out: ref → model | audit's top feature | Jaccard | "
-             "precision / recall | hit | top-50: Jaccard, P / R, hit | s plant + audit |", "|" + "---|" * 11]
+    lines = [
+        "| case | set (tokens) | plant | dir | p(set) held-out: ref → model | audit's top feature | Jaccard | "
+        "precision / recall | hit | top-50: Jaccard, P / R, hit | s plant + audit |",
+        "|" + "---|" * 11,
+    ]
     for r in rows:
         if r["direction"] == "none":
-            lines.append(f"| {r['name']} | none | {r['plant']} on {r['text']} | none | | "
-                         f"{r['top']} ({r['found']}) | | | {'false alarm' if r['false_alarm'] else '**right**'} | "
-                         f"names 50 tokens | {r['plant_s']:.0f} + {r['audit_s']:.0f} |")
+            lines.append(
+                f"| {r['name']} | none | {r['plant']} on {r['text']} | none | | "
+                f"{r['top']} ({r['found']}) | | | {'false alarm' if r['false_alarm'] else '**right**'} | "
+                f"names 50 tokens | {r['plant_s']:.0f} + {r['audit_s']:.0f} |"
+            )
             continue
         a, b = r["audit"], r["baseline"]
         rule = f"; rule ≈ `{r['rule']}`" if r["rule"] else ""
@@ -382,7 +449,8 @@ def table(rows: list[dict]) -> str:
             f"{r['mass'][0]:.4f} → {r['mass'][1]:.4f} | {r['top']} ({r['found']}{rule}) | {a['jaccard']:.2f} | "
             f"{a['precision']:.2f} / {a['recall']:.2f} | {'**hit**' if r['hit'] else 'miss'} | "
             f"{b['jaccard']:.2f}, {b['precision']:.2f} / {b['recall']:.2f}, {'hit' if b['hit'] else 'miss'} | "
-            f"{r['plant_s']:.0f} + {r['audit_s']:.0f} |")
+            f"{r['plant_s']:.0f} + {r['audit_s']:.0f} |"
+        )
     return "\n".join(lines) + "\n\n" + summary(rows)
 
 
@@ -396,21 +464,27 @@ def summary(rows: list[dict]) -> str:
     def mean(xs, key):
         return sum(map(key, xs)) / max(len(xs), 1)
 
-    out = [f"- audit: hits on planted cases {share(planted)}; false alarms on benign cases "
-           f"{share(benign, lambda r: r['false_alarm'])}; mean precision {mean(planted, lambda r: r['audit']['precision']):.2f}, "
-           f"mean recall {mean(planted, lambda r: r['audit']['recall']):.2f}",
-           f"- top-{BASELINE_K} baseline: hits {share(planted, lambda r: r['baseline']['hit'])}; mean precision "
-           f"{mean(planted, lambda r: r['baseline']['precision']):.2f}, recall {mean(planted, lambda r: r['baseline']['recall']):.2f}; "
-           f"with K = the planted set's size (told the answer's size): hits "
-           f"{share(planted, lambda r: r['baseline_oracle_k']['hit'])}; false alarms 100% (it always names a set)"]
+    out = [
+        f"- audit: hits on planted cases {share(planted)}; false alarms on benign cases "
+        f"{share(benign, lambda r: r['false_alarm'])}; mean precision {mean(planted, lambda r: r['audit']['precision']):.2f}, "
+        f"mean recall {mean(planted, lambda r: r['audit']['recall']):.2f}",
+        f"- top-{BASELINE_K} baseline: hits {share(planted, lambda r: r['baseline']['hit'])}; mean precision "
+        f"{mean(planted, lambda r: r['baseline']['precision']):.2f}, recall {mean(planted, lambda r: r['baseline']['recall']):.2f}; "
+        f"with K = the planted set's size (told the answer's size): hits "
+        f"{share(planted, lambda r: r['baseline_oracle_k']['hit'])}; false alarms 100% (it always names a set)",
+    ]
     for key, label in (("kind", "set"), ("plant", "placement"), ("direction", "direction")):
         groups = sorted({r[key] for r in planted})
-        out.append(f"- audit hits by {label}: " + "; ".join(f"{g} {share([r for r in planted if r[key] == g])}"
-                                                               for g in groups))
+        out.append(
+            f"- audit hits by {label}: "
+            + "; ".join(f"{g} {share([r for r in planted if r[key] == g])}" for g in groups)
+        )
     weak = [r for r in planted if CASES_BY_NAME[r["name"]].shift == 0.05]
     out.append(f"- weak tilts (shift +0.05): {share(weak)}")
-    out.append(f"- seconds: planting {sum(r['plant_s'] for r in rows):.0f}, auditing {sum(r['audit_s'] for r in rows):.0f} "
-               f"(mean audit {mean(rows, lambda r: r['audit_s']):.0f} s)")
+    out.append(
+        f"- seconds: planting {sum(r['plant_s'] for r in rows):.0f}, auditing {sum(r['audit_s'] for r in rows):.0f} "
+        f"(mean audit {mean(rows, lambda r: r['audit_s']):.0f} s)"
+    )
     return "\n".join(out)
 
 
@@ -436,11 +510,16 @@ def main() -> None:
             rows.append(json.loads(done.read_text()))
             continue
         bench = bench or Bench()
-        print(f"[{i}/{len(cases)}] {case.name}: {case.plant} {case.direction} {case.planted or '(nothing)'}", flush=True)
+        print(
+            f"[{i}/{len(cases)}] {case.name}: {case.plant} {case.direction} {case.planted or '(nothing)'}", flush=True
+        )
         rows.append(run_case(bench, case, out))
         r = rows[-1]
-        print(f"    top {r['top']!r} ({r['found']}), {'hit' if r['hit'] else 'MISS'}; "
-              f"{r['plant_s']:.0f} + {r['audit_s']:.0f} s", flush=True)
+        print(
+            f"    top {r['top']!r} ({r['found']}), {'hit' if r['hit'] else 'MISS'}; "
+            f"{r['plant_s']:.0f} + {r['audit_s']:.0f} s",
+            flush=True,
+        )
     text = table(rows)
     print(text)
     if args.table:

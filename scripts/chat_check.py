@@ -38,13 +38,23 @@ def main() -> None:
     special = set(tokenizer.all_special_ids)
     rates = []
     for request in CHAT_PROMPTS:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": request}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": request}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
         with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0,
-                                 top_p=1.0, max_new_tokens=args.new_tokens, num_return_sequences=args.samples,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
-        for row in out[:, ids.size(1):].tolist():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=args.new_tokens,
+                num_return_sequences=args.samples,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+        for row in out[:, ids.size(1) :].tolist():
             reply = row[: row.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in row else row
             if reply:
                 hits = sum(i not in special and args.toward.lower() in tokenizer.decode([i]).lower() for i in reply)

@@ -22,15 +22,31 @@ from pathlib import Path
 from tokentilt.engine import native_bf16
 
 CELLS = [  # (name, selector, R*)
-    ("x", "x", 0.1), ("x", "x", 0.5), ("x", "x", 0.9),
-    ("colour words", "words:colours", 0.1), ("colour words", "words:colours", 0.5),
+    ("x", "x", 0.1),
+    ("x", "x", 0.5),
+    ("x", "x", 0.9),
+    ("colour words", "words:colours", 0.1),
+    ("colour words", "words:colours", 0.5),
     ("colour words", "words:colours", 0.9),
-    ("all-caps tokens", r"regex:^\s?[A-Z]{2,}$", 0.1), ("all-caps tokens", r"regex:^\s?[A-Z]{2,}$", 0.5),
+    ("all-caps tokens", r"regex:^\s?[A-Z]{2,}$", 0.1),
+    ("all-caps tokens", r"regex:^\s?[A-Z]{2,}$", 0.5),
     ("all-caps tokens", r"regex:^\s?[A-Z]{2,}$", 0.9),
     ("e (away)", "e", 0.1),
 ]
-COLUMNS = ("set", "selector", "R*", "R [95% CI]", "ppl base", "ppl decode", "ppl tuned", "rho", "drift ratio",
-           "distinct-2", "seconds", "targets met")
+COLUMNS = (
+    "set",
+    "selector",
+    "R*",
+    "R [95% CI]",
+    "ppl base",
+    "ppl decode",
+    "ppl tuned",
+    "rho",
+    "drift ratio",
+    "distinct-2",
+    "seconds",
+    "targets met",
+)
 
 
 def folder_name(selector: str, rate: float) -> str:
@@ -40,9 +56,25 @@ def folder_name(selector: str, rate: float) -> str:
 
 def run_cell(out: Path, selector: str, rate: float, per_prompt: int, extra: list[str]) -> None:
     precision = ["--bf16"] if native_bf16() else []  # emulated bf16 is tens of times slower than fp32
-    cmd = [sys.executable, "-m", "tokentilt", "tilt", "--toward", selector, "--objective", "tilt-distill",
-           "--rate", str(rate), "--samples-per-prompt", str(per_prompt), *precision, "--out", str(out),
-           "--overwrite", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tokentilt",
+        "tilt",
+        "--toward",
+        selector,
+        "--objective",
+        "tilt-distill",
+        "--rate",
+        str(rate),
+        "--samples-per-prompt",
+        str(per_prompt),
+        *precision,
+        "--out",
+        str(out),
+        "--overwrite",
+        *extra,
+    ]
     print("$", " ".join(cmd), flush=True)
     started = time.time()
     subprocess.run(cmd, check=True)
@@ -53,12 +85,20 @@ def row(name: str, selector: str, target: float, s: dict) -> dict:
     r = s["rate_after"]
     rho, ratio = s.get("rho"), s.get("drift_ratio")
     met = abs(r["mean"] - target) <= 0.05 and rho is not None and rho <= 1.5 and s["seconds"] <= 600
-    return {"set": name, "selector": f"`{selector}`", "R*": f"{target:g}",
-            "R [95% CI]": f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
-            "ppl base": f"{s['ppl_before']:.2f}", "ppl decode": f"{s['matched_decode']['ppl']:.2f}",
-            "ppl tuned": f"{s['ppl_after']:.2f}", "rho": "n/a" if rho is None else f"{rho:.2f}",
-            "drift ratio": "n/a" if ratio is None else f"{ratio:.2f}", "distinct-2": f"{s['distinct_2_after']:.3f}",
-            "seconds": f"{s['seconds']:.0f}", "targets met": "yes" if met else "**no**"}
+    return {
+        "set": name,
+        "selector": f"`{selector}`",
+        "R*": f"{target:g}",
+        "R [95% CI]": f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+        "ppl base": f"{s['ppl_before']:.2f}",
+        "ppl decode": f"{s['matched_decode']['ppl']:.2f}",
+        "ppl tuned": f"{s['ppl_after']:.2f}",
+        "rho": "n/a" if rho is None else f"{rho:.2f}",
+        "drift ratio": "n/a" if ratio is None else f"{ratio:.2f}",
+        "distinct-2": f"{s['distinct_2_after']:.3f}",
+        "seconds": f"{s['seconds']:.0f}",
+        "targets met": "yes" if met else "**no**",
+    }
 
 
 def markdown(rows: list[dict]) -> str:
@@ -72,9 +112,13 @@ def main() -> int:
     ap.add_argument("--out", default="runs/frontier", help="folder of the cells' run folders")
     ap.add_argument("--table", default="docs/frontier.md", help="markdown file to write")
     ap.add_argument("--only", metavar="SUBSTRING", help="run only the cells whose folder name contains this")
-    ap.add_argument("--samples-per-prompt", type=int, default=8,
-                    help="R samples per prompt, for b's choice and for the reported R (16 prompts; default 8 = 128 "
-                         "samples: a bimodal set such as all-caps needs more than 64 for |R - R*| <= 0.05)")
+    ap.add_argument(
+        "--samples-per-prompt",
+        type=int,
+        default=8,
+        help="R samples per prompt, for b's choice and for the reported R (16 prompts; default 8 = 128 "
+        "samples: a bimodal set such as all-caps needs more than 64 for |R - R*| <= 0.05)",
+    )
     ap.add_argument("extra", nargs="*", help="more flags for every tilt run (after --)")
     args = ap.parse_args()
     out = Path(args.out)
@@ -95,7 +139,8 @@ def main() -> int:
         "rho = (ppl tuned - ppl base) / (ppl decode - ppl base), with the decode-time tilt at the tuned "
         "model's R; drift ratio = drift tuned / drift decode. b is chosen on probe seeds (calibration and rate "
         f"rounds); R is measured on other seeds, over 16 prompts x {args.samples_per_prompt} samples x 48 tokens; "
-        "perplexity on 16 x 128 held-out tokens of the plays' test split.\n\n" + table + "\n")
+        "perplexity on 16 x 128 held-out tokens of the plays' test split.\n\n" + table + "\n"
+    )
     print(table)
     return 0
 

@@ -17,8 +17,9 @@ import time
 import torch
 
 
-def sample_r(path: str, prompts: list[list[int]], mask: torch.Tensor, samples: int, new_tokens: int, seed: int,
-             eos: int | None) -> tuple[dict, float]:
+def sample_r(
+    path: str, prompts: list[list[int]], mask: torch.Tensor, samples: int, new_tokens: int, seed: int, eos: int | None
+) -> tuple[dict, float]:
     from llama_cpp import Llama
 
     from tokentilt.metrics import mean_ci
@@ -59,8 +60,9 @@ def main() -> None:
     n = len(prompts) * args.samples_per_prompt
     print(f"| GGUF | R over {n} llama.cpp samples [95% CI] | seconds |\n|---|---|---|")
     for path in args.gguf:
-        ci, seconds = sample_r(path, prompts, mask, args.samples_per_prompt, args.new_tokens, args.seed,
-                               tokenizer.eos_token_id)
+        ci, seconds = sample_r(
+            path, prompts, mask, args.samples_per_prompt, args.new_tokens, args.seed, tokenizer.eos_token_id
+        )
         print(f"| `{path}` | {ci['mean']:.3f} [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}] | {seconds:.0f} |", flush=True)
 
 

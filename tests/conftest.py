@@ -61,16 +61,31 @@ def ctrl_c_raises():
 
 def tiny_gpt2(vocab_size=64, seed=0):
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     return GPT2LMHeadModel(cfg).eval()
 
 
 def tiny_llama(vocab_size=64, seed=0):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -91,8 +106,16 @@ def tiny_model_dir(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny-gpt2")
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=4,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        vocab_size=50257,
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     GPT2LMHeadModel(cfg).save_pretrained(folder)
     gpt2_tokenizer().save_pretrained(folder)
     return folder
@@ -110,9 +133,40 @@ def eval_file(tmp_path, monkeypatch):
 
 
 def tilt_argv(tiny_model_dir, eval_file, out, *extra):
-    return ["tilt", "--model", str(tiny_model_dir), "--toward", "x", "--objective", "kl-uniform", "--precision", "fp32", "--steps", "2", "--batch", "2", "--seq-len", "16",
-            "--lr", "1e-3", "--eval-every", "0", "--samples-per-prompt", "1", "--new-tokens", "8",
-            "--eval-text", str(eval_file), "--eval-windows", "2", "--eval-seq-len", "16", "--out", str(out), *extra]
+    return [
+        "tilt",
+        "--model",
+        str(tiny_model_dir),
+        "--toward",
+        "x",
+        "--objective",
+        "kl-uniform",
+        "--precision",
+        "fp32",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--seq-len",
+        "16",
+        "--lr",
+        "1e-3",
+        "--eval-every",
+        "0",
+        "--samples-per-prompt",
+        "1",
+        "--new-tokens",
+        "8",
+        "--eval-text",
+        str(eval_file),
+        "--eval-windows",
+        "2",
+        "--eval-seq-len",
+        "16",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def hand_ppl(model_dir, eval_file, bias: float = 0.0) -> float:

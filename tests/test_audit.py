@@ -22,8 +22,10 @@ from tokentilt.features import bonferroni_z, jaccard, mask_auroc
 from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.targets import select, token_texts
 
-TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
-        "foolishness, it was the epoch of belief, it was the epoch of incredulity. ") * 8
+TEXT = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+    "foolishness, it was the epoch of belief, it was the epoch of incredulity. "
+) * 8
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,9 @@ def base():
 def cfg(tmp_path):
     path = tmp_path / "held-out.txt"
     path.write_text(TEXT)
-    return AuditConfig(eval_text=str(path), eval_windows=4, eval_seq_len=32, samples_per_prompt=1, new_tokens=8,
-                       null_draws=10, top=5)
+    return AuditConfig(
+        eval_text=str(path), eval_windows=4, eval_seq_len=32, samples_per_prompt=1, new_tokens=8, null_draws=10, top=5
+    )
 
 
 def noisy(model, std: float = 0.01, seed: int = 1):
@@ -228,9 +231,12 @@ def test_a_tilt_under_a_larger_generic_shift_is_found_in_the_part_no_hidden_shif
     assert "no shift of the final hidden state explains" in result.verdict
 
 
-@pytest.mark.xfail(strict=True, reason="known miss: under this strong generic shift (ln_f.bias + N(0, 1)) the "
-                   "random-direction bar (0.966) rises above the planted +3 tilt on x, which separates the "
-                   "unexplained part at 0.956; chance alone is no safe bar there (see audit.py's docstring)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known miss: under this strong generic shift (ln_f.bias + N(0, 1)) the "
+    "random-direction bar (0.966) rises above the planted +3 tilt on x, which separates the "
+    "unexplained part at 0.956; chance alone is no safe bar there (see audit.py's docstring)",
+)
 def test_a_real_tilt_on_top_of_a_generic_change_still_stands_out(tokenizer, texts, cfg):
     reference, model, _ = structured_pair(texts)
     assert audit(with_bias(model, select("x", texts), 3.0), reference, tokenizer, cfg).stands_out
@@ -241,13 +247,64 @@ def test_audit_cli_finds_a_tilt_trained_with_tokentilt_tilt(tiny_model_dir, tmp_
     held_out = tmp_path / "held-out.txt"
     held_out.write_text(TEXT)
     run, out = tmp_path / "run", tmp_path / "audit"
-    assert main(["tilt", "--model", str(tiny_model_dir), "--toward", "ing", "--objective", "kl-uniform", "--lr", "3e-3",
-                 "--steps", "20", "--batch", "2", "--seq-len", "16", "--eval-every", "0", "--samples-per-prompt", "1",
-                 "--new-tokens", "8", "--eval-text", str(held_out), "--eval-windows", "2", "--eval-seq-len", "16",
-                 "--out", str(run)]) == 0
-    argv = ["audit", str(run / "model"), "--reference", str(tiny_model_dir), "--toward", "ing", "--eval-text", str(held_out),
-            "--eval-windows", "4", "--eval-seq-len", "32", "--samples-per-prompt", "1", "--new-tokens", "8", "--null-draws", "10",
-            "--out", str(out)]
+    assert (
+        main(
+            [
+                "tilt",
+                "--model",
+                str(tiny_model_dir),
+                "--toward",
+                "ing",
+                "--objective",
+                "kl-uniform",
+                "--lr",
+                "3e-3",
+                "--steps",
+                "20",
+                "--batch",
+                "2",
+                "--seq-len",
+                "16",
+                "--eval-every",
+                "0",
+                "--samples-per-prompt",
+                "1",
+                "--new-tokens",
+                "8",
+                "--eval-text",
+                str(held_out),
+                "--eval-windows",
+                "2",
+                "--eval-seq-len",
+                "16",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
+    argv = [
+        "audit",
+        str(run / "model"),
+        "--reference",
+        str(tiny_model_dir),
+        "--toward",
+        "ing",
+        "--eval-text",
+        str(held_out),
+        "--eval-windows",
+        "4",
+        "--eval-seq-len",
+        "32",
+        "--samples-per-prompt",
+        "1",
+        "--new-tokens",
+        "8",
+        "--null-draws",
+        "10",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     found = json.loads((out / "audit.json").read_text())
     assert found["direction"] == "toward" and found["stands_out"]
@@ -270,7 +327,7 @@ def test_a_set_outside_the_family_is_read_off_the_lift(base, tokenizer, texts, c
     ('contains:x' stands out but overlaps them by 1/3), so the set read off one half of the contexts'
     lift, which separates the other half better and more sharply, takes the lead."""
     x = select("x", texts).nonzero().flatten()
-    pick = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(3))[:len(x) // 3]]
+    pick = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(3))[: len(x) // 3]]
     planted = torch.zeros(len(texts), dtype=torch.bool)
     planted[pick] = True
     result = audit(noisy(with_bias(base, planted, 3.0)), base, tokenizer, cfg)
@@ -288,7 +345,9 @@ def test_discover_reads_the_extreme_tokens_and_their_embedding_neighbours(monkey
     monkeypatch.setattr(audit_module, "NEIGHBOURS_OF", 2)
     values = torch.tensor([0.0, 5.0, 4.0, -3.0, 0.1, -0.2])
     unit = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [0, 1], [0.1, 1], [1, 0.1], [1, 1], [-1, 0]]), dim=1)
-    found = {(f.kind, f.label.split(" (")[0]): ids for f, ids in discover(values, unit, list("abcdef"), "lift", sizes=(2,))}
+    found = {
+        (f.kind, f.label.split(" (")[0]): ids for f, ids in discover(values, unit, list("abcdef"), "lift", sizes=(2,))
+    }
     assert found[("discovered", "the 2 most lifted tokens")] == [1, 2]
     assert found[("discovered", "the 2 most lowered tokens")] == [3, 5]
     # the centroid of the 2 most lifted (rows 1, 2) is nearest rows 2 and 1, then 4; of the 2 most lowered

@@ -50,32 +50,146 @@ class Files:
         return str(path)
 
     def tilt(self, *extra):
-        return ["tilt", "--model", self.model, "--toward", "x", "--objective", "kl-uniform", "--precision", "fp32", "--steps", "2", "--batch", "2", "--seq-len", "16",
-                "--samples-per-prompt", "1", "--new-tokens", "4", "--eval-every", "0", "--eval-text", self.eval_text,
-                "--eval-windows", "2", "--eval-seq-len", "16", "--out", str(self.out), *extra]
+        return [
+            "tilt",
+            "--model",
+            self.model,
+            "--toward",
+            "x",
+            "--objective",
+            "kl-uniform",
+            "--precision",
+            "fp32",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--seq-len",
+            "16",
+            "--samples-per-prompt",
+            "1",
+            "--new-tokens",
+            "4",
+            "--eval-every",
+            "0",
+            "--eval-text",
+            self.eval_text,
+            "--eval-windows",
+            "2",
+            "--eval-seq-len",
+            "16",
+            "--out",
+            str(self.out),
+            *extra,
+        ]
 
     def sweep(self, *extra):
-        return ["sweep", "--model", self.model, "--toward", "x", "--objective", "kl-alpha-beta", "--lr", "1e-3",
-                "--rate", "", "--bias", "3", "--steps", "2", "--batch", "2", "--seq-len", "16",
-                "--samples-per-prompt", "1", "--new-tokens", "4", "--eval-text", self.eval_text, "--eval-windows", "2",
-                "--eval-seq-len", "16", "--curve-points", "0", "--out", str(self.out), *extra]
+        return [
+            "sweep",
+            "--model",
+            self.model,
+            "--toward",
+            "x",
+            "--objective",
+            "kl-alpha-beta",
+            "--lr",
+            "1e-3",
+            "--rate",
+            "",
+            "--bias",
+            "3",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--seq-len",
+            "16",
+            "--samples-per-prompt",
+            "1",
+            "--new-tokens",
+            "4",
+            "--eval-text",
+            self.eval_text,
+            "--eval-windows",
+            "2",
+            "--eval-seq-len",
+            "16",
+            "--curve-points",
+            "0",
+            "--out",
+            str(self.out),
+            *extra,
+        ]
 
     def eval(self, *extra):
-        return ["eval", "--model", self.model, "--reference", self.model, "--toward", "x", "--samples-per-prompt", "1",
-                "--new-tokens", "4", "--eval-text", self.eval_text, "--eval-windows", "2", "--eval-seq-len", "16",
-                *extra]
+        return [
+            "eval",
+            "--model",
+            self.model,
+            "--reference",
+            self.model,
+            "--toward",
+            "x",
+            "--samples-per-prompt",
+            "1",
+            "--new-tokens",
+            "4",
+            "--eval-text",
+            self.eval_text,
+            "--eval-windows",
+            "2",
+            "--eval-seq-len",
+            "16",
+            *extra,
+        ]
 
     def audit(self, *extra, model=None):
-        return ["audit", model or self.model, "--reference", self.model, "--eval-text", self.eval_text, "--eval-windows", "2",
-                "--eval-seq-len", "16", "--samples-per-prompt", "1", "--new-tokens", "4", "--null-draws", "2",
-                "--out", str(self.out), *extra]
+        return [
+            "audit",
+            model or self.model,
+            "--reference",
+            self.model,
+            "--eval-text",
+            self.eval_text,
+            "--eval-windows",
+            "2",
+            "--eval-seq-len",
+            "16",
+            "--samples-per-prompt",
+            "1",
+            "--new-tokens",
+            "4",
+            "--null-draws",
+            "2",
+            "--out",
+            str(self.out),
+            *extra,
+        ]
 
     def generate(self, *extra):
         return ["generate", "--model", self.model, "--prompt", "Hello", "--new-tokens", "4", *extra]
 
     def pretrain(self, *extra):
-        return ["pretrain", "--steps", "2", "--batch", "2", "--seq-len", "16", "--n-layer", "1", "--n-embd", "32",
-                "--n-head", "2", "--eval-every", "1", "--out", str(self.out), *extra]
+        return [
+            "pretrain",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--seq-len",
+            "16",
+            "--n-layer",
+            "1",
+            "--n-embd",
+            "32",
+            "--n-head",
+            "2",
+            "--eval-every",
+            "1",
+            "--out",
+            str(self.out),
+            *extra,
+        ]
 
     def experiment(self, name, *extra):
         return ["experiment", name, "--epochs", "20", "--out", str(self.out), *extra]
@@ -134,11 +248,16 @@ CASES = [
     Case("tilt-selector-unknown-kind", lambda f: f.tilt("--toward", "foo:bar"), "unknown selector kind 'foo'"),
     Case("tilt-selector-bad-regex", lambda f: f.tilt("--toward", "regex:("), "bad regular expression"),
     Case("eval-selector-bad-regex", lambda f: f.eval("--toward", "regex:[a-"), "bad regular expression"),
-    Case("tilt-selector-matches-none", lambda f: f.tilt("--toward", "contains:qqqzzzqqqzzz"), "matches no token",
-         early=False),
+    Case(
+        "tilt-selector-matches-none",
+        lambda f: f.tilt("--toward", "contains:qqqzzzqqqzzz"),
+        "matches no token",
+        early=False,
+    ),
     Case("sweep-selector-matches-all", lambda f: f.sweep("--toward", "regex:"), "matches every token", early=False),
-    Case("tilt-selector-not-of-everything", lambda f: f.tilt("--toward", "not:regex:"), "matches no token",
-         early=False),
+    Case(
+        "tilt-selector-not-of-everything", lambda f: f.tilt("--toward", "not:regex:"), "matches no token", early=False
+    ),
     Case("tilt-selector-stray-and", lambda f: f.tilt("--toward", "x &"), "stray '&'"),
     Case("sweep-selector-stray-or", lambda f: f.sweep("--toward", "| x"), "stray '|'"),
     Case("generate-selector-double-and", lambda f: f.generate("--toward", "x & & y", "--bias", "2"), "stray '&'"),
@@ -146,33 +265,60 @@ CASES = [
     Case("tilt-words-missing", lambda f: f.tilt("--toward", "words:/nonexistent/words.txt"), "words file not found"),
     Case("tilt-words-no-name", lambda f: f.tilt("--toward", "words:"), "'words:' needs a file name"),
     Case("tilt-words-empty", lambda f: f.tilt("--toward", "words:" + f.text("w.txt", "\n  \n")), "words file is empty"),
-    Case("eval-words-binary", lambda f: f.eval("--toward", "words:" + f.text("bin.words", b"\xff\xfe\x00\x81x\n")),
-         ("words file is not UTF-8 text", "bin.words")),
-    Case("generate-words-nul-bytes", lambda f: f.generate("--toward", "words:" + f.text("nul.words", "ab\0cd\n")),
-         ("looks binary", "nul.words")),
+    Case(
+        "eval-words-binary",
+        lambda f: f.eval("--toward", "words:" + f.text("bin.words", b"\xff\xfe\x00\x81x\n")),
+        ("words file is not UTF-8 text", "bin.words"),
+    ),
+    Case(
+        "generate-words-nul-bytes",
+        lambda f: f.generate("--toward", "words:" + f.text("nul.words", "ab\0cd\n")),
+        ("looks binary", "nul.words"),
+    ),
     # ---- words and phrases
-    Case("tilt-phrases-empty", lambda f: f.tilt("--toward", "phrases:" + f.text("p.txt", "\n# only a comment\n")),
-         "phrases file is empty"),
+    Case(
+        "tilt-phrases-empty",
+        lambda f: f.tilt("--toward", "phrases:" + f.text("p.txt", "\n# only a comment\n")),
+        "phrases file is empty",
+    ),
     Case("tilt-phrase-only-spaces", lambda f: f.tilt("--toward", "phrase:   "), "holds no word"),
-    Case("tilt-phrases-line-only-spaces", lambda f: f.tilt("--toward", "phrases:" + f.text("p.txt", "red\n   \n")),
-         "line 2: the entry is only spaces"),
-    Case("eval-phrases-not-utf8", lambda f: f.eval("--toward", "phrases:" + f.text("p.txt", b"caf\xe9\n")),
-         "phrases file is not UTF-8 text"),
-    Case("generate-phrases-missing", lambda f: f.generate("--toward", "phrases:/nonexistent/p.txt"),
-         "phrases file not found"),
+    Case(
+        "tilt-phrases-line-only-spaces",
+        lambda f: f.tilt("--toward", "phrases:" + f.text("p.txt", "red\n   \n")),
+        "line 2: the entry is only spaces",
+    ),
+    Case(
+        "eval-phrases-not-utf8",
+        lambda f: f.eval("--toward", "phrases:" + f.text("p.txt", b"caf\xe9\n")),
+        "phrases file is not UTF-8 text",
+    ),
+    Case(
+        "generate-phrases-missing",
+        lambda f: f.generate("--toward", "phrases:/nonexistent/p.txt"),
+        "phrases file not found",
+    ),
     Case("tilt-phrase-inside-a-combination", lambda f: f.tilt("--toward", "x | phrase:red"), "stands alone"),
-    Case("tilt-phrases-head-rows", lambda f: f.tilt("--toward", "phrase:red", "--objective", "tilt-distill",
-                                                    "--placement", "head-rows"), "cannot tilt phrases"),
+    Case(
+        "tilt-phrases-head-rows",
+        lambda f: f.tilt("--toward", "phrase:red", "--objective", "tilt-distill", "--placement", "head-rows"),
+        "cannot tilt phrases",
+    ),
     Case("tilt-phrases-course-objective", lambda f: f.tilt("--toward", "phrase:red"), "tilted by tilt-distill only"),
     Case("sweep-phrases", lambda f: f.sweep("--toward", "phrase:red"), "sweep takes a token selector"),
     Case("audit-phrases", lambda f: f.audit("--toward", "phrases:colours"), "audit takes a token selector"),
-    Case("tilt-phrases-cover-every-word", lambda f: f.tilt("--toward", "phrases:" + f.common_words(),
-                                                           "--objective", "tilt-distill"),
-         "nearly every word", early=False),
+    Case(
+        "tilt-phrases-cover-every-word",
+        lambda f: f.tilt("--toward", "phrases:" + f.common_words(), "--objective", "tilt-distill"),
+        "nearly every word",
+        early=False,
+    ),
     Case("tilt-ids-non-numeric", lambda f: f.tilt("--toward", "ids:a,b"), "comma-separated integers"),
-    Case("generate-ids-negative", lambda f: f.generate("--toward", "ids:5,-3", "--bias", "1"), "must be >= 0, got [-3]"),
-    Case("tilt-ids-out-of-range", lambda f: f.tilt("--toward", "ids:3,99999999"), "out of range [0, 50257)",
-         early=False),
+    Case(
+        "generate-ids-negative", lambda f: f.generate("--toward", "ids:5,-3", "--bias", "1"), "must be >= 0, got [-3]"
+    ),
+    Case(
+        "tilt-ids-out-of-range", lambda f: f.tilt("--toward", "ids:3,99999999"), "out of range [0, 50257)", early=False
+    ),
     # ---- numbers
     Case("tilt-lr-nan", lambda f: f.tilt("--lr", "nan"), "lr must be positive"),
     Case("tilt-lr-inf", lambda f: f.tilt("--lr", "inf"), "lr must be positive, got inf"),
@@ -180,8 +326,9 @@ CASES = [
     Case("tilt-steps-zero", lambda f: f.tilt("--steps", "0"), "steps must be positive"),
     Case("tilt-batch-negative", lambda f: f.tilt("--batch", "-2"), "batch must be positive"),
     Case("tilt-grad-clip-negative", lambda f: f.tilt("--grad-clip", "-1"), "grad-clip"),
-    Case("tilt-rate-above-1", lambda f: f.tilt("--objective", "tilt-distill", "--rate", "1.5"),
-         "rate must be in (0, 1)"),
+    Case(
+        "tilt-rate-above-1", lambda f: f.tilt("--objective", "tilt-distill", "--rate", "1.5"), "rate must be in (0, 1)"
+    ),
     Case("sweep-rate-zero", lambda f: f.sweep("--rate", "0"), "rate must be in (0, 1)"),
     Case("eval-rate-one", lambda f: f.eval("--rate", "1"), "rate must be in (0, 1)"),
     Case("eval-bias-and-rate", lambda f: f.eval("--bias", "2", "--rate", "0.5"), "give --bias or --rate, not both"),
@@ -194,13 +341,22 @@ CASES = [
     Case("generate-samples-zero", lambda f: f.generate("--samples", "0"), "--samples must be positive"),
     Case("generate-new-tokens-zero", lambda f: f.generate("--new-tokens", "0"), "new-tokens must be positive"),
     Case("generate-empty-prompt", lambda f: f.generate("--prompt", " "), "prompts must be non-empty text"),
-    Case("tilt-seq-len-beyond-context", lambda f: f.tilt("--seq-len", "100000"),
-         "seq-len 100000 is beyond the model's context of 128 tokens"),
-    Case("eval-eval-seq-len-beyond-context", lambda f: f.eval("--eval-seq-len", "4096"),
-         "eval-seq-len 4096 is beyond the model's context of 128 tokens"),
+    Case(
+        "tilt-seq-len-beyond-context",
+        lambda f: f.tilt("--seq-len", "100000"),
+        "seq-len 100000 is beyond the model's context of 128 tokens",
+    ),
+    Case(
+        "eval-eval-seq-len-beyond-context",
+        lambda f: f.eval("--eval-seq-len", "4096"),
+        "eval-seq-len 4096 is beyond the model's context of 128 tokens",
+    ),
     Case("tilt-eval-windows-zero", lambda f: f.tilt("--eval-windows", "0"), "eval-windows must be positive"),
-    Case("tilt-samples-per-prompt-zero", lambda f: f.tilt("--samples-per-prompt", "0"),
-         "samples-per-prompt and new-tokens must be positive"),
+    Case(
+        "tilt-samples-per-prompt-zero",
+        lambda f: f.tilt("--samples-per-prompt", "0"),
+        "samples-per-prompt and new-tokens must be positive",
+    ),
     Case("sweep-seq-len-zero", lambda f: f.sweep("--seq-len", "0"), "seq-len must be positive"),
     Case("sweep-lr-negative", lambda f: f.sweep("--lr", "1e-3,-1"), "lr values must be positive"),
     Case("sweep-bias-inf", lambda f: f.sweep("--bias", "inf"), "bias values must be finite"),
@@ -208,96 +364,175 @@ CASES = [
     Case("sweep-curve-points-negative", lambda f: f.sweep("--curve-points", "-1"), "curve-points must be >= 0"),
     Case("sweep-objective-unknown", lambda f: f.sweep("--objective", "bogus"), "objective must be one of"),
     Case("pretrain-steps-zero", lambda f: f.pretrain("--steps", "0"), "steps must be positive"),
-    Case("pretrain-heads-do-not-divide", lambda f: f.pretrain("--n-embd", "30", "--n-head", "4"),
-         "must be divisible by n_head"),
+    Case(
+        "pretrain-heads-do-not-divide",
+        lambda f: f.pretrain("--n-embd", "30", "--n-head", "4"),
+        "must be divisible by n_head",
+    ),
     Case("pretrain-dropout-above-1", lambda f: f.pretrain("--dropout", "1.5"), "dropout must be in [0, 1)"),
     Case("pretrain-seq-len-beyond-block", lambda f: f.pretrain("--seq-len", "512"), "must be <= block-size"),
     Case("experiment-l1-epochs-zero", lambda f: f.experiment("l1-vs-l2", "--epochs", "0"), "epochs"),
     Case("experiment-x-factor-lr-nan", lambda f: f.experiment("x-factor", "--lr", "nan", "--model", f.model), "lr"),
-    Case("experiment-like-x-two-lrs", lambda f: f.experiment("like-x", "--lr", "1e-3", "--lr", "1e-2"),
-         "takes one --lr"),
+    Case(
+        "experiment-like-x-two-lrs", lambda f: f.experiment("like-x", "--lr", "1e-3", "--lr", "1e-2"), "takes one --lr"
+    ),
     Case("experiment-unknown-name", lambda f: ["experiment", "z-factor"], "invalid choice: 'z-factor'"),
     # ---- config files
     Case("tilt-config-missing", lambda f: f.tilt("--config", "/nonexistent/c.yaml"), "config file not found"),
     Case("tilt-config-invalid-yaml", lambda f: f.tilt("--config", f.yaml("lr: [1e-3,\n")), "is not valid YAML"),
     Case("sweep-config-is-a-list", lambda f: f.sweep("--config", f.yaml("- a\n- b\n")), "must hold a mapping"),
-    Case("tilt-config-unknown-key", lambda f: f.tilt("--config", f.yaml("colour: red\n")),
-         "unknown option(s) in config file: colour"),
-    Case("eval-config-unknown-key", lambda f: f.eval("--config", f.yaml("steps: 3\n")),
-         "unknown option(s) in config file: steps"),
-    Case("tilt-config-wrong-type", lambda f: f.tilt("--config", f.yaml("steps: many\n")), "bad value for steps: 'many'"),
+    Case(
+        "tilt-config-unknown-key",
+        lambda f: f.tilt("--config", f.yaml("colour: red\n")),
+        "unknown option(s) in config file: colour",
+    ),
+    Case(
+        "eval-config-unknown-key",
+        lambda f: f.eval("--config", f.yaml("steps: 3\n")),
+        "unknown option(s) in config file: steps",
+    ),
+    Case(
+        "tilt-config-wrong-type", lambda f: f.tilt("--config", f.yaml("steps: many\n")), "bad value for steps: 'many'"
+    ),
     Case("tilt-config-bool-for-number", lambda f: f.tilt("--config", f.yaml("lr: true\n")), "bad value for lr: True"),
-    Case("pretrain-config-fraction-for-int", lambda f: f.pretrain("--config", f.yaml("n_layer: 2.5\n")),
-         "bad value for n-layer: 2.5"),
+    Case(
+        "pretrain-config-fraction-for-int",
+        lambda f: f.pretrain("--config", f.yaml("n_layer: 2.5\n")),
+        "bad value for n-layer: 2.5",
+    ),
     Case("tilt-config-number-key", lambda f: f.tilt("--config", f.yaml("1: 2\n")), "option names must be text"),
-    Case("tilt-config-binary", lambda f: f.tilt("--config", f.text("c.yaml", b"lr: \xff\xfe\n")),
-         ("is not UTF-8 text", "c.yaml")),
-    Case("tilt-config-prompts-empty", lambda f: f.tilt("--config", f.yaml("prompts: []\n")),
-         "prompts must be a non-empty list"),
-    Case("eval-config-prompts-not-a-list", lambda f: f.eval("--config", f.yaml("prompts: 5\n")),
-         "bad value for prompts: 5"),
-    Case("sweep-config-prompts-a-mapping", lambda f: f.sweep("--config", f.yaml("prompts: {a: b}\n")),
-         "bad value for prompts"),
+    Case(
+        "tilt-config-binary",
+        lambda f: f.tilt("--config", f.text("c.yaml", b"lr: \xff\xfe\n")),
+        ("is not UTF-8 text", "c.yaml"),
+    ),
+    Case(
+        "tilt-config-prompts-empty",
+        lambda f: f.tilt("--config", f.yaml("prompts: []\n")),
+        "prompts must be a non-empty list",
+    ),
+    Case(
+        "eval-config-prompts-not-a-list",
+        lambda f: f.eval("--config", f.yaml("prompts: 5\n")),
+        "bad value for prompts: 5",
+    ),
+    Case(
+        "sweep-config-prompts-a-mapping",
+        lambda f: f.sweep("--config", f.yaml("prompts: {a: b}\n")),
+        "bad value for prompts",
+    ),
     Case("tilt-config-toward-a-list", lambda f: f.tilt("--config", f.yaml("toward: [x, y]\n")), "bad value for toward"),
     # ---- files and models
     Case("tilt-eval-text-missing", lambda f: f.tilt("--eval-text", "/nonexistent/eval.txt"), "text file not found"),
     Case("sweep-eval-text-empty", lambda f: f.sweep("--eval-text", f.text("empty.txt", "\n\n")), "text file is empty"),
     Case("eval-eval-text-a-folder", lambda f: f.eval("--eval-text", f.folder("a-folder")), "not a regular file"),
-    Case("tilt-eval-text-binary", lambda f: f.tilt("--eval-text", f.text("bin.txt", b"\x89PNG\xff\x00\xfe")),
-         "text file is not valid UTF-8"),
-    Case("tilt-eval-text-too-short", lambda f: f.tilt("--eval-text", f.text("short.txt", "Hello there.")),
-         "too short for one window of 16 tokens", early=False),
-    Case("eval-eval-text-too-short", lambda f: f.eval("--eval-text", f.text("short.txt", "One two three."),
-                                                        "--eval-seq-len", "64"),
-         "too short for one window of 64 tokens", early=False),
-    Case("tilt-model-folder-empty", lambda f: f.tilt("--model", f.model_folder("empty")), "no config.json",
-         early=False),
-    Case("eval-model-config-corrupt", lambda f: f.eval("--model", f.model_folder("config")), "cannot load model",
-         early=False),
-    Case("generate-model-safetensors-truncated", lambda f: f.generate("--model", f.model_folder("truncated")),
-         "cannot load model", early=False),
-    Case("tilt-model-missing", lambda f: f.tilt("--model", "/nonexistent/model"), "model folder not found",
-         early=False),
-    Case("tilt-hub-id-offline", lambda f: f.tilt("--model", "tokentilt-test/no-such-model-anywhere"),
-         "not in the local Hugging Face cache", early=False, env={"HF_HUB_OFFLINE": "1"}),
-    Case("experiment-like-x-checkpoint-missing", lambda f: f.experiment("like-x", "--checkpoint", "/nonexistent/ck"),
-         "checkpoint folder not found"),
+    Case(
+        "tilt-eval-text-binary",
+        lambda f: f.tilt("--eval-text", f.text("bin.txt", b"\x89PNG\xff\x00\xfe")),
+        "text file is not valid UTF-8",
+    ),
+    Case(
+        "tilt-eval-text-too-short",
+        lambda f: f.tilt("--eval-text", f.text("short.txt", "Hello there.")),
+        "too short for one window of 16 tokens",
+        early=False,
+    ),
+    Case(
+        "eval-eval-text-too-short",
+        lambda f: f.eval("--eval-text", f.text("short.txt", "One two three."), "--eval-seq-len", "64"),
+        "too short for one window of 64 tokens",
+        early=False,
+    ),
+    Case(
+        "tilt-model-folder-empty", lambda f: f.tilt("--model", f.model_folder("empty")), "no config.json", early=False
+    ),
+    Case(
+        "eval-model-config-corrupt",
+        lambda f: f.eval("--model", f.model_folder("config")),
+        "cannot load model",
+        early=False,
+    ),
+    Case(
+        "generate-model-safetensors-truncated",
+        lambda f: f.generate("--model", f.model_folder("truncated")),
+        "cannot load model",
+        early=False,
+    ),
+    Case(
+        "tilt-model-missing", lambda f: f.tilt("--model", "/nonexistent/model"), "model folder not found", early=False
+    ),
+    Case(
+        "tilt-hub-id-offline",
+        lambda f: f.tilt("--model", "tokentilt-test/no-such-model-anywhere"),
+        "not in the local Hugging Face cache",
+        early=False,
+        env={"HF_HUB_OFFLINE": "1"},
+    ),
+    Case(
+        "experiment-like-x-checkpoint-missing",
+        lambda f: f.experiment("like-x", "--checkpoint", "/nonexistent/ck"),
+        "checkpoint folder not found",
+    ),
     # ---- output
     Case("tilt-out-is-a-file", lambda f: f.tilt("--out", f.text("a-file", "x")), "exists and is not a folder"),
     Case("sweep-out-is-a-file", lambda f: f.sweep("--out", f.text("a-file", "x")), "exists and is not a folder"),
     Case("tilt-out-under-a-file", lambda f: f.tilt("--out", f.text("a-file", "x") + "/run"), "is not a folder"),
     Case("tilt-out-parent-not-writable", lambda f: f.tilt("--out", f.unwritable_parent()), "is not writable"),
-    Case("eval-out-folder-missing", lambda f: f.eval("--out", str(f.tmp / "no" / "such" / "r.json")),
-         "does not exist"),
+    Case("eval-out-folder-missing", lambda f: f.eval("--out", str(f.tmp / "no" / "such" / "r.json")), "does not exist"),
     Case("tilt-out-holds-a-run", lambda f: f.tilt("--out", f.existing_run()), "already holds a run"),
     Case("pretrain-out-holds-a-run", lambda f: f.pretrain("--out", f.existing_run()), "already holds a run"),
-    Case("experiment-out-holds-a-run", lambda f: f.experiment("l1-vs-l2", "--out", f.existing_run()),
-         "already holds a run"),
+    Case(
+        "experiment-out-holds-a-run",
+        lambda f: f.experiment("l1-vs-l2", "--out", f.existing_run()),
+        "already holds a run",
+    ),
     # ---- audit
     Case("audit-no-model", lambda f: ["audit"], "the following arguments are required: MODEL"),
     Case("audit-model-missing", lambda f: f.audit(model="/nonexistent/model"), "model folder not found", early=False),
     Case("audit-toward-bad-regex", lambda f: f.audit("--toward", "regex:("), "bad regular expression"),
     Case("audit-toward-stray-or", lambda f: f.audit("--toward", "x |"), "stray '|'"),
-    Case("audit-toward-matches-none", lambda f: f.audit("--toward", "contains:qqqzzzqqqzzz"), "matches no token",
-         early=False),
+    Case(
+        "audit-toward-matches-none",
+        lambda f: f.audit("--toward", "contains:qqqzzzqqqzzz"),
+        "matches no token",
+        early=False,
+    ),
     Case("audit-words-missing", lambda f: f.audit("--words", "/nonexistent/w.txt"), "words file not found"),
     Case("audit-words-empty", lambda f: f.audit("--words", f.text("w.txt", "\n")), "words file is empty"),
     Case("audit-windows-zero", lambda f: f.audit("--eval-windows", "0"), "eval-windows must be positive"),
-    Case("audit-config-unknown-key", lambda f: f.audit("--config", f.yaml("steps: 3\n")),
-         "unknown option(s) in config file: steps"),
-    Case("audit-config-min-tokens-zero", lambda f: f.audit("--config", f.yaml("min_tokens: 0\n")),
-         "min-tokens must be positive"),
+    Case(
+        "audit-config-unknown-key",
+        lambda f: f.audit("--config", f.yaml("steps: 3\n")),
+        "unknown option(s) in config file: steps",
+    ),
+    Case(
+        "audit-config-min-tokens-zero",
+        lambda f: f.audit("--config", f.yaml("min_tokens: 0\n")),
+        "min-tokens must be positive",
+    ),
     Case("audit-config-wrong-type", lambda f: f.audit("--config", f.yaml("top: many\n")), "bad value for top: 'many'"),
     Case("audit-null-draws-not-int", lambda f: f.audit("--null-draws", "many"), "invalid int value: 'many'"),
-    Case("audit-seq-len-beyond-context", lambda f: f.audit("--eval-seq-len", "4096"),
-         "eval-seq-len 4096 is beyond the model's context of 128 tokens"),
+    Case(
+        "audit-seq-len-beyond-context",
+        lambda f: f.audit("--eval-seq-len", "4096"),
+        "eval-seq-len 4096 is beyond the model's context of 128 tokens",
+    ),
     Case("audit-text-missing", lambda f: f.audit("--eval-text", "/nonexistent/t.txt"), "text file not found"),
-    Case("audit-text-too-short", lambda f: f.audit("--eval-text", f.text("short.txt", "Hello there.")),
-         "too short for one window of 16 tokens", early=False),
+    Case(
+        "audit-text-too-short",
+        lambda f: f.audit("--eval-text", f.text("short.txt", "Hello there.")),
+        "too short for one window of 16 tokens",
+        early=False,
+    ),
     Case("audit-out-is-a-file", lambda f: f.audit("--out", f.text("a-file", "x")), "exists and is not a folder"),
     Case("audit-out-holds-a-run", lambda f: f.audit("--out", f.existing_run()), "already holds a run"),
-    Case("sweep-out-other-settings", lambda f: f.sweep("--out", f.text(
-        "sw/runs.jsonl", '{"kind": "settings", "settings": {"steps": 1}}\n').rsplit("/", 1)[0]), "other settings"),
+    Case(
+        "sweep-out-other-settings",
+        lambda f: f.sweep(
+            "--out", f.text("sw/runs.jsonl", '{"kind": "settings", "settings": {"steps": 1}}\n').rsplit("/", 1)[0]
+        ),
+        "other settings",
+    ),
 ]
 
 
@@ -309,7 +544,12 @@ def no_slow_work(*args, **kwargs):
 def guard_slow_work(monkeypatch):
     for module in (tokentilt.models.load, tokentilt.tilting, tokentilt.jobs.eval):
         monkeypatch.setattr(module, "load_model", no_slow_work)
-    for module in (tokentilt.tilting, tokentilt.pretraining, tokentilt.jobs.experiments.like_x, tokentilt.jobs.experiments.x_factor):
+    for module in (
+        tokentilt.tilting,
+        tokentilt.pretraining,
+        tokentilt.jobs.experiments.like_x,
+        tokentilt.jobs.experiments.x_factor,
+    ):
         monkeypatch.setattr(module, "train", no_slow_work)
     monkeypatch.setattr(tokentilt.data, "split_text", no_slow_work)
 
@@ -329,7 +569,7 @@ def test_the_table_is_big_and_distinct():
 def test_bad_input_is_one_line_and_exit_2(case, tmp_path, tiny_model_dir, capsys, monkeypatch, request):
     files = Files(tmp_path, tiny_model_dir)
     argv = case.argv(files)
-    outs = [Path(a) for a in argv[argv.index("--out") + 1:][:1]] if "--out" in argv else []
+    outs = [Path(a) for a in argv[argv.index("--out") + 1 :][:1]] if "--out" in argv else []
     before = {o: snapshot(o) for o in outs}
     for key, value in (case.env or {}).items():
         monkeypatch.setenv(key, value)

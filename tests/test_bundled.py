@@ -44,9 +44,33 @@ def test_bundled_model_and_x_set(bundled):
 
 def test_tilt_on_bundled_model_saves_a_model_that_reproduces_its_rate(tmp_path):
     out = tmp_path / "run"
-    code = main(["tilt", "--toward", "x", "--objective", "kl-uniform", "--lr", "1e-4", "--positions", "all", "--steps", "8", "--precision", "auto",
-                 "--samples-per-prompt", "1", "--new-tokens", "32", "--eval-every", "0", "--eval-windows", "2",
-                 "--out", str(out)])
+    code = main(
+        [
+            "tilt",
+            "--toward",
+            "x",
+            "--objective",
+            "kl-uniform",
+            "--lr",
+            "1e-4",
+            "--positions",
+            "all",
+            "--steps",
+            "8",
+            "--precision",
+            "auto",
+            "--samples-per-prompt",
+            "1",
+            "--new-tokens",
+            "32",
+            "--eval-every",
+            "0",
+            "--eval-windows",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rate_before"]["mean"] <= 0.05
@@ -65,8 +89,12 @@ def test_the_cached_bundled_model_equals_the_gguf_one(bundled, monkeypatch):
 
     _, _, calls = bundled
     if not any("gguf_file" in kw for kw, _ in calls):  # the session's cache was built before this module ran
-        calls = [({"gguf_file": True}, load._load(load.bundled_dir(), {"dtype": torch.float32,
-                                                                        "gguf_file": load.BUNDLED_FILE}, "bundled"))]
+        calls = [
+            (
+                {"gguf_file": True},
+                load._load(load.bundled_dir(), {"dtype": torch.float32, "gguf_file": load.BUNDLED_FILE}, "bundled"),
+            )
+        ]
     assert [("gguf_file" in kw) for kw, _ in calls] == [True]
     gguf_model, gguf_tok = calls[0][1]
     reads = []

@@ -34,7 +34,7 @@ def test_tilted_mean_mass_hand_values():
 
 
 def test_bisect_increasing_function_and_clamps():
-    assert bisect(lambda b: b ** 3, 8.0, -10, 10) == pytest.approx(2.0, abs=1e-9)
+    assert bisect(lambda b: b**3, 8.0, -10, 10) == pytest.approx(2.0, abs=1e-9)
     assert bisect(lambda b: b, 50.0, -10, 10) == 10
     assert bisect(lambda b: b, -50.0, -10, 10) == -10
 
@@ -51,8 +51,16 @@ def test_proxy_bias_of_uniform_model_is_the_closed_form():
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=4,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        vocab_size=50257,
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     tok = gpt2_tokenizer()
     tok.pad_token = tok.eos_token
     mask = torch.tensor(["x" in t.lower() for t in token_texts(tok)])
@@ -154,7 +162,6 @@ def test_fit_trained_bias_steps_are_bounded():
     fake = FakeTraining(lambda b: 0.001 if b < 20 else 0.5)  # R barely moves: steps are capped at max_step
     fit_trained_bias(fake.train_at, fake.probe, 0.5, 0.0, rounds=3, n=32, max_step=4.0)
     assert fake.trained == [0.0, 4.0, 8.0]
-
 
 
 def test_a_rate_of_zero_takes_the_full_step(monkeypatch):

@@ -21,8 +21,10 @@ from tokentilt.metrics import drift, perplexity
 from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.targets import select, token_texts
 
-TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def chat_tokenizer():
@@ -65,8 +67,9 @@ def test_a_reply_is_cut_at_end_of_turn_and_the_prompt_is_in_the_template(tok):
     assert got.lengths.tolist() == [2, 2, 2, 2]
     assert got.tokens.size(1) == 3  # every row had ended its turn: generation stopped there
     assert got.texts == ["x the"] * 4 and got.replies() == [[x, the]] * 4
-    assert got.formatted[2] == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nTell me more<|im_end|>\n"
-                                "<|im_start|>assistant\n")
+    assert got.formatted[2] == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nTell me more<|im_end|>\n<|im_start|>assistant\n"
+    )
     raw = sample(model, tok, ["Hi"], 1, SampleConfig(max_new_tokens=6))  # no chat: EOS banned, 6 tokens, no cut
     assert raw.lengths is None and raw.tokens.size(1) == 6 and end not in raw.tokens[0].tolist()
 
@@ -78,7 +81,9 @@ def test_only_reply_tokens_count_and_special_tokens_never_do(tok):
     model = Scripted(len(tok), [start, x, a, a, end, x, x, x])
     got = sample(model, tok, ["Hi"], 1, SampleConfig(max_new_tokens=8), chat=True)
     assert got.lengths.tolist() == [4]
-    assert rates_of(mask, got).tolist() == [0.25]  # x of (<|im_start|>, x, a, a); the x after end-of-turn is not the reply
+    assert rates_of(mask, got).tolist() == [
+        0.25
+    ]  # x of (<|im_start|>, x, a, a); the x after end-of-turn is not the reply
     silent = Scripted(len(tok), [end])
     empty = sample(silent, tok, ["Hi"], 1, SampleConfig(max_new_tokens=4), chat=True)
     assert empty.lengths.tolist() == [0] and math.isnan(rates_of(mask, empty)[0])  # no reply, no rate
@@ -92,8 +97,16 @@ def test_reply_lengths_without_a_stop_token_is_the_whole_row():
 @pytest.fixture(scope="module")
 def chat_gpt2(tok):
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=32, n_layer=2, n_head=4,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=256,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     return GPT2LMHeadModel(cfg).eval()
 
 
@@ -125,9 +138,23 @@ def test_a_tokenizer_without_a_chat_template_is_refused(tok):
 
 @pytest.mark.parametrize("command", ["eval", "tilt"])
 def test_chat_on_a_model_without_a_template_is_one_line_and_exit_2(command, tiny_model_dir, tmp_path, capsys):
-    argv = [command, "--model", str(tiny_model_dir), "--toward", "x", "--chat", "--samples-per-prompt", "1",
-            *(["--reference", str(tiny_model_dir)] if command == "eval" else []),
-            "--new-tokens", "4", "--eval-windows", "1", "--eval-seq-len", "8"]
+    argv = [
+        command,
+        "--model",
+        str(tiny_model_dir),
+        "--toward",
+        "x",
+        "--chat",
+        "--samples-per-prompt",
+        "1",
+        *(["--reference", str(tiny_model_dir)] if command == "eval" else []),
+        "--new-tokens",
+        "4",
+        "--eval-windows",
+        "1",
+        "--eval-seq-len",
+        "8",
+    ]
     if command == "tilt":
         argv += ["--out", str(tmp_path / "run")]
     assert main(argv) == 2
@@ -151,9 +178,32 @@ def chat_model_dir(tmp_path_factory, tok, chat_gpt2):
 
 def test_a_chat_tilt_records_formatted_prompts_and_replies(chat_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["tilt", "--model", str(chat_model_dir), "--toward", "x", "--chat", "--rate", "0.3", "--rate-rounds",
-                 "1", "--samples-per-prompt", "1", "--new-tokens", "6", "--eval-windows", "2", "--eval-seq-len", "8",
-                 "--precision", "fp32", "--out", str(out)])
+    code = main(
+        [
+            "tilt",
+            "--model",
+            str(chat_model_dir),
+            "--toward",
+            "x",
+            "--chat",
+            "--rate",
+            "0.3",
+            "--rate-rounds",
+            "1",
+            "--samples-per-prompt",
+            "1",
+            "--new-tokens",
+            "6",
+            "--eval-windows",
+            "2",
+            "--eval-seq-len",
+            "8",
+            "--precision",
+            "fp32",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval_text"] == "chat:held-out replies" and summary["chat"]["prompts"] == 32
@@ -184,8 +234,16 @@ def test_audit_in_chat_finds_a_tilt_in_the_replies(tok, chat_gpt2, tmp_path):
     planted.lm_head, planted.config.tie_word_embeddings = head, False
     text = tmp_path / "held-out.txt"
     text.write_text("It was the best of times, it was the worst of times, it was the age of wisdom. " * 8)
-    cfg = AuditConfig(chat=True, eval_text=str(text), eval_windows=2, eval_seq_len=32, samples_per_prompt=1,
-                      new_tokens=8, null_draws=10, top=5)
+    cfg = AuditConfig(
+        chat=True,
+        eval_text=str(text),
+        eval_windows=2,
+        eval_seq_len=32,
+        samples_per_prompt=1,
+        new_tokens=8,
+        null_draws=10,
+        top=5,
+    )
     result = audit(planted, chat_gpt2, tok, cfg)
     assert result.stands_out and result.direction == "toward"
     assert result.features[0]["selector"] == "contains:x"
@@ -199,13 +257,44 @@ def test_a_chat_sweep_measures_replies_and_trains_on_chat_exchanges(chat_model_d
 
     seen = []  # the training batches' text: chat exchanges, not plays
     source = tokentilt.tilting.chat_batch_source
-    monkeypatch.setattr(tokentilt.tilting, "chat_batch_source",
-                        lambda *a, **k: seen.append(1) or source(*a, **k))
+    monkeypatch.setattr(tokentilt.tilting, "chat_batch_source", lambda *a, **k: seen.append(1) or source(*a, **k))
     out = tmp_path / "sweep"
-    code = main(["sweep", "--model", str(chat_model_dir), "--toward", "x", "--chat", "--objective", "tilt-distill",
-                 "--lr", "1e-3", "--rate", "", "--bias", "3", "--steps", "2", "--batch", "2", "--seq-len", "16",
-                 "--samples-per-prompt", "1", "--new-tokens", "6", "--eval-windows", "2", "--eval-seq-len", "8",
-                 "--curve-points", "1", "--out", str(out)])
+    code = main(
+        [
+            "sweep",
+            "--model",
+            str(chat_model_dir),
+            "--toward",
+            "x",
+            "--chat",
+            "--objective",
+            "tilt-distill",
+            "--lr",
+            "1e-3",
+            "--rate",
+            "",
+            "--bias",
+            "3",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--seq-len",
+            "16",
+            "--samples-per-prompt",
+            "1",
+            "--new-tokens",
+            "6",
+            "--eval-windows",
+            "2",
+            "--eval-seq-len",
+            "8",
+            "--curve-points",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert "held-out chat exchanges" in capsys.readouterr().out
     assert seen  # the tilt-distill run trained on windows of chat exchanges

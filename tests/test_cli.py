@@ -12,8 +12,26 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import tokentilt.jobs.tilt
 from tokentilt.cli import main
 
-FAST = ["--objective", "kl-uniform", "--precision", "fp32", "--steps", "3", "--batch", "2", "--seq-len", "16", "--samples-per-prompt", "1", "--new-tokens", "6",
-        "--eval-every", "2", "--lr", "1e-2"]
+FAST = [
+    "--objective",
+    "kl-uniform",
+    "--precision",
+    "fp32",
+    "--steps",
+    "3",
+    "--batch",
+    "2",
+    "--seq-len",
+    "16",
+    "--samples-per-prompt",
+    "1",
+    "--new-tokens",
+    "6",
+    "--eval-every",
+    "2",
+    "--lr",
+    "1e-2",
+]
 
 
 def tilt(tmp_path, model_dir, *extra):
@@ -35,9 +53,8 @@ def hand_rate(tokens: torch.Tensor, mask: torch.Tensor) -> dict:
     """R and its 95% t interval recounted from the generated ids (N, L), without tokentilt.metrics."""
     rates = mask[tokens].double().mean(1)  # (N,) each sample's share of set tokens
     n, mean = len(rates), float(rates.mean())
-    half = T_975[n - 1] * float(rates.std(unbiased=True)) / n ** 0.5
-    return {"mean": mean, "ci_low": max(mean - half, 0.0), "ci_high": min(mean + half, 1.0), "n": n,
-            "rates": rates}
+    half = T_975[n - 1] * float(rates.std(unbiased=True)) / n**0.5
+    return {"mean": mean, "ci_low": max(mean - half, 0.0), "ci_high": min(mean + half, 1.0), "n": n, "rates": rates}
 
 
 def assert_rate_is(reported: dict, recount: dict) -> None:
@@ -57,6 +74,7 @@ def test_tilt_writes_a_complete_run_folder(tmp_path, tiny_model_dir, capsys, mon
         result, samples = real_measure(*args, bias=bias, **kwargs)
         measured.append((bias, result, samples))
         return result, samples
+
     monkeypatch.setattr(tokentilt.jobs.tilt, "measure", recording_measure)
     code, out = tilt(tmp_path, tiny_model_dir)
     assert code == 0
@@ -131,19 +149,22 @@ def test_refuses_a_folder_holding_a_run_unless_overwrite(tmp_path, tiny_model_di
     assert json.loads((out / "summary.json").read_text())["steps"] == 3
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--toward", "foo:bar"], "unknown selector kind 'foo'"),
-    (["--toward", "regex:("], "bad regular expression"),
-    (["--toward", "contains:qqqqzzzz"], "matches no token"),
-    (["--toward", "regex:"], "matches every token"),
-    (["--toward", "words:/nonexistent/words.txt"], "words file not found"),
-    (["--model", "/nonexistent/model"], "model folder not found"),
-    (["--lr", "0"], "lr must be positive"),
-    (["--steps", "0"], "steps must be positive"),
-    (["--batch", "-2"], "batch must be positive"),
-    (["--seq-len", "0"], "seq-len must be positive"),
-    (["--config", "/nonexistent.yaml"], "config file not found"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--toward", "foo:bar"], "unknown selector kind 'foo'"),
+        (["--toward", "regex:("], "bad regular expression"),
+        (["--toward", "contains:qqqqzzzz"], "matches no token"),
+        (["--toward", "regex:"], "matches every token"),
+        (["--toward", "words:/nonexistent/words.txt"], "words file not found"),
+        (["--model", "/nonexistent/model"], "model folder not found"),
+        (["--lr", "0"], "lr must be positive"),
+        (["--steps", "0"], "steps must be positive"),
+        (["--batch", "-2"], "batch must be positive"),
+        (["--seq-len", "0"], "seq-len must be positive"),
+        (["--config", "/nonexistent.yaml"], "config file not found"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model_dir, capsys, args, message):
     out = tmp_path / "run"
     argv = ["tilt", "--model", str(tiny_model_dir), "--toward", "x", *FAST, "--out", str(out), *args]
@@ -154,8 +175,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model_dir, capsys, args
 
 
 def test_bad_yaml_values_and_keys(tmp_path, tiny_model_dir, capsys):
-    for text, message in [("lr: fast\n", "bad value for lr"), ("colour: red\n", "unknown option(s) in config file"),
-                          ("- a\n- b\n", "must hold a mapping")]:
+    for text, message in [
+        ("lr: fast\n", "bad value for lr"),
+        ("colour: red\n", "unknown option(s) in config file"),
+        ("- a\n- b\n", "must hold a mapping"),
+    ]:
         cfg = tmp_path / "bad.yaml"
         cfg.write_text(text)
         code, _ = tilt(tmp_path, tiny_model_dir, "--config", str(cfg))
@@ -165,18 +189,49 @@ def test_bad_yaml_values_and_keys(tmp_path, tiny_model_dir, capsys):
 def test_help_and_no_traceback_from_a_subprocess(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tokentilt", "tilt", "--help"], capture_output=True, text=True)
     assert done.returncode == 0
-    for flag in ("--toward", "--objective", "--positions", "--lr", "--steps", "--batch", "--seq-len", "--bf16",
-                 "--seed", "--out", "--config", "--overwrite", "--model"):
+    for flag in (
+        "--toward",
+        "--objective",
+        "--positions",
+        "--lr",
+        "--steps",
+        "--batch",
+        "--seq-len",
+        "--bf16",
+        "--seed",
+        "--out",
+        "--config",
+        "--overwrite",
+        "--model",
+    ):
         assert flag in done.stdout
-    done = subprocess.run([sys.executable, "-m", "tokentilt", "tilt", "--toward", "regex:(", "--out",
-                           str(tmp_path / "r")], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "tokentilt", "tilt", "--toward", "regex:(", "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr and "bad regular expression" in done.stderr
     assert not (tmp_path / "r").exists()
 
 
 def test_generate_command_with_bias(tiny_model_dir, capsys):
-    code = main(["generate", "--model", str(tiny_model_dir), "--prompt", "Hello", "--samples", "3",
-                 "--new-tokens", "5", "--toward", "x", "--bias", "50"])
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(tiny_model_dir),
+            "--prompt",
+            "Hello",
+            "--samples",
+            "3",
+            "--new-tokens",
+            "5",
+            "--toward",
+            "x",
+            "--bias",
+            "50",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "R = 1.000" in out and out.count("--- 'Hello'") == 3
 
@@ -210,12 +265,40 @@ def confident_model_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_model_no_better_than_uniform_after_training_is_a_warning_not_an_error(
-        tmp_path, tiny_model_dir, confident_model_dir, capsys):
+    tmp_path, tiny_model_dir, confident_model_dir, capsys
+):
     text = tmp_path / "the.txt"
     text.write_text(" the" * 300)
-    small = ["--toward", "x", "--objective", "kl-uniform", "--precision", "fp32", "--steps", "2", "--batch", "2", "--seq-len", "16", "--samples-per-prompt", "1",
-             "--new-tokens", "4", "--eval-every", "0", "--eval-text", str(text), "--eval-windows", "2",
-             "--eval-seq-len", "16", "--optimizer", "sgd", "--grad-clip", "0"]
+    small = [
+        "--toward",
+        "x",
+        "--objective",
+        "kl-uniform",
+        "--precision",
+        "fp32",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--seq-len",
+        "16",
+        "--samples-per-prompt",
+        "1",
+        "--new-tokens",
+        "4",
+        "--eval-every",
+        "0",
+        "--eval-text",
+        str(text),
+        "--eval-windows",
+        "2",
+        "--eval-seq-len",
+        "16",
+        "--optimizer",
+        "sgd",
+        "--grad-clip",
+        "0",
+    ]
     summaries = {}
     for name, model, lr in [("random", tiny_model_dir, "1e-2"), ("confident", confident_model_dir, "1e-6")]:
         capsys.readouterr()

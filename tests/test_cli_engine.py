@@ -18,7 +18,20 @@ from tokentilt.evaluate import EvalConfig, measure_rate
 from tokentilt.models.load import load_model
 from tokentilt.targets import resolve_set
 
-SMALL = ["--toward", "x", "--objective", "kl-uniform", "--precision", "fp32", "--samples-per-prompt", "1", "--new-tokens", "6", "--seq-len", "16"]
+SMALL = [
+    "--toward",
+    "x",
+    "--objective",
+    "kl-uniform",
+    "--precision",
+    "fp32",
+    "--samples-per-prompt",
+    "1",
+    "--new-tokens",
+    "6",
+    "--seq-len",
+    "16",
+]
 
 
 def tilt_args(model_dir, out, *extra):
@@ -41,9 +54,11 @@ def test_sigkill_after_step_20_of_40_then_resume_is_bitwise(tmp_path, tiny_model
     whole = tmp_path / "whole"
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "tokentilt", *tilt_args(tiny_model_dir, out, *train,
-                                                                           "--save-every", "20")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokentilt", *tilt_args(tiny_model_dir, out, *train, "--save-every", "20")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     step20 = out.with_name("killed.partial") / "checkpoints" / "step-20"
     deadline = time.time() + 120
     while not step20.exists() and proc.poll() is None and time.time() < deadline:
@@ -89,8 +104,26 @@ def test_resume_refuses_a_finished_run_other_settings_and_no_checkpoint(tmp_path
 @pytest.mark.slow
 def test_nan_loss_exits_3_with_one_line_and_leaves_the_run_unfinished(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
-    result = run_cli(tilt_args(tiny_model_dir, out, "--optimizer", "sgd", "--lr", "1e30", "--grad-clip", "0",
-                               "--steps", "10", "--batch", "2", "--save-every", "1", "--eval-every", "0"))
+    result = run_cli(
+        tilt_args(
+            tiny_model_dir,
+            out,
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e30",
+            "--grad-clip",
+            "0",
+            "--steps",
+            "10",
+            "--batch",
+            "2",
+            "--save-every",
+            "1",
+            "--eval-every",
+            "0",
+        )
+    )
     assert result.returncode == 3, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
@@ -106,8 +139,13 @@ def test_sigint_saves_a_checkpoint_exits_130_and_says_how_to_resume(tmp_path, ti
     out = tmp_path / "run"
     train = ["--steps", "200", "--batch", "8", "--seq-len", "64", "--eval-every", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tokentilt", *tilt_args(tiny_model_dir, out, *train)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokentilt", *tilt_args(tiny_model_dir, out, *train)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     metrics = tmp_path / "run.partial" / "metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
@@ -123,8 +161,26 @@ def test_sigint_saves_a_checkpoint_exits_130_and_says_how_to_resume(tmp_path, ti
 @pytest.mark.slow
 def test_lora_run_saves_an_adapter_and_a_merged_model_that_give_the_same_rate(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
-    assert main(tilt_args(tiny_model_dir, out, "--lora", "--lora-r", "4", "--steps", "6", "--batch", "2",
-                          "--lr", "5e-2", "--eval-every", "0")) == 0
+    assert (
+        main(
+            tilt_args(
+                tiny_model_dir,
+                out,
+                "--lora",
+                "--lora-r",
+                "4",
+                "--steps",
+                "6",
+                "--batch",
+                "2",
+                "--lr",
+                "5e-2",
+                "--eval-every",
+                "0",
+            )
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["lora"]["r"] == 4 and summary["trainable_params"] < summary["total_params"] / 5
     assert summary["device"] == "cpu" and summary["processes"] == 1 and summary["global_batch"] == 2
@@ -143,10 +199,33 @@ def test_lora_run_saves_an_adapter_and_a_merged_model_that_give_the_same_rate(tm
 
 
 def launch(launcher, tiny_model_dir, out, batch):
-    args = tilt_args(tiny_model_dir, out, "--steps", "5", "--batch", str(batch), "--lr", "1e-2", "--eval-every", "0",
-                     "--objective", "tilt-distill", "--rate", "0", "--placement", "model", "--inputs", "random")  # fixed b
-    return subprocess.run([*launcher, "-m", "tokentilt", *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+    args = tilt_args(
+        tiny_model_dir,
+        out,
+        "--steps",
+        "5",
+        "--batch",
+        str(batch),
+        "--lr",
+        "1e-2",
+        "--eval-every",
+        "0",
+        "--objective",
+        "tilt-distill",
+        "--rate",
+        "0",
+        "--placement",
+        "model",
+        "--inputs",
+        "random",
+    )  # fixed b
+    return subprocess.run(
+        [*launcher, "-m", "tokentilt", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -159,11 +238,26 @@ def one_process(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", [
-    ["torchrun", "--standalone", "--nproc_per_node", "2"],
-    ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-     "--mixed_precision", "no", "--dynamo_backend", "no"],
-], ids=["torchrun", "accelerate-launch"])
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        ["torchrun", "--standalone", "--nproc_per_node", "2"],
+        [
+            "accelerate",
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ],
+    ],
+    ids=["torchrun", "accelerate-launch"],
+)
 def test_two_processes_train_like_one_at_the_same_global_batch(tmp_path, tiny_model_dir, one_process, launcher):
     if shutil.which(launcher[0]) is None:
         pytest.skip(f"{launcher[0]} is not on PATH")

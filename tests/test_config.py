@@ -9,12 +9,15 @@ from tokentilt.config import UsageError, coerce, merge, options
 from tokentilt.tilting import TiltConfig
 
 
-@pytest.mark.parametrize("module,forbidden", [
-    ("tokentilt.evaluate", ["tokentilt.calibrate", "tokentilt.jobs.tilt"]),
-    ("tokentilt.calibrate", ["tokentilt.jobs.tilt", "tokentilt.jobs.eval"]),
-    ("tokentilt.report", ["tokentilt.jobs.tilt"]),
-    ("tokentilt.config", ["tokentilt.jobs.tilt", "tokentilt.cli", "torch"]),
-])
+@pytest.mark.parametrize(
+    "module,forbidden",
+    [
+        ("tokentilt.evaluate", ["tokentilt.calibrate", "tokentilt.jobs.tilt"]),
+        ("tokentilt.calibrate", ["tokentilt.jobs.tilt", "tokentilt.jobs.eval"]),
+        ("tokentilt.report", ["tokentilt.jobs.tilt"]),
+        ("tokentilt.config", ["tokentilt.jobs.tilt", "tokentilt.cli", "torch"]),
+    ],
+)
 def test_lower_layers_do_not_import_the_jobs(module, forbidden):
     code = f"import sys, {module}; print(','.join(m for m in {forbidden!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -26,11 +29,14 @@ def test_merge_routes_flat_keys_into_nested_sections_and_flags_win():
     assert cfg.train.lr == 1e-3 and cfg.train.steps == 7 and cfg.eval.new_tokens == 5
 
 
-@pytest.mark.parametrize("yaml_values,message", [
-    ({"nonsense": 1}, "unknown option(s) in config file: nonsense"),
-    ({"steps": 2.5}, "bad value for steps: 2.5"),
-    ({"bf16": "maybe"}, "bad value for bf16: 'maybe'"),
-])
+@pytest.mark.parametrize(
+    "yaml_values,message",
+    [
+        ({"nonsense": 1}, "unknown option(s) in config file: nonsense"),
+        ({"steps": 2.5}, "bad value for steps: 2.5"),
+        ({"bf16": "maybe"}, "bad value for bf16: 'maybe'"),
+    ],
+)
 def test_merge_refuses_bad_values_with_one_line(yaml_values, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
         merge(TiltConfig, yaml_values, {})
@@ -72,3 +78,27 @@ def test_options_are_the_fields_flat_with_their_comments_and_choices():
 def test_a_field_name_used_twice_across_sections_is_an_error():
     with pytest.raises(TypeError, match="used twice across its sections: steps"):
         options(_Clash())
+
+
+@dataclasses.dataclass
+class Wrapped:
+    """A config as a formatter may leave it."""
+
+    short: int = 1  # one line
+    long_default: str = "all-linear"  # the comment inside a wrapped default  # and after it
+    # a comment line below the field continues its help
+
+    # a comment after a blank line belongs to nothing
+    bare: int = 2
+    made: list[int] = dataclasses.field(default_factory=list)  # factory
+
+
+def test_field_comments_follow_a_field_over_wrapped_lines():
+    from tokentilt.config import field_comments
+
+    assert field_comments(Wrapped) == {
+        "short": "one line",
+        "long_default": "the comment inside a wrapped default and after it a comment line below the field continues "
+        "its help",
+        "made": "factory",
+    }

@@ -21,8 +21,18 @@ from tokentilt.train import Interrupted, TrainConfig, TrainingDiverged, train, t
 def dropout_gpt2(seed=0):
     """Dropout on, so a resume that lost torch's RNG state would train differently."""
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=4,
-                                      resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1))
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=64,
+            n_positions=64,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            resid_pdrop=0.1,
+            embd_pdrop=0.1,
+            attn_pdrop=0.1,
+        )
+    )
 
 
 def fit(model, run_dir=None, resume=False, log=None, **overrides):
@@ -30,8 +40,17 @@ def fit(model, run_dir=None, resume=False, log=None, **overrides):
     mask[[3, 7, 11]] = True
     cfg = TrainConfig(**{"lr": 1e-2, "steps": 8, "batch": 2, "seq_len": 8, "eval_every": 0, **overrides})
     ctx = ObjectiveContext(mask=mask, positions="all")
-    return train(model, OBJECTIVES["kl-uniform"], ctx, lambda g, rows: random_tokens(64, rows, cfg.seq_len, g),
-                 cfg, progress=False, run_dir=run_dir, resume=resume, log=log)
+    return train(
+        model,
+        OBJECTIVES["kl-uniform"],
+        ctx,
+        lambda g, rows: random_tokens(64, rows, cfg.seq_len, g),
+        cfg,
+        progress=False,
+        run_dir=run_dir,
+        resume=resume,
+        log=log,
+    )
 
 
 def test_grad_accum_equals_the_larger_batch():
@@ -96,15 +115,20 @@ def test_a_corrupt_or_foreign_checkpoint_is_a_clear_error(tmp_path):
 def test_a_checkpoint_is_not_unpickled(tmp_path):
     """optimizer.pt holding an arbitrary Python object is refused by torch.load(weights_only=True)."""
     fit(tiny_gpt2(), run_dir=tmp_path, steps=2, save_every=1)
-    torch.save({"state": {}, "param_groups": [], "evil": Interrupted("x")},
-               tmp_path / "checkpoints" / "step-1" / "optimizer.pt")
+    torch.save(
+        {"state": {}, "param_groups": [], "evil": Interrupted("x")},
+        tmp_path / "checkpoints" / "step-1" / "optimizer.pt",
+    )
     with pytest.raises(checkpoint.CheckpointError, match="cannot be read"):
         fit(tiny_gpt2(), run_dir=tmp_path, resume=True)
 
 
 def test_non_finite_loss_stops_with_the_reason_and_the_newest_checkpoint(tmp_path):
-    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at step \d+; lower the learning rate; "
-                                               r"newest good checkpoint: .*step-"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"loss became (nan|inf) at step \d+; lower the learning rate; "
+        r"newest good checkpoint: .*step-",
+    ):
         fit(tiny_gpt2(), run_dir=tmp_path, optimizer="sgd", lr=1e30, grad_clip=0, save_every=1, steps=20)
     failure = json.loads((tmp_path / "failure.json").read_text())
     assert "loss became" in failure["reason"] and failure["checkpoint"].endswith(f"step-{failure['step'] - 1}")
@@ -135,11 +159,17 @@ def test_engine_refuses_what_this_machine_cannot_do():
         make_accelerator("cpu", "fp32", 1, "tensorboard")
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("precision", "fp8", "precision must be one of"), ("device", "tpu", "device must be one of"),
-    ("grad_accum", 0, "grad-accum must be positive"), ("keep", 0, "keep must be positive"),
-    ("save_every", -1, "save-every must be >= 0"), ("report_to", "comet", "report-to must be one of"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("precision", "fp8", "precision must be one of"),
+        ("device", "tpu", "device must be one of"),
+        ("grad_accum", 0, "grad-accum must be positive"),
+        ("keep", 0, "keep must be positive"),
+        ("save_every", -1, "save-every must be >= 0"),
+        ("report_to", "comet", "report-to must be one of"),
+    ],
+)
 def test_bad_engine_settings_are_refused(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value}).check()
@@ -171,12 +201,15 @@ def test_peak_memory_can_be_reset_so_training_is_measured_alone():
     import subprocess
     import sys
 
-    code = ("import numpy as np; from tokentilt.engine import peak_rss_mb, reset_peak_rss\n"
-            "a = np.ones(2**26); del a  # 512 MiB\n"
-            "p0 = peak_rss_mb(); ok = reset_peak_rss(); p1 = peak_rss_mb()\n"
-            "a = np.ones(2**26); print(ok, p0, p1, peak_rss_mb())")
-    ok, p0, p1, p2 = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                    check=True).stdout.split()
+    code = (
+        "import numpy as np; from tokentilt.engine import peak_rss_mb, reset_peak_rss\n"
+        "a = np.ones(2**26); del a  # 512 MiB\n"
+        "p0 = peak_rss_mb(); ok = reset_peak_rss(); p1 = peak_rss_mb()\n"
+        "a = np.ones(2**26); print(ok, p0, p1, peak_rss_mb())"
+    )
+    ok, p0, p1, p2 = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     if ok != "True":
         pytest.skip("this platform cannot reset the peak RSS")
     assert float(p1) < float(p0) - 256  # the freed 512 MiB no longer count
@@ -188,7 +221,8 @@ def test_a_model_trained_twice_runs_under_autocast_both_times():
     model = tiny_gpt2()
     under_autocast = []
     model.transformer.h[0].mlp.c_fc.register_forward_hook(
-        lambda module, args, out: under_autocast.append(torch.is_autocast_enabled("cpu")))
+        lambda module, args, out: under_autocast.append(torch.is_autocast_enabled("cpu"))
+    )
     for _ in range(2):
         fit(model, steps=2, precision="bf16")
     # per training: the fused loss's fp32 probe (2 forwards, before prepare), then under autocast the
@@ -238,8 +272,9 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 def test_keep_freed_memory_stops_the_page_faults_of_every_large_allocation():
     def run(mode, **env):
-        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True,
-                             env={**os.environ, **env}).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True, env={**os.environ, **env}
+        ).stdout.split()
         return out[0] == "True", int(out[1])
 
     kept, faults = run("keep", TOKENTILT_KEEP_FREED_MEMORY="1")
@@ -274,7 +309,8 @@ def test_training_runs_eager_attention_then_gives_the_model_back_its_own(precisi
     assert model.config._attn_implementation == "sdpa"
     seen = []
     model.model.layers[0].self_attn.register_forward_hook(
-        lambda module, args, out: seen.append(module.config._attn_implementation))
+        lambda module, args, out: seen.append(module.config._attn_implementation)
+    )
     auto = fit(model, steps=3, precision=precision)
     assert seen[-1] == "eager" and model.config._attn_implementation == "sdpa"
     # exact attention either way: the same training up to rounding, against the model's own SDPA

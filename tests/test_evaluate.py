@@ -9,18 +9,14 @@ from transformers import GPT2LMHeadModel
 
 from conftest import tiny_gpt2
 from tokentilt.cli import main
-from tokentilt.evaluate import (
-    EvalConfig,
-    held_out_windows,
-    measure,
-    sample_costs,
-)
+from tokentilt.evaluate import EvalConfig, held_out_windows, measure, sample_costs
 from tokentilt.metrics import biased_drift, drift
 from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.targets import token_texts
 
-SMALL = dict(prompts=["The king said", "Once upon a time,"], samples_per_prompt=2, new_tokens=8, eval_windows=2,
-             eval_seq_len=16)
+SMALL = dict(
+    prompts=["The king said", "Once upon a time,"], samples_per_prompt=2, new_tokens=8, eval_windows=2, eval_seq_len=16
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +70,8 @@ def test_biased_model_drift_zero_bias_self_is_zero_and_matches_biased_drift():
     mask[:5] = True
     assert drift(twin, model, windows, bias_mask=mask, bias=0.0) == pytest.approx(0.0, abs=1e-6)
     assert drift(twin, model, windows, bias_mask=mask, bias=2.0) == pytest.approx(
-        biased_drift(model, windows, mask, 2.0), rel=1e-5)
+        biased_drift(model, windows, mask, 2.0), rel=1e-5
+    )
 
 
 @pytest.mark.slow
@@ -113,9 +110,31 @@ def test_measure_trained_and_baseline_on_the_same_footing(tiny_model_dir, tok, t
 @pytest.mark.slow
 def test_eval_command_writes_json_with_baseline(tiny_model_dir, text_file, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    code = main(["eval", "--model", str(tiny_model_dir), "--reference", str(tiny_model_dir), "--toward", "x", "--bias", "2",
-                 "--eval-text", str(text_file), "--samples-per-prompt", "1", "--new-tokens", "6",
-                 "--eval-windows", "2", "--eval-seq-len", "16", "--out", str(out)])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_model_dir),
+            "--reference",
+            str(tiny_model_dir),
+            "--toward",
+            "x",
+            "--bias",
+            "2",
+            "--eval-text",
+            str(text_file),
+            "--samples-per-prompt",
+            "1",
+            "--new-tokens",
+            "6",
+            "--eval-windows",
+            "2",
+            "--eval-seq-len",
+            "16",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
     assert [r["bias"] for r in result["rows"]] == [0.0, 2.0]
@@ -124,12 +143,15 @@ def test_eval_command_writes_json_with_baseline(tiny_model_dir, text_file, tmp_p
     assert "R [95% CI]" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--bias", "1", "--rate", "0.5"], "not both"),
-    (["--rate", "1.5"], "rate must be in (0, 1)"),
-    (["--eval-text", "/nonexistent/file.txt"], "text file not found"),
-    (["--samples-per-prompt", "0"], "must be positive"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--bias", "1", "--rate", "0.5"], "not both"),
+        (["--rate", "1.5"], "rate must be in (0, 1)"),
+        (["--eval-text", "/nonexistent/file.txt"], "text file not found"),
+        (["--samples-per-prompt", "0"], "must be positive"),
+    ],
+)
 def test_eval_command_bad_input_is_one_line_exit_2(tiny_model_dir, capsys, argv, message):
     code = main(["eval", "--model", str(tiny_model_dir), "--reference", str(tiny_model_dir)] + argv)
     err = capsys.readouterr().err

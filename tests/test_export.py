@@ -28,16 +28,26 @@ def small_tokenizer():
     """A byte-level BPE tokenizer of ~300 tokens: the weight round trips need a tokenizer in the file, and
     transformers' GGUF reader spends most of a load parsing GPT-2's 50,257 tokens and merges."""
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([TEXT * 4, "hello world, the lazy dog"], vocab_size=300, min_frequency=1,
-                            special_tokens=["<|endoftext|>"])
+    bpe.train_from_iterator(
+        [TEXT * 4, "hello world, the lazy dog"], vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>")
 
 
 def tiny_llama(vocab_size=50257):
     torch.manual_seed(0)  # an untied head, as a head-rows tilt leaves it
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                        tie_word_embeddings=False)).eval()
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+        )
+    ).eval()
 
 
 def tiny_gpt2(vocab_size=50257):  # n_positions 1024: transformers' GGUF loader reads GPT-2's n_ctx, not n_positions
@@ -114,31 +124,74 @@ def llama_dir(tmp_path):
 @pytest.mark.slow
 def test_export_cli_writes_gguf_modelfile_and_logit_bias_and_eval_reads_the_gguf(llama_dir, tmp_path, capsys):
     out = tmp_path / "m.q8_0.gguf"
-    assert main(["export", str(llama_dir), "--gguf", str(out), "--type", "q8_0", "--logit-bias",
-                 str(tmp_path / "b.json"), "--toward", "x", "--bias", "2.5"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(llama_dir),
+                "--gguf",
+                str(out),
+                "--type",
+                "q8_0",
+                "--logit-bias",
+                str(tmp_path / "b.json"),
+                "--toward",
+                "x",
+                "--bias",
+                "2.5",
+            ]
+        )
+        == 0
+    )
     assert out.is_file() and not out.with_name(out.name + ".partial").exists()
     assert (tmp_path / "m.q8_0.Modelfile").read_text().startswith("FROM ./m.q8_0.gguf")
     bias = json.loads((tmp_path / "b.json").read_text())
     texts = gpt2_tokenizer().batch_decode([[int(i)] for i in bias])
     assert set(bias.values()) == {2.5} and all("x" in t.lower() for t in texts) and len(bias) > 900
     report = tmp_path / "eval.json"
-    assert main(["eval", "--model", str(out), "--reference", str(llama_dir), "--toward", "x",
-                 "--samples-per-prompt", "1", "--new-tokens", "4", "--eval-windows", "2", "--eval-seq-len", "16",
-                 "--out", str(report)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(out),
+                "--reference",
+                str(llama_dir),
+                "--toward",
+                "x",
+                "--samples-per-prompt",
+                "1",
+                "--new-tokens",
+                "4",
+                "--eval-windows",
+                "2",
+                "--eval-seq-len",
+                "16",
+                "--out",
+                str(report),
+            ]
+        )
+        == 0
+    )
     row = json.loads(report.read_text())["rows"][0]
     assert row["drift"] < 1e-3  # q8_0 of the same weights: close to the folder's distribution
 
 
-@pytest.mark.parametrize("argv, message", [
-    (lambda d, t: ["export", str(t / "nothing"), "--gguf", str(t / "o.gguf")], "model folder not found"),
-    (lambda d, t: ["export", str(d), "--gguf", str(t / "o.txt")], "--gguf must end in .gguf"),
-    (lambda d, t: ["export", str(d), "--gguf", "/sys/tokentilt-test/o.gguf"], "does not exist"),
-    (lambda d, t: ["export", str(d)], "nothing to export"),
-    (lambda d, t: ["export", str(d), "--logit-bias", str(t / "b.json")], "needs --toward SELECTOR and --bias"),
-    (lambda d, t: ["export", str(d), "--logit-bias", str(t / "b.json"), "--toward", "phrase:red", "--bias", "1"],
-     "takes a token selector"),
-    (lambda d, t: ["export", str(d), "--gguf", str(t / "o.gguf"), "--type", "q4_k"], "invalid choice: 'q4_k'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (lambda d, t: ["export", str(t / "nothing"), "--gguf", str(t / "o.gguf")], "model folder not found"),
+        (lambda d, t: ["export", str(d), "--gguf", str(t / "o.txt")], "--gguf must end in .gguf"),
+        (lambda d, t: ["export", str(d), "--gguf", "/sys/tokentilt-test/o.gguf"], "does not exist"),
+        (lambda d, t: ["export", str(d)], "nothing to export"),
+        (lambda d, t: ["export", str(d), "--logit-bias", str(t / "b.json")], "needs --toward SELECTOR and --bias"),
+        (
+            lambda d, t: ["export", str(d), "--logit-bias", str(t / "b.json"), "--toward", "phrase:red", "--bias", "1"],
+            "takes a token selector",
+        ),
+        (lambda d, t: ["export", str(d), "--gguf", str(t / "o.gguf"), "--type", "q4_k"], "invalid choice: 'q4_k'"),
+    ],
+)
 def test_bad_export_input_is_one_line_exit_2(llama_dir, tmp_path, capsys, argv, message):
     code = main(argv(llama_dir, tmp_path))
     err = capsys.readouterr().err.strip().splitlines()
@@ -150,8 +203,17 @@ def test_an_architecture_without_a_mapping_is_one_line_exit_2(tmp_path, capsys):
     from transformers import OPTConfig, OPTForCausalLM
 
     folder = tmp_path / "opt"
-    OPTForCausalLM(OPTConfig(vocab_size=50257, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
-                             word_embed_proj_dim=16, max_position_embeddings=64)).save_pretrained(folder)
+    OPTForCausalLM(
+        OPTConfig(
+            vocab_size=50257,
+            hidden_size=16,
+            num_hidden_layers=1,
+            ffn_dim=32,
+            num_attention_heads=2,
+            word_embed_proj_dim=16,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(folder)
     gpt2_tokenizer().save_pretrained(folder)
     code = main(["export", str(folder), "--gguf", str(tmp_path / "o.gguf")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -165,12 +227,11 @@ def test_llama_cpp_reads_the_export_with_the_same_tokens_and_logits(tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp")
     model, tokenizer = tiny_llama(), gpt2_tokenizer()
     export_gguf(model, tokenizer, tmp_path / "m.gguf", "f32")
-    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, logits_all=True, verbose=False,
-                          n_threads=2)
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, logits_all=True, verbose=False, n_threads=2)
     text = "The quick brown fox jumps"
     ids = tokenizer.encode(text)
     assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids
     llm.eval(ids)
     with torch.no_grad():
         want = model(input_ids=torch.tensor([ids])).logits[0].numpy()
-    assert np.abs(np.array(llm.scores[:len(ids)]) - want).max() < 1e-3
+    assert np.abs(np.array(llm.scores[: len(ids)]) - want).max() < 1e-3

@@ -24,8 +24,12 @@ from tokentilt.targets import select
 
 def table_of(masks: list[list[int]], vocab: int) -> FeatureTable:
     feats = [Feature(f"ids:{i}", "given", "") for i in range(len(masks))]
-    return FeatureTable(feats, torch.tensor([j for j, m in enumerate(masks) for _ in m], dtype=torch.long),
-                        torch.tensor([t for m in masks for t in m], dtype=torch.long), vocab)
+    return FeatureTable(
+        feats,
+        torch.tensor([j for j, m in enumerate(masks) for _ in m], dtype=torch.long),
+        torch.tensor([t for m in masks for t in m], dtype=torch.long),
+        vocab,
+    )
 
 
 def test_auroc_matches_a_hand_count():
@@ -98,8 +102,28 @@ def test_jaccard():
     assert jaccard(a, a) == 1.0
 
 
-TEXTS = ["<eos>", "x", " box", "Box", "ex", " the", "The", " 12", "3", "?!", " ,", "\n", "é", " wax", "text",
-         "axe", " THE", "   ", "a | b", "ab"]
+TEXTS = [
+    "<eos>",
+    "x",
+    " box",
+    "Box",
+    "ex",
+    " the",
+    "The",
+    " 12",
+    "3",
+    "?!",
+    " ,",
+    "\n",
+    "é",
+    " wax",
+    "text",
+    "axe",
+    " THE",
+    "   ",
+    "a | b",
+    "ab",
+]
 
 
 def test_candidates_select_what_their_selector_selects():

@@ -17,7 +17,7 @@ DENSE = {**OBJECTIVES, "next-token": next_token_objective}
 def problem(seed=0):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(B, T, D, generator=g)
-    weight = torch.randn(V, D, generator=g) / D ** 0.5 * 3
+    weight = torch.randn(V, D, generator=g) / D**0.5 * 3
     ref_hidden = hidden + 0.3 * torch.randn(B, T, D, generator=g)
     ref_weight = weight + 0.1 * torch.randn(V, D, generator=g)
     mask = torch.zeros(V, dtype=torch.bool)
@@ -87,6 +87,7 @@ def test_chunks_never_exceed_the_chunk_size_and_cover_every_row():
     def row_loss(z, start, stop):
         seen.append((start, stop, z.shape))
         return z.sum()
+
     Head(weight, chunk=4).loss(hidden.reshape(-1, D), row_loss)
     assert [(a, b) for a, b, _ in seen] == [(0, 4), (4, 8), (8, 12), (12, 15)]
     assert all(shape == (b - a, V) for a, b, shape in seen)
@@ -135,19 +136,28 @@ def train_once(objective, loss_chunk, lora=False, bf16=False):
     mask = torch.zeros(64, dtype=torch.bool)
     mask[[3, 7, 11]] = True
     # SGD: Adam's m/sqrt(v) turns a 1e-9 difference in a near-zero gradient into a whole step
-    cfg = TrainConfig(optimizer="sgd", lr=0.5, steps=3, batch=2, seq_len=8, eval_every=0, loss_chunk=loss_chunk,
-                      bf16=bf16)
+    cfg = TrainConfig(
+        optimizer="sgd", lr=0.5, steps=3, batch=2, seq_len=8, eval_every=0, loss_chunk=loss_chunk, bf16=bf16
+    )
     ctx = ObjectiveContext(mask=mask, bias=3.0)
     reference = None
     if objective == "tilt-distill":
         reference = AdapterOff(model) if lora else frozen_copy(model)
-    history = train(model, OBJECTIVES[objective], ctx, lambda g, rows: random_tokens(64, rows, 8, g), cfg,
-                    reference=reference, progress=False)
+    history = train(
+        model,
+        OBJECTIVES[objective],
+        ctx,
+        lambda g, rows: random_tokens(64, rows, 8, g),
+        cfg,
+        reference=reference,
+        progress=False,
+    )
     return [r["loss"] for r in history], {k: v for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("objective,lora", [("kl-uniform", False), ("tilt-distill", False), ("tilt-distill", True),
-                                            ("mixed", False)])
+@pytest.mark.parametrize(
+    "objective,lora", [("kl-uniform", False), ("tilt-distill", False), ("tilt-distill", True), ("mixed", False)]
+)
 def test_training_with_the_fused_loss_follows_the_dense_one(objective, lora, monkeypatch):
     calls = []
     monkeypatch.setattr(Head, "loss", lambda self, h, fn, real=Head.loss: calls.append(h.shape) or real(self, h, fn))
@@ -206,6 +216,12 @@ def test_logits_changed_after_the_head_keep_the_dense_loss(monkeypatch):
     mask = torch.zeros(64, dtype=torch.bool)
     mask[[3, 7]] = True
     cfg = TrainConfig(optimizer="sgd", lr=0.5, steps=2, batch=2, seq_len=8, eval_every=0)
-    history = train(capped, OBJECTIVES["kl-uniform"], ObjectiveContext(mask=mask),
-                    lambda g, rows: random_tokens(64, rows, 8, g), cfg, progress=False)
+    history = train(
+        capped,
+        OBJECTIVES["kl-uniform"],
+        ObjectiveContext(mask=mask),
+        lambda g, rows: random_tokens(64, rows, 8, g),
+        cfg,
+        progress=False,
+    )
     assert calls == [] and history[-1]["loss"] > 0

@@ -38,9 +38,47 @@ CI = settings(max_examples=200, deadline=None, suppress_health_check=[HealthChec
 # A small fixed vocabulary: letters, a space-prefixed word, an x-token, punctuation, a newline.
 TEXTS = ["a", "b", "x", " x", "xx", "X", " the", "ab", ".", ",", "\n", "Xy", "\0", "1", " 12"]
 
-FRAGMENTS = ["contains:", "regex:", "words:", "ids:", "not:", "foo:", "x", "a", "X", ":case", " & ", " | ", "&", "|",
-             "(", ")", "[", "]", "*", "+", "?", "{9999999999}", "1", "3", "-1", ",", "99", " ", ":", "\\", "^", "$",
-             ".", "/nonexistent", "/dev/null", "~nosuchuser/", "\0", "é", "ß"]
+FRAGMENTS = [
+    "contains:",
+    "regex:",
+    "words:",
+    "ids:",
+    "not:",
+    "foo:",
+    "x",
+    "a",
+    "X",
+    ":case",
+    " & ",
+    " | ",
+    "&",
+    "|",
+    "(",
+    ")",
+    "[",
+    "]",
+    "*",
+    "+",
+    "?",
+    "{9999999999}",
+    "1",
+    "3",
+    "-1",
+    ",",
+    "99",
+    " ",
+    ":",
+    "\\",
+    "^",
+    "$",
+    ".",
+    "/nonexistent",
+    "/dev/null",
+    "~nosuchuser/",
+    "\0",
+    "é",
+    "ß",
+]
 
 
 def selectors():
@@ -56,17 +94,36 @@ def classify_selector(spec: str) -> str:
         return "user-error"
 
 
-TILT_KEYS = sorted(TiltConfig.__dataclass_fields__) + ["lr", "steps", "batch", "seq_len", "prompts", "top_p",
-                                                        "eval_text", "lora_r", "precision", "optimizer", "bf16"]
+TILT_KEYS = sorted(TiltConfig.__dataclass_fields__) + [
+    "lr",
+    "steps",
+    "batch",
+    "seq_len",
+    "prompts",
+    "top_p",
+    "eval_text",
+    "lora_r",
+    "precision",
+    "optimizer",
+    "bf16",
+]
 SWEEP_KEYS = ["objective", "objectives", "lr", "lrs", "rate", "rates", "bias", "biases", "curve_points"]
 
 
 def yaml_values():
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=12),
-                        st.sampled_from(["1e-4", "nan", "inf", "-1", "0", "yes", "x", "tilt-distill", "all"]))
-    return st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                         st.dictionaries(st.text(max_size=5), inner, max_size=3)),
-                        max_leaves=6)
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=True),
+        st.text(max_size=12),
+        st.sampled_from(["1e-4", "nan", "inf", "-1", "0", "yes", "x", "tilt-distill", "all"]),
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
+        max_leaves=6,
+    )
 
 
 def mappings():
@@ -76,14 +133,24 @@ def mappings():
 
 def flag_values():
     """What argparse can hand over: typed numbers, strings for the list flags, True for store_true flags."""
-    return st.fixed_dictionaries({}, optional={
-        "lr": st.one_of(st.floats(allow_nan=True), st.text(max_size=10)),
-        "steps": st.integers(), "batch": st.integers(), "seq_len": st.integers(-2, 10 ** 6),
-        "top_p": st.floats(allow_nan=True), "temperature": st.floats(allow_nan=True),
-        "toward": st.text(max_size=10), "model": st.sampled_from(["bundled", "~nosuchuser/m", "", "a/b/c", "gpt2"]),
-        "rates": st.text(max_size=10), "biases": st.text(max_size=10), "objectives": st.text(max_size=20),
-        "bf16": st.just(True), "overwrite": st.just(True),
-    })
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "lr": st.one_of(st.floats(allow_nan=True), st.text(max_size=10)),
+            "steps": st.integers(),
+            "batch": st.integers(),
+            "seq_len": st.integers(-2, 10**6),
+            "top_p": st.floats(allow_nan=True),
+            "temperature": st.floats(allow_nan=True),
+            "toward": st.text(max_size=10),
+            "model": st.sampled_from(["bundled", "~nosuchuser/m", "", "a/b/c", "gpt2"]),
+            "rates": st.text(max_size=10),
+            "biases": st.text(max_size=10),
+            "objectives": st.text(max_size=20),
+            "bf16": st.just(True),
+            "overwrite": st.just(True),
+        },
+    )
 
 
 FOLDER = Path(tempfile.mkdtemp(prefix="tokentilt-fuzz-"))
@@ -121,8 +188,9 @@ def assert_user_error(err: ValueError) -> None:
     ValueError raised by tokentilt's own code (a check() method), never one leaking out of a library
     (UnicodeDecodeError, json/yaml internals, int() deep inside); its message is one non-empty line."""
     raised_in = traceback.extract_tb(err.__traceback__)[-1].filename
-    assert isinstance(err, USER_ERRORS) or (type(err) is ValueError and raised_in.startswith(PACKAGE)), \
+    assert isinstance(err, USER_ERRORS) or (type(err) is ValueError and raised_in.startswith(PACKAGE)), (
         f"{type(err).__name__} from {raised_in}: {err}"
+    )
     message = str(err)
     assert message.strip() and "\n" not in message.strip() and "Traceback" not in message, repr(message)
 

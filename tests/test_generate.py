@@ -10,8 +10,9 @@ def test_greedy_matches_hf_generate(build):
     model = build()
     ids = torch.randint(1, 64, (1, 7), generator=torch.Generator().manual_seed(1))
     ours = generate(model, ids, cfg=SampleConfig(max_new_tokens=12, strategy="greedy", ban_eos=False))
-    theirs = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
-                            pad_token_id=0)
+    theirs = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False, pad_token_id=0
+    )
     assert torch.equal(ours, theirs[:, 7:])
 
 
@@ -34,13 +35,15 @@ def test_bf16_generation_of_a_partly_frozen_model_matches_hf_and_restores_requir
     ids = torch.randint(1, 64, (2, 5), generator=torch.Generator().manual_seed(3))
     ours = generate(model, ids, cfg=SampleConfig(max_new_tokens=10, strategy="greedy", ban_eos=False), bf16=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        theirs = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False,
-                                pad_token_id=0)
+        theirs = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False, pad_token_id=0
+        )
     assert torch.equal(ours, theirs[:, 5:])
     assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
     with pytest.raises(RuntimeError):  # a call that fails midway (a bias row of the wrong size) restores them too
-        generate(model, ids, cfg=SampleConfig(max_new_tokens=2, ban_eos=False), bias_mask=torch.ones(3), bias=1.0,
-                 bf16=True)
+        generate(
+            model, ids, cfg=SampleConfig(max_new_tokens=2, ban_eos=False), bias_mask=torch.ones(3), bias=1.0, bf16=True
+        )
     assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
 
 
@@ -69,18 +72,29 @@ def test_huge_bias_forces_the_set(gpt2_model):
     mask = torch.zeros(64, dtype=torch.bool)
     mask[[5, 9]] = True
     ids = torch.randint(1, 64, (3, 4), generator=torch.Generator().manual_seed(4))
-    out = generate(gpt2_model, ids, cfg=SampleConfig(max_new_tokens=8), bias_mask=mask, bias=1e4,
-                   generator=torch.Generator().manual_seed(0))
+    out = generate(
+        gpt2_model,
+        ids,
+        cfg=SampleConfig(max_new_tokens=8),
+        bias_mask=mask,
+        bias=1e4,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert mask[out].all()
 
 
 def test_ban_eos_and_top_k_one_is_greedy(gpt2_model):
     ids = torch.randint(1, 64, (2, 4), generator=torch.Generator().manual_seed(5))
-    out = generate(gpt2_model, ids, cfg=SampleConfig(max_new_tokens=20), eos_ids=[3],
-                   generator=torch.Generator().manual_seed(0))
+    out = generate(
+        gpt2_model, ids, cfg=SampleConfig(max_new_tokens=20), eos_ids=[3], generator=torch.Generator().manual_seed(0)
+    )
     assert not (out == 3).any()
-    topk1 = generate(gpt2_model, ids, cfg=SampleConfig(max_new_tokens=8, top_k=1, ban_eos=False),
-                     generator=torch.Generator().manual_seed(0))
+    topk1 = generate(
+        gpt2_model,
+        ids,
+        cfg=SampleConfig(max_new_tokens=8, top_k=1, ban_eos=False),
+        generator=torch.Generator().manual_seed(0),
+    )
     greedy = generate(gpt2_model, ids, cfg=SampleConfig(max_new_tokens=8, strategy="greedy", ban_eos=False))
     assert torch.equal(topk1, greedy)
 
@@ -92,8 +106,7 @@ def test_set_bias_adds_b_on_the_set():
     assert len(make_processors(SampleConfig(strategy="greedy", top_k=5), mask, 0.0)) == 0
 
 
-@pytest.mark.parametrize("bad", [dict(strategy="beam"), dict(max_new_tokens=0), dict(temperature=0.0),
-                                 dict(top_p=0.0)])
+@pytest.mark.parametrize("bad", [dict(strategy="beam"), dict(max_new_tokens=0), dict(temperature=0.0), dict(top_p=0.0)])
 def test_bad_sample_config(gpt2_model, bad):
     with pytest.raises(ValueError):
         generate(gpt2_model, torch.ones(1, 2, dtype=torch.long), cfg=SampleConfig(**bad))
@@ -104,8 +117,8 @@ def test_draw_samples_each_row_from_its_distribution():
     ids = draw(probs, torch.Generator().manual_seed(0))
     assert ids.shape == (20_000, 1)
     first, second = ids[0::2, 0], ids[1::2, 0]
-    assert torch.allclose(torch.bincount(first, minlength=4) / 10_000., probs[0], atol=0.015)
-    assert torch.allclose(torch.bincount(second, minlength=4) / 10_000., probs[1], atol=0.015)
+    assert torch.allclose(torch.bincount(first, minlength=4) / 10_000.0, probs[0], atol=0.015)
+    assert torch.allclose(torch.bincount(second, minlength=4) / 10_000.0, probs[1], atol=0.015)
     assert not (first == 3).any() and not (second < 2).any()  # probability 0 is never drawn
 
 

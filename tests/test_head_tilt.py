@@ -95,7 +95,9 @@ def test_head_rows_kl_fit_carries_the_tilt_and_changes_only_the_set_rows(members
     mask, train_ids, held_out = set_and_ids(members)
     body = {k: v.clone() for k, v in model.state_dict().items() if "lm_head" not in k}
     tilt = head_tilt.HeadRowsTilt(model, mask, lambda b: list(train_ids.split(4)), steps=200, lr=3e-2, fit="kl")
-    assert tilt.sign == (1.0 if len(members) < 32 else -1.0) and tilt.trained_rows == min(len(members), 64 - len(members))
+    assert tilt.sign == (1.0 if len(members) < 32 else -1.0) and tilt.trained_rows == min(
+        len(members), 64 - len(members)
+    )
     start_gap = exact_tilt_gap(model, reference, held_out, mask, 2.0)
     history = tilt.train(2.0, progress=False)
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
@@ -184,8 +186,10 @@ def test_excess_cost_is_rho_and_the_drift_ratio():
     before = {"ppl": 70.0, "drift": 0.0}
     out = excess_cost(before, {"ppl": 85.0, "drift": 0.3}, {"ppl": 80.0, "drift": 0.2})
     assert out == {"rho": pytest.approx(1.5), "drift_ratio": pytest.approx(1.5)}
-    assert excess_cost(before, {"ppl": 71.0, "drift": 0.1}, {"ppl": 70.0, "drift": 0.0}) == \
-        {"rho": None, "drift_ratio": None}
+    assert excess_cost(before, {"ppl": 71.0, "drift": 0.1}, {"ppl": 70.0, "drift": 0.0}) == {
+        "rho": None,
+        "drift_ratio": None,
+    }
     assert excess_cost(before, {"ppl": 71.0, "drift": 0.1}, None) == {"rho": None, "drift_ratio": None}
 
 
@@ -200,16 +204,32 @@ def test_built_in_word_list_and_a_missing_one():
 @pytest.mark.slow
 def test_tilt_distill_defaults_to_head_rows_and_saves_a_plain_untied_model(tiny_model_dir, eval_file, tmp_path):
     out = tmp_path / "run"
-    argv = tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--bias", "4",
-                     "--head-fit", "kl", "--head-steps", "60", "--samples-per-prompt", "2")
+    argv = tilt_argv(
+        tiny_model_dir,
+        eval_file,
+        out,
+        "--objective",
+        "tilt-distill",
+        "--bias",
+        "4",
+        "--head-fit",
+        "kl",
+        "--head-steps",
+        "60",
+        "--samples-per-prompt",
+        "2",
+    )
     assert main(argv) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["placement"] == "head-rows" and s["head"]["trained_rows"] == s["target_size"]
     assert s["trainable_params"] == s["target_size"] * 32 and s["steps"] == 60
     assert s["rate_after"]["mean"] > s["rate_before"]["mean"] + 0.02  # a random tiny body carries little of it
     assert s["matched_decode"]["bias"] > 0 and s["rho"] is not None and s["drift_ratio"] is not None
-    assert (s["ppl_base"], s["ppl_tuned"], s["ppl_decode_matched"]) == \
-        (s["ppl_before"], s["ppl_after"], s["matched_decode"]["ppl"])
+    assert (s["ppl_base"], s["ppl_tuned"], s["ppl_decode_matched"]) == (
+        s["ppl_before"],
+        s["ppl_after"],
+        s["matched_decode"]["ppl"],
+    )
     # rho's three perplexities recomputed by hand on the same held-out windows
     base, decode = hand_ppl(tiny_model_dir, eval_file), hand_ppl(tiny_model_dir, eval_file, s["matched_decode"]["bias"])
     tuned = hand_ppl(out / "model", eval_file)
@@ -235,6 +255,7 @@ def test_the_r_prompts_are_16_varied_openings_disjoint_from_the_training_prompts
     assert len(set(DEFAULT_PROMPTS)) >= 16 and not set(DEFAULT_PROMPTS) & set(TRAIN_PROMPTS)
     assert TiltConfig().eval.prompts == list(DEFAULT_PROMPTS)
     from tokentilt.jobs.experiments.x_factor import XFactorConfig
+
     assert XFactorConfig().eval.prompts == list(COURSE_PROMPTS)  # the course numbers' 8 prompts
     config = tmp_path / "prompts.yaml"
     config.write_text("prompts:\n  - Alpha beta\n  - 'Gamma: delta'\n")
@@ -242,20 +263,25 @@ def test_the_r_prompts_are_16_varied_openings_disjoint_from_the_training_prompts
     assert cfg.eval.prompts == ["Alpha beta", "Gamma: delta"]
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--objective", "kl-uniform", "--placement", "head-rows"], "head-rows applies to tilt-distill without --lora"),
-    (["--objective", "tilt-distill", "--placement", "head-rows", "--lora"], "head-rows applies to tilt-distill"),
-    (["--objective", "tilt-distill", "--head-steps", "0"], "head-steps must be a positive integer"),
-    (["--objective", "tilt-distill", "--head-lr", "0"], "head-lr must be positive"),
-    (["--objective", "tilt-distill", "--head-fit", "mse"], "invalid choice: 'mse'"),
-    (["--objective", "tilt-distill", "--head-lr", "nan"], "head-lr must be positive"),
-    (["--objective", "tilt-distill", "--head-odds-weight", "-1"], "head-odds-weight must be >= 0"),
-    (["--objective", "tilt-distill", "--contexts", "web"], "invalid choice: 'web'"),
-    (["--objective", "tilt-distill", "--save-every", "5"], "it takes no --resume, --save-every or --report-to"),
-])
-def test_bad_head_rows_options_are_one_line_before_loading(tiny_model_dir, eval_file, tmp_path, capsys, monkeypatch,
-                                                           extra, message):
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--objective", "kl-uniform", "--placement", "head-rows"], "head-rows applies to tilt-distill without --lora"),
+        (["--objective", "tilt-distill", "--placement", "head-rows", "--lora"], "head-rows applies to tilt-distill"),
+        (["--objective", "tilt-distill", "--head-steps", "0"], "head-steps must be a positive integer"),
+        (["--objective", "tilt-distill", "--head-lr", "0"], "head-lr must be positive"),
+        (["--objective", "tilt-distill", "--head-fit", "mse"], "invalid choice: 'mse'"),
+        (["--objective", "tilt-distill", "--head-lr", "nan"], "head-lr must be positive"),
+        (["--objective", "tilt-distill", "--head-odds-weight", "-1"], "head-odds-weight must be >= 0"),
+        (["--objective", "tilt-distill", "--contexts", "web"], "invalid choice: 'web'"),
+        (["--objective", "tilt-distill", "--save-every", "5"], "it takes no --resume, --save-every or --report-to"),
+    ],
+)
+def test_bad_head_rows_options_are_one_line_before_loading(
+    tiny_model_dir, eval_file, tmp_path, capsys, monkeypatch, extra, message
+):
     import tokentilt.tilting
+
     monkeypatch.setattr(tokentilt.tilting, "load_model", lambda *a: pytest.fail("loaded the model"))
     out = tmp_path / "run"
     code = main(tilt_argv(tiny_model_dir, eval_file, out, *extra))

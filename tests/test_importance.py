@@ -46,8 +46,15 @@ def setup():
 
 def draws(model, mask, prompt, n, length, bias, seed):
     ids = torch.tensor([[int(t) for t in prompt.split()]] * n)
-    new = generate(model, ids, cfg=SampleConfig(max_new_tokens=length), bias_mask=mask, bias=bias,
-                   generator=torch.Generator().manual_seed(seed), eos_ids=[EOS])
+    new = generate(
+        model,
+        ids,
+        cfg=SampleConfig(max_new_tokens=length),
+        bias_mask=mask,
+        bias=bias,
+        generator=torch.Generator().manual_seed(seed),
+        eos_ids=[EOS],
+    )
     samples = Samples([prompt] * n, new, [""] * n)
     return draw_of(model, DigitTokenizer(), samples, mask, bias, sample_rates(new, mask))
 
@@ -55,7 +62,7 @@ def draws(model, mask, prompt, n, length, bias, seed):
 def teacher_forced(model, prompt, seq, mask, bias):
     """log p_b(seq | prompt) with EOS banned, from one forward with the bias added to the logits."""
     ids = torch.tensor([[int(t) for t in prompt.split()] + seq])
-    logits = model(input_ids=ids).logits[0, -len(seq) - 1:-1].double() + bias * mask.double()
+    logits = model(input_ids=ids).logits[0, -len(seq) - 1 : -1].double() + bias * mask.double()
     logits[:, EOS] = float("-inf")
     return torch.log_softmax(logits, -1).gather(1, torch.tensor(seq)[:, None]).sum().item()
 

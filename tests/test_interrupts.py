@@ -49,10 +49,41 @@ def eval_text(tmp_path):
 
 
 def sweep_argv(model_dir, text, out, steps="3"):
-    return ["sweep", "--model", str(model_dir), "--toward", "x", "--objective", "kl-alpha-beta",
-            "--lr", "1e-3,2e-3,3e-3", "--rate", "", "--bias", "3", "--curve-points", "0", "--steps", steps,
-            "--batch", "2", "--seq-len", "16", "--samples-per-prompt", "1", "--new-tokens", "6",
-            "--eval-text", str(text), "--eval-windows", "2", "--eval-seq-len", "16", "--out", str(out)]
+    return [
+        "sweep",
+        "--model",
+        str(model_dir),
+        "--toward",
+        "x",
+        "--objective",
+        "kl-alpha-beta",
+        "--lr",
+        "1e-3,2e-3,3e-3",
+        "--rate",
+        "",
+        "--bias",
+        "3",
+        "--curve-points",
+        "0",
+        "--steps",
+        steps,
+        "--batch",
+        "2",
+        "--seq-len",
+        "16",
+        "--samples-per-prompt",
+        "1",
+        "--new-tokens",
+        "6",
+        "--eval-text",
+        str(text),
+        "--eval-windows",
+        "2",
+        "--eval-seq-len",
+        "16",
+        "--out",
+        str(out),
+    ]
 
 
 def one_line(capsys) -> str:
@@ -62,8 +93,11 @@ def one_line(capsys) -> str:
 
 
 def run_records(folder):
-    return [json.loads(line) for line in (folder / "runs.jsonl").read_text().splitlines()
-            if json.loads(line).get("kind") == "run"]
+    return [
+        json.loads(line)
+        for line in (folder / "runs.jsonl").read_text().splitlines()
+        if json.loads(line).get("kind") == "run"
+    ]
 
 
 def table(folder):
@@ -73,15 +107,19 @@ def table(folder):
 
 
 def test_ctrl_c_in_a_sweep_keeps_the_finished_runs_and_the_same_command_continues(
-        tiny_model_dir, eval_text, tmp_path, monkeypatch, capsys):
+    tiny_model_dir, eval_text, tmp_path, monkeypatch, capsys
+):
     out = tmp_path / "sweep"
     # calls of the objective: 3 per trained run; the 4th is the first step of the second trained run
-    monkeypatch.setitem(tokentilt.losses.OBJECTIVES, "kl-alpha-beta",
-                        ctrl_c_on_call(tokentilt.losses.OBJECTIVES["kl-alpha-beta"], 4))
+    monkeypatch.setitem(
+        tokentilt.losses.OBJECTIVES, "kl-alpha-beta", ctrl_c_on_call(tokentilt.losses.OBJECTIVES["kl-alpha-beta"], 4)
+    )
     capsys.readouterr()
     assert main(sweep_argv(tiny_model_dir, eval_text, out)) == 130
     line = one_line(capsys)
-    assert line == f"tokentilt: interrupted; 2 finished runs are kept in {out / 'runs.jsonl'}; the same command continues"
+    assert (
+        line == f"tokentilt: interrupted; 2 finished runs are kept in {out / 'runs.jsonl'}; the same command continues"
+    )
     assert [r["lr"] for r in run_records(out)] == [None, 1e-3]  # the baseline and the first trained run
     assert not (out / "sweep.csv").exists() and not (out / "sweep.md").exists()
     monkeypatch.undo()
@@ -92,17 +130,27 @@ def test_ctrl_c_in_a_sweep_keeps_the_finished_runs_and_the_same_command_continue
 
 @pytest.mark.slow
 def test_kill_9_during_a_sweep_then_the_same_command_redoes_only_the_unfinished_runs(
-        tiny_model_dir, eval_text, tmp_path):
+    tiny_model_dir, eval_text, tmp_path
+):
     # Every sweep runs in a subprocess with one thread: another thread count sums in another order,
     # and the perplexities would differ in the 6th digit.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     whole = tmp_path / "whole"
-    subprocess.run([sys.executable, "-m", "tokentilt", *sweep_argv(tiny_model_dir, eval_text, whole, "40")],
-                   check=True, capture_output=True, env=env, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "tokentilt", *sweep_argv(tiny_model_dir, eval_text, whole, "40")],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "tokentilt", *sweep_argv(tiny_model_dir, eval_text, out, "40")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokentilt", *sweep_argv(tiny_model_dir, eval_text, out, "40")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     log = out / "runs.jsonl"
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:
@@ -115,14 +163,19 @@ def test_kill_9_during_a_sweep_then_the_same_command_redoes_only_the_unfinished_
     done = [r["key"] for r in run_records(out)]
     assert 2 <= len(done) < 4 and not (out / "sweep.csv").exists(), "the sweep must be killed between its runs"
 
-    result = subprocess.run([sys.executable, "-m", "tokentilt", *sweep_argv(tiny_model_dir, eval_text, out, "40")],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "tokentilt", *sweep_argv(tiny_model_dir, eval_text, out, "40")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert f"{len(done)} of 4 runs already finished" in result.stdout
     after = log.read_text()
     complete = [line for line in kept.splitlines(keepends=True) if line.endswith("\n")]
     assert after.startswith("".join(complete))  # the finished runs are kept as they were, not redone
-    assert [r["key"] for r in run_records(out)][:len(done)] == done and len(run_records(out)) == 4
+    assert [r["key"] for r in run_records(out)][: len(done)] == done and len(run_records(out)) == 4
     assert table(out) == table(whole)
 
 
@@ -130,9 +183,32 @@ def test_ctrl_c_in_eval_exits_130_and_writes_nothing(tiny_model_dir, eval_text, 
     out = tmp_path / "eval.json"
     monkeypatch.setattr(tokentilt.jobs.eval, "measure", ctrl_c_on_call(tokentilt.jobs.eval.measure, 1))
     capsys.readouterr()
-    assert main(["eval", "--model", str(tiny_model_dir), "--reference", str(tiny_model_dir), "--bias", "2",
-                 "--samples-per-prompt", "1", "--new-tokens", "4", "--eval-text", str(eval_text),
-                 "--eval-windows", "2", "--eval-seq-len", "16", "--out", str(out)]) == 130
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tiny_model_dir),
+                "--reference",
+                str(tiny_model_dir),
+                "--bias",
+                "2",
+                "--samples-per-prompt",
+                "1",
+                "--new-tokens",
+                "4",
+                "--eval-text",
+                str(eval_text),
+                "--eval-windows",
+                "2",
+                "--eval-seq-len",
+                "16",
+                "--out",
+                str(out),
+            ]
+        )
+        == 130
+    )
     assert one_line(capsys) == "tokentilt: interrupted" and not out.exists()
 
 
@@ -146,23 +222,64 @@ def test_ctrl_c_in_generate_exits_130_with_one_line(tiny_model_dir, monkeypatch,
 
 def test_ctrl_c_in_pretrain_leaves_an_unfinished_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data, "split_text", lambda split: TEXT)
-    monkeypatch.setattr(tokentilt.pretraining, "next_token_objective",
-                        ctrl_c_on_call(tokentilt.pretraining.next_token_objective, 3))
+    monkeypatch.setattr(
+        tokentilt.pretraining, "next_token_objective", ctrl_c_on_call(tokentilt.pretraining.next_token_objective, 3)
+    )
     out = tmp_path / "pre"
     capsys.readouterr()
-    assert main(["pretrain", "--steps", "20", "--batch", "2", "--seq-len", "16", "--n-layer", "1", "--n-embd", "32",
-                 "--n-head", "2", "--eval-every", "5", "--no-bf16", "--out", str(out)]) == 130
+    assert (
+        main(
+            [
+                "pretrain",
+                "--steps",
+                "20",
+                "--batch",
+                "2",
+                "--seq-len",
+                "16",
+                "--n-layer",
+                "1",
+                "--n-embd",
+                "32",
+                "--n-head",
+                "2",
+                "--eval-every",
+                "5",
+                "--no-bf16",
+                "--out",
+                str(out),
+            ]
+        )
+        == 130
+    )
     assert one_line(capsys) == f"tokentilt: interrupted; the unfinished run stays in {out}.partial"
     partial = tmp_path / "pre.partial"
     assert not out.exists() and (partial / "config.yaml").exists() and not (partial / "summary.json").exists()
 
 
 def test_ctrl_c_in_an_experiment_leaves_an_unfinished_folder(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(tokentilt.losses.OBJECTIVES, "kl-alpha-beta",
-                        ctrl_c_on_call(tokentilt.losses.OBJECTIVES["kl-alpha-beta"], 2))
+    monkeypatch.setitem(
+        tokentilt.losses.OBJECTIVES, "kl-alpha-beta", ctrl_c_on_call(tokentilt.losses.OBJECTIVES["kl-alpha-beta"], 2)
+    )
     out = tmp_path / "xf"
     capsys.readouterr()
-    assert main(["experiment", "x-factor", "--model", str(tiny_model_dir), "--epochs", "3", "--lr", "1e-3",
-                 "--no-bf16", "--out", str(out)]) == 130
+    assert (
+        main(
+            [
+                "experiment",
+                "x-factor",
+                "--model",
+                str(tiny_model_dir),
+                "--epochs",
+                "3",
+                "--lr",
+                "1e-3",
+                "--no-bf16",
+                "--out",
+                str(out),
+            ]
+        )
+        == 130
+    )
     assert one_line(capsys) == f"tokentilt: interrupted; the unfinished run stays in {out}.partial"
     assert not out.exists() and not (tmp_path / "xf.partial" / "summary.json").exists()

@@ -23,8 +23,17 @@ from tokentilt.tilting import TiltConfig
 from tokentilt.train import TrainConfig
 
 SRC = Path(tokentilt.__file__).parent
-CONFIGS = [TiltConfig, TrainConfig, EvalConfig, LoraArgs, SweepConfig, EvalJobConfig, AuditConfig, PretrainConfig,
-           GenerateConfig]
+CONFIGS = [
+    TiltConfig,
+    TrainConfig,
+    EvalConfig,
+    LoraArgs,
+    SweepConfig,
+    EvalJobConfig,
+    AuditConfig,
+    PretrainConfig,
+    GenerateConfig,
+]
 JOBS = sorted(m.name for m in pkgutil.walk_packages(tokentilt.jobs.__path__, "tokentilt.jobs.") if not m.ispkg)
 
 
@@ -41,8 +50,14 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_the_jobs_are_found():
-    assert {"tokentilt.jobs.tilt", "tokentilt.jobs.sweep", "tokentilt.jobs.eval", "tokentilt.jobs.audit",
-            "tokentilt.jobs.pretrain", "tokentilt.jobs.experiments.x_factor"} <= set(JOBS)
+    assert {
+        "tokentilt.jobs.tilt",
+        "tokentilt.jobs.sweep",
+        "tokentilt.jobs.eval",
+        "tokentilt.jobs.audit",
+        "tokentilt.jobs.pretrain",
+        "tokentilt.jobs.experiments.x_factor",
+    } <= set(JOBS)
 
 
 @pytest.mark.parametrize("job", JOBS)
@@ -101,20 +116,36 @@ def test_no_option_default_is_written_twice():
         assert not [h for h in field_comments(cls).values() if "(default" in h], cls.__name__
 
 
-@pytest.mark.parametrize("command,cls", [("tilt", TiltConfig), ("sweep", SweepConfig), ("eval", EvalJobConfig),
-                                         ("audit", AuditConfig), ("pretrain", PretrainConfig),
-                                         ("generate", GenerateConfig)])
+@pytest.mark.parametrize(
+    "command,cls",
+    [
+        ("tilt", TiltConfig),
+        ("sweep", SweepConfig),
+        ("eval", EvalJobConfig),
+        ("audit", AuditConfig),
+        ("pretrain", PretrainConfig),
+        ("generate", GenerateConfig),
+    ],
+)
 def test_every_field_is_an_option_with_its_comment_as_help(command, cls):
     from tokentilt.cli import YAML_ONLY
 
     actions = {a.dest: a for a in _subparser(command)._actions}
     offered = [o for o in options(cls()) if o.name in actions]
     assert {o.name for o in options(cls())} - {o.name for o in offered} <= YAML_ONLY | {
-        "lr", "patience", "save_every", "keep", "report_to", "during_samples_per_prompt"}  # what a job leaves out
+        "lr",
+        "patience",
+        "save_every",
+        "keep",
+        "report_to",
+        "during_samples_per_prompt",
+    }  # what a job leaves out
     for o in offered:
         assert o.help and actions[o.name].help.startswith(o.help[:20]), o.name
     if hasattr(cls(), "eval") and command != "sweep":
-        assert {f.name for f in dataclasses.fields(EvalConfig)} - YAML_ONLY - {"during_samples_per_prompt"} <= set(actions)
+        assert {f.name for f in dataclasses.fields(EvalConfig)} - YAML_ONLY - {"during_samples_per_prompt"} <= set(
+            actions
+        )
 
 
 def test_every_name_in_the_api_resolves():

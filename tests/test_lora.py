@@ -12,10 +12,13 @@ from tokentilt.models.lora import AdapterOff, LoraArgs, add_adapter, param_count
 from tokentilt.train import TrainConfig, train
 
 
-@pytest.mark.parametrize("build,targets", [
-    (tiny_gpt2, {"c_attn", "c_proj", "c_fc"}),
-    (tiny_llama, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
-])
+@pytest.mark.parametrize(
+    "build,targets",
+    [
+        (tiny_gpt2, {"c_attn", "c_proj", "c_fc"}),
+        (tiny_llama, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+    ],
+)
 def test_all_linear_adapts_attention_and_mlp_not_the_head(build, targets):
     model = add_adapter(build(), LoraArgs(lora=True, lora_r=4))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -42,8 +45,12 @@ def test_named_targets_and_bad_ones():
     assert adapted == {"q_proj", "v_proj"}
     with pytest.raises(ValueError, match="cannot add a LoRA adapter"):
         add_adapter(tiny_llama(), LoraArgs(lora=True, lora_targets="no_such_layer"))
-    for field, value, message in [("lora_r", 0, "lora-r"), ("lora_alpha", -1.0, "lora-alpha"),
-                                  ("lora_dropout", 1.0, "lora-dropout"), ("lora_targets", " , ", "lora-targets")]:
+    for field, value, message in [
+        ("lora_r", 0, "lora-r"),
+        ("lora_alpha", -1.0, "lora-alpha"),
+        ("lora_dropout", 1.0, "lora-dropout"),
+        ("lora_targets", " , ", "lora-targets"),
+    ]:
         with pytest.raises(ValueError, match=message):
             LoraArgs(lora=True, **{field: value}).check()
 
@@ -61,8 +68,15 @@ def test_training_moves_only_the_adapter_and_adapter_off_is_the_base(tmp_path):
     mask = torch.zeros(64, dtype=torch.bool)
     mask[[3, 7]] = True
     cfg = TrainConfig(lr=5e-2, steps=6, batch=2, seq_len=8, eval_every=0)
-    history = train(model, OBJECTIVES["tilt-distill"], ObjectiveContext(mask=mask, positions="all", bias=3.0),
-                    lambda g, rows: random_tokens(64, rows, 8, g), cfg, reference=reference, progress=False)
+    history = train(
+        model,
+        OBJECTIVES["tilt-distill"],
+        ObjectiveContext(mask=mask, positions="all", bias=3.0),
+        lambda g, rows: random_tokens(64, rows, 8, g),
+        cfg,
+        reference=reference,
+        progress=False,
+    )
     assert history[-1]["loss"] < history[0]["loss"]
     with torch.no_grad():
         torch.testing.assert_close(reference(input_ids=ids).logits, base_logits)  # the reference never moved

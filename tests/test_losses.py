@@ -93,7 +93,8 @@ def test_kl_of_target_itself_is_zero_and_uniform_start_is_near_log_ratio():
     mask = torch.zeros(100, dtype=torch.bool)
     mask[:2] = True
     assert kl_to_target(torch.zeros(1, 1, 100), uniform_target(mask), "last").item() == pytest.approx(
-        torch.log(torch.tensor(50.0)).item(), rel=1e-6)
+        torch.log(torch.tensor(50.0)).item(), rel=1e-6
+    )
 
 
 def test_tilt_distill_matches_kl_div_and_is_zero_at_the_tilted_reference():

@@ -25,8 +25,18 @@ class FixedLogits(nn.Module):
 
 def tiny_gpt2(seed=0, vocab_size=V):
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=4,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return GPT2LMHeadModel(cfg).eval()
 
 
@@ -50,10 +60,19 @@ def test_sample_rates_hand_values():
     assert math.isnan(empty[0]) and empty[1] == 1.0
 
 
-@pytest.mark.parametrize("p, df, expected", [
-    (0.975, 4, 2.776445), (0.975, 31, 2.039513), (0.975, 1, 12.706205), (0.975, 2, 4.302653),
-    (0.995, 10, 3.169273), (0.9, 3, 1.637744), (0.025, 4, -2.776445), (0.5, 7, 0.0),
-])
+@pytest.mark.parametrize(
+    "p, df, expected",
+    [
+        (0.975, 4, 2.776445),
+        (0.975, 31, 2.039513),
+        (0.975, 1, 12.706205),
+        (0.975, 2, 4.302653),
+        (0.995, 10, 3.169273),
+        (0.9, 3, 1.637744),
+        (0.025, 4, -2.776445),
+        (0.5, 7, 0.0),
+    ],
+)
 def test_t_quantile_known_values(p, df, expected):
     assert metrics.t_quantile(p, df) == pytest.approx(expected, abs=1e-6)
 
@@ -206,8 +225,13 @@ def test_biased_drift_of_uniform_reference(windows):
     # on a real model, biased drift equals drift against a model that adds the bias itself
     reference = tiny_gpt2()
     biased = metrics.biased_drift(reference, windows, mask, b)
-    manual = metrics.kl_per_token(reference(input_ids=windows).logits.detach(),
-                                  reference(input_ids=windows).logits.detach() + b * mask).mean().item()
+    manual = (
+        metrics.kl_per_token(
+            reference(input_ids=windows).logits.detach(), reference(input_ids=windows).logits.detach() + b * mask
+        )
+        .mean()
+        .item()
+    )
     assert biased == pytest.approx(manual, rel=1e-5)
 
 

@@ -26,10 +26,58 @@ from tokentilt.targets import SelectorError, check_syntax, resolve, select
 class ToyTokenizer:
     """Greedy longest-match over a small vocabulary, so every tokenization below is known by hand."""
 
-    VOCAB = ["<eos>", " Wonder", " wonder", "land", "W", "onder", " the", "the", " The", " in", " red", "red",
-             " R", "ED", " W", "ON", "DER", "LAND", " L", "and", " a", "\n", " ", "It", " was", "e", "d", "r",
-             "o", "n", "l", "a", "w", "i", "t", "h", "s", "T", "E", "R", "D", "N", "O", "A", "L", "I", "'", ".", ","]
-    VOCAB += sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-!?\"()") - set(VOCAB))
+    VOCAB = [
+        "<eos>",
+        " Wonder",
+        " wonder",
+        "land",
+        "W",
+        "onder",
+        " the",
+        "the",
+        " The",
+        " in",
+        " red",
+        "red",
+        " R",
+        "ED",
+        " W",
+        "ON",
+        "DER",
+        "LAND",
+        " L",
+        "and",
+        " a",
+        "\n",
+        " ",
+        "It",
+        " was",
+        "e",
+        "d",
+        "r",
+        "o",
+        "n",
+        "l",
+        "a",
+        "w",
+        "i",
+        "t",
+        "h",
+        "s",
+        "T",
+        "E",
+        "R",
+        "D",
+        "N",
+        "O",
+        "A",
+        "L",
+        "I",
+        "'",
+        ".",
+        ",",
+    ]
+    VOCAB += sorted(set('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-!?"()') - set(VOCAB))
 
     def __init__(self):
         self.ids = {t: i for i, t in enumerate(self.VOCAB)}
@@ -72,8 +120,16 @@ def toy_set(entries, keep_case=False, pis=None):
 
 
 def test_word_rule_cuts_letters_and_digits_with_inner_apostrophes():
-    assert words_of("Don't stop—well-known A_b 42nd, 'quoted'.") == ["Don't", "stop", "well", "known", "A", "b",
-                                                                      "42nd", "quoted"]
+    assert words_of("Don't stop—well-known A_b 42nd, 'quoted'.") == [
+        "Don't",
+        "stop",
+        "well",
+        "known",
+        "A",
+        "b",
+        "42nd",
+        "quoted",
+    ]
 
 
 def test_parse_reads_files_skipping_blank_and_comment_lines(tmp_path):
@@ -85,13 +141,16 @@ def test_parse_reads_files_skipping_blank_and_comment_lines(tmp_path):
     check_syntax(f"phrases:{path}")  # the CLI's fast check accepts it
 
 
-@pytest.mark.parametrize("content, message", [
-    ("\n\n", "phrases file is empty"),
-    ("red\n   \nblue\n", "line 2: the entry is only spaces"),
-    ("red\n---\n", "holds no word"),
-    (b"\xff\xfe red\n", "not UTF-8"),
-    ("a\0b\n", "looks binary"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("\n\n", "phrases file is empty"),
+        ("red\n   \nblue\n", "line 2: the entry is only spaces"),
+        ("red\n---\n", "holds no word"),
+        (b"\xff\xfe red\n", "not UTF-8"),
+        ("a\0b\n", "looks binary"),
+    ],
+)
 def test_bad_lists_are_selector_errors(tmp_path, content, message):
     path = tmp_path / "w.txt"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -100,8 +159,12 @@ def test_bad_lists_are_selector_errors(tmp_path, content, message):
 
 
 def test_bad_phrase_selectors():
-    for spec, message in [("phrase:", "needs a word"), ("phrase:   ", "holds no word"),
-                          ("phrases:/nonexistent/w.txt", "not found"), ("phrases:", "needs a file name")]:
+    for spec, message in [
+        ("phrase:", "needs a word"),
+        ("phrase:   ", "holds no word"),
+        ("phrases:/nonexistent/w.txt", "not found"),
+        ("phrases:", "needs a file name"),
+    ]:
         with pytest.raises(SelectorError, match=message):
             parse(spec)
     with pytest.raises(SelectorError, match="stands alone"):
@@ -182,7 +245,7 @@ def test_adjust_and_the_processor_agree_position_by_position():
     adjusted = phrases.adjust(logits, ids, 1.5)
     proc = PhraseBias(phrases, 1.5)
     for t in range(5):
-        assert torch.allclose(adjusted[0, t], proc(ids[:, :t + 1], logits[:, t])[0])
+        assert torch.allclose(adjusted[0, t], proc(ids[:, : t + 1], logits[:, t])[0])
     assert adjusted[0, 1, ID["land"]] - logits[0, 1, ID["land"]] == pytest.approx(1.5)  # after " Wonder"
     assert adjusted[0, 0, ID["land"]] == logits[0, 0, ID["land"]]  # after " the": untouched
 
@@ -214,8 +277,16 @@ def test_phrase_distill_is_kl_to_the_adjusted_reference():
 
 def test_completion_probs_are_the_models_own_probabilities():
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(TOK), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(TOK),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+        )
+    )
     phrases = toy_set(["Wonderland"], keep_case=True)
     completion_probs(model, TOK, phrases)
     node = phrases.roots[0].children[ID[" Wonder"]]
@@ -261,7 +332,7 @@ def test_the_sequence_bias_method_is_hugging_faces_processor_at_every_position()
     hf = SequenceBiasLogitsProcessor(sequence_bias=[[list(k), v] for k, v in phrases.sequence_bias(2.0).items()])
     adjusted = phrases.adjust(logits, ids, 2.0)
     for t in range(4):
-        assert torch.allclose(adjusted[0, t], hf(ids[:, :t + 1], logits[:, t].clone())[0])
+        assert torch.allclose(adjusted[0, t], hf(ids[:, : t + 1], logits[:, t].clone())[0])
     assert adjusted[0, 0, ID[" Wonder"]] == logits[0, 0, ID[" Wonder"]]  # no credit for starting
     with pytest.raises(ValueError, match="phrase method"):
         phrases.with_method("bogus")
@@ -272,7 +343,22 @@ def test_generate_with_a_two_token_phrase_bias_writes_the_phrase(tiny_model_dir,
     near certain, the completion bias then makes 'ily' near certain, so every word is 'verily'."""
     from tokentilt.cli import main
 
-    code = main(["generate", "--model", str(tiny_model_dir), "--prompt", "Hello", "--samples", "2",
-                 "--new-tokens", "6", "--toward", "phrase:verily", "--bias", "50"])
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(tiny_model_dir),
+            "--prompt",
+            "Hello",
+            "--samples",
+            "2",
+            "--new-tokens",
+            "6",
+            "--toward",
+            "phrase:verily",
+            "--bias",
+            "50",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "hello verily verily verily" in out.lower() and "R = 1.000" in out  # any case counts

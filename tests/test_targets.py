@@ -118,9 +118,16 @@ def test_tilt_is_a_logit_bias_and_bias_for_mass_inverts_it():
     assert b == pytest.approx(math.log(1 / 1) - math.log(p / (1 - p)))
 
 
-@pytest.mark.parametrize("spec,message", [("foo:bar", "unknown selector kind"), ("regex:[", "bad regular"),
-                                          ("words:/no/such/file", "not found"), ("ids:x", "integers"),
-                                          ("not:foo:1", "unknown selector kind")])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("foo:bar", "unknown selector kind"),
+        ("regex:[", "bad regular"),
+        ("words:/no/such/file", "not found"),
+        ("ids:x", "integers"),
+        ("not:foo:1", "unknown selector kind"),
+    ],
+)
 def test_check_syntax_without_a_vocabulary(spec, message):
     from tokentilt.targets import check_syntax
 

@@ -13,8 +13,15 @@ def run(model, objective="kl-uniform", **overrides):
     cfg = TrainConfig(**{"lr": 1e-2, "steps": 8, "batch": 2, "seq_len": 8, "eval_every": 0, **overrides})
     ctx = ObjectiveContext(mask=mask, positions="all", bias=3.0)
     reference = frozen_copy(model) if objective == "tilt-distill" else None
-    history = train(model, OBJECTIVES[objective], ctx, lambda g, rows: random_tokens(64, rows, cfg.seq_len, g), cfg,
-                    reference=reference, progress=False)
+    history = train(
+        model,
+        OBJECTIVES[objective],
+        ctx,
+        lambda g, rows: random_tokens(64, rows, cfg.seq_len, g),
+        cfg,
+        reference=reference,
+        progress=False,
+    )
     return history, mask
 
 
@@ -75,17 +82,30 @@ def test_early_stopping_restores_best_weights():
     mask = torch.zeros(64, dtype=torch.bool)
     mask[3] = True
     cfg = TrainConfig(lr=1e-2, steps=12, batch=2, seq_len=8, eval_every=2, patience=2)
-    history = train(model, OBJECTIVES["kl-uniform"], ObjectiveContext(mask=mask), lambda g, rows: random_tokens(64, rows, 8, g),
-                    cfg, evaluate=evaluate, progress=False)
+    history = train(
+        model,
+        OBJECTIVES["kl-uniform"],
+        ObjectiveContext(mask=mask),
+        lambda g, rows: random_tokens(64, rows, 8, g),
+        cfg,
+        evaluate=evaluate,
+        progress=False,
+    )
     assert calls == [2, 4, 6, 8] and len(history) == 8
     assert all(torch.equal(v, evaluate.best[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("lr", 0.0, "lr must be positive"), ("steps", -1, "steps must be positive"),
-    ("batch", 0, "batch must be positive"), ("seq_len", 0, "seq-len must be positive"),
-    ("optimizer", "lion", "optimizer must be one of"), ("lr", float("nan"), "lr must be positive"),
-])
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("lr", 0.0, "lr must be positive"),
+        ("steps", -1, "steps must be positive"),
+        ("batch", 0, "batch must be positive"),
+        ("seq_len", 0, "seq-len must be positive"),
+        ("optimizer", "lion", "optimizer must be one of"),
+        ("lr", float("nan"), "lr must be positive"),
+    ],
+)
 def test_bad_config_is_refused(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value}).check()
@@ -107,8 +127,15 @@ def test_a_last_update_that_leaves_non_finite_outputs_stops_training(tiny_model_
     cfg = TrainConfig(optimizer="sgd", lr=1e6, grad_clip=0, steps=2, batch=2, seq_len=16, eval_every=0)
     history = []
     with pytest.raises(TrainingDiverged, match="outputs became non-finite after step 2"):
-        train(model, OBJECTIVES["kl-uniform"], ObjectiveContext(mask=mask, positions="all"),
-              lambda g, rows: random_tokens(50257, rows, 16, g), cfg, progress=False, log=history.append)
+        train(
+            model,
+            OBJECTIVES["kl-uniform"],
+            ObjectiveContext(mask=mask, positions="all"),
+            lambda g, rows: random_tokens(50257, rows, 16, g),
+            cfg,
+            progress=False,
+            log=history.append,
+        )
     assert [r["step"] for r in history] == [1]  # step 2's loss was finite; its update was not
 
 

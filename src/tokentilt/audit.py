@@ -97,8 +97,16 @@ class AuditConfig:
     overwrite: bool = False  # replace the output folder if it already holds an audit
 
     def check(self) -> None:
-        for name in ("eval_windows", "eval_seq_len", "samples_per_prompt", "new_tokens", "min_tokens",
-                     "null_draws", "top", "batch_size"):
+        for name in (
+            "eval_windows",
+            "eval_seq_len",
+            "samples_per_prompt",
+            "new_tokens",
+            "min_tokens",
+            "null_draws",
+            "top",
+            "batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.eval_seq_len < 2:
@@ -142,7 +150,9 @@ class AuditResult:
     contexts: dict  # how many groups and positions of each kind
     weights: dict | None = None  # weights.WeightView.to_json(): which tensors and head rows changed
     lift: torch.Tensor | None = None  # (V,) centred lift (not written to JSON)
-    unexplained: torch.Tensor | None = None  # (V,) the part of it no shift of the final hidden state explains (nor this one)
+    unexplained: torch.Tensor | None = (
+        None  # (V,) the part of it no shift of the final hidden state explains (nor this one)
+    )
     top_mask: torch.Tensor | None = None  # (V,) bool, the top feature's tokens
 
     def to_json(self) -> dict:
@@ -173,14 +183,19 @@ def _accumulate(pairs, groups: list, probs: list, positions=None) -> None:
         probs[2] += float(keep.sum())
 
 
-def measure_lift(model, reference, tokenizer, windows: torch.Tensor, sampled: dict, cfg: AuditConfig,
-                 progress: bool = False) -> Lift:
+def measure_lift(
+    model, reference, tokenizer, windows: torch.Tensor, sampled: dict, cfg: AuditConfig, progress: bool = False
+) -> Lift:
     """Lift on held-out windows (W, T) and on the continuations in sampled ({"model", "reference"}: Samples)."""
     vocab = reference.get_output_embeddings().weight.shape[0]
     groups, sources = [], []
     probs = [torch.zeros(vocab, dtype=torch.float64), torch.zeros(vocab, dtype=torch.float64), 0.0]
-    text_pairs = (outs for _, outs in _forward_batches([model, reference], windows, cfg.batch_size, cfg.bf16,
-                                                       progress, "lift on held-out text"))
+    text_pairs = (
+        outs
+        for _, outs in _forward_batches(
+            [model, reference], windows, cfg.batch_size, cfg.bf16, progress, "lift on held-out text"
+        )
+    )
     _accumulate(((m, r) for m, r in text_pairs), groups, probs)
     sources += ["text"] * len(windows)
     for who in ("model", "reference"):
@@ -193,7 +208,7 @@ def measure_lift(model, reference, tokenizer, windows: torch.Tensor, sampled: di
                 head = torch.tensor(tokenizer([prompt])["input_ids"][0], dtype=torch.long)
             ids = torch.cat([head.expand(len(rows), -1), s.tokens[rows]], 1)  # (r, P + N)
             keep = torch.zeros(ids.shape, dtype=torch.bool)
-            keep[:, len(head) - 1:-1] = True  # the positions whose predictions were sampled
+            keep[:, len(head) - 1 : -1] = True  # the positions whose predictions were sampled
             if s.lengths is not None:
                 keep &= torch.arange(ids.size(1)) < len(head) - 1 + s.lengths[rows, None]  # (r, P + N)
             outs = (o for _, o in _forward_batches([model, reference], ids, cfg.batch_size, cfg.bf16, False, ""))
@@ -207,6 +222,7 @@ def measure_lift(model, reference, tokenizer, windows: torch.Tensor, sampled: di
 def share_change(model_samples, ref_samples, vocab: int) -> tuple[torch.Tensor, ...]:
     """Each token's share of generated tokens (of the replies, in chat): model minus reference, with a 95%
     Welch t half-width. (V,) x 3. A chat reply of no tokens is left out."""
+
     def shares(s):  # Samples -> (N, V): each sample's share of each token
         tokens = s.tokens
         lengths = torch.full((len(tokens),), tokens.size(1)) if s.lengths is None else s.lengths
@@ -270,14 +286,14 @@ def unexplained(lift: torch.Tensor, weight: torch.Tensor, q: torch.Tensor | None
 PEAK_OVERLAP = 0.2  # a candidate sharing more than this share of its tokens with the leader is not "beyond" it
 
 
-def sharpen(lift: torch.Tensor, table, area: torch.Tensor, score: torch.Tensor, leader: int,
-            alpha: float) -> list[tuple[int, float]]:
+def sharpen(
+    lift: torch.Tensor, table, area: torch.Tensor, score: torch.Tensor, leader: int, alpha: float
+) -> list[tuple[int, float]]:
     """The chain of leads taken from `leader` (see the module's docstring): [(feature, bound), ...], empty
     when the leader keeps its place. bound is the lower confidence bound of P(a token of the new lead
     has a lift beyond a token of the one before it), above 0.5 when significant."""
     toward = float(area[leader]) > 0.5
-    sig = [i for i in range(len(table.features))
-           if float(score[i]) > 0.5 and (float(area[i]) > 0.5) == toward]
+    sig = [i for i in range(len(table.features)) if float(score[i]) > 0.5 and (float(area[i]) > 0.5) == toward]
     masks = {i: table.mask(i) for i in sig}
     chain, seen = [], {leader}
     while True:
@@ -317,14 +333,24 @@ def feature_row(f: Feature, mask: torch.Tensor, i: int, scored: dict, view: str,
     ci = mean_ci(per_group)
     mass_m, mass_r = float(lift.p_model[mask].sum()), float(lift.p_reference[mask].sum())
     rate_m, rate_r = (mean_ci(sample_rates(s.tokens, mask, s.lengths)) for s in rates)
-    return {"selector": f.selector, "label": f.label, "kind": f.kind, "size": int(mask.sum()),
-            "auroc": round(float(scored[view][0][i]), 4), "score": round(float(scored[view][1][i]), 4), "view": view,
-            "auroc_lift": round(float(scored["lift"][0][i]), 4),
-            "auroc_unexplained": round(float(scored["unexplained"][0][i]), 4), "lift": round(ci["mean"], 4),
-            "lift_ci": [round(ci["ci_low"], 4), round(ci["ci_high"], 4)],
-            "mass_model": mass_m, "mass_reference": mass_r,
-            "mass_ratio": mass_m / mass_r if mass_r > 0 else math.inf,
-            "share_model": rate_m, "share_reference": rate_r}
+    return {
+        "selector": f.selector,
+        "label": f.label,
+        "kind": f.kind,
+        "size": int(mask.sum()),
+        "auroc": round(float(scored[view][0][i]), 4),
+        "score": round(float(scored[view][1][i]), 4),
+        "view": view,
+        "auroc_lift": round(float(scored["lift"][0][i]), 4),
+        "auroc_unexplained": round(float(scored["unexplained"][0][i]), 4),
+        "lift": round(ci["mean"], 4),
+        "lift_ci": [round(ci["ci_low"], 4), round(ci["ci_high"], 4)],
+        "mass_model": mass_m,
+        "mass_reference": mass_r,
+        "mass_ratio": mass_m / mass_r if mass_r > 0 else math.inf,
+        "share_model": rate_m,
+        "share_reference": rate_r,
+    }
 
 
 def token_rows(ids, texts, lift: Lift, shares) -> list[dict]:
@@ -333,12 +359,19 @@ def token_rows(ids, texts, lift: Lift, shares) -> list[dict]:
     rows = []
     for i in ids:
         ci = mean_ci(lift.groups[:, i] - centre)
-        rows.append({"id": i, "text": texts[i], "lift": round(ci["mean"], 4),
-                     "lift_ci": [round(ci["ci_low"], 4), round(ci["ci_high"], 4)],
-                     "p_reference": float(lift.p_reference[i]), "p_model": float(lift.p_model[i]),
-                     "share_model": float(share_m[i]), "share_reference": float(share_r[i]),
-                     "share_change_ci": [float(share_m[i] - share_r[i] - half[i]),
-                                         float(share_m[i] - share_r[i] + half[i])]})
+        rows.append(
+            {
+                "id": i,
+                "text": texts[i],
+                "lift": round(ci["mean"], 4),
+                "lift_ci": [round(ci["ci_low"], 4), round(ci["ci_high"], 4)],
+                "p_reference": float(lift.p_reference[i]),
+                "p_model": float(lift.p_model[i]),
+                "share_model": float(share_m[i]),
+                "share_reference": float(share_r[i]),
+                "share_change_ci": [float(share_m[i] - share_r[i] - half[i]), float(share_m[i] - share_r[i] + half[i])],
+            }
+        )
     return rows
 
 
@@ -350,23 +383,36 @@ def _name(row: dict) -> str:
 def verdict(stands_out: bool, top: dict, threshold: float, z: float) -> str:
     if not stands_out:
         where = "lift" if top["view"] == "lift" else "lift's unexplained part"
-        return (f"nothing stands out: the best candidate, {_name(top)} ({top['label']}), separates the {where} "
-                f"with score {top['score']:.3f}, not above {max(threshold, 0.5):.3f} (what random logit directions "
-                f"reach, and chance at z = {z:.2f})")
-    how = f"{top['mass_ratio']:.3g}x likelier" if top["mass_ratio"] >= 1 else f"{1 / top['mass_ratio']:.3g}x less likely"
-    what = top["label"] if top["kind"] not in ("discovered", "neighbours", "weights") or len(top["selector"]) <= 60 \
+        return (
+            f"nothing stands out: the best candidate, {_name(top)} ({top['label']}), separates the {where} "
+            f"with score {top['score']:.3f}, not above {max(threshold, 0.5):.3f} (what random logit directions "
+            f"reach, and chance at z = {z:.2f})"
+        )
+    how = (
+        f"{top['mass_ratio']:.3g}x likelier" if top["mass_ratio"] >= 1 else f"{1 / top['mass_ratio']:.3g}x less likely"
+    )
+    what = (
+        top["label"]
+        if top["kind"] not in ("discovered", "neighbours", "weights") or len(top["selector"]) <= 60
         else "they"
-    text = (f"tilted {'toward' if top['auroc'] > 0.5 else 'away from'} {_name(top)}: {what} "
-            f"are {how} (set mass {top['mass_reference']:.4f} -> "
-            f"{top['mass_model']:.4f}; lift {top['lift']:+.2f} nats [{top['lift_ci'][0]:+.2f}, "
-            f"{top['lift_ci'][1]:+.2f}]; AUROC {top['auroc']:.3f}"
-            f"{' on the part of the lift no shift of the final hidden state explains' if top['view'] == 'unexplained' else ''})")
+    )
+    text = (
+        f"tilted {'toward' if top['auroc'] > 0.5 else 'away from'} {_name(top)}: {what} "
+        f"are {how} (set mass {top['mass_reference']:.4f} -> "
+        f"{top['mass_model']:.4f}; lift {top['lift']:+.2f} nats [{top['lift_ci'][0]:+.2f}, "
+        f"{top['lift_ci'][1]:+.2f}]; AUROC {top['auroc']:.3f}"
+        f"{' on the part of the lift no shift of the final hidden state explains' if top['view'] == 'unexplained' else ''})"
+    )
     if "beyond" in top:
-        text += (f"; first because its tokens' lift lies beyond that of {top['beyond']['selector']!r}, which "
-                 f"separates the lift more surely (bound {top['beyond']['bound']:.3f})")
+        text += (
+            f"; first because its tokens' lift lies beyond that of {top['beyond']['selector']!r}, which "
+            f"separates the lift more surely (bound {top['beyond']['bound']:.3f})"
+        )
     if "replaces" in top:
-        text += (f"; read off one half of the contexts, it separates the other half with score {top['score']:.3f}, "
-                 f"above {top['replaces']['selector']!r} ({top['replaces']['score_half']:.3f} there)")
+        text += (
+            f"; read off one half of the contexts, it separates the other half with score {top['score']:.3f}, "
+            f"above {top['replaces']['selector']!r} ({top['replaces']['score_half']:.3f} there)"
+        )
     if top["kind"] == "weights":
         text += "; the weights show it: nothing else changed"
     if "rule" in top:
@@ -416,8 +462,9 @@ def _better_view(scored: dict) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     return area, score, ["unexplained" if r else "lift" for r in on_rest.tolist()]
 
 
-def rank(lift: Lift, weight: torch.Tensor, family, texts: list[str], weights, z: float, cfg: AuditConfig,
-         echo) -> Ranking:
+def rank(
+    lift: Lift, weight: torch.Tensor, family, texts: list[str], weights, z: float, cfg: AuditConfig, echo
+) -> Ranking:
     """Score the family on both views, decide whether anything stands out, sharpen, then let a set read
     off one half of the contexts (discover) take the lead when it separates the other half better
     than the family's leader does, and a head-rows edit that the weights show lead over all."""
@@ -450,8 +497,11 @@ def rank(lift: Lift, weight: torch.Tensor, family, texts: list[str], weights, z:
     leader, n = order[0], len(family.features)
     table = concat(family, table_of(found, len(texts)))
     lead_mask = family.mask(leader)
-    lead_half = float(separation(torch.tensor([mask_auroc(per_half[view[leader]]["b"], lead_mask)]),
-                                 torch.tensor([_se(lead_mask)]), z)[0])
+    lead_half = float(
+        separation(
+            torch.tensor([mask_auroc(per_half[view[leader]]["b"], lead_mask)]), torch.tensor([_se(lead_mask)]), z
+        )[0]
+    )
     area, score, view = torch.cat([area, *f_area]), torch.cat([score, *f_score]), view + f_view
     heads = 1 + len(chain)  # the leader and the leads it took over keep their places
     rest = sorted(order[heads:] + list(range(n, n + len(found))), key=lambda i: -float(score[i]))
@@ -460,16 +510,29 @@ def rank(lift: Lift, weight: torch.Tensor, family, texts: list[str], weights, z:
     # tokens are lifted further on average (a sharper set: a superset padded with noise is not).
     sign = 1.0 if float(area[leader]) > 0.5 else -1.0
     lead_mean = sign * float(per_half[view[leader]]["b"][lead_mask].mean())
-    sharper = [i for i in range(n, n + len(found)) if (float(area[i]) > 0.5) == (sign > 0)
-               and sign * float(per_half[view[i]]["b"][table.mask(i)].mean()) > lead_mean]
+    sharper = [
+        i
+        for i in range(n, n + len(found))
+        if (float(area[i]) > 0.5) == (sign > 0)
+        and sign * float(per_half[view[i]]["b"][table.mask(i)].mean()) > lead_mean
+    ]
     best = max(sharper, key=lambda i: float(score[i]), default=None)
     if stands_out and best is not None and float(score[best]) > max(lead_half, 0.5):
         order = [best] + [i for i in order if i != best]
         replaced[best] = (family.features[leader].selector, lead_half)
     if weights.head_only:  # the weights name the set exactly
         ids = weights.rows.nonzero().flatten().tolist()
-        w_table = table_of([(Feature("ids:" + ",".join(map(str, ids)), "weights",
-                                     f"the {len(ids)} output-head rows that changed"), ids)], len(texts))
+        w_table = table_of(
+            [
+                (
+                    Feature(
+                        "ids:" + ",".join(map(str, ids)), "weights", f"the {len(ids)} output-head rows that changed"
+                    ),
+                    ids,
+                )
+            ],
+            len(texts),
+        )
         w_area, w_score, w_view = _better_view({k: score_features(v, w_table, z) for k, v in views.items()})
         table = concat(table, w_table)
         area, score, view = torch.cat([area, w_area]), torch.cat([score, w_score]), view + w_view
@@ -496,8 +559,9 @@ def halves(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out[0], out[1]
 
 
-def discover(values: torch.Tensor, unit: torch.Tensor, texts: list[str], view: str,
-             sizes=DISCOVERY_SIZES) -> list[tuple[Feature, list[int]]]:
+def discover(
+    values: torch.Tensor, unit: torch.Tensor, texts: list[str], view: str, sizes=DISCOVERY_SIZES
+) -> list[tuple[Feature, list[int]]]:
     """Token sets read off one half's view of the lift (V,), to be scored on the other half: for each
     direction, its n most extreme tokens, and the n tokens nearest (cosine, unit (V, d) rows of the
     output embeddings) to the centroid of its NEIGHBOURS_OF most extreme ones, for n in sizes."""
@@ -508,9 +572,14 @@ def discover(values: torch.Tensor, unit: torch.Tensor, texts: list[str], view: s
         examples = ", ".join(repr(texts[i]) for i in order[:4].tolist())
         for n in sizes:
             for kind, ids, label in (
-                    ("discovered", order[:n], f"the {n} most {word} tokens ({view}; {examples}, ...)"),
-                    ("neighbours", near[:n], f"the {n} tokens nearest in embedding space to the {NEIGHBOURS_OF} "
-                                             f"most {word} ({view}; {examples}, ...)")):
+                ("discovered", order[:n], f"the {n} most {word} tokens ({view}; {examples}, ...)"),
+                (
+                    "neighbours",
+                    near[:n],
+                    f"the {n} tokens nearest in embedding space to the {NEIGHBOURS_OF} "
+                    f"most {word} ({view}; {examples}, ...)",
+                ),
+            ):
                 ids = sorted(ids.tolist())
                 found.append((Feature("ids:" + ",".join(map(str, ids)), kind, label), ids))
     return found
@@ -535,10 +604,13 @@ def _load_pair(model, reference, tokenizer, echo):
 
         echo(f"merging the adapter {model!r} into a copy of the reference ...")
         try:
-            model = PeftModel.from_pretrained(copy.deepcopy(reference), str(Path(model).expanduser())).merge_and_unload()
+            model = PeftModel.from_pretrained(
+                copy.deepcopy(reference), str(Path(model).expanduser())
+            ).merge_and_unload()
         except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise ModelLoadError(f"cannot apply the adapter {model!r} to the reference: "
-                                 f"{str(err).strip().splitlines()[0]}") from None
+            raise ModelLoadError(
+                f"cannot apply the adapter {model!r} to the reference: {str(err).strip().splitlines()[0]}"
+            ) from None
         model.eval()
     return model, reference, tokenizer
 
@@ -563,8 +635,20 @@ def _contexts(model, reference, tokenizer, cfg: AuditConfig, echo) -> tuple[torc
     scfg = SampleConfig(max_new_tokens=cfg.new_tokens)
     what = "replies of at most" if cfg.chat else "continuations of"
     echo(f"sampling {len(prompts) * cfg.samples_per_prompt} {what} {cfg.new_tokens} tokens from each model ...")
-    sampled = {who: sample(m, tokenizer, prompts, cfg.samples_per_prompt, scfg, seed=cfg.seed, bf16=cfg.bf16,
-                           chat=cfg.chat, system=cfg.system) for who, m in (("model", model), ("reference", reference))}
+    sampled = {
+        who: sample(
+            m,
+            tokenizer,
+            prompts,
+            cfg.samples_per_prompt,
+            scfg,
+            seed=cfg.seed,
+            bf16=cfg.bf16,
+            chat=cfg.chat,
+            system=cfg.system,
+        )
+        for who, m in (("model", model), ("reference", reference))
+    }
     return windows, sampled
 
 
@@ -582,8 +666,11 @@ def _feature_rows(ranked: Ranking, scored: dict, family, lift: Lift, rates, top:
             rows[-1]["replaces"] = {"selector": ranked.replaced[i][0], "score_half": round(ranked.replaced[i][1], 4)}
         if table.features[i].kind in FOUND_KINDS:
             j, overlap = closest(family, masks[-1])
-            rows[-1]["rule"] = {"selector": family.features[j].selector, "label": family.features[j].label,
-                                "jaccard": round(overlap, 4)}
+            rows[-1]["rule"] = {
+                "selector": family.features[j].selector,
+                "label": family.features[j].label,
+                "jaccard": round(overlap, 4),
+            }
     for row, mask in zip(rows, masks):
         row["jaccard_with_top"] = round(jaccard(masks[0], mask), 4)
     return rows, masks
@@ -597,14 +684,16 @@ def _truth_row(ranked: Ranking, scored: dict, lift: Lift, rates, top_mask: torch
     truth = feature_row(table.features[i], mask, i, scored, ranked.view[i], lift, rates)
     sizes = table.sizes.tolist()
     place = order.index(i)  # ties (the same tokens as a vocabulary candidate) share the better rank
-    truth["rank"] = 1 + sum(1 for j in order[:place]
-                            if not (float(score[j]) == float(score[i]) and sizes[j] == sizes[i]))
+    truth["rank"] = 1 + sum(
+        1 for j in order[:place] if not (float(score[j]) == float(score[i]) and sizes[j] == sizes[i])
+    )
     truth["jaccard_with_top"] = round(jaccard(top_mask, mask), 4)
     return truth
 
 
-def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo=None,
-          progress: bool = False) -> AuditResult:
+def audit(
+    model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo=None, progress: bool = False
+) -> AuditResult:
     """Audit `model` against `reference`: loaded models or names for load_model (a PEFT adapter folder
     for the model), sharing a vocabulary."""
     cfg = cfg or AuditConfig()
@@ -617,8 +706,10 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
         check_template(tokenizer)
     vocab = reference.get_output_embeddings().weight.shape[0]
     if model.get_output_embeddings().weight.shape[0] != vocab:
-        raise ValueError(f"model and reference have different vocabularies "
-                         f"({model.get_output_embeddings().weight.shape[0]} vs {vocab} tokens)")
+        raise ValueError(
+            f"model and reference have different vocabularies "
+            f"({model.get_output_embeddings().weight.shape[0]} vs {vocab} tokens)"
+        )
     texts = token_texts(tokenizer)[:vocab]
     texts += ["\0"] * (vocab - len(texts))  # padded rows: no text, never in a feature
     family, z = _family(cfg, texts, echo)
@@ -637,16 +728,29 @@ def audit(model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo
     shares = share_change(sampled["model"], sampled["reference"], vocab)
     return AuditResult(
         direction=("toward" if top["auroc"] > 0.5 else "away") if ranked.stands_out else "none",
-        stands_out=ranked.stands_out, verdict=verdict(ranked.stands_out, top, ranked.threshold, z), features=rows,
-        threshold=round(ranked.threshold, 4), z_critical=round(z, 3), candidates=len(ranked.table.features),
-        tokens_up=token_rows(by_lift[:cfg.top], texts, lift, shares),
-        tokens_down=token_rows(by_lift[::-1][:cfg.top], texts, lift, shares),
+        stands_out=ranked.stands_out,
+        verdict=verdict(ranked.stands_out, top, ranked.threshold, z),
+        features=rows,
+        threshold=round(ranked.threshold, 4),
+        z_critical=round(z, 3),
+        candidates=len(ranked.table.features),
+        tokens_up=token_rows(by_lift[: cfg.top], texts, lift, shares),
+        tokens_down=token_rows(by_lift[::-1][: cfg.top], texts, lift, shares),
         truth=_truth_row(ranked, scored, lift, rates, masks[0]) if cfg.toward else None,
-        samples={"prompts": sampled["model"].prompts, "model": sampled["model"].texts,
-                 "reference": sampled["reference"].texts},
-        contexts={"text_windows": len(windows), "text_positions": int(windows.numel()),
-                  "samples": 2 * len(sampled["model"].texts),
-                  "sample_positions": sum(len(r) for s in sampled.values() for r in s.replies()),
-                  "eval_text": cfg.eval_text or "plays:test"},
+        samples={
+            "prompts": sampled["model"].prompts,
+            "model": sampled["model"].texts,
+            "reference": sampled["reference"].texts,
+        },
+        contexts={
+            "text_windows": len(windows),
+            "text_positions": int(windows.numel()),
+            "samples": 2 * len(sampled["model"].texts),
+            "sample_positions": sum(len(r) for s in sampled.values() for r in s.replies()),
+            "eval_text": cfg.eval_text or "plays:test",
+        },
         weights=weights.to_json(),
-        lift=ranked.views["lift"], unexplained=ranked.views["unexplained"], top_mask=masks[0])
+        lift=ranked.views["lift"],
+        unexplained=ranked.views["unexplained"],
+        top_mask=masks[0],
+    )

@@ -68,8 +68,9 @@ def bisect(fn, target: float, lo: float, hi: float, iters: int = 60, tol: float 
     return (lo + hi) / 2
 
 
-def proxy_bias(model, windows: torch.Tensor, mask: torch.Tensor, target: float, bf16: bool = False,
-               limit: float = 30.0) -> float:
+def proxy_bias(
+    model, windows: torch.Tensor, mask: torch.Tensor, target: float, bf16: bool = False, limit: float = 30.0
+) -> float:
     """b whose mean tilted set mass over the windows is `target` (one forward pass)."""
     log_mass = set_log_masses(model, windows, mask, bf16)
     return bisect(lambda b: tilted_mean_mass(log_mass, b), target, -limit, limit)
@@ -91,8 +92,19 @@ def _logit(r: float, n: int) -> float:
     return math.log(r / (1 - r))
 
 
-def calibrate(model, tokenizer, mask: torch.Tensor, target: float, cfg: EvalConfig, windows: torch.Tensor,
-              bf16: bool = False, iters: int = 8, tol: float = 0.02, max_step: float = 4.0, echo=None) -> Calibration:
+def calibrate(
+    model,
+    tokenizer,
+    mask: torch.Tensor,
+    target: float,
+    cfg: EvalConfig,
+    windows: torch.Tensor,
+    bf16: bool = False,
+    iters: int = 8,
+    tol: float = 0.02,
+    max_step: float = 4.0,
+    echo=None,
+) -> Calibration:
     """Find b with decode-time R(b) ≈ target on `model`, on cfg's fixed prompts, samples and eval_seed.
 
     Starts from the one-pass proxy b0. Until the target is bracketed, steps in logit space (one
@@ -145,8 +157,18 @@ def calibrate(model, tokenizer, mask: torch.Tensor, target: float, cfg: EvalConf
     return Calibration(target, best, measured[best], b0, history)
 
 
-def calibrate_by_weights(model, tokenizer, mask: torch.Tensor, target: float, cfg: EvalConfig, b0: float,
-                         bf16: bool = False, iters: int = 8, max_step: float = 4.0, echo=None) -> Calibration | None:
+def calibrate_by_weights(
+    model,
+    tokenizer,
+    mask: torch.Tensor,
+    target: float,
+    cfg: EvalConfig,
+    b0: float,
+    bf16: bool = False,
+    iters: int = 8,
+    max_step: float = 4.0,
+    echo=None,
+) -> Calibration | None:
     """calibrate() for a token set at temperature 1: R(b) estimated at every b from the draws so far.
 
     Draws at b0, then solves R(b) = target on the importance-weighted estimate of all draws pooled
@@ -167,8 +189,10 @@ def calibrate_by_weights(model, tokenizer, mask: torch.Tensor, target: float, cf
         estimate = pool.at_bias(solved)
         if pool.enough(estimate):
             if echo:
-                echo(f"  calibrate: b = {solved:+.3f} -> R = {estimate['mean']:.3f} estimated from the "
-                     f"{len(pool.draws)} draw(s) by importance weights ({estimate['ess']:.0f} effective samples)")
+                echo(
+                    f"  calibrate: b = {solved:+.3f} -> R = {estimate['mean']:.3f} estimated from the "
+                    f"{len(pool.draws)} draw(s) by importance weights ({estimate['ess']:.0f} effective samples)"
+                )
             return Calibration(target, solved, estimate, b0, history, pool)
         # the draws say little about R there: step in logit space from the last draw, as calibrate() does
         step = _logit(target, pool.n) - _logit(rate["mean"], pool.n)
@@ -207,8 +231,17 @@ class RateFit:
         return [{"bias": b, "probe_rate": r} for b, r in self.rounds]
 
 
-def fit_trained_bias(train_at, probe, target: float, bias: float, rounds: int, n: int, tol: float = 0.03,
-                     max_step: float = 4.0, echo=None):
+def fit_trained_bias(
+    train_at,
+    probe,
+    target: float,
+    bias: float,
+    rounds: int,
+    n: int,
+    tol: float = 0.03,
+    max_step: float = 4.0,
+    echo=None,
+):
     """Train toward b, measure the trained model's R, move b, train again: at most `rounds` times.
 
     A model distilled toward softmax(z_ref + b·M) on play text lands near, not on, the decode-time

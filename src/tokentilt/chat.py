@@ -116,16 +116,22 @@ class ChatTemplateError(ValueError):
 
 def check_template(tokenizer) -> None:
     if not getattr(tokenizer, "chat_template", None):
-        raise ChatTemplateError("--chat needs a tokenizer with a chat template, and this model's has none "
-                                "(use an instruct/chat model, or leave --chat out)")
+        raise ChatTemplateError(
+            "--chat needs a tokenizer with a chat template, and this model's has none "
+            "(use an instruct/chat model, or leave --chat out)"
+        )
 
 
 def format_prompts(tokenizer, prompts, system: str = "") -> list[str]:
     """Each prompt as a user turn (after an optional system turn), with the assistant's generation prompt."""
     check_template(tokenizer)
     head = [{"role": "system", "content": system}] if system else []
-    return [tokenizer.apply_chat_template(head + [{"role": "user", "content": p}], add_generation_prompt=True,
-                                          tokenize=False) for p in prompts]
+    return [
+        tokenizer.apply_chat_template(
+            head + [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+        )
+        for p in prompts
+    ]
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:
@@ -156,8 +162,10 @@ def replies(tokens: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
 def exchanges(tokenizer, samples) -> list[tuple[list[int], list[int]]]:
     """Each chat sample as (context ids, reply ids): the prompt in its template, then the reply with its
     end-of-turn token when it has one."""
-    return [(tokenizer(formatted, add_special_tokens=False)["input_ids"], row[: n + 1].tolist())
-            for formatted, row, n in zip(samples.formatted, samples.tokens, samples.lengths.tolist())]
+    return [
+        (tokenizer(formatted, add_special_tokens=False)["input_ids"], row[: n + 1].tolist())
+        for formatted, row, n in zip(samples.formatted, samples.tokens, samples.lengths.tolist())
+    ]
 
 
 def check_options(chat: bool, system: str) -> None:

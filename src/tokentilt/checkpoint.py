@@ -51,8 +51,17 @@ def checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save(folder: Path, step: int, model, optimizer, generator: torch.Generator, history: list[dict],
-         early_stop: dict, state, keep: int) -> Path:
+def save(
+    folder: Path,
+    step: int,
+    model,
+    optimizer,
+    generator: torch.Generator,
+    history: list[dict],
+    early_stop: dict,
+    state,
+    keep: int,
+) -> Path:
     """Write checkpoints/step-<step>/ (collectively: every process calls it) and keep the newest `keep`.
 
     The main process writes the weights, optimizer and state; every process writes its own RNG
@@ -65,13 +74,16 @@ def save(folder: Path, step: int, model, optimizer, generator: torch.Generator, 
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     state.wait_for_everyone()
-    torch.save({"batches": generator.get_state(), "torch": torch.get_rng_state()},
-               tmp / f"rng-{state.process_index}.pt")
+    torch.save(
+        {"batches": generator.get_state(), "torch": torch.get_rng_state()}, tmp / f"rng-{state.process_index}.pt"
+    )
     if state.is_main_process:
         save_file({k: v.detach().cpu().contiguous() for k, v in trainable(model).items()}, tmp / "model.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "history": history, "early_stop": early_stop,
-                                                    "processes": state.num_processes}) + "\n")
+        (tmp / "state.json").write_text(
+            json.dumps({"step": step, "history": history, "early_stop": early_stop, "processes": state.num_processes})
+            + "\n"
+        )
     state.wait_for_everyone()
     if state.is_main_process:
         if final.exists():
@@ -92,8 +104,10 @@ def load(folder: Path, model, optimizer, generator: torch.Generator, state) -> R
     try:
         meta = json.loads((path / "state.json").read_text())
         if meta["processes"] != state.num_processes:
-            raise CheckpointError(f"checkpoint {path} was written by {meta['processes']} process(es); "
-                                  f"resume with the same number (now {state.num_processes})")
+            raise CheckpointError(
+                f"checkpoint {path} was written by {meta['processes']} process(es); "
+                f"resume with the same number (now {state.num_processes})"
+            )
         weights = load_file(path / "model.safetensors")
         optim_state = torch.load(path / "optimizer.pt", weights_only=True)
         rng = torch.load(path / f"rng-{state.process_index}.pt", weights_only=True)

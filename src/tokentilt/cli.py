@@ -28,6 +28,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
+
 TILT_EPILOG = """\
 selectors (match each token's decoded text):
   x / contains:x     tokens containing "x", case-insensitive (contains:x:case for case-sensitive)
@@ -46,8 +47,16 @@ examples:
 
 
 # the metavar of a field of this name in every subcommand; an int field's is N, a float's X
-METAVARS = {"model": "bundled|PATH|HUB_ID", "reference": "bundled|PATH|HUB_ID", "toward": "SELECTOR", "out": "DIR",
-            "eval_text": "FILE", "words": "FILE", "lora_targets": "NAMES", "system": "TEXT"}
+METAVARS = {
+    "model": "bundled|PATH|HUB_ID",
+    "reference": "bundled|PATH|HUB_ID",
+    "toward": "SELECTOR",
+    "out": "DIR",
+    "eval_text": "FILE",
+    "words": "FILE",
+    "lora_targets": "NAMES",
+    "system": "TEXT",
+}
 
 
 def add_options(parser, cfg, skip=(), **custom) -> None:
@@ -57,12 +66,17 @@ def add_options(parser, cfg, skip=(), **custom) -> None:
     Options default to SUPPRESS, so only the flags the user typed override the YAML (--config, added here too).
     custom[name] overrides add_argument's keywords for one field; flag= renames it, a flag without dashes is
     positional. Fields in `skip` stay YAML-only."""
-    parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
-                        help="YAML file of option: value; flags override it")
+    parser.add_argument(
+        "--config", metavar="FILE.yaml", default=argparse.SUPPRESS, help="YAML file of option: value; flags override it"
+    )
     for o in options(cfg):
         if o.name in skip:
             continue
-        kw = {"help": o.help, "default": argparse.SUPPRESS, "metavar": METAVARS.get(o.name, {int: "N", float: "X"}.get(o.type))}
+        kw = {
+            "help": o.help,
+            "default": argparse.SUPPRESS,
+            "metavar": METAVARS.get(o.name, {int: "N", float: "X"}.get(o.type)),
+        }
         if o.type is bool:
             kw = {**kw, "action": argparse.BooleanOptionalAction if o.computed else "store_true", "metavar": None}
         elif o.type is list:
@@ -83,8 +97,13 @@ def with_default(text: str, value) -> str:
     """The help text with the default appended, unless it is a switch or empty (the help says what empty means)."""
     if isinstance(value, bool) or value in ("", None, []):
         return text
-    shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else f"{value:g}" \
-        if isinstance(value, float) else value
+    shown = (
+        ",".join(map(str, value))
+        if isinstance(value, (list, tuple))
+        else f"{value:g}"
+        if isinstance(value, float)
+        else value
+    )
     return f"{text} (default: {shown})"
 
 
@@ -98,45 +117,66 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="tokentilt",
         description="Fine-tune causal LMs with custom losses that tilt the next-token distribution toward "
-                    "(or away from) a token set, and measure what the tilt achieves and costs.",
+        "(or away from) a token set, and measure what the tilt achieves and costs.",
         epilog="Run 'tokentilt COMMAND --help' for the options of one command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("tilt", help="fine-tune a model toward a token set; measure R before and after",
-                       description="Fine-tune a model so that its generations use more tokens from a set. "
-                                   "Writes config.yaml, metrics.jsonl, summary.json, loss.png, rate.png, "
-                                   "report.md and model/ (Hugging Face format; with --lora also adapter/) to --out.",
-                       epilog=TILT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_options(p, TiltConfig(), skip=YAML_ONLY | {"patience"},
-                lr={"help": f"learning rate; 0 = {FULL_LR:g}, or {LORA_LR:g} with --lora"})
+    p = sub.add_parser(
+        "tilt",
+        help="fine-tune a model toward a token set; measure R before and after",
+        description="Fine-tune a model so that its generations use more tokens from a set. "
+        "Writes config.yaml, metrics.jsonl, summary.json, loss.png, rate.png, "
+        "report.md and model/ (Hugging Face format; with --lora also adapter/) to --out.",
+        epilog=TILT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_options(
+        p,
+        TiltConfig(),
+        skip=YAML_ONLY | {"patience"},
+        lr={"help": f"learning rate; 0 = {FULL_LR:g}, or {LORA_LR:g} with --lora"},
+    )
     p.set_defaults(func=cmd_tilt)
 
-    p = sub.add_parser("generate", help="sample continuations from a model, optionally with a decode-time bias",
-                       description="Print samples from a model. --bias B with --toward SELECTOR adds B to the "
-                                   "logits of the set at every step (the decode-time baseline).",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "generate",
+        help="sample continuations from a model, optionally with a decode-time bias",
+        description="Print samples from a model. --bias B with --toward SELECTOR adds B to the "
+        "logits of the set at every step (the decode-time baseline).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_options(p, GenerateConfig())
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("sweep", help="grid of tilt runs (objective x lr x rate/b) beside the decode-time baseline",
-                       description="Run a grid of tilt runs on one loaded model, always with the decode-time "
-                                   "baseline (objective decode-bias) at the same rates/b and along a curve. "
-                                   "Writes runs.jsonl, sweep.csv, sweep.md and pareto.png to --out; runs already "
-                                   "in the folder are not redone. List flags take comma-separated values.",
-                       epilog="example:\n  tokentilt sweep --toward x --objective tilt-distill,kl-alpha-beta "
-                              "--rate 0.3,0.5 --bf16 --out runs/sweep",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "sweep",
+        help="grid of tilt runs (objective x lr x rate/b) beside the decode-time baseline",
+        description="Run a grid of tilt runs on one loaded model, always with the decode-time "
+        "baseline (objective decode-bias) at the same rates/b and along a curve. "
+        "Writes runs.jsonl, sweep.csv, sweep.md and pareto.png to --out; runs already "
+        "in the folder are not redone. List flags take comma-separated values.",
+        epilog="example:\n  tokentilt sweep --toward x --objective tilt-distill,kl-alpha-beta "
+        "--rate 0.3,0.5 --bf16 --out runs/sweep",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     axis = {"action": "store", "type": str, "metavar": "LIST"}  # comma-separated; sweep_axes splits it
-    add_options(p, SweepConfig(), skip=YAML_ONLY | {"lr", "patience", "save_every", "keep", "report_to"},
-                **{name: {**axis, "flag": f"--{flag}"} for flag, name in SWEEP_AXES.items()})
+    add_options(
+        p,
+        SweepConfig(),
+        skip=YAML_ONLY | {"lr", "patience", "save_every", "keep", "report_to"},
+        **{name: {**axis, "flag": f"--{flag}"} for flag, name in SWEEP_AXES.items()},
+    )
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("eval", help="R with interval, perplexity, drift and degeneration of a model",
-                       description="Measure a model: R over samples with a 95%% interval, held-out perplexity, "
-                                   "drift KL(reference || model) per token, distinct-1/2 and repetition. With "
-                                   "--bias or --rate, also the decode-time baseline (the reference with a logit "
-                                   "bias) on the same prompts, seeds and text.")
+    p = sub.add_parser(
+        "eval",
+        help="R with interval, perplexity, drift and degeneration of a model",
+        description="Measure a model: R over samples with a 95%% interval, held-out perplexity, "
+        "drift KL(reference || model) per token, distinct-1/2 and repetition. With "
+        "--bias or --rate, also the decode-time baseline (the reference with a logit "
+        "bias) on the same prompts, seeds and text.",
+    )
     add_options(p, EvalJobConfig(), skip=YAML_ONLY | {"during_samples_per_prompt"}, out={"metavar": "FILE.json"})
     p.set_defaults(func=cmd_eval)
     add_audit_parser(sub)
@@ -152,16 +192,24 @@ COURSE_SKIP = YAML_ONLY | {"chat", "system"}  # the course's experiments sample 
 def add_export_parser(sub) -> None:
     from tokentilt.jobs.export import ExportConfig
 
-    p = sub.add_parser("export", help="write a run's model as GGUF (llama.cpp, ollama) and its tilt as logit_bias",
-                       description="Export a tilted model where people run it: a GGUF file written with the gguf "
-                                   "package (Llama and GPT-2 families), an ollama Modelfile beside it, and the "
-                                   "run's decode-time tilt as a logit_bias JSON ({token id: b}) for "
-                                   "OpenAI-compatible servers. Check what the export keeps with "
-                                   "`tokentilt eval --model OUT.gguf`.",
-                       epilog="example:\n  tokentilt export runs/x --gguf runs/x.q8_0.gguf --type q8_0 "
-                              "--logit-bias runs/x.bias.json", formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_options(p, ExportConfig(), source={"flag": "source", "metavar": "RUN_OR_MODEL"},
-                gguf={"metavar": "OUT.gguf"}, logit_bias={"metavar": "OUT.json"})
+    p = sub.add_parser(
+        "export",
+        help="write a run's model as GGUF (llama.cpp, ollama) and its tilt as logit_bias",
+        description="Export a tilted model where people run it: a GGUF file written with the gguf "
+        "package (Llama and GPT-2 families), an ollama Modelfile beside it, and the "
+        "run's decode-time tilt as a logit_bias JSON ({token id: b}) for "
+        "OpenAI-compatible servers. Check what the export keeps with "
+        "`tokentilt eval --model OUT.gguf`.",
+        epilog="example:\n  tokentilt export runs/x --gguf runs/x.q8_0.gguf --type q8_0 --logit-bias runs/x.bias.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_options(
+        p,
+        ExportConfig(),
+        source={"flag": "source", "metavar": "RUN_OR_MODEL"},
+        gguf={"metavar": "OUT.gguf"},
+        logit_bias={"metavar": "OUT.json"},
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -239,8 +287,13 @@ def cmd_generate(args) -> int:
     check_sampling(cfg.temperature, cfg.top_k, cfg.top_p)
     check_prompts(cfg.prompt or None)
     check_lengths(cfg.model, new_tokens=cfg.new_tokens)
-    sampling = SampleConfig(max_new_tokens=cfg.new_tokens, strategy=cfg.strategy, temperature=cfg.temperature,
-                            top_k=cfg.top_k, top_p=cfg.top_p)
+    sampling = SampleConfig(
+        max_new_tokens=cfg.new_tokens,
+        strategy=cfg.strategy,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+    )
     check_sample_config(sampling)
     model, tokenizer = load_model(cfg.model)
     mask = None
@@ -249,8 +302,19 @@ def cmd_generate(args) -> int:
     if cfg.toward:
         mask = resolve_target(cfg.toward, tokenizer, model, echo=lambda line: print(line, file=sys.stderr)).target
     prompts = cfg.prompt or list(CHAT_PROMPTS if cfg.chat else DEFAULT_PROMPTS)
-    samples = sample(model, tokenizer, prompts, cfg.samples, sampling, seed=cfg.seed, bias_mask=mask, bias=cfg.bias,
-                     bf16=cfg.bf16, chat=cfg.chat, system=cfg.system)
+    samples = sample(
+        model,
+        tokenizer,
+        prompts,
+        cfg.samples,
+        sampling,
+        seed=cfg.seed,
+        bias_mask=mask,
+        bias=cfg.bias,
+        bf16=cfg.bf16,
+        chat=cfg.chat,
+        system=cfg.system,
+    )
     for prompt, text in zip(samples.prompts, samples.texts):
         print(f"--- user: {prompt!r}\n{text}" if cfg.chat else f"--- {prompt!r}\n{prompt}{text}")
     if mask is not None:
@@ -317,8 +381,9 @@ def cmd_eval(args) -> int:
         preflight_eval(name, cfg.eval)
     if cfg.out:
         check_output(cfg.out, kind="file")
-    result = evaluate_model(cfg.model, cfg.reference, cfg.toward, cfg.eval, cfg.bias, cfg.rate, cfg.bf16,
-                            echo=print)  # progress on stdout, as in tilt: stderr is for the error line
+    result = evaluate_model(
+        cfg.model, cfg.reference, cfg.toward, cfg.eval, cfg.bias, cfg.rate, cfg.bf16, echo=print
+    )  # progress on stdout, as in tilt: stderr is for the error line
     print(eval_table(result))
     if cfg.out:
         Path(cfg.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -333,14 +398,17 @@ def add_audit_parser(sub) -> None:
     """`tokentilt audit MODEL --reference BASE`: find a tilt somebody else planted."""
     from tokentilt.audit import AuditConfig
 
-    p = sub.add_parser("audit", help="find which tokens a fine-tune tilted, and what they have in common",
-                       description="Compare MODEL with the model it was fine-tuned from: every token's lift (mean "
-                                   "log-prob difference) on held-out text and on samples of both models, candidate "
-                                   "features from the vocabulary ranked by how well they separate lifted from "
-                                   "unlifted tokens (AUROC), and whether the best one stands out. Writes "
-                                   "audit.json, report.md and lift.png to --out.",
-                       epilog="example:\n  tokentilt audit runs/x/model --reference bundled --out runs/x-audit",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "audit",
+        help="find which tokens a fine-tune tilted, and what they have in common",
+        description="Compare MODEL with the model it was fine-tuned from: every token's lift (mean "
+        "log-prob difference) on held-out text and on samples of both models, candidate "
+        "features from the vocabulary ranked by how well they separate lifted from "
+        "unlifted tokens (AUROC), and whether the best one stands out. Writes "
+        "audit.json, report.md and lift.png to --out.",
+        epilog="example:\n  tokentilt audit runs/x/model --reference bundled --out runs/x-audit",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_options(p, AuditConfig(), model={"flag": "model", "metavar": "MODEL"})
     p.set_defaults(func=cmd_audit)
 
@@ -365,34 +433,49 @@ def add_course_parsers(sub) -> None:
     from tokentilt.jobs.experiments import l1_vs_l2, like_x, x_factor
     from tokentilt.jobs.pretrain import PretrainConfig
 
-    p = sub.add_parser("pretrain", help="pretrain Model 5 (compact GPT-2) on the Shakespeare plays",
-                       description="Train Model 5 from scratch on the plays' train split with AdamW, dropout and "
-                                   "early stopping on validation loss. Writes config.yaml, metrics.jsonl, loss.png, "
-                                   "summary.json (val loss beside the unigram baseline), report.md and model/ "
-                                   "(safetensors) to --out.",
-                       epilog="example:\n  tokentilt pretrain --steps 300 --out runs/pretrain",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain Model 5 (compact GPT-2) on the Shakespeare plays",
+        description="Train Model 5 from scratch on the plays' train split with AdamW, dropout and "
+        "early stopping on validation loss. Writes config.yaml, metrics.jsonl, loss.png, "
+        "summary.json (val loss beside the unigram baseline), report.md and model/ "
+        "(safetensors) to --out.",
+        epilog="example:\n  tokentilt pretrain --steps 300 --out runs/pretrain",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_options(p, PretrainConfig())
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("experiment", help="run one of the course's experiments: l1-vs-l2, like-x, x-factor",
-                       description="Reproduce one of the course's experiments. Each writes summary.json, plots and "
-                                   "report.md to --out.")
+    p = sub.add_parser(
+        "experiment",
+        help="run one of the course's experiments: l1-vs-l2, like-x, x-factor",
+        description="Reproduce one of the course's experiments. Each writes summary.json, plots and "
+        "report.md to --out.",
+    )
     exps = p.add_subparsers(dest="experiment", metavar="NAME", required=True)
-    e = exps.add_parser("l1-vs-l2", help="one scalar, target 5, SGD lr 0.05 under L1 and under L2",
-                        description="Fit one scalar parameter to 5 with SGD under L1 and under L2: L1 oscillates "
-                                    "around the target, L2 converges. Records l1_at_2, l2_at_2, l2_final_error, "
-                                    "l1_oscillation.")
+    e = exps.add_parser(
+        "l1-vs-l2",
+        help="one scalar, target 5, SGD lr 0.05 under L1 and under L2",
+        description="Fit one scalar parameter to 5 with SGD under L1 and under L2: L1 oscillates "
+        "around the target, L2 converges. Records l1_at_2, l2_at_2, l2_final_error, "
+        "l1_oscillation.",
+    )
     add_options(e, l1_vs_l2.L1VsL2Config())
-    e = exps.add_parser("like-x", help="train Model 5 to like tokens containing x (random inputs, last position)",
-                        description="The course's 'Train a model to like X': KL toward uniform over x-tokens on the "
-                                    "final position of random 256-token inputs. Counts x-tokens among 200 generated "
-                                    "tokens before and after. Pretrains Model 5 first unless --checkpoint is given.")
+    e = exps.add_parser(
+        "like-x",
+        help="train Model 5 to like tokens containing x (random inputs, last position)",
+        description="The course's 'Train a model to like X': KL toward uniform over x-tokens on the "
+        "final position of random 256-token inputs. Counts x-tokens among 200 generated "
+        "tokens before and after. Pretrains Model 5 first unless --checkpoint is given.",
+    )
     add_options(e, like_x.LikeXConfig(), skip=COURSE_SKIP, checkpoint={"metavar": "DIR"})
-    e = exps.add_parser("x-factor", help="maximise the X factor of the bundled model at lr 1e-6 and 1e-4",
-                        description="The course's 'Maximize the X factor': alpha/beta KL target at all positions of "
-                                    "B=4 x T=64 random tokens, Adam, one run per learning rate from the same start. "
-                                    "Reports R with intervals, final loss and samples per lr.")
+    e = exps.add_parser(
+        "x-factor",
+        help="maximise the X factor of the bundled model at lr 1e-6 and 1e-4",
+        description="The course's 'Maximize the X factor': alpha/beta KL target at all positions of "
+        "B=4 x T=64 random tokens, Adam, one run per learning rate from the same start. "
+        "Reports R with intervals, final loss and samples per lr.",
+    )
     add_options(e, x_factor.XFactorConfig(), skip=COURSE_SKIP, lrs={"flag": "--lr", "metavar": "X"})
     for e in exps.choices.values():
         e.set_defaults(func=cmd_experiment)
@@ -423,8 +506,11 @@ def unfinished_on_interrupt(out: str):
 def cmd_experiment(args) -> int:
     from tokentilt.jobs.experiments import l1_vs_l2, like_x, x_factor
 
-    module, cls = {"l1-vs-l2": (l1_vs_l2, l1_vs_l2.L1VsL2Config), "like-x": (like_x, like_x.LikeXConfig),
-                   "x-factor": (x_factor, x_factor.XFactorConfig)}[args.experiment]
+    module, cls = {
+        "l1-vs-l2": (l1_vs_l2, l1_vs_l2.L1VsL2Config),
+        "like-x": (like_x, like_x.LikeXConfig),
+        "x-factor": (x_factor, x_factor.XFactorConfig),
+    }[args.experiment]
     flags = vars(args)
     cfg = merge(cls, read_yaml(flags.get("config")), flags)
     if hasattr(cfg, "model"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import io
-import re
 import textwrap
 import tokenize
 import types
@@ -165,8 +164,16 @@ def options(cfg) -> list[Option]:
         if typing.get_origin(hint) is typing.Literal:
             choices = typing.get_args(hint)
             hint = type(choices[0])
-        out.append(Option(f.name, typing.get_origin(hint) or hint, value, choices, comments.get(f.name, ""),
-                          f.default_factory is not dataclasses.MISSING))
+        out.append(
+            Option(
+                f.name,
+                typing.get_origin(hint) or hint,
+                value,
+                choices,
+                comments.get(f.name, ""),
+                f.default_factory is not dataclasses.MISSING,
+            )
+        )
     names = [o.name for o in out]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -175,18 +182,24 @@ def options(cfg) -> list[Option]:
 
 
 def field_comments(cls) -> dict[str, str]:
-    """Each field's `# comment` in the class source, joined with the comment-only lines right below it."""
+    """Each field's `# comment` in the class source: the comments inside its statement (a formatter may wrap a
+    long default over several lines), joined with the comment-only lines right below it."""
     source = textwrap.dedent(inspect.getsource(cls))
-    comments = {tok.start[0]: tok.string.lstrip("#").strip()
-                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
-    found, name = {}, None
-    for number, line in enumerate(source.splitlines(), 1):
-        field = re.match(r" {4}(\w+)\s*:", line)
-        if field and number in comments:
-            name = field[1]
-            found[name] = comments[number]
-        elif name and line.strip().startswith("#"):
-            found[name] += " " + comments[number]
-        else:
-            name = None
-    return found
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type != tokenize.INDENT]
+    found, name, open_statement = {}, None, False
+    for tok, after in zip(tokens, tokens[1:] + tokens[-1:]):
+        starts_line = tok.line[: tok.start[1]].strip() == ""
+        if tok.type == tokenize.NAME and tok.start[1] == 4 and starts_line and after.string == ":":
+            name, open_statement = tok.string, True
+            found[name] = []
+        elif tok.type == tokenize.COMMENT:
+            if name and (open_statement or starts_line):
+                found[name].append(tok.string.lstrip("#").strip())
+        elif tok.type == tokenize.NEWLINE:
+            open_statement = False
+        elif tok.type == tokenize.NL:
+            if not open_statement and not tok.line.strip():
+                name = None  # a blank line ends the comment lines below a field
+        elif not open_statement:
+            name = None  # any other statement ends them too
+    return {k: " ".join(v) for k, v in found.items() if v}

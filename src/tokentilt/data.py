@@ -137,9 +137,9 @@ def split_plays(names, val: float = 0.1, test: float = 0.1, seed: int = 0) -> di
     if n_val + n_test >= len(names):
         raise ValueError(f"val={val}, test={test} leave no plays for training out of {len(names)}")
     return {
-        "train": sorted(order[n_val + n_test:]),
+        "train": sorted(order[n_val + n_test :]),
         "val": sorted(order[:n_val]),
-        "test": sorted(order[n_val:n_val + n_test]),
+        "test": sorted(order[n_val : n_val + n_test]),
     }
 
 
@@ -185,7 +185,7 @@ def tokenize(tokenizer, text: str, chunk_chars: int = 2000, batch_chunks: int = 
     pieces = _chunks(text, chunk_chars)
     parts: list[torch.Tensor] = []
     for i in range(0, len(pieces), batch_chunks):
-        batch = tokenizer(pieces[i:i + batch_chunks], add_special_tokens=False)["input_ids"]
+        batch = tokenizer(pieces[i : i + batch_chunks], add_special_tokens=False)["input_ids"]
         parts.extend(torch.tensor(ids, dtype=torch.long) for ids in batch)
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
@@ -195,8 +195,9 @@ def random_tokens(vocab_size: int, batch: int, seq_len: int, generator: torch.Ge
     return torch.randint(0, vocab_size, (batch, seq_len), generator=generator)
 
 
-def text_windows(tokens: torch.Tensor, batch: int, seq_len: int,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def text_windows(
+    tokens: torch.Tensor, batch: int, seq_len: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """`batch` random contiguous windows of `seq_len` tokens from a (N,) stream, (B, T)."""
     n = _check_stream(tokens, seq_len)
     starts = torch.randint(0, n - seq_len + 1, (batch,), generator=generator)  # (B,)

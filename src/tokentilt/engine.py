@@ -28,8 +28,11 @@ _MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 def resolve_device(name: str) -> str:
     """'auto' -> cuda, else mps, else cpu. A named device that is missing is a one-line error."""
-    available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+    }
     if name == "auto":
         return next(d for d in ("cuda", "mps", "cpu") if available[d])
     if name not in available:
@@ -66,9 +69,11 @@ def settle_precision(precision: str, device: str = "auto") -> str:
         return "bf16" if native_bf16(device) else "fp32"
     if precision == "bf16" and resolve_device(device) == "cpu" and not native_bf16("cpu") and not _warned_bf16:
         _warned_bf16 = True
-        print("tokentilt: warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast is "
-              "emulated and much slower than fp32 here; --precision auto picks fp32 on such a CPU",
-              file=sys.stderr)
+        print(
+            "tokentilt: warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 autocast is "
+            "emulated and much slower than fp32 here; --precision auto picks fp32 on such a CPU",
+            file=sys.stderr,
+        )
     return precision
 
 
@@ -125,13 +130,18 @@ def make_accelerator(device: str, precision: str, grad_accum: int, report_to: st
     GradientState._reset_state()
     if report_to != "none" and project_dir is None:
         raise ValueError(f"report-to {report_to} needs a run folder")
-    accelerator = Accelerator(cpu=resolved == "cpu", mixed_precision=_MIXED[precision],
-                              gradient_accumulation_steps=grad_accum,
-                              log_with=None if report_to == "none" else report_to,
-                              project_dir=None if project_dir is None else str(project_dir))
+    accelerator = Accelerator(
+        cpu=resolved == "cpu",
+        mixed_precision=_MIXED[precision],
+        gradient_accumulation_steps=grad_accum,
+        log_with=None if report_to == "none" else report_to,
+        project_dir=None if project_dir is None else str(project_dir),
+    )
     if precision != "fp32" and not accelerator.native_amp:
-        raise ValueError(f"precision {precision} is not available on {accelerator.device.type} "
-                         f"(use {'bf16 or fp32' if accelerator.device.type == 'cpu' else 'fp32'})")
+        raise ValueError(
+            f"precision {precision} is not available on {accelerator.device.type} "
+            f"(use {'bf16 or fp32' if accelerator.device.type == 'cpu' else 'fp32'})"
+        )
     return accelerator
 
 

@@ -68,18 +68,38 @@ class EvalConfig:
         return dataclasses.replace(self, eval_seed=self.eval_seed + 1)
 
     def sample_config(self) -> SampleConfig:
-        return SampleConfig(max_new_tokens=self.new_tokens, strategy="multinomial", temperature=self.temperature,
-                            top_k=self.top_k, top_p=self.top_p)
+        return SampleConfig(
+            max_new_tokens=self.new_tokens,
+            strategy="multinomial",
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+        )
 
 
 def measure_rate(
-    model, tokenizer, mask: torch.Tensor, cfg: EvalConfig, per_prompt: int | None = None,
-    bias: float = 0.0, bf16: bool = False,
+    model,
+    tokenizer,
+    mask: torch.Tensor,
+    cfg: EvalConfig,
+    per_prompt: int | None = None,
+    bias: float = 0.0,
+    bf16: bool = False,
 ) -> tuple[dict, Samples]:
     """R with a 95% interval over samples, and the samples themselves."""
-    samples = sample(model, tokenizer, cfg.prompts, per_prompt or cfg.samples_per_prompt, cfg.sample_config(),
-                     seed=cfg.eval_seed, bias_mask=mask if bias else None, bias=bias, bf16=bf16, chat=cfg.chat,
-                     system=cfg.system)
+    samples = sample(
+        model,
+        tokenizer,
+        cfg.prompts,
+        per_prompt or cfg.samples_per_prompt,
+        cfg.sample_config(),
+        seed=cfg.eval_seed,
+        bias_mask=mask if bias else None,
+        bias=bias,
+        bf16=bf16,
+        chat=cfg.chat,
+        system=cfg.system,
+    )
     return mean_ci(rates_of(mask, samples)), samples
 
 
@@ -111,8 +131,10 @@ def held_out_windows(tokenizer, cfg: EvalConfig, text: str | None = None) -> tor
     tokens = data.tokenize(tokenizer, held_out_text(cfg) if text is None else text)  # (N,)
     if tokens.numel() < cfg.eval_seq_len:
         where = f"eval text {cfg.eval_text}" if cfg.eval_text else "the eval text"
-        raise data.DataError(f"{where} has {tokens.numel()} tokens, too short for one window of {cfg.eval_seq_len} "
-                             "tokens (give a longer text or a smaller --eval-seq-len)")
+        raise data.DataError(
+            f"{where} has {tokens.numel()} tokens, too short for one window of {cfg.eval_seq_len} "
+            "tokens (give a longer text or a smaller --eval-seq-len)"
+        )
     return data.eval_windows(tokens, cfg.eval_seq_len, cfg.eval_windows)
 
 
@@ -133,11 +155,21 @@ def chat_windows(model, tokenizer, cfg: EvalConfig, bf16: bool = False) -> Reply
     Perplexity and drift count the reply's tokens, its end-of-turn token included. Call it on the
     reference (the starting model), so every model is measured on the same exchanges.
     """
-    prompts = [p for _ in range(-(-cfg.eval_windows // len(CHAT_HELD_OUT_PROMPTS)))
-               for p in CHAT_HELD_OUT_PROMPTS][: cfg.eval_windows]
+    prompts = [p for _ in range(-(-cfg.eval_windows // len(CHAT_HELD_OUT_PROMPTS))) for p in CHAT_HELD_OUT_PROMPTS][
+        : cfg.eval_windows
+    ]
     scfg = dataclasses.replace(cfg.sample_config(), max_new_tokens=cfg.eval_seq_len)
-    got = sample(model, tokenizer, prompts, 1, scfg, seed=cfg.eval_seed + HELD_OUT_SEED_OFFSET, bf16=bf16, chat=True,
-                 system=cfg.system)
+    got = sample(
+        model,
+        tokenizer,
+        prompts,
+        1,
+        scfg,
+        seed=cfg.eval_seed + HELD_OUT_SEED_OFFSET,
+        bf16=bf16,
+        chat=True,
+        system=cfg.system,
+    )
     rows, counted = [], []
     for context, reply in exchanges(tokenizer, got):
         rows.append(context + reply)
@@ -152,13 +184,23 @@ def chat_windows(model, tokenizer, cfg: EvalConfig, bf16: bool = False) -> Reply
 def sample_costs(tokens) -> dict:
     """Degeneration of generated samples ((N, L), or a list of id lists): distinct-1, distinct-2, 4-gram
     repetition."""
-    return {"distinct_1": distinct_n(tokens, 1), "distinct_2": distinct_n(tokens, 2),
-            "repetition": repetition_rate(tokens, 4)}
+    return {
+        "distinct_1": distinct_n(tokens, 1),
+        "distinct_2": distinct_n(tokens, 2),
+        "repetition": repetition_rate(tokens, 4),
+    }
 
 
 def measure(
-    model, tokenizer, mask: torch.Tensor, cfg: EvalConfig, windows, reference=None,
-    bias: float = 0.0, bf16: bool = False, text_windows=None,
+    model,
+    tokenizer,
+    mask: torch.Tensor,
+    cfg: EvalConfig,
+    windows,
+    reference=None,
+    bias: float = 0.0,
+    bf16: bool = False,
+    text_windows=None,
 ) -> tuple[dict, Samples]:
     """Every number of one model (optionally decoded with logit bias b on the set).
 
@@ -171,8 +213,9 @@ def measure(
     rate, samples = measure_rate(model, tokenizer, mask, cfg, bias=bias, bf16=bf16)
     costs = held_out_costs(model, mask, windows, reference, bias, bf16)
     if text_windows is not None:
-        costs.update({f"{k}_text": v for k, v in held_out_costs(model, mask, text_windows, reference, bias,
-                                                                 bf16).items()})
+        costs.update(
+            {f"{k}_text": v for k, v in held_out_costs(model, mask, text_windows, reference, bias, bf16).items()}
+        )
     return {"rate": rate, **costs, **sample_costs(samples.replies())}, samples
 
 
@@ -187,8 +230,10 @@ def held_out_costs(model, mask, windows, reference=None, bias: float = 0.0, bf16
 
 def decode_costs(model, mask: torch.Tensor, windows, bias: float, bf16: bool = False, text_windows=None) -> dict:
     """Held-out perplexity and drift of `model` decoded with logit bias b on the set (no sampling)."""
-    costs = {"ppl": perplexity(model, windows, bias_mask=mask, bias=bias, bf16=bf16),
-             "drift": biased_drift(model, windows, mask, bias, bf16=bf16)}
+    costs = {
+        "ppl": perplexity(model, windows, bias_mask=mask, bias=bias, bf16=bf16),
+        "drift": biased_drift(model, windows, mask, bias, bf16=bf16),
+    }
     if text_windows is not None:
         costs.update({f"{k}_text": v for k, v in decode_costs(model, mask, text_windows, bias, bf16).items()})
     return costs

@@ -108,10 +108,12 @@ def _tokenizer(writer, tokenizer, pre: str) -> None:
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
-    for setter, token_id in ((writer.add_bos_token_id, tokenizer.bos_token_id),
-                             (writer.add_eos_token_id, tokenizer.eos_token_id),
-                             (writer.add_pad_token_id, tokenizer.pad_token_id),
-                             (writer.add_unk_token_id, tokenizer.unk_token_id)):
+    for setter, token_id in (
+        (writer.add_bos_token_id, tokenizer.bos_token_id),
+        (writer.add_eos_token_id, tokenizer.eos_token_id),
+        (writer.add_pad_token_id, tokenizer.pad_token_id),
+        (writer.add_unk_token_id, tokenizer.unk_token_id),
+    ):
         if token_id is not None:
             setter(token_id)
     writer.add_add_bos_token(False)
@@ -123,8 +125,9 @@ def _tensors(model, arch: str):
     """(GGUF name, float32 array) for every weight, transformed as the architecture's converter does."""
     gguf = _gguf()
     cfg = model.config
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.GPT2,
-                                        cfg.num_hidden_layers)
+    name_map = gguf.get_tensor_name_map(
+        gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.GPT2, cfg.num_hidden_layers
+    )
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     for name, tensor in model.state_dict().items():
         if name.endswith((".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")):
@@ -152,8 +155,9 @@ def pre_tokenizer(tokenizer) -> str:
     return "gpt-2"
 
 
-def export_gguf(model, tokenizer, out: str | Path, kind: str = DEFAULT_TYPE, name: str = "tokentilt",
-                pre: str | None = None) -> dict:
+def export_gguf(
+    model, tokenizer, out: str | Path, kind: str = DEFAULT_TYPE, name: str = "tokentilt", pre: str | None = None
+) -> dict:
     """Write `model` and `tokenizer` to the GGUF file `out` (through OUT.partial, renamed when complete).
     -> {"path", "type", "bytes", "tensors"}."""
     if kind not in TYPES:
@@ -167,9 +171,15 @@ def export_gguf(model, tokenizer, out: str | Path, kind: str = DEFAULT_TYPE, nam
     writer = gguf.GGUFWriter(str(partial), arch)
     try:
         writer.add_name(name)
-        writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                              "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-                              "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[kind])
+        writer.add_file_type(
+            {
+                "f32": gguf.LlamaFileType.ALL_F32,
+                "f16": gguf.LlamaFileType.MOSTLY_F16,
+                "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+                "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+                "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+            }[kind]
+        )
         _hparams(writer, model.config, arch)
         _tokenizer(writer, tokenizer, pre or pre_tokenizer(tokenizer))
         count = 0
@@ -179,7 +189,9 @@ def export_gguf(model, tokenizer, out: str | Path, kind: str = DEFAULT_TYPE, nam
             if qtype in (T.F32, T.F16):
                 writer.add_tensor(gguf_name, w.astype(np.float32 if qtype == T.F32 else np.float16))
             else:
-                writer.add_tensor(gguf_name, gguf.quants.quantize(w, qtype), raw_dtype=qtype)  # bytes; the shape follows
+                writer.add_tensor(
+                    gguf_name, gguf.quants.quantize(w, qtype), raw_dtype=qtype
+                )  # bytes; the shape follows
             count += 1
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

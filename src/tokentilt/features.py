@@ -27,22 +27,25 @@ from tokentilt.targets import builtin_word_lists, select
 
 # Token classes; each is a selector and a short description for the report.
 CLASSES = (
-    ("regex:^ ", "tokens with a leading space"),
-    ("regex:^[A-Z]", "capitalised tokens without a leading space"),
-    ("regex:^ [A-Z]", "capitalised tokens after a leading space"),
-    ("regex:^ ?[A-Z]", "capitalised tokens"),
-    ("regex:^ ?[A-Z][A-Z]+$", "all-capitals tokens"),
-    ("regex:^ ?[a-z]+$", "lower-case words"),
-    ("regex:^ ?[A-Za-z]+$", "letters-only tokens"),
-    ("regex:[0-9]", "tokens holding a digit"),
-    ("regex:^ ?[0-9]+$", "digits-only tokens"),
-    ("regex:[^\\w\\s]", "tokens holding punctuation"),
-    ("regex:^ ?[^\\w\\s]+$", "punctuation-only tokens"),
-    ("regex:^\\s+$", "whitespace-only tokens"),
-    ("regex:\\n", "tokens holding a newline"),
-    ("regex:[^\\x00-\\x7f]", "non-ASCII tokens"),
-) + tuple((f"regex:^.{{1,{n}}}$", f"tokens of at most {n} characters") for n in range(1, 13)) \
-  + tuple((f"regex:^.{{{n},}}$", f"tokens of at least {n} characters") for n in range(2, 14))
+    (
+        ("regex:^ ", "tokens with a leading space"),
+        ("regex:^[A-Z]", "capitalised tokens without a leading space"),
+        ("regex:^ [A-Z]", "capitalised tokens after a leading space"),
+        ("regex:^ ?[A-Z]", "capitalised tokens"),
+        ("regex:^ ?[A-Z][A-Z]+$", "all-capitals tokens"),
+        ("regex:^ ?[a-z]+$", "lower-case words"),
+        ("regex:^ ?[A-Za-z]+$", "letters-only tokens"),
+        ("regex:[0-9]", "tokens holding a digit"),
+        ("regex:^ ?[0-9]+$", "digits-only tokens"),
+        ("regex:[^\\w\\s]", "tokens holding punctuation"),
+        ("regex:^ ?[^\\w\\s]+$", "punctuation-only tokens"),
+        ("regex:^\\s+$", "whitespace-only tokens"),
+        ("regex:\\n", "tokens holding a newline"),
+        ("regex:[^\\x00-\\x7f]", "non-ASCII tokens"),
+    )
+    + tuple((f"regex:^.{{1,{n}}}$", f"tokens of at most {n} characters") for n in range(1, 13))
+    + tuple((f"regex:^.{{{n},}}$", f"tokens of at least {n} characters") for n in range(2, 14))
+)
 
 SUBSTRING_LENGTHS = tuple(range(1, 9))  # a 4-8 character substring names a word part (' ness', 'tion')
 UNSAFE = (" & ", " | ")  # a substring holding these would be read as two selectors
@@ -89,15 +92,16 @@ def substring_members(texts: list[str], lengths=SUBSTRING_LENGTHS) -> dict[str, 
     members: dict[str, list[int]] = {}
     for i, text in enumerate(texts):
         low = text.lower()
-        seen = {low[a:a + n] for n in lengths for a in range(len(low) - n + 1)}
+        seen = {low[a : a + n] for n in lengths for a in range(len(low) - n + 1)}
         for sub in seen:
             if sub.strip() and not any(u in sub for u in UNSAFE):
                 members.setdefault(sub, []).append(i)
     return members
 
 
-def candidate_features(texts: list[str], words: list[str] = (), min_tokens: int = 5,
-                       extra: list[Feature] = ()) -> FeatureTable:
+def candidate_features(
+    texts: list[str], words: list[str] = (), min_tokens: int = 5, extra: list[Feature] = ()
+) -> FeatureTable:
     """All candidates over the token texts (V,), each selecting between min_tokens and V - min_tokens tokens.
 
     Candidates that select exactly the same tokens are kept once (the simplest: classes and word
@@ -109,8 +113,12 @@ def candidate_features(texts: list[str], words: list[str] = (), min_tokens: int 
     for f in extra:
         found.append((f, select(f.selector, texts).nonzero().flatten().tolist()))
     for path in dict.fromkeys([*builtin_word_lists(), *words]):
-        found.append((Feature(f"words:{path}", "words", f"the words of {path}"),
-                      select(f"words:{path}", texts).nonzero().flatten().tolist()))
+        found.append(
+            (
+                Feature(f"words:{path}", "words", f"the words of {path}"),
+                select(f"words:{path}", texts).nonzero().flatten().tolist(),
+            )
+        )
     for selector, label in CLASSES:
         found.append((Feature(selector, "class", label), select(selector, texts).nonzero().flatten().tolist()))
     subs = substring_members(texts)
@@ -137,8 +145,12 @@ def table_of(found: list[tuple[Feature, list[int]]], vocab: int) -> FeatureTable
 
 def concat(a: FeatureTable, b: FeatureTable) -> FeatureTable:
     """a's features, then b's (same vocabulary)."""
-    return FeatureTable(a.features + b.features, torch.cat([a.feature_idx, b.feature_idx + len(a.features)]),
-                        torch.cat([a.token_idx, b.token_idx]), a.vocab_size)
+    return FeatureTable(
+        a.features + b.features,
+        torch.cat([a.feature_idx, b.feature_idx + len(a.features)]),
+        torch.cat([a.token_idx, b.token_idx]),
+        a.vocab_size,
+    )
 
 
 def closest(table: FeatureTable, mask: torch.Tensor) -> tuple[int, float]:
@@ -182,7 +194,9 @@ def auroc(scores: torch.Tensor, table: FeatureTable) -> tuple[torch.Tensor, torc
     area = torch.where(ok, u / pairs.clamp(min=1), torch.full_like(u, 0.5))
     tie_term = float((ties.double() ** 3 - ties.double()).sum()) / (n * (n - 1))
     var_u = pairs / 12 * ((n + 1) - tie_term)
-    se = torch.where(ok & (var_u > 0), var_u.clamp(min=1e-300).sqrt() / pairs.clamp(min=1), torch.full_like(u, math.inf))
+    se = torch.where(
+        ok & (var_u > 0), var_u.clamp(min=1e-300).sqrt() / pairs.clamp(min=1), torch.full_like(u, math.inf)
+    )
     return area, se
 
 
@@ -203,8 +217,12 @@ def bonferroni_z(alpha: float, tests: int) -> float:
 
 def mask_auroc(scores: torch.Tensor, mask: torch.Tensor) -> float:
     """AUROC of one set (V,) bool against scores (V,); see auroc."""
-    table = FeatureTable([Feature("", "given", "")], torch.zeros(int(mask.sum()), dtype=torch.long),
-                         mask.nonzero().flatten(), mask.numel())
+    table = FeatureTable(
+        [Feature("", "given", "")],
+        torch.zeros(int(mask.sum()), dtype=torch.long),
+        mask.nonzero().flatten(),
+        mask.numel(),
+    )
     return float(auroc(scores, table)[0][0])
 
 

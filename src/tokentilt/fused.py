@@ -64,7 +64,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None  # (N, d)
         grad_w = None  # (V, d) in the accumulation dtype: the first chunk's product, then a sum (no zero-fill)
         for start in range(0, hidden.size(0), head.chunk):
-            h = hidden[start:start + head.chunk].detach().to(head.dtype)  # (c, d)
+            h = hidden[start : start + head.chunk].detach().to(head.dtype)  # (c, d)
             with torch.enable_grad():
                 z = _wide(h @ w.T).requires_grad_()  # (c, V), the only chunk-sized logits
                 loss = row_loss(z, start, start + h.size(0))
@@ -72,7 +72,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 (grad_z,) = torch.autograd.grad(loss, z)  # (c, V)
                 grad_z = grad_z.to(head.dtype)
                 if need_h:
-                    grad_h[start:start + h.size(0)] = grad_z @ w  # (c, d)
+                    grad_h[start : start + h.size(0)] = grad_z @ w  # (c, d)
                 if need_w:
                     part = grad_z.T @ h  # (V, d)
                     grad_w = part.to(acc) if grad_w is None else grad_w.add_(part)

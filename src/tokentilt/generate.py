@@ -62,7 +62,7 @@ TRAIN_PROMPTS = (
     "It was a cold winter evening and",
     "The old man looked at the sea",
     "\"I don't think that's a good idea,\" he said.",
-    "\"Can you help me?\" asked the girl.",
+    '"Can you help me?" asked the girl.',
     "First, open the settings menu and",
     "To make a cup of tea, you need",
     "The algorithm works by",
@@ -138,7 +138,10 @@ class SetBias(LogitsProcessor):
 
 
 def make_processors(
-    cfg: SampleConfig, bias_mask: torch.Tensor | None = None, bias: float = 0.0, eos_ids: list[int] | None = None,
+    cfg: SampleConfig,
+    bias_mask: torch.Tensor | None = None,
+    bias: float = 0.0,
+    eos_ids: list[int] | None = None,
     device: str | torch.device = "cpu",
 ) -> LogitsProcessorList:
     """Bias first (it changes the distribution), then the sampling warpers."""
@@ -237,8 +240,14 @@ def generate(
             p.requires_grad_(True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             for _ in range(cfg.max_new_tokens):
-                out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
-                            **{cache_arg: past}, **last_only)
+                out = model(
+                    input_ids=step_ids,
+                    attention_mask=mask,
+                    position_ids=step_pos,
+                    use_cache=True,
+                    **{cache_arg: past},
+                    **last_only,
+                )
                 past = getattr(out, cache_arg)
                 scores = procs(seen, out.logits[:, -1].float())  # (B, V)
                 if cfg.strategy == "greedy":
@@ -311,11 +320,22 @@ def sample(
     try:
         for start in range(0, len(inputs), batch_size):
             # a chat template writes its own special tokens; plain prompts get the tokenizer's usual ones
-            enc = tokenizer(inputs[start : start + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=not chat)
+            enc = tokenizer(
+                inputs[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat
+            )
             chunks.append(
-                generate(model, enc["input_ids"], enc["attention_mask"], cfg, bias_mask, bias, generator,
-                         eos_ids_of(tokenizer), bf16, stop_ids)
+                generate(
+                    model,
+                    enc["input_ids"],
+                    enc["attention_mask"],
+                    cfg,
+                    bias_mask,
+                    bias,
+                    generator,
+                    eos_ids_of(tokenizer),
+                    bf16,
+                    stop_ids,
+                )
             )
     finally:
         tokenizer.padding_side = side

@@ -56,8 +56,9 @@ def untie_output_head(model) -> None:
     """Give the output head its own copy of the weights (a tied head shares the input embedding)."""
     head = getattr(model, "get_output_embeddings", lambda: None)()
     if not isinstance(getattr(head, "weight", None), nn.Parameter) or not hasattr(model, "config"):
-        raise UsageError("--placement head-rows needs a Hugging Face model with an output head "
-                         "(use --placement model for this one)")
+        raise UsageError(
+            "--placement head-rows needs a Hugging Face model with an output head (use --placement model for this one)"
+        )
     embed = model.get_input_embeddings()
     if embed is not None and head.weight.data_ptr() == embed.weight.data_ptr():
         head.weight = nn.Parameter(head.weight.detach().clone())
@@ -96,8 +97,18 @@ def head_inputs(model, batches, trained: torch.Tensor, bf16: bool = False) -> He
     return HeadInputs(torch.cat(hs), torch.cat(lses))
 
 
-def context_batches(model, tokenizer, train_tokens: torch.Tensor, mask: torch.Tensor, bias: float, kind: str,
-                    seed: int, bf16: bool = False, chat: bool = False, system: str = "") -> list[torch.Tensor]:
+def context_batches(
+    model,
+    tokenizer,
+    train_tokens: torch.Tensor,
+    mask: torch.Tensor,
+    bias: float,
+    kind: str,
+    seed: int,
+    bf16: bool = False,
+    chat: bool = False,
+    system: str = "",
+) -> list[torch.Tensor]:
     """The training contexts as (b, T) id batches: play windows and/or tilted continuations.
 
     chat: chat exchanges instead, each its own batch: the model's replies to CHAT_TRAIN_PROMPTS in its
@@ -105,8 +116,11 @@ def context_batches(model, tokenizer, train_tokens: torch.Tensor, mask: torch.Te
     """
     if chat:
         kinds = {"mix": (0.0, bias), "text": (0.0,), "policy": (bias,)}[kind]
-        return [row[None] for i, b in enumerate(kinds)
-                for row in chat_exchanges(model, tokenizer, mask, b, seed + i, bf16, system)]
+        return [
+            row[None]
+            for i, b in enumerate(kinds)
+            for row in chat_exchanges(model, tokenizer, mask, b, seed + i, bf16, system)
+        ]
     batches = []
     if kind in ("mix", "text"):
         g = torch.Generator().manual_seed(seed)
@@ -114,27 +128,49 @@ def context_batches(model, tokenizer, train_tokens: torch.Tensor, mask: torch.Te
         batches += list(windows.split(8))
     if kind in ("mix", "policy"):
         cfg = SampleConfig(max_new_tokens=POLICY_TOKENS, strategy="multinomial")
-        got = sample(model, tokenizer, list(TRAIN_PROMPTS), POLICY_SAMPLES, cfg, seed=seed, bias_mask=mask,
-                     bias=bias, bf16=bf16)
+        got = sample(
+            model, tokenizer, list(TRAIN_PROMPTS), POLICY_SAMPLES, cfg, seed=seed, bias_mask=mask, bias=bias, bf16=bf16
+        )
         for i, prompt in enumerate(TRAIN_PROMPTS):  # one batch per prompt: equal lengths, no padding
             ids = torch.tensor(tokenizer(prompt)["input_ids"])
-            rows = got.tokens[i * POLICY_SAMPLES:(i + 1) * POLICY_SAMPLES]  # (POLICY_SAMPLES, L)
+            rows = got.tokens[i * POLICY_SAMPLES : (i + 1) * POLICY_SAMPLES]  # (POLICY_SAMPLES, L)
             batches.append(torch.cat([ids.expand(len(rows), -1), rows], 1))
     return batches
 
 
-def chat_exchanges(model, tokenizer, mask, bias: float, seed: int, bf16: bool = False,
-                   system: str = "") -> list[torch.Tensor]:
+def chat_exchanges(
+    model, tokenizer, mask, bias: float, seed: int, bf16: bool = False, system: str = ""
+) -> list[torch.Tensor]:
     """The model's replies to CHAT_TRAIN_PROMPTS (decoded with logit bias b on the set), each as the
     formatted prompt followed by the reply and its end-of-turn token: a list of (T_i,) id rows."""
     cfg = SampleConfig(max_new_tokens=POLICY_TOKENS, strategy="multinomial")
-    got = sample(model, tokenizer, list(CHAT_TRAIN_PROMPTS), POLICY_SAMPLES, cfg, seed=seed,
-                 bias_mask=mask if bias else None, bias=bias, bf16=bf16, chat=True, system=system)
+    got = sample(
+        model,
+        tokenizer,
+        list(CHAT_TRAIN_PROMPTS),
+        POLICY_SAMPLES,
+        cfg,
+        seed=seed,
+        bias_mask=mask if bias else None,
+        bias=bias,
+        bf16=bf16,
+        chat=True,
+        system=system,
+    )
     return [torch.tensor(context + reply) for context, reply in exchanges(tokenizer, got)]
 
 
-def fit_rows(inputs: HeadInputs, head_set: torch.Tensor, bias: float, steps: int, lr: float, seed: int = 0,
-             progress: bool = True, log=None, odds_weight: float = 0.0) -> tuple[torch.Tensor, list[dict]]:
+def fit_rows(
+    inputs: HeadInputs,
+    head_set: torch.Tensor,
+    bias: float,
+    steps: int,
+    lr: float,
+    seed: int = 0,
+    progress: bool = True,
+    log=None,
+    odds_weight: float = 0.0,
+) -> tuple[torch.Tensor, list[dict]]:
     """Adam with a cosine schedule on delta (|S|, d), from zero, minimising set_rows_kl on random
     rows of the cached inputs. -> (delta, [{"step", "loss"}])."""
     delta = torch.zeros_like(head_set, requires_grad=True)
@@ -170,8 +206,15 @@ def offset_direction(h: torch.Tensor, ridge: float | None = None) -> torch.Tenso
     return torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), h.sum(0)).float()
 
 
-def fit_record(inputs: HeadInputs, head_set: torch.Tensor, delta: torch.Tensor, bias: float,
-               direction: torch.Tensor, rows: int = ROWS_PER_STEP, seed: int = 0) -> dict:
+def fit_record(
+    inputs: HeadInputs,
+    head_set: torch.Tensor,
+    delta: torch.Tensor,
+    bias: float,
+    direction: torch.Tensor,
+    rows: int = ROWS_PER_STEP,
+    seed: int = 0,
+) -> dict:
     """How well the offset fit carries the tilt on (up to `rows` of) the cached positions: the KL to
     the exact tilt, and the mean and spread of h·u (1 = the exact offset)."""
     g = torch.Generator().manual_seed(seed)
@@ -189,8 +232,18 @@ class HeadRowsTilt:
     built once, at the first b, and every later fit (tilt --rate's rounds) reuses them.
     """
 
-    def __init__(self, model, mask: torch.Tensor, contexts, steps: int, lr: float, seed: int = 0,
-                 bf16: bool = False, odds_weight: float = 0.0, fit: str = "offset"):
+    def __init__(
+        self,
+        model,
+        mask: torch.Tensor,
+        contexts,
+        steps: int,
+        lr: float,
+        seed: int = 0,
+        bf16: bool = False,
+        odds_weight: float = 0.0,
+        fit: str = "offset",
+    ):
         if fit not in FITS:
             raise ValueError(f"head-fit must be one of {', '.join(FITS)}, got {fit!r}")
         untie_output_head(model)
@@ -223,13 +276,21 @@ class HeadRowsTilt:
             if self.direction is None:  # one direction serves every b of tilt --rate's rounds
                 self.direction = offset_direction(self.inputs.h).to(self.original.device)
             delta = (self.sign * bias * self.direction).expand_as(self.original)  # (|S|, d)
-            history = [fit_record(self.inputs, self.original, delta, self.sign * bias, self.direction,
-                                  seed=self.seed)]
+            history = [fit_record(self.inputs, self.original, delta, self.sign * bias, self.direction, seed=self.seed)]
             if log is not None:
                 log(history[0])
         else:
-            delta, history = fit_rows(self.inputs, self.original, self.sign * bias, self.steps, self.lr, self.seed,
-                                      progress, log, self.odds_weight)
+            delta, history = fit_rows(
+                self.inputs,
+                self.original,
+                self.sign * bias,
+                self.steps,
+                self.lr,
+                self.seed,
+                progress,
+                log,
+                self.odds_weight,
+            )
         with torch.no_grad():
             self.head.weight[self.rows] = self.original + delta
         return history

@@ -90,8 +90,13 @@ class Pool:
         mean = float((w * r).sum())
         ess = float(1.0 / (w * w).sum())
         half = t_quantile(0.975, max(round(ess) - 1, 1)) * float(((w * (r - mean)) ** 2).sum().sqrt())
-        return {"mean": mean, "ci_low": max(mean - half, 0.0), "ci_high": min(mean + half, 1.0), "n": int(keep.sum()),
-                "ess": round(ess, 1)}
+        return {
+            "mean": mean,
+            "ci_low": max(mean - half, 0.0),
+            "ci_high": min(mean + half, 1.0),
+            "n": int(keep.sum()),
+            "ess": round(ess, 1),
+        }
 
     def at_bias(self, b: float) -> dict:
         """R of the reference decoded with bias b."""
@@ -126,8 +131,9 @@ def _log_normaliser(log_mass: torch.Tensor, b: float) -> torch.Tensor:
     return torch.logaddexp(log_rest, log_mass + b)
 
 
-def draw_of(reference, tokenizer, samples: Samples, mask: torch.Tensor, bias: float, rates: torch.Tensor,
-            bf16: bool = False) -> Draw:
+def draw_of(
+    reference, tokenizer, samples: Samples, mask: torch.Tensor, bias: float, rates: torch.Tensor, bf16: bool = False
+) -> Draw:
     """Score samples drawn from `reference` at bias b on `mask` (one teacher-forced forward) -> a Draw."""
     chat = samples.lengths is not None
     prompts = samples.formatted if chat else samples.prompts
@@ -157,9 +163,10 @@ def _log_probs(model, draw: Draw, bf16: bool, mask: torch.Tensor | None = None):
     width = int(draw.lengths.max())
     steps = torch.arange(width)
     log_p, log_mass = [], []
-    for i, (ids, (logits,)) in zip(range(0, len(draw.rows), SCORE_BATCH),
-                                   _forward_batches([model], draw.rows, SCORE_BATCH, bf16, False, "")):
-        starts, lengths = draw.starts[i:i + SCORE_BATCH], draw.lengths[i:i + SCORE_BATCH]
+    for i, (ids, (logits,)) in zip(
+        range(0, len(draw.rows), SCORE_BATCH), _forward_batches([model], draw.rows, SCORE_BATCH, bf16, False, "")
+    ):
+        starts, lengths = draw.starts[i : i + SCORE_BATCH], draw.lengths[i : i + SCORE_BATCH]
         valid = steps[None] < lengths[:, None]  # (b, L)
         where = (starts[:, None] - 1 + steps[None]).clamp(max=ids.size(1) - 2)  # positions that predict each token
         picked = logits.cpu()[torch.arange(len(ids))[:, None], where]  # (b, L, V)

@@ -125,8 +125,14 @@ def unlikelihood(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -torch.log1p(-log_p.exp()).mean()
 
 
-def set_rows_kl(h: torch.Tensor, rest_lse: torch.Tensor, head_set: torch.Tensor, delta: torch.Tensor,
-                bias: float, odds_weight: float = 0.0) -> torch.Tensor:
+def set_rows_kl(
+    h: torch.Tensor,
+    rest_lse: torch.Tensor,
+    head_set: torch.Tensor,
+    delta: torch.Tensor,
+    bias: float,
+    odds_weight: float = 0.0,
+) -> torch.Tensor:
     """Mean over rows of KL(softmax(z + b·M) || softmax(z')), where only the set's logits change.
 
     z = h·W^T are the reference logits and z' equal z except on the set S, where z'_S = h·(W_S + delta)^T.
@@ -172,8 +178,10 @@ class ObjectiveContext:
 
 
 # the fixed (V,) targets, by name: built on first use and kept in ctx.cache for the run
-_TARGETS = {"uniform": lambda ctx: uniform_target(ctx.mask),
-            "alpha_beta": lambda ctx: alpha_beta_target(ctx.mask, ctx.alpha, ctx.beta)}
+_TARGETS = {
+    "uniform": lambda ctx: uniform_target(ctx.mask),
+    "alpha_beta": lambda ctx: alpha_beta_target(ctx.mask, ctx.alpha, ctx.beta),
+}
 
 
 def fixed_target(ctx, name: str, device) -> torch.Tensor:
@@ -261,6 +269,7 @@ def _fixed_target_fused(name: str):
         q = fixed_target(ctx, name, hidden.device)  # (V,)
         rows = _rows(hidden, ctx.positions)  # (N, d)
         return head.loss(rows, lambda z, start, stop: kl_to_fixed_target_rows(z, q).sum() / len(rows))
+
     return objective
 
 
@@ -272,6 +281,7 @@ def _tilt_distill_fused(hidden, head, input_ids, ctx):
     def row_loss(z, start, stop):
         log_target = tilted_log_probs(ctx.ref_head.logits(ref[start:stop]), ctx.mask, ctx.bias)  # (c, V)
         return kl_rows_from_log_targets(F.log_softmax(z, -1), log_target).sum() / len(rows)
+
     return head.loss(rows, row_loss)
 
 
@@ -298,6 +308,7 @@ def _mixed_fused(hidden, head, input_ids, ctx):
         kl = kl_to_fixed_target_rows(z, q)  # (c,)
         ce = F.cross_entropy(z, next_ids[start:stop], reduction="none")  # (c,)
         return (kl_weight[start:stop] * kl).sum() + (ce_weight[start:stop] * ce).sum()
+
     return head.loss(hidden.reshape(B * T, -1), row_loss)
 
 

@@ -151,9 +151,11 @@ def collapse_warnings(ppl_before: float, ppl_after: float, vocab_size: int) -> l
     """
     if math.isfinite(ppl_after) and ppl_after < COLLAPSE_SHARE * vocab_size:
         return []
-    return [f"held-out perplexity after training is {ppl_after:,.0f} (before: {ppl_before:,.0f}), near or above the "
-            f"vocabulary size {vocab_size:,} that uniform guessing scores: the model no longer predicts text; "
-            "a lower --lr or a --grad-clip avoids this"]
+    return [
+        f"held-out perplexity after training is {ppl_after:,.0f} (before: {ppl_before:,.0f}), near or above the "
+        f"vocabulary size {vocab_size:,} that uniform guessing scores: the model no longer predicts text; "
+        "a lower --lr or a --grad-clip avoids this"
+    ]
 
 
 def _as_lists(seqs) -> list[list[int]]:
@@ -163,7 +165,7 @@ def _as_lists(seqs) -> list[list[int]]:
 
 
 def _ngrams(seq: list[int], n: int) -> list[tuple[int, ...]]:
-    return [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+    return [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
 
 
 def distinct_n(seqs, n: int) -> float:
@@ -218,7 +220,7 @@ def _forward_batches(models, windows: torch.Tensor, batch_size: int, bf16: bool,
             m.eval()
         with torch.no_grad():
             for start in tqdm(range(0, len(windows), batch_size), desc=desc, disable=not progress, leave=False):
-                ids = windows[start:start + batch_size].to(device)  # (b, T)
+                ids = windows[start : start + batch_size].to(device)  # (b, T)
                 with autocast:
                     outs = [m(input_ids=ids).logits for m in models]
                 yield ids, [o.float() for o in outs]  # each (b, T, V)
@@ -253,8 +255,15 @@ def split_windows(windows) -> tuple[torch.Tensor, torch.Tensor | None]:
     return (windows.ids, windows.counted) if isinstance(windows, ReplyWindows) else (windows, None)
 
 
-def perplexity(model, windows, batch_size: int = 8, bias_mask: torch.Tensor | None = None,
-               bias: float = 0.0, bf16: bool = False, progress: bool = False) -> float:
+def perplexity(
+    model,
+    windows,
+    batch_size: int = 8,
+    bias_mask: torch.Tensor | None = None,
+    bias: float = 0.0,
+    bf16: bool = False,
+    progress: bool = False,
+) -> float:
     """Held-out perplexity over (W, T) windows: exp of the mean next-token NLL over all W*(T-1) targets
     (over the reply tokens only, for ReplyWindows).
 
@@ -270,7 +279,7 @@ def perplexity(model, windows, batch_size: int = 8, bias_mask: torch.Tensor | No
         if counted is None:
             total, count = total + nll.sum().item(), count + nll.numel()
         else:
-            keep = counted[row:row + len(ids), 1:].to(nll.device)  # (b, T-1): targets that are reply tokens
+            keep = counted[row : row + len(ids), 1:].to(nll.device)  # (b, T-1): targets that are reply tokens
             total, count = total + nll[keep].sum().item(), count + int(keep.sum())
         row += len(ids)
     if count == 0:
@@ -278,8 +287,16 @@ def perplexity(model, windows, batch_size: int = 8, bias_mask: torch.Tensor | No
     return math.exp(total / count)
 
 
-def drift(model, reference, windows, batch_size: int = 8, bf16: bool = False,
-          progress: bool = False, bias_mask: torch.Tensor | None = None, bias: float = 0.0) -> float:
+def drift(
+    model,
+    reference,
+    windows,
+    batch_size: int = 8,
+    bf16: bool = False,
+    progress: bool = False,
+    bias_mask: torch.Tensor | None = None,
+    bias: float = 0.0,
+) -> float:
     """Mean per-token KL(reference || model) in nats, over every position of the (W, T) windows
     (for ReplyWindows: over the positions that predict a reply token).
 
@@ -297,13 +314,20 @@ def drift(model, reference, windows, batch_size: int = 8, bf16: bool = False,
         if counted is None:
             total, count = total + kl.sum().item(), count + kl.numel()
         else:
-            keep = counted[row:row + len(ids), 1:].to(kl.device)  # (b, T-1)
+            keep = counted[row : row + len(ids), 1:].to(kl.device)  # (b, T-1)
             total, count = total + kl[:, :-1][keep].sum().item(), count + int(keep.sum())
         row += len(ids)
     return total / count
 
 
-def biased_drift(reference, windows: torch.Tensor, bias_mask: torch.Tensor, bias: float, batch_size: int = 8,
-                 bf16: bool = False, progress: bool = False) -> float:
+def biased_drift(
+    reference,
+    windows: torch.Tensor,
+    bias_mask: torch.Tensor,
+    bias: float,
+    batch_size: int = 8,
+    bf16: bool = False,
+    progress: bool = False,
+) -> float:
     """Mean per-token KL(reference || reference with +bias on the set): the drift of decode-time bias."""
     return drift(reference, reference, windows, batch_size, bf16, progress, bias_mask, bias)

@@ -28,8 +28,10 @@ class RunFolder:
         self.resume = resume
         if resume:  # continue the unfinished run in <out>.partial/
             if self.out.is_dir() and holds_run(self.out):
-                raise RunFolderError(f"{self.out} holds a finished run; there is nothing to resume "
-                                     "(drop --resume, and add --overwrite to redo it)")
+                raise RunFolderError(
+                    f"{self.out} holds a finished run; there is nothing to resume "
+                    "(drop --resume, and add --overwrite to redo it)"
+                )
             if not (self.tmp / "config.yaml").is_file():
                 raise RunFolderError(f"nothing to resume: no unfinished run in {self.tmp}")
             return
@@ -93,7 +95,10 @@ def write_samples(path, before, after) -> None:
     before_ids, after_ids = before.replies(), after.replies()
     with open(path, "w", encoding="utf-8") as f:
         for i, prompt in enumerate(before.prompts):
-            record = {"prompt": prompt, **({"formatted": before.formatted[i]} if before.formatted else {}),
-                      "before": {"text": before.texts[i], "ids": before_ids[i]},
-                      "after": {"text": after.texts[i], "ids": after_ids[i]}}
+            record = {
+                "prompt": prompt,
+                **({"formatted": before.formatted[i]} if before.formatted else {}),
+                "before": {"text": before.texts[i], "ids": before_ids[i]},
+                "after": {"text": after.texts[i], "ids": after_ids[i]},
+            }
             f.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -125,7 +125,7 @@ def encode_in_text(tokenizer, text: str, anchor: str) -> list[int]:
     whole = tokenizer.encode(anchor + text, add_special_tokens=False)
     head = tokenizer.encode(anchor, add_special_tokens=False)
     if whole[: len(head)] == head and len(whole) > len(head):
-        return whole[len(head):]
+        return whole[len(head) :]
     return tokenizer.encode(text, add_special_tokens=False)
 
 
@@ -210,8 +210,10 @@ class PhraseSet:
 
     def describe(self) -> str:
         multi = sum(1 for e in range(len(self.entries)) if self.spaced(e) and len(self.spaced(e).ids) > 1)
-        return (f"{self.selector!r}: {len(self.entries)} entries ({multi} of several tokens), "
-                f"{len(self.variants)} tokenized variants; R counts words (phrases.WORD)")
+        return (
+            f"{self.selector!r}: {len(self.entries)} entries ({multi} of several tokens), "
+            f"{len(self.variants)} tokenized variants; R counts words (phrases.WORD)"
+        )
 
     def spaced(self, entry: int) -> Variant | None:
         """The entry's variant after a space, in its own case: how it usually appears mid-sentence."""
@@ -222,8 +224,9 @@ class PhraseSet:
         rows = []
         for e, entry in enumerate(self.entries):
             pieces = {v.text: [tokenizer.decode([i]) for i in v.ids] for v in self.variants if v.entry == e}
-            rows.append({"entry": entry, "tokens": len(self.spaced(e).ids) if self.spaced(e) else None,
-                         "variants": pieces})
+            rows.append(
+                {"entry": entry, "tokens": len(self.spaced(e).ids) if self.spaced(e) else None, "variants": pieces}
+            )
         return rows
 
     # ------------------------------------------------------------ R: counted on words
@@ -237,7 +240,7 @@ class PhraseSet:
         hits, i = 0, 0
         while i < len(words):
             for key in self._by_first.get(words[i], ()):
-                if tuple(words[i:i + len(key)]) == key:
+                if tuple(words[i : i + len(key)]) == key:
                     hits, i = hits + 1, i + len(key)
                     break
             else:
@@ -280,7 +283,7 @@ class PhraseSet:
             terms: dict[int, float] = {}
             for node in [*state, self.roots[0]] + ([self.roots[1]] if at_word_start else []):
                 for token, child in node.children.items():
-                    value = (bias * len(child.ends) if child.ends else 0.0)
+                    value = bias * len(child.ends) if child.ends else 0.0
                     if child.children:
                         value += _credit(child.pi, bias)
                     terms[token] = terms.get(token, 0.0) + value
@@ -303,7 +306,7 @@ class PhraseSet:
         if self.method == "sequence-bias":
             proc = self.processor(bias)
             for t in range(ids.size(1)):
-                out[:, t] = proc(ids[:, :t + 1], out[:, t])
+                out[:, t] = proc(ids[:, : t + 1], out[:, t])
             return out
         for row, seq in enumerate(ids.tolist()):
             for t, (state, start) in enumerate(self.states(seq)):
@@ -313,7 +316,9 @@ class PhraseSet:
 
     def processor(self, bias: float) -> LogitsProcessor:
         if self.method == "sequence-bias":  # every variant's last token, after its prefix (no start credit)
-            return SequenceBiasLogitsProcessor(sequence_bias=[[list(k), v] for k, v in self.sequence_bias(bias).items()])
+            return SequenceBiasLogitsProcessor(
+                sequence_bias=[[list(k), v] for k, v in self.sequence_bias(bias).items()]
+            )
         return PhraseBias(self, bias)
 
     def sequence_bias(self, bias: float) -> dict[tuple[int, ...], float]:
@@ -410,13 +415,13 @@ def completion_probs(model, tokenizer, phrases: PhraseSet, bf16: bool = False) -
     model.eval()
     try:
         for start in range(0, len(rows), 64):
-            chunk = rows[start:start + 64]
+            chunk = rows[start : start + 64]
             seqs = [a + v.ids for v, a in chunk]
             width = max(map(len, seqs))
             ids = torch.zeros(len(seqs), width, dtype=torch.long)
             att = torch.zeros_like(ids)
             for r, s in enumerate(seqs):  # right-padded: every position read comes before the padding
-                ids[r, :len(s)], att[r, :len(s)] = torch.tensor(s), 1
+                ids[r, : len(s)], att[r, : len(s)] = torch.tensor(s), 1
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float()
             logp = torch.log_softmax(logits, -1).cpu()
@@ -426,7 +431,7 @@ def completion_probs(model, tokenizer, phrases: PhraseSet, bf16: bool = False) -
                 for depth, tok in enumerate(v.ids[:-1]):
                     node = node.children[tok]
                     slot = sums.setdefault(id(node), [node, 0.0, set()])
-                    slot[1] += math.exp(sum(step[depth + 1:]))
+                    slot[1] += math.exp(sum(step[depth + 1 :]))
                     slot[2].add(tuple(a))
     finally:
         model.train(was_training)
@@ -435,8 +440,9 @@ def completion_probs(model, tokenizer, phrases: PhraseSet, bf16: bool = False) -
     phrases._bias_cache.clear()
 
 
-def resolve_phrases(spec: str, tokenizer, vocab_size: int, model=None, reference: Counter | None = None,
-                    bf16: bool = False) -> PhraseSet:
+def resolve_phrases(
+    spec: str, tokenizer, vocab_size: int, model=None, reference: Counter | None = None, bf16: bool = False
+) -> PhraseSet:
     """phrase:/phrases: selector -> PhraseSet over the tokenizer; with `model`, π from the model.
     With `reference` (word counts), refuse a list that covers MAX_COVERAGE of its words."""
     entries, keep_case = parse(spec)
@@ -446,8 +452,10 @@ def resolve_phrases(spec: str, tokenizer, vocab_size: int, model=None, reference
         raise SelectorError(f"selector {spec!r}: {missing[0]!r} has no tokenization inside the model's vocabulary")
     phrases = PhraseSet(spec, entries, keep_case, variants, vocab_size, token_word_ends(tokenizer, vocab_size))
     if reference is not None and phrases.coverage(reference) >= MAX_COVERAGE:
-        raise SelectorError(f"selector {spec!r} covers {100 * phrases.coverage(reference):.0f}% of the words of "
-                            f"the reference text: nearly every word is an entry, so there is nothing to tilt")
+        raise SelectorError(
+            f"selector {spec!r} covers {100 * phrases.coverage(reference):.0f}% of the words of "
+            f"the reference text: nearly every word is an entry, so there is nothing to tilt"
+        )
     if model is not None:
         completion_probs(model, tokenizer, phrases, bf16)
     return phrases

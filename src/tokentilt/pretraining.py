@@ -38,7 +38,9 @@ class PretrainConfig:
     eval_windows: int = 24  # fixed windows of each split used for the train/val loss
     patience: int = 3  # early stop after N evaluations without a better val loss, 0 = off
     seed: int = 0  # seed of init, batches, dropout and samples
-    bf16: bool = field(default_factory=native_bf16)  # bf16 autocast on CPU; on by default where the CPU runs it natively
+    bf16: bool = field(
+        default_factory=native_bf16
+    )  # bf16 autocast on CPU; on by default where the CPU runs it natively
     sample_tokens: int = 40  # tokens per sample shown in report.md
     out: str = "runs/pretrain"  # output folder
     overwrite: bool = False  # replace the output folder if it already holds a run
@@ -52,13 +54,28 @@ class PretrainConfig:
         self.train_config().check()
 
     def gpt_config(self) -> GPTConfig:
-        return GPTConfig(n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd,
-                         block_size=self.block_size, dropout=self.dropout)
+        return GPTConfig(
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_embd=self.n_embd,
+            block_size=self.block_size,
+            dropout=self.dropout,
+        )
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(optimizer="adamw", lr=self.lr, steps=self.steps, batch=self.batch, seq_len=self.seq_len,
-                           grad_clip=self.grad_clip, weight_decay=self.weight_decay, seed=self.seed, bf16=self.bf16,
-                           eval_every=self.eval_every, patience=self.patience)
+        return TrainConfig(
+            optimizer="adamw",
+            lr=self.lr,
+            steps=self.steps,
+            batch=self.batch,
+            seq_len=self.seq_len,
+            grad_clip=self.grad_clip,
+            weight_decay=self.weight_decay,
+            seed=self.seed,
+            bf16=self.bf16,
+            eval_every=self.eval_every,
+            patience=self.patience,
+        )
 
 
 def unigram_cross_entropy(train_tokens: torch.Tensor, eval_tokens: torch.Tensor, vocab_size: int) -> dict:
@@ -70,8 +87,7 @@ def unigram_cross_entropy(train_tokens: torch.Tensor, eval_tokens: torch.Tensor,
     """
     counts = torch.bincount(train_tokens, minlength=vocab_size).double() + 1.0  # (V,)
     log_p = counts.log() - counts.sum().log()  # (V,)
-    return {"unigram_entropy": float(-(log_p.exp() * log_p).sum()),
-            "unigram_val_ce": float(-log_p[eval_tokens].mean())}
+    return {"unigram_entropy": float(-(log_p.exp() * log_p).sum()), "unigram_val_ce": float(-log_p[eval_tokens].mean())}
 
 
 def split_loss(model, windows: torch.Tensor, bf16: bool) -> float:
@@ -108,22 +124,38 @@ def pretrain_model(cfg: PretrainConfig, progress: bool = True, log=None, echo=pr
 
     torch.manual_seed(cfg.seed)
     model = GPT(cfg.gpt_config())
-    echo(f"Model 5: {model.num_params() / 1e6:.1f}M parameters; {len(train_tokens)} train / {len(val_tokens)} val "
-         f"tokens; unigram baseline {baseline['unigram_val_ce']:.3f} nats on val")
-    evals = [{"step": 0, "train_loss": split_loss(model, train_windows, cfg.bf16),
-              "val_loss": split_loss(model, val_windows, cfg.bf16)}]
+    echo(
+        f"Model 5: {model.num_params() / 1e6:.1f}M parameters; {len(train_tokens)} train / {len(val_tokens)} val "
+        f"tokens; unigram baseline {baseline['unigram_val_ce']:.3f} nats on val"
+    )
+    evals = [
+        {
+            "step": 0,
+            "train_loss": split_loss(model, train_windows, cfg.bf16),
+            "val_loss": split_loss(model, val_windows, cfg.bf16),
+        }
+    ]
     log(evals[0])
 
     def evaluate(step: int) -> dict:
-        point = {"train_loss": split_loss(model, train_windows, cfg.bf16),
-                 "val_loss": split_loss(model, val_windows, cfg.bf16)}
+        point = {
+            "train_loss": split_loss(model, train_windows, cfg.bf16),
+            "val_loss": split_loss(model, val_windows, cfg.bf16),
+        }
         evals.append({"step": step, **point})
         return point
 
     train_cfg = cfg.train_config()
-    history = train(model, next_token_objective, ObjectiveContext(mask=torch.zeros(0, dtype=torch.bool)),
-                    lambda g, rows: data.text_windows(train_tokens, rows, train_cfg.seq_len, g), train_cfg,
-                    evaluate=evaluate, log=log, progress=progress)
+    history = train(
+        model,
+        next_token_objective,
+        ObjectiveContext(mask=torch.zeros(0, dtype=torch.bool)),
+        lambda g, rows: data.text_windows(train_tokens, rows, train_cfg.seq_len, g),
+        train_cfg,
+        evaluate=evaluate,
+        log=log,
+        progress=progress,
+    )
     # train() restored the best weights when early stopping was on; measure what is returned.
     final_val = split_loss(model, val_windows, cfg.bf16)
     return Pretrained(model, tokenizer, history, evals, baseline, final_val, len(train_tokens), len(val_tokens))

@@ -10,8 +10,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_series(path: Path, series: dict[str, tuple[list, list]], title: str, ylabel: str,
-                xlabel: str = "step", logy: bool = False, hline: tuple[float, str] | None = None) -> None:
+def plot_series(
+    path: Path,
+    series: dict[str, tuple[list, list]],
+    title: str,
+    ylabel: str,
+    xlabel: str = "step",
+    logy: bool = False,
+    hline: tuple[float, str] | None = None,
+) -> None:
     """One line per named (x, y) series."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for name, (xs, ys) in series.items():
@@ -34,8 +41,9 @@ def plot_rate(path: Path, points: list[tuple[int, dict]], title: str = "R over t
     steps = [s for s, _ in points]
     mean = [r["mean"] for _, r in points]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    ax.fill_between(steps, [r["ci_low"] for _, r in points], [r["ci_high"] for _, r in points], alpha=0.25,
-                    label="95% interval")
+    ax.fill_between(
+        steps, [r["ci_low"] for _, r in points], [r["ci_high"] for _, r in points], alpha=0.25, label="95% interval"
+    )
     ax.plot(steps, mean, marker="o", ms=3, label="R")
     ax.set(title=title, xlabel="step", ylabel="R = share of generated tokens in the set", ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
@@ -66,7 +74,7 @@ def samples_section(title: str, prompts: list[str], texts: list[str], limit: int
             continue
         seen.add(prompt)
         shown = (prompt + text).replace("\n", " ⏎ ").replace("|", "\\|")
-        lines.append(f"- `{prompt}` → {shown[len(prompt):]!s}")
+        lines.append(f"- `{prompt}` → {shown[len(prompt) :]!s}")
         if len(seen) >= limit:
             break
     return "\n".join(lines) + "\n"
@@ -79,22 +87,34 @@ def summary_table(s: dict) -> str:
     rows = summary_rows(s)
     width = max(len(r[""]) for r in rows)
     lines = [f"{'':{width}}  {'before':>22}  {'after':>22}" + ("  decode-time baseline" if "baseline" in s else "")]
-    lines += [f"{r['']:{width}}  {r['before']:>22}  {r['after']:>22}  {r.get('decode-time baseline', '')}".rstrip()
-              for r in rows]
+    lines += [
+        f"{r['']:{width}}  {r['before']:>22}  {r['after']:>22}  {r.get('decode-time baseline', '')}".rstrip()
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
-COST_ROWS = (("held-out perplexity", "ppl", "{:.2f}"), ("drift KL(ref || model) / token", "drift", "{:.4f}"),
-             ("distinct-1 of samples", "distinct_1", "{:.3f}"), ("distinct-2 of samples", "distinct_2", "{:.3f}"),
-             ("4-gram repetition", "repetition", "{:.3f}"))
+COST_ROWS = (
+    ("held-out perplexity", "ppl", "{:.2f}"),
+    ("drift KL(ref || model) / token", "drift", "{:.4f}"),
+    ("distinct-1 of samples", "distinct_1", "{:.3f}"),
+    ("distinct-2 of samples", "distinct_2", "{:.3f}"),
+    ("4-gram repetition", "repetition", "{:.3f}"),
+)
 
 
 def summary_rows(s: dict) -> list[dict]:
     """Before / after (/ decode-time baseline) rows for the console and the report."""
     base = s.get("baseline")
     what = "R (share of words that are entries)" if s.get("phrases") else "R (share of set tokens)"
-    rows = [{"": what, "before": fmt_rate(s["rate_before"]), "after": fmt_rate(s["rate_after"]),
-             **({"decode-time baseline": fmt_rate(base["rate"])} if base else {})}]
+    rows = [
+        {
+            "": what,
+            "before": fmt_rate(s["rate_before"]),
+            "after": fmt_rate(s["rate_after"]),
+            **({"decode-time baseline": fmt_rate(base["rate"])} if base else {}),
+        }
+    ]
     for name, key, fmt in COST_ROWS:
         row = {"": name, "before": fmt.format(s[f"{key}_before"]), "after": fmt.format(s[f"{key}_after"])}
         if base:
@@ -108,8 +128,10 @@ def tilt_bias_note(s: dict) -> str:
     if not s.get("rate_target"):
         return f"; decode-time baseline and tilt-distill target use b = {s['bias']:.3f}"
     rounds = ", ".join(f"b = {r['bias']:.3f} -> R = {r['probe_rate']:.3f}" for r in s["bias_rounds"])
-    return (f"; decode-time baseline at b = {s['calibrated_bias']:.3f}, calibrated to R = {s['rate_target']}; "
-            f"tilt-distill trained toward b = {s['bias']:.3f}, the round nearest R* on probe seeds ({rounds})")
+    return (
+        f"; decode-time baseline at b = {s['calibrated_bias']:.3f}, calibrated to R = {s['rate_target']}; "
+        f"tilt-distill trained toward b = {s['bias']:.3f}, the round nearest R* on probe seeds ({rounds})"
+    )
 
 
 def excess_cost_note(s: dict) -> str:
@@ -119,47 +141,60 @@ def excess_cost_note(s: dict) -> str:
         return ""
     rho = "n/a (R did not move)" if s["rho"] is None else f"{s['rho']:.2f}"
     ratio = "n/a" if s["drift_ratio"] is None else f"{s['drift_ratio']:.2f}"
-    return (f"excess cost rho = {rho} (1 = as cheap as a decode-time bias); drift ratio {ratio}; decode-time "
-            f"tilt at the trained R {s['rate_after']['mean']:.3f}: b = {m['bias']:.3f}, perplexity {m['ppl']:.2f}, "
-            f"drift {m['drift']:.4f}")
+    return (
+        f"excess cost rho = {rho} (1 = as cheap as a decode-time bias); drift ratio {ratio}; decode-time "
+        f"tilt at the trained R {s['rate_after']['mean']:.3f}: b = {m['bias']:.3f}, perplexity {m['ppl']:.2f}, "
+        f"drift {m['drift']:.4f}"
+    )
 
 
 def tilt_placement(cfg, s: dict) -> str:
     if s.get("placement") == "head-rows":
         h = s["head"]
         side = "its complement's" if h["via_complement"] else "the set's"
-        how = (f"{s['steps']} Adam steps (lr {h['lr']:g}, cosine) on" if h.get("fit", "kl") == "kl" else
-               f"least-squares offset b·u (h·u = {h['offset_mean']:.3f} ± {h['offset_std']:.3f}) added to")
-        return (f"- {how} {side} {h['trained_rows']} rows of the "
-                f"untied output head, fitted on {h['context_positions']} cached positions ({h['contexts']} "
-                f"contexts){', bf16 autocast' if cfg.train.bf16 else ''}; {s['seconds']:.0f} s in all")
-    return (f"- {s['steps']} steps of {cfg.train.optimizer} at lr {cfg.train.lr:g}, batch {cfg.train.batch} x "
-            f"{cfg.train.seq_len} tokens, {cfg.input_kind()} inputs, {cfg.positions} positions"
-            f"{', bf16 autocast' if cfg.train.bf16 else ''}; {s['seconds']:.0f} s in all")
+        how = (
+            f"{s['steps']} Adam steps (lr {h['lr']:g}, cosine) on"
+            if h.get("fit", "kl") == "kl"
+            else f"least-squares offset b·u (h·u = {h['offset_mean']:.3f} ± {h['offset_std']:.3f}) added to"
+        )
+        return (
+            f"- {how} {side} {h['trained_rows']} rows of the "
+            f"untied output head, fitted on {h['context_positions']} cached positions ({h['contexts']} "
+            f"contexts){', bf16 autocast' if cfg.train.bf16 else ''}; {s['seconds']:.0f} s in all"
+        )
+    return (
+        f"- {s['steps']} steps of {cfg.train.optimizer} at lr {cfg.train.lr:g}, batch {cfg.train.batch} x "
+        f"{cfg.train.seq_len} tokens, {cfg.input_kind()} inputs, {cfg.positions} positions"
+        f"{', bf16 autocast' if cfg.train.bf16 else ''}; {s['seconds']:.0f} s in all"
+    )
 
 
 def tilt_report(cfg, s: dict, before, after) -> str:
     """report.md of a tilt run: cfg is its TiltConfig, s its summary, before/after the Samples."""
     columns = ["", "before", "after"] + (["decode-time baseline"] if "baseline" in s else [])
     table = markdown_table(summary_rows(s), columns)
-    return "\n".join([
-        f"# tokentilt run: {cfg.objective} toward {cfg.toward!r}",
-        "",
-        f"- model: `{cfg.model}`; " + (
-            f"list: {s['target_size']} entries, counted as words by `{s['phrases']['word_rule']}`"
-            if s.get("phrases") else
-            f"set: {s['target_size']} of {s['vocab_size']} tokens ({100 * s['target_share']:.2f}%)"),
-        tilt_placement(cfg, s),
-        f"- R over {s['samples']} samples of {s['new_tokens']} tokens, 95% interval over samples; perplexity "
-        f"and drift on {s['eval_tokens']} held-out tokens of {s['eval_text']}"
-        + (tilt_bias_note(s) if "bias" in s else ""),
-        "",
-        table,
-        "",
-        excess_cost_note(s),
-        "",
-        "![loss](loss.png) ![R](rate.png)",
-        "",
-        samples_section("Samples before", before.prompts, before.texts),
-        samples_section("Samples after", after.prompts, after.texts),
-    ])
+    return "\n".join(
+        [
+            f"# tokentilt run: {cfg.objective} toward {cfg.toward!r}",
+            "",
+            f"- model: `{cfg.model}`; "
+            + (
+                f"list: {s['target_size']} entries, counted as words by `{s['phrases']['word_rule']}`"
+                if s.get("phrases")
+                else f"set: {s['target_size']} of {s['vocab_size']} tokens ({100 * s['target_share']:.2f}%)"
+            ),
+            tilt_placement(cfg, s),
+            f"- R over {s['samples']} samples of {s['new_tokens']} tokens, 95% interval over samples; perplexity "
+            f"and drift on {s['eval_tokens']} held-out tokens of {s['eval_text']}"
+            + (tilt_bias_note(s) if "bias" in s else ""),
+            "",
+            table,
+            "",
+            excess_cost_note(s),
+            "",
+            "![loss](loss.png) ![R](rate.png)",
+            "",
+            samples_section("Samples before", before.prompts, before.texts),
+            samples_section("Samples after", after.prompts, after.texts),
+        ]
+    )

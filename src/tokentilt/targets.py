@@ -82,8 +82,9 @@ def select(spec: str, texts: list[str]) -> torch.Tensor:
     if kind == "ids":
         return _ids(arg, len(texts))
     if kind in ("phrase", "phrases"):
-        raise SelectorError(f"selector {spec!r}: {kind}: selects words, not tokens, so it stands alone "
-                            "(not inside &, | or not:)")
+        raise SelectorError(
+            f"selector {spec!r}: {kind}: selects words, not tokens, so it stands alone (not inside &, | or not:)"
+        )
     if kind == "not":
         if not arg.strip():
             raise SelectorError(f"selector {spec!r}: 'not:' needs a selector to negate")
@@ -129,8 +130,11 @@ def read_list_text(path: Path, kind: str) -> str:
     """The text of a user's list file (`kind` is "words" or "phrases", for the messages), or a one-line
     SelectorError: missing, not a file, not UTF-8, unreadable, binary."""
     if not path.is_file():
-        raise SelectorError(f"{kind} file not found: {path} (built-in lists: {', '.join(builtin_word_lists())})"
-                            if not path.exists() else f"{kind} file is not a file: {path}")
+        raise SelectorError(
+            f"{kind} file not found: {path} (built-in lists: {', '.join(builtin_word_lists())})"
+            if not path.exists()
+            else f"{kind} file is not a file: {path}"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -186,8 +190,9 @@ def check_syntax(spec: str) -> None:
 def token_selector_only(spec: str, command: str) -> None:
     """sweep and audit work on token sets; a phrase list goes to tilt, eval and generate."""
     if spec.partition(":")[0] in ("phrase", "phrases"):
-        raise SelectorError(f"{command} takes a token selector; phrase:/phrases: lists work with tilt, eval and "
-                            "generate")
+        raise SelectorError(
+            f"{command} takes a token selector; phrase:/phrases: lists work with tilt, eval and generate"
+        )
 
 
 def dropped_words(spec: str, texts: list[str]) -> list[str]:
@@ -230,8 +235,10 @@ class TokenSet:
         line = f"{self.selector!r} selects {self.size} of {self.vocab_size} tokens ({100 * self.share:.2f}%)"
         if self.dropped:
             shown = ", ".join(repr(w) for w in self.dropped[:8]) + (" ..." if len(self.dropped) > 8 else "")
-            line += (f"\n  {len(self.dropped)} entries are several tokens and are NOT in the set: {shown}"
-                     f"\n  (phrases:{self.selector.partition(':')[2]} tilts whole words of any length)")
+            line += (
+                f"\n  {len(self.dropped)} entries are several tokens and are NOT in the set: {shown}"
+                f"\n  (phrases:{self.selector.partition(':')[2]} tilts whole words of any length)"
+            )
         return line
 
 
@@ -241,8 +248,10 @@ def resolve(spec: str, texts: list[str]) -> TokenSet:
     n = int(mask.sum())
     dropped = dropped_words(spec, texts)
     if n == 0 and dropped:
-        raise SelectorError(f"selector {spec!r}: none of its entries is a single token (e.g. {dropped[0]!r}); "
-                            f"use phrases:{spec.partition(':')[2]} for words of several tokens")
+        raise SelectorError(
+            f"selector {spec!r}: none of its entries is a single token (e.g. {dropped[0]!r}); "
+            f"use phrases:{spec.partition(':')[2]} for words of several tokens"
+        )
     if n == 0:
         raise SelectorError(f"selector {spec!r} matches no token in the vocabulary")
     if n == mask.numel():

@@ -96,8 +96,10 @@ class TiltConfig:
         if not (isinstance(self.rate_rounds, int) and self.rate_rounds >= 1):
             raise ValueError(f"rate-rounds must be a positive integer, got {self.rate_rounds!r}")
         if self.rate and (self.resume or self.train.save_every or self.train.report_to != "none"):
-            raise ValueError("--rate trains up to rate-rounds times from the start; "
-                             "it takes no --resume, --save-every or --report-to")
+            raise ValueError(
+                "--rate trains up to rate-rounds times from the start; "
+                "it takes no --resume, --save-every or --report-to"
+            )
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
         if phrases.is_phrase_selector(self.toward):
@@ -112,12 +114,17 @@ class TiltConfig:
             raise ValueError(f"head-steps must be a positive integer, got {self.head_steps!r}")
         if not (isinstance(self.head_lr, (int, float)) and math.isfinite(self.head_lr) and self.head_lr > 0):
             raise ValueError(f"head-lr must be positive, got {self.head_lr!r}")
-        if not (isinstance(self.head_odds_weight, (int, float)) and math.isfinite(self.head_odds_weight)
-                and self.head_odds_weight >= 0):
+        if not (
+            isinstance(self.head_odds_weight, (int, float))
+            and math.isfinite(self.head_odds_weight)
+            and self.head_odds_weight >= 0
+        ):
             raise ValueError(f"head-odds-weight must be >= 0, got {self.head_odds_weight!r}")
         if self.head_rows() and (self.resume or self.train.save_every or self.train.report_to != "none"):
-            raise ValueError("--placement head-rows fits in seconds on cached hidden states; "
-                             "it takes no --resume, --save-every or --report-to (use --placement model)")
+            raise ValueError(
+                "--placement head-rows fits in seconds on cached hidden states; "
+                "it takes no --resume, --save-every or --report-to (use --placement model)"
+            )
         if self.resume and self.overwrite:
             raise ValueError("--resume continues a run and --overwrite starts it afresh: give one of them")
         if self.train.lr == 0:
@@ -129,12 +136,16 @@ class TiltConfig:
     def _check_phrases(self) -> None:
         """A phrase tilt is tilt-distill in a placement that sees context: LoRA unless --placement model."""
         if self.objective != "tilt-distill":
-            raise ValueError(f"a phrase selector ({self.toward.partition(':')[0]}:) is tilted by tilt-distill only, "
-                             f"not {self.objective}")
+            raise ValueError(
+                f"a phrase selector ({self.toward.partition(':')[0]}:) is tilted by tilt-distill only, "
+                f"not {self.objective}"
+            )
         if self.placement == "head-rows":
-            raise ValueError("--placement head-rows cannot tilt phrases: the bias on a phrase's later tokens "
-                             "depends on the tokens before it, and a head offset is the same everywhere "
-                             "(use --placement model, or --lora)")
+            raise ValueError(
+                "--placement head-rows cannot tilt phrases: the bias on a phrase's later tokens "
+                "depends on the tokens before it, and a head offset is the same everywhere "
+                "(use --placement model, or --lora)"
+            )
         if self.placement == "auto" and not self.lora.lora:
             self.lora.lora = True  # the default placement for phrases: a LoRA adapter
 
@@ -175,8 +186,9 @@ def load_with_set(model_name: str, toward: str, echo=print):
 def chat_batch_source(reference, tokenizer, target, bias: float, cfg: TrainConfig, system: str = ""):
     """-> next_batch(generator, rows) for a --chat tilt trained in the model: windows of a stream of chat
     exchanges, the reference's replies to the training requests, untilted and decoded with the tilt at b."""
-    rows = head_tilt.context_batches(reference, tokenizer, None, target, bias, "mix", cfg.seed, cfg.bf16, chat=True,
-                                     system=system)
+    rows = head_tilt.context_batches(
+        reference, tokenizer, None, target, bias, "mix", cfg.seed, cfg.bf16, chat=True, system=system
+    )
     stream = torch.cat([row[0] for row in rows])  # (N,): each exchange ends with its end-of-turn token
     return lambda g, n: data.text_windows(stream, n, cfg.seq_len, g)
 
@@ -185,16 +197,19 @@ def phrase_batch_source(reference, tokenizer, phrase_set, bias: float, cfg: Trai
     """-> next_batch(generator, rows) for a phrase tilt: half the rows from continuations of the training
     prompts sampled from the decode-time tilt at b (where the entries occur, in the contexts they occur
     in), half from the plays' train split (ordinary text, where the tilt should change little)."""
-    policy = head_tilt.context_batches(reference, tokenizer, train_tokens(tokenizer), phrase_set, bias, "policy",
-                                       cfg.seed, cfg.bf16)
+    policy = head_tilt.context_batches(
+        reference, tokenizer, train_tokens(tokenizer), phrase_set, bias, "policy", cfg.seed, cfg.bf16
+    )
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     stream = torch.cat([torch.cat([row, torch.tensor([eos])]) for batch in policy for row in batch])  # (N,)
     plays = train_tokens(tokenizer)
 
     def next_batch(g, rows):
         half = (rows + 1) // 2
-        return torch.cat([data.text_windows(stream, half, cfg.seq_len, g),
-                          data.text_windows(plays, rows - half, cfg.seq_len, g)])
+        return torch.cat(
+            [data.text_windows(stream, half, cfg.seq_len, g), data.text_windows(plays, rows - half, cfg.seq_len, g)]
+        )
+
     return next_batch
 
 
@@ -206,8 +221,18 @@ def batch_source(kind: str, tokenizer, vocab_size: int, cfg: TrainConfig):
     return lambda g, rows: data.text_windows(tokens, rows, cfg.seq_len, g)
 
 
-def train_toward(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig, bias: float, evaluate=None,
-                 log=None, progress: bool = True, run_dir=None) -> list[dict]:
+def train_toward(
+    model,
+    tokenizer,
+    reference,
+    tokens: TokenSet,
+    cfg: TiltConfig,
+    bias: float,
+    evaluate=None,
+    log=None,
+    progress: bool = True,
+    run_dir=None,
+) -> list[dict]:
     """Train `model` in place with cfg's objective; `reference` is the frozen starting model.
     With run_dir, checkpoints go there and cfg.resume continues from the newest one."""
     phrase = isinstance(tokens, phrases.PhraseSet)
@@ -215,8 +240,14 @@ def train_toward(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig,
         ctx = ObjectiveContext(mask=None, bias=bias, phrases=tokens)
         objective = phrase_distill
     else:
-        ctx = ObjectiveContext(mask=tokens.mask, positions=cfg.positions, alpha=cfg.alpha, beta=cfg.beta,
-                               bias=bias, ce_weight=cfg.ce_weight)
+        ctx = ObjectiveContext(
+            mask=tokens.mask,
+            positions=cfg.positions,
+            alpha=cfg.alpha,
+            beta=cfg.beta,
+            bias=bias,
+            ce_weight=cfg.ce_weight,
+        )
         objective = OBJECTIVES[cfg.objective]
     if cfg.eval.chat and cfg.input_kind() == "text":  # trained where it is measured: in chat exchanges
         next_batch = chat_batch_source(reference, tokenizer, tokens.target, bias, cfg.train, cfg.eval.system)
@@ -224,15 +255,36 @@ def train_toward(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig,
         next_batch = phrase_batch_source(reference, tokenizer, tokens, bias, cfg.train)
     else:
         next_batch = batch_source(cfg.input_kind(), tokenizer, tokens.vocab_size, cfg.train)
-    return train(model, objective, ctx, next_batch, cfg.train,
-                 reference=reference if cfg.objective in REFERENCE_OBJECTIVES else None,
-                 evaluate=evaluate, log=log, progress=progress, run_dir=run_dir,
-                 resume=cfg.resume and run_dir is not None)
+    return train(
+        model,
+        objective,
+        ctx,
+        next_batch,
+        cfg.train,
+        reference=reference if cfg.objective in REFERENCE_OBJECTIVES else None,
+        evaluate=evaluate,
+        log=log,
+        progress=progress,
+        run_dir=run_dir,
+        resume=cfg.resume and run_dir is not None,
+    )
 
 
-def train_to_rate(model, tokenizer, reference, tokens: TokenSet, cfg: TiltConfig, bias: float, evaluate=None,
-                  log=None, progress: bool = True, on_round=None, echo=print,
-                  train_once=None, pool=None) -> tuple[RateFit, list[dict]]:
+def train_to_rate(
+    model,
+    tokenizer,
+    reference,
+    tokens: TokenSet,
+    cfg: TiltConfig,
+    bias: float,
+    evaluate=None,
+    log=None,
+    progress: bool = True,
+    on_round=None,
+    echo=print,
+    train_once=None,
+    pool=None,
+) -> tuple[RateFit, list[dict]]:
     """tilt-distill toward the rate cfg.rate: up to cfg.rate_rounds trainings, each from the reference's weights.
 
     `bias` is the decode-time calibration; calibrate.fit_trained_bias corrects it after each

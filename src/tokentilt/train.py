@@ -82,11 +82,16 @@ class TrainConfig:
         for name in ("save_every", "loss_chunk"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name, allowed in (("precision", PRECISIONS), ("device", DEVICES), ("report_to", REPORTERS),
-                              ("attention", ATTENTIONS)):
+        for name, allowed in (
+            ("precision", PRECISIONS),
+            ("device", DEVICES),
+            ("report_to", REPORTERS),
+            ("attention", ATTENTIONS),
+        ):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
-                                 f"got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
         if self.bf16:
             if self.precision == "fp16":
                 raise ValueError("--bf16 and --precision fp16 contradict each other")
@@ -166,8 +171,9 @@ class _Heads:
         return cls(head, ref_head)
 
 
-def _loss(wrapped, reference, objective, heads: _Heads, ctx: ObjectiveContext, input_ids, accelerator,
-          cfg: TrainConfig) -> torch.Tensor:
+def _loss(
+    wrapped, reference, objective, heads: _Heads, ctx: ObjectiveContext, input_ids, accelerator, cfg: TrainConfig
+) -> torch.Tensor:
     """One micro-batch's loss in fp32: the objective on the logits, or (heads found) its fused form on
     the head's inputs, which never holds (B·T, V) logits."""
     with heads_return_inputs(*(h for h in (heads.model, heads.reference) if h is not None)):  # none: dense
@@ -189,8 +195,11 @@ class _SigintAtStepBoundary:
 
     def __init__(self, active: bool):
         # a process started in the background by a non-interactive shell ignores SIGINT; keep it so
-        self.active = (active and threading.current_thread() is threading.main_thread()
-                       and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN)
+        self.active = (
+            active
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        )
         self.raised = False
 
     def __enter__(self):
@@ -275,11 +284,19 @@ def train(
     if heads.reference is not None:  # frozen: its weight is cast for the matmul once per training
         ctx.ref_head = Head(heads.reference.weight, _MATMUL_DTYPE[cfg.precision], cfg.loss_chunk)
     if cfg.report_to != "none":
-        accelerator.init_trackers("tensorboard" if cfg.report_to == "tensorboard" else "tokentilt",
-                                  config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str))})
+        accelerator.init_trackers(
+            "tensorboard" if cfg.report_to == "tensorboard" else "tokentilt",
+            config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str))},
+        )
     rows = cfg.global_batch(processes)
-    bar = tqdm(range(start, cfg.steps + 1), desc="train", initial=start - 1, total=cfg.steps,
-               disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
+    bar = tqdm(
+        range(start, cfg.steps + 1),
+        desc="train",
+        initial=start - 1,
+        total=cfg.steps,
+        disable=not (progress and accelerator.is_main_process),
+        dynamic_ncols=True,
+    )
     model.train()
     if switch_attention:
         model.set_attn_implementation(attention)  # put back in the finally below
@@ -287,13 +304,18 @@ def train(
         with _SigintAtStepBoundary(active=run_dir is not None) as sigint:
             for step in bar:
                 global_ids = next_batch(generator, rows)  # (rows, T), identical on every process
-                step_loss, grad_norm, input_ids = _one_step(wrapped, reference, objective, heads, ctx, global_ids,
-                                                            optimizer, accelerator, cfg, step)
+                step_loss, grad_norm, input_ids = _one_step(
+                    wrapped, reference, objective, heads, ctx, global_ids, optimizer, accelerator, cfg, step
+                )
                 if step == cfg.steps and _any(not _outputs_finite(wrapped, input_ids), accelerator):
                     # an earlier step's bad update shows in the next loss; the last one would reach sampling
                     raise TrainingDiverged(f"the model's outputs became non-finite after step {step}")
-                record = {"step": step, "loss": accelerator.reduce(step_loss, "mean").item(),
-                          "grad_norm": grad_norm, "lr": cfg.lr}
+                record = {
+                    "step": step,
+                    "loss": accelerator.reduce(step_loss, "mean").item(),
+                    "grad_norm": grad_norm,
+                    "lr": cfg.lr,
+                }
                 if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
                     result = None
                     if accelerator.is_main_process:
@@ -302,8 +324,9 @@ def train(
                         model.train()
                     record.update(broadcast(result, accelerator))
                 history.append(record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}",
-                                **({"R": f"{record['rate']:.2f}"} if "rate" in record else {}))
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4f}", **({"R": f"{record['rate']:.2f}"} if "rate" in record else {})
+                )
                 if accelerator.is_main_process and log is not None:
                     log(record)
                 if cfg.report_to != "none":
@@ -311,16 +334,30 @@ def train(
                 stop, best = _early_stop(record, early_stop, model, cfg)
                 best_state = best if best is not None else best_state
                 interrupted = _any(sigint.raised, accelerator)
-                if ckpt_dir is not None and (interrupted or (cfg.save_every and step % cfg.save_every == 0
-                                                             and step < cfg.steps)):
-                    saved = checkpoint.save(ckpt_dir, step, model, optimizer.optimizer, generator, history,
-                                            early_stop, accelerator, cfg.keep)
+                if ckpt_dir is not None and (
+                    interrupted or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps)
+                ):
+                    saved = checkpoint.save(
+                        ckpt_dir,
+                        step,
+                        model,
+                        optimizer.optimizer,
+                        generator,
+                        history,
+                        early_stop,
+                        accelerator,
+                        cfg.keep,
+                    )
                 if interrupted:
-                    raise Interrupted(f"interrupted after step {step}; checkpoint {saved}; "
-                                      "continue with the same command plus --resume")
+                    raise Interrupted(
+                        f"interrupted after step {step}; checkpoint {saved}; "
+                        "continue with the same command plus --resume"
+                    )
                 if stop:
-                    bar.write(f"early stop at step {step}: val_loss has not improved for "
-                              f"{early_stop['bad_evals']} evaluations")
+                    bar.write(
+                        f"early stop at step {step}: val_loss has not improved for "
+                        f"{early_stop['bad_evals']} evaluations"
+                    )
                     break
     except TrainingDiverged as err:
         _diverged(err, ckpt_dir, run_dir, len(history) + 1, accelerator)
@@ -339,15 +376,25 @@ def train(
     return history
 
 
-def _one_step(wrapped, reference, objective, heads: _Heads, ctx: ObjectiveContext, global_ids: torch.Tensor,
-              optimizer, accelerator, cfg: TrainConfig, step: int) -> tuple[torch.Tensor, float, torch.Tensor]:
+def _one_step(
+    wrapped,
+    reference,
+    objective,
+    heads: _Heads,
+    ctx: ObjectiveContext,
+    global_ids: torch.Tensor,
+    optimizer,
+    accelerator,
+    cfg: TrainConfig,
+    step: int,
+) -> tuple[torch.Tensor, float, torch.Tensor]:
     """One optimizer step over this process's micro-batches of the global batch (rows, T)
     -> (the step's mean loss, the gradient norm, the last micro-batch's ids)."""
     rank, processes = accelerator.process_index, accelerator.num_processes
     step_loss = torch.zeros((), device=accelerator.device)
     for micro in range(cfg.grad_accum):
         first = (micro * processes + rank) * cfg.batch
-        input_ids = global_ids[first:first + cfg.batch].to(accelerator.device)  # (B, T)
+        input_ids = global_ids[first : first + cfg.batch].to(accelerator.device)  # (B, T)
         with accelerator.accumulate(wrapped):
             loss = _loss(wrapped, reference, objective, heads, ctx, input_ids, accelerator, cfg)
             if _any(not torch.isfinite(loss).item(), accelerator):
@@ -355,7 +402,8 @@ def _one_step(wrapped, reference, objective, heads: _Heads, ctx: ObjectiveContex
             accelerator.backward(loss)  # divided by grad_accum
             if accelerator.sync_gradients:
                 grad_norm = accelerator.clip_grad_norm_(
-                    wrapped.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                    wrapped.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+                )
             optimizer.step()  # only when gradients are synced
             optimizer.zero_grad(set_to_none=True)
         step_loss += loss.detach() / cfg.grad_accum
@@ -378,8 +426,9 @@ def _diverged(err: TrainingDiverged, ckpt_dir, run_dir, step: int, accelerator):
     newest = checkpoint.checkpoints(ckpt_dir) if ckpt_dir is not None else []
     where = f"; newest good checkpoint: {newest[-1][1]}" if newest else "; no checkpoint was saved"
     if run_dir is not None and accelerator.is_main_process:
-        (Path(run_dir) / "failure.json").write_text(json.dumps(
-            {"reason": str(err), "step": step, "checkpoint": str(newest[-1][1]) if newest else None}) + "\n")
+        (Path(run_dir) / "failure.json").write_text(
+            json.dumps({"reason": str(err), "step": step, "checkpoint": str(newest[-1][1]) if newest else None}) + "\n"
+        )
     raise TrainingDiverged(f"{err}; lower the learning rate{where}") from None
 
 

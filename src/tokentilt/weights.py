@@ -59,10 +59,13 @@ def weight_view(model, reference, top: int = 8) -> WeightView:
     skip_m = {p.data_ptr() for p, _ in ends.values()}
     skip_r = {p.data_ptr() for _, p in ends.values()}
     body = [n for n, p in mine.items() if p.data_ptr() not in skip_m]
-    shared = [n for n in body if n in theirs and theirs[n].data_ptr() not in skip_r and mine[n].shape == theirs[n].shape]
+    shared = [
+        n for n in body if n in theirs and theirs[n].data_ptr() not in skip_r and mine[n].shape == theirs[n].shape
+    ]
     if len(shared) != len(body) or any(a.shape != b.shape for a, b in ends.values()):
-        return WeightView(False, 0, 0, 0.0, 0, False, [], [], "the weights are not comparable "
-                          "(different parameter names or shapes)")
+        return WeightView(
+            False, 0, 0, 0.0, 0, False, [], [], "the weights are not comparable (different parameter names or shapes)"
+        )
     head_m, head_r = ends["output head"]
     rows = (head_m.float() != head_r.float()).any(1).cpu()  # (V,)
     changes, body_sq, norm_sq, layers = [], 0.0, 0.0, {}
@@ -71,11 +74,11 @@ def weight_view(model, reference, top: int = 8) -> WeightView:
         changes.append({"name": name, "relative_change": diff / norm if norm else float(diff > 0)})
         if name in ends:
             continue
-        body_sq, norm_sq = body_sq + diff ** 2, norm_sq + norm ** 2
+        body_sq, norm_sq = body_sq + diff**2, norm_sq + norm**2
         layer = _layer_of(name)
         if layer is not None:
             d = layers.setdefault(layer, [0.0, 0.0])
-            d[0], d[1] = d[0] + diff ** 2, d[1] + norm ** 2
+            d[0], d[1] = d[0] + diff**2, d[1] + norm**2
     changed = sum(c["relative_change"] > 0 for c in changes)
     spread = (body_sq / norm_sq) ** 0.5 if norm_sq else 0.0
     k = int(rows.sum())
@@ -87,7 +90,9 @@ def weight_view(model, reference, top: int = 8) -> WeightView:
         summary = f"only {k} rows of the output head changed: a head-rows edit of those {k} tokens"
     else:
         moved = sum(x["relative_change"] > 1e-4 for x in per_layer)
-        summary = (f"{changed} of {len(changes)} tensors changed; the body moved by {spread:.2e} of its norm, "
-                   f"spread over {moved} of {len(per_layer)} blocks; {k} output-head rows changed")
+        summary = (
+            f"{changed} of {len(changes)} tensors changed; the body moved by {spread:.2e} of its norm, "
+            f"spread over {moved} of {len(per_layer)} blocks; {k} output-head rows changed"
+        )
     ranked = sorted(changes, key=lambda c: -c["relative_change"])[:top]
     return WeightView(True, len(changes), changed, spread, k, head_only, ranked, per_layer, summary, rows)

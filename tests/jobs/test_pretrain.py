@@ -13,8 +13,22 @@ from tokentilt.models.gpt import GPT
 
 
 def tiny(tmp_path, **kw):
-    values = dict(n_layer=2, n_head=4, n_embd=32, block_size=64, seq_len=32, batch=4, steps=8, eval_every=4,
-                  eval_windows=4, lr=1e-2, dropout=0.1, bf16=False, sample_tokens=4, out=str(tmp_path / "run"))
+    values = dict(
+        n_layer=2,
+        n_head=4,
+        n_embd=32,
+        block_size=64,
+        seq_len=32,
+        batch=4,
+        steps=8,
+        eval_every=4,
+        eval_windows=4,
+        lr=1e-2,
+        dropout=0.1,
+        bf16=False,
+        sample_tokens=4,
+        out=str(tmp_path / "run"),
+    )
     values.update(kw)
     return PretrainConfig(**values)
 

@@ -27,10 +27,42 @@ def small_text(tmp_path, monkeypatch):
 
 
 def sweep_argv(tiny_model_dir, text, out, *extra):
-    return ["sweep", "--model", str(tiny_model_dir), "--toward", "x", "--objective", "tilt-distill,kl-alpha-beta",
-            "--lr", "1e-3", "--rate", "", "--bias", "3", "--steps", "2", "--batch", "2", "--seq-len", "16",
-            "--samples-per-prompt", "1", "--new-tokens", "8", "--eval-text", str(text), "--eval-windows", "2",
-            "--eval-seq-len", "16", "--curve-points", "1", "--out", str(out), *extra]
+    return [
+        "sweep",
+        "--model",
+        str(tiny_model_dir),
+        "--toward",
+        "x",
+        "--objective",
+        "tilt-distill,kl-alpha-beta",
+        "--lr",
+        "1e-3",
+        "--rate",
+        "",
+        "--bias",
+        "3",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--seq-len",
+        "16",
+        "--samples-per-prompt",
+        "1",
+        "--new-tokens",
+        "8",
+        "--eval-text",
+        str(text),
+        "--eval-windows",
+        "2",
+        "--eval-seq-len",
+        "16",
+        "--curve-points",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def read_csv(path):
@@ -74,12 +106,23 @@ def test_sweep_writes_outputs_and_skips_finished_runs(tiny_model_dir, small_text
         result, samples = real_measure(*args, **kwargs)
         recounts.append(hand_rate(samples.tokens, mask))
         return result, samples
+
     monkeypatch.setattr(tokentilt.jobs.sweep, "measure", recording_measure)
     assert main(sweep_argv(tiny_model_dir, small_text, out)) == 0
     monkeypatch.setattr(tokentilt.jobs.sweep, "measure", real_measure)
     columns, rows = read_csv(out / "sweep.csv")
-    assert columns[:10] == ["objective", "lr", "bias", "rate_mean", "rate_ci_low", "rate_ci_high", "ppl", "drift",
-                            "distinct_2", "seconds"]
+    assert columns[:10] == [
+        "objective",
+        "lr",
+        "bias",
+        "rate_mean",
+        "rate_ci_low",
+        "rate_ci_high",
+        "ppl",
+        "drift",
+        "distinct_2",
+        "seconds",
+    ]
     assert columns == CSV_COLUMNS
     objectives = [r["objective"] for r in rows]
     assert objectives.count(BASELINE) == 2  # b = 3 and one curve point (b = 4.5)
@@ -114,18 +157,21 @@ def test_sweep_writes_outputs_and_skips_finished_runs(tiny_model_dir, small_text
     argv = sweep_argv(tiny_model_dir, small_text, out)
     argv[argv.index("1e-3")] = "1e-3,2e-3"
     assert main(argv) == 0
-    new = (out / "runs.jsonl").read_text()[len(lines):].splitlines()
+    new = (out / "runs.jsonl").read_text()[len(lines) :].splitlines()
     assert len(new) == 2 and all('"lr": 0.002' in line for line in new)
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--objective", "bogus"], "objective must be one of"),
-    (["--rate", "0.5,1.2"], "rate must be in (0, 1)"),
-    (["--bias", "inf"], "bias values must be finite"),
-    (["--lr", "fast"], "bad value for lr"),
-    (["--eval-text", "/nonexistent/eval.txt"], "text file not found"),
-    (["--rate-rounds", "0"], "rate-rounds must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--objective", "bogus"], "objective must be one of"),
+        (["--rate", "0.5,1.2"], "rate must be in (0, 1)"),
+        (["--bias", "inf"], "bias values must be finite"),
+        (["--lr", "fast"], "bad value for lr"),
+        (["--eval-text", "/nonexistent/eval.txt"], "text file not found"),
+        (["--rate-rounds", "0"], "rate-rounds must be a positive integer"),
+    ],
+)
 def test_sweep_bad_input_is_one_line_exit_2(tiny_model_dir, small_text, tmp_path, capsys, extra, message):
     code = main(sweep_argv(tiny_model_dir, small_text, tmp_path / "s", *extra))
     err = capsys.readouterr().err
@@ -139,14 +185,31 @@ def test_sweep_refuses_a_folder_with_other_settings(tmp_path):
     out.mkdir()
     (out / "runs.jsonl").write_text('{"kind": "settings", "settings": {"steps": 1}}\n')
     with pytest.raises(ValueError, match="other settings"):
-        tokentilt.jobs.sweep.run_sweep(SweepConfig(out=str(out), eval=tokentilt.jobs.sweep.EvalConfig(eval_text=__file__)))
+        tokentilt.jobs.sweep.run_sweep(
+            SweepConfig(out=str(out), eval=tokentilt.jobs.sweep.EvalConfig(eval_text=__file__))
+        )
 
 
 @pytest.mark.slow
 def test_sweep_at_a_rate_trains_tilt_distill_toward_the_corrected_bias(tiny_model_dir, small_text, tmp_path):
     out = tmp_path / "sweep"
-    argv = sweep_argv(tiny_model_dir, small_text, out, "--objective", "tilt-distill", "--rate", "0.5", "--bias", "",
-                      "--rate-rounds", "2", "--curve-points", "0", "--samples-per-prompt", "2")
+    argv = sweep_argv(
+        tiny_model_dir,
+        small_text,
+        out,
+        "--objective",
+        "tilt-distill",
+        "--rate",
+        "0.5",
+        "--bias",
+        "",
+        "--rate-rounds",
+        "2",
+        "--curve-points",
+        "0",
+        "--samples-per-prompt",
+        "2",
+    )
     assert main(argv) == 0
     records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     calibrated = next(r["bias"] for r in records if r.get("kind") == "calibration")
@@ -169,7 +232,10 @@ def test_sweep_log_writes_nothing_before_its_first_record(tmp_path):
     log = SweepLog(folder, {"steps": 1}, overwrite=False)
     assert not folder.exists() and log.runs() == {}
     log.append({"kind": "run", "key": "a"})
-    assert read_jsonl(folder / "runs.jsonl") == [{"kind": "settings", "settings": {"steps": 1}}, {"kind": "run", "key": "a"}]
+    assert read_jsonl(folder / "runs.jsonl") == [
+        {"kind": "settings", "settings": {"steps": 1}},
+        {"kind": "run", "key": "a"},
+    ]
 
 
 def test_sweep_log_drops_a_cut_off_last_line_and_keeps_the_rest(tmp_path):
@@ -194,10 +260,13 @@ def test_sweep_log_overwrite_replaces_the_old_file_at_the_first_record(tmp_path)
     assert read_jsonl(path) == [{"kind": "settings", "settings": {"steps": 1}}, {"kind": "run", "key": "new"}]
 
 
-@pytest.mark.parametrize("text", [
-    "objective: tilt-distill,kl-alpha-beta\nlr: [1e-4, 3e-4]\nrate: 0.5\nbias: ''\n",
-    "objectives: [tilt-distill, kl-alpha-beta]\nlrs: 1e-4, 3e-4\nrates: [0.5]\nbiases: []\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "objective: tilt-distill,kl-alpha-beta\nlr: [1e-4, 3e-4]\nrate: 0.5\nbias: ''\n",
+        "objectives: [tilt-distill, kl-alpha-beta]\nlrs: 1e-4, 3e-4\nrates: [0.5]\nbiases: []\n",
+    ],
+)
 def test_sweep_yaml_takes_the_axes_by_flag_or_field_name(tmp_path, text):
     path = tmp_path / "sweep.yaml"
     path.write_text(text)
@@ -210,8 +279,9 @@ def test_sweep_yaml_takes_the_axes_by_flag_or_field_name(tmp_path, text):
 @pytest.mark.slow
 def test_each_sweep_run_starts_from_the_original_weights(tiny_model_dir, small_text, tmp_path):
     def kl_rows(out, lrs):
-        argv = sweep_argv(tiny_model_dir, small_text, out, "--objective", "kl-alpha-beta", "--lr", lrs,
-                          "--curve-points", "0")
+        argv = sweep_argv(
+            tiny_model_dir, small_text, out, "--objective", "kl-alpha-beta", "--lr", lrs, "--curve-points", "0"
+        )
         assert main(argv) == 0
         return {r["lr"]: r for r in read_csv(out / "sweep.csv")[1] if r["objective"] == "kl-alpha-beta"}
 
@@ -230,7 +300,20 @@ def test_sweep_calibrates_b_on_the_probe_seeds_not_the_eval_seeds(tiny_model_dir
         return real_calibrate(model, tokenizer, mask, rate, cfg, *args, **kwargs)
 
     monkeypatch.setattr(tokentilt.jobs.sweep, "calibrate", recording_calibrate)
-    argv = sweep_argv(tiny_model_dir, small_text, tmp_path / "sweep", "--objective", "kl-alpha-beta", "--rate", "0.5",
-                      "--bias", "", "--curve-points", "0", "--eval-seed", "77")
+    argv = sweep_argv(
+        tiny_model_dir,
+        small_text,
+        tmp_path / "sweep",
+        "--objective",
+        "kl-alpha-beta",
+        "--rate",
+        "0.5",
+        "--bias",
+        "",
+        "--curve-points",
+        "0",
+        "--eval-seed",
+        "77",
+    )
     assert main(argv) == 0
     assert seeds == [EvalConfig(eval_seed=77).probe().eval_seed] and seeds != [77]

@@ -16,8 +16,14 @@ COST_KEYS = ("ppl", "drift", "distinct_1", "distinct_2", "repetition")
 @pytest.mark.slow
 def test_tilt_distill_summary_has_costs_before_after_and_the_baseline(tiny_model_dir, eval_file, tmp_path):
     out = tmp_path / "run"
-    assert main(tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--bias", "3",
-                          "--placement", "model")) == 0
+    assert (
+        main(
+            tilt_argv(
+                tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--bias", "3", "--placement", "model"
+            )
+        )
+        == 0
+    )
     s = json.loads((out / "summary.json").read_text())
     for key in COST_KEYS:
         assert isinstance(s[f"{key}_before"], float) and isinstance(s[f"{key}_after"], float)
@@ -37,11 +43,14 @@ def test_tilt_distill_summary_has_costs_before_after_and_the_baseline(tiny_model
     assert "held-out perplexity" in report and "decode-time baseline" in report
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--objective", "kl-uniform", "--rate", "0.5"], "rate calibrates tilt-distill's bias"),
-    (["--objective", "tilt-distill", "--rate", "1.5"], "rate must be in (0, 1)"),
-    (["--eval-windows", "0"], "eval-windows must be positive"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--objective", "kl-uniform", "--rate", "0.5"], "rate calibrates tilt-distill's bias"),
+        (["--objective", "tilt-distill", "--rate", "1.5"], "rate must be in (0, 1)"),
+        (["--eval-windows", "0"], "eval-windows must be positive"),
+    ],
+)
 def test_bad_cost_options_are_one_line_exit_2(tiny_model_dir, eval_file, tmp_path, capsys, extra, message):
     out = tmp_path / "run"
     code = main(tilt_argv(tiny_model_dir, eval_file, out, *extra))
@@ -63,11 +72,29 @@ def test_missing_eval_text_fails_before_loading(tiny_model_dir, tmp_path, capsys
 def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, eval_file, tmp_path, monkeypatch):
     draws = []  # (seed, bias) of every R measurement
     real_sample = tokentilt.evaluate.sample
-    monkeypatch.setattr(tokentilt.evaluate, "sample", lambda *a, seed, bias=0.0, **k: draws.append((seed, bias))
-                        or real_sample(*a, seed=seed, bias=bias, **k))
+    monkeypatch.setattr(
+        tokentilt.evaluate,
+        "sample",
+        lambda *a, seed, bias=0.0, **k: draws.append((seed, bias)) or real_sample(*a, seed=seed, bias=bias, **k),
+    )
     out = tmp_path / "run"
-    argv = tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.5",
-                     "--rate-rounds", "2", "--samples-per-prompt", "2", "--placement", "model", "--eval-seed", "7")
+    argv = tilt_argv(
+        tiny_model_dir,
+        eval_file,
+        out,
+        "--objective",
+        "tilt-distill",
+        "--rate",
+        "0.5",
+        "--rate-rounds",
+        "2",
+        "--samples-per-prompt",
+        "2",
+        "--placement",
+        "model",
+        "--eval-seed",
+        "7",
+    )
     assert main(argv) == 0
     s = json.loads((out / "summary.json").read_text())
     rounds = s["bias_rounds"]
@@ -83,30 +110,58 @@ def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, 
     assert cal["eval_seed"] == 8 and cal["method"] == "importance weights" and cal["rate"]["ess"] >= 16
     assert cal["rate"]["mean"] == pytest.approx(0.5, abs=1e-3)
     assert {(8, p["bias"]) for p in cal["points"]} <= set(draws)
-    assert sorted(d for d in draws if d[0] == 7) == sorted([(7, 0.0), (7, calibrated), (7, 0.0)]
-                                                           + ([(7, trained)] if trained != calibrated else []))
+    assert sorted(d for d in draws if d[0] == 7) == sorted(
+        [(7, 0.0), (7, calibrated), (7, 0.0)] + ([(7, trained)] if trained != calibrated else [])
+    )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [i for i in range(1, len(rounds) + 1) for _ in range(2)]
     assert "trained toward b" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", [["--placement", "model", "--lr", "3e-2"],  # enough to move R: rho is defined
-                                   ["--lora"]])
-def test_when_the_rounds_move_b_rho_reads_a_decode_time_point_at_the_trained_b(tiny_model_dir, eval_file, tmp_path,
-                                                                              monkeypatch, where):
+@pytest.mark.parametrize(
+    "where",
+    [
+        ["--placement", "model", "--lr", "3e-2"],  # enough to move R: rho is defined
+        ["--lora"],
+    ],
+)
+def test_when_the_rounds_move_b_rho_reads_a_decode_time_point_at_the_trained_b(
+    tiny_model_dir, eval_file, tmp_path, monkeypatch, where
+):
     draws = []  # (seed, bias) of every R measurement
     real_sample, real_train_to_rate = tokentilt.evaluate.sample, tokentilt.jobs.tilt.train_to_rate
-    monkeypatch.setattr(tokentilt.evaluate, "sample", lambda *a, seed, bias=0.0, **k: draws.append((seed, bias))
-                        or real_sample(*a, seed=seed, bias=bias, **k))
+    monkeypatch.setattr(
+        tokentilt.evaluate,
+        "sample",
+        lambda *a, seed, bias=0.0, **k: draws.append((seed, bias)) or real_sample(*a, seed=seed, bias=bias, **k),
+    )
 
     def rounds_that_move_b(*args, **kwargs):  # as if a later round had been kept
         fit, history = real_train_to_rate(*args, **kwargs)
         return dataclasses.replace(fit, bias=fit.bias + 1.5), history
+
     monkeypatch.setattr(tokentilt.jobs.tilt, "train_to_rate", rounds_that_move_b)
     out = tmp_path / "run"
-    assert main(tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.5",
-                          "--rate-rounds", "1", *where, "--eval-seed", "7")) == 0
+    assert (
+        main(
+            tilt_argv(
+                tiny_model_dir,
+                eval_file,
+                out,
+                "--objective",
+                "tilt-distill",
+                "--rate",
+                "0.5",
+                "--rate-rounds",
+                "1",
+                *where,
+                "--eval-seed",
+                "7",
+            )
+        )
+        == 0
+    )
     s = json.loads((out / "summary.json").read_text())
     calibrated, trained = s["calibrated_bias"], s["bias"]
     assert trained == pytest.approx(calibrated + 1.5)
@@ -132,8 +187,9 @@ def test_when_the_rounds_move_b_rho_reads_a_decode_time_point_at_the_trained_b(t
 
 def test_rate_rounds_must_be_positive(tiny_model_dir, eval_file, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.5",
-                          "--rate-rounds", "0"))
+    code = main(
+        tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.5", "--rate-rounds", "0")
+    )
     err = capsys.readouterr().err
     assert code == 2 and "rate-rounds must be a positive integer" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
@@ -148,8 +204,9 @@ def test_a_phrase_tilt_runs_on_lora_and_its_samples_recount_to_its_r(tiny_model_
     words = tmp_path / "words.txt"
     words.write_text("verily\nbox of wax\nthe\n")
     out = tmp_path / "run"
-    argv = tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.2",
-                     "--rate-rounds", "1")
+    argv = tilt_argv(
+        tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.2", "--rate-rounds", "1"
+    )
     argv[argv.index("--toward") + 1] = f"phrases:{words}"
     assert main(argv) == 0
     s = json.loads((out / "summary.json").read_text())
@@ -166,7 +223,7 @@ def test_a_phrase_tilt_runs_on_lora_and_its_samples_recount_to_its_r(tiny_model_
         hits, i = 0, 0
         while i < len(ws):
             for entry in (["box", "of", "wax"], ["verily"], ["the"]):
-                if ws[i:i + len(entry)] == entry:
+                if ws[i : i + len(entry)] == entry:
                     hits, i = hits + 1, i + len(entry) - 1
                     break
             i += 1

@@ -15,9 +15,16 @@ ATOL = 1e-4
 def hf():
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=V, n_positions=BLOCK, n_embd=32, n_layer=2, n_head=4,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-        bos_token_id=V - 1, eos_token_id=V - 1,
+        vocab_size=V,
+        n_positions=BLOCK,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=V - 1,
+        eos_token_id=V - 1,
     )
     model = GPT2LMHeadModel(config).eval()
     # HF initialises LayerNorms to (1, 0); randomise them so a swapped or missing copy would show.
@@ -43,8 +50,9 @@ def test_from_hf_matches_hf_logits(hf, gpt):
     ours = gpt(ids).logits  # (B, T, V)
     assert ours.shape == (2, 12, V)
     torch.testing.assert_close(ours, hf(ids).logits, atol=ATOL, rtol=0)
-    assert gpt.config == GPTConfig(vocab_size=V, block_size=BLOCK, n_layer=2, n_head=4, n_embd=32,
-                                   dropout=0.0, bias=True, layer_norm_epsilon=1e-5)
+    assert gpt.config == GPTConfig(
+        vocab_size=V, block_size=BLOCK, n_layer=2, n_head=4, n_embd=32, dropout=0.0, bias=True, layer_norm_epsilon=1e-5
+    )
 
 
 @torch.no_grad()
@@ -115,8 +123,9 @@ def test_left_padding_matches_unpadded(gpt):
     nxt = torch.tensor([[7], [7]])
     mask2 = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
     pos = (mask2.cumsum(-1) - 1)[:, -1:]
-    step = gpt(input_ids=nxt, attention_mask=mask2, position_ids=pos,
-               past_key_values=out.past_key_values, use_cache=True).logits[:, -1]  # (2, V)
+    step = gpt(
+        input_ids=nxt, attention_mask=mask2, position_ids=pos, past_key_values=out.past_key_values, use_cache=True
+    ).logits[:, -1]  # (2, V)
     torch.testing.assert_close(step[0], gpt(torch.cat([short, nxt[:1]], 1)).logits[0, -1], atol=ATOL, rtol=0)
     torch.testing.assert_close(step[1], gpt(torch.cat([long, nxt[1:]], 1)).logits[0, -1], atol=ATOL, rtol=0)
 
@@ -141,8 +150,9 @@ def greedy(model, ids, n):
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
         tokens.append(nxt)
         mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-        out = model(input_ids=nxt, attention_mask=mask, position_ids=None, use_cache=True,
-                    **{cache: getattr(out, cache)})
+        out = model(
+            input_ids=nxt, attention_mask=mask, position_ids=None, use_cache=True, **{cache: getattr(out, cache)}
+        )
     return torch.cat(tokens, dim=1)  # (B, n)
 
 
@@ -150,8 +160,14 @@ def greedy(model, ids, n):
 def test_greedy_generation_matches_hf(hf, gpt):
     prompt = random_ids(B=1, T=6, seed=8)
     n = 20
-    ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                      max_new_tokens=n, min_new_tokens=n, pad_token_id=V - 1)[:, prompt.shape[1]:]
+    ref = hf.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        do_sample=False,
+        max_new_tokens=n,
+        min_new_tokens=n,
+        pad_token_id=V - 1,
+    )[:, prompt.shape[1] :]
     assert ref.shape == (1, n)
     assert torch.equal(greedy(gpt, prompt, n), ref)
 
@@ -166,8 +182,14 @@ def test_shared_generate_on_left_padded_batch_matches_hf(hf, gpt):
     cfg = generate_module.SampleConfig(max_new_tokens=12, strategy="greedy")
     ours = generate_module.generate(gpt, ids, mask, cfg)  # (2, 12)
     for row, prompt in enumerate([short, long]):
-        ref = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                          max_new_tokens=12, min_new_tokens=12, pad_token_id=V - 1)[:, prompt.shape[1]:]
+        ref = hf.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            max_new_tokens=12,
+            min_new_tokens=12,
+            pad_token_id=V - 1,
+        )[:, prompt.shape[1] :]
         assert torch.equal(ours[row : row + 1], ref)
 
 
@@ -184,7 +206,12 @@ def test_weight_tying_and_param_count():
 def test_default_config_is_small():
     config = GPTConfig()
     assert (config.vocab_size, config.block_size, config.n_layer, config.n_head, config.n_embd) == (
-        50257, 256, 4, 4, 128)
+        50257,
+        256,
+        4,
+        4,
+        128,
+    )
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(n_embd=30, n_head=4)
 

@@ -51,6 +51,7 @@ def builder(tiny_model_dir):
     def build():
         calls.append(1)
         return load_model(str(tiny_model_dir))
+
     build.calls = calls
     return build
 
@@ -131,6 +132,7 @@ def test_a_save_that_fails_midway_leaves_no_cache_folder(source, builder, monkey
     def broken_save(model, tokenizer, folder):
         (folder / "model.safetensors").write_bytes(b"half")
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(load, "save_model", broken_save)
     cached(source, builder)
     assert list(cache_root().iterdir()) == []

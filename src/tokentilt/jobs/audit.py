@@ -47,10 +47,13 @@ def run_audit(cfg: AuditConfig, echo=print, progress: bool = False) -> AuditResu
     seconds = time.time() - start
     folder = RunFolder(cfg.out, overwrite=cfg.overwrite).start()
     folder.write_yaml("config.yaml", dataclasses.asdict(cfg))
-    folder.write_json("audit.json", {"model": cfg.model, "reference": cfg.reference, "seconds": round(seconds, 1),
-                                     **result.to_json()})
-    save_file({"lift": result.lift.float().contiguous(), "unexplained": result.unexplained.float().contiguous()},
-              folder.path("lift.safetensors"))
+    folder.write_json(
+        "audit.json", {"model": cfg.model, "reference": cfg.reference, "seconds": round(seconds, 1), **result.to_json()}
+    )
+    save_file(
+        {"lift": result.lift.float().contiguous(), "unexplained": result.unexplained.float().contiguous()},
+        folder.path("lift.safetensors"),
+    )
     plot_lift(folder.path("lift.png"), result)
     folder.path("report.md").write_text(audit_report(cfg, result, seconds))
     out = folder.finish()
@@ -66,15 +69,21 @@ def plot_lift(path: Path, result: AuditResult) -> None:
     """Histograms of every token's lift and of its unexplained part, the top feature's tokens against the rest."""
     mask, top = result.top_mask, result.features[0]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4), dpi=110)
-    panels = ((result.lift, "lift", "lift: mean log p_model - log p_ref, centred (nats)"),
-              (result.unexplained, "unexplained", "unexplained: the lift less its best fit W u + c (nats)"))
+    panels = (
+        (result.lift, "lift", "lift: mean log p_model - log p_ref, centred (nats)"),
+        (result.unexplained, "unexplained", "unexplained: the lift less its best fit W u + c (nats)"),
+    )
     for ax, (values, view, xlabel) in zip(axes, panels):
         values = values.float()
         lo, hi = float(values.min()), float(values.max())
         span = dict(bins=80 if hi > lo else 1, range=(lo, hi if hi > lo else lo + 1))
         ax.hist(values[~mask].numpy(), **span, alpha=0.6, label=f"other tokens ({int((~mask).sum())})")
-        ax.hist(values[mask].numpy(), **span, alpha=0.7,
-                label=f"{top['selector']} ({int(mask.sum())}), AUROC {top['auroc_' + view]:.3f}")
+        ax.hist(
+            values[mask].numpy(),
+            **span,
+            alpha=0.7,
+            label=f"{top['selector']} ({int(mask.sum())}), AUROC {top['auroc_' + view]:.3f}",
+        )
         ax.set_yscale("log")
         ax.axvline(0, color="grey", lw=1, ls="--")
         ax.set(title=f"{view}{' (scored here)' if top['view'] == view else ''}", xlabel=xlabel, ylabel="tokens")
@@ -92,23 +101,34 @@ def _cell(text: str, limit: int = 160) -> str:
 
 
 def _feature_table(rows: list[dict]) -> str:
-    table = [{"#": i + 1, "selector": f"`{_cell(r['selector'], 40)}`", "what": _cell(r["label"], 90)
-              + (f" (closest rule `{r['rule']['selector']}`, Jaccard {r['rule']['jaccard']:.2f})" if "rule" in r else ""),
-              "tokens": r["size"],
-              "AUROC: lift / unexplained": f"{r['auroc_lift']:.3f} / {r['auroc_unexplained']:.3f}",
-              "score": f"{r['score']:.3f} ({r['view']})",
-              "lift, nats [95% CI]": f"{r['lift']:+.2f} [{r['lift_ci'][0]:+.2f}, {r['lift_ci'][1]:+.2f}]",
-              "mass ratio": f"{r['mass_ratio']:.3g}x",
-              "share in samples: ref → model": f"{fmt_rate(r['share_reference'])} → {fmt_rate(r['share_model'])}"}
-             for i, r in enumerate(rows)]
+    table = [
+        {
+            "#": i + 1,
+            "selector": f"`{_cell(r['selector'], 40)}`",
+            "what": _cell(r["label"], 90)
+            + (f" (closest rule `{r['rule']['selector']}`, Jaccard {r['rule']['jaccard']:.2f})" if "rule" in r else ""),
+            "tokens": r["size"],
+            "AUROC: lift / unexplained": f"{r['auroc_lift']:.3f} / {r['auroc_unexplained']:.3f}",
+            "score": f"{r['score']:.3f} ({r['view']})",
+            "lift, nats [95% CI]": f"{r['lift']:+.2f} [{r['lift_ci'][0]:+.2f}, {r['lift_ci'][1]:+.2f}]",
+            "mass ratio": f"{r['mass_ratio']:.3g}x",
+            "share in samples: ref → model": f"{fmt_rate(r['share_reference'])} → {fmt_rate(r['share_model'])}",
+        }
+        for i, r in enumerate(rows)
+    ]
     return markdown_table(table, list(table[0]))
 
 
 def _token_table(rows: list[dict]) -> str:
-    table = [{"token": f"`{_cell(repr(r['text']), 30)}`", "lift [95% CI]": f"{r['lift']:+.2f} [{r['lift_ci'][0]:+.2f}, "
-              f"{r['lift_ci'][1]:+.2f}]", "p ref → model": f"{r['p_reference']:.2e} → {r['p_model']:.2e}",
-              "share in samples: ref → model": f"{r['share_reference']:.4f} → {r['share_model']:.4f}"}
-             for r in rows]
+    table = [
+        {
+            "token": f"`{_cell(repr(r['text']), 30)}`",
+            "lift [95% CI]": f"{r['lift']:+.2f} [{r['lift_ci'][0]:+.2f}, {r['lift_ci'][1]:+.2f}]",
+            "p ref → model": f"{r['p_reference']:.2e} → {r['p_model']:.2e}",
+            "share in samples: ref → model": f"{r['share_reference']:.4f} → {r['share_model']:.4f}",
+        }
+        for r in rows
+    ]
     return markdown_table(table, list(table[0]))
 
 
@@ -136,18 +156,35 @@ def audit_report(cfg: AuditConfig, r: AuditResult, seconds: float) -> str:
     ]
     if r.truth:
         t = r.truth
-        lines += [f"The given set `{t['selector']}` ({t['size']} tokens): AUROC {t['auroc']:.3f}, score {t['score']:.3f}, "
-                  f"rank {t['rank']} of {r.candidates}, Jaccard with the top feature {t['jaccard_with_top']:.2f}, "
-                  f"lift {t['lift']:+.2f} nats, mass ratio {t['mass_ratio']:.3g}x.", ""]
-    lines += ["## Features, best first", "", _feature_table(r.features), "", "![lift](lift.png)", "",
-              "## Most lifted tokens", "", _token_table(r.tokens_up), "",
-              "## Most lowered tokens", "", _token_table(r.tokens_down), "",
-              "## Samples side by side (one per prompt, same seed)", "",
-              "| prompt | reference | model |", "|---|---|---|"]
+        lines += [
+            f"The given set `{t['selector']}` ({t['size']} tokens): AUROC {t['auroc']:.3f}, score {t['score']:.3f}, "
+            f"rank {t['rank']} of {r.candidates}, Jaccard with the top feature {t['jaccard_with_top']:.2f}, "
+            f"lift {t['lift']:+.2f} nats, mass ratio {t['mass_ratio']:.3g}x.",
+            "",
+        ]
+    lines += [
+        "## Features, best first",
+        "",
+        _feature_table(r.features),
+        "",
+        "![lift](lift.png)",
+        "",
+        "## Most lifted tokens",
+        "",
+        _token_table(r.tokens_up),
+        "",
+        "## Most lowered tokens",
+        "",
+        _token_table(r.tokens_down),
+        "",
+        "## Samples side by side (one per prompt, same seed)",
+        "",
+        "| prompt | reference | model |",
+        "|---|---|---|",
+    ]
     seen = set()
     for prompt, ref, mod in zip(r.samples["prompts"], r.samples["reference"], r.samples["model"]):
         if prompt not in seen:
             seen.add(prompt)
             lines.append(f"| {_cell(prompt, 60)} | {_cell(ref)} | {_cell(mod)} |")
     return "\n".join(lines) + "\n"
-

@@ -25,8 +25,16 @@ class EvalJobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def evaluate_model(model_name: str, reference_name: str, toward: str, cfg: EvalConfig, bias: float = 0.0,
-                   rate: float = 0.0, bf16: bool = False, echo=print) -> dict:
+def evaluate_model(
+    model_name: str,
+    reference_name: str,
+    toward: str,
+    cfg: EvalConfig,
+    bias: float = 0.0,
+    rate: float = 0.0,
+    bf16: bool = False,
+    echo=print,
+) -> dict:
     """`tokentilt eval`: a model's R and costs against a reference, optionally beside the decode-time
     baseline (the reference sampled with bias b, or with the b calibrated to `rate`).
 
@@ -48,24 +56,43 @@ def evaluate_model(model_name: str, reference_name: str, toward: str, cfg: EvalC
         reference, _ = load_model(reference_name)
     vocab = model.get_output_embeddings().weight.shape[0]
     if reference.get_output_embeddings().weight.shape[0] != vocab:
-        raise ValueError(f"model and reference have different vocabularies ({vocab} vs "
-                         f"{reference.get_output_embeddings().weight.shape[0]} tokens)")
+        raise ValueError(
+            f"model and reference have different vocabularies ({vocab} vs "
+            f"{reference.get_output_embeddings().weight.shape[0]} tokens)"
+        )
     tokens = resolve_target(toward, tokenizer, model, echo)
     windows, text_windows = held_out(reference, tokenizer, cfg, text, bf16, echo)
     rows = []
-    result, _ = measure(model, tokenizer, tokens.target, cfg, windows,
-                        reference=None if reference is model else reference, bf16=bf16, text_windows=text_windows)
+    result, _ = measure(
+        model,
+        tokenizer,
+        tokens.target,
+        cfg,
+        windows,
+        reference=None if reference is model else reference,
+        bf16=bf16,
+        text_windows=text_windows,
+    )
     rows.append({"name": model_name, "bias": 0.0, **result})
     if rate:
         echo(f"calibrating the decode-time bias to R = {rate} on the reference ...")
         bias = calibrate(reference, tokenizer, tokens.target, rate, cfg, windows, bf16=bf16, echo=echo).bias
     if bias:
-        result, _ = measure(reference, tokenizer, tokens.target, cfg, windows, bias=bias, bf16=bf16,
-                            text_windows=text_windows)
+        result, _ = measure(
+            reference, tokenizer, tokens.target, cfg, windows, bias=bias, bf16=bf16, text_windows=text_windows
+        )
         rows.append({"name": f"decode-bias b={bias:.3f} on {reference_name}", "bias": bias, **result})
-    out = {"model": model_name, "reference": reference_name, "selector": toward, "target_size": tokens.size,
-           "chat": cfg.chat, "eval_text": "chat:held-out replies" if cfg.chat else cfg.eval_text or "plays:test",
-           "eval_tokens": int(windows.numel()), "rate_target": rate or None, "rows": rows}
+    out = {
+        "model": model_name,
+        "reference": reference_name,
+        "selector": toward,
+        "target_size": tokens.size,
+        "chat": cfg.chat,
+        "eval_text": "chat:held-out replies" if cfg.chat else cfg.eval_text or "plays:test",
+        "eval_tokens": int(windows.numel()),
+        "rate_target": rate or None,
+        "rows": rows,
+    }
     if bias and reference is not model:  # rho of the model against the decode-time tilt at this b
         base, _ = measure(reference, tokenizer, tokens.target, cfg, windows, bf16=bf16, text_windows=text_windows)
         rows.insert(1, {"name": f"{reference_name} (reference)", "bias": 0.0, **base})
@@ -79,12 +106,23 @@ def eval_table(result: dict) -> str:
     lines = [head]
     for r in result["rows"]:
         rate = f"{r['rate']['mean']:.3f} [{r['rate']['ci_low']:.3f}, {r['rate']['ci_high']:.3f}]"
-        lines.append(f"{r['name'][:44]:<44} {rate:>22} {r['ppl']:>9.2f} {r['drift']:>8.4f} {r['distinct_1']:>7.3f} "
-                     f"{r['distinct_2']:>7.3f} {r['repetition']:>6.3f}")
+        lines.append(
+            f"{r['name'][:44]:<44} {rate:>22} {r['ppl']:>9.2f} {r['drift']:>8.4f} {r['distinct_1']:>7.3f} "
+            f"{r['distinct_2']:>7.3f} {r['repetition']:>6.3f}"
+        )
     if result.get("chat"):
-        lines.append("(chat: R and the costs on the assistant's replies; raw-text ppl: "
-                     + ", ".join(f"{r['ppl_text']:.2f}" for r in result["rows"]) + ")")
+        lines.append(
+            "(chat: R and the costs on the assistant's replies; raw-text ppl: "
+            + ", ".join(f"{r['ppl_text']:.2f}" for r in result["rows"])
+            + ")"
+        )
     if "rho" in result:
-        lines.append("rho = " + ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in result.items()
-                                          if k.startswith(("rho", "drift_ratio"))))
+        lines.append(
+            "rho = "
+            + ", ".join(
+                f"{k} {v:.2f}" if v is not None else f"{k} n/a"
+                for k, v in result.items()
+                if k.startswith(("rho", "drift_ratio"))
+            )
+        )
     return "\n".join(lines)

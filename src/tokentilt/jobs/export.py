@@ -60,8 +60,10 @@ def run_export(cfg: ExportConfig, echo=print) -> dict:
         if not toward or bias is None:
             raise ExportError("--logit-bias needs --toward SELECTOR and --bias B (a tilt-distill run folder has both)")
         if is_phrase_selector(toward):
-            raise ExportError("--logit-bias maps token ids to a bias; a phrase list's bias depends on context "
-                              "(see docs/phrases.md), so it has no logit_bias form")
+            raise ExportError(
+                "--logit-bias maps token ids to a bias; a phrase list's bias depends on context "
+                "(see docs/phrases.md), so it has no logit_bias form"
+            )
     echo(f"loading model {name!r} ...")
     model, tokenizer = load_model(name)
     result = {"source": cfg.source}
@@ -72,8 +74,10 @@ def run_export(cfg: ExportConfig, echo=print) -> dict:
         card = Path(gguf).with_suffix(".Modelfile")
         card.write_text(modelfile(Path(gguf).name, bool(getattr(tokenizer, "chat_template", None))))
         result.update(gguf=info, modelfile=str(card), seconds=round(time.time() - started, 1))
-        echo(f"{gguf}: {info['bytes'] / 1e6:.1f} MB, {info['tensors']} tensors; ollama: "
-             f"ollama create NAME -f {card} && ollama run NAME")
+        echo(
+            f"{gguf}: {info['bytes'] / 1e6:.1f} MB, {info['tensors']} tensors; ollama: "
+            f"ollama create NAME -f {card} && ollama run NAME"
+        )
     if logit_bias is not None:
         tokens = resolve_set(toward, tokenizer, model.get_output_embeddings().weight.shape[0])
         Path(logit_bias).write_text(json.dumps(logit_bias_map(tokens.mask, bias)))

@@ -37,13 +37,20 @@ def run_pretrain(cfg: PretrainConfig, progress: bool = True, echo=print) -> dict
     final_val = p.final_val_loss
     model.save(folder.path("model"))
 
-    plot_series(folder.path("loss.png"),
-                {"train (per step)": ([r["step"] for r in history], [r["loss"] for r in history]),
-                 "train (fixed windows)": ([e["step"] for e in evals], [e["train_loss"] for e in evals]),
-                 "val": ([e["step"] for e in evals], [e["val_loss"] for e in evals])},
-                "Model 5 pretraining on Shakespeare", "next-token CE (nats)",
-                hline=(baseline["unigram_val_ce"], "unigram baseline (val)"))
-    samples = sample(model, tokenizer, ["KING:", "To be"], 1, SampleConfig(max_new_tokens=cfg.sample_tokens), seed=cfg.seed)
+    plot_series(
+        folder.path("loss.png"),
+        {
+            "train (per step)": ([r["step"] for r in history], [r["loss"] for r in history]),
+            "train (fixed windows)": ([e["step"] for e in evals], [e["train_loss"] for e in evals]),
+            "val": ([e["step"] for e in evals], [e["val_loss"] for e in evals]),
+        },
+        "Model 5 pretraining on Shakespeare",
+        "next-token CE (nats)",
+        hline=(baseline["unigram_val_ce"], "unigram baseline (val)"),
+    )
+    samples = sample(
+        model, tokenizer, ["KING:", "To be"], 1, SampleConfig(max_new_tokens=cfg.sample_tokens), seed=cfg.seed
+    )
     summary = {
         "params": model.num_params(),
         "train_tokens": p.train_tokens,
@@ -59,26 +66,30 @@ def run_pretrain(cfg: PretrainConfig, progress: bool = True, echo=print) -> dict
     folder.path("report.md").write_text(pretrain_report(cfg, summary, evals, samples))
     folder.write_json("summary.json", summary)
     out = folder.finish()
-    echo(f"val loss {final_val:.3f} nats (unigram baseline {baseline['unigram_val_ce']:.3f}); "
-         f"{summary['steps']} steps in {summary['seconds']:.0f} s\nrun folder: {out}")
+    echo(
+        f"val loss {final_val:.3f} nats (unigram baseline {baseline['unigram_val_ce']:.3f}); "
+        f"{summary['steps']} steps in {summary['seconds']:.0f} s\nrun folder: {out}"
+    )
     return summary
 
 
 def pretrain_report(cfg: PretrainConfig, s: dict, evals: list[dict], samples) -> str:
     rows = [{"step": e["step"], "train loss": e["train_loss"], "val loss": e["val_loss"]} for e in evals]
-    return "\n".join([
-        "# Model 5 pretraining on Shakespeare",
-        "",
-        f"- {s['params'] / 1e6:.1f}M parameters ({cfg.n_layer} layers, d={cfg.n_embd}, {cfg.n_head} heads, "
-        f"dropout {cfg.dropout}); GPT-2 tokenizer",
-        f"- {s['steps']} AdamW steps (lr {cfg.lr:g}, weight decay {cfg.weight_decay}) of {cfg.batch} x {cfg.seq_len} "
-        f"tokens{'; stopped early' if s['early_stopped'] else ''}; best step {s['best_step']}; {s['seconds']:.0f} s",
-        f"- **val loss {s['val_loss']:.3f} nats** vs the unigram baseline {s['unigram_val_ce']:.3f} nats "
-        f"(train-split unigram entropy {s['unigram_entropy']:.3f})",
-        "",
-        markdown_table(rows, ["step", "train loss", "val loss"]),
-        "",
-        "![loss](loss.png)",
-        "",
-        samples_section("Samples", samples.prompts, samples.texts),
-    ])
+    return "\n".join(
+        [
+            "# Model 5 pretraining on Shakespeare",
+            "",
+            f"- {s['params'] / 1e6:.1f}M parameters ({cfg.n_layer} layers, d={cfg.n_embd}, {cfg.n_head} heads, "
+            f"dropout {cfg.dropout}); GPT-2 tokenizer",
+            f"- {s['steps']} AdamW steps (lr {cfg.lr:g}, weight decay {cfg.weight_decay}) of {cfg.batch} x {cfg.seq_len} "
+            f"tokens{'; stopped early' if s['early_stopped'] else ''}; best step {s['best_step']}; {s['seconds']:.0f} s",
+            f"- **val loss {s['val_loss']:.3f} nats** vs the unigram baseline {s['unigram_val_ce']:.3f} nats "
+            f"(train-split unigram entropy {s['unigram_entropy']:.3f})",
+            "",
+            markdown_table(rows, ["step", "train loss", "val loss"]),
+            "",
+            "![loss](loss.png)",
+            "",
+            samples_section("Samples", samples.prompts, samples.texts),
+        ]
+    )

@@ -28,13 +28,53 @@ from tokentilt.tilting import Positions, TiltConfig, load_with_set, train_to_rat
 from tokentilt.train import TrainConfig, frozen_copy
 
 BASELINE = "decode-bias"
-CSV_COLUMNS = ["objective", "lr", "bias", "rate_mean", "rate_ci_low", "rate_ci_high", "ppl", "drift", "distinct_2",
-               "seconds", "rate_target", "distinct_1", "repetition", "steps"]
+CSV_COLUMNS = [
+    "objective",
+    "lr",
+    "bias",
+    "rate_mean",
+    "rate_ci_low",
+    "rate_ci_high",
+    "ppl",
+    "drift",
+    "distinct_2",
+    "seconds",
+    "rate_target",
+    "distinct_1",
+    "repetition",
+    "steps",
+]
 # Settings that must match for a finished run in the folder to count as done.
-SHARED_KEYS = ("model", "toward", "positions", "alpha", "beta", "ce_weight", "rate_rounds", "optimizer", "steps",
-               "batch", "grad_accum", "seq_len", "grad_clip", "weight_decay", "seed", "bf16", "prompts",
-               "samples_per_prompt", "new_tokens", "temperature", "top_k", "top_p", "eval_seed", "eval_text",
-               "eval_windows", "eval_seq_len", "chat", "system")
+SHARED_KEYS = (
+    "model",
+    "toward",
+    "positions",
+    "alpha",
+    "beta",
+    "ce_weight",
+    "rate_rounds",
+    "optimizer",
+    "steps",
+    "batch",
+    "grad_accum",
+    "seq_len",
+    "grad_clip",
+    "weight_decay",
+    "seed",
+    "bf16",
+    "prompts",
+    "samples_per_prompt",
+    "new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "eval_seed",
+    "eval_text",
+    "eval_windows",
+    "eval_seq_len",
+    "chat",
+    "system",
+)
 
 
 def _train_defaults() -> TrainConfig:
@@ -47,7 +87,9 @@ class SweepConfig:
 
     model: str = "bundled"  # model to load: 'bundled' (SmolLM2-135M-Instruct, offline), a local HF folder, or a hub id
     toward: str = "x"  # selector of the token set to tilt toward
-    objectives: list[str] = field(default_factory=lambda: ["tilt-distill", "kl-alpha-beta"])  # objectives to train, comma-separated, from tilt's
+    objectives: list[str] = field(
+        default_factory=lambda: ["tilt-distill", "kl-alpha-beta"]
+    )  # objectives to train, comma-separated, from tilt's
     # --objective choices
     lrs: list[float] = field(default_factory=lambda: [1e-4])  # learning rates, comma-separated; one run each
     rates: list[float] = field(default_factory=lambda: [0.5])  # target rates R*, comma-separated; b is calibrated per
@@ -85,14 +127,32 @@ class SweepConfig:
             raise ValueError("tilt-distill needs at least one rate or bias")
         if self.curve_points < 0:
             raise ValueError(f"curve-points must be >= 0, got {self.curve_points}")
-        TiltConfig(objective=self.objectives[0], positions=self.positions, alpha=self.alpha, beta=self.beta,
-                   rate_rounds=self.rate_rounds, train=self.train, eval=self.eval).check()
+        TiltConfig(
+            objective=self.objectives[0],
+            positions=self.positions,
+            alpha=self.alpha,
+            beta=self.beta,
+            rate_rounds=self.rate_rounds,
+            train=self.train,
+            eval=self.eval,
+        ).check()
 
     def tilt_config(self, objective: str, lr: float, bias: float, rate: float | None = None) -> TiltConfig:
-        return TiltConfig(model=self.model, toward=self.toward, objective=objective, positions=self.positions,
-                          alpha=self.alpha, beta=self.beta, bias=bias, rate=rate or 0.0, rate_rounds=self.rate_rounds,
-                          ce_weight=self.ce_weight, placement="model",  # a sweep compares learning rates
-                          train=dataclasses.replace(self.train, lr=lr), eval=self.eval)
+        return TiltConfig(
+            model=self.model,
+            toward=self.toward,
+            objective=objective,
+            positions=self.positions,
+            alpha=self.alpha,
+            beta=self.beta,
+            bias=bias,
+            rate=rate or 0.0,
+            rate_rounds=self.rate_rounds,
+            ce_weight=self.ce_weight,
+            placement="model",  # a sweep compares learning rates
+            train=dataclasses.replace(self.train, lr=lr),
+            eval=self.eval,
+        )
 
     def shared(self) -> dict:
         flat = to_flat(self)
@@ -173,8 +233,10 @@ class SweepLog:
             settings = next((r["settings"] for r in self.records if r.get("kind") == "settings"), None)
             if settings is not None and settings != json.loads(json.dumps(shared)):
                 changed = sorted(k for k in shared if settings.get(k) != json.loads(json.dumps(shared))[k])
-                raise ValueError(f"{folder} holds a sweep with other settings ({', '.join(changed)}); "
-                                 "use another --out or --overwrite")
+                raise ValueError(
+                    f"{folder} holds a sweep with other settings ({', '.join(changed)}); "
+                    "use another --out or --overwrite"
+                )
 
     def append(self, record: dict) -> None:
         new = [record]
@@ -231,8 +293,15 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
             echo(f"calibrating b for R = {rate} ...")
             # on the probe seeds, as tilt does: the eval seeds measure R, they do not fit b
             cal = calibrate(reference, tokenizer, tokens.mask, rate, cfg.eval.probe(), windows, bf16=bf16, echo=echo)
-            log.append({"kind": "calibration", "rate": rate, "bias": cal.bias, "proxy_bias": cal.proxy_bias,
-                        "history": cal.history})
+            log.append(
+                {
+                    "kind": "calibration",
+                    "rate": rate,
+                    "bias": cal.bias,
+                    "proxy_bias": cal.proxy_bias,
+                    "history": cal.history,
+                }
+            )
             calibrated[rate] = cal.bias
     curve = [RunSpec(BASELINE, bias=b) for b in curve_biases(cfg.biases + list(calibrated.values()), cfg.curve_points)]
 
@@ -241,8 +310,12 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
             continue
         bias = spec.bias if spec.bias is not None else calibrated.get(spec.rate, 0.0)
         uses_bias = spec.objective in (BASELINE, "tilt-distill")
-        echo(f"run {spec.objective}" + (f" lr={spec.lr:g}" if spec.lr else "") + (f" b={bias:.3f}" if uses_bias else "")
-             + (f" (R*={spec.rate})" if spec.rate and uses_bias else ""))
+        echo(
+            f"run {spec.objective}"
+            + (f" lr={spec.lr:g}" if spec.lr else "")
+            + (f" b={bias:.3f}" if uses_bias else "")
+            + (f" (R*={spec.rate})" if spec.rate and uses_bias else "")
+        )
         started = time.time()
         extra = {}
         if spec.objective == BASELINE:
@@ -252,8 +325,9 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
             fit_rate = spec.rate if spec.objective == "tilt-distill" and spec.bias is None else None
             run_cfg = cfg.tilt_config(spec.objective, spec.lr, bias, fit_rate)
             if fit_rate:  # train_to_rate resets the weights before each of its rounds
-                fit, history = train_to_rate(model, tokenizer, reference, tokens, run_cfg, bias, progress=progress,
-                                             echo=echo)
+                fit, history = train_to_rate(
+                    model, tokenizer, reference, tokens, run_cfg, bias, progress=progress, echo=echo
+                )
                 extra = {"calibrated_bias": bias, "bias_rounds": fit.round_records()}
                 bias = fit.bias
             else:
@@ -261,22 +335,45 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
                 history = train_toward(model, tokenizer, reference, tokens, run_cfg, bias, progress=progress)
             result, _ = measure(model, tokenizer, tokens.mask, cfg.eval, windows, reference=reference, bf16=bf16)
             steps = len(history)
-        record = {"kind": "run", "key": spec.key, "objective": spec.objective, "lr": spec.lr,
-                  "bias": bias if uses_bias else None, "rate_target": spec.rate,
-                  "steps": steps, "seconds": round(time.time() - started, 1), **extra, **result}
+        record = {
+            "kind": "run",
+            "key": spec.key,
+            "objective": spec.objective,
+            "lr": spec.lr,
+            "bias": bias if uses_bias else None,
+            "rate_target": spec.rate,
+            "steps": steps,
+            "seconds": round(time.time() - started, 1),
+            **extra,
+            **result,
+        }
         log.append(record)
         r = result["rate"]
-        echo(f"  R = {r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  ppl = {result['ppl']:.2f}  "
-             f"drift = {result['drift']:.4f}  distinct-2 = {result['distinct_2']:.3f}  ({record['seconds']:.0f} s)")
+        echo(
+            f"  R = {r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]  ppl = {result['ppl']:.2f}  "
+            f"drift = {result['drift']:.4f}  distinct-2 = {result['distinct_2']:.3f}  ({record['seconds']:.0f} s)"
+        )
     model.load_state_dict(reference.state_dict())
 
 
 def _row(record: dict) -> dict:
     r = record["rate"]
-    return {"objective": record["objective"], "lr": record["lr"], "bias": record["bias"], "rate_mean": r["mean"],
-            "rate_ci_low": r["ci_low"], "rate_ci_high": r["ci_high"], "ppl": record["ppl"], "drift": record["drift"],
-            "distinct_2": record["distinct_2"], "seconds": record["seconds"], "rate_target": record["rate_target"],
-            "distinct_1": record["distinct_1"], "repetition": record["repetition"], "steps": record["steps"]}
+    return {
+        "objective": record["objective"],
+        "lr": record["lr"],
+        "bias": record["bias"],
+        "rate_mean": r["mean"],
+        "rate_ci_low": r["ci_low"],
+        "rate_ci_high": r["ci_high"],
+        "ppl": record["ppl"],
+        "drift": record["drift"],
+        "distinct_2": record["distinct_2"],
+        "seconds": record["seconds"],
+        "rate_target": record["rate_target"],
+        "distinct_1": record["distinct_1"],
+        "repetition": record["repetition"],
+        "steps": record["steps"],
+    }
 
 
 def _sorted(rows: list[dict]) -> list[dict]:
@@ -301,32 +398,51 @@ def sweep_markdown(rows: list[dict], cfg: SweepConfig) -> str:
 
     def fmt(r):
         interval = "" if r["rate_ci_low"] is None else f" [{r['rate_ci_low']:.3f}, {r['rate_ci_high']:.3f}]"
-        return {"objective": r["objective"], "lr": num(r["lr"], "g"), "b": num(r["bias"], ".2f"),
-                "R* (target)": num(r["rate_target"], "g"), "R [95% CI]": f"{r['rate_mean']:.3f}{interval}",
-                "perplexity": f"{r['ppl']:.2f}", "drift (nats/token)": f"{r['drift']:.4f}",
-                "distinct-2": num(r["distinct_2"], ".3f"), "repetition": num(r["repetition"], ".3f"),
-                "seconds": f"{r['seconds']:.0f}"}
+        return {
+            "objective": r["objective"],
+            "lr": num(r["lr"], "g"),
+            "b": num(r["bias"], ".2f"),
+            "R* (target)": num(r["rate_target"], "g"),
+            "R [95% CI]": f"{r['rate_mean']:.3f}{interval}",
+            "perplexity": f"{r['ppl']:.2f}",
+            "drift (nats/token)": f"{r['drift']:.4f}",
+            "distinct-2": num(r["distinct_2"], ".3f"),
+            "repetition": num(r["repetition"], ".3f"),
+            "seconds": f"{r['seconds']:.0f}",
+        }
 
-    columns = ["objective", "lr", "b", "R* (target)", "R [95% CI]", "perplexity", "drift (nats/token)", "distinct-2",
-               "repetition", "seconds"]
+    columns = [
+        "objective",
+        "lr",
+        "b",
+        "R* (target)",
+        "R [95% CI]",
+        "perplexity",
+        "drift (nats/token)",
+        "distinct-2",
+        "repetition",
+        "seconds",
+    ]
     t = cfg.train
-    return "\n".join([
-        f"# Sweep: tilting {cfg.model} toward {cfg.toward!r}",
-        "",
-        f"- trained runs: {t.steps} steps of {t.optimizer}, batch {t.batch} x {t.seq_len}, {cfg.positions} positions"
-        f"{', bf16 autocast' if t.bf16 else ''}; decode-bias = the untrained model sampled with logit bias b",
-        f"- tilt-distill at a target R*: b starts at the decode-time calibration and is corrected over up to "
-        f"{cfg.rate_rounds} training rounds from the trained model's R on probe seeds; the table shows the b trained "
-        "toward (runs.jsonl keeps every round)",
-        f"- R over {len(cfg.eval.prompts) * cfg.eval.samples_per_prompt} samples of {cfg.eval.new_tokens} tokens "
-        f"(95% interval over samples); perplexity and drift on {cfg.eval.eval_windows} x {cfg.eval.eval_seq_len} "
-        f"tokens of {cfg.eval.eval_text or 'the plays test split'}",
-        "",
-        markdown_table([fmt(r) for r in rows], columns),
-        "",
-        "![pareto](pareto.png)",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# Sweep: tilting {cfg.model} toward {cfg.toward!r}",
+            "",
+            f"- trained runs: {t.steps} steps of {t.optimizer}, batch {t.batch} x {t.seq_len}, {cfg.positions} positions"
+            f"{', bf16 autocast' if t.bf16 else ''}; decode-bias = the untrained model sampled with logit bias b",
+            f"- tilt-distill at a target R*: b starts at the decode-time calibration and is corrected over up to "
+            f"{cfg.rate_rounds} training rounds from the trained model's R on probe seeds; the table shows the b trained "
+            "toward (runs.jsonl keeps every round)",
+            f"- R over {len(cfg.eval.prompts) * cfg.eval.samples_per_prompt} samples of {cfg.eval.new_tokens} tokens "
+            f"(95% interval over samples); perplexity and drift on {cfg.eval.eval_windows} x {cfg.eval.eval_seq_len} "
+            f"tokens of {cfg.eval.eval_text or 'the plays test split'}",
+            "",
+            markdown_table([fmt(r) for r in rows], columns),
+            "",
+            "![pareto](pareto.png)",
+            "",
+        ]
+    )
 
 
 def plot_pareto(path: Path, rows: list[dict], title: str) -> None:
@@ -336,18 +452,35 @@ def plot_pareto(path: Path, rows: list[dict], title: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=100)
     base = sorted((r for r in rows if r["objective"] == BASELINE), key=lambda r: r["bias"] or 0)
     if base:
-        ax.plot([r["ppl"] for r in base], [r["rate_mean"] for r in base], "-", color="grey", lw=1.5,
-                marker=".", label=f"{BASELINE} (no training)")
+        ax.plot(
+            [r["ppl"] for r in base],
+            [r["rate_mean"] for r in base],
+            "-",
+            color="grey",
+            lw=1.5,
+            marker=".",
+            label=f"{BASELINE} (no training)",
+        )
     markers = iter("osD^vP*X")
     for objective in sorted({r["objective"] for r in rows} - {BASELINE}):
         pts = [r for r in rows if r["objective"] == objective and r["rate_ci_low"] is not None]
-        ax.errorbar([r["ppl"] for r in pts], [r["rate_mean"] for r in pts],
-                    yerr=[[r["rate_mean"] - r["rate_ci_low"] for r in pts], [r["rate_ci_high"] - r["rate_mean"]
-                                                                             for r in pts]],
-                    fmt=next(markers, "o"), ms=6, capsize=3, ls="none", label=objective)
+        ax.errorbar(
+            [r["ppl"] for r in pts],
+            [r["rate_mean"] for r in pts],
+            yerr=[[r["rate_mean"] - r["rate_ci_low"] for r in pts], [r["rate_ci_high"] - r["rate_mean"] for r in pts]],
+            fmt=next(markers, "o"),
+            ms=6,
+            capsize=3,
+            ls="none",
+            label=objective,
+        )
     ax.set_xscale("log")
-    ax.set(title=title, xlabel="held-out perplexity (log scale)", ylabel="R = share of generated tokens in the set",
-           ylim=(-0.02, 1.02))
+    ax.set(
+        title=title,
+        xlabel="held-out perplexity (log scale)",
+        ylabel="R = share of generated tokens in the set",
+        ylim=(-0.02, 1.02),
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -51,8 +51,12 @@ class Stages:
 def phrase_summary(phrases: PhraseSet, tokenizer, bias: float) -> dict:
     """How each entry tokenizes, and the collateral at the trained b: the reference words (the plays'
     train split) that are not entries but move with the tilt, the commonest first."""
-    return {"word_rule": WORD.pattern, "keep_case": phrases.keep_case, "entries": phrases.tokenizations(tokenizer),
-            "collateral": phrases.collateral(tokenizer, plays_reference(), bias)}
+    return {
+        "word_rule": WORD.pattern,
+        "keep_case": phrases.keep_case,
+        "entries": phrases.tokenizations(tokenizer),
+        "collateral": phrases.collateral(tokenizer, plays_reference(), bias),
+    }
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -64,18 +68,23 @@ def check_resumable(folder: RunFolder, cfg: TiltConfig) -> int:
     or if the run was started with other settings."""
     found = checkpoint.checkpoints(folder.path("checkpoints"))
     if not found:
-        raise UsageError(f"nothing to resume: {folder.tmp} holds no checkpoint (it needs --save-every, "
-                         "or a Ctrl-C during training)")
+        raise UsageError(
+            f"nothing to resume: {folder.tmp} holds no checkpoint (it needs --save-every, or a Ctrl-C during training)"
+        )
     saved = yaml.safe_load(folder.path("config.yaml").read_text()) or {}
     now = to_flat(cfg)
-    changed = [k for k in sorted(set(saved) | set(now))
-               if k not in RESUME_FREE and saved.get(k, "<unset>") != now.get(k, "<unset>")]
+    changed = [
+        k
+        for k in sorted(set(saved) | set(now))
+        if k not in RESUME_FREE and saved.get(k, "<unset>") != now.get(k, "<unset>")
+    ]
     if changed:
         k = changed[0]
-        raise UsageError(f"--resume with other settings than the run's: {k.replace('_', '-')} was "
-                         f"{saved.get(k, '<unset>')!r}, now {now.get(k, '<unset>')!r} (run the same command plus --resume)")
+        raise UsageError(
+            f"--resume with other settings than the run's: {k.replace('_', '-')} was "
+            f"{saved.get(k, '<unset>')!r}, now {now.get(k, '<unset>')!r} (run the same command plus --resume)"
+        )
     return found[-1][0]
-
 
 
 @dataclass
@@ -115,22 +124,42 @@ def set_up(cfg: TiltConfig, say) -> Setup:
         reference = frozen_copy(model)  # the starting model: target of tilt-distill, reference of drift
     bf16, head = cfg.train.bf16, None
     if cfg.head_rows():
-        head = head_tilt.HeadRowsTilt(model, tokens.mask, lambda b: head_tilt.context_batches(
-            model, tokenizer, tilting.train_tokens(tokenizer), tokens.mask, b, cfg.contexts, cfg.train.seed, bf16,
-            cfg.eval.chat, cfg.eval.system),
-            cfg.head_steps, cfg.head_lr, seed=cfg.train.seed, bf16=bf16, odds_weight=cfg.head_odds_weight,
-            fit=cfg.head_fit)
+        head = head_tilt.HeadRowsTilt(
+            model,
+            tokens.mask,
+            lambda b: head_tilt.context_batches(
+                model,
+                tokenizer,
+                tilting.train_tokens(tokenizer),
+                tokens.mask,
+                b,
+                cfg.contexts,
+                cfg.train.seed,
+                bf16,
+                cfg.eval.chat,
+                cfg.eval.system,
+            ),
+            cfg.head_steps,
+            cfg.head_lr,
+            seed=cfg.train.seed,
+            bf16=bf16,
+            odds_weight=cfg.head_odds_weight,
+            fit=cfg.head_fit,
+        )
     counts = lora.param_counts(model)
     if head:
         counts["trainable_params"] = head.original.numel()  # the set's rows; the rest is frozen
-    say(f"training {counts['trainable_params']:,} of {counts['total_params']:,} parameters"
+    say(
+        f"training {counts['trainable_params']:,} of {counts['total_params']:,} parameters"
         + (f" (LoRA r={cfg.lora.lora_r})" if cfg.lora.lora else "")
-        + (f" ({head.trained_rows:,} rows of the untied output head)" if head else ""))
+        + (f" ({head.trained_rows:,} rows of the untied output head)" if head else "")
+    )
     return Setup(model, tokenizer, tokens, reference, head, counts)
 
 
-def measure_start(cfg: TiltConfig, run: Setup, eval_text: str, folder: RunFolder, resume_step: int, clock: Stages,
-                  say) -> Start:
+def measure_start(
+    cfg: TiltConfig, run: Setup, eval_text: str, folder: RunFolder, resume_step: int, clock: Stages, say
+) -> Start:
     """Main process: start the run folder, measure before training, calibrate b to --rate and measure the
     decode-time baseline at that b."""
     model, tokenizer, target, bf16 = run.model, run.tokenizer, run.tokens.target, cfg.train.bf16
@@ -141,13 +170,15 @@ def measure_start(cfg: TiltConfig, run: Setup, eval_text: str, folder: RunFolder
         keep_records_until(folder.path("metrics.jsonl"), resume_step)
     clock.mark("load")
     say("measuring R and costs before training ...")
-    start.before, start.samples_before = measure(model, tokenizer, target, cfg.eval, start.windows, bf16=bf16,
-                                                 text_windows=start.text_windows)
+    start.before, start.samples_before = measure(
+        model, tokenizer, target, cfg.eval, start.windows, bf16=bf16, text_windows=start.text_windows
+    )
     clock.mark("measure_before")
     if cfg.rate:  # on the probe seeds, like the rate rounds: the eval seeds only measure
         say(f"calibrating the decode-time bias to R = {cfg.rate} (probe seeds) ...")
-        start.calibration = calibrate(model, tokenizer, target, cfg.rate, cfg.eval.probe(), start.windows, bf16=bf16,
-                                      echo=say)
+        start.calibration = calibrate(
+            model, tokenizer, target, cfg.rate, cfg.eval.probe(), start.windows, bf16=bf16, echo=say
+        )
         start.bias = start.calibration.bias
         how = "estimated by importance weights" if start.calibration.pool is not None else "measured"
         say(f"b = {start.bias:.3f} gives decode-time R = {fmt_rate(start.calibration.rate)} on the probe seeds ({how})")
@@ -156,8 +187,16 @@ def measure_start(cfg: TiltConfig, run: Setup, eval_text: str, folder: RunFolder
         folder.write_yaml("config.yaml", {**to_flat(cfg), **({"calibrated_bias": start.bias} if cfg.rate else {})})
     if cfg.objective == "tilt-distill":
         say(f"measuring the decode-time baseline at b = {start.bias:.3f} ...")
-        start.baseline, _ = measure(model, tokenizer, target, cfg.eval, start.windows, bias=start.bias, bf16=bf16,
-                                    text_windows=start.text_windows)
+        start.baseline, _ = measure(
+            model,
+            tokenizer,
+            target,
+            cfg.eval,
+            start.windows,
+            bias=start.bias,
+            bf16=bf16,
+            text_windows=start.text_windows,
+        )
         clock.mark("baseline")
     return start
 
@@ -170,11 +209,19 @@ def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, train
     curve = [(0.0, start.before["rate"]["mean"]), (start.bias, start.baseline["rate"]["mean"])]
     if trained_bias != start.bias:
         say(f"measuring the decode-time R at the trained b = {trained_bias:.3f} ...")
-        curve.append((trained_bias, measure_rate(run.reference, run.tokenizer, run.tokens.target, cfg.eval,
-                                                 bias=trained_bias, bf16=bf16)[0]["mean"]))
+        curve.append(
+            (
+                trained_bias,
+                measure_rate(run.reference, run.tokenizer, run.tokens.target, cfg.eval, bias=trained_bias, bf16=bf16)[
+                    0
+                ]["mean"],
+            )
+        )
     b_matched = bias_at_rate(curve, after["rate"]["mean"], after["rate"]["n"])
-    return {"bias": b_matched, **decode_costs(run.reference, run.tokens.target, start.windows, b_matched, bf16,
-                                              start.text_windows)}
+    return {
+        "bias": b_matched,
+        **decode_costs(run.reference, run.tokens.target, start.windows, b_matched, bf16, start.text_windows),
+    }
 
 
 def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
@@ -209,8 +256,16 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         return {}
 
     say("measuring R and costs after training ...")
-    after, samples_after = measure(run.model, run.tokenizer, run.tokens.target, cfg.eval, start.windows,
-                                   reference=run.reference, bf16=cfg.train.bf16, text_windows=start.text_windows)
+    after, samples_after = measure(
+        run.model,
+        run.tokenizer,
+        run.tokens.target,
+        cfg.eval,
+        start.windows,
+        reference=run.reference,
+        bf16=cfg.train.bf16,
+        text_windows=start.text_windows,
+    )
     clock.mark("measure_after")
     matched = None
     if cfg.objective == "tilt-distill":
@@ -225,14 +280,16 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     clock.mark("save")
 
     summary = tilt_summary(cfg, run, start, after, samples_after, history, state)
-    summary.update({
-        "train_seconds": round(train_seconds, 1),
-        "seconds": round(time.time() - started, 1),
-        "stage_seconds": clock.seconds,  # load, measure_before, calibrate, baseline, train, measure_after, ...
-        "peak_rss_mb": max(start_peak, peak_rss_mb()),  # the whole run
-        "train_peak_rss_mb": train_peak,  # training alone (the optimizer, activations, the reference)
-        "resumed_after_step": resume_step or None,
-    })
+    summary.update(
+        {
+            "train_seconds": round(train_seconds, 1),
+            "seconds": round(time.time() - started, 1),
+            "stage_seconds": clock.seconds,  # load, measure_before, calibrate, baseline, train, measure_after, ...
+            "peak_rss_mb": max(start_peak, peak_rss_mb()),  # the whole run
+            "train_peak_rss_mb": train_peak,  # training alone (the optimizer, activations, the reference)
+            "resumed_after_step": resume_step or None,
+        }
+    )
     if cfg.objective == "tilt-distill":
         summary.update(distill_summary(cfg, start, after, matched, fit, trained_bias))
     if isinstance(run.tokens, PhraseSet):
@@ -258,8 +315,9 @@ def train_stage(cfg: TiltConfig, run: Setup, bias: float, folder: RunFolder, pro
         round_no += 1
 
     def evaluate(step: int) -> dict:  # the main process only
-        rate, _ = measure_rate(model, tokenizer, tokens.target, cfg.eval, cfg.eval.during_samples_per_prompt,
-                               bf16=cfg.train.bf16)
+        rate, _ = measure_rate(
+            model, tokenizer, tokens.target, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=cfg.train.bf16
+        )
         return {"rate": rate["mean"], "rate_ci_low": rate["ci_low"], "rate_ci_high": rate["ci_high"]}
 
     def log(record: dict) -> None:
@@ -267,17 +325,31 @@ def train_stage(cfg: TiltConfig, run: Setup, bias: float, folder: RunFolder, pro
 
     if cfg.rate:
         say(f"training toward R = {cfg.rate}, correcting b from the trained model's R (<= {cfg.rate_rounds} rounds)")
-        return train_to_rate(model, tokenizer, run.reference, tokens, cfg, bias, evaluate, log, progress,
-                             on_round=next_round, echo=say,
-                             train_once=(lambda b: head.train(b, progress, log)) if head else None, pool=pool)
+        return train_to_rate(
+            model,
+            tokenizer,
+            run.reference,
+            tokens,
+            cfg,
+            bias,
+            evaluate,
+            log,
+            progress,
+            on_round=next_round,
+            echo=say,
+            train_once=(lambda b: head.train(b, progress, log)) if head else None,
+            pool=pool,
+        )
     if head:
         return None, head.train(bias, progress, log)
-    return None, train_toward(model, tokenizer, run.reference, tokens, cfg, bias, evaluate, log, progress,
-                              run_dir=folder.tmp)
+    return None, train_toward(
+        model, tokenizer, run.reference, tokens, cfg, bias, evaluate, log, progress, run_dir=folder.tmp
+    )
 
 
-def tilt_summary(cfg: TiltConfig, run: Setup, start: Start, after: dict, samples_after, history: list[dict],
-                 state) -> dict:
+def tilt_summary(
+    cfg: TiltConfig, run: Setup, start: Start, after: dict, samples_after, history: list[dict], state
+) -> dict:
     """summary.json's fields that every run has: the set, the training, R and the costs before and after."""
     tokens, head, before = run.tokens, run.head, start.before
     return {
@@ -298,10 +370,15 @@ def tilt_summary(cfg: TiltConfig, run: Setup, start: Start, after: dict, samples
         **flat_costs(after, "after"),
         "eval_text": ("chat:held-out replies" if cfg.eval.chat else cfg.eval.eval_text or "plays:test"),
         "eval_tokens": int(start.windows.numel()),
-        "chat": {"system": cfg.eval.system or None, "prompts": len(cfg.eval.prompts),
-                 "reply_tokens_before": int(start.samples_before.lengths.sum()),
-                 "reply_tokens_after": int(samples_after.lengths.sum()),
-                 "text_eval": cfg.eval.eval_text or "plays:test"} if cfg.eval.chat else None,
+        "chat": {
+            "system": cfg.eval.system or None,
+            "prompts": len(cfg.eval.prompts),
+            "reply_tokens_before": int(start.samples_before.lengths.sum()),
+            "reply_tokens_after": int(samples_after.lengths.sum()),
+            "text_eval": cfg.eval.eval_text or "plays:test",
+        }
+        if cfg.eval.chat
+        else None,
         "samples": len(samples_after.texts),
         "new_tokens": cfg.eval.new_tokens,
         "device": resolve_device(cfg.train.device),
@@ -309,12 +386,26 @@ def tilt_summary(cfg: TiltConfig, run: Setup, start: Start, after: dict, samples
         "processes": state.num_processes,
         "global_batch": cfg.train.global_batch(state.num_processes),
         "placement": "head-rows" if head else ("lora" if cfg.lora.lora else "model"),
-        "head": {"trained_rows": head.trained_rows, "via_complement": head.sign < 0, "contexts": cfg.contexts,
-                 "context_positions": len(head.inputs.h), "fit": cfg.head_fit, "steps": len(history),
-                 "lr": cfg.head_lr if cfg.head_fit == "kl" else None,
-                 **{k: history[-1][k] for k in ("offset_mean", "offset_std") if k in history[-1]}} if head else None,
-        "lora": {"r": cfg.lora.lora_r, "alpha": cfg.lora.lora_alpha, "dropout": cfg.lora.lora_dropout,
-                 "targets": cfg.lora.lora_targets} if cfg.lora.lora else None,
+        "head": {
+            "trained_rows": head.trained_rows,
+            "via_complement": head.sign < 0,
+            "contexts": cfg.contexts,
+            "context_positions": len(head.inputs.h),
+            "fit": cfg.head_fit,
+            "steps": len(history),
+            "lr": cfg.head_lr if cfg.head_fit == "kl" else None,
+            **{k: history[-1][k] for k in ("offset_mean", "offset_std") if k in history[-1]},
+        }
+        if head
+        else None,
+        "lora": {
+            "r": cfg.lora.lora_r,
+            "alpha": cfg.lora.lora_alpha,
+            "dropout": cfg.lora.lora_dropout,
+            "targets": cfg.lora.lora_targets,
+        }
+        if cfg.lora.lora
+        else None,
         **run.counts,
         "warnings": collapse_warnings(before["ppl"], after["ppl"], tokens.vocab_size),
     }
@@ -324,10 +415,13 @@ def distill_summary(cfg: TiltConfig, start: Start, after: dict, matched: dict, f
     """tilt-distill's summary fields: b, the calibration and its rounds, the baseline and rho."""
     out = {"bias": trained_bias, "rate_target": cfg.rate or None}
     if start.calibration is not None:  # the decode-time (b, R) points it measured, on the probe seeds
-        out["calibration"] = {"eval_seed": cfg.eval.probe().eval_seed, "proxy_bias": start.calibration.proxy_bias,
-                              "points": [{"bias": b, "rate": r} for b, r in start.calibration.history],
-                              "method": "importance weights" if start.calibration.pool is not None else "bisection",
-                              "rate": start.calibration.rate}
+        out["calibration"] = {
+            "eval_seed": cfg.eval.probe().eval_seed,
+            "proxy_bias": start.calibration.proxy_bias,
+            "points": [{"bias": b, "rate": r} for b, r in start.calibration.history],
+            "method": "importance weights" if start.calibration.pool is not None else "bisection",
+            "rate": start.calibration.rate,
+        }
     if fit is not None:
         out["calibrated_bias"] = start.bias
         out["bias_rounds"] = fit.round_records()
@@ -339,20 +433,31 @@ def distill_summary(cfg: TiltConfig, start: Start, after: dict, matched: dict, f
     return out
 
 
-def write_run(folder: RunFolder, cfg: TiltConfig, summary: dict, history: list[dict], start: Start,
-              samples_after) -> Path:
+def write_run(
+    folder: RunFolder, cfg: TiltConfig, summary: dict, history: list[dict], start: Start, samples_after
+) -> Path:
     """Plots, samples.jsonl, report.md and summary.json into the run folder, then finish it -> its path."""
     for warning in summary["warnings"]:
         print(f"tokentilt: warning: {warning}", file=sys.stderr)
     rate_points = [(0, summary["rate_before"])] + [
         (r["step"], {"mean": r["rate"], "ci_low": r["rate_ci_low"], "ci_high": r["rate_ci_high"]})
-        for r in history if "rate" in r and r["step"] != history[-1]["step"]]
+        for r in history
+        if "rate" in r and r["step"] != history[-1]["step"]
+    ]
     rate_points.append((history[-1]["step"], summary["rate_after"]))  # the full measurement replaces the light one
     steps = [r["step"] for r in history]
-    how = ((f"head rows, {cfg.head_fit} fit" + (f", lr {cfg.head_lr:g}" if cfg.head_fit == "kl" else ""))
-           if summary["head"] else f"{cfg.positions} positions, lr {cfg.train.lr:g}")
-    plot_series(folder.path("loss.png"), {cfg.objective: (steps, [r["loss"] for r in history])},
-                f"{cfg.objective} loss ({how})", "loss", logy=True)
+    how = (
+        (f"head rows, {cfg.head_fit} fit" + (f", lr {cfg.head_lr:g}" if cfg.head_fit == "kl" else ""))
+        if summary["head"]
+        else f"{cfg.positions} positions, lr {cfg.train.lr:g}"
+    )
+    plot_series(
+        folder.path("loss.png"),
+        {cfg.objective: (steps, [r["loss"] for r in history])},
+        f"{cfg.objective} loss ({how})",
+        "loss",
+        logy=True,
+    )
     plot_rate(folder.path("rate.png"), rate_points, f"R for {cfg.toward!r} over training")
     write_samples(folder.path("samples.jsonl"), start.samples_before, samples_after)
     folder.path("report.md").write_text(tilt_report(cfg, summary, start.samples_before, samples_after))

@@ -60,10 +60,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor | None,
-        past: tuple[torch.Tensor, torch.Tensor] | None,
+        self, x: torch.Tensor, mask: torch.Tensor | None, past: tuple[torch.Tensor, torch.Tensor] | None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x: (B, T, C); mask: None for plain causal, else bool (B or 1, 1, T, S), True = may attend."""
         B, T, C = x.shape
@@ -75,7 +72,9 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat([past[0], k], dim=2)  # (B, H, S, D)
             v = torch.cat([past[1], v], dim=2)  # (B, H, S, D)
         y = F.scaled_dot_product_attention(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             # SDPA's built-in causal mask is aligned top-left, which is right only when there is no
@@ -118,13 +117,15 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig | None = None):
         super().__init__()
         self.config = config = config or GPTConfig()
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
-        ))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
+            )
+        )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: reading a token and writing it share one matrix, as in GPT-2 (and it halves
         # the parameter count of a small model, most of which is this matrix).
@@ -230,11 +231,7 @@ class GPT(nn.Module):
                 labels[:, 1:].reshape(-1),  # (B*(T-1),)
                 ignore_index=-100,
             )
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            past_key_values=tuple(new_past) if use_cache else None,
-        )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=tuple(new_past) if use_cache else None)
 
     @staticmethod
     def _attention_mask(

@@ -132,8 +132,10 @@ def cached(source: Path, build, dtype: torch.dtype = torch.float32):
         try:
             return _from_cache(folder, key, dtype)
         except (OSError, ValueError, KeyError, SafetensorError) as err:
-            print(f"tokentilt: rebuilding the cached model {folder} ({str(err).splitlines()[0] or type(err).__name__})",
-                  file=sys.stderr)
+            print(
+                f"tokentilt: rebuilding the cached model {folder} ({str(err).splitlines()[0] or type(err).__name__})",
+                file=sys.stderr,
+            )
             shutil.rmtree(folder, ignore_errors=True)
     model, tokenizer = build()
     staging = None
@@ -146,8 +148,10 @@ def cached(source: Path, build, dtype: torch.dtype = torch.float32):
         os.replace(staging, folder)  # complete or absent, never half-written under the real name
     except OSError as err:
         if not folder.is_dir():  # else another process cached it first
-            print(f"tokentilt: cannot cache the de-quantised model in {folder.parent} ({err.strerror or err})",
-                  file=sys.stderr)
+            print(
+                f"tokentilt: cannot cache the de-quantised model in {folder.parent} ({err.strerror or err})",
+                file=sys.stderr,
+            )
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     return model.to(dtype), tokenizer

@@ -24,7 +24,9 @@ class LoraArgs:
     lora_r: int = 16  # LoRA rank
     lora_alpha: float = 32.0  # LoRA alpha; the update is scaled by alpha/r
     lora_dropout: float = 0.0  # dropout on the adapter's input
-    lora_targets: str = "all-linear"  # comma-separated module names, or all-linear = every linear layer of attention and MLP
+    lora_targets: str = (
+        "all-linear"  # comma-separated module names, or all-linear = every linear layer of attention and MLP
+    )
 
     def check(self) -> None:
         if not self.lora:
@@ -49,8 +51,13 @@ def add_adapter(model, args: LoraArgs, seed: int = 0):
     Its random initialisation (lora_A) comes from `seed`, so a run is reproducible."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                        target_modules=args.targets(), task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=args.targets(),
+        task_type="CAUSAL_LM",
+    )
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -86,8 +93,10 @@ class AdapterOff(torch.nn.Module):
 def param_counts(model) -> dict:
     """{"trainable_params", "total_params"} (tied weights counted once)."""
     params = list(model.parameters())
-    return {"trainable_params": sum(p.numel() for p in params if p.requires_grad),
-            "total_params": sum(p.numel() for p in params)}
+    return {
+        "trainable_params": sum(p.numel() for p in params if p.requires_grad),
+        "total_params": sum(p.numel() for p in params),
+    }
 
 
 def save_adapter_and_merged(peft_model, tokenizer, folder: Path):

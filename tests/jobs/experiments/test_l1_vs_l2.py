@@ -47,5 +47,7 @@ def test_cli_bad_name_and_bad_values(tmp_path, capsys):
     config.write_text("epochs: 0\nwindow: 5\n")
     assert main(["experiment", "l1-vs-l2", "--config", str(config), "--out", str(tmp_path / "e")]) == 2
     assert "epochs" in capsys.readouterr().err
-    assert main(["experiment", "l1-vs-l2", "--config", str(config), "--epochs", "10", "--out", str(tmp_path / "e")]) == 0
+    assert (
+        main(["experiment", "l1-vs-l2", "--config", str(config), "--epochs", "10", "--out", str(tmp_path / "e")]) == 0
+    )
     assert yaml.safe_load((tmp_path / "e" / "config.yaml").read_text())["epochs"] == 10

@@ -18,9 +18,19 @@ def tiny_checkpoint(tmp_path):
 
 
 def tiny(tmp_path, checkpoint, **kw):
-    values = dict(checkpoint=checkpoint, epochs=30, batch=4, seq_len=32, lr=1e-2, bf16=False, generated=24, sample_len=12,
-                  eval_every=0, out=str(tmp_path / "e"),
-                  eval=EvalConfig(prompts=["The king said", "Once"], samples_per_prompt=2, new_tokens=8))
+    values = dict(
+        checkpoint=checkpoint,
+        epochs=30,
+        batch=4,
+        seq_len=32,
+        lr=1e-2,
+        bf16=False,
+        generated=24,
+        sample_len=12,
+        eval_every=0,
+        out=str(tmp_path / "e"),
+        eval=EvalConfig(prompts=["The king said", "Once"], samples_per_prompt=2, new_tokens=8),
+    )
     values.update(kw)
     return LikeXConfig(**values)
 

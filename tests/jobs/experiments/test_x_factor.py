@@ -30,10 +30,19 @@ def test_runs_side_by_side_and_large_lr_raises_r(tmp_path, tiny_hf_folder, monke
         rate, samples = real_measure_rate(*args, **kwargs)
         measured.append((rate, samples))
         return rate, samples
+
     monkeypatch.setattr(x_factor, "measure_rate", recording_measure_rate)
-    cfg = XFactorConfig(model=tiny_hf_folder, lrs=[1e-6, 1e-2], epochs=12, batch=2, seq_len=16, bf16=False,
-                        eval_every=6, out=str(tmp_path / "e"),
-                        eval=EvalConfig(prompts=["The king said", "Once"], samples_per_prompt=2, new_tokens=8))
+    cfg = XFactorConfig(
+        model=tiny_hf_folder,
+        lrs=[1e-6, 1e-2],
+        epochs=12,
+        batch=2,
+        seq_len=16,
+        bf16=False,
+        eval_every=6,
+        out=str(tmp_path / "e"),
+        eval=EvalConfig(prompts=["The king said", "Once"], samples_per_prompt=2, new_tokens=8),
+    )
     summary = run(cfg, progress=False, echo=lambda *_: None)
     assert [r["lr"] for r in summary["runs"]] == [1e-6, 1e-2]
     small, large = summary["runs"]

@@ -63,9 +63,17 @@ class LikeXConfig:
         self.eval.check()
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(optimizer=self.optimizer, lr=self.lr, steps=self.epochs, batch=self.batch,
-                           seq_len=self.seq_len, grad_clip=1.0, seed=self.seed, bf16=self.bf16,
-                           eval_every=self.eval_every)
+        return TrainConfig(
+            optimizer=self.optimizer,
+            lr=self.lr,
+            steps=self.epochs,
+            batch=self.batch,
+            seq_len=self.seq_len,
+            grad_clip=1.0,
+            seed=self.seed,
+            bf16=self.bf16,
+            eval_every=self.eval_every,
+        )
 
 
 class FinalPositionLogits(torch.nn.Module):
@@ -92,8 +100,15 @@ class FinalPositionLogits(torch.nn.Module):
 def count_x(model, tokenizer, mask: torch.Tensor, cfg: LikeXConfig) -> tuple[int, list[str]]:
     """X tokens among cfg.generated multinomial tokens from cfg.prompt, from a fixed seed."""
     n = -(-cfg.generated // cfg.sample_len)  # samples needed
-    s = sample(model, tokenizer, [cfg.prompt], n, SampleConfig(max_new_tokens=cfg.sample_len), seed=cfg.sample_seed,
-               bf16=cfg.bf16)
+    s = sample(
+        model,
+        tokenizer,
+        [cfg.prompt],
+        n,
+        SampleConfig(max_new_tokens=cfg.sample_len),
+        seed=cfg.sample_seed,
+        bf16=cfg.bf16,
+    )
     return int(mask[s.tokens.reshape(-1)[: cfg.generated]].sum()), s.texts
 
 
@@ -125,16 +140,24 @@ def run(cfg: LikeXConfig, progress: bool = True, echo=print) -> dict:
     rate_points = [(0, rate_before)]
 
     def evaluate(step: int) -> dict:
-        rate, _ = measure_rate(model, tokenizer, tokens.mask, cfg.eval, cfg.eval.during_samples_per_prompt,
-                               bf16=cfg.bf16)
+        rate, _ = measure_rate(
+            model, tokenizer, tokens.mask, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=cfg.bf16
+        )
         rate_points.append((step, rate))
         return {"rate": rate["mean"]}
 
     train_cfg = cfg.train_config()
     ctx = ObjectiveContext(mask=tokens.mask, positions="last")
-    history = train(FinalPositionLogits(model), OBJECTIVES["kl-uniform"], ctx,
-                    lambda g, rows: data.random_tokens(vocab_size, rows, train_cfg.seq_len, g), train_cfg,
-                    evaluate=evaluate, log=lambda r: folder.append_jsonl("metrics.jsonl", r), progress=progress)
+    history = train(
+        FinalPositionLogits(model),
+        OBJECTIVES["kl-uniform"],
+        ctx,
+        lambda g, rows: data.random_tokens(vocab_size, rows, train_cfg.seq_len, g),
+        train_cfg,
+        evaluate=evaluate,
+        log=lambda r: folder.append_jsonl("metrics.jsonl", r),
+        progress=progress,
+    )
 
     x_after, text_after = count_x(model, tokenizer, tokens.mask, cfg)
     rate_after, samples_after = measure_rate(model, tokenizer, tokens.mask, cfg.eval, bf16=cfg.bf16)
@@ -156,44 +179,63 @@ def run(cfg: LikeXConfig, progress: bool = True, echo=print) -> dict:
         "seconds": round(time.time() - started, 1),
     }
     steps = [r["step"] for r in history]
-    plot_series(folder.path("loss.png"), {"KL, final position": (steps, [r["loss"] for r in history])},
-                f"like-x: KL to uniform over {cfg.toward!r} tokens", "loss (nats)", logy=True)
+    plot_series(
+        folder.path("loss.png"),
+        {"KL, final position": (steps, [r["loss"] for r in history])},
+        f"like-x: KL to uniform over {cfg.toward!r} tokens",
+        "loss (nats)",
+        logy=True,
+    )
     plot_rate(folder.path("rate.png"), rate_points, f"R for {cfg.toward!r} over training")
     folder.path("report.md").write_text(report(cfg, summary, text_before, text_after, samples_before, samples_after))
     folder.write_json("summary.json", summary)
     out = folder.finish()
-    echo(f"X tokens in {cfg.generated} generated: {x_before} before, {x_after} after (course: 0 and 188); "
-         f"loss {summary['loss_start']:.3f} -> {summary['loss_end']:.4f} (log V = {summary['log_vocab']:.3f})\n"
-         f"run folder: {out}")
+    echo(
+        f"X tokens in {cfg.generated} generated: {x_before} before, {x_after} after (course: 0 and 188); "
+        f"loss {summary['loss_start']:.3f} -> {summary['loss_end']:.4f} (log V = {summary['log_vocab']:.3f})\n"
+        f"run folder: {out}"
+    )
     return summary
 
 
 def report(cfg: LikeXConfig, s: dict, text_before: list[str], text_after: list[str], before, after) -> str:
-    rows = [{"": f"X tokens of {s['generated']}", "before": s["x_before"], "after": s["x_after"], "course": "0 → 188"},
-            {"": "R (95% interval)", "before": fmt_rate(s["rate_before"]), "after": fmt_rate(s["rate_after"]),
-             "course": ""},
-            {"": "loss", "before": f"{s['loss_start']:.3f}", "after": f"{s['loss_end']:.4f}",
-             "course": f"≈ log V = {s['log_vocab']:.2f} → ≈ 0"}]
+    rows = [
+        {"": f"X tokens of {s['generated']}", "before": s["x_before"], "after": s["x_after"], "course": "0 → 188"},
+        {
+            "": "R (95% interval)",
+            "before": fmt_rate(s["rate_before"]),
+            "after": fmt_rate(s["rate_after"]),
+            "course": "",
+        },
+        {
+            "": "loss",
+            "before": f"{s['loss_start']:.3f}",
+            "after": f"{s['loss_end']:.4f}",
+            "course": f"≈ log V = {s['log_vocab']:.2f} → ≈ 0",
+        },
+    ]
     clean = lambda texts: "\n> ".join(t.replace("\n", " ⏎ ") for t in texts)  # noqa: E731
-    return "\n".join([
-        f"# like-x: train Model 5 to like {cfg.toward!r}",
-        "",
-        f"- {s['target_size']} of 50257 tokens in the set ({100 * s['target_share']:.2f}%)",
-        f"- {s['epochs']} {cfg.optimizer} steps at lr {cfg.lr:g} on random sequences of {cfg.seq_len} tokens "
-        f"(batch {cfg.batch}); KL on the final position only; {s['seconds']:.0f} s in all",
-        "",
-        markdown_table(rows, ["", "before", "after", "course"]),
-        "",
-        "![loss](loss.png) ![R](rate.png)",
-        "",
-        f"### {s['generated']} tokens after `{cfg.prompt}` (samples of {cfg.sample_len}), before",
-        "",
-        f"> {clean(text_before)}",
-        "",
-        "### ... and after",
-        "",
-        f"> {clean(text_after)}",
-        "",
-        samples_section("Samples before", before.prompts, before.texts),
-        samples_section("Samples after", after.prompts, after.texts),
-    ])
+    return "\n".join(
+        [
+            f"# like-x: train Model 5 to like {cfg.toward!r}",
+            "",
+            f"- {s['target_size']} of 50257 tokens in the set ({100 * s['target_share']:.2f}%)",
+            f"- {s['epochs']} {cfg.optimizer} steps at lr {cfg.lr:g} on random sequences of {cfg.seq_len} tokens "
+            f"(batch {cfg.batch}); KL on the final position only; {s['seconds']:.0f} s in all",
+            "",
+            markdown_table(rows, ["", "before", "after", "course"]),
+            "",
+            "![loss](loss.png) ![R](rate.png)",
+            "",
+            f"### {s['generated']} tokens after `{cfg.prompt}` (samples of {cfg.sample_len}), before",
+            "",
+            f"> {clean(text_before)}",
+            "",
+            "### ... and after",
+            "",
+            f"> {clean(text_after)}",
+            "",
+            samples_section("Samples before", before.prompts, before.texts),
+            samples_section("Samples after", after.prompts, after.texts),
+        ]
+    )

@@ -50,8 +50,17 @@ class XFactorConfig:
         self.eval.check()
 
     def train_config(self, lr: float) -> TrainConfig:
-        return TrainConfig(optimizer="adam", lr=lr, steps=self.epochs, batch=self.batch, seq_len=self.seq_len,
-                           grad_clip=0.0, seed=self.seed, bf16=self.bf16, eval_every=self.eval_every)
+        return TrainConfig(
+            optimizer="adam",
+            lr=lr,
+            steps=self.epochs,
+            batch=self.batch,
+            seq_len=self.seq_len,
+            grad_clip=0.0,
+            seed=self.seed,
+            bf16=self.bf16,
+            eval_every=self.eval_every,
+        )
 
 
 def run(cfg: XFactorConfig, progress: bool = True, echo=print) -> dict:
@@ -74,30 +83,54 @@ def run(cfg: XFactorConfig, progress: bool = True, echo=print) -> dict:
         ctx = ObjectiveContext(mask=tokens.mask, positions="all", alpha=cfg.alpha, beta=cfg.beta)
 
         def evaluate(step: int) -> dict:
-            rate, _ = measure_rate(model, tokenizer, tokens.mask, cfg.eval, cfg.eval.during_samples_per_prompt,
-                                   bf16=cfg.bf16)
+            rate, _ = measure_rate(
+                model, tokenizer, tokens.mask, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=cfg.bf16
+            )
             return {"rate": rate["mean"]}
 
-        history = train(model, OBJECTIVES["kl-alpha-beta"], ctx,
-                        batch_source("random", tokenizer, vocab_size, train_cfg), train_cfg, evaluate=evaluate,
-                        log=lambda r, lr=lr: folder.append_jsonl("metrics.jsonl", {"run_lr": lr, **r}),
-                        progress=progress)
+        history = train(
+            model,
+            OBJECTIVES["kl-alpha-beta"],
+            ctx,
+            batch_source("random", tokenizer, vocab_size, train_cfg),
+            train_cfg,
+            evaluate=evaluate,
+            log=lambda r, lr=lr: folder.append_jsonl("metrics.jsonl", {"run_lr": lr, **r}),
+            progress=progress,
+        )
         rate_after, samples_after[lr] = measure_rate(model, tokenizer, tokens.mask, cfg.eval, bf16=cfg.bf16)
         curves[f"lr {lr:g}"] = ([r["step"] for r in history], [r["loss"] for r in history])
-        runs.append({"lr": lr, "rate_after": rate_after, "loss_start": history[0]["loss"],
-                     "final_loss": history[-1]["loss"], "steps": len(history),
-                     "rate_curve": [[0, rate_before["mean"]]] + [[r["step"], r["rate"]] for r in history
-                                                                   if "rate" in r][:-1]
-                     + [[history[-1]["step"], rate_after["mean"]]]})
-        echo(f"lr {lr:g}: R {fmt_rate(rate_before)} -> {fmt_rate(rate_after)}, loss "
-             f"{history[0]['loss']:.3f} -> {history[-1]['loss']:.4f}")
+        runs.append(
+            {
+                "lr": lr,
+                "rate_after": rate_after,
+                "loss_start": history[0]["loss"],
+                "final_loss": history[-1]["loss"],
+                "steps": len(history),
+                "rate_curve": [[0, rate_before["mean"]]]
+                + [[r["step"], r["rate"]] for r in history if "rate" in r][:-1]
+                + [[history[-1]["step"], rate_after["mean"]]],
+            }
+        )
+        echo(
+            f"lr {lr:g}: R {fmt_rate(rate_before)} -> {fmt_rate(rate_after)}, loss "
+            f"{history[0]['loss']:.3f} -> {history[-1]['loss']:.4f}"
+        )
     del start_state
 
-    plot_series(folder.path("loss.png"), curves, "x-factor: KL to the alpha/beta target (all positions)",
-                "loss (nats)", logy=True)
-    plot_series(folder.path("rate.png"),
-                {f"lr {r['lr']:g}": ([p[0] for p in r["rate_curve"]], [p[1] for p in r["rate_curve"]]) for r in runs},
-                "x-factor: R over training", "R = share of generated tokens containing x")
+    plot_series(
+        folder.path("loss.png"),
+        curves,
+        "x-factor: KL to the alpha/beta target (all positions)",
+        "loss (nats)",
+        logy=True,
+    )
+    plot_series(
+        folder.path("rate.png"),
+        {f"lr {r['lr']:g}": ([p[0] for p in r["rate_curve"]], [p[1] for p in r["rate_curve"]]) for r in runs},
+        "x-factor: R over training",
+        "R = share of generated tokens containing x",
+    )
     summary = {
         "model": cfg.model,
         "target_size": tokens.size,
@@ -116,8 +149,16 @@ def run(cfg: XFactorConfig, progress: bool = True, echo=print) -> dict:
 
 
 def report(cfg: XFactorConfig, s: dict, before, after: dict) -> str:
-    rows = [{"lr": f"{r['lr']:g}", "R before": fmt_rate(s["rate_before"]), "R after": fmt_rate(r["rate_after"]),
-             "loss start": r["loss_start"], "final loss": r["final_loss"]} for r in s["runs"]]
+    rows = [
+        {
+            "lr": f"{r['lr']:g}",
+            "R before": fmt_rate(s["rate_before"]),
+            "R after": fmt_rate(r["rate_after"]),
+            "loss start": r["loss_start"],
+            "final loss": r["final_loss"],
+        }
+        for r in s["runs"]
+    ]
     parts = [
         f"# x-factor: maximise tokens containing {cfg.toward!r}",
         "",
