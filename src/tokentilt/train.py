@@ -258,71 +258,31 @@ def train(
     newest checkpoint there.
     """
     cfg.check()
-    accelerator = make_accelerator(cfg.device, cfg.precision, cfg.grad_accum, cfg.report_to, run_dir)
-    rank, processes = accelerator.process_index, accelerator.num_processes
-    if accelerator.device.type == "cpu":
-        keep_freed_memory()  # each step's large tensors reuse the last step's memory (see there)
-    torch.manual_seed(cfg.seed + rank)  # dropout: its own stream on each process
-    generator = torch.Generator().manual_seed(cfg.seed)  # batches: the same stream on every process
-    optimizer = make_optimizer(model.parameters(), cfg)
-    ckpt_dir = None if run_dir is None else Path(run_dir) / "checkpoints"
-    history: list[dict] = []
-    early_stop = {"best_val": float("inf"), "bad_evals": 0}
-    if resume:
-        restored = checkpoint.load(ckpt_dir, model, optimizer, generator, accelerator)
-        history, early_stop = restored.history, restored.early_stop
-    start = len(history) + 1
+    run = _prepare(model, reference, objective, ctx, cfg, run_dir, resume)
+    accelerator, history, early_stop = run.accelerator, run.history, run.early_stop
     best_state = None
-    heads = _Heads.find(model, reference, objective, cfg)  # before prepare(): the probe runs in fp32
-    own_forward = model.__dict__.get("forward")  # usually none: model.forward is the class's method
-    attention = training_attention(model, cfg, accelerator.device.type)
-    own_attention = getattr(model.config, "_attn_implementation", None) if attention else None
-    switch_attention = attention is not None and attention != own_attention
-    wrapped, optimizer = accelerator.prepare(model, optimizer)  # DDP wrapper and autocast around forward
-    if reference is not None:
-        reference.to(accelerator.device)
-    if heads.reference is not None:  # frozen: its weight is cast for the matmul once per training
-        ctx.ref_head = Head(heads.reference.weight, _MATMUL_DTYPE[cfg.precision], cfg.loss_chunk)
-    if cfg.report_to != "none":
-        accelerator.init_trackers(
-            "tensorboard" if cfg.report_to == "tensorboard" else "tokentilt",
-            config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str))},
-        )
-    rows = cfg.global_batch(processes)
     bar = tqdm(
-        range(start, cfg.steps + 1),
+        range(len(history) + 1, cfg.steps + 1),
         desc="train",
-        initial=start - 1,
+        initial=len(history),
         total=cfg.steps,
         disable=not (progress and accelerator.is_main_process),
         dynamic_ncols=True,
     )
     model.train()
-    if switch_attention:
-        model.set_attn_implementation(attention)  # put back in the finally below
+    if run.switch_attention:
+        model.set_attn_implementation(run.attention)  # put back in _finish
     try:
         with _SigintAtStepBoundary(active=run_dir is not None) as sigint:
             for step in bar:
-                global_ids = next_batch(generator, rows)  # (rows, T), identical on every process
+                global_ids = next_batch(run.generator, cfg.global_batch(accelerator.num_processes))  # (rows, T)
                 step_loss, grad_norm, input_ids = _one_step(
-                    wrapped, reference, objective, heads, ctx, global_ids, optimizer, accelerator, cfg, step
+                    run.wrapped, reference, objective, run.heads, ctx, global_ids, run.optimizer, accelerator, cfg, step
                 )
-                if step == cfg.steps and _any(not _outputs_finite(wrapped, input_ids), accelerator):
+                if step == cfg.steps and _any(not _outputs_finite(run.wrapped, input_ids), accelerator):
                     # an earlier step's bad update shows in the next loss; the last one would reach sampling
                     raise TrainingDiverged(f"the model's outputs became non-finite after step {step}")
-                record = {
-                    "step": step,
-                    "loss": accelerator.reduce(step_loss, "mean").item(),
-                    "grad_norm": grad_norm,
-                    "lr": cfg.lr,
-                }
-                if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-                    result = None
-                    if accelerator.is_main_process:
-                        model.eval()
-                        result = evaluate(step)
-                        model.train()
-                    record.update(broadcast(result, accelerator))
+                record = _record(step, step_loss, grad_norm, model, evaluate, accelerator, cfg)
                 history.append(record)
                 bar.set_postfix(
                     loss=f"{record['loss']:.4f}", **({"R": f"{record['rate']:.2f}"} if "rate" in record else {})
@@ -334,20 +294,7 @@ def train(
                 stop, best = _early_stop(record, early_stop, model, cfg)
                 best_state = best if best is not None else best_state
                 interrupted = _any(sigint.raised, accelerator)
-                if ckpt_dir is not None and (
-                    interrupted or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps)
-                ):
-                    saved = checkpoint.save(
-                        ckpt_dir,
-                        step,
-                        model,
-                        optimizer.optimizer,
-                        generator,
-                        history,
-                        early_stop,
-                        accelerator,
-                        cfg.keep,
-                    )
+                saved = _save_if_due(run, step, model, interrupted, cfg)
                 if interrupted:
                     raise Interrupted(
                         f"interrupted after step {step}; checkpoint {saved}; "
@@ -360,20 +307,121 @@ def train(
                     )
                     break
     except TrainingDiverged as err:
-        _diverged(err, ckpt_dir, run_dir, len(history) + 1, accelerator)
+        _diverged(err, run.ckpt_dir, run_dir, len(history) + 1, accelerator)
     finally:
         bar.close()
-        _restore_forward(model, own_forward)
-        if switch_attention and own_attention:
-            model.set_attn_implementation(own_attention)
-        if cfg.report_to != "none":
-            accelerator.end_training()
-        ctx.ref_logits = ctx.ref_hidden = ctx.ref_head = None
+        _finish(run, model, ctx, cfg)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     accelerator.wait_for_everyone()
     return history
+
+
+@dataclass
+class _Run:
+    """What train() sets up before its first step and puts back after its last."""
+
+    accelerator: object
+    optimizer: object  # accelerate's wrapper; .optimizer is torch's
+    wrapped: torch.nn.Module  # the model as accelerate prepared it (DDP, autocast)
+    generator: torch.Generator  # the batches' stream, the same on every process
+    heads: _Heads
+    ckpt_dir: Path | None
+    history: list[dict]
+    early_stop: dict
+    own_forward: object  # the model's instance-level forward, if it had one
+    attention: str | None  # the attention implementation to train with (None: keep the model's)
+    own_attention: str | None
+    switch_attention: bool
+
+
+def _prepare(model, reference, objective, ctx: ObjectiveContext, cfg: TrainConfig, run_dir, resume: bool) -> _Run:
+    """Accelerator, seeds, optimizer, the resumed state, fused heads, attention, trackers: train()'s set-up."""
+    accelerator = make_accelerator(cfg.device, cfg.precision, cfg.grad_accum, cfg.report_to, run_dir)
+    if accelerator.device.type == "cpu":
+        keep_freed_memory()  # each step's large tensors reuse the last step's memory (see there)
+    torch.manual_seed(cfg.seed + accelerator.process_index)  # dropout: its own stream on each process
+    generator = torch.Generator().manual_seed(cfg.seed)  # batches: the same stream on every process
+    optimizer = make_optimizer(model.parameters(), cfg)
+    ckpt_dir = None if run_dir is None else Path(run_dir) / "checkpoints"
+    history: list[dict] = []
+    early_stop = {"best_val": float("inf"), "bad_evals": 0}
+    if resume:
+        restored = checkpoint.load(ckpt_dir, model, optimizer, generator, accelerator)
+        history, early_stop = restored.history, restored.early_stop
+    heads = _Heads.find(model, reference, objective, cfg)  # before prepare(): the probe runs in fp32
+    own_forward = model.__dict__.get("forward")  # usually none: model.forward is the class's method
+    attention = training_attention(model, cfg, accelerator.device.type)
+    own_attention = getattr(model.config, "_attn_implementation", None) if attention else None
+    wrapped, optimizer = accelerator.prepare(model, optimizer)  # DDP wrapper and autocast around forward
+    if reference is not None:
+        reference.to(accelerator.device)
+    if heads.reference is not None:  # frozen: its weight is cast for the matmul once per training
+        ctx.ref_head = Head(heads.reference.weight, _MATMUL_DTYPE[cfg.precision], cfg.loss_chunk)
+    if cfg.report_to != "none":
+        accelerator.init_trackers(
+            "tensorboard" if cfg.report_to == "tensorboard" else "tokentilt",
+            config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str))},
+        )
+    switch = attention is not None and attention != own_attention
+    return _Run(
+        accelerator,
+        optimizer,
+        wrapped,
+        generator,
+        heads,
+        ckpt_dir,
+        history,
+        early_stop,
+        own_forward,
+        attention,
+        own_attention,
+        switch,
+    )
+
+
+def _record(step: int, step_loss, grad_norm, model, evaluate, accelerator, cfg: TrainConfig) -> dict:
+    """The step's record: mean loss over processes, and every cfg.eval_every steps evaluate(step) from the main
+    process, broadcast to the others."""
+    record = {"step": step, "loss": accelerator.reduce(step_loss, "mean").item(), "grad_norm": grad_norm, "lr": cfg.lr}
+    if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+        result = None
+        if accelerator.is_main_process:
+            model.eval()
+            result = evaluate(step)
+            model.train()
+        record.update(broadcast(result, accelerator))
+    return record
+
+
+def _save_if_due(run: _Run, step: int, model, interrupted: bool, cfg: TrainConfig):
+    """A checkpoint when interrupted or every cfg.save_every steps (not after the last) -> its path, or None."""
+    if run.ckpt_dir is None or not (
+        interrupted or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps)
+    ):
+        return None
+    return checkpoint.save(
+        run.ckpt_dir,
+        step,
+        model,
+        run.optimizer.optimizer,
+        run.generator,
+        run.history,
+        run.early_stop,
+        run.accelerator,
+        cfg.keep,
+    )
+
+
+def _finish(run: _Run, model, ctx: ObjectiveContext, cfg: TrainConfig) -> None:
+    """Put back what _prepare changed on the model, end the trackers, drop the reference's tensors."""
+    _restore_forward(model, run.own_forward)
+    if run.switch_attention and run.own_attention:
+        model.set_attn_implementation(run.own_attention)
+    if cfg.report_to != "none":
+        run.accelerator.end_training()
+    ctx.ref_logits = ctx.ref_hidden = ctx.ref_head = None
 
 
 def _one_step(
