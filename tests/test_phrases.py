@@ -362,3 +362,37 @@ def test_generate_with_a_two_token_phrase_bias_writes_the_phrase(tiny_model_dir,
     )
     out = capsys.readouterr().out
     assert code == 0 and "hello verily verily verily" in out.lower() and "R = 1.000" in out  # any case counts
+
+
+def sentencepiece_tokenizer():
+    """A tiny Llama-style tokenizer: SentencePiece's Unigram over '▁'-marked pieces (Metaspace), built in-process."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<unk>", "▁", "\n", "▁It", "▁was", "▁the", "▁Wonder", "▁wonder", "land", "onder", "▁red"]
+    pieces += list("WwONDERLAND") + list("abcdefghijklmnopqrstuvwxyz")
+    pieces = list(dict.fromkeys(pieces))
+    vocab = [(p, -1.0 if len(p) > 1 else -8.0) for p in pieces]  # whole pieces beat letter by letter
+    core = Tokenizer(models.Unigram(vocab, unk_id=0))
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    core.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>")
+
+
+def test_sentencepiece_pieces_are_taken_as_the_tokenizer_uses_them():
+    tok = sentencepiece_tokenizer()
+    variants = tokenize_entries(tok, ["Wonderland"], False, len(tok))
+    got = {(v.text, v.bare): tok.convert_ids_to_tokens(v.ids) for v in variants}
+    # after a word the entry is '▁'-marked ("It was Wonderland"); at a line start it is bare letters
+    assert got[(" Wonderland", False)] == ["▁Wonder", "land"]
+    assert got[(" wonderland", False)] == ["▁wonder", "land"]
+    assert got[("Wonderland", True)] == ["W", "onder", "land"]
+    phrases = PhraseSet("phrases:toy", ["Wonderland"], False, variants, len(tok), token_word_ends(tok, len(tok)))
+    ids = tok.convert_tokens_to_ids(["▁It", "▁Wonder"])
+    state = phrases.states(ids)[1]
+    tokens, values = phrases.bias_terms(*state, 2.0)
+    terms = dict(zip(tok.convert_ids_to_tokens(tokens.tolist()), values.tolist()))
+    assert terms.pop("land") == 2.0  # completes the entry after "▁Wonder"
+    assert {"▁Wonder", "▁wonder", "▁"} <= set(terms) and set(terms.values()) == {0.0}  # starts: π unmeasured = 0
+    text = tok.decode(tok.encode("It was the Wonderland", add_special_tokens=False))
+    assert text == "It was the Wonderland" and phrases.rates([text]).tolist() == [0.25]  # 1 of 4 words

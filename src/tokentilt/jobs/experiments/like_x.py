@@ -116,20 +116,7 @@ def run(cfg: LikeXConfig, progress: bool = True, echo=print) -> dict:
     cfg.check()
     folder = RunFolder(cfg.out, cfg.overwrite)  # refuse a used folder before the slow part
     started = time.time()
-    model = GPT.load(cfg.checkpoint) if cfg.checkpoint else None
-    if model is not None and model.config.block_size < cfg.seq_len:
-        raise ValueError(f"seq-len {cfg.seq_len} exceeds the model's block_size {model.config.block_size}")
-    folder.start()
-    folder.write_yaml("config.yaml", dataclasses.asdict(cfg))
-    if model is None:
-        echo("no --checkpoint: pretraining Model 5 first ...")
-        pre = PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.seed)
-        model = pretrain_model(pre, progress=progress, echo=echo).model
-        model.save(folder.path("pretrain") / "model")
-        model = GPT.load(folder.path("pretrain") / "model")  # as a --checkpoint run would: the saved weights
-    if model.config.block_size < cfg.seq_len:
-        raise ValueError(f"seq-len {cfg.seq_len} exceeds the model's block_size {model.config.block_size}")
-    model.eval()
+    model = start_model(cfg, folder, progress, echo)
     tokenizer = gpt2_tokenizer()
     vocab_size = model.config.vocab_size
     tokens = resolve_set(cfg.toward, tokenizer, vocab_size)
@@ -196,6 +183,24 @@ def run(cfg: LikeXConfig, progress: bool = True, echo=print) -> dict:
         f"run folder: {out}"
     )
     return summary
+
+
+def start_model(cfg: LikeXConfig, folder: RunFolder, progress: bool, echo) -> GPT:
+    """cfg.checkpoint's Model 5, or one pretrained now (saved in the run folder and loaded back, as a
+    --checkpoint run would load it). Starts the run folder once a checkpoint is known to fit."""
+    model = GPT.load(cfg.checkpoint) if cfg.checkpoint else None
+    if model is not None and model.config.block_size < cfg.seq_len:
+        raise ValueError(f"seq-len {cfg.seq_len} exceeds the model's block_size {model.config.block_size}")
+    folder.start()
+    folder.write_yaml("config.yaml", dataclasses.asdict(cfg))
+    if model is None:
+        echo("no --checkpoint: pretraining Model 5 first ...")
+        pre = PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.seed)
+        pretrain_model(pre, progress=progress, echo=echo).model.save(folder.path("pretrain") / "model")
+        model = GPT.load(folder.path("pretrain") / "model")
+    if model.config.block_size < cfg.seq_len:
+        raise ValueError(f"seq-len {cfg.seq_len} exceeds the model's block_size {model.config.block_size}")
+    return model.eval()
 
 
 def report(cfg: LikeXConfig, s: dict, text_before: list[str], text_after: list[str], before, after) -> str:

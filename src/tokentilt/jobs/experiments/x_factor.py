@@ -68,7 +68,6 @@ def run(cfg: XFactorConfig, progress: bool = True, echo=print) -> dict:
     folder = RunFolder(cfg.out, cfg.overwrite)  # refuse a used folder before loading the model
     started = time.time()
     model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, echo)
-    vocab_size = tokens.vocab_size
     folder.start()
     folder.write_yaml("config.yaml", dataclasses.asdict(cfg))
     start_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -79,42 +78,12 @@ def run(cfg: XFactorConfig, progress: bool = True, echo=print) -> dict:
     for lr in cfg.lrs:
         echo(f"training at lr {lr:g} ...")
         model.load_state_dict(start_state)
-        train_cfg = cfg.train_config(lr)
-        ctx = ObjectiveContext(mask=tokens.mask, positions="all", alpha=cfg.alpha, beta=cfg.beta)
-
-        def evaluate(step: int) -> dict:
-            rate, _ = measure_rate(
-                model, tokenizer, tokens.mask, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=cfg.bf16
-            )
-            return {"rate": rate["mean"]}
-
-        history = train(
-            model,
-            OBJECTIVES["kl-alpha-beta"],
-            ctx,
-            batch_source("random", tokenizer, vocab_size, train_cfg),
-            train_cfg,
-            evaluate=evaluate,
-            log=lambda r, lr=lr: folder.append_jsonl("metrics.jsonl", {"run_lr": lr, **r}),
-            progress=progress,
-        )
-        rate_after, samples_after[lr] = measure_rate(model, tokenizer, tokens.mask, cfg.eval, bf16=cfg.bf16)
-        curves[f"lr {lr:g}"] = ([r["step"] for r in history], [r["loss"] for r in history])
-        runs.append(
-            {
-                "lr": lr,
-                "rate_after": rate_after,
-                "loss_start": history[0]["loss"],
-                "final_loss": history[-1]["loss"],
-                "steps": len(history),
-                "rate_curve": [[0, rate_before["mean"]]]
-                + [[r["step"], r["rate"]] for r in history if "rate" in r][:-1]
-                + [[history[-1]["step"], rate_after["mean"]]],
-            }
-        )
+        record, curves[f"lr {lr:g}"], samples_after[lr] = train_at(model, tokenizer, tokens, cfg, lr, folder, progress)
+        record["rate_curve"] = [[0, rate_before["mean"]]] + record["rate_curve"]
+        runs.append(record)
         echo(
-            f"lr {lr:g}: R {fmt_rate(rate_before)} -> {fmt_rate(rate_after)}, loss "
-            f"{history[0]['loss']:.3f} -> {history[-1]['loss']:.4f}"
+            f"lr {lr:g}: R {fmt_rate(rate_before)} -> {fmt_rate(record['rate_after'])}, loss "
+            f"{record['loss_start']:.3f} -> {record['final_loss']:.4f}"
         )
     del start_state
 
@@ -146,6 +115,41 @@ def run(cfg: XFactorConfig, progress: bool = True, echo=print) -> dict:
     out = folder.finish()
     echo(f"run folder: {out}")
     return summary
+
+
+def train_at(model, tokenizer, tokens, cfg: XFactorConfig, lr: float, folder: RunFolder, progress: bool):
+    """One learning rate's run from the model's current weights -> (its record for summary.json, its loss
+    curve (steps, losses), its samples after training)."""
+    train_cfg = cfg.train_config(lr)
+    ctx = ObjectiveContext(mask=tokens.mask, positions="all", alpha=cfg.alpha, beta=cfg.beta)
+
+    def evaluate(step: int) -> dict:
+        rate, _ = measure_rate(
+            model, tokenizer, tokens.mask, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=cfg.bf16
+        )
+        return {"rate": rate["mean"]}
+
+    history = train(
+        model,
+        OBJECTIVES["kl-alpha-beta"],
+        ctx,
+        batch_source("random", tokenizer, tokens.vocab_size, train_cfg),
+        train_cfg,
+        evaluate=evaluate,
+        log=lambda r: folder.append_jsonl("metrics.jsonl", {"run_lr": lr, **r}),
+        progress=progress,
+    )
+    rate_after, samples_after = measure_rate(model, tokenizer, tokens.mask, cfg.eval, bf16=cfg.bf16)
+    record = {
+        "lr": lr,
+        "rate_after": rate_after,
+        "loss_start": history[0]["loss"],
+        "final_loss": history[-1]["loss"],
+        "steps": len(history),
+        "rate_curve": [[r["step"], r["rate"]] for r in history if "rate" in r][:-1]
+        + [[history[-1]["step"], rate_after["mean"]]],  # the point before training is the caller's
+    }
+    return record, ([r["step"] for r in history], [r["loss"] for r in history]), samples_after
 
 
 def report(cfg: XFactorConfig, s: dict, before, after: dict) -> str:
