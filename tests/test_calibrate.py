@@ -181,3 +181,23 @@ def test_a_rate_of_zero_takes_the_full_step(monkeypatch):
     monkeypatch.setattr(cal, "measure_rate", fake_measure)
     result = cal.calibrate(None, None, Phrases(), 0.05, cal.EvalConfig(), torch.zeros(1, 2), max_step=4.0)
     assert tried[:3] == [0.0, 4.0, 8.0] and result.bias == 8.0
+
+
+@pytest.mark.slow
+def test_when_the_weights_say_too_little_bisection_goes_on_from_the_same_draws(tiny, monkeypatch):
+    import tokentilt.calibrate as cal_module
+    from tokentilt.importance import Pool
+
+    model, tok, mask = tiny
+    cfg = EvalConfig(prompts=PROMPTS, samples_per_prompt=4, new_tokens=12)
+    windows = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
+    drawn = []
+    real = cal_module.measure_rate
+    monkeypatch.setattr(
+        cal_module, "measure_rate", lambda *a, bias=0.0, **k: drawn.append(bias) or real(*a, bias=bias, **k)
+    )
+    monkeypatch.setattr(Pool, "enough", lambda self, estimate: False)  # as for a set in every sample
+    cal = calibrate(model, tok, mask, 0.5, cfg, windows, tol=0.03)
+    assert len(drawn) == len(set(drawn)) >= cal_module.WEIGHTED_DRAWS  # no b is drawn twice
+    assert cal.pool is not None and len(cal.pool.draws) == cal_module.WEIGHTED_DRAWS
+    assert (cal.bias, cal.rate["mean"]) in cal.history and "ess" not in cal.rate  # measured, not weighted

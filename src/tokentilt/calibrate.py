@@ -118,11 +118,12 @@ def calibrate(
     tol = rate_tolerance(target, tol)
     # a phrase set has no one-pass proxy (its bias depends on context): start at b = 0
     b0 = 0.0 if hasattr(mask, "adjust") else proxy_bias(model, windows, mask, target, bf16)
+    measured: dict[float, dict] = {}  # b -> R measured there (the draws are the same at the same b and seeds)
+    pool = None
     if importance.weighable(mask, cfg):
-        found = calibrate_by_weights(model, tokenizer, mask, target, cfg, b0, bf16, iters, max_step, echo)
+        found, measured, pool = calibrate_by_weights(model, tokenizer, mask, target, cfg, b0, bf16, max_step, echo)
         if found is not None:
             return found
-    measured: dict[float, dict] = {}
     n = len(cfg.prompts) * cfg.samples_per_prompt
     goal = _logit(target, n)
 
@@ -154,7 +155,10 @@ def calibrate(
             b = b + max(-max_step, min(max_step, goal - _logit(r, n)))
     best = min(measured, key=lambda x: (abs(measured[x]["mean"] - target), abs(x)))
     history = [(x, measured[x]["mean"]) for x in measured]
-    return Calibration(target, best, measured[best], b0, history)
+    return Calibration(target, best, measured[best], b0, history, pool)
+
+
+WEIGHTED_DRAWS = 2  # draws calibrate_by_weights takes before handing over to bisection
 
 
 def calibrate_by_weights(
@@ -165,22 +169,26 @@ def calibrate_by_weights(
     cfg: EvalConfig,
     b0: float,
     bf16: bool = False,
-    iters: int = 8,
     max_step: float = 4.0,
     echo=None,
-) -> Calibration | None:
+    draws: int = WEIGHTED_DRAWS,
+) -> tuple[Calibration | None, dict[float, dict], importance.Pool]:
     """calibrate() for a token set at temperature 1: R(b) estimated at every b from the draws so far.
 
     Draws at b0, then solves R(b) = target on the importance-weighted estimate of all draws pooled
     (importance.py), within max_step of the biases drawn. When the estimate at that b rests on an
     effective sample size of at least half a draw, that b is the result and its R the estimate;
-    otherwise the next draw is one logit step from the last, as in calibrate(). None after `iters`
-    draws without one (the caller then bisects on fresh draws). Each draw costs one sampling pass and one teacher-forced forward.
+    otherwise the next draw is one logit step from the last, as in calibrate(). After `draws` draws
+    without one the result is None and the caller bisects, starting from the R measured at these
+    draws (a set frequent in every sample, such as "e", weighs badly even a small change of b).
+    Each draw costs one sampling pass and one teacher-forced forward.
+    -> (the calibration or None, {b: R measured}, the pool).
     """
-    pool, history, b = importance.Pool(), [], b0
-    for _ in range(iters):
+    pool, history, measured, b = importance.Pool(), [], {}, b0
+    for _ in range(draws):
         rate, samples = measure_rate(model, tokenizer, mask, cfg, bias=b, bf16=bf16)
         history.append((b, rate["mean"]))
+        measured[b] = rate
         if echo:
             echo(f"  calibrate: b = {b:+.3f} -> R = {rate['mean']:.3f}")
         per_sample = rates_of(mask, samples)
@@ -193,11 +201,11 @@ def calibrate_by_weights(
                     f"  calibrate: b = {solved:+.3f} -> R = {estimate['mean']:.3f} estimated from the "
                     f"{len(pool.draws)} draw(s) by importance weights ({estimate['ess']:.0f} effective samples)"
                 )
-            return Calibration(target, solved, estimate, b0, history, pool)
+            return Calibration(target, solved, estimate, b0, history, pool), measured, pool
         # the draws say little about R there: step in logit space from the last draw, as calibrate() does
         step = _logit(target, pool.n) - _logit(rate["mean"], pool.n)
         b = b + max(-max_step, min(max_step, step))
-    return None
+    return None, measured, pool
 
 
 def bias_at_rate(points: list[tuple[float, float]], target: float, n: int) -> float:

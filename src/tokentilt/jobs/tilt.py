@@ -180,7 +180,7 @@ def measure_start(
             model, tokenizer, target, cfg.rate, cfg.eval.probe(), start.windows, bf16=bf16, echo=say
         )
         start.bias = start.calibration.bias
-        how = "estimated by importance weights" if start.calibration.pool is not None else "measured"
+        how = "estimated by importance weights" if "ess" in start.calibration.rate else "measured"
         say(f"b = {start.bias:.3f} gives decode-time R = {fmt_rate(start.calibration.rate)} on the probe seeds ({how})")
         clock.mark("calibrate")
     if not cfg.resume:
@@ -419,7 +419,7 @@ def distill_summary(cfg: TiltConfig, start: Start, after: dict, matched: dict, f
             "eval_seed": cfg.eval.probe().eval_seed,
             "proxy_bias": start.calibration.proxy_bias,
             "points": [{"bias": b, "rate": r} for b, r in start.calibration.history],
-            "method": "importance weights" if start.calibration.pool is not None else "bisection",
+            "method": "importance weights" if "ess" in start.calibration.rate else "bisection",
             "rate": start.calibration.rate,
         }
     if fit is not None:
