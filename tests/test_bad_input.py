@@ -374,7 +374,9 @@ CASES = [
     Case("experiment-l1-epochs-zero", lambda f: f.experiment("l1-vs-l2", "--epochs", "0"), "epochs"),
     Case("experiment-x-factor-lr-nan", lambda f: f.experiment("x-factor", "--lr", "nan", "--model", f.model), "lr"),
     Case(
-        "experiment-like-x-two-lrs", lambda f: f.experiment("like-x", "--lr", "1e-3", "--lr", "1e-2"), "takes one --lr"
+        "experiment-like-x-unknown-optimizer",
+        lambda f: f.experiment("like-x", "--optimizer", "rmsprop"),
+        "optimizer must be one of sgd, adam, adamw",
     ),
     Case("experiment-unknown-name", lambda f: ["experiment", "z-factor"], "invalid choice: 'z-factor'"),
     # ---- config files
