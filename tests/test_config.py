@@ -80,17 +80,21 @@ def test_a_field_name_used_twice_across_sections_is_an_error():
         options(_Clash())
 
 
+# fmt: off
 @dataclasses.dataclass
 class Wrapped:
-    """A config as a formatter may leave it."""
+    """A config as a formatter may leave it (kept as written: the formatter would join the wrapped field)."""
 
     short: int = 1  # one line
-    long_default: str = "all-linear"  # the comment inside a wrapped default  # and after it
+    long_default: str = (
+        "all-linear"  # the comment inside a wrapped default
+    )  # and after it
     # a comment line below the field continues its help
 
     # a comment after a blank line belongs to nothing
     bare: int = 2
     made: list[int] = dataclasses.field(default_factory=list)  # factory
+# fmt: on
 
 
 def test_field_comments_follow_a_field_over_wrapped_lines():
