@@ -298,11 +298,6 @@ CASES = [
         "phrases file not found",
     ),
     Case("tilt-phrase-inside-a-combination", lambda f: f.tilt("--toward", "x | phrase:red"), "stands alone"),
-    Case(
-        "tilt-phrases-head-rows",
-        lambda f: f.tilt("--toward", "phrase:red", "--objective", "tilt-distill", "--placement", "head-rows"),
-        "cannot tilt phrases",
-    ),
     Case("tilt-phrases-course-objective", lambda f: f.tilt("--toward", "phrase:red"), "tilted by tilt-distill only"),
     Case("sweep-phrases", lambda f: f.sweep("--toward", "phrase:red"), "sweep takes a token selector"),
     Case("audit-phrases", lambda f: f.audit("--toward", "phrases:colours"), "audit takes a token selector"),

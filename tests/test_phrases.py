@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, SequenceBiasLogitsProcessor
 
+from conftest import tiny_llama
+from tokentilt import head_tilt
 from tokentilt.losses import ObjectiveContext, phrase_distill
 from tokentilt.phrases import (
     PhraseBias,
@@ -248,6 +250,50 @@ def test_adjust_and_the_processor_agree_position_by_position():
         assert torch.allclose(adjusted[0, t], proc(ids[:, : t + 1], logits[:, t])[0])
     assert adjusted[0, 1, ID["land"]] - logits[0, 1, ID["land"]] == pytest.approx(1.5)  # after " Wonder"
     assert adjusted[0, 0, ID["land"]] == logits[0, 0, ID["land"]]  # after " the": untouched
+
+
+def test_row_offsets_are_the_decode_time_changes_on_the_entries_rows():
+    phrases = toy_set(["Wonderland", "red"], pis={("space", " Wonder"): 0.3})
+    ids = torch.tensor([[ID[" the"], ID[" Wonder"], ID["land"], ID[" a"], ID[" red"]]])
+    rows = phrases.row_ids()
+    assert set(rows.tolist()) == {i for v in phrases.variants for i in v.ids}
+    offsets = phrases.row_offsets([ids[:, :2], ids], 1.5, rows)  # two batches, in order: (2 + 5, K)
+    change = phrases.adjust(torch.zeros(1, 5, len(TOK)), ids, 1.5)[0]  # (5, V)
+    assert torch.equal(offsets[2:], change[:, rows]) and torch.equal(offsets[:2], change[:2, rows])
+    outside = torch.ones(len(TOK), dtype=torch.bool)
+    outside[rows] = False
+    assert not change[:, outside].any()  # the decode-time tilt changes no other token
+    land, wonder = rows.tolist().index(ID["land"]), rows.tolist().index(ID[" Wonder"])
+    assert offsets[3, land] == pytest.approx(1.5) and offsets[2, land] == 0  # after " Wonder" only
+    assert offsets[2, wonder] == pytest.approx(math.log1p(0.3 * math.expm1(1.5)))  # the start's credit
+
+
+def test_head_rows_carry_a_phrase_tilt_that_depends_on_context():
+    """The entries' rows of the head, fitted per position, raise "land" after " Wonder" and not elsewhere:
+    the fitted model is close to the decode-time tilt on held-out rows, and no other row moves."""
+    model, reference = tiny_llama(len(TOK)), tiny_llama(len(TOK))
+    phrases = toy_set(["Wonderland", "red"], pis={("space", " Wonder"): 0.3})
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, len(TOK), (24, 16), generator=g)
+    ids[:, 3::4] = ID[" Wonder"]
+    train_ids, held_out = ids[:20], ids[20:]
+    tilt = head_tilt.HeadRowsTilt(model, phrases, lambda b: list(train_ids.split(4)), steps=300, lr=3e-2)
+    assert tilt.fit == "kl" and tilt.sign == 1.0 and tilt.trained_rows == len(phrases.row_ids())
+
+    def gap(m):  # mean KL(decode-time tilt of the reference || m) per held-out position
+        with torch.no_grad():
+            target = F.log_softmax(phrases.adjust(reference(input_ids=held_out).logits, held_out, 2.0), -1)
+            return (target.exp() * (target - F.log_softmax(m(input_ids=held_out).logits, -1))).sum(-1).mean().item()
+
+    start = gap(model)
+    tilt.train(2.0, progress=False)
+    assert gap(model) < 0.5 * start
+    with torch.no_grad():
+        lift = (model(input_ids=held_out).logits - reference(input_ids=held_out).logits)[..., ID["land"]]
+    after_wonder = held_out == ID[" Wonder"]
+    assert lift[after_wonder].mean() > lift[~after_wonder].mean() + 1.0
+    changed = (model.lm_head.weight != reference.lm_head.weight).any(-1).nonzero().squeeze(1)
+    assert set(changed.tolist()) <= set(phrases.row_ids().tolist())
 
 
 def test_with_no_completion_credit_it_is_hugging_faces_sequence_bias():

@@ -36,7 +36,7 @@ selectors (match each token's decoded text):
   words:FILE         whole words from FILE (one per line), with and without a leading space
   words:colours      a built-in list (34 colour words); entries of several tokens are named and left out
   phrases:FILE       words and phrases of any number of tokens (one per line; :case keeps case); R counts
-                     the share of generated words that are entries. phrase:TEXT for one. LoRA by default
+                     the share of generated words that are entries. phrase:TEXT for one
   ids:1,2,3          explicit token ids
   not:SELECTOR       the complement; combine with ' & ' and ' | '
 

@@ -40,6 +40,7 @@ from tokentilt.chat import CHAT_TRAIN_PROMPTS, exchanges
 from tokentilt.config import UsageError
 from tokentilt.generate import TRAIN_PROMPTS, SampleConfig, sample
 from tokentilt.losses import set_rows_kl
+from tokentilt.phrases import PhraseSet
 
 Contexts = Literal["mix", "text", "policy"]
 HeadFit = Literal["offset", "kl"]
@@ -172,7 +173,8 @@ def fit_rows(
     odds_weight: float = 0.0,
 ) -> tuple[torch.Tensor, list[dict]]:
     """Adam with a cosine schedule on delta (|S|, d), from zero, minimising set_rows_kl on random
-    rows of the cached inputs. -> (delta, [{"step", "loss"}])."""
+    rows of the cached inputs. `bias` is one b for every row and position, or (N, |S|): each cached
+    position's own logit changes (a phrase tilt). -> (delta, [{"step", "loss"}])."""
     delta = torch.zeros_like(head_set, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -180,7 +182,8 @@ def fit_rows(
     history = []
     for step in tqdm(range(1, steps + 1), desc="fitting head rows", disable=not progress, leave=False):
         idx = torch.randint(len(inputs.h), (min(ROWS_PER_STEP, len(inputs.h)),), generator=g).to(head_set.device)
-        loss = set_rows_kl(inputs.h[idx], inputs.rest_lse[idx], head_set, delta, bias, odds_weight)
+        target = bias[idx] if torch.is_tensor(bias) else bias
+        loss = set_rows_kl(inputs.h[idx], inputs.rest_lse[idx], head_set, delta, target, odds_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -226,7 +229,14 @@ def fit_record(
 
 
 class HeadRowsTilt:
-    """Tilt `model` (untied here) toward `mask` by refitting its head's set rows for any b.
+    """Tilt `model` (untied here) toward `target` by refitting its head's rows for any b.
+
+    `target` is a token set's (V,) bool mask, or a phrases.PhraseSet. A phrase tilt's change depends on
+    the text before each position (after " Wonder", "land" gains b; elsewhere it does not), so its rows
+    are every token of the entries' variants and the fit is always KL: each cached position gets its own
+    target change (PhraseSet.row_offsets), and delta_i is fitted so that h·delta_i gives it. The rows
+    are a linear function of h, which holds the context: that is the placement's bet, and fit_record
+    says how close it comes.
 
     `contexts(b)` gives the training contexts' id batches for the b they are sampled at; they are
     built once, at the first b, and every later fit (tilt --rate's rounds) reuses them.
@@ -235,7 +245,7 @@ class HeadRowsTilt:
     def __init__(
         self,
         model,
-        mask: torch.Tensor,
+        target,
         contexts,
         steps: int,
         lr: float,
@@ -247,6 +257,13 @@ class HeadRowsTilt:
         if fit not in FITS:
             raise ValueError(f"head-fit must be one of {', '.join(FITS)}, got {fit!r}")
         untie_output_head(model)
+        self.phrases = target if isinstance(target, PhraseSet) else None
+        if self.phrases is not None:
+            fit = "kl"  # a constant offset cannot depend on context
+            mask = torch.zeros(target.vocab_size, dtype=torch.bool)
+            mask[target.row_ids()] = True
+        else:
+            mask = target
         self.fit, self.direction = fit, None
         self.model, self.steps, self.lr, self.seed, self.bf16 = model, steps, lr, seed, bf16
         for p in model.parameters():  # only the head's rows change (tilt --rate snapshots what trains)
@@ -254,11 +271,12 @@ class HeadRowsTilt:
         self.head.weight.requires_grad_(True)
         self.contexts, self.odds_weight = contexts, odds_weight
         # Train the smaller side: +b on S is -b on its complement (softmax ignores a common shift).
-        self.sign = 1.0 if mask.sum() * 2 <= mask.numel() else -1.0
+        self.sign = 1.0 if self.phrases is not None or mask.sum() * 2 <= mask.numel() else -1.0
         self.trained = mask if self.sign > 0 else ~mask
         self.rows = self.trained.nonzero().squeeze(1).to(self.head.weight.device)
         self.original = self.head.weight.detach()[self.rows].clone()  # (|S|, d)
         self.inputs: HeadInputs | None = None
+        self.batches: list[torch.Tensor] = []  # the contexts, for a phrase tilt's per-position targets
 
     @property
     def head(self):
@@ -271,7 +289,10 @@ class HeadRowsTilt:
     def train(self, bias: float, progress: bool = True, log=None) -> list[dict]:
         """Fit the rows toward softmax(z_ref + bias·M) and write them into the head."""
         if self.inputs is None:  # the first fit: the head still holds the original rows
-            self.inputs = head_inputs(self.model, self.contexts(bias), self.trained, self.bf16)
+            self.batches = self.contexts(bias)
+            self.inputs = head_inputs(self.model, self.batches, self.trained, self.bf16)
+        if self.phrases is not None:
+            bias = self.phrases.row_offsets(self.batches, bias, self.rows.cpu()).to(self.original.device)
         if self.fit == "offset":
             if self.direction is None:  # one direction serves every b of tilt --rate's rounds
                 self.direction = offset_direction(self.inputs.h).to(self.original.device)

@@ -130,10 +130,11 @@ def set_rows_kl(
     rest_lse: torch.Tensor,
     head_set: torch.Tensor,
     delta: torch.Tensor,
-    bias: float,
+    bias: float | torch.Tensor,
     odds_weight: float = 0.0,
 ) -> torch.Tensor:
     """Mean over rows of KL(softmax(z + b·M) || softmax(z')), where only the set's logits change.
+    b is one number, or (N, |S|): a change of each row's own (a phrase tilt's, which depends on context).
 
     z = h·W^T are the reference logits and z' equal z except on the set S, where z'_S = h·(W_S + delta)^T.
     h (N, d) are the head's inputs, rest_lse (N,) = logsumexp of z outside S (fixed, so it is
@@ -153,7 +154,7 @@ def set_rows_kl(
     kl = ((q_set * (bias - shift)).sum(-1) + lse_p - lse_q).mean()
     if not odds_weight:
         return kl
-    error = torch.logsumexp(z_set + shift, -1) - torch.logsumexp(z_set, -1) - bias  # (N,)
+    error = torch.logsumexp(z_set + shift, -1) - torch.logsumexp(z_set + bias, -1)  # (N,)
     return kl + odds_weight / 2 * error.pow(2).mean()
 
 

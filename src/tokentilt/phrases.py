@@ -291,6 +291,29 @@ class PhraseSet:
             self._bias_cache[key] = (ids, torch.tensor([terms[i] for i in ids.tolist()], dtype=torch.float32))
         return self._bias_cache[key]
 
+    def row_ids(self) -> torch.Tensor:
+        """The token ids the decode-time tilt can change: every variant's tokens, sorted. (K,)"""
+        return torch.tensor(sorted({i for v in self.variants for i in v.ids}), dtype=torch.long)
+
+    def row_offsets(self, batches: list[torch.Tensor], bias: float, rows: torch.Tensor) -> torch.Tensor:
+        """The decode-time tilt's logit changes on `rows` (K,) at every position of (b, T) id batches,
+        in order (batch, row, position): (N, K). Position t holds the change for the token after ids[:t+1],
+        as in adjust(); each row is taken to start at a word start."""
+        column = {t: k for k, t in enumerate(rows.tolist())}
+        dense: dict[tuple, torch.Tensor] = {}
+        out = []
+        for batch in batches:
+            for seq in batch.tolist():
+                for state, start in self.states(seq):
+                    key = (state, start)
+                    if key not in dense:
+                        tok, val = self.bias_terms(state, start, bias)
+                        vec = torch.zeros(len(column))
+                        vec[[column[t] for t in tok.tolist()]] = val
+                        dense[key] = vec
+                    out.append(dense[key])
+        return torch.stack(out)
+
     def with_method(self, method: str) -> PhraseSet:
         """The same entries and trie with another decode-time tilt (METHODS)."""
         if method not in METHODS:

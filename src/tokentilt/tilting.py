@@ -59,8 +59,8 @@ class TiltConfig:
     ce_weight: float = 1.0  # mixed: lambda on the CE term
     placement: Placement = "auto"  # tilt-distill: where the change lives. head-rows: only the set's rows of an
     # untied output head, fitted on cached hidden states (seconds; the cheapest tilt found, see
-    # docs/tilt-variants.md). model: every weight (or LoRA's) trained on play text. auto = head-rows, or model with
-    # --lora
+    # docs/tilt-variants.md; a phrase list: its entries' token rows, fitted per position). model: every weight (or
+    # LoRA's) trained on play text. auto = head-rows, or model with --lora
     contexts: head_tilt.Contexts = "mix"  # head-rows: training contexts: play windows, continuations sampled from
     # the decode-time tilted model after training prompts (never the R prompts), or both
     head_fit: head_tilt.HeadFit = "offset"  # head-rows: offset adds b·u to every set row, u the least-squares
@@ -134,25 +134,16 @@ class TiltConfig:
         self.eval.check()
 
     def _check_phrases(self) -> None:
-        """A phrase tilt is tilt-distill in a placement that sees context: LoRA unless --placement model."""
+        """A phrase tilt is tilt-distill in a placement that sees context: the entries' rows of the head
+        fitted per position (head-rows, the default), a LoRA adapter, or the whole model."""
         if self.objective != "tilt-distill":
             raise ValueError(
                 f"a phrase selector ({self.toward.partition(':')[0]}:) is tilted by tilt-distill only, "
                 f"not {self.objective}"
             )
-        if self.placement == "head-rows":
-            raise ValueError(
-                "--placement head-rows cannot tilt phrases: the bias on a phrase's later tokens "
-                "depends on the tokens before it, and a head offset is the same everywhere "
-                "(use --placement model, or --lora)"
-            )
-        if self.placement == "auto" and not self.lora.lora:
-            self.lora.lora = True  # the default placement for phrases: a LoRA adapter
 
     def head_rows(self) -> bool:
         """Whether the tilt is fitted into the set's rows of the output head (head_tilt.py)."""
-        if phrases.is_phrase_selector(self.toward):
-            return False
         if self.placement == "auto":
             return self.objective == "tilt-distill" and not self.lora.lora
         return self.placement == "head-rows"

@@ -196,9 +196,11 @@ def test_rate_rounds_must_be_positive(tiny_model_dir, eval_file, tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_a_phrase_tilt_runs_on_lora_and_its_samples_recount_to_its_r(tiny_model_dir, eval_file, tmp_path):
-    """phrases: end to end on the tiny GPT-2: LoRA by default, each entry's tokenization in summary.json,
-    and samples.jsonl from which R recounts by a regex of our own (words of the decoded text)."""
+@pytest.mark.parametrize("placement", ["head-rows", "lora"])
+def test_a_phrase_tilt_runs_and_its_samples_recount_to_its_r(placement, tiny_model_dir, eval_file, tmp_path):
+    """phrases: end to end on the tiny GPT-2, in the entries' head rows (the default) and in LoRA: each
+    entry's tokenization in summary.json, and samples.jsonl from which R recounts by a regex of our own
+    (words of the decoded text)."""
     import re
 
     words = tmp_path / "words.txt"
@@ -208,9 +210,13 @@ def test_a_phrase_tilt_runs_on_lora_and_its_samples_recount_to_its_r(tiny_model_
         tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.2", "--rate-rounds", "1"
     )
     argv[argv.index("--toward") + 1] = f"phrases:{words}"
-    assert main(argv) == 0
+    assert main(argv + (["--lora"] if placement == "lora" else [])) == 0
     s = json.loads((out / "summary.json").read_text())
-    assert s["placement"] == "lora" and (out / "adapter").is_dir()
+    assert s["placement"] == placement and (out / "adapter").is_dir() == (placement == "lora")
+    if placement == "head-rows":
+        assert (
+            s["head"]["fit"] == "kl" and 0 < s["head"]["trained_rows"] < 100
+        )  # the entries' tokens, not the vocabulary
     entries = {e["entry"]: e for e in s["phrases"]["entries"]}
     assert entries["verily"]["variants"][" verily"] == [" ver", "ily"]  # kept: two tokens
     assert entries["box of wax"]["tokens"] == 3

@@ -126,12 +126,12 @@ def set_up(cfg: TiltConfig, say) -> Setup:
     if cfg.head_rows():
         head = head_tilt.HeadRowsTilt(
             model,
-            tokens.mask,
+            tokens if isinstance(tokens, PhraseSet) else tokens.mask,
             lambda b: head_tilt.context_batches(
                 model,
                 tokenizer,
                 tilting.train_tokens(tokenizer),
-                tokens.mask,
+                tokens if isinstance(tokens, PhraseSet) else tokens.mask,
                 b,
                 cfg.contexts,
                 cfg.train.seed,
@@ -391,9 +391,9 @@ def tilt_summary(
             "via_complement": head.sign < 0,
             "contexts": cfg.contexts,
             "context_positions": len(head.inputs.h),
-            "fit": cfg.head_fit,
+            "fit": head.fit,
             "steps": len(history),
-            "lr": cfg.head_lr if cfg.head_fit == "kl" else None,
+            "lr": cfg.head_lr if head.fit == "kl" else None,
             **{k: history[-1][k] for k in ("offset_mean", "offset_std") if k in history[-1]},
         }
         if head

@@ -1,0 +1,164 @@
+"""P8: training and sampling against what this machine can do, measured in the same run.
+
+    python benchmarks/p8_hardware.py [--steps 6] [--rounds 2] [--sample-rounds 2]
+
+The machine's peak: a 2048 x 2048 x 2048 matmul in bf16 and in fp32 (best of several reps, after a
+warm-up). The training step's dtype is bf16 where the CPU runs it natively (engine.native_bf16) and
+fp32 otherwise; its peak is that dtype's. Memory bandwidth: the best of several reads (sum) and
+copies of a 1 GiB buffer, in bytes moved per second.
+
+Training: tokentilt tilt's default step (kl-uniform toward x on random tokens, T = 64, Adam, the
+fused head) through train.train(), for the whole model and for a LoRA adapter (r 16 on every
+projection), at B = 4 (the default) and B = 16 (four times the rows per matmul; a recipe that keeps
+tokens per update would take a quarter of the steps). The variants alternate round by round from the
+same weights. Share = tokens/s x 6N FLOPs per token over the peak (N = the model's parameters; a LoRA
+step does about 4N: no weight gradients for the frozen base, which the table also gives).
+
+Sampling: one R measurement's batch (16 prompts x 4 samples, 48 new tokens) through generate.sample().
+Its bounds: memory, 48 decoding steps that each read every weight once plus the KV cache so far, at the
+measured bandwidth; compute, 2N FLOPs per generated token at the peak (prompt tokens not counted). A
+step cannot be faster than the larger of the two; the share is that bound over the measured time.
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from tokentilt.data import random_tokens
+from tokentilt.engine import native_bf16
+from tokentilt.fused import output_head
+from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, sample
+from tokentilt.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.models import lora
+from tokentilt.models.load import load_model
+from tokentilt.targets import resolve_set
+from tokentilt.train import TrainConfig, train
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of the best of `reps` n x n x n matmuls."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # warm-up: oneDNN picks and caches its kernel
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best
+
+
+def bandwidth(gib: float = 1.0, reps: int = 5) -> float:
+    """Bytes per second: the best of a read (sum of a buffer) and a copy (read + write) of `gib` GiB."""
+    src = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    src.sum(), dst.copy_(src)  # warm-up: the pages are touched
+    read = min(_timed(src.sum) for _ in range(reps))
+    copy = min(_timed(lambda: dst.copy_(src)) for _ in range(reps))
+    size = src.numel() * 4
+    return max(size / read, 2 * size / copy)
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def step_seconds(model, mask, cfg: TrainConfig) -> list[float]:
+    """Seconds per step of `cfg.steps` steps, the first two (warm-up) left out."""
+    stamps: list[float] = []
+    train(
+        model,
+        OBJECTIVES["kl-uniform"],
+        ObjectiveContext(mask=mask, positions="all"),
+        lambda g, rows: random_tokens(mask.numel(), rows, cfg.seq_len, g),
+        cfg,
+        log=lambda r: stamps.append(time.perf_counter()),
+        progress=False,
+    )
+    return [b - a for a, b in zip(stamps[1:], stamps[2:])]
+
+
+def training(model, mask, steps: int, rounds: int, bf16: bool) -> dict[str, tuple[float, int]]:
+    """{variant: (median seconds per step, tokens per step)}, the variants alternating round by round,
+    each round from the same weights. The LoRA variants train an adapter on a second copy of the model."""
+    peft = lora.add_adapter(load_model("bundled")[0], lora.LoraArgs(lora=True), seed=0)
+    models = {"model": model, "LoRA r 16": peft}
+    start = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in models.items()}
+    variants = {f"{p}, B = {b}": (p, b) for p in models for b in (4, 16)}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (placement, batch) in variants.items():
+            models[placement].load_state_dict(start[placement])
+            cfg = TrainConfig(lr=1e-7, steps=steps + 2, batch=batch, eval_every=0, bf16=bf16)
+            times[name] += step_seconds(models[placement], mask, cfg)
+    model.load_state_dict(start["model"])
+    return {name: (statistics.median(t), variants[name][1] * 64) for name, t in times.items()}
+
+
+def sampling(model, tokenizer, rounds: int, bf16: bool) -> tuple[float, int]:
+    """(median seconds, generated tokens) of one R measurement's batch."""
+    seconds = []
+    for r in range(rounds):
+        start = time.perf_counter()
+        out = sample(model, tokenizer, DEFAULT_PROMPTS, 4, SampleConfig(max_new_tokens=48), r, bf16=bf16)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), out.tokens.numel()
+
+
+def kv_bytes_per_step(model, rows: int, prompt: int, new: int, element: int) -> float:
+    """Mean bytes of KV cache read per decoding step (keys and values of every layer, the length growing)."""
+    c = model.config
+    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    per_token = 2 * c.num_hidden_layers * heads * (c.hidden_size // c.num_attention_heads) * element
+    return rows * per_token * (prompt + new / 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant and round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--sample-rounds", type=int, default=2)
+    args = parser.parse_args()
+    bf16 = native_bf16()
+    dtype = "bf16" if bf16 else "fp32"
+    # without native bf16 a 2048^3 bf16 matmul takes seconds (oneDNN emulates it): a smaller one says as much
+    peaks = {
+        "bf16": matmul_peak(torch.bfloat16, *((2048, 5) if bf16 else (1024, 2))),
+        "fp32": matmul_peak(torch.float32),
+    }
+    peak, bw = peaks[dtype], bandwidth()
+    model, tokenizer = load_model("bundled")
+    n_params = sum(p.numel() for p in model.parameters())
+    mask = resolve_set("x", tokenizer, output_head(model).weight.shape[0]).mask
+    print(
+        f"bundled model, N = {n_params / 1e6:.1f}M, {torch.get_num_threads()} threads; native bf16: {bf16}\n"
+        f"square matmul: bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s, fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s; "
+        f"the step runs {dtype}: peak **{peak / 1e9:.0f} GFLOP/s**; memory bandwidth {bw / 1e9:.1f} GB/s\n",
+        flush=True,
+    )
+    seconds, new_tokens = sampling(model, tokenizer, args.sample_rounds, bf16)
+    rows, new = len(DEFAULT_PROMPTS) * 4, 48
+    prompt = statistics.mean(len(tokenizer(p)["input_ids"]) for p in DEFAULT_PROMPTS)
+    element = 2 if bf16 else 4
+    step_bytes = n_params * element + kv_bytes_per_step(model, rows, prompt, new, element)
+    memory_bound = new * step_bytes / bw
+    compute_bound = 2 * n_params * new_tokens / peak
+    bound = max(memory_bound, compute_bound)
+    print(
+        "| sampling (64 rows x 48 tokens) | seconds | tokens/s | memory bound s | compute bound s | share of the bound |\n"
+        "|---|---|---|---|---|---|\n"
+        f"| generate.sample(), {dtype} | {seconds:.2f} | {new_tokens / seconds:.0f} | {memory_bound:.2f} | "
+        f"{compute_bound:.2f} | **{bound / seconds:.0%}** |\n",
+        flush=True,
+    )
+    print("| training step, T = 64 | s/step | tokens/s | share of peak at 6N | at 4N (LoRA) |\n|---|---|---|---|---|")
+    for name, (s, tokens) in training(model, mask, args.steps, args.rounds, bf16).items():
+        rate = tokens / s
+        four = f"{rate * 4 * n_params / peak:.0%}" if "LoRA" in name else ""
+        print(f"| {name} | {s:.3f} | {rate:.0f} | **{rate * 6 * n_params / peak:.0%}** | {four} |")
+
+
+if __name__ == "__main__":
+    main()
