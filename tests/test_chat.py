@@ -176,15 +176,20 @@ def chat_model_dir(tmp_path_factory, tok, chat_gpt2):
     return folder
 
 
-def test_a_chat_tilt_records_formatted_prompts_and_replies(chat_model_dir, tmp_path, capsys):
+@pytest.mark.parametrize("toward", ["x", "phrases"])
+def test_a_chat_tilt_records_formatted_prompts_and_replies(toward, chat_model_dir, tmp_path, capsys):
+    """A token set and a phrase list (its head rows fitted on chat exchanges) tilt in chat alike."""
     out = tmp_path / "run"
+    if toward == "phrases":
+        (tmp_path / "words.txt").write_text("the\nbox of wax\n")
+        toward = f"phrases:{tmp_path / 'words.txt'}"
     code = main(
         [
             "tilt",
             "--model",
             str(chat_model_dir),
             "--toward",
-            "x",
+            toward,
             "--chat",
             "--rate",
             "0.3",
