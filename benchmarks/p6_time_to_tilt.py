@@ -76,6 +76,9 @@ def main() -> int:
     )
     ap.add_argument("--out", default="runs/p6", help="folder of the run folders")
     ap.add_argument("--table", default="runs/p6/table.md", help="markdown file to write")
+    ap.add_argument(
+        "--cells", nargs="+", choices=[c[1] for c in CELLS], default=[c[1] for c in CELLS], help="selectors to run"
+    )
     args = ap.parse_args()
     out = Path(args.out)
     lines = [
@@ -86,7 +89,7 @@ def main() -> int:
         before = Path(tmp) / "before"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before), args.before], check=True)
         try:
-            for name, selector, rate in CELLS:
+            for name, selector, rate in (c for c in CELLS if c[1] in args.cells):
                 for which, src in ((f"before ({args.before})", before / "src"), ("after", ROOT / "src")):
                     folder = out / f"{selector}-{rate:g}-{which.split()[0]}"
                     lines.append(row(name, which, rate, run(src, selector, rate, folder)))
