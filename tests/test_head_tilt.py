@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import hand_ppl, tilt_argv, tiny_llama
 from tokentilt import head_tilt
-from tokentilt.calibrate import bias_at_rate
+from tokentilt.calibrate import bias_at_rate, bracketed, match_bias
 from tokentilt.cli import main
 from tokentilt.evaluate import excess_cost
 from tokentilt.losses import set_rows_kl
@@ -180,6 +180,28 @@ def test_bias_at_rate_interpolates_in_logit_space_and_extends_the_ends():
     assert bias_at_rate(points, 0.95, 1000) == pytest.approx(2 + 2 * (logit(0.95) - logit(0.5)) / logit(0.9))
     assert bias_at_rate([(1.5, 0.4)], 0.9, 64) == 1.5  # one point: nothing to interpolate
     assert bias_at_rate([(0.0, 0.3), (-2.0, 0.1)], 0.2, 1000) < 0  # away from the set: b < 0
+
+
+def test_match_bias_measures_more_points_where_the_curve_bends():
+    """R(b) flat near 0 and then steep (a phrase list's shape): extending the segment from b = 0 overshoots;
+    match_bias measures at the guess, moved at most max_jump, until the target is bracketed."""
+
+    def rate(b):  # logit R = log(e^-8 + e^(2(b - 7))): flat at -8, then slope 2
+        return 1 / (1 + math.exp(-math.log(math.exp(-8) + math.exp(2 * (b - 7)))))
+
+    truth = 7 + math.log(0.03 / 0.97 - math.exp(-8)) / 2  # rate(truth) = 0.03
+    points = [(0.0, rate(0.0)), (4.5, rate(4.5))]
+    assert not bracketed(points, 0.03)
+    measured = []
+    b, curve = match_bias(points, 0.03, 10_000, lambda x: measured.append(x) or rate(x))
+    assert len(measured) == 1 and measured[0] == 4.5 + 1.5 and bracketed(curve, 0.03)
+    assert b == pytest.approx(truth, abs=0.05)
+    assert abs(bias_at_rate(points, 0.03, 10_000) - truth) > 1.0  # what the end segment alone would give
+    # Already bracketed: nothing is measured.
+    assert match_bias([(0.0, 0.01), (2.0, 0.5)], 0.1, 1000, lambda x: pytest.fail("measured"))[1] == [
+        (0.0, 0.01),
+        (2.0, 0.5),
+    ]
 
 
 def test_excess_cost_is_rho_and_the_drift_ratio():

@@ -224,6 +224,34 @@ def bias_at_rate(points: list[tuple[float, float]], target: float, n: int) -> fl
     return b1 + (goal - y1) / (y2 - y1) * (b2 - b1)
 
 
+def bracketed(points: list[tuple[float, float]], target: float) -> bool:
+    """Whether measured (b, R) points lie on both sides of `target` (or one meets it)."""
+    rates = [r for _, r in points]
+    return min(rates) <= target <= max(rates)
+
+
+def match_bias(
+    points: list[tuple[float, float]], target: float, n: int, measure, extra: int = 2, max_jump: float = 1.5
+) -> tuple[float, list[tuple[float, float]]]:
+    """b whose decode-time R is `target`, measuring more points where the measured ones do not bracket it.
+
+    bias_at_rate extends the end segment beyond the points, which is a poor guess where R(b) bends (a
+    phrase list's R stays near 0 up to b of about 4, then climbs). So while the target lies outside the
+    points, at most `extra` times, R is measured (measure(b) -> R) at the extended guess, moved at most
+    `max_jump` from the nearest point. -> (b, every point)."""
+    points = list(points)
+    for _ in range(extra):
+        if bracketed(points, target):
+            break
+        guess = bias_at_rate(points, target, n)
+        nearest = min(points, key=lambda p: abs(p[1] - target))[0]
+        b = nearest + max(-max_jump, min(max_jump, guess - nearest))
+        if any(b == p[0] for p in points):
+            break
+        points.append((b, measure(b)))
+    return bias_at_rate(points, target, n), points
+
+
 @dataclass
 class RateFit:
     """tilt-distill's b, corrected so that the *trained* model's rate is R*."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from tokentilt import checkpoint, head_tilt, tilting
-from tokentilt.calibrate import bias_at_rate, calibrate
+from tokentilt.calibrate import calibrate, match_bias
 from tokentilt.chat import check_template
 from tokentilt.config import UsageError, to_flat
 from tokentilt.engine import on_main, peak_rss_mb, process_state, reset_peak_rss, resolve_device
@@ -204,22 +204,21 @@ def measure_start(
 def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, trained_bias: float, say) -> dict:
     """The decode-time tilt at the trained model's R, the cost to beat: its b read off the decode-time R(b)
     curve on the eval seeds (the seeds of the tuned R) at b = 0, the calibrated b and, when the rate
-    rounds moved it, the trained b; and its held-out perplexity and drift."""
+    rounds moved it, the trained b, with up to two more points where those do not bracket the tuned R
+    (calibrate.match_bias); and its held-out perplexity and drift."""
     bf16 = cfg.train.bf16
+
+    def rate_at(b: float) -> float:
+        say(f"measuring the decode-time R at b = {b:.3f} ...")
+        return measure_rate(run.reference, run.tokenizer, run.tokens.target, cfg.eval, bias=b, bf16=bf16)[0]["mean"]
+
     curve = [(0.0, start.before["rate"]["mean"]), (start.bias, start.baseline["rate"]["mean"])]
     if trained_bias != start.bias:
-        say(f"measuring the decode-time R at the trained b = {trained_bias:.3f} ...")
-        curve.append(
-            (
-                trained_bias,
-                measure_rate(run.reference, run.tokenizer, run.tokens.target, cfg.eval, bias=trained_bias, bf16=bf16)[
-                    0
-                ]["mean"],
-            )
-        )
-    b_matched = bias_at_rate(curve, after["rate"]["mean"], after["rate"]["n"])
+        curve.append((trained_bias, rate_at(trained_bias)))
+    b_matched, curve = match_bias(curve, after["rate"]["mean"], after["rate"]["n"], rate_at)
     return {
         "bias": b_matched,
+        "curve": [{"bias": b, "rate": r} for b, r in curve],
         **decode_costs(run.reference, run.tokens.target, start.windows, b_matched, bf16, start.text_windows),
     }
 
