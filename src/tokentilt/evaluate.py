@@ -242,7 +242,7 @@ def decode_costs(model, mask: torch.Tensor, windows, bias: float, bf16: bool = F
 def excess_cost(before: dict, after: dict, decode: dict | None) -> dict:
     """rho = (ppl_tuned - ppl_base) / (ppl_decode - ppl_base) and drift_tuned / drift_decode, with
     the decode-time tilt at the tuned model's R: 1 = the weights carry the tilt as cheaply as a
-    logit bias at decode time. None where the decode-time tilt costs nothing (R did not move).
+    logit bias at decode time. None where the decode-time tilt does not raise perplexity (R did not move, or moving it costs nothing).
     With a chat run's raw-text costs (ppl_text, ...), also rho_text and drift_ratio_text on them."""
     if decode is None:
         return {"rho": None, "drift_ratio": None}

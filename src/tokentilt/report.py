@@ -139,7 +139,7 @@ def excess_cost_note(s: dict) -> str:
     m = s.get("matched_decode")
     if not m:
         return ""
-    rho = "n/a (R did not move)" if s["rho"] is None else f"{s['rho']:.2f}"
+    rho = "n/a (the decode-time tilt does not raise perplexity)" if s["rho"] is None else f"{s['rho']:.2f}"
     ratio = "n/a" if s["drift_ratio"] is None else f"{s['drift_ratio']:.2f}"
     return (
         f"excess cost rho = {rho} (1 = as cheap as a decode-time bias); drift ratio {ratio}; decode-time "
