@@ -166,8 +166,12 @@ def test_when_the_rounds_move_b_rho_reads_a_decode_time_point_at_the_trained_b(
     calibrated, trained = s["calibrated_bias"], s["bias"]
     assert trained == pytest.approx(calibrated + 1.5)
     # on the eval seed: before, the decode-time tilt at the calibrated b, after, and the decode-time tilt at the
-    # trained b (sampled from the reference: for LoRA, the model with its adapter off)
-    assert sorted(d for d in draws if d[0] == 7) == sorted([(7, 0.0), (7, calibrated), (7, 0.0), (7, trained)])
+    # trained b (sampled from the reference: for LoRA, the model with its adapter off), and the points that
+    # match_bias added where those did not bracket the tuned R
+    curve = s["matched_decode"]["curve"]
+    assert [p["bias"] for p in curve[:3]] == [0.0, calibrated, trained]
+    extra = [(7, p["bias"]) for p in curve[3:]]
+    assert sorted(d for d in draws if d[0] == 7) == sorted([(7, 0.0), (7, calibrated), (7, 0.0), (7, trained), *extra])
     # rho's three perplexities recomputed by hand on the same held-out windows: the base, the reference decoded
     # with the matched bias, and the saved tuned model (for LoRA, the merged one)
     base, decode = hand_ppl(tiny_model_dir, eval_file), hand_ppl(tiny_model_dir, eval_file, s["matched_decode"]["bias"])
