@@ -110,9 +110,11 @@ def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, 
     assert cal["eval_seed"] == 8 and cal["method"] == "importance weights" and cal["rate"]["ess"] >= 16
     assert cal["rate"]["mean"] == pytest.approx(0.5, abs=1e-3)
     assert {(8, p["bias"]) for p in cal["points"]} <= set(draws)
-    assert sorted(d for d in draws if d[0] == 7) == sorted(
-        [(7, 0.0), (7, calibrated), (7, 0.0)] + ([(7, trained)] if trained != calibrated else [])
+    curve = s["matched_decode"]["curve"]  # b = 0, the calibrated b, then the trained b (if moved) and match_bias's
+    assert [p["bias"] for p in curve[:2]] == [0.0, calibrated] and (
+        trained == calibrated or curve[2]["bias"] == trained
     )
+    assert sorted(d for d in draws if d[0] == 7) == sorted([(7, 0.0), (7, 0.0)] + [(7, p["bias"]) for p in curve[1:]])
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [i for i in range(1, len(rounds) + 1) for _ in range(2)]
     assert "trained toward b" in (out / "report.md").read_text()
