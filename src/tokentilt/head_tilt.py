@@ -235,8 +235,8 @@ class HeadRowsTilt:
     the text before each position (after " Wonder", "land" gains b; elsewhere it does not), so its rows
     are every token of the entries' variants and the fit is always KL: each cached position gets its own
     target change (PhraseSet.row_offsets), and delta_i is fitted so that h·delta_i gives it. The rows
-    are a linear function of h, which holds the context: that is the placement's bet, and fit_record
-    says how close it comes.
+    are a linear function of h, which holds the context: that is the placement's bet, and the fit's KL
+    history says how close it comes.
 
     `contexts(b)` gives the training contexts' id batches for the b they are sampled at; they are
     built once, at the first b, and every later fit (tilt --rate's rounds) reuses them.

@@ -124,14 +124,15 @@ def set_up(cfg: TiltConfig, say) -> Setup:
         reference = frozen_copy(model)  # the starting model: target of tilt-distill, reference of drift
     bf16, head = cfg.train.bf16, None
     if cfg.head_rows():
+        target = tokens if isinstance(tokens, PhraseSet) else tokens.mask  # what the contexts are sampled with
         head = head_tilt.HeadRowsTilt(
             model,
-            tokens if isinstance(tokens, PhraseSet) else tokens.mask,
+            target,
             lambda b: head_tilt.context_batches(
                 model,
                 tokenizer,
                 tilting.train_tokens(tokenizer),
-                tokens if isinstance(tokens, PhraseSet) else tokens.mask,
+                target,
                 b,
                 cfg.contexts,
                 cfg.train.seed,
