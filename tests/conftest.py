@@ -36,6 +36,15 @@ def char_tokenizer():
     return CharTokenizer()
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs two workers on two cores), each worker and every process it
+    starts computes on one thread: two workers of two threads each on two cores run several times
+    slower than one of two."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def own_model_cache(tmp_path_factory):
     """The de-quantised bundled model is cached under a session folder, not the user's ~/.cache;

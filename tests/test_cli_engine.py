@@ -31,6 +31,10 @@ SMALL = [
     "6",
     "--seq-len",
     "16",
+    "--eval-windows",
+    "2",
+    "--eval-seq-len",
+    "32",
 ]
 
 
@@ -49,7 +53,7 @@ def run_cli(args, **kw):
 
 @pytest.mark.slow
 def test_sigkill_after_step_20_of_40_then_resume_is_bitwise(tmp_path, tiny_model_dir):
-    train = ["--steps", "40", "--batch", "8", "--seq-len", "64", "--lr", "1e-2", "--eval-every", "10"]
+    train = ["--steps", "40", "--batch", "2", "--seq-len", "32", "--lr", "1e-2", "--eval-every", "10"]
     assert main(tilt_args(tiny_model_dir, tmp_path / "whole", *train)) == 0
     whole = tmp_path / "whole"
 

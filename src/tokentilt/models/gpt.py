@@ -16,14 +16,17 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
+if TYPE_CHECKING:  # importing HF's GPT-2 costs seconds; only the conversions need it
+    from transformers import GPT2LMHeadModel
 
 # One (key, value) pair per layer, each (B, n_head, T_past, head_dim).
 KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
@@ -287,6 +290,8 @@ class GPT(nn.Module):
 
     def to_hf(self) -> GPT2LMHeadModel:
         """A transformers GPT2LMHeadModel with the same weights; `.save_pretrained(dir)` writes safetensors."""
+        from transformers import GPT2Config, GPT2LMHeadModel
+
         c = self.config
         hf_config = GPT2Config(
             vocab_size=c.vocab_size,
@@ -335,6 +340,8 @@ class GPT(nn.Module):
         """Load a folder written by `save`, or a Hugging Face GPT-2 folder (via `from_hf`)."""
         path = Path(path)
         if not (path / CONFIG_FILE).is_file() and (path / "config.json").is_file():
+            from transformers import GPT2LMHeadModel
+
             return cls.from_hf(GPT2LMHeadModel.from_pretrained(path))
         try:
             config = GPTConfig(**json.loads((path / CONFIG_FILE).read_text()))
