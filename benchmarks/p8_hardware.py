@@ -1,6 +1,6 @@
 """P8: training and sampling against what this machine can do, measured in the same run.
 
-    python benchmarks/p8_hardware.py [--steps 6] [--rounds 2] [--sample-rounds 2]
+    python benchmarks/p8_hardware.py [--steps 6] [--rounds 2] [--sample-rounds 2] [--no-training]
 
 The machine's peak: a 2048 x 2048 x 2048 matmul in bf16 and in fp32 (best of several reps, after a
 warm-up). The training step's dtype is bf16 where the CPU runs it natively (engine.native_bf16) and
@@ -14,10 +14,12 @@ tokens per update would take a quarter of the steps). The variants alternate rou
 same weights. Share = tokens/s x 6N FLOPs per token over the peak (N = the model's parameters; a LoRA
 step does about 4N: no weight gradients for the frozen base, which the table also gives).
 
-Sampling: one R measurement's batch (16 prompts x 4 samples, 48 new tokens) through generate.sample().
-Its bounds: memory, 48 decoding steps that each read every weight once plus the KV cache so far, at the
-measured bandwidth; compute, 2N FLOPs per generated token at the peak (prompt tokens not counted). A
-step cannot be faster than the larger of the two; the share is that bound over the measured time.
+Sampling: one R measurement's batch (16 prompts x 4 samples, 48 new tokens) through generate.sample(),
+and one sample of one prompt (batch 1, as a chat user or llama.cpp decodes). Its bounds: memory, 48
+decoding steps that each read every weight once plus the KV cache so far, at the measured bandwidth;
+compute, 2N FLOPs per generated token at the peak (prompt tokens not counted). A step cannot be faster
+than the larger of the two; the share is that bound over the measured time. At batch 64 the compute
+bound is the larger; at batch 1 the memory bound is.
 Not part of the test suite.
 """
 
@@ -97,12 +99,12 @@ def training(model, mask, steps: int, rounds: int, bf16: bool) -> dict[str, tupl
     return {name: (statistics.median(t), variants[name][1] * 64) for name, t in times.items()}
 
 
-def sampling(model, tokenizer, rounds: int, bf16: bool) -> tuple[float, int]:
-    """(median seconds, generated tokens) of one R measurement's batch."""
+def sampling(model, tokenizer, prompts, per_prompt: int, rounds: int, bf16: bool) -> tuple[float, int]:
+    """(median seconds, generated tokens) of `per_prompt` samples of 48 tokens of each prompt, in one batch."""
     seconds = []
     for r in range(rounds):
         start = time.perf_counter()
-        out = sample(model, tokenizer, DEFAULT_PROMPTS, 4, SampleConfig(max_new_tokens=48), r, bf16=bf16)
+        out = sample(model, tokenizer, prompts, per_prompt, SampleConfig(max_new_tokens=48), r, bf16=bf16)
         seconds.append(time.perf_counter() - start)
     return statistics.median(seconds), out.tokens.numel()
 
@@ -120,6 +122,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per variant and round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sample-rounds", type=int, default=2)
+    parser.add_argument("--no-training", action="store_true", help="the peak, bandwidth and sampling rows only")
     args = parser.parse_args()
     bf16 = native_bf16()
     dtype = "bf16" if bf16 else "fp32"
@@ -138,21 +141,26 @@ def main() -> None:
         f"the step runs {dtype}: peak **{peak / 1e9:.0f} GFLOP/s**; memory bandwidth {bw / 1e9:.1f} GB/s\n",
         flush=True,
     )
-    seconds, new_tokens = sampling(model, tokenizer, args.sample_rounds, bf16)
-    rows, new = len(DEFAULT_PROMPTS) * 4, 48
-    prompt = statistics.mean(len(tokenizer(p)["input_ids"]) for p in DEFAULT_PROMPTS)
-    element = 2 if bf16 else 4
-    step_bytes = n_params * element + kv_bytes_per_step(model, rows, prompt, new, element)
-    memory_bound = new * step_bytes / bw
-    compute_bound = 2 * n_params * new_tokens / peak
-    bound = max(memory_bound, compute_bound)
+    new, element = 48, 2 if bf16 else 4
     print(
-        "| sampling (64 rows x 48 tokens) | seconds | tokens/s | memory bound s | compute bound s | share of the bound |\n"
-        "|---|---|---|---|---|---|\n"
-        f"| generate.sample(), {dtype} | {seconds:.2f} | {new_tokens / seconds:.0f} | {memory_bound:.2f} | "
-        f"{compute_bound:.2f} | **{bound / seconds:.0%}** |\n",
-        flush=True,
+        "| sampling, 48 tokens a row | seconds | tokens/s | memory bound s | compute bound s | share of the bound |\n"
+        "|---|---|---|---|---|---|"
     )
+    for label, prompts, per_prompt in (("64 rows (an R batch)", DEFAULT_PROMPTS, 4), ("1 row", DEFAULT_PROMPTS[:1], 1)):
+        seconds, new_tokens = sampling(model, tokenizer, prompts, per_prompt, args.sample_rounds, bf16)
+        prompt = statistics.mean(len(tokenizer(p)["input_ids"]) for p in prompts)
+        step_bytes = n_params * element + kv_bytes_per_step(model, len(prompts) * per_prompt, prompt, new, element)
+        memory_bound = new * step_bytes / bw
+        compute_bound = 2 * n_params * new_tokens / peak
+        bound = max(memory_bound, compute_bound)
+        print(
+            f"| {label}, generate.sample(), {dtype} | {seconds:.2f} | {new_tokens / seconds:.0f} | {memory_bound:.2f} | "
+            f"{compute_bound:.2f} | **{bound / seconds:.0%}** (memory {memory_bound / seconds:.0%}) |",
+            flush=True,
+        )
+    print()
+    if args.no_training:
+        return
     print("| training step, T = 64 | s/step | tokens/s | share of peak at 6N | at 4N (LoRA) |\n|---|---|---|---|---|")
     for name, (s, tokens) in training(model, mask, args.steps, args.rounds, bf16).items():
         rate = tokens / s
