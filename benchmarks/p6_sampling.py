@@ -1,11 +1,14 @@
 """P6 (sampling): tokentilt's batched KV-cache sampler against Hugging Face `generate` on the same batch.
 
-    python benchmarks/p6_sampling.py --rounds 3
+    python benchmarks/p6_sampling.py --rounds 3 [--gguf FILE.gguf]
 
 One R measurement's batch on the bundled model: the 16 default prompts x 4 samples, 48 new tokens
 each, multinomial at temperature 1 with EOS banned (HF: min_new_tokens = max_new_tokens, top_k = 0).
-The two sides alternate round by round; the table gives generated tokens per second (minimum,
-median and maximum over the rounds) and the ratio of the medians.
+The sides alternate round by round; the table gives generated tokens per second (minimum,
+median and maximum over the rounds) and the ratio of the medians. With --gguf, llama.cpp
+(llama-cpp-python, 2 threads) samples the same prompts' token ids from that file as a third side,
+one sequence at a time as its high-level API does, 48 tokens each whatever it draws (EOS included).
+Its weights are the GGUF's own type (the bundled file is Q4_1), ours are de-quantised to fp32.
 """
 
 from __future__ import annotations
@@ -47,19 +50,42 @@ def theirs(model, tokenizer, per_prompt: int, new: int, bf16: bool) -> int:
     return out[:, enc["input_ids"].shape[1] :].numel()
 
 
+def llama_cpp(llm, prompt_ids: list[list[int]], per_prompt: int, new: int) -> int:
+    generated = 0
+    for p, ids in enumerate(prompt_ids):
+        for s in range(per_prompt):
+            llm.set_seed(1000 * p + s)
+            for i, _ in enumerate(llm.generate(ids, top_k=0, top_p=1.0, min_p=0.0, temp=1.0, repeat_penalty=1.0)):
+                generated += 1
+                if i + 1 == new:
+                    break
+    return generated
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--per-prompt", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--gguf", default="", help="also sample this GGUF with llama.cpp (the bundled one: --gguf bundled)")
     args = ap.parse_args()
     model, tokenizer = load_model("bundled")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     bf16 = native_bf16()
-    rates = {"tokentilt sample()": [], "HF generate()": []}
+    sides = {"tokentilt sample()": ours, "HF generate()": theirs}
+    if args.gguf:
+        from llama_cpp import Llama
+
+        from tokentilt.models.load import BUNDLED_FILE, bundled_dir
+
+        path = str(bundled_dir() / BUNDLED_FILE) if args.gguf == "bundled" else args.gguf
+        llm = Llama(model_path=path, n_ctx=512, verbose=False, n_threads=torch.get_num_threads())
+        prompt_ids = [tokenizer(p)["input_ids"] for p in DEFAULT_PROMPTS]
+        sides[f"llama.cpp ({path.rsplit('/', 1)[-1]})"] = lambda m, t, k, n, b: llama_cpp(llm, prompt_ids, k, n)
+    rates = {name: [] for name in sides}
     for r in range(args.rounds):
-        for name, fn in (("tokentilt sample()", ours), ("HF generate()", theirs)):
+        for name, fn in sides.items():
             started = time.perf_counter()
             tokens = fn(model, tokenizer, args.per_prompt, args.new_tokens, bf16)
             rates[name].append(tokens / (time.perf_counter() - started))
@@ -71,8 +97,9 @@ def main() -> int:
     print("| sampler | tokens/s min | median | max |\n|---|---|---|---|")
     for name, values in rates.items():
         print(f"| {name} | {min(values):.0f} | {statistics.median(values):.0f} | {max(values):.0f} |")
-    ratio = statistics.median(rates["tokentilt sample()"]) / statistics.median(rates["HF generate()"])
-    print(f"\ntokentilt / HF: {ratio:.2f}x")
+    ours_median = statistics.median(rates["tokentilt sample()"])
+    for name in list(rates)[1:]:
+        print(f"\ntokentilt / {name}: {ours_median / statistics.median(rates[name]):.2f}x")
     return 0
 
 
