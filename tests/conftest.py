@@ -1,7 +1,9 @@
 """Shared fixtures: tiny models built in-process, so unit tests never need a download."""
 
+import importlib
 import math
 import os
+import pkgutil
 import signal
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+import tokentilt
 import tokentilt.tilting
 from tokentilt import data
 
@@ -39,10 +42,17 @@ def char_tokenizer():
 def pytest_configure(config):
     """Under pytest-xdist (`make test` runs two workers on two cores), each worker and every process it
     starts computes on one thread: two workers of two threads each on two cores run several times
-    slower than one of two."""
+    slower than one of two.
+
+    Every tokentilt module is imported here, before any test: the CLI imports its jobs lazily, and a
+    module first imported while a test has monkeypatched a name it imports (`from x import load_model`)
+    would keep the fake for every later test of the worker, whichever files it happens to get."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
+    for module in pkgutil.walk_packages(tokentilt.__path__, "tokentilt."):
+        if module.name != "tokentilt.__main__":
+            importlib.import_module(module.name)
 
 
 @pytest.fixture(scope="session", autouse=True)

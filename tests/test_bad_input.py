@@ -17,6 +17,7 @@ import tokentilt.data
 import tokentilt.jobs.eval
 import tokentilt.jobs.experiments.like_x
 import tokentilt.jobs.experiments.x_factor
+import tokentilt.jobs.export
 import tokentilt.jobs.pretrain
 import tokentilt.jobs.tilt
 import tokentilt.models.load
@@ -539,7 +540,9 @@ def no_slow_work(*args, **kwargs):
 
 @pytest.fixture
 def guard_slow_work(monkeypatch):
-    for module in (tokentilt.models.load, tokentilt.tilting, tokentilt.jobs.eval):
+    # every module that binds load_model at import is imported above, before any patch: one first
+    # imported while the patch is on (the CLI imports jobs lazily) would keep the fake for good
+    for module in (tokentilt.models.load, tokentilt.tilting, tokentilt.jobs.eval, tokentilt.jobs.export):
         monkeypatch.setattr(module, "load_model", no_slow_work)
     for module in (
         tokentilt.tilting,
