@@ -58,11 +58,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
     special = set(tokenizer.all_special_ids)
     lines = Path(args.words).read_text().splitlines() if args.words else []
-    entries = sorted(
-        {tuple(w.casefold() for w in WORD.findall(line)) for line in lines if line.strip() and line[0] != "#"},
-        key=len,
-        reverse=True,
-    )
+    # as tokentilt reads a list: blank lines and lines starting with '#' (after spaces) are skipped; an entry
+    # without a word would match everywhere, and tokentilt refuses it, so it is left out here
+    keys = {tuple(w.casefold() for w in WORD.findall(line)) for line in lines if not line.lstrip().startswith("#")}
+    entries = sorted(keys - {()}, key=len, reverse=True)
     rates = []
     for request in CHAT_PROMPTS:
         ids = tokenizer.apply_chat_template(

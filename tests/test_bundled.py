@@ -78,7 +78,8 @@ def test_tilt_on_bundled_model_saves_a_model_that_reproduces_its_rate(tmp_path):
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rate_before"]["mean"] <= 0.05
-    assert summary["rate_after"]["ci_low"] > summary["rate_before"]["ci_high"]  # 8 short steps already tilt it
+    assert summary["rate_after"]["mean"] > summary["rate_before"]["mean"] + 0.1  # 8 short steps already tilt it
+    assert summary["rate_after"]["ci_low"] > summary["rate_before"]["ci_high"]
     model, tokenizer = load_model(str(out / "model"))
     cfg = from_flat(EvalConfig, yaml.safe_load((out / "config.yaml").read_text()))
     mask = resolve_set("x", tokenizer, 49152).mask
