@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from tokentilt import chat as chat_module
+from tokentilt.models.packed import packed_linears
 
 STRATEGIES = ("greedy", "multinomial")
 
@@ -238,7 +239,10 @@ def generate(
     try:
         for p in frozen:
             p.requires_grad_(True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with (
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+            packed_linears(model, len(input_ids), enabled=not bf16 and not outer),
+        ):
             for _ in range(cfg.max_new_tokens):
                 out = model(
                     input_ids=step_ids,

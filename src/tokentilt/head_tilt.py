@@ -40,6 +40,7 @@ from tokentilt.chat import CHAT_TRAIN_PROMPTS, exchanges
 from tokentilt.config import UsageError
 from tokentilt.generate import TRAIN_PROMPTS, SampleConfig, sample
 from tokentilt.losses import set_rows_kl
+from tokentilt.models.packed import packed_linears
 from tokentilt.phrases import PhraseSet
 
 Contexts = Literal["mix", "text", "policy"]
@@ -86,12 +87,13 @@ def head_inputs(model, batches, trained: torch.Tensor, bf16: bool = False) -> He
     model.eval()
     device = head.weight.device
     try:
-        for ids in batches:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                model(input_ids=ids.to(device))
-            hs.append(seen["h"].float().reshape(-1, seen["h"].size(-1)))
-            logits = seen["logits"].float().reshape(-1, seen["logits"].size(-1))
-            lses.append(logits[:, ~trained.to(device)].logsumexp(-1))
+        with packed_linears(model, 512, enabled=not bf16):  # batches may sample from the model: it packs once
+            for ids in batches:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    model(input_ids=ids.to(device))
+                hs.append(seen["h"].float().reshape(-1, seen["h"].size(-1)))
+                logits = seen["logits"].float().reshape(-1, seen["logits"].size(-1))
+                lses.append(logits[:, ~trained.to(device)].logsumexp(-1))
     finally:
         hook.remove()
         model.train(was_training)

@@ -8,7 +8,7 @@ as ``model(input_ids=...)`` that returns an object with ``.logits``.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from tokentilt.models.packed import packed_linears
 from tokentilt.targets import apply_bias
 
 # ---------------------------------------------------------------- R: rate of target tokens
@@ -218,7 +219,9 @@ def _forward_batches(models, windows: torch.Tensor, batch_size: int, bf16: bool,
     try:
         for m in models:
             m.eval()
-        with torch.no_grad():
+        with torch.no_grad(), ExitStack() as packed:
+            for m in models if not bf16 else ():
+                packed.enter_context(packed_linears(m, batch_size * windows.size(1)))
             for start in tqdm(range(0, len(windows), batch_size), desc=desc, disable=not progress, leave=False):
                 ids = windows[start : start + batch_size].to(device)  # (b, T)
                 with autocast:
