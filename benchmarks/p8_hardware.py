@@ -15,7 +15,9 @@ same weights. Share = tokens/s x 6N FLOPs per token over the peak (N = the model
 step does about 4N: no weight gradients for the frozen base, which the table also gives).
 
 Sampling: one R measurement's batch (16 prompts x 4 samples, 48 new tokens) through generate.sample(),
-and one sample of one prompt (batch 1, as a chat user or llama.cpp decodes). Its bounds: memory, 48
+and one sample of one prompt (batch 1, as a chat user or llama.cpp decodes), each with the fp32 linears
+on oneDNN's packed weights (models/packed.py, what sample() does) and on MKL's sgemm (before it),
+alternating round by round. Its bounds: memory, 48
 decoding steps that each read every weight once plus the KV cache so far, at the measured bandwidth;
 compute, 2N FLOPs per generated token at the peak (prompt tokens not counted). A step cannot be faster
 than the larger of the two; the share is that bound over the measured time. At batch 64 the compute
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from unittest import mock
 
 import torch
 
@@ -36,7 +39,7 @@ from tokentilt.engine import native_bf16
 from tokentilt.fused import output_head
 from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, sample
 from tokentilt.losses import OBJECTIVES, ObjectiveContext
-from tokentilt.models import lora
+from tokentilt.models import lora, packed
 from tokentilt.models.load import load_model
 from tokentilt.targets import resolve_set
 from tokentilt.train import TrainConfig, train
@@ -99,14 +102,18 @@ def training(model, mask, steps: int, rounds: int, bf16: bool) -> dict[str, tupl
     return {name: (statistics.median(t), variants[name][1] * 64) for name, t in times.items()}
 
 
-def sampling(model, tokenizer, prompts, per_prompt: int, rounds: int, bf16: bool) -> tuple[float, int]:
-    """(median seconds, generated tokens) of `per_prompt` samples of 48 tokens of each prompt, in one batch."""
-    seconds = []
+def sampling(model, tokenizer, prompts, per_prompt: int, rounds: int, bf16: bool) -> dict[str, tuple[float, int]]:
+    """{kernels: (median seconds, generated tokens)} of `per_prompt` samples of 48 tokens of each prompt, in
+    one batch: with the fp32 linears on oneDNN's packed weights (what generate.sample() does) and on
+    MKL's sgemm (before models/packed.py), alternating round by round."""
+    seconds: dict[str, list[float]] = {"MKL sgemm (before)": [], "oneDNN packed": []}
     for r in range(rounds):
-        start = time.perf_counter()
-        out = sample(model, tokenizer, prompts, per_prompt, SampleConfig(max_new_tokens=48), r, bf16=bf16)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), out.tokens.numel()
+        for kernels, times in seconds.items():
+            with mock.patch.object(packed, "can_pack", packed.can_pack if "packed" in kernels else lambda m: False):
+                start = time.perf_counter()
+                out = sample(model, tokenizer, prompts, per_prompt, SampleConfig(max_new_tokens=48), r, bf16=bf16)
+                times.append(time.perf_counter() - start)
+    return {kernels: (statistics.median(times), out.tokens.numel()) for kernels, times in seconds.items()}
 
 
 def kv_bytes_per_step(model, rows: int, prompt: int, new: int, element: int) -> float:
@@ -147,17 +154,18 @@ def main() -> None:
         "|---|---|---|---|---|---|"
     )
     for label, prompts, per_prompt in (("64 rows (an R batch)", DEFAULT_PROMPTS, 4), ("1 row", DEFAULT_PROMPTS[:1], 1)):
-        seconds, new_tokens = sampling(model, tokenizer, prompts, per_prompt, args.sample_rounds, bf16)
+        runs = sampling(model, tokenizer, prompts, per_prompt, args.sample_rounds, bf16)
         prompt = statistics.mean(len(tokenizer(p)["input_ids"]) for p in prompts)
         step_bytes = n_params * element + kv_bytes_per_step(model, len(prompts) * per_prompt, prompt, new, element)
-        memory_bound = new * step_bytes / bw
-        compute_bound = 2 * n_params * new_tokens / peak
-        bound = max(memory_bound, compute_bound)
-        print(
-            f"| {label}, generate.sample(), {dtype} | {seconds:.2f} | {new_tokens / seconds:.0f} | {memory_bound:.2f} | "
-            f"{compute_bound:.2f} | **{bound / seconds:.0%}** (memory {memory_bound / seconds:.0%}) |",
-            flush=True,
-        )
+        for kernels, (seconds, new_tokens) in runs.items():
+            memory_bound = new * step_bytes / bw
+            compute_bound = 2 * n_params * new_tokens / peak
+            bound = max(memory_bound, compute_bound)
+            print(
+                f"| {label}, {dtype}, {kernels} | {seconds:.2f} | {new_tokens / seconds:.0f} | {memory_bound:.2f} | "
+                f"{compute_bound:.2f} | **{bound / seconds:.0%}** (memory {memory_bound / seconds:.0%}) |",
+                flush=True,
+            )
     print()
     if args.no_training:
         return
