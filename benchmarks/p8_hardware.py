@@ -109,7 +109,7 @@ def sampling(model, tokenizer, prompts, per_prompt: int, rounds: int, bf16: bool
     seconds: dict[str, list[float]] = {"MKL sgemm (before)": [], "oneDNN packed": []}
     for r in range(rounds):
         for kernels, times in seconds.items():
-            with mock.patch.object(packed, "can_pack", packed.can_pack if "packed" in kernels else lambda m: False):
+            with mock.patch.object(packed, "can_pack", packed.can_pack if "packed" in kernels else lambda *args: False):
                 start = time.perf_counter()
                 out = sample(model, tokenizer, prompts, per_prompt, SampleConfig(max_new_tokens=48), r, bf16=bf16)
                 times.append(time.perf_counter() - start)

@@ -1,14 +1,18 @@
 """Importance weights for decode-time tilts, checked against teacher forcing and exact enumeration."""
 
+import dataclasses
 import itertools
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import tiny_llama
-from tokentilt.generate import SampleConfig, Samples, generate
+from test_chat import chat_tokenizer
+from tokentilt.evaluate import rates_of
+from tokentilt.generate import SampleConfig, Samples, generate, sample
 from tokentilt.importance import Pool, draw_of, weighable
 from tokentilt.metrics import sample_rates
 
@@ -127,3 +131,33 @@ def test_weighable_only_for_token_sets_at_temperature_one():
     assert not weighable(mask, SimpleNamespace(temperature=0.7, top_k=0, top_p=1.0))
     assert not weighable(mask, SimpleNamespace(temperature=1.0, top_k=5, top_p=1.0))
     assert not weighable(object(), plain)  # a phrase set
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_scores_recorded_while_sampling_match_teacher_forcing(chat):
+    tok = chat_tokenizer()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4)).eval()
+    mask = torch.zeros(len(tok), dtype=torch.bool)
+    mask[::7] = True
+    samples = sample(
+        model,
+        tok,
+        ["Hello there", "A longer prompt than that"],
+        per_prompt=3,
+        cfg=SampleConfig(max_new_tokens=6),
+        seed=0,
+        bias_mask=mask,
+        bias=1.5,
+        batch_size=4,  # two batches: their scores are stacked
+        chat=chat,
+        score_mask=mask,
+    )
+    assert samples.step_scores.log_p.shape == samples.tokens.shape
+    rates = rates_of(mask, samples)
+    recorded = draw_of(model, tok, samples, mask, 1.5, rates)
+    forced = draw_of(model, tok, dataclasses.replace(samples, step_scores=None), mask, 1.5, rates)  # a forward
+    torch.testing.assert_close(recorded.log_p0, forced.log_p0, rtol=0, atol=1e-4)
+    torch.testing.assert_close(recorded.log_mass, forced.log_mass, rtol=0, atol=1e-4)
+    assert torch.equal(recorded.counts, forced.counts)
+    assert (recorded.log_p0 < 0).all() and recorded.log_mass.isfinite().all()

@@ -181,12 +181,12 @@ def calibrate_by_weights(
     otherwise the next draw is one logit step from the last, as in calibrate(). After `draws` draws
     without one the result is None and the caller bisects, starting from the R measured at these
     draws (a set frequent in every sample, such as "e", weighs badly even a small change of b).
-    Each draw costs one sampling pass and one teacher-forced forward.
+    Each draw costs one sampling pass, which records what the weights need (generate.StepScores).
     -> (the calibration or None, {b: R measured}, the pool).
     """
     pool, history, measured, b = importance.Pool(), [], {}, b0
     for _ in range(draws):
-        rate, samples = measure_rate(model, tokenizer, mask, cfg, bias=b, bf16=bf16)
+        rate, samples = measure_rate(model, tokenizer, mask, cfg, bias=b, bf16=bf16, score=True)
         history.append((b, rate["mean"]))
         measured[b] = rate
         if echo:

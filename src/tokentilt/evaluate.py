@@ -85,8 +85,10 @@ def measure_rate(
     per_prompt: int | None = None,
     bias: float = 0.0,
     bf16: bool = False,
+    score: bool = False,
 ) -> tuple[dict, Samples]:
-    """R with a 95% interval over samples, and the samples themselves."""
+    """R with a 95% interval over samples, and the samples themselves (score: with their StepScores on
+    the token set `mask`, for importance weights)."""
     samples = sample(
         model,
         tokenizer,
@@ -99,6 +101,7 @@ def measure_rate(
         bf16=bf16,
         chat=cfg.chat,
         system=cfg.system,
+        score_mask=mask if score else None,
     )
     return mean_ci(rates_of(mask, samples)), samples
 

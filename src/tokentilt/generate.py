@@ -209,11 +209,14 @@ def generate(
     eos_ids: list[int] | None = None,
     bf16: bool = False,
     stop_ids: list[int] | None = None,
+    observe=None,
 ) -> torch.Tensor:
     """Continue a left-padded batch of prompts. input_ids (B, T) -> new tokens (B, L).
 
     L = max_new_tokens, or fewer with stop_ids: generation ends once every row has produced one of
     them (a chat reply's end of turn); what a row generates after its stop token is not its reply.
+    observe(logits, nxt), if given, sees each step's model logits (B, V) float32, before any processor,
+    and the ids drawn from them (B, 1).
     """
     check_sample_config(cfg)
     was_training = model.training
@@ -241,6 +244,8 @@ def generate(
             p.requires_grad_(True)
         with (
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+            # fp32: fewer checks per op (about 8% of a decoding step at 1 row); the ids leave as plain tensors
+            torch.inference_mode(not bf16),
             packed_linears(model, len(input_ids), enabled=not bf16 and not outer),
         ):
             for _ in range(cfg.max_new_tokens):
@@ -253,11 +258,14 @@ def generate(
                     **last_only,
                 )
                 past = getattr(out, cache_arg)
-                scores = procs(seen, out.logits[:, -1].float())  # (B, V)
+                logits = out.logits[:, -1].float()  # (B, V)
+                scores = procs(seen, logits.clone() if observe else logits)  # (B, V); processors may write in place
                 if cfg.strategy == "greedy":
                     nxt = scores.argmax(-1, keepdim=True)  # (B, 1)
                 else:
                     nxt = draw(torch.softmax(scores, -1), generator).to(device)  # (B, 1)
+                if observe:
+                    observe(logits, nxt)
                 new.append(nxt)
                 seen = torch.cat([seen, nxt], 1)
                 mask = torch.cat([mask, torch.ones_like(nxt)], 1)
@@ -283,10 +291,54 @@ class Samples:
     lengths: torch.Tensor | None = None  # (N,) chat: tokens of each reply, before its end-of-turn token
     formatted: list[str] | None = None  # chat: each prompt as the model saw it, in its chat template
     special: tuple[int, ...] = ()  # chat: the tokenizer's special ids, which never count toward R
+    step_scores: StepScores | None = None  # with sample(score_mask=...): the untilted model's view of each step
 
     def replies(self) -> list[list[int]]:
         """Each sample's counted ids: the reply before end-of-turn in chat, else every generated token."""
         return self.tokens.tolist() if self.lengths is None else chat_module.replies(self.tokens, self.lengths)
+
+
+@dataclass
+class StepScores:
+    """What importance weights need of each sampled token, read off the sampler's own logits (so no
+    teacher-forced forward): under the model without bias at temperature 1, over the ids the sampler can
+    draw (banned ids out), the log-probability of the drawn token and the log-mass of a token set, at
+    each step. importance.py weighs only samples drawn at temperature 1 without top-k or top-p."""
+
+    log_p: torch.Tensor  # (N, L) float64
+    log_mass: torch.Tensor  # (N, L) float64
+
+    @classmethod
+    def recorder(cls, mask: torch.Tensor, banned: list[int]):
+        """-> (observe for generate(), finish() -> StepScores of the steps seen)."""
+        log_p, log_mass = [], []
+
+        def observe(logits: torch.Tensor, nxt: torch.Tensor) -> None:
+            logits = logits.cpu().double()  # (B, V)
+            logits[:, banned] = float("-inf")
+            log_probs = torch.log_softmax(logits, -1)
+            log_p.append(log_probs.gather(-1, nxt.cpu())[:, 0])  # (B,)
+            log_mass.append(log_probs[:, set_columns(mask, logits.size(-1))].logsumexp(-1))  # (B,)
+
+        return observe, lambda: cls(torch.stack(log_p, 1), torch.stack(log_mass, 1))
+
+    @staticmethod
+    def cat(parts: list[StepScores], width: int) -> StepScores:
+        """Batches stacked, each right-padded to `width` steps (0 and -inf: no step there)."""
+
+        def pad(x: torch.Tensor, value: float) -> torch.Tensor:
+            return torch.nn.functional.pad(x, (0, width - x.size(1)), value=value)
+
+        return StepScores(
+            torch.cat([pad(p.log_p, 0.0) for p in parts]), torch.cat([pad(p.log_mass, float("-inf")) for p in parts])
+        )
+
+
+def set_columns(mask: torch.Tensor, vocab: int) -> torch.Tensor:
+    """A (V,) token mask as a bool mask over `vocab` logit columns (a head wider or narrower than it)."""
+    columns = torch.zeros(vocab, dtype=torch.bool)
+    columns[: len(mask)] = mask.bool()[:vocab]
+    return columns
 
 
 def eos_ids_of(tokenizer) -> list[int]:
@@ -307,11 +359,13 @@ def sample(
     batch_size: int = 64,
     chat: bool = False,
     system: str = "",
+    score_mask: torch.Tensor | None = None,
 ) -> Samples:
     """Sample `per_prompt` continuations of every prompt, in batches, reproducibly from `seed`.
 
     chat: each prompt is a user turn in the tokenizer's chat template (after `system`, if given), and
     each sample is the assistant's reply, cut at its first end-of-turn token (at most max_new_tokens).
+    score_mask: a token set whose StepScores to record (Samples.step_scores).
     """
     all_prompts = [p for p in prompts for _ in range(per_prompt)]
     inputs = chat_module.format_prompts(tokenizer, all_prompts, system) if chat else all_prompts
@@ -320,13 +374,15 @@ def sample(
         cfg = dataclasses.replace(cfg, ban_eos=False)  # a reply ends where the model ends its turn
     generator = torch.Generator().manual_seed(seed)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    chunks = []
+    chunks, scored = [], []
+    banned = eos_ids_of(tokenizer) if cfg.ban_eos else []
     try:
         for start in range(0, len(inputs), batch_size):
             # a chat template writes its own special tokens; plain prompts get the tokenizer's usual ones
             enc = tokenizer(
                 inputs[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat
             )
+            observe, finish = StepScores.recorder(score_mask, banned) if score_mask is not None else (None, None)
             chunks.append(
                 generate(
                     model,
@@ -339,15 +395,21 @@ def sample(
                     eos_ids_of(tokenizer),
                     bf16,
                     stop_ids,
+                    observe,
                 )
             )
+            if finish:
+                scored.append(finish())
     finally:
         tokenizer.padding_side = side
     width = max(c.size(1) for c in chunks)  # chat batches may stop early, each at its own length
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     tokens = torch.cat([torch.nn.functional.pad(c, (0, width - c.size(1)), value=pad) for c in chunks])  # (N, L)
+    step_scores = StepScores.cat(scored, width) if scored else None
     if not chat:
-        return Samples(all_prompts, tokens, tokenizer.batch_decode(tokens, skip_special_tokens=False))
+        texts = tokenizer.batch_decode(tokens, skip_special_tokens=False)
+        return Samples(all_prompts, tokens, texts, step_scores=step_scores)
     lengths = chat_module.reply_lengths(tokens, stop_ids)
     texts = tokenizer.batch_decode(chat_module.replies(tokens, lengths), skip_special_tokens=True)
-    return Samples(all_prompts, tokens, texts, lengths, inputs, tuple(chat_module.special_ids(tokenizer)))
+    special = tuple(chat_module.special_ids(tokenizer))
+    return Samples(all_prompts, tokens, texts, lengths, inputs, special, step_scores)

@@ -5,8 +5,9 @@ whole sample x of generated tokens, with P_t the reference's set mass at step t,
 
     log p_b(x) - log p_0(x) = b·c(x) - Σ_t log(1 - P_t + P_t·e^b),    c(x) = set tokens in x,
 
-so once each sample's P_t are known (one teacher-forced forward of the reference over it), the
-probability of every sample under every b is known exactly. Samples drawn at b_1..b_K then give R
+so once each sample's P_t are known (the sampler records them as it draws; otherwise one
+teacher-forced forward of the reference over it), the probability of every sample under every b is
+known exactly. Samples drawn at b_1..b_K then give R
 at any b by self-normalised importance weights, with the draws pooled by the balance heuristic
 (the proposal is the mixture of the K draws), and R of a trained model by the same weights with
 log p_model(x) from one teacher-forced forward of that model. Neither needs a new sampling pass.
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tokentilt.generate import Samples, eos_ids_of
+from tokentilt.generate import Samples, eos_ids_of, set_columns
 from tokentilt.metrics import _forward_batches, t_quantile
 
 MIN_ESS = 0.5  # an estimate counts when its effective sample size is at least this share of one draw
@@ -150,8 +151,12 @@ def draw_of(
     starts = torch.tensor([len(encoded[p]) for p in prompts])
     banned = [] if chat else eos_ids_of(tokenizer)
     draw = Draw(bias, rates, torch.zeros(0), torch.zeros(0), torch.zeros(0), rows, starts, lengths, banned)
-    draw.log_p0, draw.log_mass = _log_probs(reference, draw, bf16, mask)
     valid = torch.arange(width)[None] < lengths[:, None]  # (N, L)
+    if samples.step_scores is not None:  # recorded by the sampler: no forward
+        draw.log_p0 = torch.where(valid, samples.step_scores.log_p, 0.0).sum(1)
+        draw.log_mass = torch.where(valid, samples.step_scores.log_mass, float("-inf"))
+    else:
+        draw.log_p0, draw.log_mass = _log_probs(reference, draw, bf16, mask)
     generated = torch.where(valid, samples.tokens, 0)
     draw.counts = (mask.bool()[generated] & valid).sum(1).double()
     return draw
@@ -176,7 +181,6 @@ def _log_probs(model, draw: Draw, bf16: bool, mask: torch.Tensor | None = None):
         chosen = log_probs.gather(-1, ids.cpu()[torch.arange(len(ids))[:, None], where + 1][..., None])[..., 0]
         log_p.append(torch.where(valid, chosen, 0.0).sum(1))
         if mask is not None:
-            m = torch.zeros(log_probs.size(-1), dtype=torch.bool)
-            m[: len(mask)] = mask.bool()[: log_probs.size(-1)]
+            m = set_columns(mask, log_probs.size(-1))
             log_mass.append(torch.where(valid, log_probs[..., m].logsumexp(-1), float("-inf")))
     return torch.cat(log_p), (torch.cat(log_mass) if mask is not None else None)

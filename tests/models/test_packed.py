@@ -85,12 +85,21 @@ def test_packing_is_skipped_off_fp32_and_when_disabled():
 
 def test_sampling_packs_and_matches_greedy_decoding_without_it(monkeypatch):
     model = tiny_llama()
-    ids = torch.randint(1, 64, (4, 5), generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(1, 64, (packed_module.SMALL_BATCH, 5), generator=torch.Generator().manual_seed(2))
     cfg = SampleConfig(max_new_tokens=10, strategy="greedy", ban_eos=False)
     calls = spy(monkeypatch)
     packed = generate(model, ids, cfg=cfg)
     assert len(calls) == 10 * sum(type(m) is nn.Linear for m in model.modules())  # every step, every layer
-    monkeypatch.setattr(packed_module, "can_pack", lambda model: False)
+    monkeypatch.setattr(packed_module, "can_pack", lambda *args: False)
     calls.clear()
     assert torch.equal(generate(model, ids, cfg=cfg), packed)
     assert not calls
+
+
+def test_a_small_batch_packs_only_the_big_layers(monkeypatch):
+    model = tiny_gpt2()  # its largest layer is the 64 x 32 output head
+    monkeypatch.setattr(packed_module, "BIG_LAYER", 64 * 32)
+    with packed_linears(model, rows=1):
+        assert [name for name, m in model.named_modules() if "forward" in m.__dict__] == ["lm_head"]
+    with packed_linears(model, rows=packed_module.SMALL_BATCH):
+        assert all(is_packed(model))
