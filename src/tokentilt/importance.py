@@ -7,10 +7,10 @@ whole sample x of generated tokens, with P_t the reference's set mass at step t,
 
 so once each sample's P_t are known (the sampler records them as it draws; otherwise one
 teacher-forced forward of the reference over it), the probability of every sample under every b is
-known exactly. Samples drawn at b_1..b_K then give R
-at any b by self-normalised importance weights, with the draws pooled by the balance heuristic
-(the proposal is the mixture of the K draws), and R of a trained model by the same weights with
-log p_model(x) from one teacher-forced forward of that model. Neither needs a new sampling pass.
+known exactly. Samples drawn at b_1..b_K then give R at any b by self-normalised importance
+weights, with the draws pooled by the balance heuristic (the proposal is the mixture of the K
+draws), and R of a trained model by the same weights with log p_model(x) from one teacher-forced
+forward of that model. Neither needs a new sampling pass.
 
 An estimate is only as good as its effective sample size, ESS = (Σw)² / Σw² (Kish): callers take
 it when ESS is at least half of one draw's samples, and sample afresh otherwise. The interval is

@@ -3,7 +3,7 @@
 PyTorch computes an fp32 `nn.Linear` on the CPU with MKL's sgemm. At the shapes of sampling it leaves
 much of the machine idle: on the 2-core AVX2 machine of benchmarks/README.md (P8) the bundled model's
 49,152 x 576 output head ran at 36 GFLOP/s for 64 rows, where oneDNN, with the weight reordered once
-into its blocked layout, ran at 67. A 64-row R batch took 1.3x less time. That is what
+into its blocked layout, ran at 67. A 64-row R batch took 1.1-1.3x less time. That is what
 `torch.compile`'s CPU backend does with frozen weights (`torch.ops.mkldnn._linear_pointwise`); the
 compiler itself took minutes to build the bundled model's decoding step here, longer than it saves.
 
@@ -43,8 +43,8 @@ def can_pack(model: nn.Module, rows: int = SMALL_BATCH) -> bool:
 @contextmanager
 def packed_linears(model: nn.Module, rows: int = 64, enabled: bool = True):
     """While inside, every `nn.Linear` of `model` runs on a oneDNN copy of its weight, packed for about
-    `rows` rows per call (any number works; below SMALL_BATCH rows only the big layers pack). Does nothing if `enabled` is False, `can_pack` says no, or
-    an enclosing call packed them already.
+    `rows` rows per call (any number works; below SMALL_BATCH rows only the big layers pack). Does
+    nothing if `enabled` is False, `can_pack` says no, or an enclosing call packed them already.
 
     A call that needs autograd (grad enabled and a tensor requiring it) or runs under autocast uses
     F.linear with the live weight, as outside.
