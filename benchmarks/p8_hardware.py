@@ -85,13 +85,13 @@ def step_seconds(model, mask, cfg: TrainConfig) -> list[float]:
     return [b - a for a, b in zip(stamps[1:], stamps[2:])]
 
 
-def training(model, mask, steps: int, rounds: int, bf16: bool) -> dict[str, tuple[float, int]]:
+def training(model, mask, steps: int, rounds: int, bf16: bool, batches=(4, 16)) -> dict[str, tuple[float, int]]:
     """{variant: (median seconds per step, tokens per step)}, the variants alternating round by round,
     each round from the same weights. The LoRA variants train an adapter on a second copy of the model."""
     peft = lora.add_adapter(load_model("bundled")[0], lora.LoraArgs(lora=True), seed=0)
     models = {"model": model, "LoRA r 16": peft}
     start = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in models.items()}
-    variants = {f"{p}, B = {b}": (p, b) for p in models for b in (4, 16)}
+    variants = {f"{p}, B = {b}": (p, b) for p in models for b in batches}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, (placement, batch) in variants.items():
@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sample-rounds", type=int, default=2)
     parser.add_argument("--no-training", action="store_true", help="the peak, bandwidth and sampling rows only")
+    parser.add_argument("--no-sampling", action="store_true", help="the peak, bandwidth and training rows only")
+    parser.add_argument("--batches", type=int, nargs="+", default=[4, 16], help="training batch sizes (T = 64)")
     args = parser.parse_args()
     bf16 = native_bf16()
     dtype = "bf16" if bf16 else "fp32"
@@ -153,7 +155,8 @@ def main() -> None:
         "| sampling, 48 tokens a row | seconds | tokens/s | memory bound s | compute bound s | share of the bound |\n"
         "|---|---|---|---|---|---|"
     )
-    for label, prompts, per_prompt in (("64 rows (an R batch)", DEFAULT_PROMPTS, 4), ("1 row", DEFAULT_PROMPTS[:1], 1)):
+    rows = () if args.no_sampling else (("64 rows (an R batch)", DEFAULT_PROMPTS, 4), ("1 row", DEFAULT_PROMPTS[:1], 1))
+    for label, prompts, per_prompt in rows:
         runs = sampling(model, tokenizer, prompts, per_prompt, args.sample_rounds, bf16)
         prompt = statistics.mean(len(tokenizer(p)["input_ids"]) for p in prompts)
         step_bytes = n_params * element + kv_bytes_per_step(model, len(prompts) * per_prompt, prompt, new, element)
@@ -170,7 +173,7 @@ def main() -> None:
     if args.no_training:
         return
     print("| training step, T = 64 | s/step | tokens/s | share of peak at 6N | at 4N (LoRA) |\n|---|---|---|---|---|")
-    for name, (s, tokens) in training(model, mask, args.steps, args.rounds, bf16).items():
+    for name, (s, tokens) in training(model, mask, args.steps, args.rounds, bf16, args.batches).items():
         rate = tokens / s
         four = f"{rate * 4 * n_params / peak:.0%}" if "LoRA" in name else ""
         print(f"| {name} | {s:.3f} | {rate:.0f} | **{rate * 6 * n_params / peak:.0%}** | {four} |")
