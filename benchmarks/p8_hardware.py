@@ -16,9 +16,9 @@ step does about 4N: no weight gradients for the frozen base, which the table als
 
 Sampling: one R measurement's batch (16 prompts x 4 samples, 48 new tokens) through generate.sample(),
 and one sample of one prompt (batch 1, as a chat user or llama.cpp decodes), each with the fp32 linears
-on oneDNN's packed weights (models/packed.py, what sample() does) and on MKL's sgemm (before it),
-alternating round by round. Its bounds: memory, 48
-decoding steps that each read every weight once plus the KV cache so far, at the measured bandwidth;
+on oneDNN's packed weights (models/packed.py, what sample() does; at one row only the output head)
+and on MKL's sgemm (before it), alternating round by round. Its bounds: memory, 48 decoding steps
+that each read every weight once plus the KV cache so far, at the measured bandwidth;
 compute, 2N FLOPs per generated token at the peak (prompt tokens not counted). A step cannot be faster
 than the larger of the two; the share is that bound over the measured time. At batch 64 the compute
 bound is the larger; at batch 1 the memory bound is.
@@ -151,11 +151,12 @@ def main() -> None:
         flush=True,
     )
     new, element = 48, 2 if bf16 else 4
-    print(
-        "| sampling, 48 tokens a row | seconds | tokens/s | memory bound s | compute bound s | share of the bound |\n"
-        "|---|---|---|---|---|---|"
-    )
     rows = () if args.no_sampling else (("64 rows (an R batch)", DEFAULT_PROMPTS, 4), ("1 row", DEFAULT_PROMPTS[:1], 1))
+    if rows:
+        print(
+            "| sampling, 48 tokens a row | seconds | tokens/s | memory bound s | compute bound s | share of the bound |\n"
+            "|---|---|---|---|---|---|"
+        )
     for label, prompts, per_prompt in rows:
         runs = sampling(model, tokenizer, prompts, per_prompt, args.sample_rounds, bf16)
         prompt = statistics.mean(len(tokenizer(p)["input_ids"]) for p in prompts)
@@ -169,7 +170,8 @@ def main() -> None:
                 f"{compute_bound:.2f} | **{bound / seconds:.0%}** (memory {memory_bound / seconds:.0%}) |",
                 flush=True,
             )
-    print()
+    if rows:
+        print()
     if args.no_training:
         return
     print("| training step, T = 64 | s/step | tokens/s | share of peak at 6N | at 4N (LoRA) |\n|---|---|---|---|---|")
