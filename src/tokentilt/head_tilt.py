@@ -87,7 +87,7 @@ def head_inputs(model, batches, trained: torch.Tensor, bf16: bool = False) -> He
     model.eval()
     device = head.weight.device
     try:
-        with packed_linears(model, 512, enabled=not bf16):  # batches may sample from the model: it packs once
+        with packed_linears(model, 512, enabled=not bf16):  # once for every batch: the weights stay as they are
             for ids in batches:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     model(input_ids=ids.to(device))

@@ -220,8 +220,8 @@ def _forward_batches(models, windows: torch.Tensor, batch_size: int, bf16: bool,
         for m in models:
             m.eval()
         with torch.no_grad(), ExitStack() as packed:
-            for m in models if not bf16 else ():
-                packed.enter_context(packed_linears(m, batch_size * windows.size(1)))
+            for m in models:
+                packed.enter_context(packed_linears(m, batch_size * windows.size(1), enabled=not bf16))
             for start in tqdm(range(0, len(windows), batch_size), desc=desc, disable=not progress, leave=False):
                 ids = windows[start : start + batch_size].to(device)  # (b, T)
                 with autocast:

@@ -46,15 +46,18 @@ def spy(monkeypatch) -> list:
 
 
 def test_a_call_that_needs_gradients_uses_the_live_weight():
-    model = tiny_llama()
     ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(1))
-    model(input_ids=ids).logits.square().mean().backward()
-    expected = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
+    reference = tiny_llama()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.mul_(1.5)
+    reference(input_ids=ids).logits.square().mean().backward()
+    expected = [p.grad for p in reference.parameters()]
+    model = tiny_llama()  # the same start weights
     with packed_linears(model):
         with torch.no_grad():
             for p in model.parameters():  # an update after packing: the grad-enabled call must see it
-                p.mul_(1.0)
+                p.mul_(1.5)
         model(input_ids=ids).logits.square().mean().backward()
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), expected))
 
