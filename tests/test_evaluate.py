@@ -9,8 +9,8 @@ from transformers import GPT2LMHeadModel
 
 from conftest import tiny_gpt2
 from tokentilt.cli import main
-from tokentilt.evaluate import EvalConfig, held_out_windows, measure, sample_costs
-from tokentilt.metrics import biased_drift, drift
+from tokentilt.evaluate import EvalConfig, decode_costs, held_out_costs, held_out_windows, measure, sample_costs
+from tokentilt.metrics import biased_drift, drift, perplexity, tilt_costs
 from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.targets import token_texts
 
@@ -71,6 +71,26 @@ def test_biased_model_drift_zero_bias_self_is_zero_and_matches_biased_drift():
     assert drift(twin, model, windows, bias_mask=mask, bias=0.0) == pytest.approx(0.0, abs=1e-6)
     assert drift(twin, model, windows, bias_mask=mask, bias=2.0) == pytest.approx(
         biased_drift(model, windows, mask, 2.0), rel=1e-5
+    )
+
+
+def test_known_tilt_costs_give_what_the_passes_give():
+    """decode_costs and held_out_costs from a model's TiltCosts equal the ones its forward passes give,
+    for raw windows and a chat run's text windows beside them; with a reference they are not used."""
+    model = tiny_gpt2()
+    windows = torch.randint(0, 64, (3, 10), generator=torch.Generator().manual_seed(0))
+    text = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[:5] = True
+    known = (tilt_costs(model, windows, mask), tilt_costs(model, text, mask))
+    for b in (0.0, 2.5):
+        passes = decode_costs(model, mask, windows, b, text_windows=text)
+        assert decode_costs(model, mask, windows, b, text_windows=text, known=known) == pytest.approx(passes, rel=1e-5)
+    other = tiny_gpt2()
+    with torch.no_grad():
+        other.lm_head.weight.mul_(1.1)
+    assert held_out_costs(other, mask, windows, reference=model, known=known[0]) == pytest.approx(
+        {"ppl": perplexity(other, windows), "drift": drift(other, model, windows)}, rel=1e-6
     )
 
 

@@ -235,6 +235,62 @@ def test_biased_drift_of_uniform_reference(windows):
     assert biased == pytest.approx(manual, rel=1e-5)
 
 
+def _reply_windows(windows):
+    counted = torch.zeros_like(windows, dtype=torch.bool)
+    counted[:, 4:] = True  # the first four tokens are context
+    counted[1, 9:] = False  # a shorter reply, then padding
+    return metrics.ReplyWindows(windows, counted)
+
+
+@pytest.mark.parametrize("reply", [False, True], ids=["text", "chat"])
+def test_tilt_costs_match_the_forward_passes_at_every_bias(windows, reply):
+    """One pass kept per position gives the biased perplexity and drift that a pass per b computes."""
+    model = tiny_gpt2()
+    mask = torch.zeros(V, dtype=torch.bool)
+    mask[[3, 7]] = True
+    held_out = _reply_windows(windows) if reply else windows
+    known = metrics.tilt_costs(model, held_out, mask, batch_size=2)
+    assert known.perplexity() == pytest.approx(metrics.perplexity(model, held_out), rel=1e-6)
+    assert known.drift(0.0) == 0.0
+    for b in (-6.0, -0.5, 0.3, 2.0, 40.0):
+        ppl = metrics.perplexity(model, held_out, bias_mask=mask, bias=b)
+        assert known.perplexity(b) == pytest.approx(ppl, rel=1e-5)
+        assert known.drift(b) == pytest.approx(metrics.biased_drift(model, held_out, mask, b), rel=1e-4, abs=1e-7)
+    from tokentilt.calibrate import set_log_masses
+
+    assert torch.allclose(known.log_mass, set_log_masses(model, held_out, mask).double(), atol=1e-5)
+
+
+def test_tilt_costs_hand_values():
+    """Uniform model, V = 10, two set tokens: P = 0.2 everywhere; text of set tokens only."""
+    mask = torch.zeros(V, dtype=torch.bool)
+    mask[[3, 7]] = True
+    known = metrics.tilt_costs(FixedLogits(torch.zeros(V)), torch.tensor([[3, 7, 7, 3]]), mask)
+    b = 1.5
+    z = 0.8 + 0.2 * math.exp(b)  # the normaliser 1 - P + P e^b
+    assert known.perplexity(b) == pytest.approx(10 * z / math.exp(b), rel=1e-6)  # p_b(y) = 0.1 e^b / z
+    assert known.drift(b) == pytest.approx(math.log(z) - 0.2 * b, rel=1e-6)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        metrics.tilt_costs(FixedLogits(torch.zeros(V)), torch.tensor([[3]]), mask)
+
+
+@pytest.mark.parametrize("reply", [False, True], ids=["text", "chat"])
+def test_perplexity_and_drift_in_one_pass_match_the_two_functions(windows, reply):
+    model, reference = tiny_gpt2(), tiny_gpt2(seed=1)
+    mask = torch.zeros(V, dtype=torch.bool)
+    mask[[2, 5]] = True
+    held_out = _reply_windows(windows) if reply else windows
+    for ref, kw in (
+        (reference, {}),
+        (reference, {"bias_mask": mask, "bias": 1.5}),
+        (model, {"bias_mask": mask, "bias": -2.0}),
+    ):
+        ppl, kl = metrics.perplexity_and_drift(model, ref, held_out, batch_size=3, **kw)
+        assert ppl == pytest.approx(metrics.perplexity(model, held_out, **kw), rel=1e-6)
+        assert kl == pytest.approx(metrics.drift(model, ref, held_out, **kw), rel=1e-6)
+        assert kl > 0
+
+
 def test_windows_shape_is_checked():
     with pytest.raises(ValueError, match="windows must have shape"):
         metrics.perplexity(FixedLogits(torch.zeros(V)), torch.zeros(4, dtype=torch.long))

@@ -69,10 +69,18 @@ def bisect(fn, target: float, lo: float, hi: float, iters: int = 60, tol: float 
 
 
 def proxy_bias(
-    model, windows: torch.Tensor, mask: torch.Tensor, target: float, bf16: bool = False, limit: float = 30.0
+    model,
+    windows: torch.Tensor,
+    mask: torch.Tensor,
+    target: float,
+    bf16: bool = False,
+    limit: float = 30.0,
+    log_mass: torch.Tensor | None = None,
 ) -> float:
-    """b whose mean tilted set mass over the windows is `target` (one forward pass)."""
-    log_mass = set_log_masses(model, windows, mask, bf16)
+    """b whose mean tilted set mass over the windows is `target` (one forward pass, none when the
+    set_log_masses of the windows are given as log_mass)."""
+    if log_mass is None:
+        log_mass = set_log_masses(model, windows, mask, bf16)
     return bisect(lambda b: tilted_mean_mass(log_mass, b), target, -limit, limit)
 
 
@@ -104,6 +112,7 @@ def calibrate(
     tol: float = 0.02,
     max_step: float = 4.0,
     echo=None,
+    log_mass: torch.Tensor | None = None,
 ) -> Calibration:
     """Find b with decode-time R(b) ≈ target on `model`, on cfg's fixed prompts, samples and eval_seed.
 
@@ -112,12 +121,13 @@ def calibrate(
     logit(R*) - logit(R(b0)), at most max_step). Once bracketed it bisects, placing each point by
     linear interpolation of logit(R) (false position), kept within the inner 80% of the bracket.
     Stops when |R - target| <= rate_tolerance(target, tol) or after `iters` sampled measurements, and returns the
-    measured b whose R is closest to the target.
+    measured b whose R is closest to the target. log_mass: the windows' set_log_masses, if known
+    (metrics.TiltCosts.log_mass), for the proxy.
     """
     check_rate(target)
     tol = rate_tolerance(target, tol)
     # a phrase set has no one-pass proxy (its bias depends on context): start at b = 0
-    b0 = 0.0 if hasattr(mask, "adjust") else proxy_bias(model, windows, mask, target, bf16)
+    b0 = 0.0 if hasattr(mask, "adjust") else proxy_bias(model, windows, mask, target, bf16, log_mass=log_mass)
     measured: dict[float, dict] = {}  # b -> R measured there (the draws are the same at the same b and seeds)
     pool = None
     if importance.weighable(mask, cfg):

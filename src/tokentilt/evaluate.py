@@ -17,11 +17,11 @@ from tokentilt.chat import CHAT_HELD_OUT_PROMPTS, CHAT_PROMPTS, HELD_OUT_SEED_OF
 from tokentilt.generate import COURSE_PROMPTS, DEFAULT_PROMPTS, SampleConfig, Samples, sample
 from tokentilt.metrics import (
     ReplyWindows,
-    biased_drift,
+    TiltCosts,
     distinct_n,
-    drift,
     mean_ci,
     perplexity,
+    perplexity_and_drift,
     repetition_rate,
     sample_rates,
 )
@@ -204,6 +204,7 @@ def measure(
     bias: float = 0.0,
     bf16: bool = False,
     text_windows=None,
+    known: tuple = (None, None),
 ) -> tuple[dict, Samples]:
     """Every number of one model (optionally decoded with logit bias b on the set).
 
@@ -212,34 +213,48 @@ def measure(
     drift is the mean per-token KL(reference || that distribution), 0 when there is no
     reference and no bias (the model is its own reference). With text_windows (a chat run's
     raw-text windows, beside its chat exchanges), also "ppl_text" and "drift_text" on them.
+    known: this model's metrics.TiltCosts on windows and text_windows (or None), which spare the passes
+    over them when there is no reference.
     """
     rate, samples = measure_rate(model, tokenizer, mask, cfg, bias=bias, bf16=bf16)
-    costs = held_out_costs(model, mask, windows, reference, bias, bf16)
-    if text_windows is not None:
-        costs.update(
-            {f"{k}_text": v for k, v in held_out_costs(model, mask, text_windows, reference, bias, bf16).items()}
-        )
+    costs = both_windows(
+        lambda w, k: held_out_costs(model, mask, w, reference, bias, bf16, k), windows, text_windows, known
+    )
     return {"rate": rate, **costs, **sample_costs(samples.replies())}, samples
 
 
-def held_out_costs(model, mask, windows, reference=None, bias: float = 0.0, bf16: bool = False) -> dict:
-    """{"ppl", "drift"} of `model` (decoded with bias b on the set when bias != 0) on the held-out windows."""
-    bias_mask = mask if bias else None
-    ppl = perplexity(model, windows, bias_mask=bias_mask, bias=bias, bf16=bf16)
-    if reference is None and not bias:
-        return {"ppl": ppl, "drift": 0.0}  # the model is its own reference
-    return {"ppl": ppl, "drift": drift(model, reference or model, windows, bf16=bf16, bias_mask=bias_mask, bias=bias)}
-
-
-def decode_costs(model, mask: torch.Tensor, windows, bias: float, bf16: bool = False, text_windows=None) -> dict:
-    """Held-out perplexity and drift of `model` decoded with logit bias b on the set (no sampling)."""
-    costs = {
-        "ppl": perplexity(model, windows, bias_mask=mask, bias=bias, bf16=bf16),
-        "drift": biased_drift(model, windows, mask, bias, bf16=bf16),
-    }
+def both_windows(costs_on, windows, text_windows=None, known: tuple = (None, None)) -> dict:
+    """costs_on(windows, known[0]), and with a chat run's text_windows also costs_on(text_windows,
+    known[1]) under keys ending in _text."""
+    costs = costs_on(windows, known[0])
     if text_windows is not None:
-        costs.update({f"{k}_text": v for k, v in decode_costs(model, mask, text_windows, bias, bf16).items()})
+        costs.update({f"{k}_text": v for k, v in costs_on(text_windows, known[1]).items()})
     return costs
+
+
+def held_out_costs(
+    model, mask, windows, reference=None, bias: float = 0.0, bf16: bool = False, known: TiltCosts | None = None
+) -> dict:
+    """{"ppl", "drift"} of `model` (decoded with bias b on the set when bias != 0) on the held-out windows.
+
+    known: the TiltCosts of `model` on these windows; without a reference they give both numbers at
+    any b with no forward pass. Otherwise one pass of the model (and one of the reference) gives both.
+    """
+    if known is not None and reference is None:
+        return {"ppl": known.perplexity(bias), "drift": known.drift(bias)}
+    bias_mask = mask if bias else None
+    if reference is None and not bias:
+        return {"ppl": perplexity(model, windows, bf16=bf16), "drift": 0.0}  # the model is its own reference
+    ppl, kl = perplexity_and_drift(model, reference or model, windows, bf16=bf16, bias_mask=bias_mask, bias=bias)
+    return {"ppl": ppl, "drift": kl}
+
+
+def decode_costs(
+    model, mask: torch.Tensor, windows, bias: float, bf16: bool = False, text_windows=None, known: tuple = (None, None)
+) -> dict:
+    """Held-out perplexity and drift of `model` decoded with logit bias b on the set (no sampling);
+    `known` as in measure()."""
+    return both_windows(lambda w, k: held_out_costs(model, mask, w, None, bias, bf16, k), windows, text_windows, known)
 
 
 def excess_cost(before: dict, after: dict, decode: dict | None) -> dict:

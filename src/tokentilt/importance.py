@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tokentilt.generate import Samples, eos_ids_of, set_columns
-from tokentilt.metrics import _forward_batches, t_quantile
+from tokentilt.metrics import _forward_batches, log_tilt_normaliser, t_quantile
 
 MIN_ESS = 0.5  # an estimate counts when its effective sample size is at least this share of one draw
 SCORE_BATCH = 8  # rows per teacher-forced forward (logits of (8, T, V) float32)
@@ -58,7 +58,7 @@ class Draw:
 
     def log_tilt(self, b: float) -> torch.Tensor:
         """log p_b(x) - log p_0(x) per sample. (N,)"""
-        return b * self.counts - _log_normaliser(self.log_mass, b).sum(1)
+        return b * self.counts - log_tilt_normaliser(self.log_mass, b).sum(1)
 
 
 @dataclass
@@ -123,13 +123,6 @@ class Pool:
     def enough(self, estimate: dict) -> bool:
         """Whether an estimate's effective sample size makes it count (MIN_ESS of one draw)."""
         return estimate["ess"] >= MIN_ESS * self.n
-
-
-def _log_normaliser(log_mass: torch.Tensor, b: float) -> torch.Tensor:
-    """log(1 - P + P·e^b) per position from log P, stable near P = 0 and P = 1. -inf (no position) -> 0."""
-    log_mass = log_mass.clamp(max=-1e-12)
-    log_rest = torch.log1p(-log_mass.exp())  # log(1 - P)
-    return torch.logaddexp(log_rest, log_mass + b)
 
 
 def draw_of(

@@ -306,21 +306,40 @@ def drift(
     With bias_mask, the model's logits get +bias on the set first (a decode-time tilt of it).
     When model is reference, each window is run once.
     """
+    return perplexity_and_drift(model, reference, windows, batch_size, bf16, progress, bias_mask, bias)[1]
+
+
+def perplexity_and_drift(
+    model,
+    reference,
+    windows,
+    batch_size: int = 8,
+    bf16: bool = False,
+    progress: bool = False,
+    bias_mask: torch.Tensor | None = None,
+    bias: float = 0.0,
+) -> tuple[float, float]:
+    """(perplexity(model, ...), drift(model, reference, ...)) with the same arguments, from one pass of
+    each model over the windows. The perplexity is NaN when no window has two tokens."""
     ids_all, counted = split_windows(windows)
     models = [reference] if model is reference else [reference, model]
-    total, count, row = 0.0, 0, 0
+    total, nll_total, count, row = 0.0, 0.0, 0, 0
     for ids, outs in _forward_batches(models, ids_all, batch_size, bf16, progress, "drift"):
         ref_logits, logits = outs[0], outs[-1]  # (b, T, V) each
         if bias_mask is not None:
             logits = apply_bias(logits, ids, bias_mask, bias)
         kl = kl_per_token(ref_logits, logits).double()  # (b, T)
+        nll = token_nll(logits, ids).double()  # (b, T-1)
         if counted is None:
+            keep = torch.ones_like(nll, dtype=torch.bool)
             total, count = total + kl.sum().item(), count + kl.numel()
         else:
             keep = counted[row : row + len(ids), 1:].to(kl.device)  # (b, T-1)
             total, count = total + kl[:, :-1][keep].sum().item(), count + int(keep.sum())
+        nll_total += nll[keep].sum().item()
         row += len(ids)
-    return total / count
+    targets = len(ids_all) * (ids_all.size(1) - 1) if counted is None else count
+    return (math.exp(nll_total / targets) if targets else math.nan), total / count
 
 
 def biased_drift(
@@ -334,3 +353,61 @@ def biased_drift(
 ) -> float:
     """Mean per-token KL(reference || reference with +bias on the set): the drift of decode-time bias."""
     return drift(reference, reference, windows, batch_size, bf16, progress, bias_mask, bias)
+
+
+# ---------------------------------------------------------------- a decode-time tilt's costs from one pass
+
+
+def log_tilt_normaliser(log_mass: torch.Tensor, bias: float) -> torch.Tensor:
+    """log(1 - P + P·e^b) per position from the set's log mass log P: the log of the softmax normaliser
+    that a logit bias b on the set multiplies. Stable near P = 0 and P = 1; P = 0 (log P = -inf) -> 0."""
+    log_mass = log_mass.clamp(max=-1e-12)
+    log_rest = torch.log1p(-log_mass.exp())  # log(1 - P)
+    return torch.logaddexp(log_rest, log_mass + bias)
+
+
+@dataclass
+class TiltCosts:
+    """One forward pass of a model over held-out windows, kept per position, so that the held-out costs of
+    the model decoded with any logit bias b on a token set need no further pass.
+
+    With P the set's mass at a position and Z_b = 1 - P + P·e^b, the tilted distribution gives the next
+    token y the log-probability log p(y) + b·[y in set] - log Z_b, and KL(p || p_b) = log Z_b - b·P. So
+    perplexity and drift at every b follow from three numbers per position. The positions are those
+    that perplexity() and drift() count (for ReplyWindows, the ones that predict a reply token).
+    """
+
+    nll: torch.Tensor  # (K,) float64: -log p(next token) at the positions perplexity counts
+    hit: torch.Tensor  # (K,) float64: 1 where that next token is in the set
+    next_mass: torch.Tensor  # (K,) float64: log P at those positions
+    log_mass: torch.Tensor  # (M,) float64: log P at the positions drift counts
+
+    def perplexity(self, bias: float = 0.0) -> float:
+        """perplexity(model, windows, bias_mask=set, bias=b), without a forward pass."""
+        return math.exp((self.nll - bias * self.hit + log_tilt_normaliser(self.next_mass, bias)).mean().item())
+
+    def drift(self, bias: float) -> float:
+        """biased_drift(model, windows, set, b): mean KL(p || p_b), without a forward pass."""
+        if bias == 0:
+            return 0.0
+        return (log_tilt_normaliser(self.log_mass, bias) - bias * self.log_mass.exp()).mean().item()
+
+
+def tilt_costs(model, windows, mask: torch.Tensor, batch_size: int = 8, bf16: bool = False) -> TiltCosts:
+    """Run `model` once over the (W, T) windows (or ReplyWindows) and keep what TiltCosts needs for the
+    token set `mask` (V,)."""
+    ids_all, counted = split_windows(windows)
+    nll, hit, log_mass = [], [], []
+    for ids, (logits,) in _forward_batches([model], ids_all, batch_size, bf16, False, "held-out costs"):
+        log_probs = F.log_softmax(logits, dim=-1)  # (b, T, V)
+        log_mass.append(log_probs[..., mask.to(logits.device)].logsumexp(-1).double().cpu())  # (b, T)
+        nll.append(-log_probs[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].double().cpu())  # (b, T-1)
+        hit.append(mask.to(ids.device)[ids[:, 1:]].double().cpu())  # (b, T-1)
+    log_mass, nll, hit = torch.cat(log_mass), torch.cat(nll), torch.cat(hit)
+    if nll.numel() == 0:
+        raise ValueError("perplexity needs windows of at least 2 tokens")
+    if counted is None:
+        return TiltCosts(nll.reshape(-1), hit.reshape(-1), log_mass[:, :-1].reshape(-1), log_mass.reshape(-1))
+    keep = counted[:, 1:]  # (W, T-1): positions whose next token is a reply token
+    before = log_mass[:, :-1][keep]
+    return TiltCosts(nll[keep], hit[keep], before, before)

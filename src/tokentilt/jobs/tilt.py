@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 
 from tokentilt import checkpoint, head_tilt, tilting
@@ -16,7 +17,7 @@ from tokentilt.chat import check_template
 from tokentilt.config import UsageError, to_flat
 from tokentilt.engine import on_main, peak_rss_mb, process_state, reset_peak_rss, resolve_device
 from tokentilt.evaluate import decode_costs, excess_cost, held_out, held_out_text, measure, measure_rate
-from tokentilt.metrics import collapse_warnings
+from tokentilt.metrics import collapse_warnings, tilt_costs
 from tokentilt.models import lora
 from tokentilt.models.load import save_model
 from tokentilt.outputs import RunFolder, keep_records_until, write_samples
@@ -106,6 +107,7 @@ class Start:
     bias: float
     windows: object = None  # held-out (W, T) windows, or a chat run's ReplyWindows
     text_windows: object = None  # a chat run's raw-text windows, measured beside its chat exchanges
+    known: tuple = (None, None)  # the start model's metrics.TiltCosts on windows and text_windows (token sets)
     before: dict | None = None
     samples_before: object = None
     calibration: object = None  # calibrate()'s result with --rate
@@ -171,14 +173,26 @@ def measure_start(
         keep_records_until(folder.path("metrics.jsonl"), resume_step)
     clock.mark("load")
     say("measuring R and costs before training ...")
+    if isinstance(target, torch.Tensor):  # one pass gives the costs of every decode-time tilt of this model
+        start.known = tuple(
+            None if w is None else tilt_costs(model, w, target, bf16=bf16) for w in (start.windows, start.text_windows)
+        )
     start.before, start.samples_before = measure(
-        model, tokenizer, target, cfg.eval, start.windows, bf16=bf16, text_windows=start.text_windows
+        model, tokenizer, target, cfg.eval, start.windows, bf16=bf16, text_windows=start.text_windows, known=start.known
     )
     clock.mark("measure_before")
     if cfg.rate:  # on the probe seeds, like the rate rounds: the eval seeds only measure
         say(f"calibrating the decode-time bias to R = {cfg.rate} (probe seeds) ...")
         start.calibration = calibrate(
-            model, tokenizer, target, cfg.rate, cfg.eval.probe(), start.windows, bf16=bf16, echo=say
+            model,
+            tokenizer,
+            target,
+            cfg.rate,
+            cfg.eval.probe(),
+            start.windows,
+            bf16=bf16,
+            echo=say,
+            log_mass=None if start.known[0] is None else start.known[0].log_mass,
         )
         start.bias = start.calibration.bias
         how = "estimated by importance weights" if "ess" in start.calibration.rate else "measured"
@@ -197,6 +211,7 @@ def measure_start(
             bias=start.bias,
             bf16=bf16,
             text_windows=start.text_windows,
+            known=start.known,
         )
         clock.mark("baseline")
     return start
@@ -220,7 +235,9 @@ def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, train
     return {
         "bias": b_matched,
         "curve": [{"bias": b, "rate": r} for b, r in curve],
-        **decode_costs(run.reference, run.tokens.target, start.windows, b_matched, bf16, start.text_windows),
+        **decode_costs(
+            run.reference, run.tokens.target, start.windows, b_matched, bf16, start.text_windows, start.known
+        ),
     }
 
 
