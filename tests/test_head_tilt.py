@@ -112,6 +112,48 @@ def test_head_rows_kl_fit_carries_the_tilt_and_changes_only_the_set_rows(members
     assert tilt.inputs is inputs and exact_tilt_gap(model, reference, held_out, mask, 0.0) < 0.01
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mix", "policy"])
+def test_contexts_recorded_while_sampling_equal_a_forward_over_them(tiny_model_dir, kind):
+    """The continuations are the draws a POLICY_TOKENS sample gives, and the head inputs the sampler
+    recorded equal the ones a full forward over the finished contexts computes (within fp32 rounding)."""
+    from tokentilt.generate import TRAIN_PROMPTS, SampleConfig, sample
+    from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), gpt2_tokenizer()
+    mask = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    mask[::7] = True
+    plays = torch.randint(0, 1000, (2000,), generator=torch.Generator().manual_seed(0))
+    got = head_tilt.training_contexts(model, tokenizer, plays, mask, 1.5, kind, seed=3)
+    policy = got.batches[-len(TRAIN_PROMPTS) :]
+    assert sorted(got.known) == list(range(len(got.batches) - len(TRAIN_PROMPTS), len(got.batches)))
+    cfg = SampleConfig(max_new_tokens=head_tilt.POLICY_TOKENS, strategy="multinomial")
+    drawn = sample(
+        model, tokenizer, list(TRAIN_PROMPTS), head_tilt.POLICY_SAMPLES, cfg, seed=3, bias_mask=mask, bias=1.5
+    )
+    assert torch.equal(torch.cat([b[:, -head_tilt.POLICY_TOKENS :] for b in policy]), drawn.tokens)
+    trained = torch.zeros_like(mask)
+    forward = head_tilt.head_inputs(model, got.batches, trained)  # every batch run again, none taken as known
+    recorded = head_tilt.head_inputs(model, got.batches, trained, known=got.known)
+    assert forward.h.shape == recorded.h.shape == (sum(b.numel() for b in got.batches), model.config.n_embd)
+    assert torch.allclose(recorded.h, forward.h, atol=1e-4, rtol=1e-4)
+    # and the head inputs are what the head sees in an ordinary forward pass: its logits come back from them
+    ids = got.batches[0]
+    logits = model(input_ids=ids).logits.detach().reshape(-1, model.config.vocab_size)
+    assert torch.allclose(recorded.h[: ids.numel()] @ model.lm_head.weight.detach().T, logits, atol=1e-4)
+
+
+def test_rest_lse_of_a_few_rows_equals_the_cached_one():
+    g = torch.Generator().manual_seed(0)
+    h, weight = torch.randn(50, 8, generator=g), torch.randn(30, 8, generator=g)
+    inputs = head_tilt.HeadInputs(h, weight)
+    idx = torch.tensor([3, 0, 49, 3])
+    few = inputs.rest_lse(idx)
+    assert inputs._rest_lse is None  # a few rows do not compute them all
+    assert torch.allclose(inputs.rest_lse(), (h @ weight.T).logsumexp(-1))
+    assert torch.allclose(few, inputs.rest_lse()[idx]) and torch.allclose(inputs.rest_lse(idx), few)
+
+
 def test_offset_direction_finds_a_constant_feature_and_solves_least_squares():
     g = torch.Generator().manual_seed(0)
     h = torch.cat([torch.randn(500, 7, generator=g), torch.full((500, 1), 2.5)], 1)  # column 7 is constant
@@ -321,9 +363,9 @@ def test_the_r_prompts_never_enter_the_training_contexts(tiny_model_dir, eval_fi
     seen = []
     real = head_tilt.head_inputs
 
-    def spy(model, batches, trained, bf16=False):
+    def spy(model, batches, trained, bf16=False, known=None):
         seen.extend(batches)
-        return real(model, batches, trained, bf16)
+        return real(model, batches, trained, bf16, known)
 
     monkeypatch.setattr(head_tilt, "head_inputs", spy)
     out = tmp_path / "run"

@@ -1,5 +1,6 @@
 """Importance weights for decode-time tilts, checked against teacher forcing and exact enumeration."""
 
+import copy
 import dataclasses
 import itertools
 from types import SimpleNamespace
@@ -13,6 +14,7 @@ from conftest import tiny_llama
 from test_chat import chat_tokenizer
 from tokentilt.evaluate import rates_of
 from tokentilt.generate import SampleConfig, Samples, generate, sample
+from tokentilt.head_tilt import untie_output_head
 from tokentilt.importance import Pool, draw_of, weighable
 from tokentilt.metrics import sample_rates
 
@@ -161,3 +163,16 @@ def test_scores_recorded_while_sampling_match_teacher_forcing(chat):
     torch.testing.assert_close(recorded.log_mass, forced.log_mass, rtol=0, atol=1e-4)
     assert torch.equal(recorded.counts, forced.counts)
     assert (recorded.log_p0 < 0).all() and recorded.log_mass.isfinite().all()
+    # a model that differs only in its head (a head-rows tilt) is scored from the recorded head inputs
+    assert recorded.head_inputs.shape == (*samples.tokens.shape, 32) and forced.head_inputs is None
+    tilted = copy.deepcopy(model)
+    untie_output_head(tilted)
+    with torch.no_grad():
+        tilted.lm_head.weight[mask] += 0.5 * tilted.lm_head.weight[mask].flip(0)
+    pool = Pool([recorded])
+    from_head, from_forward = pool.of_model(tilted, head_only=True), pool.of_model(tilted)
+    assert from_head == pytest.approx(from_forward, rel=1e-4)
+    assert from_forward["ess"] < 0.99 * len(rates)  # the change moved the weights
+    assert Pool([forced]).of_model(tilted, head_only=True) == pytest.approx(
+        from_forward, rel=1e-4
+    )  # nothing recorded: a forward

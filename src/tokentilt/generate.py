@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -307,10 +308,14 @@ class StepScores:
 
     log_p: torch.Tensor  # (N, L) float64
     log_mass: torch.Tensor  # (N, L) float64
+    # (N, L, d) float32: the output head's input at each step, the one whose logits the token was drawn
+    # from; a model that differs only in its head scores the samples from these (importance.Pool.of_model)
+    head_inputs: torch.Tensor | None = None
 
     @classmethod
-    def recorder(cls, mask: torch.Tensor, banned: list[int]):
-        """-> (observe for generate(), finish() -> StepScores of the steps seen)."""
+    def recorder(cls, mask: torch.Tensor, banned: list[int], head_inputs: list[torch.Tensor] | None = None):
+        """-> (observe for generate(), finish() -> StepScores of the steps seen). head_inputs: the list that
+        recorded_head_inputs fills during the same generate() call, if any."""
         log_p, log_mass = [], []
 
         def observe(logits: torch.Tensor, nxt: torch.Tensor) -> None:
@@ -320,7 +325,11 @@ class StepScores:
             log_p.append(log_probs.gather(-1, nxt.cpu())[:, 0])  # (B,)
             log_mass.append(log_probs[:, set_columns(mask, logits.size(-1))].logsumexp(-1))  # (B,)
 
-        return observe, lambda: cls(torch.stack(log_p, 1), torch.stack(log_mass, 1))
+        def finish() -> StepScores:
+            h = torch.stack(head_inputs, 1) if head_inputs else None  # (B, L, d)
+            return cls(torch.stack(log_p, 1), torch.stack(log_mass, 1), h)
+
+        return observe, finish
 
     @staticmethod
     def cat(parts: list[StepScores], width: int) -> StepScores:
@@ -329,9 +338,31 @@ class StepScores:
         def pad(x: torch.Tensor, value: float) -> torch.Tensor:
             return torch.nn.functional.pad(x, (0, width - x.size(1)), value=value)
 
+        h = None
+        if all(p.head_inputs is not None for p in parts):
+            h = torch.cat(
+                [torch.nn.functional.pad(p.head_inputs, (0, 0, 0, width - p.head_inputs.size(1))) for p in parts]
+            )
         return StepScores(
-            torch.cat([pad(p.log_p, 0.0) for p in parts]), torch.cat([pad(p.log_mass, float("-inf")) for p in parts])
+            torch.cat([pad(p.log_p, 0.0) for p in parts]), torch.cat([pad(p.log_mass, float("-inf")) for p in parts]), h
         )
+
+
+@contextmanager
+def recorded_head_inputs(model, enabled: bool = True):
+    """Within the block, every call of the model's output head appends the input of its last position,
+    (B, d) float32 on the CPU, to the yielded list: a sampler's step by step view of the head inputs
+    (generate() calls the head once per step). Not enabled: the list stays empty."""
+    steps: list[torch.Tensor] = []
+    head = model.get_output_embeddings() if enabled and hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield steps
+        return
+    hook = head.register_forward_hook(lambda module, args, out: steps.append(args[0][:, -1].float().cpu()))
+    try:
+        yield steps
+    finally:
+        hook.remove()
 
 
 def set_columns(mask: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -382,22 +413,25 @@ def sample(
             enc = tokenizer(
                 inputs[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat
             )
-            observe, finish = StepScores.recorder(score_mask, banned) if score_mask is not None else (None, None)
-            chunks.append(
-                generate(
-                    model,
-                    enc["input_ids"],
-                    enc["attention_mask"],
-                    cfg,
-                    bias_mask,
-                    bias,
-                    generator,
-                    eos_ids_of(tokenizer),
-                    bf16,
-                    stop_ids,
-                    observe,
+            with recorded_head_inputs(model, score_mask is not None) as head_inputs:
+                observe, finish = (None, None)
+                if score_mask is not None:
+                    observe, finish = StepScores.recorder(score_mask, banned, head_inputs)
+                chunks.append(
+                    generate(
+                        model,
+                        enc["input_ids"],
+                        enc["attention_mask"],
+                        cfg,
+                        bias_mask,
+                        bias,
+                        generator,
+                        eos_ids_of(tokenizer),
+                        bf16,
+                        stop_ids,
+                        observe,
+                    )
                 )
-            )
             if finish:
                 scored.append(finish())
     finally:

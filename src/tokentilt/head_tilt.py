@@ -28,7 +28,7 @@ distribution, fewer rows). The saved model is a plain checkpoint with an untied 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import torch
@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from tokentilt import data
 from tokentilt.chat import CHAT_TRAIN_PROMPTS, exchanges
 from tokentilt.config import UsageError
-from tokentilt.generate import TRAIN_PROMPTS, SampleConfig, sample
+from tokentilt.generate import TRAIN_PROMPTS, SampleConfig, recorded_head_inputs, sample
 from tokentilt.losses import set_rows_kl
 from tokentilt.models.packed import packed_linears
 from tokentilt.phrases import PhraseSet
@@ -72,35 +72,88 @@ class HeadInputs:
     """What the fit needs from the frozen model, per context position."""
 
     h: torch.Tensor  # (N, d) inputs of the output head
-    rest_lse: torch.Tensor  # (N,) logsumexp of the reference logits outside the trained rows
+    rest_weight: torch.Tensor  # (V - |S|, d) the head's rows outside the trained set, as they were
+    _rest_lse: torch.Tensor | None = None
+
+    def rest_lse(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """logsumexp of the reference logits outside the trained rows, at positions idx (default: all,
+        computed once). (N,) or (len(idx),)"""
+        if idx is not None and self._rest_lse is None:  # the offset fit's record needs a few rows only
+            return _logsumexp_rows(self.h[idx], self.rest_weight)
+        if self._rest_lse is None:
+            self._rest_lse = torch.cat([_logsumexp_rows(h, self.rest_weight) for h in self.h.split(ROWS_PER_STEP)])
+        return self._rest_lse if idx is None else self._rest_lse[idx]
 
 
 @torch.no_grad()
-def head_inputs(model, batches, trained: torch.Tensor, bf16: bool = False) -> HeadInputs:
-    """Run the frozen model on each (b, T) batch of ids, keeping the head's inputs and the
-    logsumexp of its logits outside `trained` (a (V,) bool mask)."""
+def _logsumexp_rows(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return (h @ weight.T).logsumexp(-1)
+
+
+class _HeadReached(Exception):
+    """Raised by head_inputs' hook: the head's input is known, the rest of the forward is not needed."""
+
+
+def head_inputs(model, batches, trained: torch.Tensor, bf16: bool = False, known=None) -> HeadInputs:
+    """The head inputs of the frozen model at every position of each (b, T) batch of ids (run_to_head),
+    with the head's rows outside `trained` (a (V,) bool mask of the rows the fit changes). known:
+    {batch index: its (b*T, d) head inputs, recorded while it was sampled}, not run again."""
+    head = model.get_output_embeddings()
+    h = run_to_head(model, batches, bf16, known)
+    return HeadInputs(h, head.weight.detach()[~trained.to(head.weight.device)].float())
+
+
+@torch.no_grad()
+def run_to_head(model, batches, bf16: bool = False, known=None) -> torch.Tensor:
+    """Run the frozen model's body on each (b, T) batch of ids and keep the inputs of its output head,
+    (sum of b*T, d) float32; the head itself never runs (a hook stops the forward at it). Batches in
+    `known` ({index: (b*T, d)}) are taken from there."""
+    known = known or {}
     head = model.get_output_embeddings()
     seen = {}
-    hook = head.register_forward_hook(lambda mod, args, out: seen.update(h=args[0], logits=out))
-    hs, lses = [], []
+
+    def stop(module, args):
+        seen["h"] = args[0]
+        raise _HeadReached
+
+    hook = head.register_forward_pre_hook(stop)
+    hs = []
     was_training = model.training
     model.eval()
     device = head.weight.device
     try:
         with packed_linears(model, 512, enabled=not bf16):  # once for every batch: the weights stay as they are
-            for ids in batches:
+            for i, ids in enumerate(batches):
+                if i in known:
+                    hs.append(known[i].to(device).float())
+                    continue
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    model(input_ids=ids.to(device))
+                    try:
+                        model(input_ids=ids.to(device))
+                    except _HeadReached:
+                        pass
                 hs.append(seen["h"].float().reshape(-1, seen["h"].size(-1)))
-                logits = seen["logits"].float().reshape(-1, seen["logits"].size(-1))
-                lses.append(logits[:, ~trained.to(device)].logsumexp(-1))
     finally:
         hook.remove()
         model.train(was_training)
-    return HeadInputs(torch.cat(hs), torch.cat(lses))
+    return torch.cat(hs)
 
 
-def context_batches(
+@dataclass
+class TrainingContexts:
+    """The training contexts: (b, T) id batches, and the head inputs of those that were recorded while
+    they were sampled ({batch index: (b*T, d)}), which head_inputs does not compute again."""
+
+    batches: list[torch.Tensor]
+    known: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def context_batches(*args, **kwargs) -> list[torch.Tensor]:
+    """training_contexts(...).batches: the id batches alone."""
+    return training_contexts(*args, **kwargs).batches
+
+
+def training_contexts(
     model,
     tokenizer,
     train_tokens: torch.Tensor,
@@ -111,34 +164,62 @@ def context_batches(
     bf16: bool = False,
     chat: bool = False,
     system: str = "",
-) -> list[torch.Tensor]:
+) -> TrainingContexts:
     """The training contexts as (b, T) id batches: play windows and/or tilted continuations.
 
     chat: chat exchanges instead, each its own batch: the model's replies to CHAT_TRAIN_PROMPTS in its
     chat template, untilted for "text" and sampled from the decode-time tilt at b for "policy".
+    A continuation's head inputs are recorded as it is sampled (one step more than it keeps, so that its
+    last token is read too); only its prompt runs again.
     """
     if chat:
         kinds = {"mix": (0.0, bias), "text": (0.0,), "policy": (bias,)}[kind]
-        return [
-            row[None]
-            for i, b in enumerate(kinds)
-            for row in chat_exchanges(model, tokenizer, mask, b, seed + i, bf16, system)
-        ]
-    batches = []
+        return TrainingContexts(
+            [
+                row[None]
+                for i, b in enumerate(kinds)
+                for row in chat_exchanges(model, tokenizer, mask, b, seed + i, bf16, system)
+            ]
+        )
+    contexts = TrainingContexts([])
     if kind in ("mix", "text"):
         g = torch.Generator().manual_seed(seed)
         windows = data.text_windows(train_tokens, TEXT_WINDOWS, min(WINDOW_LEN, len(train_tokens) - 1), g)
-        batches += list(windows.split(8))
+        contexts.batches += list(windows.split(8))
     if kind in ("mix", "policy"):
-        cfg = SampleConfig(max_new_tokens=POLICY_TOKENS, strategy="multinomial")
-        got = sample(
-            model, tokenizer, list(TRAIN_PROMPTS), POLICY_SAMPLES, cfg, seed=seed, bias_mask=mask, bias=bias, bf16=bf16
-        )
-        for i, prompt in enumerate(TRAIN_PROMPTS):  # one batch per prompt: equal lengths, no padding
-            ids = torch.tensor(tokenizer(prompt)["input_ids"])
-            rows = got.tokens[i * POLICY_SAMPLES : (i + 1) * POLICY_SAMPLES]  # (POLICY_SAMPLES, L)
-            batches.append(torch.cat([ids.expand(len(rows), -1), rows], 1))
-    return batches
+        # the same draws as POLICY_TOKENS steps: a step's draw does not depend on how many follow it
+        cfg = SampleConfig(max_new_tokens=POLICY_TOKENS + 1, strategy="multinomial")
+        with recorded_head_inputs(model) as steps:
+            got = sample(
+                model,
+                tokenizer,
+                list(TRAIN_PROMPTS),
+                POLICY_SAMPLES,
+                cfg,
+                seed=seed,
+                bias_mask=mask,
+                bias=bias,
+                bf16=bf16,
+            )
+        sampled = torch.cat(
+            [torch.stack(steps[i : i + cfg.max_new_tokens], 1) for i in range(0, len(steps), cfg.max_new_tokens)]
+        )  # (N, POLICY_TOKENS + 1, d)
+        prompts = [torch.tensor(tokenizer(prompt)["input_ids"]) for prompt in TRAIN_PROMPTS]
+        # every prompt position before the last (whose head input the sampler's first step recorded)
+        before = run_to_head(model, [ids[None, :-1] for ids in prompts if len(ids) > 1], bf16)
+        offset = 0
+        for i, ids in enumerate(prompts):  # one batch per prompt: equal lengths, no padding
+            rows = got.tokens[i * POLICY_SAMPLES : (i + 1) * POLICY_SAMPLES, :POLICY_TOKENS]  # (POLICY_SAMPLES, L)
+            contexts.known[len(contexts.batches)] = torch.cat(
+                [
+                    before[offset : offset + len(ids) - 1].expand(len(rows), -1, -1),
+                    sampled[i * POLICY_SAMPLES : (i + 1) * POLICY_SAMPLES],
+                ],
+                1,
+            ).reshape(-1, sampled.size(-1))
+            offset += len(ids) - 1
+            contexts.batches.append(torch.cat([ids.expand(len(rows), -1), rows], 1))
+    return contexts
 
 
 def chat_exchanges(
@@ -185,7 +266,7 @@ def fit_rows(
     for step in tqdm(range(1, steps + 1), desc="fitting head rows", disable=not progress, leave=False):
         idx = torch.randint(len(inputs.h), (min(ROWS_PER_STEP, len(inputs.h)),), generator=g).to(head_set.device)
         target = bias[idx] if torch.is_tensor(bias) else bias
-        loss = set_rows_kl(inputs.h[idx], inputs.rest_lse[idx], head_set, delta, target, odds_weight)
+        loss = set_rows_kl(inputs.h[idx], inputs.rest_lse(idx), head_set, delta, target, odds_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -225,7 +306,7 @@ def fit_record(
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(inputs.h), generator=g)[:rows].to(head_set.device)
     with torch.no_grad():
-        loss = set_rows_kl(inputs.h[idx], inputs.rest_lse[idx], head_set, delta, bias).item()
+        loss = set_rows_kl(inputs.h[idx], inputs.rest_lse(idx), head_set, delta, bias).item()
         offset = inputs.h @ direction  # (N,)
     return {"step": 1, "loss": loss, "offset_mean": offset.mean().item(), "offset_std": offset.std().item()}
 
@@ -240,8 +321,9 @@ class HeadRowsTilt:
     are a linear function of h, which holds the context: that is the placement's bet, and the fit's KL
     history says how close it comes.
 
-    `contexts(b)` gives the training contexts' id batches for the b they are sampled at; they are
-    built once, at the first b, and every later fit (tilt --rate's rounds) reuses them.
+    `contexts(b)` gives the training contexts for the b they are sampled at (a TrainingContexts, or a
+    list of id batches); they are built once, at the first b, and every later fit (tilt --rate's rounds)
+    reuses them.
     """
 
     def __init__(
@@ -291,8 +373,10 @@ class HeadRowsTilt:
     def train(self, bias: float, progress: bool = True, log=None) -> list[dict]:
         """Fit the rows toward softmax(z_ref + bias·M) and write them into the head."""
         if self.inputs is None:  # the first fit: the head still holds the original rows
-            self.batches = self.contexts(bias)
-            self.inputs = head_inputs(self.model, self.batches, self.trained, self.bf16)
+            got = self.contexts(bias)
+            got = got if isinstance(got, TrainingContexts) else TrainingContexts(list(got))
+            self.batches = got.batches
+            self.inputs = head_inputs(self.model, got.batches, self.trained, self.bf16, got.known)
         if self.phrases is not None:
             bias = self.phrases.row_offsets(self.batches, bias, self.rows.cpu()).to(self.original.device)
         if self.fit == "offset":

@@ -55,6 +55,7 @@ class Draw:
     starts: torch.Tensor  # (N,) index in rows of each sample's first generated token
     lengths: torch.Tensor  # (N,) generated tokens that the sample's probability covers
     banned: list[int]  # ids the sampler never draws (EOS unless chat)
+    head_inputs: torch.Tensor | None = None  # (N, L, d): the head's input at each step, as the sampler recorded it
 
     def log_tilt(self, b: float) -> torch.Tensor:
         """log p_b(x) - log p_0(x) per sample. (N,)"""
@@ -103,9 +104,16 @@ class Pool:
         """R of the reference decoded with bias b."""
         return self.estimate(torch.cat([d.log_tilt(b) for d in self.draws]))
 
-    def of_model(self, model, bf16: bool = False) -> dict:
-        """R of `model` (decoded without bias), from one teacher-forced forward of it over the samples."""
-        return self.estimate(torch.cat([_log_probs(model, d, bf16)[0] - d.log_p0 for d in self.draws]))
+    def of_model(self, model, bf16: bool = False, head_only: bool = False) -> dict:
+        """R of `model` (decoded without bias), from one teacher-forced forward of it over the samples.
+
+        head_only: `model` differs from the sampled reference only in its output head (a head-rows
+        tilt), so its head applied to the head inputs the sampler recorded gives the same log-probs
+        with no pass through the body (when every draw has them)."""
+        head_only = head_only and all(d.head_inputs is not None for d in self.draws)
+        return self.estimate(
+            torch.cat([_log_probs(model, d, bf16, head_only=head_only)[0] - d.log_p0 for d in self.draws])
+        )
 
     def solve(self, target: float, reach: float = 4.0) -> float:
         """b whose estimated R is `target`, by bisection within `reach` of the draws' biases."""
@@ -148,6 +156,7 @@ def draw_of(
     if samples.step_scores is not None:  # recorded by the sampler: no forward
         draw.log_p0 = torch.where(valid, samples.step_scores.log_p, 0.0).sum(1)
         draw.log_mass = torch.where(valid, samples.step_scores.log_mass, float("-inf"))
+        draw.head_inputs = samples.step_scores.head_inputs
     else:
         draw.log_p0, draw.log_mass = _log_probs(reference, draw, bf16, mask)
     generated = torch.where(valid, samples.tokens, 0)
@@ -155,25 +164,42 @@ def draw_of(
     return draw
 
 
-def _log_probs(model, draw: Draw, bf16: bool, mask: torch.Tensor | None = None):
+def _log_probs(model, draw: Draw, bf16: bool, mask: torch.Tensor | None = None, head_only: bool = False):
     """Teacher-forced: log p(x) of each sample under `model` (N,), and with `mask` also the set's log mass
-    at each generated position (N, L), both over the distribution the sampler drew from (banned ids out)."""
+    at each generated position (N, L), both over the distribution the sampler drew from (banned ids out).
+    head_only: from the model's head applied to draw.head_inputs, without a pass through the body."""
     width = int(draw.lengths.max())
     steps = torch.arange(width)
     log_p, log_mass = [], []
-    for i, (ids, (logits,)) in zip(
-        range(0, len(draw.rows), SCORE_BATCH), _forward_batches([model], draw.rows, SCORE_BATCH, bf16, False, "")
-    ):
-        starts, lengths = draw.starts[i : i + SCORE_BATCH], draw.lengths[i : i + SCORE_BATCH]
+    for i, picked in _step_logits(model, draw, width, bf16, head_only):  # (b, L, V)
+        starts, lengths = draw.starts[i : i + len(picked)], draw.lengths[i : i + len(picked)]
         valid = steps[None] < lengths[:, None]  # (b, L)
-        where = (starts[:, None] - 1 + steps[None]).clamp(max=ids.size(1) - 2)  # positions that predict each token
-        picked = logits.cpu()[torch.arange(len(ids))[:, None], where]  # (b, L, V)
+        rows = draw.rows[i : i + len(picked)]
+        drawn = rows.gather(1, (starts[:, None] + steps[None]).clamp(max=rows.size(1) - 1))  # (b, L) the drawn ids
         if draw.banned:
             picked[..., draw.banned] = float("-inf")
         log_probs = torch.log_softmax(picked.double(), -1)
-        chosen = log_probs.gather(-1, ids.cpu()[torch.arange(len(ids))[:, None], where + 1][..., None])[..., 0]
+        chosen = log_probs.gather(-1, drawn[..., None])[..., 0]
         log_p.append(torch.where(valid, chosen, 0.0).sum(1))
         if mask is not None:
             m = set_columns(mask, log_probs.size(-1))
             log_mass.append(torch.where(valid, log_probs[..., m].logsumexp(-1), float("-inf")))
     return torch.cat(log_p), (torch.cat(log_mass) if mask is not None else None)
+
+
+@torch.no_grad()
+def _step_logits(model, draw: Draw, width: int, bf16: bool, head_only: bool):
+    """Yield (first row, the logits each of those samples' generated tokens was drawn from (b, L, V) on the CPU)."""
+    if head_only:
+        head = model.get_output_embeddings()
+        for i in range(0, len(draw.rows), SCORE_BATCH):
+            h = draw.head_inputs[i : i + SCORE_BATCH, :width].to(head.weight.device, head.weight.dtype)
+            yield i, head(h).float().cpu()
+        return
+    steps = torch.arange(width)
+    for i, (ids, (logits,)) in zip(
+        range(0, len(draw.rows), SCORE_BATCH), _forward_batches([model], draw.rows, SCORE_BATCH, bf16, False, "")
+    ):
+        starts = draw.starts[i : i + SCORE_BATCH]
+        where = (starts[:, None] - 1 + steps[None]).clamp(max=ids.size(1) - 2)  # positions that predict each token
+        yield i, logits.cpu()[torch.arange(len(ids))[:, None], where]

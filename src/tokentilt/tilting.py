@@ -275,6 +275,7 @@ def train_to_rate(
     echo=print,
     train_once=None,
     pool=None,
+    head_only: bool = False,
 ) -> tuple[RateFit, list[dict]]:
     """tilt-distill toward the rate cfg.rate: up to cfg.rate_rounds trainings, each from the reference's weights.
 
@@ -285,7 +286,8 @@ def train_to_rate(
     history replaces train_toward (head-rows passes HeadRowsTilt.train). With `pool`, the calibration's
     draws on the probe seeds (importance.Pool), a round's R is first estimated from them by importance
     weights (one teacher-forced forward of the trained model) and sampled only when the estimate rests
-    on too few effective samples.
+    on too few effective samples. head_only: only the output head trains (head-rows), so that forward is
+    the head alone, on the head inputs the sampler recorded.
     -> (the fit, the kept round's training history).
     """
     probe_cfg = cfg.eval.probe()
@@ -304,7 +306,7 @@ def train_to_rate(
 
     def probe_once() -> dict:
         if pool is not None:
-            estimate = pool.of_model(model, cfg.train.bf16)
+            estimate = pool.of_model(model, cfg.train.bf16, head_only)
             if pool.enough(estimate):
                 return estimate
         return measure_rate(model, tokenizer, tokens.target, probe_cfg, bf16=cfg.train.bf16)[0]

@@ -130,7 +130,7 @@ def set_up(cfg: TiltConfig, say) -> Setup:
         head = head_tilt.HeadRowsTilt(
             model,
             target,
-            lambda b: head_tilt.context_batches(
+            lambda b: head_tilt.training_contexts(
                 model,
                 tokenizer,
                 tilting.train_tokens(tokenizer),
@@ -356,6 +356,7 @@ def train_stage(cfg: TiltConfig, run: Setup, bias: float, folder: RunFolder, pro
             echo=say,
             train_once=(lambda b: head.train(b, progress, log)) if head else None,
             pool=pool,
+            head_only=head is not None,
         )
     if head:
         return None, head.train(bias, progress, log)
