@@ -10,6 +10,7 @@ from transformers import GPT2LMHeadModel
 from conftest import tiny_gpt2
 from tokentilt.cli import main
 from tokentilt.evaluate import EvalConfig, decode_costs, held_out_costs, held_out_windows, measure, sample_costs
+from tokentilt.head_tilt import untie_output_head
 from tokentilt.metrics import biased_drift, drift, perplexity, tilt_costs
 from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.targets import token_texts
@@ -91,6 +92,17 @@ def test_known_tilt_costs_give_what_the_passes_give():
         other.lm_head.weight.mul_(1.1)
     assert held_out_costs(other, mask, windows, reference=model, known=known[0]) == pytest.approx(
         {"ppl": perplexity(other, windows), "drift": drift(other, model, windows)}, rel=1e-6
+    )
+    # a model that differs from the reference only in its head (head-rows): the heads on the known head inputs
+    headed = copy.deepcopy(model)
+    untie_output_head(headed)
+    with torch.no_grad():
+        headed.lm_head.weight[mask] += 3.0 * headed.lm_head.weight[mask].flip(0)
+    assert known[0].head_inputs.shape == (3, 10, model.config.n_embd)
+    passes = held_out_costs(headed, mask, windows, reference=model)
+    assert passes["drift"] > 1e-4
+    assert held_out_costs(headed, mask, windows, reference=model, known=known[0], head_only=True) == pytest.approx(
+        passes, rel=1e-5
     )
 
 

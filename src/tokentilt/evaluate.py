@@ -205,6 +205,8 @@ def measure(
     bf16: bool = False,
     text_windows=None,
     known: tuple = (None, None),
+    score: bool = False,
+    head_only: bool = False,
 ) -> tuple[dict, Samples]:
     """Every number of one model (optionally decoded with logit bias b on the set).
 
@@ -214,11 +216,13 @@ def measure(
     reference and no bias (the model is its own reference). With text_windows (a chat run's
     raw-text windows, beside its chat exchanges), also "ppl_text" and "drift_text" on them.
     known: this model's metrics.TiltCosts on windows and text_windows (or None), which spare the passes
-    over them when there is no reference.
+    over them when there is no reference, and with head_only (the model and its reference differ only in
+    their output heads, and `known` is of their body) the body's passes. score: the samples carry their
+    StepScores (measure_rate).
     """
-    rate, samples = measure_rate(model, tokenizer, mask, cfg, bias=bias, bf16=bf16)
+    rate, samples = measure_rate(model, tokenizer, mask, cfg, bias=bias, bf16=bf16, score=score)
     costs = both_windows(
-        lambda w, k: held_out_costs(model, mask, w, reference, bias, bf16, k), windows, text_windows, known
+        lambda w, k: held_out_costs(model, mask, w, reference, bias, bf16, k, head_only), windows, text_windows, known
     )
     return {"rate": rate, **costs, **sample_costs(samples.replies())}, samples
 
@@ -233,19 +237,30 @@ def both_windows(costs_on, windows, text_windows=None, known: tuple = (None, Non
 
 
 def held_out_costs(
-    model, mask, windows, reference=None, bias: float = 0.0, bf16: bool = False, known: TiltCosts | None = None
+    model,
+    mask,
+    windows,
+    reference=None,
+    bias: float = 0.0,
+    bf16: bool = False,
+    known: TiltCosts | None = None,
+    head_only: bool = False,
 ) -> dict:
     """{"ppl", "drift"} of `model` (decoded with bias b on the set when bias != 0) on the held-out windows.
 
     known: the TiltCosts of `model` on these windows; without a reference they give both numbers at
-    any b with no forward pass. Otherwise one pass of the model (and one of the reference) gives both.
+    any b with no forward pass. Otherwise one pass of the model (and one of the reference) gives both;
+    with head_only (known is of the body that model and reference share), a pass of each head alone.
     """
     if known is not None and reference is None:
         return {"ppl": known.perplexity(bias), "drift": known.drift(bias)}
     bias_mask = mask if bias else None
     if reference is None and not bias:
         return {"ppl": perplexity(model, windows, bf16=bf16), "drift": 0.0}  # the model is its own reference
-    ppl, kl = perplexity_and_drift(model, reference or model, windows, bf16=bf16, bias_mask=bias_mask, bias=bias)
+    shared = known.head_inputs if head_only and known is not None else None
+    ppl, kl = perplexity_and_drift(
+        model, reference or model, windows, bf16=bf16, bias_mask=bias_mask, bias=bias, head_inputs=shared
+    )
     return {"ppl": ppl, "drift": kl}
 
 

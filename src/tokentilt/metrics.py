@@ -232,6 +232,15 @@ def _forward_batches(models, windows: torch.Tensor, batch_size: int, bf16: bool,
             m.train(training)
 
 
+@torch.no_grad()
+def _head_batches(models, head_inputs: torch.Tensor, windows: torch.Tensor, batch_size: int):
+    """_forward_batches for models that share their body: each one's head on the (W, T, d) head inputs."""
+    heads = [m.get_output_embeddings() for m in models]
+    for start in range(0, len(windows), batch_size):
+        h = head_inputs[start : start + batch_size]
+        yield windows[start : start + batch_size], [head(h.to(head.weight.device)).float() for head in heads]
+
+
 def _device(model) -> torch.device:
     param = next(iter(model.parameters()), None)
     return param.device if param is not None else torch.device("cpu")
@@ -318,13 +327,21 @@ def perplexity_and_drift(
     progress: bool = False,
     bias_mask: torch.Tensor | None = None,
     bias: float = 0.0,
+    head_inputs: torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """(perplexity(model, ...), drift(model, reference, ...)) with the same arguments, from one pass of
-    each model over the windows. The perplexity is NaN when no window has two tokens."""
+    each model over the windows. The perplexity is NaN when no window has two tokens.
+
+    head_inputs: (W, T, d), the output head's inputs on the windows, when model and reference differ
+    only in their heads: then each head runs on them and no body runs at all."""
     ids_all, counted = split_windows(windows)
     models = [reference] if model is reference else [reference, model]
     total, nll_total, count, row = 0.0, 0.0, 0, 0
-    for ids, outs in _forward_batches(models, ids_all, batch_size, bf16, progress, "drift"):
+    if head_inputs is None:
+        batches = _forward_batches(models, ids_all, batch_size, bf16, progress, "drift")
+    else:
+        batches = _head_batches(models, head_inputs, ids_all, batch_size)
+    for ids, outs in batches:
         ref_logits, logits = outs[0], outs[-1]  # (b, T, V) each
         if bias_mask is not None:
             logits = apply_bias(logits, ids, bias_mask, bias)
@@ -381,6 +398,7 @@ class TiltCosts:
     hit: torch.Tensor  # (K,) float64: 1 where that next token is in the set
     next_mass: torch.Tensor  # (K,) float64: log P at those positions
     log_mass: torch.Tensor  # (M,) float64: log P at the positions drift counts
+    head_inputs: torch.Tensor | None = None  # (W, T, d) float32: the output head's inputs at every position
 
     def perplexity(self, bias: float = 0.0) -> float:
         """perplexity(model, windows, bias_mask=set, bias=b), without a forward pass."""
@@ -395,19 +413,27 @@ class TiltCosts:
 
 def tilt_costs(model, windows, mask: torch.Tensor, batch_size: int = 8, bf16: bool = False) -> TiltCosts:
     """Run `model` once over the (W, T) windows (or ReplyWindows) and keep what TiltCosts needs for the
-    token set `mask` (V,)."""
+    token set `mask` (V,), and the inputs of its output head."""
     ids_all, counted = split_windows(windows)
-    nll, hit, log_mass = [], [], []
-    for ids, (logits,) in _forward_batches([model], ids_all, batch_size, bf16, False, "held-out costs"):
-        log_probs = F.log_softmax(logits, dim=-1)  # (b, T, V)
-        log_mass.append(log_probs[..., mask.to(logits.device)].logsumexp(-1).double().cpu())  # (b, T)
-        nll.append(-log_probs[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].double().cpu())  # (b, T-1)
-        hit.append(mask.to(ids.device)[ids[:, 1:]].double().cpu())  # (b, T-1)
+    nll, hit, log_mass, inputs, calls = [], [], [], [], 0
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    hook = head.register_forward_hook(lambda m, args, out: inputs.append(args[0].float())) if head else None
+    try:
+        for ids, (logits,) in _forward_batches([model], ids_all, batch_size, bf16, False, "held-out costs"):
+            calls += 1
+            log_probs = F.log_softmax(logits, dim=-1)  # (b, T, V)
+            log_mass.append(log_probs[..., mask.to(logits.device)].logsumexp(-1).double().cpu())  # (b, T)
+            nll.append(-log_probs[:, :-1].gather(-1, ids[:, 1:, None])[..., 0].double().cpu())  # (b, T-1)
+            hit.append(mask.to(ids.device)[ids[:, 1:]].double().cpu())  # (b, T-1)
+    finally:
+        if hook is not None:
+            hook.remove()
     log_mass, nll, hit = torch.cat(log_mass), torch.cat(nll), torch.cat(hit)
     if nll.numel() == 0:
         raise ValueError("perplexity needs windows of at least 2 tokens")
+    h = torch.cat(inputs) if inputs and len(inputs) == calls else None  # one head call per batch, or no plain head
     if counted is None:
-        return TiltCosts(nll.reshape(-1), hit.reshape(-1), log_mass[:, :-1].reshape(-1), log_mass.reshape(-1))
+        return TiltCosts(nll.reshape(-1), hit.reshape(-1), log_mass[:, :-1].reshape(-1), log_mass.reshape(-1), h)
     keep = counted[:, 1:]  # (W, T-1): positions whose next token is a reply token
     before = log_mass[:, :-1][keep]
-    return TiltCosts(nll[keep], hit[keep], before, before)
+    return TiltCosts(nll[keep], hit[keep], before, before, h)

@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from tokentilt import checkpoint, head_tilt, tilting
+from tokentilt import checkpoint, head_tilt, importance, tilting
 from tokentilt.calibrate import calibrate, match_bias
 from tokentilt.chat import check_template
 from tokentilt.config import UsageError, to_flat
 from tokentilt.engine import on_main, peak_rss_mb, process_state, reset_peak_rss, resolve_device
-from tokentilt.evaluate import decode_costs, excess_cost, held_out, held_out_text, measure, measure_rate
+from tokentilt.evaluate import decode_costs, excess_cost, held_out, held_out_text, measure, measure_rate, rates_of
 from tokentilt.metrics import collapse_warnings, tilt_costs
 from tokentilt.models import lora
 from tokentilt.models.load import save_model
@@ -108,6 +108,7 @@ class Start:
     windows: object = None  # held-out (W, T) windows, or a chat run's ReplyWindows
     text_windows: object = None  # a chat run's raw-text windows, measured beside its chat exchanges
     known: tuple = (None, None)  # the start model's metrics.TiltCosts on windows and text_windows (token sets)
+    eval_pool: importance.Pool | None = None  # the draws of R before and of the baseline, for importance weights
     before: dict | None = None
     samples_before: object = None
     calibration: object = None  # calibrate()'s result with --rate
@@ -177,8 +178,18 @@ def measure_start(
         start.known = tuple(
             None if w is None else tilt_costs(model, w, target, bf16=bf16) for w in (start.windows, start.text_windows)
         )
+    # tilt-distill's matched decode-time tilt reads R at other b off these draws and the baseline's
+    weigh = cfg.objective == "tilt-distill" and importance.weighable(target, cfg.eval)
     start.before, start.samples_before = measure(
-        model, tokenizer, target, cfg.eval, start.windows, bf16=bf16, text_windows=start.text_windows, known=start.known
+        model,
+        tokenizer,
+        target,
+        cfg.eval,
+        start.windows,
+        bf16=bf16,
+        text_windows=start.text_windows,
+        known=start.known,
+        score=weigh,
     )
     clock.mark("measure_before")
     if cfg.rate:  # on the probe seeds, like the rate rounds: the eval seeds only measure
@@ -202,7 +213,7 @@ def measure_start(
         folder.write_yaml("config.yaml", {**to_flat(cfg), **({"calibrated_bias": start.bias} if cfg.rate else {})})
     if cfg.objective == "tilt-distill":
         say(f"measuring the decode-time baseline at b = {start.bias:.3f} ...")
-        start.baseline, _ = measure(
+        start.baseline, baseline_samples = measure(
             model,
             tokenizer,
             target,
@@ -212,7 +223,15 @@ def measure_start(
             bf16=bf16,
             text_windows=start.text_windows,
             known=start.known,
+            score=weigh,
         )
+        if weigh:  # scored by the sampler: no forward
+            start.eval_pool = importance.Pool(
+                [
+                    importance.draw_of(model, tokenizer, got, target, b, rates_of(target, got), bf16)
+                    for b, got in ((0.0, start.samples_before), (start.bias, baseline_samples))
+                ]
+            )
         clock.mark("baseline")
     return start
 
@@ -221,10 +240,22 @@ def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, train
     """The decode-time tilt at the trained model's R, the cost to beat: its b read off the decode-time R(b)
     curve on the eval seeds (the seeds of the tuned R) at b = 0, the calibrated b and, when the rate
     rounds moved it, the trained b, with up to two more points where those do not bracket the tuned R
-    (calibrate.match_bias); and its held-out perplexity and drift."""
+    (calibrate.match_bias); and its held-out perplexity and drift. A point at another b is estimated by
+    importance weights from the draws at b = 0 and the calibrated b when they hold half a draw of
+    effective samples there (curve points with "ess"), and sampled otherwise."""
     bf16 = cfg.train.bf16
+    estimated = {}  # b -> effective samples, for the points read off the eval seeds' draws
 
     def rate_at(b: float) -> float:
+        if start.eval_pool is not None:
+            estimate = start.eval_pool.at_bias(b)
+            if start.eval_pool.enough(estimate):
+                say(
+                    f"decode-time R at b = {b:.3f}: {estimate['mean']:.3f}, estimated by importance weights from the "
+                    f"draws at b = 0 and {start.bias:.3f} ({estimate['ess']:.0f} effective samples)"
+                )
+                estimated[b] = estimate["ess"]
+                return estimate["mean"]
         say(f"measuring the decode-time R at b = {b:.3f} ...")
         return measure_rate(run.reference, run.tokenizer, run.tokens.target, cfg.eval, bias=b, bf16=bf16)[0]["mean"]
 
@@ -234,7 +265,7 @@ def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, train
     b_matched, curve = match_bias(curve, after["rate"]["mean"], after["rate"]["n"], rate_at)
     return {
         "bias": b_matched,
-        "curve": [{"bias": b, "rate": r} for b, r in curve],
+        "curve": [{"bias": b, "rate": r, **({"ess": estimated[b]} if b in estimated else {})} for b, r in curve],
         **decode_costs(
             run.reference, run.tokens.target, start.windows, b_matched, bf16, start.text_windows, start.known
         ),
@@ -282,6 +313,8 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         reference=run.reference,
         bf16=cfg.train.bf16,
         text_windows=start.text_windows,
+        known=start.known,
+        head_only=run.head is not None,  # head-rows: the body is the start model's, whose head inputs are known
     )
     clock.mark("measure_after")
     matched = None
