@@ -91,7 +91,7 @@ def _logsumexp_rows(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 class _HeadReached(Exception):
-    """Raised by head_inputs' hook: the head's input is known, the rest of the forward is not needed."""
+    """Raised by run_to_head's hook: the head's input is known, the rest of the forward is not needed."""
 
 
 def head_inputs(model, batches, trained: torch.Tensor, bf16: bool = False, known=None) -> HeadInputs:
