@@ -132,6 +132,8 @@ def test_contexts_recorded_while_sampling_equal_a_forward_over_them(tiny_model_d
         model, tokenizer, list(TRAIN_PROMPTS), head_tilt.POLICY_SAMPLES, cfg, seed=3, bias_mask=mask, bias=1.5
     )
     assert torch.equal(torch.cat([b[:, -head_tilt.POLICY_TOKENS :] for b in policy]), drawn.tokens)
+    plain = head_tilt.context_batches(model, tokenizer, plays, mask, 1.5, "mix", seed=3)  # nothing recorded
+    assert len(plain) == len(got.batches) and all(torch.equal(a, b) for a, b in zip(plain, got.batches))
     trained = torch.zeros_like(mask)
     forward = head_tilt.head_inputs(model, got.batches, trained)  # every batch run again, none taken as known
     recorded = head_tilt.head_inputs(model, got.batches, trained, known=got.known)

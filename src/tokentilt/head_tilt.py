@@ -149,8 +149,8 @@ class TrainingContexts:
 
 
 def context_batches(*args, **kwargs) -> list[torch.Tensor]:
-    """training_contexts(...).batches: the id batches alone."""
-    return training_contexts(*args, **kwargs).batches
+    """training_contexts(...).batches: the id batches alone, sampled without recording head inputs."""
+    return training_contexts(*args, **kwargs, record=False).batches
 
 
 def training_contexts(
@@ -164,13 +164,14 @@ def training_contexts(
     bf16: bool = False,
     chat: bool = False,
     system: str = "",
+    record: bool = True,
 ) -> TrainingContexts:
     """The training contexts as (b, T) id batches: play windows and/or tilted continuations.
 
     chat: chat exchanges instead, each its own batch: the model's replies to CHAT_TRAIN_PROMPTS in its
     chat template, untilted for "text" and sampled from the decode-time tilt at b for "policy".
-    A continuation's head inputs are recorded as it is sampled (one step more than it keeps, so that its
-    last token is read too); only its prompt runs again.
+    record: a continuation's head inputs are recorded as it is sampled (one step more than it keeps, so
+    that its last token is read too); only its prompt runs again.
     """
     if chat:
         kinds = {"mix": (0.0, bias), "text": (0.0,), "policy": (bias,)}[kind]
@@ -187,9 +188,9 @@ def training_contexts(
         windows = data.text_windows(train_tokens, TEXT_WINDOWS, min(WINDOW_LEN, len(train_tokens) - 1), g)
         contexts.batches += list(windows.split(8))
     if kind in ("mix", "policy"):
-        # the same draws as POLICY_TOKENS steps: a step's draw does not depend on how many follow it
-        cfg = SampleConfig(max_new_tokens=POLICY_TOKENS + 1, strategy="multinomial")
-        with recorded_head_inputs(model) as steps:
+        # with record, one step more: a step's draw does not depend on how many follow it
+        cfg = SampleConfig(max_new_tokens=POLICY_TOKENS + record, strategy="multinomial")
+        with recorded_head_inputs(model, record) as steps:
             got = sample(
                 model,
                 tokenizer,
@@ -201,25 +202,32 @@ def training_contexts(
                 bias=bias,
                 bf16=bf16,
             )
-        sampled = torch.cat(
-            [torch.stack(steps[i : i + cfg.max_new_tokens], 1) for i in range(0, len(steps), cfg.max_new_tokens)]
-        )  # (N, POLICY_TOKENS + 1, d)
         prompts = [torch.tensor(tokenizer(prompt)["input_ids"]) for prompt in TRAIN_PROMPTS]
-        # every prompt position before the last (whose head input the sampler's first step recorded)
-        before = run_to_head(model, [ids[None, :-1] for ids in prompts if len(ids) > 1], bf16)
-        offset = 0
+        first = len(contexts.batches)
         for i, ids in enumerate(prompts):  # one batch per prompt: equal lengths, no padding
             rows = got.tokens[i * POLICY_SAMPLES : (i + 1) * POLICY_SAMPLES, :POLICY_TOKENS]  # (POLICY_SAMPLES, L)
-            contexts.known[len(contexts.batches)] = torch.cat(
-                [
-                    before[offset : offset + len(ids) - 1].expand(len(rows), -1, -1),
-                    sampled[i * POLICY_SAMPLES : (i + 1) * POLICY_SAMPLES],
-                ],
-                1,
-            ).reshape(-1, sampled.size(-1))
-            offset += len(ids) - 1
             contexts.batches.append(torch.cat([ids.expand(len(rows), -1), rows], 1))
+        if record:
+            for i, h in enumerate(_policy_head_inputs(model, prompts, steps, cfg.max_new_tokens, bf16)):
+                contexts.known[first + i] = h
     return contexts
+
+
+def _policy_head_inputs(model, prompts: list[torch.Tensor], steps: list[torch.Tensor], width: int, bf16: bool):
+    """Each prompt's batch of continuations as head inputs (POLICY_SAMPLES * T, d): its prompt positions
+    but the last run again, then the `width` steps the sampler recorded (the first at the prompt's last
+    position), chunk after chunk of generate() calls."""
+    sampled = torch.cat(
+        [torch.stack(steps[i : i + width], 1) for i in range(0, len(steps), width)]
+    )  # (N, POLICY_TOKENS + 1, d)
+    before = run_to_head(model, [ids[None, :-1] for ids in prompts if len(ids) > 1], bf16)
+    offset, out = 0, []
+    for i, ids in enumerate(prompts):
+        rows = sampled[i * POLICY_SAMPLES : (i + 1) * POLICY_SAMPLES]
+        prompt = before[offset : offset + len(ids) - 1].expand(len(rows), -1, -1)
+        out.append(torch.cat([prompt, rows], 1).reshape(-1, sampled.size(-1)))
+        offset += len(ids) - 1
+    return out
 
 
 def chat_exchanges(
