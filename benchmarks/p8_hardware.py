@@ -15,9 +15,10 @@ same weights. Share = tokens/s x 6N FLOPs per token over the peak (N = the model
 step does about 4N: no weight gradients for the frozen base, which the table also gives).
 
 Sampling: one R measurement's batch (16 prompts x 4 samples, 48 new tokens) through generate.sample(),
-and one sample of one prompt (batch 1, as a chat user or llama.cpp decodes), each with the fp32 linears
-on oneDNN's packed weights (models/packed.py, what sample() does; at one row only the output head)
-and on MKL's sgemm (before it), alternating round by round. Its bounds: memory, 48 decoding steps
+and one sample of one prompt (batch 1, as a chat user or llama.cpp decodes), each through the lean
+Llama step (models/llama_step.py: fused weights, its own KV-cache; what sample() does) and through
+the model's forward (before it), both with oneDNN's packed output head (models/packed.py), alternating
+round by round. Its bounds: memory, 48 decoding steps
 that each read every weight once plus the KV cache so far, at the measured bandwidth;
 compute, 2N FLOPs per generated token at the peak (prompt tokens not counted). A step cannot be faster
 than the larger of the two; the share is that bound over the measured time. At batch 64 the compute
@@ -39,7 +40,7 @@ from tokentilt.engine import native_bf16
 from tokentilt.fused import output_head
 from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, sample
 from tokentilt.losses import OBJECTIVES, ObjectiveContext
-from tokentilt.models import lora, packed
+from tokentilt.models import llama_step, lora
 from tokentilt.models.load import load_model
 from tokentilt.targets import resolve_set
 from tokentilt.train import TrainConfig, train
@@ -104,12 +105,13 @@ def training(model, mask, steps: int, rounds: int, bf16: bool, batches=(4, 16)) 
 
 def sampling(model, tokenizer, prompts, per_prompt: int, rounds: int, bf16: bool) -> dict[str, tuple[float, int]]:
     """{kernels: (median seconds, generated tokens)} of `per_prompt` samples of 48 tokens of each prompt, in
-    one batch: with the fp32 linears on oneDNN's packed weights (what generate.sample() does) and on
-    MKL's sgemm (before models/packed.py), alternating round by round."""
-    seconds: dict[str, list[float]] = {"MKL sgemm (before)": [], "oneDNN packed": []}
+    one batch: each step through the lean Llama step (models/llama_step.py, what generate.sample() does)
+    and through the model's forward (before it), both on oneDNN's packed weights, alternating round by round."""
+    seconds: dict[str, list[float]] = {"forward (before)": [], "lean step": []}
     for r in range(rounds):
         for kernels, times in seconds.items():
-            with mock.patch.object(packed, "can_pack", packed.can_pack if "packed" in kernels else lambda *args: False):
+            lean = llama_step.supports if "lean" in kernels else lambda model: False
+            with mock.patch.object(llama_step, "supports", lean):
                 start = time.perf_counter()
                 out = sample(model, tokenizer, prompts, per_prompt, SampleConfig(max_new_tokens=48), r, bf16=bf16)
                 times.append(time.perf_counter() - start)

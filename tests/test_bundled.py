@@ -112,3 +112,25 @@ def test_the_cached_bundled_model_equals_the_gguf_one(bundled, monkeypatch):
     assert tokenizer(text).input_ids == gguf_tok(text).input_ids
     for (name, a), b in zip(model.state_dict().items(), gguf_model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_the_lean_decoding_step_gives_the_bundled_models_logits(bundled):
+    """models/llama_step.py on the real model: each step's logits as a forward over the whole sequence."""
+    import torch
+
+    from tokentilt.models.llama_step import LlamaDecoder, supports
+
+    model, tokenizer, _ = bundled
+    assert supports(model)
+    tokenizer.padding_side = "left"
+    enc = tokenizer(["The king said", "Here are three things to pack for a trip:"], return_tensors="pt", padding=True)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    with torch.no_grad():
+        decoder = LlamaDecoder(model, len(ids), ids.size(1) + 4)
+        logits = decoder.prefill(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+        for _ in range(4):
+            full = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+            torch.testing.assert_close(logits, full[:, -1], rtol=0, atol=5e-4)  # logits of size 10-30
+            nxt = full[:, -1].argmax(-1, keepdim=True)
+            ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+            logits = decoder.step(nxt, mask, (mask.cumsum(-1) - 1)[:, -1:])

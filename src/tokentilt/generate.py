@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from tokentilt import chat as chat_module
+from tokentilt.models import llama_step, packed
 from tokentilt.models.packed import packed_linears
 
 STRATEGIES = ("greedy", "multinomial")
@@ -198,6 +199,40 @@ def _takes(model, argument: str) -> bool:
     return argument in inspect.signature(base.forward).parameters
 
 
+class ForwardSteps:
+    """Decoding steps through the model's forward and its own KV-cache: any model, any placement."""
+
+    def __init__(self, model):
+        self.model, self.cache_arg, self.past = model, cache_argument(model), None
+        # only the last position's logits are sampled from (HF models and Model 5 take this argument)
+        self.last_only = {"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}
+
+    def step(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) new tokens, mask (B, T_all), positions (B, T) -> (B, V) logits of the last position."""
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **{self.cache_arg: self.past},
+            **self.last_only,
+        )
+        self.past = getattr(out, self.cache_arg)
+        return out.logits[:, -1]
+
+    prefill = step
+
+
+def decoder(model, rows: int, capacity: int, lean: bool = True):
+    """The steps of one generate() call: a Llama model's lean step (models/llama_step.py) when `lean`, it
+    applies and memory holds its weight copies, else the model's forward. The lean step's weights pack
+    for oneDNN from packed.SMALL_BATCH rows, as the forward's linears would."""
+    if not (lean and llama_step.supports(model) and llama_step.weight_bytes(model) <= packed.free_bytes() / 2):
+        return ForwardSteps(model)
+    pack = rows >= packed.SMALL_BATCH and packed.can_pack(model, rows)
+    return llama_step.LlamaDecoder(model, rows, capacity, llama_step.Packed(rows) if pack else None)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -228,18 +263,17 @@ def generate(
     procs = make_processors(cfg, bias_mask, bias, eos_ids, device)
     seen = input_ids
     step_ids, step_pos = input_ids, (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-    past, new = None, []
+    new = []
     stop = torch.tensor(stop_ids or [], dtype=torch.long, device=device)
     stopped = torch.zeros(len(input_ids), dtype=torch.bool, device=device)
-    cache_arg = cache_argument(model)
-    # only the last position's logits are sampled from (HF models and Model 5 take this argument)
-    last_only = {"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}
     # One autocast region for every step, so each weight is cast to bf16 once per call, not once per
     # token. Autocast caches only the casts of leaf tensors that require grad, so frozen weights are
     # marked for the call (under no_grad that builds no graph) and restored after. Not inside a caller's
     # autocast region: its cache would outlive this call.
     outer = torch.is_autocast_enabled(device.type)
     frozen = [p for p in model.parameters() if not p.requires_grad] if bf16 and not outer else []
+    steps = decoder(model, len(input_ids), input_ids.size(1) + cfg.max_new_tokens, lean=not bf16 and not outer)
+    lean = isinstance(steps, llama_step.LlamaDecoder)
     try:
         for p in frozen:
             p.requires_grad_(True)
@@ -247,19 +281,14 @@ def generate(
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
             # fp32: fewer checks per op (about 8% of a decoding step at 1 row); the ids leave as plain tensors
             torch.inference_mode(not bf16),
-            packed_linears(model, len(input_ids), enabled=not bf16 and not outer),
+            # the lean Llama step keeps its own copies of the body's weights: the head alone packs
+            packed_linears(model, len(input_ids), enabled=not bf16 and not outer, head_only=lean),
         ):
-            for _ in range(cfg.max_new_tokens):
-                out = model(
-                    input_ids=step_ids,
-                    attention_mask=mask,
-                    position_ids=step_pos,
-                    use_cache=True,
-                    **{cache_arg: past},
-                    **last_only,
-                )
-                past = getattr(out, cache_arg)
-                logits = out.logits[:, -1].float()  # (B, V)
+            logits = steps.prefill(step_ids, mask, step_pos)
+            for i in range(cfg.max_new_tokens):
+                if i:
+                    logits = steps.step(step_ids, mask, step_pos)
+                logits = logits.float()  # (B, V)
                 scores = procs(seen, logits.clone() if observe else logits)  # (B, V); processors may write in place
                 if cfg.strategy == "greedy":
                     nxt = scores.argmax(-1, keepdim=True)  # (B, 1)

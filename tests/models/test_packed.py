@@ -87,7 +87,7 @@ def test_packing_is_skipped_off_fp32_and_when_disabled():
 
 
 def test_sampling_packs_and_matches_greedy_decoding_without_it(monkeypatch):
-    model = tiny_llama()
+    model = tiny_gpt2()  # through its forward (a Llama model's steps pack in models/llama_step.py)
     ids = torch.randint(1, 64, (packed_module.SMALL_BATCH, 5), generator=torch.Generator().manual_seed(2))
     cfg = SampleConfig(max_new_tokens=10, strategy="greedy", ban_eos=False)
     calls = spy(monkeypatch)

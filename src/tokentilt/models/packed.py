@@ -37,20 +37,22 @@ def can_pack(model: nn.Module, rows: int = SMALL_BATCH) -> bool:
     if any(m.weight.device.type != "cpu" or m.weight.dtype != torch.float32 for m in linears):
         return False
     size = sum(m.weight.numel() * 4 for m in linears)
-    return size <= _free_bytes() / 2
+    return size <= free_bytes() / 2
 
 
 @contextmanager
-def packed_linears(model: nn.Module, rows: int = 64, enabled: bool = True):
+def packed_linears(model: nn.Module, rows: int = 64, enabled: bool = True, head_only: bool = False):
     """While inside, every `nn.Linear` of `model` runs on a oneDNN copy of its weight, packed for about
-    `rows` rows per call (any number works; below SMALL_BATCH rows only the big layers pack). Does
-    nothing if `enabled` is False, `can_pack` says no, or an enclosing call packed them already.
+    `rows` rows per call (any number works; below SMALL_BATCH rows, or with `head_only`, only the big
+    layers, the output head, pack). Does nothing if `enabled` is False, `can_pack` says no, or an
+    enclosing call packed them already.
 
     A call that needs autograd (grad enabled and a tensor requiring it) or runs under autocast uses
     F.linear with the live weight, as outside.
     """
-    linears = _linears(model, rows)
-    if not enabled or any("forward" in m.__dict__ for m in linears) or not can_pack(model, rows):
+    selected = 1 if head_only else rows
+    linears = _linears(model, selected)
+    if not enabled or any("forward" in m.__dict__ for m in linears) or not can_pack(model, selected):
         yield  # off, or packed already by an enclosing call (which unpacks on its exit)
         return
     try:
@@ -82,7 +84,7 @@ def _linears(model: nn.Module, rows: int = SMALL_BATCH) -> list[nn.Linear]:
     return layers if rows >= SMALL_BATCH else [m for m in layers if m.weight.numel() >= BIG_LAYER]
 
 
-def _free_bytes() -> int:
+def free_bytes() -> int:
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not Linux: no measure, no packing

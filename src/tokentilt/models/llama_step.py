@@ -1,0 +1,192 @@
+"""A lean decoding step for Hugging Face Llama models (the bundled SmolLM2 among them).
+
+One sampled token of the bundled model at one row took about 65 ms through `LlamaForCausalLM.forward`
+on the 2-core machine of benchmarks/README.md (P8), against about 19 ms to read its weights once at
+the machine's copy bandwidth. The matrix-vector products on the (out, in) weights took about 40 ms of
+it; the rest was the Python of the forward's modules, its mask and cache bookkeeping, and small ops.
+
+`LlamaDecoder` runs the prompt through the model's own forward (its cache, masks and RoPE), then
+each step through the same layers' weights with fewer ops:
+- q, k and v in one matrix, gate and up in another (so 4 matrix products a layer, not 7), stored
+  (in, out) for one row (`Transposed`) or packed by oneDNN for 16 rows and more (`Packed`);
+- RoPE on q and k in one pass;
+- the KV-cache in one buffer allocated once, written in place (no concatenation per step);
+- attention over a padding mask alone (a step has one query: no causal mask to build);
+- the final norm and the output head as the model's own modules, so hooks on the head (the sampler's
+  recorded head inputs) and a packed head (models/packed.py) work as in the forward.
+
+The logits agree with the forward's within fp32 rounding (tests/models/test_llama_step.py). It takes
+only what it can run exactly: a `LlamaForCausalLM` whose layers are Hugging Face's own (no LoRA or other
+wrapped linears, no hooks inside the body), SiLU MLP, RoPE from the model's rotary module, and no
+autocast. Anything else goes through the forward (`generate.decoder` picks).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def supports(model: nn.Module) -> bool:
+    """Whether `LlamaDecoder` can run this model's steps exactly as its forward would."""
+    try:
+        from transformers.models.llama import modeling_llama as hf
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    if type(model) is not hf.LlamaForCausalLM or getattr(model.config, "hidden_act", None) != "silu":
+        return False
+    body = model.model
+    if type(body.rotary_emb) is not hf.LlamaRotaryEmbedding or type(body.norm) is not hf.LlamaRMSNorm:
+        return False
+    for layer in body.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        if type(layer) is not hf.LlamaDecoderLayer or type(attn) is not hf.LlamaAttention:
+            return False
+        if type(mlp) is not hf.LlamaMLP or {type(layer.input_layernorm), type(layer.post_attention_layernorm)} != {
+            hf.LlamaRMSNorm
+        }:
+            return False
+        if any(type(m) is not nn.Linear for m in _linears(layer)):
+            return False
+    # a hook on the model or inside its body would not run here (the head's do: it is called as a module)
+    hooked = [model, *body.modules()]
+    return not (_global_hooks() or any(m._forward_hooks or m._forward_pre_hooks for m in hooked))
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module
+
+    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the copies a `LlamaDecoder` makes: every linear weight of the body, fused and laid out anew."""
+    return sum(m.weight.numel() * m.weight.element_size() for layer in model.model.layers for m in _linears(layer))
+
+
+def _linears(layer: nn.Module) -> list[nn.Linear]:
+    attn, mlp = layer.self_attn, layer.mlp
+    return [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+
+
+class _Layer:
+    """One decoder layer's weights for a step: fused qkv and gate-up, and its cache buffers."""
+
+    def __init__(self, layer: nn.Module, rows: int, capacity: int, linear):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.qkv = linear.prepare([attn.q_proj, attn.k_proj, attn.v_proj])
+        self.o = linear.prepare([attn.o_proj])
+        self.gate_up = linear.prepare([mlp.gate_proj, mlp.up_proj])
+        self.down = linear.prepare([mlp.down_proj])
+        self.norm1, self.norm2 = layer.input_layernorm, layer.post_attention_layernorm
+        self.q_width = attn.q_proj.out_features
+        self.kv_width = attn.k_proj.out_features
+        self.head_dim, self.scaling = attn.head_dim, attn.scaling
+        self.heads, self.kv_heads = self.q_width // self.head_dim, self.kv_width // self.head_dim
+        self.inner = mlp.gate_proj.out_features
+        w = attn.k_proj.weight
+        shape = (rows, self.kv_heads, capacity, self.head_dim)
+        self.keys = torch.zeros(shape, dtype=w.dtype, device=w.device)
+        self.values = torch.zeros(shape, dtype=w.dtype, device=w.device)
+
+
+def _cat_bias(layers: list[nn.Linear]) -> torch.Tensor | None:
+    if all(m.bias is None for m in layers):
+        return None
+    return torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features) for m in layers])
+
+
+def _norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """LlamaRMSNorm in one op (equal within rounding)."""
+    return F.rms_norm(x, module.weight.shape, module.weight, module.variance_epsilon)
+
+
+class Transposed:
+    """Weights stored (in, out): a one-row product then runs 1.3x faster than F.linear on (out, in)
+    (the bundled model's body on the P8 machine: 25 against 33 ms a step). A copy of the weights."""
+
+    def prepare(self, layers: list[nn.Linear]):
+        """One product for the layers side by side: (in, sum of out) weights and their bias (or None)."""
+        return torch.cat([m.weight.detach().t() for m in layers], 1), _cat_bias(layers)
+
+    def __call__(self, x: torch.Tensor, prepared) -> torch.Tensor:
+        weight_t, bias = prepared
+        return x @ weight_t if bias is None else torch.addmm(bias, x.flatten(0, -2), weight_t).view(*x.shape[:-1], -1)
+
+
+class Packed:
+    """oneDNN's weights packed for `rows` rows a call (models/packed.py): for batches of 16 rows and more."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+
+    def prepare(self, layers: list[nn.Linear]):
+        weight = torch.cat([m.weight.detach() for m in layers]) if len(layers) > 1 else layers[0].weight.detach()
+        return torch.ops.mkldnn._reorder_linear_weight(weight, self.rows), _cat_bias(layers)
+
+    def __call__(self, x: torch.Tensor, prepared) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, *prepared, "none", [], "")
+
+
+class LlamaDecoder:
+    """Steps of a left-padded batch of `rows` prompts, at most `capacity` tokens long in all.
+
+    prefill(input_ids, mask, positions) -> (B, V) logits of the last position, through the model's forward;
+    step(ids (B, 1), mask (B, T), positions (B, 1)) -> (B, V) logits of the new position. `mask` is the
+    attention mask over every token so far (prompt and new), as for the forward.
+    """
+
+    def __init__(self, model: nn.Module, rows: int, capacity: int, linear=None):
+        linear = linear or Transposed()
+        self.model = model
+        self.layers = [_Layer(layer, rows, capacity, linear) for layer in model.model.layers]
+        self.linear = linear
+        self.length = 0  # tokens in the cache
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        t = input_ids.size(1)
+        for layer, cached in zip(self.layers, cache.layers, strict=True):
+            layer.keys[:, :, :t] = cached.keys
+            layer.values[:, :, :t] = cached.values
+        self.length = t
+        return out.logits[:, -1]
+
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        body, t = self.model.model, self.length
+        x = body.embed_tokens(ids)  # (B, 1, d)
+        cos, sin = body.rotary_emb(x, positions)  # (B, 1, hd), as the forward computes them
+        half = sin.size(-1) // 2
+        # rotate_half(x)·sin = flip(x's halves)·(-sin, sin)
+        cos, sin = cos[:, :, None], torch.cat((-sin[..., :half], sin[..., half:]), -1)[:, :, None]  # (B, 1, 1, hd)
+        keep = mask[:, None, None, : t + 1].bool()  # (B, 1, 1, t+1): no padded key is attended to
+        b = len(ids)
+        for layer in self.layers:
+            qkv = self.linear(_norm(layer.norm1, x), layer.qkv)  # (B, 1, (H + 2 KV)·hd)
+            # RoPE on q and k together: (B, 1, H + KV, hd)
+            qk = qkv[..., : layer.q_width + layer.kv_width].view(b, 1, -1, layer.head_dim)
+            qk = qk * cos + qk.unflatten(-1, (2, half)).flip(-2).flatten(-2) * sin
+            q, k = qk.transpose(1, 2).split([layer.heads, layer.kv_heads], 1)  # (B, H, 1, hd), (B, KV, 1, hd)
+            layer.keys[:, :, t : t + 1] = k
+            layer.values[:, :, t : t + 1] = (
+                qkv[..., layer.q_width + layer.kv_width :].view(b, 1, -1, layer.head_dim).transpose(1, 2)
+            )
+            a = F.scaled_dot_product_attention(
+                q,
+                layer.keys[:, :, : t + 1],
+                layer.values[:, :, : t + 1],
+                attn_mask=keep,
+                scale=layer.scaling,
+                enable_gqa=True,
+            )  # (B, H, 1, hd)
+            x = x + self.linear(a.transpose(1, 2).reshape(b, 1, -1), layer.o)
+            gate, up = self.linear(_norm(layer.norm2, x), layer.gate_up).split(layer.inner, -1)
+            x = x + self.linear(F.silu(gate) * up, layer.down)
+        self.length = t + 1
+        return self.model.lm_head(body.norm(x))[:, -1]  # the modules, so the head's hooks run

@@ -1,0 +1,129 @@
+import pytest
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from conftest import tiny_gpt2, tiny_llama
+from tokentilt import generate as generate_module
+from tokentilt.generate import SampleConfig, StepScores, generate, recorded_head_inputs
+from tokentilt.models import llama_step, lora
+from tokentilt.models.llama_step import LlamaDecoder, Packed, Transposed, supports
+from tokentilt.models.packed import can_pack
+
+
+def biased_llama():
+    """Biases in every linear layer, 4 query heads on 1 KV head, untied head, a scaled RoPE."""
+    torch.manual_seed(1)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        attention_bias=True,
+        mlp_bias=True,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0},
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def left_padded(rows: int = 3, width: int = 7) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, mask, positions) of rows of 4..width tokens, left-padded."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 64, (rows, width), generator=g)
+    mask = torch.ones(rows, width, dtype=torch.long)
+    for r in range(rows):
+        mask[r, : r % (width - 3)] = 0
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+STRATEGIES = [Transposed(), Packed(3)] if can_pack(nn.Linear(4, 4)) else [Transposed()]
+
+
+@pytest.mark.parametrize("build", [tiny_llama, biased_llama])
+@pytest.mark.parametrize("linear", STRATEGIES, ids=lambda s: type(s).__name__)
+def test_each_step_gives_the_logits_of_a_forward_over_the_whole_sequence(build, linear):
+    model = build()
+    assert supports(model)
+    ids, mask, positions = left_padded()
+    steps = 6
+    with torch.no_grad():
+        decoder = LlamaDecoder(model, len(ids), ids.size(1) + steps, linear)
+        logits = decoder.prefill(ids, mask, positions)
+        for _ in range(steps):
+            full = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+            torch.testing.assert_close(logits, full, rtol=0, atol=1e-5)
+            nxt = torch.randint(1, 64, (len(ids), 1), generator=torch.Generator().manual_seed(ids.size(1)))
+            ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+            positions = torch.cat([positions, positions[:, -1:] + 1], 1)
+            logits = decoder.step(nxt, mask, positions[:, -1:])
+
+
+def test_generate_takes_the_lean_step_and_samples_what_the_forward_samples(monkeypatch):
+    model = tiny_llama()
+    ids, mask, _ = left_padded(rows=4)
+    cfg = SampleConfig(max_new_tokens=8, ban_eos=False)
+    calls, real = [], LlamaDecoder.step
+    monkeypatch.setattr(LlamaDecoder, "step", lambda self, *a: calls.append(1) or real(self, *a))
+    lean = generate(model, ids, mask, cfg, generator=torch.Generator().manual_seed(5))
+    assert len(calls) == cfg.max_new_tokens - 1  # the prompt goes through the forward, each new token here
+    monkeypatch.setattr(llama_step, "supports", lambda model: False)
+    calls.clear()
+    forward = generate(model, ids, mask, cfg, generator=torch.Generator().manual_seed(5))
+    assert not calls and torch.equal(lean, forward)
+
+
+def test_the_heads_hooks_see_each_step_so_recorded_scores_match_the_forward(monkeypatch):
+    model = tiny_llama()
+    ids, mask, _ = left_padded()
+    set_mask = torch.zeros(64)
+    set_mask[:20] = 1
+
+    def scores() -> StepScores:
+        with recorded_head_inputs(model) as inputs:
+            observe, finish = StepScores.recorder(set_mask, [], inputs)
+            cfg = SampleConfig(max_new_tokens=5, ban_eos=False)
+            generate(model, ids, mask, cfg, generator=torch.Generator().manual_seed(1), observe=observe)
+        return finish()
+
+    lean = scores()
+    monkeypatch.setattr(llama_step, "supports", lambda model: False)
+    forward = scores()
+    assert lean.head_inputs.shape == (3, 5, 32)
+    torch.testing.assert_close(lean.head_inputs, forward.head_inputs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(lean.log_p, forward.log_p, rtol=0, atol=1e-5)
+
+
+def test_only_what_it_runs_exactly_takes_the_lean_step():
+    model = tiny_llama()
+    assert supports(model)
+    assert not supports(tiny_gpt2())
+    handle = model.model.layers[0].mlp.register_forward_hook(lambda *args: None)  # it would not run
+    assert not supports(model)
+    handle.remove()
+    handle = model.register_forward_pre_hook(lambda *args: None)
+    assert not supports(model)
+    handle.remove()
+    handle = model.lm_head.register_forward_hook(lambda *args: None)  # the head runs as a module
+    assert supports(model)
+    handle.remove()
+    assert not supports(lora.add_adapter(tiny_llama(), lora.LoraArgs(lora=True, lora_r=2), seed=0))
+    gelu = tiny_llama()
+    gelu.config.hidden_act = "gelu"
+    assert not supports(gelu)
+
+
+def test_bf16_and_a_short_memory_take_the_forward(monkeypatch):
+    model = tiny_llama()
+    ids = torch.randint(1, 64, (2, 4))
+    assert isinstance(generate_module.decoder(model, 2, 10), LlamaDecoder)
+    assert isinstance(generate_module.decoder(model, 2, 10, lean=False), generate_module.ForwardSteps)
+    monkeypatch.setattr(generate_module.packed, "free_bytes", lambda: 0)
+    assert isinstance(generate_module.decoder(model, 2, 10), generate_module.ForwardSteps)
+    calls = []
+    monkeypatch.setattr(LlamaDecoder, "step", lambda *a: calls.append(1))
+    generate(model, ids, cfg=SampleConfig(max_new_tokens=3, ban_eos=False))
+    assert not calls
