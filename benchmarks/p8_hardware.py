@@ -20,7 +20,9 @@ Llama step (models/llama_step.py: fused weights, its own KV-cache; what sample()
 the model's forward (before it), both with oneDNN's packed output head (models/packed.py), alternating
 round by round. Its bounds: memory, 48 decoding steps
 that each read every weight once plus the KV cache so far, at the measured bandwidth;
-compute, 2N FLOPs per generated token at the peak (prompt tokens not counted). A step cannot be faster
+compute, 2N FLOPs per generated token at the peak (prompt tokens not counted). The same rows again
+for the model with a LoRA adapter (r 16 on every projection, as a LoRA tilt samples it while it
+trains), whose bounds are the base model's (what its merged form reads and computes). A step cannot be faster
 than the larger of the two; the share is that bound over the measured time. At batch 64 the compute
 bound is the larger; at batch 1 the memory bound is.
 Not part of the test suite.
@@ -153,14 +155,22 @@ def main() -> None:
         flush=True,
     )
     new, element = 48, 2 if bf16 else 4
-    rows = () if args.no_sampling else (("64 rows (an R batch)", DEFAULT_PROMPTS, 4), ("1 row", DEFAULT_PROMPTS[:1], 1))
+    rows = []
+    if not args.no_sampling:
+        # the LoRA model as a LoRA tilt samples it while it trains (B = 0 at PEFT's start: the same cost)
+        peft = lora.add_adapter(load_model("bundled")[0], lora.LoraArgs(lora=True), seed=0)
+        for name, m in (("", model), (", LoRA r 16", peft)):
+            rows += [
+                (f"64 rows (an R batch){name}", m, DEFAULT_PROMPTS, 4),
+                (f"1 row{name}", m, DEFAULT_PROMPTS[:1], 1),
+            ]
     if rows:
         print(
             "| sampling, 48 tokens a row | seconds | tokens/s | memory bound s | compute bound s | share of the bound |\n"
             "|---|---|---|---|---|---|"
         )
-    for label, prompts, per_prompt in rows:
-        runs = sampling(model, tokenizer, prompts, per_prompt, args.sample_rounds, bf16)
+    for label, sampled, prompts, per_prompt in rows:
+        runs = sampling(sampled, tokenizer, prompts, per_prompt, args.sample_rounds, bf16)
         prompt = statistics.mean(len(tokenizer(p)["input_ids"]) for p in prompts)
         step_bytes = n_params * element + kv_bytes_per_step(model, len(prompts) * per_prompt, prompt, new, element)
         for kernels, (seconds, new_tokens) in runs.items():

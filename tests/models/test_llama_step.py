@@ -62,6 +62,47 @@ def test_each_step_gives_the_logits_of_a_forward_over_the_whole_sequence(build, 
             logits = decoder.step(nxt, mask, positions[:, -1:])
 
 
+def lora_llama(**extra):
+    """tiny_llama with a LoRA adapter on every projection, its B matrices random (PEFT starts them at 0)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(tiny_llama(), LoraConfig(r=2, lora_alpha=4, target_modules=targets, **extra))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.3)
+    return model.eval()
+
+
+def test_a_lora_model_steps_with_its_adapters_and_without_them():
+    model = lora_llama()
+    assert supports(model)
+    ids, mask, positions = left_padded()
+    nxt = torch.randint(1, 64, (len(ids), 1), generator=torch.Generator().manual_seed(9))
+    longer, longer_mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+    longer_positions = (longer_mask.cumsum(-1) - 1).clamp(min=0)
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        """(the lean step's logits after nxt, the forward's)"""
+        decoder = LlamaDecoder(model, len(ids), ids.size(1) + 1)
+        decoder.prefill(ids, mask, positions)
+        step = decoder.step(nxt, longer_mask, longer_positions[:, -1:])
+        return step, model(input_ids=longer, attention_mask=longer_mask, position_ids=longer_positions).logits[:, -1]
+
+    with torch.no_grad():
+        step, full = both()
+        torch.testing.assert_close(step, full, rtol=0, atol=1e-5)
+        with model.disable_adapter():
+            off, full_off = both()
+        torch.testing.assert_close(off, full_off, rtol=0, atol=1e-5)
+        assert (off - step).abs().max() > 0.1  # the adapters change the logits, and the step saw them
+        model.merge_adapter()
+        merged, _ = both()
+        torch.testing.assert_close(merged, full, rtol=0, atol=1e-5)
+    assert not supports(lora_llama(use_dora=True))
+
+
 def test_generate_takes_the_lean_step_and_samples_what_the_forward_samples(monkeypatch):
     model = tiny_llama()
     ids, mask, _ = left_padded(rows=4)
@@ -110,7 +151,8 @@ def test_only_what_it_runs_exactly_takes_the_lean_step():
     handle = model.lm_head.register_forward_hook(lambda *args: None)  # the head runs as a module
     assert supports(model)
     handle.remove()
-    assert not supports(lora.add_adapter(tiny_llama(), lora.LoraArgs(lora=True, lora_r=2), seed=0))
+    peft = lora.add_adapter(tiny_llama(), lora.LoraArgs(lora=True, lora_r=2), seed=0)
+    assert supports(peft) and not supports(lora.AdapterOff(peft))  # a wrapper that changes the forward
     gelu = tiny_llama()
     gelu.config.hidden_act = "gelu"
     assert not supports(gelu)

@@ -16,9 +16,9 @@ each step through the same layers' weights with fewer ops:
   recorded head inputs) and a packed head (models/packed.py) work as in the forward.
 
 The logits agree with the forward's within fp32 rounding (tests/models/test_llama_step.py). It takes
-only what it can run exactly: a `LlamaForCausalLM` whose layers are Hugging Face's own (no LoRA or other
-wrapped linears, no hooks inside the body), SiLU MLP, RoPE from the model's rotary module, and no
-autocast. Anything else goes through the forward (`generate.decoder` picks).
+only what it can run exactly: a `LlamaForCausalLM`, or a PEFT model of one, whose layers are Hugging
+Face's own, with plain linears or LoRA ones (their weight and adapters' B·A added once per call), no
+hooks inside the body, a SiLU MLP, RoPE from the model's rotary module, and no autocast. Anything else goes through the forward (`generate.decoder` picks).
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ def supports(model: nn.Module) -> bool:
         from transformers.models.llama import modeling_llama as hf
     except ImportError:  # pragma: no cover - transformers is a dependency
         return False
-    if type(model) is not hf.LlamaForCausalLM or getattr(model.config, "hidden_act", None) != "silu":
+    base = _base(model)
+    if type(base) is not hf.LlamaForCausalLM or getattr(base.config, "hidden_act", None) != "silu":
         return False
-    body = model.model
+    body = base.model
     if type(body.rotary_emb) is not hf.LlamaRotaryEmbedding or type(body.norm) is not hf.LlamaRMSNorm:
         return False
     for layer in body.layers:
@@ -47,11 +48,46 @@ def supports(model: nn.Module) -> bool:
             hf.LlamaRMSNorm
         }:
             return False
-        if any(type(m) is not nn.Linear for m in _linears(layer)):
+        if any(_weight_and_bias(m) is None for m in _linears(layer)):
             return False
     # a hook on the model or inside its body would not run here (the head's do: it is called as a module)
-    hooked = [model, *body.modules()]
+    hooked = [model, base, *body.modules()]
     return not (_global_hooks() or any(m._forward_hooks or m._forward_pre_hooks for m in hooked))
+
+
+def _base(model: nn.Module) -> nn.Module:
+    """The model under a PEFT wrapper (whose linears may be LoRA layers), or the model itself. Only a
+    PeftModel is unwrapped: another wrapper (lora.AdapterOff) may change what its base computes."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return model
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def _weight_and_bias(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The weight and bias that `m`'s forward applies: an nn.Linear's own, or a PEFT LoRA layer's base
+    weight plus each active adapter's B·A·scaling (PEFT's get_delta_weight; equal to its unmerged forward
+    within rounding, dropout being off in eval mode). None for a layer this cannot express: DoRA and
+    other LoRA variants, LoRA biases, a merged layer whose adapters are disabled."""
+    if type(m) is nn.Linear:
+        return m.weight, m.bias
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return None
+    if type(m) is not LoraLinear or type(m.base_layer) is not nn.Linear or m.fan_in_fan_out:
+        return None
+    if getattr(m, "lora_variant", None) or any(m.use_dora.values()) or any(getattr(m, "lora_bias", {}).values()):
+        return None
+    if m.merged and m.disable_adapters:  # its forward would unmerge the weights first
+        return None
+    weight = m.base_layer.weight
+    if not (m.merged or m.disable_adapters):
+        for adapter in m.active_adapters:
+            if adapter in m.lora_A:
+                weight = weight + m.get_delta_weight(adapter)
+    return weight, m.base_layer.bias
 
 
 def _global_hooks() -> bool:
@@ -62,7 +98,8 @@ def _global_hooks() -> bool:
 
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of the copies a `LlamaDecoder` makes: every linear weight of the body, fused and laid out anew."""
-    return sum(m.weight.numel() * m.weight.element_size() for layer in model.model.layers for m in _linears(layer))
+    weights = [_weight_and_bias(m)[0] for layer in _base(model).model.layers for m in _linears(layer)]
+    return sum(w.numel() * w.element_size() for w in weights)
 
 
 def _linears(layer: nn.Module) -> list[nn.Linear]:
@@ -75,26 +112,27 @@ class _Layer:
 
     def __init__(self, layer: nn.Module, rows: int, capacity: int, linear):
         attn, mlp = layer.self_attn, layer.mlp
-        self.qkv = linear.prepare([attn.q_proj, attn.k_proj, attn.v_proj])
-        self.o = linear.prepare([attn.o_proj])
-        self.gate_up = linear.prepare([mlp.gate_proj, mlp.up_proj])
-        self.down = linear.prepare([mlp.down_proj])
+        qkv, gate_up = _parts(attn.q_proj, attn.k_proj, attn.v_proj), _parts(mlp.gate_proj, mlp.up_proj)
+        self.qkv, self.gate_up = linear.prepare(qkv), linear.prepare(gate_up)
+        self.o, self.down = linear.prepare(_parts(attn.o_proj)), linear.prepare(_parts(mlp.down_proj))
+        self.q_width, self.kv_width, self.inner = len(qkv[0][0]), len(qkv[1][0]), len(gate_up[0][0])
         self.norm1, self.norm2 = layer.input_layernorm, layer.post_attention_layernorm
-        self.q_width = attn.q_proj.out_features
-        self.kv_width = attn.k_proj.out_features
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         self.heads, self.kv_heads = self.q_width // self.head_dim, self.kv_width // self.head_dim
-        self.inner = mlp.gate_proj.out_features
-        w = attn.k_proj.weight
+        w = qkv[0][0]
         shape = (rows, self.kv_heads, capacity, self.head_dim)
         self.keys = torch.zeros(shape, dtype=w.dtype, device=w.device)
         self.values = torch.zeros(shape, dtype=w.dtype, device=w.device)
 
 
-def _cat_bias(layers: list[nn.Linear]) -> torch.Tensor | None:
-    if all(m.bias is None for m in layers):
+def _parts(*layers: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    return [_weight_and_bias(m) for m in layers]
+
+
+def _cat_bias(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor | None:
+    if all(b is None for _, b in parts):
         return None
-    return torch.cat([m.bias.detach() if m.bias is not None else m.weight.new_zeros(m.out_features) for m in layers])
+    return torch.cat([w.new_zeros(len(w)) if b is None else b.detach() for w, b in parts])
 
 
 def _norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -106,9 +144,9 @@ class Transposed:
     """Weights stored (in, out): a one-row product then runs 1.3x faster than F.linear on (out, in)
     (the bundled model's body on the P8 machine: 25 against 33 ms a step). A copy of the weights."""
 
-    def prepare(self, layers: list[nn.Linear]):
-        """One product for the layers side by side: (in, sum of out) weights and their bias (or None)."""
-        return torch.cat([m.weight.detach().t() for m in layers], 1), _cat_bias(layers)
+    def prepare(self, parts: list[tuple[torch.Tensor, torch.Tensor | None]]):
+        """One product for the (weight, bias) parts side by side: (in, sum of out) weights, their bias or None."""
+        return torch.cat([w.detach().t() for w, _ in parts], 1), _cat_bias(parts)
 
     def __call__(self, x: torch.Tensor, prepared) -> torch.Tensor:
         weight_t, bias = prepared
@@ -121,9 +159,9 @@ class Packed:
     def __init__(self, rows: int):
         self.rows = rows
 
-    def prepare(self, layers: list[nn.Linear]):
-        weight = torch.cat([m.weight.detach() for m in layers]) if len(layers) > 1 else layers[0].weight.detach()
-        return torch.ops.mkldnn._reorder_linear_weight(weight, self.rows), _cat_bias(layers)
+    def prepare(self, parts: list[tuple[torch.Tensor, torch.Tensor | None]]):
+        weight = torch.cat([w.detach() for w, _ in parts]) if len(parts) > 1 else parts[0][0].detach()
+        return torch.ops.mkldnn._reorder_linear_weight(weight, self.rows), _cat_bias(parts)
 
     def __call__(self, x: torch.Tensor, prepared) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, *prepared, "none", [], "")
@@ -139,8 +177,8 @@ class LlamaDecoder:
 
     def __init__(self, model: nn.Module, rows: int, capacity: int, linear=None):
         linear = linear or Transposed()
-        self.model = model
-        self.layers = [_Layer(layer, rows, capacity, linear) for layer in model.model.layers]
+        self.model, self.base = model, _base(model)  # the forward for the prompt, the base's modules for steps
+        self.layers = [_Layer(layer, rows, capacity, linear) for layer in self.base.model.layers]
         self.linear = linear
         self.length = 0  # tokens in the cache
 
@@ -159,7 +197,7 @@ class LlamaDecoder:
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        body, t = self.model.model, self.length
+        body, t = self.base.model, self.length
         x = body.embed_tokens(ids)  # (B, 1, d)
         cos, sin = body.rotary_emb(x, positions)  # (B, 1, hd), as the forward computes them
         half = sin.size(-1) // 2
@@ -189,4 +227,4 @@ class LlamaDecoder:
             gate, up = self.linear(_norm(layer.norm2, x), layer.gate_up).split(layer.inner, -1)
             x = x + self.linear(F.silu(gate) * up, layer.down)
         self.length = t + 1
-        return self.model.lm_head(body.norm(x))[:, -1]  # the modules, so the head's hooks run
+        return self.base.lm_head(body.norm(x))[:, -1]  # the modules, so the head's hooks run
