@@ -75,7 +75,8 @@ def lora_llama(**extra):
     return model.eval()
 
 
-def test_a_lora_model_steps_with_its_adapters_and_without_them():
+@pytest.mark.parametrize("linear", STRATEGIES, ids=lambda s: type(s).__name__)
+def test_a_lora_model_steps_with_its_adapters_and_without_them(linear):
     model = lora_llama()
     assert supports(model)
     ids, mask, positions = left_padded()
@@ -85,7 +86,7 @@ def test_a_lora_model_steps_with_its_adapters_and_without_them():
 
     def both() -> tuple[torch.Tensor, torch.Tensor]:
         """(the lean step's logits after nxt, the forward's)"""
-        decoder = LlamaDecoder(model, len(ids), ids.size(1) + 1)
+        decoder = LlamaDecoder(model, len(ids), ids.size(1) + 1, linear)
         decoder.prefill(ids, mask, positions)
         step = decoder.step(nxt, longer_mask, longer_positions[:, -1:])
         return step, model(input_ids=longer, attention_mask=longer_mask, position_ids=longer_positions).logits[:, -1]

@@ -23,6 +23,8 @@ hooks inside the body, a SiLU MLP, RoPE from the model's rotary module, and no a
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,7 +50,7 @@ def supports(model: nn.Module) -> bool:
             hf.LlamaRMSNorm
         }:
             return False
-        if any(_weight_and_bias(m) is None for m in _linears(layer)):
+        if any(_part(m) is None for m in _linears(layer)):
             return False
     # a hook on the model or inside its body would not run here (the head's do: it is called as a module)
     hooked = [model, base, *body.modules()]
@@ -65,13 +67,21 @@ def _base(model: nn.Module) -> nn.Module:
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
-def _weight_and_bias(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """The weight and bias that `m`'s forward applies: an nn.Linear's own, or a PEFT LoRA layer's base
-    weight plus each active adapter's B·A·scaling (PEFT's get_delta_weight; equal to its unmerged forward
-    within rounding, dropout being off in eval mode). None for a layer this cannot express: DoRA and
-    other LoRA variants, LoRA biases, a merged layer whose adapters are disabled."""
+class Part(NamedTuple):
+    """What one linear layer computes: x·weightᵀ + bias + Σ scaling·x·Aᵀ·Bᵀ over its active LoRA adapters."""
+
+    weight: torch.Tensor  # (out, in)
+    bias: torch.Tensor | None
+    adapters: list[tuple[torch.Tensor, torch.Tensor, float]]  # (A (r, in), B (out, r), scaling)
+
+
+def _part(m: nn.Module) -> Part | None:
+    """An nn.Linear's weight and bias, or a PEFT LoRA layer's base weight and bias with its active
+    adapters (dropout is off in eval mode). Adding scaling·B·A to the weight once per call equals its
+    unmerged forward within rounding. None for a layer this cannot express: DoRA and other LoRA
+    variants, LoRA biases, a merged layer whose adapters are disabled."""
     if type(m) is nn.Linear:
-        return m.weight, m.bias
+        return Part(m.weight, m.bias, [])
     try:
         from peft.tuners.lora.layer import Linear as LoraLinear
     except ImportError:  # pragma: no cover - peft is a dependency
@@ -82,12 +92,10 @@ def _weight_and_bias(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] |
         return None
     if m.merged and m.disable_adapters:  # its forward would unmerge the weights first
         return None
-    weight = m.base_layer.weight
-    if not (m.merged or m.disable_adapters):
-        for adapter in m.active_adapters:
-            if adapter in m.lora_A:
-                weight = weight + m.get_delta_weight(adapter)
-    return weight, m.base_layer.bias
+    adapters = []
+    if not (m.merged or m.disable_adapters):  # merged: the base weight holds them already
+        adapters = [(m.lora_A[a].weight, m.lora_B[a].weight, m.scaling[a]) for a in m.active_adapters if a in m.lora_A]
+    return Part(m.base_layer.weight, m.base_layer.bias, adapters)
 
 
 def _global_hooks() -> bool:
@@ -98,7 +106,7 @@ def _global_hooks() -> bool:
 
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of the copies a `LlamaDecoder` makes: every linear weight of the body, fused and laid out anew."""
-    weights = [_weight_and_bias(m)[0] for layer in _base(model).model.layers for m in _linears(layer)]
+    weights = [_part(m).weight for layer in _base(model).model.layers for m in _linears(layer)]
     return sum(w.numel() * w.element_size() for w in weights)
 
 
@@ -115,24 +123,39 @@ class _Layer:
         qkv, gate_up = _parts(attn.q_proj, attn.k_proj, attn.v_proj), _parts(mlp.gate_proj, mlp.up_proj)
         self.qkv, self.gate_up = linear.prepare(qkv), linear.prepare(gate_up)
         self.o, self.down = linear.prepare(_parts(attn.o_proj)), linear.prepare(_parts(mlp.down_proj))
-        self.q_width, self.kv_width, self.inner = len(qkv[0][0]), len(qkv[1][0]), len(gate_up[0][0])
+        self.q_width, self.kv_width, self.inner = len(qkv[0].weight), len(qkv[1].weight), len(gate_up[0].weight)
         self.norm1, self.norm2 = layer.input_layernorm, layer.post_attention_layernorm
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         self.heads, self.kv_heads = self.q_width // self.head_dim, self.kv_width // self.head_dim
-        w = qkv[0][0]
+        w = qkv[0].weight
         shape = (rows, self.kv_heads, capacity, self.head_dim)
         self.keys = torch.zeros(shape, dtype=w.dtype, device=w.device)
         self.values = torch.zeros(shape, dtype=w.dtype, device=w.device)
 
 
-def _parts(*layers: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    return [_weight_and_bias(m) for m in layers]
+def _parts(*layers: nn.Module) -> list[Part]:
+    return [_part(m) for m in layers]
 
 
-def _cat_bias(parts: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor | None:
-    if all(b is None for _, b in parts):
+def _cat_bias(parts: list[Part]) -> torch.Tensor | None:
+    if all(p.bias is None for p in parts):
         return None
-    return torch.cat([w.new_zeros(len(w)) if b is None else b.detach() for w, b in parts])
+    return torch.cat([p.weight.new_zeros(len(p.weight)) if p.bias is None else p.bias.detach() for p in parts])
+
+
+def _add_adapters(fused: torch.Tensor, parts: list[Part], transposed: bool) -> torch.Tensor:
+    """Add each part's scaling·B·A, in place, to its rows of the fused (out, in) weight, or to its columns
+    of the fused (in, out) one: one small product each, no full-size temporary."""
+    start = 0
+    for p in parts:
+        rows = slice(start, start + len(p.weight))
+        for a, b, scaling in p.adapters:
+            if transposed:
+                fused[:, rows].addmm_(a.detach().t(), b.detach().t(), alpha=scaling)
+            else:
+                fused[rows].addmm_(b.detach(), a.detach(), alpha=scaling)
+        start = rows.stop
+    return fused
 
 
 def _norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -144,9 +167,9 @@ class Transposed:
     """Weights stored (in, out): a one-row product then runs 1.3x faster than F.linear on (out, in)
     (the bundled model's body on the P8 machine: 25 against 33 ms a step). A copy of the weights."""
 
-    def prepare(self, parts: list[tuple[torch.Tensor, torch.Tensor | None]]):
-        """One product for the (weight, bias) parts side by side: (in, sum of out) weights, their bias or None."""
-        return torch.cat([w.detach().t() for w, _ in parts], 1), _cat_bias(parts)
+    def prepare(self, parts: list[Part]):
+        """One product for the parts side by side: (in, sum of out) weights, their bias or None."""
+        return _add_adapters(torch.cat([p.weight.detach().t() for p in parts], 1), parts, True), _cat_bias(parts)
 
     def __call__(self, x: torch.Tensor, prepared) -> torch.Tensor:
         weight_t, bias = prepared
@@ -159,8 +182,10 @@ class Packed:
     def __init__(self, rows: int):
         self.rows = rows
 
-    def prepare(self, parts: list[tuple[torch.Tensor, torch.Tensor | None]]):
-        weight = torch.cat([w.detach() for w, _ in parts]) if len(parts) > 1 else parts[0][0].detach()
+    def prepare(self, parts: list[Part]):
+        weight = parts[0].weight.detach()
+        if len(parts) > 1 or parts[0].adapters:  # a new tensor, which the adapters may be added to
+            weight = _add_adapters(torch.cat([p.weight.detach() for p in parts]), parts, False)
         return torch.ops.mkldnn._reorder_linear_weight(weight, self.rows), _cat_bias(parts)
 
     def __call__(self, x: torch.Tensor, prepared) -> torch.Tensor:
