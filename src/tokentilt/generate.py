@@ -1,12 +1,13 @@
 """Sampling with a KV-cache, shared by Hugging Face models and Model 5, plus decode-time bias.
 
-Every model is called the same way:
+Every model is called the same way (ForwardSteps):
 
     out = model(input_ids=..., attention_mask=..., position_ids=..., past_key_values=..., use_cache=True)
 
-(the cache argument is called `cache` in newer transformers 5 releases; cache_argument picks the name).
-
-and the next-token scores go through one LogitsProcessorList (transformers' warpers for
+(the cache argument is called `cache` in newer transformers 5 releases; cache_argument picks the name),
+except that on the CPU a Hugging Face Llama model (or a LoRA model of one) takes each new token through
+a lean step of the same weights (models/llama_step.py), its prompt still through that call. The
+next-token scores go through one LogitsProcessorList (transformers' warpers for
 temperature / top-k / top-p, and our SetBias for the decode-time baseline).
 """
 
@@ -225,9 +226,12 @@ class ForwardSteps:
 
 def decoder(model, rows: int, capacity: int, lean: bool = True):
     """The steps of one generate() call: a Llama model's lean step (models/llama_step.py) when `lean`, it
-    applies and memory holds its weight copies, else the model's forward. The lean step's weights pack
-    for oneDNN from packed.SMALL_BATCH rows, as the forward's linears would."""
-    if not (lean and llama_step.supports(model) and llama_step.weight_bytes(model) <= packed.free_bytes() / 2):
+    applies, the model is on the CPU (where it was measured: P8) and memory holds its weight copies;
+    else the model's forward. Its weights pack for oneDNN from packed.SMALL_BATCH rows, as the forward's
+    linears would."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    lean = lean and on_cpu and llama_step.supports(model)
+    if not (lean and llama_step.weight_bytes(model) <= packed.free_bytes() / 2):
         return ForwardSteps(model)
     pack = rows >= packed.SMALL_BATCH and packed.can_pack(model, rows)
     return llama_step.LlamaDecoder(model, rows, capacity, llama_step.Packed(rows) if pack else None)

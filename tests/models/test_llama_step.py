@@ -159,11 +159,13 @@ def test_only_what_it_runs_exactly_takes_the_lean_step():
     assert not supports(gelu)
 
 
-def test_bf16_and_a_short_memory_take_the_forward(monkeypatch):
+def test_bf16_another_device_and_a_short_memory_take_the_forward(monkeypatch):
     model = tiny_llama()
     ids = torch.randint(1, 64, (2, 4))
     assert isinstance(generate_module.decoder(model, 2, 10), LlamaDecoder)
     assert isinstance(generate_module.decoder(model, 2, 10, lean=False), generate_module.ForwardSteps)
+    # off the CPU (here the meta device stands in for a GPU) the weights are not copied
+    assert isinstance(generate_module.decoder(tiny_llama().to("meta"), 2, 10), generate_module.ForwardSteps)
     monkeypatch.setattr(generate_module.packed, "free_bytes", lambda: 0)
     assert isinstance(generate_module.decoder(model, 2, 10), generate_module.ForwardSteps)
     calls = []
