@@ -122,8 +122,13 @@ def test_the_lean_decoding_step_gives_the_bundled_models_logits(bundled):
 
     model, tokenizer, _ = bundled
     assert supports(model)
-    tokenizer.padding_side = "left"
-    enc = tokenizer(["The king said", "Here are three things to pack for a trip:"], return_tensors="pt", padding=True)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # the module's tokenizer: restored below
+    try:
+        enc = tokenizer(
+            ["The king said", "Here are three things to pack for a trip:"], return_tensors="pt", padding=True
+        )
+    finally:
+        tokenizer.padding_side = side
     ids, mask = enc["input_ids"], enc["attention_mask"]
     with torch.no_grad():
         decoder = LlamaDecoder(model, len(ids), ids.size(1) + 4)

@@ -18,7 +18,8 @@ each step through the same layers' weights with fewer ops:
 The logits agree with the forward's within fp32 rounding (tests/models/test_llama_step.py). It takes
 only what it can run exactly: a `LlamaForCausalLM`, or a PEFT model of one, whose layers are Hugging
 Face's own, with plain linears or LoRA ones (their weight and adapters' B·A added once per call), no
-hooks inside the body, a SiLU MLP, RoPE from the model's rotary module, and no autocast. Anything else goes through the forward (`generate.decoder` picks).
+hooks inside the body, a SiLU MLP, RoPE from the model's rotary module, and no autocast. Anything
+else, and any model off the CPU, goes through the forward (`generate.decoder` picks).
 """
 
 from __future__ import annotations
