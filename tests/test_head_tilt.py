@@ -116,7 +116,8 @@ def test_head_rows_kl_fit_carries_the_tilt_and_changes_only_the_set_rows(members
 def test_contexts_recorded_while_sampling_equal_a_forward_over_them(tiny_model_dir):
     """The continuations are the draws a POLICY_TOKENS sample gives, and the head inputs the sampler
     recorded equal the ones a full forward over the finished contexts computes (within fp32 rounding);
-    the play windows before them are run, not recorded."""
+    the play windows before them are run, not recorded. A size that no fit uses, so that every count
+    follows it (at most 64 rows: sample() draws each batch of 64 on from where the last one stopped)."""
     from tokentilt.generate import TRAIN_PROMPTS, SampleConfig, sample
     from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 
@@ -124,15 +125,15 @@ def test_contexts_recorded_while_sampling_equal_a_forward_over_them(tiny_model_d
     mask = torch.zeros(model.config.vocab_size, dtype=torch.bool)
     mask[::7] = True
     plays = torch.randint(0, 1000, (2000,), generator=torch.Generator().manual_seed(0))
-    got = head_tilt.training_contexts(model, tokenizer, plays, mask, 1.5, "mix", seed=3)
+    size = head_tilt.ContextSize(windows=5, per_prompt=1)
+    got = head_tilt.training_contexts(model, tokenizer, plays, mask, 1.5, "mix", seed=3, size=size)
     policy = got.batches[-len(TRAIN_PROMPTS) :]
+    assert sum(len(b) for b in got.batches[: -len(TRAIN_PROMPTS)]) == 5 and {len(b) for b in policy} == {1}
     assert sorted(got.known) == list(range(len(got.batches) - len(TRAIN_PROMPTS), len(got.batches)))
     cfg = SampleConfig(max_new_tokens=head_tilt.POLICY_TOKENS, strategy="multinomial")
-    drawn = sample(
-        model, tokenizer, list(TRAIN_PROMPTS), head_tilt.POLICY_SAMPLES, cfg, seed=3, bias_mask=mask, bias=1.5
-    )
+    drawn = sample(model, tokenizer, list(TRAIN_PROMPTS), 1, cfg, seed=3, bias_mask=mask, bias=1.5)
     assert torch.equal(torch.cat([b[:, -head_tilt.POLICY_TOKENS :] for b in policy]), drawn.tokens)
-    plain = head_tilt.context_batches(model, tokenizer, plays, mask, 1.5, "mix", seed=3)  # nothing recorded
+    plain = head_tilt.context_batches(model, tokenizer, plays, mask, 1.5, "mix", seed=3, size=size)  # none recorded
     assert len(plain) == len(got.batches) and all(torch.equal(a, b) for a, b in zip(plain, got.batches))
     trained = torch.zeros_like(mask)
     forward = head_tilt.head_inputs(model, got.batches, trained)  # every batch run again, none taken as known
@@ -379,3 +380,17 @@ def test_the_r_prompts_never_enter_the_training_contexts(tiny_model_dir, eval_fi
     assert not [p for p in DEFAULT_PROMPTS if any(p in t for t in texts)]
     s = json.loads((out / "summary.json").read_text())
     assert s["head"]["fit"] == "offset" and s["head"]["context_positions"] == sum(b.numel() for b in seen)
+    # the offset fit's contexts: OFFSET_CONTEXTS' play windows, and its continuations of every training prompt
+    size = head_tilt.OFFSET_CONTEXTS
+    assert len(texts) == size.windows + size.per_prompt * len(TRAIN_PROMPTS)
+
+
+def test_each_fit_gets_its_contexts():
+    """The offset fit of a token set needs fewer contexts than a fit of every row (kl, and any phrase list)."""
+    from tokentilt.phrases import PhraseSet
+
+    mask = torch.zeros(10, dtype=torch.bool)
+    phrases = PhraseSet.__new__(PhraseSet)  # only its type is read
+    assert head_tilt.context_size("offset", mask) == head_tilt.OFFSET_CONTEXTS
+    assert head_tilt.context_size("kl", mask) == head_tilt.context_size("offset", phrases) == head_tilt.KL_CONTEXTS
+    assert head_tilt.OFFSET_CONTEXTS.windows < head_tilt.KL_CONTEXTS.windows

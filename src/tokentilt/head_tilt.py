@@ -29,7 +29,7 @@ distribution, fewer rows). The saved model is a plain checkpoint with an untied 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn as nn
@@ -47,11 +47,30 @@ Contexts = Literal["mix", "text", "policy"]
 HeadFit = Literal["offset", "kl"]
 CONTEXTS, FITS = get_args(Contexts), get_args(HeadFit)
 RIDGE = 1e-3  # offset fit: ridge, relative to the mean diagonal of h^T h
-TEXT_WINDOWS = 48  # plays' train split: 48 windows x 128 tokens
-WINDOW_LEN = 128
-POLICY_SAMPLES = 2  # continuations per training prompt
+WINDOW_LEN = 128  # tokens per window of the plays' train split
 POLICY_TOKENS = 64  # tokens per continuation
 ROWS_PER_STEP = 1024  # head inputs per optimizer step
+
+
+class ContextSize(NamedTuple):
+    """How many training contexts: windows of the plays' train split, and continuations per training prompt."""
+
+    windows: int
+    per_prompt: int
+
+
+# The kl fit (and every phrase tilt, which is always kl) fits |S| rows of d numbers each.
+KL_CONTEXTS = ContextSize(48, 2)
+# The offset fit solves for one direction of d numbers. On the bundled model, u from these 4,320 positions
+# carries the tilt about as closely as u from KL_CONTEXTS' 10,688: its KL to the exact tilt is at most 0.001
+# nats a token higher on held-out plays and on tilted continuations of the R prompts, where the tilt itself
+# moves 0.15 (scripts/offset_contexts.py, docs/method.md).
+OFFSET_CONTEXTS = ContextSize(16, 1)
+
+
+def context_size(fit: str, target) -> ContextSize:
+    """The contexts a fit needs: OFFSET_CONTEXTS for a token set's offset fit, KL_CONTEXTS otherwise."""
+    return OFFSET_CONTEXTS if fit == "offset" and not isinstance(target, PhraseSet) else KL_CONTEXTS
 
 
 def untie_output_head(model) -> None:
@@ -165,8 +184,10 @@ def training_contexts(
     chat: bool = False,
     system: str = "",
     record: bool = True,
+    size: ContextSize = KL_CONTEXTS,
 ) -> TrainingContexts:
-    """The training contexts as (b, T) id batches: play windows and/or tilted continuations.
+    """The training contexts as (b, T) id batches: `size.windows` play windows and/or `size.per_prompt`
+    tilted continuations of every training prompt.
 
     chat: chat exchanges instead, each its own batch: the model's replies to CHAT_TRAIN_PROMPTS in its
     chat template, untilted for "text" and sampled from the decode-time tilt at b for "policy".
@@ -185,7 +206,7 @@ def training_contexts(
     contexts = TrainingContexts([])
     if kind in ("mix", "text"):
         g = torch.Generator().manual_seed(seed)
-        windows = data.text_windows(train_tokens, TEXT_WINDOWS, min(WINDOW_LEN, len(train_tokens) - 1), g)
+        windows = data.text_windows(train_tokens, size.windows, min(WINDOW_LEN, len(train_tokens) - 1), g)
         contexts.batches += list(windows.split(8))
     if kind in ("mix", "policy"):
         # with record, one step more: a step's draw does not depend on how many follow it
@@ -195,7 +216,7 @@ def training_contexts(
                 model,
                 tokenizer,
                 list(TRAIN_PROMPTS),
-                POLICY_SAMPLES,
+                size.per_prompt,
                 cfg,
                 seed=seed,
                 bias_mask=mask,
@@ -205,16 +226,18 @@ def training_contexts(
         prompts = [torch.tensor(tokenizer(prompt)["input_ids"]) for prompt in TRAIN_PROMPTS]
         first = len(contexts.batches)
         for i, ids in enumerate(prompts):  # one batch per prompt: equal lengths, no padding
-            rows = got.tokens[i * POLICY_SAMPLES : (i + 1) * POLICY_SAMPLES, :POLICY_TOKENS]  # (POLICY_SAMPLES, L)
+            rows = got.tokens[i * size.per_prompt : (i + 1) * size.per_prompt, :POLICY_TOKENS]  # (per_prompt, L)
             contexts.batches.append(torch.cat([ids.expand(len(rows), -1), rows], 1))
         if record:
-            for i, h in enumerate(_policy_head_inputs(model, prompts, steps, cfg.max_new_tokens, bf16)):
+            for i, h in enumerate(_policy_head_inputs(model, prompts, steps, cfg.max_new_tokens, size.per_prompt, bf16)):
                 contexts.known[first + i] = h
     return contexts
 
 
-def _policy_head_inputs(model, prompts: list[torch.Tensor], steps: list[torch.Tensor], width: int, bf16: bool):
-    """Each prompt's batch of continuations as head inputs (POLICY_SAMPLES * T, d): its prompt positions
+def _policy_head_inputs(
+    model, prompts: list[torch.Tensor], steps: list[torch.Tensor], width: int, per_prompt: int, bf16: bool
+):
+    """Each prompt's batch of continuations as head inputs (per_prompt * T, d): its prompt positions
     but the last run again, then the `width` steps the sampler recorded (the first at the prompt's last
     position), chunk after chunk of generate() calls."""
     sampled = torch.cat(
@@ -223,7 +246,7 @@ def _policy_head_inputs(model, prompts: list[torch.Tensor], steps: list[torch.Te
     before = run_to_head(model, [ids[None, :-1] for ids in prompts if len(ids) > 1], bf16)
     offset, out = 0, []
     for i, ids in enumerate(prompts):
-        rows = sampled[i * POLICY_SAMPLES : (i + 1) * POLICY_SAMPLES]
+        rows = sampled[i * per_prompt : (i + 1) * per_prompt]
         prompt = before[offset : offset + len(ids) - 1].expand(len(rows), -1, -1)
         out.append(torch.cat([prompt, rows], 1).reshape(-1, sampled.size(-1)))
         offset += len(ids) - 1
@@ -240,7 +263,7 @@ def chat_exchanges(
         model,
         tokenizer,
         list(CHAT_TRAIN_PROMPTS),
-        POLICY_SAMPLES,
+        KL_CONTEXTS.per_prompt,
         cfg,
         seed=seed,
         bias_mask=mask if bias else None,

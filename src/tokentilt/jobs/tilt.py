@@ -128,6 +128,7 @@ def set_up(cfg: TiltConfig, say) -> Setup:
     bf16, head = cfg.train.bf16, None
     if cfg.head_rows():
         target = tokens if isinstance(tokens, PhraseSet) else tokens.mask  # what the contexts are sampled with
+        size = head_tilt.context_size(cfg.head_fit, target)
         head = head_tilt.HeadRowsTilt(
             model,
             target,
@@ -142,6 +143,7 @@ def set_up(cfg: TiltConfig, say) -> Setup:
                 bf16,
                 cfg.eval.chat,
                 cfg.eval.system,
+                size=size,
             ),
             cfg.head_steps,
             cfg.head_lr,
