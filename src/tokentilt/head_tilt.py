@@ -229,7 +229,9 @@ def training_contexts(
             rows = got.tokens[i * size.per_prompt : (i + 1) * size.per_prompt, :POLICY_TOKENS]  # (per_prompt, L)
             contexts.batches.append(torch.cat([ids.expand(len(rows), -1), rows], 1))
         if record:
-            for i, h in enumerate(_policy_head_inputs(model, prompts, steps, cfg.max_new_tokens, size.per_prompt, bf16)):
+            for i, h in enumerate(
+                _policy_head_inputs(model, prompts, steps, cfg.max_new_tokens, size.per_prompt, bf16)
+            ):
                 contexts.known[first + i] = h
     return contexts
 
