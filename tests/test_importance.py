@@ -176,3 +176,36 @@ def test_scores_recorded_while_sampling_match_teacher_forcing(chat):
     assert Pool([forced]).of_model(tilted, head_only=True) == pytest.approx(
         from_forward, rel=1e-4
     )  # nothing recorded: a forward
+
+
+@pytest.mark.parametrize("complement", [False, True])
+def test_an_offset_fit_is_scored_from_the_recorded_head_inputs_alone(complement):
+    """A head-rows offset fit adds b·(h·u) to the set's logits at head input h and changes nothing else, so
+    its R over recorded draws follows from their set masses and head inputs: equal to the R its head gives
+    on those inputs, and to a full forward's. Through the complement (a set of most of the vocabulary) too."""
+    from tokentilt.head_tilt import HeadRowsTilt
+
+    tok = chat_tokenizer()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4)).eval()
+    mask = torch.zeros(len(tok), dtype=torch.bool)
+    mask[::7] = True
+    mask = ~mask if complement else mask
+    pool = Pool()
+    for b in (0.0, 1.5):
+        cfg = SampleConfig(max_new_tokens=6)
+        got = sample(
+            model, tok, ["Hello there", "A longer prompt"], 4, cfg, seed=0, bias_mask=mask, bias=b, score_mask=mask
+        )
+        pool.draws.append(draw_of(model, tok, got, mask, b, rates_of(mask, got)))
+    tuned = copy.deepcopy(model)
+    ids = torch.randint(len(tok), (8, 12), generator=torch.Generator().manual_seed(1))
+    tilt = HeadRowsTilt(tuned, mask, lambda b: list(ids.split(4)), steps=1, lr=1.0)
+    assert tilt.sign == (-1.0 if complement else 1.0)
+    with pytest.raises(ValueError, match="needs an offset fit"):
+        tilt.set_offsets(ids)  # nothing fitted yet
+    tilt.train(-1.2 if complement else 1.2, progress=False)
+    by_offsets = pool.of_offsets(tilt.set_offsets)
+    assert by_offsets == pytest.approx(pool.of_model(tuned, head_only=True), rel=1e-5)
+    assert by_offsets == pytest.approx(pool.of_model(tuned), rel=1e-4)
+    assert by_offsets["ess"] < 0.99 * len(pool.draws) * pool.n  # the fit moved the weights

@@ -394,10 +394,18 @@ class HeadRowsTilt:
         self.original = self.head.weight.detach()[self.rows].clone()  # (|S|, d)
         self.inputs: HeadInputs | None = None
         self.batches: list[torch.Tensor] = []  # the contexts, for a phrase tilt's per-position targets
+        self.bias: float | None = None  # b of the last offset fit
 
     @property
     def head(self):
         return self.model.get_output_embeddings()
+
+    def set_offsets(self, h: torch.Tensor) -> torch.Tensor:
+        """What the last offset fit adds to the set's logits at head inputs h (..., d): b·(h·u), the same on
+        every set row (through the complement, -b·(h·u) on every other row: the same softmax). (...)"""
+        if self.fit != "offset" or self.bias is None:
+            raise ValueError("set_offsets needs an offset fit")
+        return self.bias * (h.to(self.direction.device, self.direction.dtype) @ self.direction)
 
     @property
     def trained_rows(self) -> int:
@@ -415,6 +423,7 @@ class HeadRowsTilt:
         if self.fit == "offset":
             if self.direction is None:  # one direction serves every b of tilt --rate's rounds
                 self.direction = offset_direction(self.inputs.h).to(self.original.device)
+            self.bias = bias
             delta = (self.sign * bias * self.direction).expand_as(self.original)  # (|S|, d)
             history = [fit_record(self.inputs, self.original, delta, self.sign * bias, self.direction, seed=self.seed)]
             if log is not None:

@@ -56,10 +56,17 @@ class Draw:
     lengths: torch.Tensor  # (N,) generated tokens that the sample's probability covers
     banned: list[int]  # ids the sampler never draws (EOS unless chat)
     head_inputs: torch.Tensor | None = None  # (N, L, d): the head's input at each step, as the sampler recorded it
+    in_set: torch.Tensor | None = None  # (N, L) bool: the step drew a token of the set (never past the sample's end)
 
     def log_tilt(self, b: float) -> torch.Tensor:
         """log p_b(x) - log p_0(x) per sample. (N,)"""
         return b * self.counts - log_tilt_normaliser(self.log_mass, b).sum(1)
+
+    def log_offset_tilt(self, offsets: torch.Tensor) -> torch.Tensor:
+        """log p(x) - log p_0(x) per sample (N,) under a tilt whose bias on the set's logits is offsets[n, t]
+        at step t of sample n (N, L): the same closed form as log_tilt, step by step."""
+        offsets = offsets.double()
+        return (offsets * self.in_set).sum(1) - log_tilt_normaliser(self.log_mass, offsets).sum(1)
 
 
 @dataclass
@@ -110,10 +117,22 @@ class Pool:
         head_only: `model` differs from the sampled reference only in its output head (a head-rows
         tilt), so its head applied to the head inputs the sampler recorded gives the same log-probs
         with no pass through the body (when every draw has them)."""
-        head_only = head_only and all(d.head_inputs is not None for d in self.draws)
+        head_only = head_only and self.recorded()
         return self.estimate(
             torch.cat([_log_probs(model, d, bf16, head_only=head_only)[0] - d.log_p0 for d in self.draws])
         )
+
+    def of_offsets(self, offsets) -> dict:
+        """R of a model whose logits are the reference's plus a bias on the set that depends on the step's
+        head input alone: offsets(h (N, L, d)) -> (N, L) (a head-rows offset fit: b·(h·u)). Exact, from what
+        the sampler recorded, with no head and no forward (every draw needs its head inputs)."""
+        return self.estimate(
+            torch.cat([d.log_offset_tilt(offsets(d.head_inputs[:, : d.log_mass.size(1)])) for d in self.draws])
+        )
+
+    def recorded(self) -> bool:
+        """Whether every draw kept its head inputs (of_offsets and of_model's head_only need them)."""
+        return all(d.head_inputs is not None for d in self.draws)
 
     def solve(self, target: float, reach: float = 4.0) -> float:
         """b whose estimated R is `target`, by bisection within `reach` of the draws' biases."""
@@ -160,7 +179,8 @@ def draw_of(
     else:
         draw.log_p0, draw.log_mass = _log_probs(reference, draw, bf16, mask)
     generated = torch.where(valid, samples.tokens, 0)
-    draw.counts = (mask.bool()[generated] & valid).sum(1).double()
+    draw.in_set = mask.bool()[generated] & valid
+    draw.counts = draw.in_set.sum(1).double()
     return draw
 
 

@@ -276,6 +276,7 @@ def train_to_rate(
     train_once=None,
     pool=None,
     head_only: bool = False,
+    offsets=None,
 ) -> tuple[RateFit, list[dict]]:
     """tilt-distill toward the rate cfg.rate: up to cfg.rate_rounds trainings, each from the reference's weights.
 
@@ -287,7 +288,9 @@ def train_to_rate(
     draws on the probe seeds (importance.Pool), a round's R is first estimated from them by importance
     weights (one teacher-forced forward of the trained model) and sampled only when the estimate rests
     on too few effective samples. head_only: only the output head trains (head-rows), so that forward is
-    the head alone, on the head inputs the sampler recorded.
+    the head alone, on the head inputs the sampler recorded. offsets(h) -> the trained model's change of
+    the set's logits at head inputs h, where that is all it changes (a head-rows offset fit): the weights
+    then come from the recorded head inputs and set masses, with no head at all.
     -> (the fit, the kept round's training history).
     """
     probe_cfg = cfg.eval.probe()
@@ -306,7 +309,10 @@ def train_to_rate(
 
     def probe_once() -> dict:
         if pool is not None:
-            estimate = pool.of_model(model, cfg.train.bf16, head_only)
+            if offsets is not None and pool.recorded():
+                estimate = pool.of_offsets(offsets)
+            else:
+                estimate = pool.of_model(model, cfg.train.bf16, head_only)
             if pool.enough(estimate):
                 return estimate
         return measure_rate(model, tokenizer, tokens.target, probe_cfg, bf16=cfg.train.bf16)[0]

@@ -251,3 +251,24 @@ def test_a_phrase_tilt_runs_and_its_samples_recount_to_its_r(placement, tiny_mod
         assert sum(rates) / len(rates) == pytest.approx(s[f"rate_{when}"]["mean"], abs=1e-9)
     assert s["rate_target"] == 0.2 and s["matched_decode"]["ppl"] > 0
     assert isinstance(s["phrases"]["collateral"], list)
+
+
+@pytest.mark.slow
+def test_a_head_rows_offset_fit_at_a_rate_probes_each_round_without_running_its_head(
+    tiny_model_dir, eval_file, tmp_path, monkeypatch
+):
+    """With the default head-rows offset fit, a round's probe R comes from the calibration's draws: their
+    recorded set masses and head inputs and the fitted b·u (importance.Pool.of_offsets), not from the head."""
+    from tokentilt import importance
+
+    monkeypatch.setattr(importance.Pool, "of_model", lambda *a, **k: pytest.fail("ran the head"))
+    calls, real = [], importance.Pool.of_offsets
+    monkeypatch.setattr(importance.Pool, "of_offsets", lambda self, f: calls.append(f) or real(self, f))
+    out = tmp_path / "run"
+    argv = tilt_argv(
+        tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.5", "--samples-per-prompt", "2"
+    )
+    assert main(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["placement"] == "head-rows" and s["head"]["fit"] == "offset"
+    assert len(calls) == len(s["bias_rounds"]) >= 1

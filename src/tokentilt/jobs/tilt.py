@@ -392,6 +392,7 @@ def train_stage(cfg: TiltConfig, run: Setup, bias: float, folder: RunFolder, pro
             train_once=(lambda b: head.train(b, progress, log)) if head else None,
             pool=pool,
             head_only=head is not None,
+            offsets=head.set_offsets if head and head.fit == "offset" else None,
         )
     if head:
         return None, head.train(bias, progress, log)
