@@ -31,13 +31,15 @@ def biased_llama():
 
 
 def left_padded(rows: int = 3, width: int = 7) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids, mask, positions) of rows of 4..width tokens, left-padded."""
+    """(ids, mask, positions) of rows of 4..width tokens, left-padded, then the first and the last row again
+    (a prompt's samples: the prefill runs each distinct row once, and the rows part at the first step)."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 64, (rows, width), generator=g)
     mask = torch.ones(rows, width, dtype=torch.long)
     for r in range(rows):
         mask[r, : r % (width - 3)] = 0
-    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+    again = [*range(rows), 0, rows - 1]
+    return ids[again], mask[again], (mask[again].cumsum(-1) - 1).clamp(min=0)
 
 
 STRATEGIES = [Transposed(), Packed(3)] if can_pack(nn.Linear(4, 4)) else [Transposed()]
@@ -134,7 +136,7 @@ def test_the_heads_hooks_see_each_step_so_recorded_scores_match_the_forward(monk
     lean = scores()
     monkeypatch.setattr(llama_step, "supports", lambda model: False)
     forward = scores()
-    assert lean.head_inputs.shape == (3, 5, 32)
+    assert lean.head_inputs.shape == (len(ids), 5, 32)  # every row, the repeated ones too
     torch.testing.assert_close(lean.head_inputs, forward.head_inputs, rtol=0, atol=1e-5)
     torch.testing.assert_close(lean.log_p, forward.log_p, rtol=0, atol=1e-5)
 

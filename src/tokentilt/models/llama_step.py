@@ -210,16 +210,17 @@ class LlamaDecoder:
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        out = self.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
-        )
-        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        """The body runs once per distinct row (the samples of one prompt share theirs), the head on every row,
+        so that its hooks see the whole batch as in a step."""
         t = input_ids.size(1)
-        for layer, cached in zip(self.layers, cache.layers, strict=True):
-            layer.keys[:, :, :t] = cached.keys
-            layer.values[:, :, :t] = cached.values
+        distinct, row_of = torch.unique(torch.cat([input_ids, mask, positions], 1), dim=0, return_inverse=True)
+        ids, mask, positions = distinct.split(t, 1)
+        out = self.base.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        for layer, cached in zip(self.layers, out.past_key_values.layers, strict=True):
+            layer.keys[:, :, :t] = cached.keys[row_of]
+            layer.values[:, :, :t] = cached.values[row_of]
         self.length = t
-        return out.logits[:, -1]
+        return self.base.lm_head(out.last_hidden_state[row_of, -1:])[:, -1]
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
