@@ -349,14 +349,16 @@ class StepScores:
     def recorder(cls, mask: torch.Tensor, banned: list[int], head_inputs: list[torch.Tensor] | None = None):
         """-> (observe for generate(), finish() -> StepScores of the steps seen). head_inputs: the list that
         recorded_head_inputs fills during the same generate() call, if any."""
-        log_p, log_mass = [], []
+        log_p, log_mass, columns = [], [], {}
 
         def observe(logits: torch.Tensor, nxt: torch.Tensor) -> None:
             logits = logits.cpu().double()  # (B, V)
             logits[:, banned] = float("-inf")
-            log_probs = torch.log_softmax(logits, -1)
-            log_p.append(log_probs.gather(-1, nxt.cpu())[:, 0])  # (B,)
-            log_mass.append(log_probs[:, set_columns(mask, logits.size(-1))].logsumexp(-1))  # (B,)
+            normaliser = logits.logsumexp(-1)  # (B,): no (B, V) log-softmax is written
+            if logits.size(-1) not in columns:
+                columns[logits.size(-1)] = set_columns(mask, logits.size(-1))
+            log_p.append(logits.gather(-1, nxt.cpu())[:, 0] - normaliser)  # (B,)
+            log_mass.append(logits[:, columns[logits.size(-1)]].logsumexp(-1) - normaliser)  # (B,)
 
         def finish() -> StepScores:
             h = torch.stack(head_inputs, 1) if head_inputs else None  # (B, L, d)
