@@ -6,7 +6,7 @@ Every model is called the same way (ForwardSteps):
 
 (the cache argument is called `cache` in newer transformers 5 releases; cache_argument picks the name),
 except that on the CPU a Hugging Face Llama model (or a LoRA model of one) takes each new token through
-a lean step of the same weights (models/llama_step.py), its prompt still through that call. The
+a lean step of the same weights (models/llama_step.py), its prompt through the model's own body. The
 next-token scores go through one LogitsProcessorList (transformers' warpers for
 temperature / top-k / top-p, and our SetBias for the decode-time baseline).
 """
@@ -349,16 +349,14 @@ class StepScores:
     def recorder(cls, mask: torch.Tensor, banned: list[int], head_inputs: list[torch.Tensor] | None = None):
         """-> (observe for generate(), finish() -> StepScores of the steps seen). head_inputs: the list that
         recorded_head_inputs fills during the same generate() call, if any."""
-        log_p, log_mass, columns = [], [], {}
+        log_p, log_mass = [], []
 
         def observe(logits: torch.Tensor, nxt: torch.Tensor) -> None:
             logits = logits.cpu().double()  # (B, V)
             logits[:, banned] = float("-inf")
             normaliser = logits.logsumexp(-1)  # (B,): no (B, V) log-softmax is written
-            if logits.size(-1) not in columns:
-                columns[logits.size(-1)] = set_columns(mask, logits.size(-1))
             log_p.append(logits.gather(-1, nxt.cpu())[:, 0] - normaliser)  # (B,)
-            log_mass.append(logits[:, columns[logits.size(-1)]].logsumexp(-1) - normaliser)  # (B,)
+            log_mass.append(logits[:, set_columns(mask, logits.size(-1))].logsumexp(-1) - normaliser)  # (B,)
 
         def finish() -> StepScores:
             h = torch.stack(head_inputs, 1) if head_inputs else None  # (B, L, d)

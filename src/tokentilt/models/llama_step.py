@@ -5,8 +5,8 @@ on the 2-core machine of benchmarks/README.md (P8), against about 19 ms to read 
 the machine's copy bandwidth. The matrix-vector products on the (out, in) weights took about 40 ms of
 it; the rest was the Python of the forward's modules, its mask and cache bookkeeping, and small ops.
 
-`LlamaDecoder` runs the prompt through the model's own forward (its cache, masks and RoPE), then
-each step through the same layers' weights with fewer ops:
+`LlamaDecoder` runs the prompt through the model's own body (its cache, masks and RoPE), once per
+distinct prompt row, then each step through the same layers' weights with fewer ops:
 - q, k and v in one matrix, gate and up in another (so 4 matrix products a layer, not 7), stored
   (in, out) for one row (`Transposed`) or packed by oneDNN for 16 rows and more (`Packed`);
 - RoPE on q and k in one pass;
@@ -196,14 +196,14 @@ class Packed:
 class LlamaDecoder:
     """Steps of a left-padded batch of `rows` prompts, at most `capacity` tokens long in all.
 
-    prefill(input_ids, mask, positions) -> (B, V) logits of the last position, through the model's forward;
+    prefill(input_ids, mask, positions) -> (B, V) logits of the last position, through the model's body;
     step(ids (B, 1), mask (B, T), positions (B, 1)) -> (B, V) logits of the new position. `mask` is the
     attention mask over every token so far (prompt and new), as for the forward.
     """
 
     def __init__(self, model: nn.Module, rows: int, capacity: int, linear=None):
         linear = linear or Transposed()
-        self.model, self.base = model, _base(model)  # the forward for the prompt, the base's modules for steps
+        self.base = _base(model)  # its modules: the body for the prompt, the head and the weights for steps
         self.layers = [_Layer(layer, rows, capacity, linear) for layer in self.base.model.layers]
         self.linear = linear
         self.length = 0  # tokens in the cache
