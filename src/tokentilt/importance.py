@@ -48,7 +48,7 @@ class Draw:
 
     bias: float
     rates: torch.Tensor  # (N,) each sample's R, as reported (NaN: a reply of no tokens)
-    counts: torch.Tensor  # (N,) float64: tokens of the biased set among the sample's generated tokens
+    in_set: torch.Tensor  # (N, L) bool: the step drew a token of the biased set (never past the sample's end)
     log_mass: torch.Tensor  # (N, L) float64: log P_t of the untilted reference, -inf past the sample's end
     log_p0: torch.Tensor  # (N,) float64: log p_0(x), the sample under the untilted reference
     rows: torch.Tensor  # (N, T) prompt + generated ids, right-padded (teacher forcing needs no mask)
@@ -56,7 +56,11 @@ class Draw:
     lengths: torch.Tensor  # (N,) generated tokens that the sample's probability covers
     banned: list[int]  # ids the sampler never draws (EOS unless chat)
     head_inputs: torch.Tensor | None = None  # (N, L, d): the head's input at each step, as the sampler recorded it
-    in_set: torch.Tensor | None = None  # (N, L) bool: the step drew a token of the set (never past the sample's end)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """Tokens of the biased set among each sample's generated tokens. (N,) float64"""
+        return self.in_set.sum(1).double()
 
     def log_tilt(self, b: float) -> torch.Tensor:
         """log p_b(x) - log p_0(x) per sample. (N,)"""
@@ -180,7 +184,6 @@ def draw_of(
         draw.log_p0, draw.log_mass = _log_probs(reference, draw, bf16, mask)
     generated = torch.where(valid, samples.tokens, 0)
     draw.in_set = mask.bool()[generated] & valid
-    draw.counts = draw.in_set.sum(1).double()
     return draw
 
 
