@@ -94,7 +94,7 @@ def test_head_rows_kl_fit_carries_the_tilt_and_changes_only_the_set_rows(members
     model, reference = tiny_llama(), tiny_llama()
     mask, train_ids, held_out = set_and_ids(members)
     body = {k: v.clone() for k, v in model.state_dict().items() if "lm_head" not in k}
-    tilt = head_tilt.HeadRowsTilt(model, mask, lambda b: list(train_ids.split(4)), steps=200, lr=3e-2, fit="kl")
+    tilt = head_tilt.HeadRowsTilt(model, mask, lambda b, size: list(train_ids.split(4)), steps=200, lr=3e-2, fit="kl")
     assert tilt.sign == (1.0 if len(members) < 32 else -1.0) and tilt.trained_rows == min(
         len(members), 64 - len(members)
     )
@@ -185,7 +185,7 @@ def test_head_rows_offset_fit_is_the_exact_tilt_when_the_head_inputs_allow_a_con
         m.model.norm.register_forward_hook(hook)
     mask, train_ids, held_out = set_and_ids(members)
     body = {k: v.clone() for k, v in model.state_dict().items() if "lm_head" not in k}
-    tilt = head_tilt.HeadRowsTilt(model, mask, lambda b: list(train_ids.split(4)), steps=1, lr=1.0)
+    tilt = head_tilt.HeadRowsTilt(model, mask, lambda b, size: list(train_ids.split(4)), steps=1, lr=1.0)
     assert tilt.fit == "offset"
     start_gap = exact_tilt_gap(model, reference, held_out, mask, 2.0)
     history = tilt.train(2.0, progress=False)
@@ -206,7 +206,7 @@ def test_offset_fit_on_a_plain_tiny_model_moves_the_set_mass_the_way_of_b():
     mask = torch.zeros(64, dtype=torch.bool)
     mask[[3, 7, 9, 20]] = True
     ids = torch.randint(64, (16, 24), generator=torch.Generator().manual_seed(2))
-    tilt = head_tilt.HeadRowsTilt(model, mask, lambda b: list(ids.split(4)), steps=1, lr=1.0)
+    tilt = head_tilt.HeadRowsTilt(model, mask, lambda b, size: list(ids.split(4)), steps=1, lr=1.0)
     with torch.no_grad():
         base = reference(input_ids=ids).logits.log_softmax(-1)[..., mask].logsumexp(-1).exp().mean()
         masses = {}
@@ -386,11 +386,8 @@ def test_the_r_prompts_never_enter_the_training_contexts(tiny_model_dir, eval_fi
 
 
 def test_each_fit_gets_its_contexts():
-    """The offset fit of a token set needs fewer contexts than a fit of every row (kl, and any phrase list)."""
-    from tokentilt.phrases import PhraseSet
-
-    mask = torch.zeros(10, dtype=torch.bool)
-    phrases = PhraseSet.__new__(PhraseSet)  # only its type is read
-    assert head_tilt.context_size("offset", mask) == head_tilt.OFFSET_CONTEXTS
-    assert head_tilt.context_size("kl", mask) == head_tilt.context_size("offset", phrases) == head_tilt.KL_CONTEXTS
+    """The offset fit needs fewer contexts than a fit of every row (kl, which every phrase list takes:
+    tests/test_phrases.py checks that one asks for KL_CONTEXTS)."""
+    assert head_tilt.context_size("offset") == head_tilt.OFFSET_CONTEXTS
+    assert head_tilt.context_size("kl") == head_tilt.KL_CONTEXTS
     assert head_tilt.OFFSET_CONTEXTS.windows < head_tilt.KL_CONTEXTS.windows

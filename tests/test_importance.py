@@ -200,7 +200,7 @@ def test_an_offset_fit_is_scored_from_the_recorded_head_inputs_alone(complement)
         pool.draws.append(draw_of(model, tok, got, mask, b, rates_of(mask, got)))
     tuned = copy.deepcopy(model)
     ids = torch.randint(len(tok), (8, 12), generator=torch.Generator().manual_seed(1))
-    tilt = HeadRowsTilt(tuned, mask, lambda b: list(ids.split(4)), steps=1, lr=1.0)
+    tilt = HeadRowsTilt(tuned, mask, lambda b, size: list(ids.split(4)), steps=1, lr=1.0)
     assert tilt.sign == (-1.0 if complement else 1.0)
     with pytest.raises(ValueError, match="needs an offset fit"):
         tilt.set_offsets(ids)  # nothing fitted yet

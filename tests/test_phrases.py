@@ -277,7 +277,9 @@ def test_head_rows_carry_a_phrase_tilt_that_depends_on_context():
     ids = torch.randint(1, len(TOK), (24, 16), generator=g)
     ids[:, 3::4] = ID[" Wonder"]
     train_ids, held_out = ids[:20], ids[20:]
-    tilt = head_tilt.HeadRowsTilt(model, phrases, lambda b: list(train_ids.split(4)), steps=300, lr=3e-2)
+    sizes = []  # the contexts a phrase tilt asks for: the kl fit's, whatever fit was asked for
+    contexts = lambda b, size: sizes.append(size) or list(train_ids.split(4))  # noqa: E731
+    tilt = head_tilt.HeadRowsTilt(model, phrases, contexts, steps=300, lr=3e-2)
     assert tilt.fit == "kl" and tilt.sign == 1.0 and tilt.trained_rows == len(phrases.row_ids())
 
     def gap(m):  # mean KL(decode-time tilt of the reference || m) per held-out position
@@ -287,6 +289,7 @@ def test_head_rows_carry_a_phrase_tilt_that_depends_on_context():
 
     start = gap(model)
     tilt.train(2.0, progress=False)
+    assert sizes == [head_tilt.KL_CONTEXTS]
     assert gap(model) < 0.5 * start
     with torch.no_grad():
         lift = (model(input_ids=held_out).logits - reference(input_ids=held_out).logits)[..., ID["land"]]

@@ -68,9 +68,9 @@ KL_CONTEXTS = ContextSize(48, 2)
 OFFSET_CONTEXTS = ContextSize(16, 1)
 
 
-def context_size(fit: str, target) -> ContextSize:
-    """The contexts a fit needs: OFFSET_CONTEXTS for a token set's offset fit, KL_CONTEXTS otherwise."""
-    return OFFSET_CONTEXTS if fit == "offset" and not isinstance(target, PhraseSet) else KL_CONTEXTS
+def context_size(fit: str) -> ContextSize:
+    """The contexts a fit needs: OFFSET_CONTEXTS for the offset fit, KL_CONTEXTS for the kl fit."""
+    return OFFSET_CONTEXTS if fit == "offset" else KL_CONTEXTS
 
 
 def untie_output_head(model) -> None:
@@ -354,8 +354,8 @@ class HeadRowsTilt:
     are a linear function of h, which holds the context: that is the placement's bet, and the fit's KL
     history says how close it comes.
 
-    `contexts(b)` gives the training contexts for the b they are sampled at (a TrainingContexts, or a
-    list of id batches); they are built once, at the first b, and every later fit (tilt --rate's rounds)
+    `contexts(b, size)` gives the training contexts for the b they are sampled at, as many as `size` (a
+    ContextSize: context_size of the fit) says (a TrainingContexts, or a list of id batches); they are built once, at the first b, and every later fit (tilt --rate's rounds)
     reuses them.
     """
 
@@ -414,7 +414,7 @@ class HeadRowsTilt:
     def train(self, bias: float, progress: bool = True, log=None) -> list[dict]:
         """Fit the rows toward softmax(z_ref + bias·M) and write them into the head."""
         if self.inputs is None:  # the first fit: the head still holds the original rows
-            got = self.contexts(bias)
+            got = self.contexts(bias, context_size(self.fit))
             got = got if isinstance(got, TrainingContexts) else TrainingContexts(list(got))
             self.batches = got.batches
             self.inputs = head_inputs(self.model, got.batches, self.trained, self.bf16, got.known)

@@ -128,11 +128,10 @@ def set_up(cfg: TiltConfig, say) -> Setup:
     bf16, head = cfg.train.bf16, None
     if cfg.head_rows():
         target = tokens if isinstance(tokens, PhraseSet) else tokens.mask  # what the contexts are sampled with
-        size = head_tilt.context_size(cfg.head_fit, target)
         head = head_tilt.HeadRowsTilt(
             model,
             target,
-            lambda b: head_tilt.training_contexts(
+            lambda b, size: head_tilt.training_contexts(
                 model,
                 tokenizer,
                 tilting.train_tokens(tokenizer),
