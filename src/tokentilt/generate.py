@@ -283,8 +283,10 @@ def generate(
             p.requires_grad_(True)
         with (
             torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
-            # fp32: fewer checks per op (about 8% of a decoding step at 1 row); the ids leave as plain tensors
-            torch.inference_mode(not bf16),
+            # fp32: fewer checks per op (about 8% of a decoding step at 1 row); the ids leave as plain tensors.
+            # bf16: plain no_grad, because inference_mode(False) would switch grad mode back on here, and with
+            # the frozen weights marked above every step would record a graph (and keep it alive: issue 41).
+            torch.inference_mode() if not bf16 else torch.no_grad(),
             # the lean Llama step keeps its own copies of the body's weights: the head alone packs
             packed_linears(model, len(input_ids), enabled=not bf16 and not outer, head_only=lean),
         ):
