@@ -318,3 +318,25 @@ def test_training_runs_eager_attention_then_gives_the_model_back_its_own(precisi
     assert other.config._attn_implementation == "sdpa"
     tol = 1e-5 if precision == "fp32" else 2e-2
     assert [r["loss"] for r in auto] == pytest.approx([r["loss"] for r in own], rel=tol)
+
+
+def test_stages_charge_each_peak_to_the_stage_that_made_it():
+    """A 512 MiB array held only during the second stage: that stage's peak shows it, the first's and the
+    third's do not, and the run's peak is the largest stage's. In a fresh process, as above."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, numpy as np; from tokentilt.engine import Stages\n"
+        "s = Stages('cpu'); s.mark('small')\n"
+        "a = np.ones(2**26); del a; s.mark('big')\n"
+        "s.mark('after'); print(json.dumps([s.resets, s.peak_rss_mb, s.peak(), s.peak_device_mb]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    resets, peaks, whole, device = json.loads(out)
+    if not resets:
+        pytest.skip("this platform cannot reset the peak RSS")
+    assert list(peaks) == ["small", "big", "after"] and device == {}  # no CUDA peak on the CPU
+    assert peaks["big"] > peaks["small"] + 400 and peaks["big"] > peaks["after"] + 400
+    assert whole == max(peaks.values()) == peaks["big"]

@@ -14,6 +14,7 @@ import os
 import platform
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -179,3 +180,47 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def device_peak_mb(device: str) -> float | None:
+    """Peak memory that torch allocated on a CUDA device so far (since reset_device_peak), in MiB; None
+    on the CPU, whose peak is peak_rss_mb's."""
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
+def reset_device_peak(device: str) -> None:
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+class Stages:
+    """Wall seconds and peak memory per named stage: mark(name) charges what happened since the previous
+    mark to `name`. Peaks are per stage where the platform can reset them (Linux's VmHWM, CUDA's
+    allocator); elsewhere each is the process's peak so far."""
+
+    def __init__(self, device: str = "cpu"):
+        self.seconds: dict[str, float] = {}
+        self.peak_rss_mb: dict[str, float] = {}  # resident memory of the process
+        self.peak_device_mb: dict[str, float] = {}  # CUDA only: what torch allocated on the device
+        self.device = device
+        self.resets = reset_peak_rss()
+        reset_device_peak(device)
+        self._last = time.time()
+
+    def mark(self, name: str) -> None:
+        now = time.time()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 1)
+        self._last = now
+        self.peak_rss_mb[name] = max(self.peak_rss_mb.get(name, 0.0), peak_rss_mb())
+        if self.resets:
+            reset_peak_rss()
+        device = device_peak_mb(self.device)
+        if device is not None:
+            self.peak_device_mb[name] = max(self.peak_device_mb.get(name, 0.0), device)
+            reset_device_peak(self.device)
+
+    def peak(self) -> float:
+        """The whole run's peak resident memory so far, MiB."""
+        return max([peak_rss_mb(), *self.peak_rss_mb.values()])

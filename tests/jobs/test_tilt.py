@@ -39,6 +39,10 @@ def test_tilt_distill_summary_has_costs_before_after_and_the_baseline(tiny_model
     stages = s["stage_seconds"]  # a fixed b: no calibration stage
     assert list(stages) == ["load", "measure_before", "baseline", "train", "measure_after", "matched_decode", "save"]
     assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= s["seconds"] + 0.5
+    peaks = s["stage_peak_rss_mb"]  # resident memory per stage, the same stages
+    assert list(peaks) == list(stages) and all(v > 0 for v in peaks.values())
+    assert max(peaks.values()) <= s["peak_rss_mb"] and s["train_peak_rss_mb"] == peaks["train"]
+    assert "stage_peak_device_mb" not in s  # CUDA only
     report = (out / "report.md").read_text()
     assert "held-out perplexity" in report and "decode-time baseline" in report
 

@@ -15,7 +15,7 @@ from tokentilt import checkpoint, head_tilt, importance, tilting
 from tokentilt.calibrate import calibrate, match_bias
 from tokentilt.chat import check_template
 from tokentilt.config import UsageError, to_flat
-from tokentilt.engine import on_main, peak_rss_mb, process_state, reset_peak_rss, resolve_device
+from tokentilt.engine import Stages, on_main, process_state, resolve_device
 from tokentilt.evaluate import decode_costs, excess_cost, held_out, held_out_text, measure, measure_rate, rates_of
 from tokentilt.metrics import collapse_warnings, tilt_costs
 from tokentilt.models import lora
@@ -34,19 +34,6 @@ def flat_costs(m: dict, suffix: str) -> dict:
     """measure()'s dict -> summary keys: ppl_before, drift_before, distinct_1_before, ..."""
     keys = ("ppl", "drift", "distinct_1", "distinct_2", "repetition", "ppl_text", "drift_text")
     return {f"{k}_{suffix}": m[k] for k in keys if k in m}  # *_text: a chat run's raw-text costs
-
-
-class Stages:
-    """Wall seconds per named stage: mark(name) charges the time since the previous mark to `name`."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self._last = time.time()
-
-    def mark(self, name: str) -> None:
-        now = time.time()
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 1)
-        self._last = now
 
 
 def phrase_summary(phrases: PhraseSet, tokenizer, bias: float) -> dict:
@@ -286,20 +273,17 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     folder = RunFolder(cfg.out, cfg.overwrite, resume=cfg.resume)  # refuse a used folder before the slow part
     resume_step = check_resumable(folder, cfg) if cfg.resume else 0
     eval_text = held_out_text(cfg.eval) if main else None  # and a missing eval file
-    started, clock = time.time(), Stages()  # seconds per stage, for summary.json and the console
+    started, clock = time.time(), Stages(resolve_device(cfg.train.device))  # seconds and memory per stage
     run = set_up(cfg, say)
     start = measure_start(cfg, run, eval_text, folder, resume_step, clock, say) if main else Start(bias=cfg.bias)
     bias = on_main(lambda: start.bias, state)
 
-    start_peak = peak_rss_mb()  # loading and the measurements before training
-    peak_was_reset = reset_peak_rss()
     train_started = time.time()
     pool = start.calibration.pool if start.calibration is not None else None  # the probe seeds' draws
     fit, history = train_stage(cfg, run, bias, folder, progress and main, say, pool)
     trained_bias = fit.bias if fit is not None else bias
     train_seconds = time.time() - train_started
     clock.mark("train")  # with --rate: every round, its contexts and its probe
-    train_peak = peak_rss_mb() if peak_was_reset else None  # None: this platform cannot reset the peak
     if not main:
         state.wait_for_everyone()
         return {}
@@ -336,8 +320,11 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
             "train_seconds": round(train_seconds, 1),
             "seconds": round(time.time() - started, 1),
             "stage_seconds": clock.seconds,  # load, measure_before, calibrate, baseline, train, measure_after, ...
-            "peak_rss_mb": max(start_peak, peak_rss_mb()),  # the whole run
-            "train_peak_rss_mb": train_peak,  # training alone (the optimizer, activations, the reference)
+            "peak_rss_mb": clock.peak(),  # the whole run
+            # training alone (the optimizer, activations, the reference); None where the peak cannot be reset
+            "train_peak_rss_mb": clock.peak_rss_mb["train"] if clock.resets else None,
+            "stage_peak_rss_mb": clock.peak_rss_mb,  # per stage, as stage_seconds
+            **({"stage_peak_device_mb": clock.peak_device_mb} if clock.peak_device_mb else {}),
             "resumed_after_step": resume_step or None,
         }
     )
@@ -351,6 +338,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     if summary.get("matched_decode"):
         echo(excess_cost_note(summary))
     echo("seconds: " + ", ".join(f"{k} {v:g}" for k, v in summary["stage_seconds"].items()))
+    echo("peak MB: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_peak_rss_mb"].items()))
     echo(f"run folder: {out}")
     return summary
 
