@@ -6,7 +6,7 @@ sampler: llama.cpp reads the file, runs the model and draws the tokens; this scr
 Each prompt of tokentilt's 16 (as the same token ids, no BOS added) gets --samples-per-prompt continuations
 of --new-tokens tokens at temperature 1 with top-k, top-p and min-p off (pure sampling, as tokentilt
 samples), each from its own seed, stopping at end-of-text. R is the share of generated tokens in the set,
-with the same 95% interval over samples as `tokentilt eval`. Needs `pip install llama-cpp-python`.
+with the same 95% interval over samples as `tokentilt eval`. Needs llama-cpp-python: `pip install -e ".[llamacpp]"` (compiled from source).
 """
 
 from __future__ import annotations
