@@ -1,6 +1,6 @@
-"""P9: peak memory, and whether it grows with the work a run samples (issue 41).
+"""P11: peak memory, and whether it grows with the work a run samples (issue 41).
 
-    python benchmarks/p9_memory.py [--sampler] [--runs] [--out runs/p9]
+    python benchmarks/p11_memory.py [--sampler] [--runs] [--out runs/p11]
 
 Sampler (--sampler): one process per cell loads the bundled model, then samples 16 prompts x K samples of
 L new tokens through generate.sample() with the step scores and head inputs recorded (what a tilt --rate
