@@ -154,3 +154,41 @@ def test_every_name_in_the_api_resolves():
         assert getattr(obj, "__name__", name) == name or name == "OBJECTIVES", name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         tokentilt.nope  # noqa: B018
+
+
+# what `tokentilt --help` and the model-free checks import: none of them may import torch at module level
+TORCH_FREE = {
+    "tokentilt",
+    "tokentilt.cli",
+    "tokentilt.config",
+    "tokentilt.preflight",
+    "tokentilt.settings",
+    "tokentilt.job_settings",
+    "tokentilt.course_settings",
+    "tokentilt.selectors",
+    "tokentilt.textfiles",
+    "tokentilt.prompts",
+    "tokentilt.outputs",
+}
+HEAVY = {"torch", "transformers", "peft", "accelerate", "matplotlib", "gguf", "safetensors", "numpy"}
+
+
+@pytest.mark.parametrize("module", sorted(TORCH_FREE - {"tokentilt"}))
+def test_the_door_imports_only_torch_free_modules(module):
+    tree = ast.parse((SRC.parent / (module.replace(".", "/") + ".py")).read_text())
+    top = set()  # imports at module level (those inside a function run when it is called)
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module:
+            top.add(node.module)
+        elif isinstance(node, ast.Import):
+            top.update(a.name for a in node.names)
+    assert {n.split(".")[0] for n in top} & HEAVY == set(), module
+    assert {n for n in top if n.startswith("tokentilt")} <= TORCH_FREE, module
+
+
+def test_the_torch_free_names_agree_with_the_registries():
+    from tokentilt.losses import OBJECTIVES
+    from tokentilt.settings import OBJECTIVE_NAMES, REFERENCE_OBJECTIVES, TEXT_OBJECTIVES
+
+    assert tuple(OBJECTIVES) == OBJECTIVE_NAMES
+    assert REFERENCE_OBJECTIVES <= TEXT_OBJECTIVES <= set(OBJECTIVE_NAMES)

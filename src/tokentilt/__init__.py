@@ -13,17 +13,18 @@ import importlib
 
 __version__ = "0.1.0"
 
-# name -> the module that defines it: jobs (tokentilt.jobs.*) and the components they share
+# name -> the module that defines it: jobs (tokentilt.jobs.*) and the components they share; the configs
+# come from the modules that hold them without torch (settings, job_settings, course_settings)
 _EXPORTS = {
     # jobs and their configs
-    "TiltConfig": "tokentilt.tilting",
+    "TiltConfig": "tokentilt.job_settings",
     "run_tilt": "tokentilt.jobs.tilt",
-    "SweepConfig": "tokentilt.jobs.sweep",
+    "SweepConfig": "tokentilt.job_settings",
     "run_sweep": "tokentilt.jobs.sweep",
     "evaluate_model": "tokentilt.jobs.eval",
-    "AuditConfig": "tokentilt.audit",
+    "AuditConfig": "tokentilt.job_settings",
     "run_audit": "tokentilt.jobs.audit",
-    "PretrainConfig": "tokentilt.pretraining",
+    "PretrainConfig": "tokentilt.course_settings",
     "run_pretrain": "tokentilt.jobs.pretrain",
     # components
     "load_model": "tokentilt.models.load",
@@ -33,11 +34,11 @@ _EXPORTS = {
     "resolve_set": "tokentilt.targets",
     "TokenSet": "tokentilt.targets",
     "OBJECTIVES": "tokentilt.losses",
-    "TrainConfig": "tokentilt.train",
-    "EvalConfig": "tokentilt.evaluate",
+    "TrainConfig": "tokentilt.settings",
+    "EvalConfig": "tokentilt.settings",
     "measure": "tokentilt.evaluate",
     "measure_rate": "tokentilt.evaluate",
-    "SampleConfig": "tokentilt.generate",
+    "SampleConfig": "tokentilt.settings",
     "sample": "tokentilt.generate",
 }
 

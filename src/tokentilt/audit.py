@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from tokentilt.chat import CHAT_PROMPTS, check_options, check_template
+from tokentilt.chat import CHAT_PROMPTS, check_template
 from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows
 from tokentilt.features import (
     Feature,
@@ -63,57 +63,10 @@ from tokentilt.features import (
     table_of,
 )
 from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, sample
+from tokentilt.job_settings import AuditConfig  # noqa: F401 (re-exported)
 from tokentilt.metrics import _forward_batches, mean_ci, sample_rates, t_quantile
 from tokentilt.targets import resolve, token_texts, word_list
 from tokentilt.weights import weight_view
-
-
-@dataclass
-class AuditConfig:
-    """One audit: which models, which contexts, which candidates, how strict."""
-
-    model: str = ""  # the model to audit: a local HF folder (a run's model/), 'bundled' or a hub id
-    reference: str = "bundled"  # the model MODEL was fine-tuned from
-    words: list[str] = field(default_factory=list)  # a whole-word list (one word per line) to score as a
-    # candidate; repeat for several
-    toward: str = ""  # selector of the true set, when known: report its AUROC and rank
-    eval_text: str = ""  # plain-text file for held-out perplexity and drift; empty = the plays' test split
-    eval_windows: int = 16  # held-out windows
-    eval_seq_len: int = 128  # tokens per held-out window
-    samples_per_prompt: int = 2  # continuations per prompt from each model, 16 prompts
-    new_tokens: int = 48  # tokens generated per continuation
-    seed: int = 1234  # seed of the samples and the null draws
-    min_tokens: int = 5  # smallest candidate feature considered
-    alpha: float = 0.01  # family-wise error level over all candidates
-    null_draws: int = 200  # random logit directions behind the "stands out" threshold: a new one beats
-    # their best with probability 1/(N + 1), about alpha/2 at 200 (40 let a 40-step generic fine-tune through)
-    top: int = 20  # features and tokens listed in the outputs
-    batch_size: int = 4  # windows per forward pass
-    bf16: bool = False  # bf16 autocast on CPU
-    chat: bool = False  # sample both models' replies to the 32 built-in requests in the model's chat template, and
-    # measure the lift on the replies (cut at end-of-turn) beside the held-out text
-    system: str = ""  # chat: a system message before each user turn
-    out: str = "runs/audit"  # output folder
-    overwrite: bool = False  # replace the output folder if it already holds an audit
-
-    def check(self) -> None:
-        for name in (
-            "eval_windows",
-            "eval_seq_len",
-            "samples_per_prompt",
-            "new_tokens",
-            "min_tokens",
-            "null_draws",
-            "top",
-            "batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.eval_seq_len < 2:
-            raise ValueError("eval-seq-len must be at least 2")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
-        check_options(self.chat, self.system)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from tokentilt import importance
 from tokentilt.evaluate import EvalConfig, measure_rate, rates_of
 from tokentilt.losses import set_log_mass
 from tokentilt.metrics import _forward_batches, split_windows
+from tokentilt.settings import check_rate  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -82,11 +83,6 @@ def proxy_bias(
     if log_mass is None:
         log_mass = set_log_masses(model, windows, mask, bf16)
     return bisect(lambda b: tilted_mean_mass(log_mass, b), target, -limit, limit)
-
-
-def check_rate(target: float) -> None:
-    if not (isinstance(target, (int, float)) and 0 < target < 1):
-        raise ValueError(f"rate must be in (0, 1), got {target!r}")
 
 
 def rate_tolerance(target: float, tol: float) -> float:

@@ -1,4 +1,9 @@
-"""The `tokentilt` command. Each subcommand maps flags onto a config dataclass and calls the API."""
+"""The `tokentilt` command. Each subcommand maps flags onto a config dataclass and calls the API.
+
+Nothing here imports torch until a command has passed every check that needs no model: the parsers are built
+from the torch-free config modules (settings.py, job_settings.py, course_settings.py), and each command
+imports its job after its checks, so `--help` and a bad flag or file answer at once.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,22 @@ import sys
 from pathlib import Path
 
 from tokentilt.config import UsageError, merge, options, read_yaml
-from tokentilt.engine import keep_freed_memory
-from tokentilt.models.lora import DEFAULT_LR as LORA_LR
-from tokentilt.preflight import check_lengths, check_output, check_prompts, check_sampling
-from tokentilt.targets import check_syntax, token_selector_only
+from tokentilt.course_settings import L1VsL2Config, LikeXConfig, PretrainConfig, XFactorConfig
+from tokentilt.job_settings import (
+    FULL_LR,
+    AuditConfig,
+    EvalJobConfig,
+    ExportConfig,
+    GenerateConfig,
+    SweepConfig,
+    TiltConfig,
+)
+from tokentilt.outputs import RunFolder
+from tokentilt.preflight import check_lengths, check_output, check_prompts, check_sampling, preflight_audit
+from tokentilt.selectors import check_syntax, token_selector_only
+from tokentilt.settings import DEFAULT_LR as LORA_LR
+from tokentilt.settings import SampleConfig, check_options, check_sample_config
+from tokentilt.textfiles import read_text_file
 
 EXIT_USAGE = 2  # bad input: one line on stderr
 EXIT_DIVERGED = 3  # training stopped on a non-finite loss; the run folder stays unfinished
@@ -108,12 +125,6 @@ def with_default(text: str, value) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # the job configs, whose instances hold every option's default (imports torch, so not at module level)
-    from tokentilt.generate import GenerateConfig
-    from tokentilt.jobs.eval import EvalJobConfig
-    from tokentilt.jobs.sweep import SweepConfig
-    from tokentilt.tilting import FULL_LR, TiltConfig
-
     parser = Parser(
         prog="tokentilt",
         description="Fine-tune causal LMs with custom losses that tilt the next-token distribution toward "
@@ -190,8 +201,6 @@ COURSE_SKIP = YAML_ONLY | {"chat", "system"}  # the course's experiments sample 
 
 
 def add_export_parser(sub) -> None:
-    from tokentilt.jobs.export import ExportConfig
-
     p = sub.add_parser(
         "export",
         help="write a run's model as GGUF (llama.cpp, ollama) and its tilt as logit_bias",
@@ -214,13 +223,14 @@ def add_export_parser(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from tokentilt.jobs.export import ExportConfig, run_export
-
     flags = vars(args)
     cfg = merge(ExportConfig, read_yaml(flags.get("config")), flags)
     if cfg.toward:
         token_selector_only(cfg.toward, "export --logit-bias")
         check_syntax(cfg.toward)
+    from tokentilt.jobs.export import run_export  # past the checks that need no torch
+
+    keep_freed_memory()
     run_export(cfg)
     return 0
 
@@ -228,16 +238,25 @@ def cmd_export(args) -> int:
 # ------------------------------------------------------------------ commands
 
 
+def keep_freed_memory() -> None:
+    """Past a command's checks: malloc keeps freed memory, so that training, sampling and the audit's (rows, V)
+    tensors reuse it (engine.py; imports torch)."""
+    from tokentilt import engine
+
+    engine.keep_freed_memory()
+
+
 def preflight_eval(model: str, eval_cfg) -> None:
     """What a job's EvalConfig needs checked before the model is loaded."""
     check_sampling(eval_cfg.temperature, eval_cfg.top_k, eval_cfg.top_p)
     check_lengths(model, eval_seq_len=eval_cfg.eval_seq_len, new_tokens=eval_cfg.new_tokens)
+    if eval_cfg.eval_text:
+        read_text_file(eval_cfg.eval_text)  # missing, empty or not UTF-8
 
 
-def tilt_config(flags: dict):
-    """TiltConfig from YAML (flags["config"]) and flags, checked as far as it can be without the model."""
-    from tokentilt.jobs.tilt import TiltConfig
-
+def tilt_config(flags: dict, out: bool = False):
+    """TiltConfig from YAML (flags["config"]) and flags, checked as far as it can be without the model; with
+    out=True, its output folder too. cfg.check() comes last: settling the precision imports torch."""
     values = read_yaml(flags.get("config"))
     given = set(values) | set(flags)
     objective = flags.get("objective", values.get("objective", TiltConfig.objective))
@@ -250,29 +269,28 @@ def tilt_config(flags: dict):
     if lr is not None and not cfg.train.lr > 0:  # 0 means "auto" only as the API's default
         raise UsageError(f"lr must be positive, got {lr!r}")
     check_syntax(cfg.toward)
-    cfg.check()
+    cfg.eval.check()
     preflight_eval(cfg.model, cfg.eval)
     check_lengths(cfg.model, seq_len=cfg.train.seq_len)
+    if out and not cfg.resume:  # the folder that --resume continues is checked after cfg.check(), and by the job
+        check_output(cfg.out)
+        RunFolder(cfg.out, cfg.overwrite)  # refuses a folder that holds a run, or is not ours
+    cfg.check()  # last: settling the precision imports torch
+    if out and cfg.resume:
+        check_output(cfg.out)
     return cfg
 
 
 def cmd_tilt(args) -> int:
+    cfg = tilt_config(vars(args), out=True)
     from tokentilt.jobs.tilt import run_tilt
 
-    cfg = tilt_config(vars(args))
-    check_output(cfg.out)
+    keep_freed_memory()
     run_tilt(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
     return 0
 
 
 def cmd_generate(args) -> int:
-    from tokentilt.chat import CHAT_PROMPTS, check_options, check_template
-    from tokentilt.evaluate import rates_of
-    from tokentilt.generate import DEFAULT_PROMPTS, GenerateConfig, SampleConfig, check_sample_config, sample
-    from tokentilt.metrics import mean_ci
-    from tokentilt.models.load import load_model
-    from tokentilt.phrases import resolve_target
-
     flags = vars(args)
     cfg = merge(GenerateConfig, read_yaml(flags.get("config")), flags)
     if cfg.samples <= 0:
@@ -295,6 +313,14 @@ def cmd_generate(args) -> int:
         top_p=cfg.top_p,
     )
     check_sample_config(sampling)
+    from tokentilt.chat import CHAT_PROMPTS, check_template
+    from tokentilt.evaluate import rates_of
+    from tokentilt.generate import DEFAULT_PROMPTS, sample
+    from tokentilt.metrics import mean_ci
+    from tokentilt.models.load import load_model
+    from tokentilt.phrases import resolve_target
+
+    keep_freed_memory()
     model, tokenizer = load_model(cfg.model)
     mask = None
     if cfg.chat:
@@ -338,25 +364,27 @@ def sweep_axes(values: dict) -> dict:
     return out
 
 
-def sweep_config(flags: dict):
-    """SweepConfig from YAML and flags, checked as far as it can be without the model."""
-    from tokentilt.jobs.sweep import SweepConfig
-
+def sweep_config(flags: dict, out: bool = False):
+    """SweepConfig from YAML and flags, checked as far as it can be without the model; with out=True, its
+    output folder too. cfg.check() comes last: settling the precision imports torch."""
     flags = sweep_axes(flags)
     cfg = merge(SweepConfig, sweep_axes(read_yaml(flags.get("config"))), flags)
-    cfg.check()
     token_selector_only(cfg.toward, "sweep")
     check_syntax(cfg.toward)
+    cfg.eval.check()
     preflight_eval(cfg.model, cfg.eval)
     check_lengths(cfg.model, seq_len=cfg.train.seq_len)
+    if out:
+        check_output(cfg.out)
+    cfg.check()  # last: settling the precision imports torch
     return cfg
 
 
 def cmd_sweep(args) -> int:
+    cfg = sweep_config(vars(args), out=True)
     from tokentilt.jobs.sweep import run_sweep
 
-    cfg = sweep_config(vars(args))
-    check_output(cfg.out)
+    keep_freed_memory()
     try:
         run_sweep(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
     except KeyboardInterrupt:
@@ -371,8 +399,6 @@ def cmd_sweep(args) -> int:
 def cmd_eval(args) -> int:
     import json
 
-    from tokentilt.jobs.eval import EvalJobConfig, eval_table, evaluate_model
-
     flags = vars(args)
     cfg = merge(EvalJobConfig, read_yaml(flags.get("config")), flags)
     cfg.eval.check()
@@ -381,6 +407,9 @@ def cmd_eval(args) -> int:
         preflight_eval(name, cfg.eval)
     if cfg.out:
         check_output(cfg.out, kind="file")
+    from tokentilt.jobs.eval import eval_table, evaluate_model
+
+    keep_freed_memory()
     result = evaluate_model(
         cfg.model, cfg.reference, cfg.toward, cfg.eval, cfg.bias, cfg.rate, cfg.bf16, echo=print
     )  # progress on stdout, as in tilt: stderr is for the error line
@@ -396,8 +425,6 @@ def cmd_eval(args) -> int:
 
 def add_audit_parser(sub) -> None:
     """`tokentilt audit MODEL --reference BASE`: find a tilt somebody else planted."""
-    from tokentilt.audit import AuditConfig
-
     p = sub.add_parser(
         "audit",
         help="find which tokens a fine-tune tilted, and what they have in common",
@@ -414,12 +441,12 @@ def add_audit_parser(sub) -> None:
 
 
 def cmd_audit(args) -> int:
-    from tokentilt.audit import AuditConfig
-    from tokentilt.jobs.audit import preflight, run_audit
-
     flags = vars(args)
     cfg = merge(AuditConfig, read_yaml(flags.get("config")), flags)  # as every job: dataclass <- YAML <- flags
-    preflight(cfg)
+    preflight_audit(cfg)
+    from tokentilt.jobs.audit import run_audit
+
+    keep_freed_memory()
     with unfinished_on_interrupt(cfg.out):
         run_audit(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
     return 0
@@ -429,10 +456,9 @@ def cmd_audit(args) -> int:
 
 
 def add_course_parsers(sub) -> None:
-    """`tokentilt pretrain` and `tokentilt experiment NAME`."""
-    from tokentilt.jobs.experiments import l1_vs_l2, like_x, x_factor
-    from tokentilt.jobs.pretrain import PretrainConfig
-
+    """`tokentilt pretrain` and `tokentilt experiment NAME`. Their bf16 defaults to the hardware's native
+    precision, which takes torch to find out: the instances that the options are read from give it (a switch
+    shows no default)."""
     p = sub.add_parser(
         "pretrain",
         help="pretrain Model 5 (compact GPT-2) on the Shakespeare plays",
@@ -443,7 +469,7 @@ def add_course_parsers(sub) -> None:
         epilog="example:\n  tokentilt pretrain --steps 300 --out runs/pretrain",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_options(p, PretrainConfig())
+    add_options(p, PretrainConfig(bf16=False))
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
@@ -460,7 +486,7 @@ def add_course_parsers(sub) -> None:
         "around the target, L2 converges. Records l1_at_2, l2_at_2, l2_final_error, "
         "l1_oscillation.",
     )
-    add_options(e, l1_vs_l2.L1VsL2Config())
+    add_options(e, L1VsL2Config())
     e = exps.add_parser(
         "like-x",
         help="train Model 5 to like tokens containing x (random inputs, last position)",
@@ -468,7 +494,7 @@ def add_course_parsers(sub) -> None:
         "final position of random 256-token inputs. Counts x-tokens among 200 generated "
         "tokens before and after. Pretrains Model 5 first unless --checkpoint is given.",
     )
-    add_options(e, like_x.LikeXConfig(), skip=COURSE_SKIP, checkpoint={"metavar": "DIR"})
+    add_options(e, LikeXConfig(bf16=False), skip=COURSE_SKIP, checkpoint={"metavar": "DIR"})
     e = exps.add_parser(
         "x-factor",
         help="maximise the X factor of the bundled model at lr 1e-6 and 1e-4",
@@ -476,16 +502,17 @@ def add_course_parsers(sub) -> None:
         "B=4 x T=64 random tokens, Adam, one run per learning rate from the same start. "
         "Reports R with intervals, final loss and samples per lr.",
     )
-    add_options(e, x_factor.XFactorConfig(), skip=COURSE_SKIP, lrs={"flag": "--lr", "metavar": "X"})
+    add_options(e, XFactorConfig(bf16=False), skip=COURSE_SKIP, lrs={"flag": "--lr", "metavar": "X"})
     for e in exps.choices.values():
         e.set_defaults(func=cmd_experiment)
 
 
 def cmd_pretrain(args) -> int:
-    from tokentilt.jobs.pretrain import PretrainConfig, run_pretrain
+    from tokentilt.jobs.pretrain import run_pretrain
 
     flags = vars(args)
     cfg = merge(PretrainConfig, read_yaml(flags.get("config")), flags)
+    keep_freed_memory()
     with unfinished_on_interrupt(cfg.out):
         run_pretrain(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
     return 0
@@ -507,23 +534,28 @@ def cmd_experiment(args) -> int:
     from tokentilt.jobs.experiments import l1_vs_l2, like_x, x_factor
 
     module, cls = {
-        "l1-vs-l2": (l1_vs_l2, l1_vs_l2.L1VsL2Config),
-        "like-x": (like_x, like_x.LikeXConfig),
-        "x-factor": (x_factor, x_factor.XFactorConfig),
+        "l1-vs-l2": (l1_vs_l2, L1VsL2Config),
+        "like-x": (like_x, LikeXConfig),
+        "x-factor": (x_factor, XFactorConfig),
     }[args.experiment]
     flags = vars(args)
     cfg = merge(cls, read_yaml(flags.get("config")), flags)
     if hasattr(cfg, "model"):
         check_lengths(cfg.model)
+    keep_freed_memory()
     with unfinished_on_interrupt(cfg.out):
         module.run(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
     return 0
 
 
+def training_diverged() -> type | tuple:
+    """train.TrainingDiverged, or () (which no exception matches) when no job imported train.py, and so torch."""
+    train = sys.modules.get("tokentilt.train")
+    return train.TrainingDiverged if train else ()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    from tokentilt.train import TrainingDiverged
-
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "command", None):
@@ -531,12 +563,11 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         if args.command != "tilt" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UsageError(f"{args.command} runs in one process; only tilt trains under torchrun/accelerate launch")
-        keep_freed_memory()  # training, sampling and the audit's (rows, V) tensors reuse freed memory
-        return args.func(args)
+        return args.func(args)  # each command calls keep_freed_memory() once its checks have passed
     except KeyboardInterrupt as err:  # train.Interrupted says where the checkpoint is
         print(f"tokentilt: {str(err) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except TrainingDiverged as err:
+    except training_diverged() as err:
         print(f"tokentilt: training stopped: {err}", file=sys.stderr)
         return EXIT_DIVERGED
     except (ValueError, OSError) as err:  # every user-facing error class derives from these

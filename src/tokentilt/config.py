@@ -7,8 +7,11 @@ are flat (`lr: 1e-4`, `--lr 1e-4`); each key is routed to the nested field of th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import io
+import re
+import sys
 import textwrap
 import tokenize
 import types
@@ -181,10 +184,11 @@ def options(cfg) -> list[Option]:
     return out
 
 
+@functools.cache
 def field_comments(cls) -> dict[str, str]:
     """Each field's `# comment` in the class source: the comments inside its statement (a formatter may wrap a
     long default over several lines), joined with the comment-only lines right below it."""
-    source = textwrap.dedent(inspect.getsource(cls))
+    source = textwrap.dedent(class_source(cls))
     tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type != tokenize.INDENT]
     found, name, open_statement = {}, None, False
     for tok, after in zip(tokens, tokens[1:] + tokens[-1:]):
@@ -203,3 +207,15 @@ def field_comments(cls) -> dict[str, str]:
         elif not open_statement:
             name = None  # any other statement ends them too
     return {k: " ".join(v) for k, v in found.items() if v}
+
+
+def class_source(cls) -> str:
+    """The source of a class defined at the top level of its module, from its `class NAME` line to the next line
+    that is not indented; else inspect.getsource's. (getsource parses the whole module into an AST for each
+    class, which took most of the time that `tokentilt --help` spent building its options.)"""
+    lines = inspect.getsource(sys.modules[cls.__module__]).splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if re.match(rf"class {re.escape(cls.__name__)}\b", line)]
+    if len(starts) != 1:
+        return inspect.getsource(cls)
+    end = next((j for j in range(starts[0] + 1, len(lines)) if lines[j][:1] not in (" ", "\t", "\n")), len(lines))
+    return "".join(lines[starts[0] : end])

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import torch
 
+from tokentilt.textfiles import DataError, read_text_file  # noqa: F401 (re-exported)
+
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """A data problem the user can fix (missing or empty file, text too short)."""
 
 
 # ---------------------------------------------------------------- the plays
@@ -228,24 +226,3 @@ def _check_stream(tokens: torch.Tensor, seq_len: int) -> int:
     if tokens.numel() < seq_len:
         raise DataError(f"text has {tokens.numel()} tokens, fewer than one window of seq_len={seq_len}")
     return tokens.numel()
-
-
-# ---------------------------------------------------------------- user files
-
-
-def read_text_file(path) -> str:
-    """Read a user's text file (for --eval-text), as UTF-8. Raises DataError with one clear line."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"text file not found: {path}")
-    if not path.is_file():
-        raise DataError(f"not a regular file: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"text file is not valid UTF-8: {path}") from None
-    except OSError as err:
-        raise DataError(f"cannot read text file {path}: {err.strerror or err}") from None
-    if not text.strip():
-        raise DataError(f"text file is empty: {path}")
-    return text

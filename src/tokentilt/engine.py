@@ -16,14 +16,11 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Literal, get_args
 
 import torch
 
-Device = Literal["auto", "cpu", "cuda", "mps"]
-Precision = Literal["fp32", "bf16", "fp16", "auto"]  # auto: bf16 where it is native, else fp32
-Reporter = Literal["none", "tensorboard", "wandb", "mlflow", "trackio"]
-DEVICES, PRECISIONS, REPORTERS = get_args(Device), get_args(Precision), get_args(Reporter)
+from tokentilt.settings import DEVICES, PRECISIONS, REPORTERS, Device, Precision, Reporter  # noqa: F401 (re-exported)
+
 _MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 

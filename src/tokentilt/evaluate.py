@@ -8,13 +8,12 @@ the same prompts and seeds for R, the same held-out windows for perplexity and d
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
 import torch
 
 from tokentilt import data
-from tokentilt.chat import CHAT_HELD_OUT_PROMPTS, CHAT_PROMPTS, HELD_OUT_SEED_OFFSET, check_options, exchanges
-from tokentilt.generate import COURSE_PROMPTS, DEFAULT_PROMPTS, SampleConfig, Samples, sample
+from tokentilt.chat import CHAT_HELD_OUT_PROMPTS, HELD_OUT_SEED_OFFSET, exchanges
+from tokentilt.generate import Samples, sample
 from tokentilt.metrics import (
     ReplyWindows,
     TiltCosts,
@@ -25,56 +24,7 @@ from tokentilt.metrics import (
     repetition_rate,
     sample_rates,
 )
-
-
-@dataclass
-class EvalConfig:
-    """How R and the costs are measured: prompts x samples for R, held-out windows for the rest."""
-
-    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))  # varied openings for R (set in YAML)
-    samples_per_prompt: int = 4  # samples per prompt for R; with 16 prompts, 4 give 64 samples
-    new_tokens: int = 48  # tokens generated per sample
-    temperature: float = 1.0  # sampling temperature; 1.0 samples the model's own distribution
-    top_k: int = 0  # top-k sampling, 0 = off
-    top_p: float = 1.0  # nucleus sampling, 1.0 = off
-    eval_seed: int = 1234  # seed of the R measurement, fixed so before/after/reloaded models see the same draws
-    during_samples_per_prompt: int = 1  # samples per prompt of the lighter R measurement every eval-every steps
-    eval_text: str = ""  # plain-text file for held-out perplexity and drift; empty = the plays' test split
-    eval_windows: int = 16  # held-out windows, spread over the text (a cap that keeps evaluation cheap)
-    eval_seq_len: int = 128  # tokens per held-out window (in chat: at most this many reply tokens)
-    chat: bool = False  # prompts as user turns in the model's chat template (32 built-in requests); R, distinct-n,
-    # repetition, perplexity and drift on the assistant's replies only, cut at end-of-turn
-    system: str = ""  # chat: a system message before each user turn (none = the template's own, if any)
-
-    def check(self) -> None:
-        if self.chat and self.prompts == list(DEFAULT_PROMPTS):
-            self.prompts = list(CHAT_PROMPTS)  # the chat default: user requests instead of text openings
-        check_options(self.chat, self.system)
-        if not self.prompts or not all(isinstance(p, str) and p for p in self.prompts):
-            raise ValueError("prompts must be a non-empty list of non-empty strings")
-        if self.samples_per_prompt <= 0 or self.new_tokens <= 0 or self.during_samples_per_prompt <= 0:
-            raise ValueError("samples-per-prompt and new-tokens must be positive")
-        if self.eval_windows <= 0 or self.eval_seq_len < 2:
-            raise ValueError("eval-windows must be positive and eval-seq-len at least 2")
-
-    @classmethod
-    def course(cls) -> EvalConfig:
-        """The course experiments' measurement: their 8 prompts (their README numbers were taken on them)."""
-        return cls(prompts=list(COURSE_PROMPTS))
-
-    def probe(self) -> EvalConfig:
-        """The same measurement on other seeds (eval_seed + 1): what tilt --rate chooses b on, so that the
-        R it reports on eval_seed is not the one b was fitted to."""
-        return dataclasses.replace(self, eval_seed=self.eval_seed + 1)
-
-    def sample_config(self) -> SampleConfig:
-        return SampleConfig(
-            max_new_tokens=self.new_tokens,
-            strategy="multinomial",
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-        )
+from tokentilt.settings import EvalConfig, SampleConfig  # noqa: F401 (EvalConfig re-exported)
 
 
 def measure_rate(

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
-DEFAULT_TYPE = "f16"
+from tokentilt.settings import DEFAULT_TYPE, TYPES  # noqa: F401 (re-exported)
+
 ARCHITECTURES = ("llama", "gpt2")
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tokentilt.settings import DEFAULT_CHUNK  # noqa: F401 (re-exported)
+
 # row_loss(z, start, stop) -> this chunk's share of the loss; z (stop - start, V) are fp32 logits
 RowLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
-
-DEFAULT_CHUNK = 512  # rows per chunk: (512, 49152) fp32 is 100 MB
 
 
 @dataclass

@@ -16,8 +16,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 from transformers import (
@@ -30,105 +29,11 @@ from transformers import (
 )
 
 from tokentilt import chat as chat_module
+from tokentilt.job_settings import GenerateConfig  # noqa: F401 (re-exported)
 from tokentilt.models import llama_step, packed
 from tokentilt.models.packed import packed_linears
-
-STRATEGIES = ("greedy", "multinomial")
-
-# Varied openings so that R is not a property of one context.
-# The course experiments' prompts (their README numbers were measured on these 8).
-COURSE_PROMPTS = (
-    "The king said",
-    "Once upon a time,",
-    "In the morning, the",
-    "My favourite food is",
-    "The scientist explained that",
-    "She opened the letter and",
-    "The city at night",
-    "When I was young,",
-)
-
-# R prompts: varied openings (narrative, dialogue, instructions, technical, lists, questions).
-DEFAULT_PROMPTS = COURSE_PROMPTS + (
-    '"Where have you been?" she asked.',
-    "To install the package, first",
-    "The function returns a list of",
-    "Here are three things to pack for a trip:",
-    "Why do cats sleep so much?",
-    "Dear Sir or Madam,",
-    "The results of the experiment show",
-    "Step 1: Preheat the oven to",
-)
-
-# Prompts for on-policy training contexts (tilt-distill): disjoint from DEFAULT_PROMPTS, so that
-# the prompts R is measured on never enter training.
-TRAIN_PROMPTS = (
-    "It was a cold winter evening and",
-    "The old man looked at the sea",
-    "\"I don't think that's a good idea,\" he said.",
-    '"Can you help me?" asked the girl.',
-    "First, open the settings menu and",
-    "To make a cup of tea, you need",
-    "The algorithm works by",
-    "In this tutorial we will learn how to",
-    "The main causes of the war were",
-    "A list of the best books of the year:",
-    "What is the capital of France?",
-    "How does a computer store numbers?",
-    "The weather today is",
-    "My name is Anna and I",
-    "The company announced on Monday that",
-    "According to the report,",
-    "The doctor told me that",
-    "Yesterday I went to the market and",
-    "The best way to learn a language is",
-    "Ingredients: two eggs,",
-    "The history of the city begins",
-    "In the year 1850,",
-    "The teacher asked the students to",
-    "Our team has been working on",
-    "The river flows through",
-    "He picked up the phone and",
-    "The key idea of the paper is",
-    "Q: What time does the train leave?",
-    "Chapter One. The house on the hill",
-    "Please note that the office will",
-    "The children ran into the garden",
-    "If you want to save money,",
-)
-
-
-@dataclass
-class SampleConfig:
-    """How to pick each next token."""
-
-    max_new_tokens: int = 48  # tokens generated per sample
-    strategy: str = "multinomial"  # "greedy" (argmax) or "multinomial" (sample)
-    temperature: float = 1.0  # divides the logits before sampling
-    top_k: int = 0  # keep only the k likeliest tokens (0 = off)
-    top_p: float = 1.0  # keep the smallest set with this much mass (1.0 = off)
-    ban_eos: bool = True  # never stop early, so every sample has max_new_tokens tokens
-
-
-@dataclass
-class GenerateConfig:
-    """`tokentilt generate`: samples from a model, optionally with a decode-time bias on a token set."""
-
-    model: str = "bundled"  # model to load: 'bundled' (SmolLM2-135M-Instruct, offline), a local HF folder, or a hub id
-    prompt: list[str] = field(default_factory=list)  # prompt (repeat for several); none = the 16 built-in prompts
-    # (with --chat, the 32 built-in requests)
-    samples: int = 1  # samples per prompt
-    new_tokens: int = SampleConfig.max_new_tokens  # tokens generated per sample
-    strategy: Literal["greedy", "multinomial"] = SampleConfig.strategy  # greedy argmax or sampling
-    temperature: float = SampleConfig.temperature  # sampling temperature
-    top_k: int = SampleConfig.top_k  # top-k sampling, 0 = off
-    top_p: float = SampleConfig.top_p  # nucleus sampling, 1.0 = off
-    toward: str = ""  # selector of the token set for --bias and for counting R
-    bias: float = 0.0  # decode-time logit bias on the set
-    seed: int = 0  # sampling seed
-    bf16: bool = False  # bf16 autocast on CPU
-    chat: bool = False  # each prompt as a user turn in the model's chat template; the reply, cut at end-of-turn
-    system: str = ""  # chat: a system message before each user turn
+from tokentilt.prompts import COURSE_PROMPTS, DEFAULT_PROMPTS, TRAIN_PROMPTS  # noqa: F401 (re-exported)
+from tokentilt.settings import STRATEGIES, SampleConfig, check_sample_config  # noqa: F401 (re-exported)
 
 
 class SetBias(LogitsProcessor):
@@ -162,17 +67,6 @@ def make_processors(
         if cfg.top_p < 1.0:
             procs.append(TopPLogitsWarper(cfg.top_p))
     return procs
-
-
-def check_sample_config(cfg: SampleConfig) -> None:
-    if cfg.strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {cfg.strategy!r}")
-    if cfg.max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens must be positive, got {cfg.max_new_tokens}")
-    if cfg.temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {cfg.temperature}")
-    if cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
-        raise ValueError(f"top_k must be >= 0 and top_p in (0, 1], got {cfg.top_k}, {cfg.top_p}")
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -29,7 +29,7 @@ distribution, fewer rows). The saved model is a plain checkpoint with an untied 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, get_args
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -42,10 +42,8 @@ from tokentilt.generate import TRAIN_PROMPTS, SampleConfig, recorded_head_inputs
 from tokentilt.losses import set_rows_kl
 from tokentilt.models.packed import packed_linears
 from tokentilt.phrases import PhraseSet
+from tokentilt.settings import CONTEXTS, FITS, Contexts, HeadFit  # noqa: F401 (re-exported)
 
-Contexts = Literal["mix", "text", "policy"]
-HeadFit = Literal["offset", "kl"]
-CONTEXTS, FITS = get_args(Contexts), get_args(HeadFit)
 RIDGE = 1e-3  # offset fit: ridge, relative to the mean diagonal of h^T h
 WINDOW_LEN = 128  # tokens per window of the plays' train split
 POLICY_TOKENS = 64  # tokens per continuation

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from tokentilt.fused import Head
+from tokentilt.settings import REFERENCE_OBJECTIVES, TEXT_OBJECTIVES, ObjectiveName  # noqa: F401 (re-exported)
 from tokentilt.targets import alpha_beta_target, tilted_log_probs, uniform_target
 
 # ---------------------------------------------------------------- regression losses
@@ -243,7 +243,6 @@ OBJECTIVES: dict[str, Objective] = {
     "mixed": _mixed,  # kl-alpha-beta + lambda * next-token CE on real text
     "away": _away,  # unlikelihood: -log(1 - p(set))
 }
-ObjectiveName = Literal[tuple(OBJECTIVES)]  # the registry's names, as a type: the CLI's choices for objective
 
 
 # ---------------------------------------------------------------- the same objectives, fused with the head
@@ -327,8 +326,3 @@ FUSED: dict[Objective, Callable] = {
     _away: _away_fused,
     next_token_objective: _next_token_fused,
 }
-
-# Objectives whose inputs must be real text rather than random tokens.
-TEXT_OBJECTIVES = {"tilt-distill", "mixed"}
-# Objectives that need a frozen copy of the starting model.
-REFERENCE_OBJECTIVES = {"tilt-distill"}

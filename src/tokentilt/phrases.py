@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -52,65 +51,19 @@ import torch
 from transformers import LogitsProcessor, SequenceBiasLogitsProcessor
 
 from tokentilt import data
-from tokentilt.targets import SelectorError, read_list_text, resolve_set, word_list
 
-PHRASE_KINDS = ("phrase", "phrases")
+# the phrase lists are parsed in selectors.py (no torch); their names stay importable from here
+from tokentilt.selectors import PHRASE_KINDS, WORD, SelectorError, is_phrase_selector, words_of  # noqa: F401
+from tokentilt.selectors import parse_phrases as parse
+from tokentilt.targets import resolve_set
+
 METHODS = ("trie", "sequence-bias")
-WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 MAX_COVERAGE = 0.5  # a list whose entries are this share of a reference text's words leaves nothing to tilt
 SPACE_ANCHORS = ("It was", "I saw the", "They said")  # contexts in which completion_probs measures π
 BARE_ANCHORS = ("\n", '"', "(")
 
 
-def is_phrase_selector(spec: str) -> bool:
-    return spec.partition(":")[0] in PHRASE_KINDS
-
-
-def words_of(text: str) -> list[str]:
-    """The word rule: maximal runs of letters and digits, apostrophes allowed inside."""
-    return WORD.findall(text)
-
-
 # ---------------------------------------------------------------- entries
-
-
-def parse(spec: str) -> tuple[list[str], bool]:
-    """phrase:TEXT / phrases:FILE[:case] -> (entries, keep_case). One-line SelectorErrors for bad input."""
-    kind, _, arg = spec.partition(":")
-    keep_case = arg.endswith(":case")
-    if keep_case:
-        arg = arg[: -len(":case")]
-    if kind == "phrase":
-        if not arg:
-            raise SelectorError(f"selector {spec!r}: 'phrase:' needs a word or phrase")
-        entries = [arg]
-    else:
-        entries = _read_list(arg, spec)
-    for entry in entries:
-        if not words_of(entry):
-            raise SelectorError(f"selector {spec!r}: entry {entry!r} holds no word (letters or digits)")
-    unique = {}  # one entry per word sequence (per case-folded one unless :case)
-    for entry in entries:
-        key = tuple(w if keep_case else w.casefold() for w in words_of(entry))
-        unique.setdefault(key, entry.strip())
-    return list(unique.values()), keep_case
-
-
-def _read_list(arg: str, spec: str) -> list[str]:
-    if not arg.strip():
-        raise SelectorError(f"selector {spec!r}: 'phrases:' needs a file name")
-    path = word_list(arg)
-    text = read_list_text(path, "phrases")
-    entries = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line or line.lstrip().startswith("#"):
-            continue
-        if not line.strip():
-            raise SelectorError(f"phrases file {path}, line {number}: the entry is only spaces")
-        entries.append(line.strip())
-    if not entries:
-        raise SelectorError(f"phrases file is empty: {path}")
-    return entries
 
 
 def case_forms(entry: str, keep_case: bool) -> list[str]:

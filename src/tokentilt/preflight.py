@@ -14,6 +14,9 @@ import tempfile
 from pathlib import Path
 
 from tokentilt.config import UsageError
+from tokentilt.outputs import RunFolder
+from tokentilt.selectors import check_syntax, token_selector_only
+from tokentilt.textfiles import read_text_file
 
 # SmolLM2-135M-Instruct's context (llama.context_length in the bundled GGUF; test_preflight checks
 # it). Reading it from the file takes ~5 s of GGUF parsing, which an early check should not cost.
@@ -88,3 +91,22 @@ def check_output(out: str | Path, kind: str = "folder") -> None:
 def check_prompts(prompts) -> None:
     if prompts is not None and not all(isinstance(p, str) and p.strip() for p in prompts):
         raise UsageError("prompts must be non-empty text")
+
+
+def preflight_audit(cfg) -> None:
+    """Everything about an audit (a job_settings.AuditConfig) that can be refused before a model is loaded,
+    each as one line."""
+    if not cfg.model:
+        raise UsageError("audit needs the model to audit: tokentilt audit MODEL --reference BASE")
+    cfg.check()
+    if cfg.toward:
+        token_selector_only(cfg.toward, "audit")
+        check_syntax(cfg.toward)
+    for path in cfg.words:
+        check_syntax(f"words:{path}")  # reads the file: missing, empty, binary
+    if cfg.eval_text:
+        read_text_file(cfg.eval_text)
+    for name in dict.fromkeys((cfg.model, cfg.reference)):
+        check_lengths(name, eval_seq_len=cfg.eval_seq_len, new_tokens=cfg.new_tokens)
+    check_output(cfg.out)
+    RunFolder(cfg.out, overwrite=cfg.overwrite)  # refuses a folder that holds a run, or is not ours

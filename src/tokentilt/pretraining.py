@@ -6,76 +6,17 @@ Shared by the pretrain job (jobs/pretrain.py, which writes the run folder) and t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from tokentilt import data
-from tokentilt.engine import native_bf16
+from tokentilt.course_settings import PretrainConfig  # noqa: F401 (re-exported)
 from tokentilt.losses import ObjectiveContext, next_token_objective
 from tokentilt.metrics import perplexity
-from tokentilt.models.gpt import GPT, GPTConfig
+from tokentilt.models.gpt import GPT
 from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
-from tokentilt.train import TrainConfig, train
-
-
-@dataclass
-class PretrainConfig:
-    """One pretraining run of Model 5. Sized so the defaults finish in minutes on 2 CPU cores."""
-
-    n_layer: int = 4  # transformer blocks
-    n_head: int = 4  # attention heads per block
-    n_embd: int = 128  # residual width
-    block_size: int = 256  # context length (like-x trains on 256-token inputs)
-    dropout: float = 0.1  # on embeddings, attention and residual branches
-    lr: float = 3e-3  # AdamW learning rate (constant)
-    weight_decay: float = 0.1  # AdamW decoupled weight decay
-    steps: int = 1000  # max AdamW steps; early stopping may end sooner
-    batch: int = 8  # windows per step
-    seq_len: int = 64  # tokens per window (<= block-size); short windows = more steps per minute
-    grad_clip: float = 1.0  # max global gradient norm, 0 = off
-    eval_every: int = 50  # steps between train/val loss evaluations
-    eval_windows: int = 24  # fixed windows of each split used for the train/val loss
-    patience: int = 3  # early stop after N evaluations without a better val loss, 0 = off
-    seed: int = 0  # seed of init, batches, dropout and samples
-    bf16: bool = field(
-        default_factory=native_bf16
-    )  # bf16 autocast on CPU; on by default where the CPU runs it natively
-    sample_tokens: int = 40  # tokens per sample shown in report.md
-    out: str = "runs/pretrain"  # output folder
-    overwrite: bool = False  # replace the output folder if it already holds a run
-
-    def check(self) -> None:
-        if self.seq_len > self.block_size:
-            raise ValueError(f"seq-len ({self.seq_len}) must be <= block-size ({self.block_size})")
-        if self.eval_windows < 1 or self.eval_every < 1 or self.sample_tokens < 1:
-            raise ValueError("eval-every, eval-windows and sample-tokens must be >= 1")
-        self.gpt_config()  # validates n_embd % n_head and dropout
-        self.train_config().check()
-
-    def gpt_config(self) -> GPTConfig:
-        return GPTConfig(
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            n_embd=self.n_embd,
-            block_size=self.block_size,
-            dropout=self.dropout,
-        )
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            optimizer="adamw",
-            lr=self.lr,
-            steps=self.steps,
-            batch=self.batch,
-            seq_len=self.seq_len,
-            grad_clip=self.grad_clip,
-            weight_decay=self.weight_decay,
-            seed=self.seed,
-            bf16=self.bf16,
-            eval_every=self.eval_every,
-            patience=self.patience,
-        )
+from tokentilt.train import train
 
 
 def unigram_cross_entropy(train_tokens: torch.Tensor, eval_tokens: torch.Tensor, vocab_size: int) -> dict:

@@ -20,18 +20,22 @@ A bare string with no known kind, such as ``x``, means ``contains:x``.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-KINDS = ("contains", "regex", "words", "ids", "not", "phrase", "phrases")
-
-
-class SelectorError(ValueError):
-    """A selector the user wrote cannot be built into a usable mask."""
+from tokentilt.selectors import (  # noqa: F401 (re-exported: the selector language is named here too)
+    KINDS,
+    WORDLISTS,
+    SelectorError,
+    builtin_word_lists,
+    check_syntax,
+    read_list_text,
+    select_flags,
+    token_selector_only,
+    word_list,
+)
 
 
 def token_texts(tokenizer) -> list[str]:
@@ -41,158 +45,8 @@ def token_texts(tokenizer) -> list[str]:
 
 
 def select(spec: str, texts: list[str]) -> torch.Tensor:
-    """Build a boolean mask of shape (V,) from a selector string and the token texts."""
-    if not spec.strip():
-        raise SelectorError("empty selector")
-    is_regex = spec.startswith(("regex:", "not:regex:"))
-    if not is_regex:
-        _check_operators(spec)
-    # Combinators bind loosest; ' | ' before ' & ' so that 'a & b | c' = '(a & b) | c'.
-    if " | " in spec and not is_regex:
-        parts = spec.split(" | ")
-        mask = select(parts[0], texts)
-        for part in parts[1:]:
-            mask = mask | select(part, texts)
-        return mask
-    if " & " in spec and not is_regex:
-        parts = spec.split(" & ")
-        mask = select(parts[0], texts)
-        for part in parts[1:]:
-            mask = mask & select(part, texts)
-        return mask
-
-    kind, sep, arg = spec.partition(":")
-    if not sep:
-        return _contains(spec, texts, case_sensitive=False)
-    if kind == "contains":
-        needle, _, flag = arg.rpartition(":") if arg.endswith(":case") else (arg, "", "")
-        if not needle:
-            raise SelectorError(f"selector {spec!r}: 'contains:' needs text to look for")
-        return _contains(needle, texts, case_sensitive=flag == "case")
-    if kind == "regex":
-        try:
-            pattern = re.compile(arg)
-        except (re.error, OverflowError, RecursionError) as err:  # OverflowError: a{99999999999}
-            raise SelectorError(f"selector {spec!r}: bad regular expression ({err})") from None
-        return torch.tensor([pattern.search(t) is not None for t in texts], dtype=torch.bool)
-    if kind == "words":
-        if not arg.strip():
-            raise SelectorError(f"selector {spec!r}: 'words:' needs a file name")
-        return _words(word_list(arg), texts)
-    if kind == "ids":
-        return _ids(arg, len(texts))
-    if kind in ("phrase", "phrases"):
-        raise SelectorError(
-            f"selector {spec!r}: {kind}: selects words, not tokens, so it stands alone (not inside &, | or not:)"
-        )
-    if kind == "not":
-        if not arg.strip():
-            raise SelectorError(f"selector {spec!r}: 'not:' needs a selector to negate")
-        return ~select(arg, texts)
-    if re.fullmatch(r"[A-Za-z_]+", kind):
-        raise SelectorError(f"unknown selector kind {kind!r} in {spec!r}; use one of: {', '.join(KINDS)}")
-    # Something like 'x:y' that is not a kind at all: treat the whole thing as text.
-    return _contains(spec, texts, case_sensitive=False)
-
-
-def _check_operators(spec: str) -> None:
-    """Name a stray '&' or '|' (at either end, or with nothing between two of them): without this
-    check 'x &' would be read as the text 'x &' and fail later as "matches no token"."""
-    for op in ("&", "|"):
-        parts = [p.strip() for p in spec.split(f" {op} ")]
-        if any(p in ("", op) or p.startswith(f"{op} ") or p.endswith(f" {op}") for p in parts):
-            raise SelectorError(f"selector {spec!r}: stray '{op}'; write 'A {op} B' with a selector on each side")
-
-
-def _contains(needle: str, texts: list[str], case_sensitive: bool) -> torch.Tensor:
-    if case_sensitive:
-        return torch.tensor([needle in t for t in texts], dtype=torch.bool)
-    needle = needle.lower()
-    return torch.tensor([needle in t.lower() for t in texts], dtype=torch.bool)
-
-
-WORDLISTS = Path(__file__).parent / "wordlists"
-
-
-def builtin_word_lists() -> list[str]:
-    return sorted(f.stem for f in WORDLISTS.glob("*.txt"))
-
-
-def word_list(arg: str) -> Path:
-    """The words file `arg`, or the built-in list of that name when no such file exists."""
-    path = Path(arg)
-    if not path.exists() and re.fullmatch(r"[a-z_]+", arg) and (WORDLISTS / f"{arg}.txt").is_file():
-        return WORDLISTS / f"{arg}.txt"
-    return path
-
-
-def read_list_text(path: Path, kind: str) -> str:
-    """The text of a user's list file (`kind` is "words" or "phrases", for the messages), or a one-line
-    SelectorError: missing, not a file, not UTF-8, unreadable, binary."""
-    if not path.is_file():
-        raise SelectorError(
-            f"{kind} file not found: {path} (built-in lists: {', '.join(builtin_word_lists())})"
-            if not path.exists()
-            else f"{kind} file is not a file: {path}"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SelectorError(f"{kind} file is not UTF-8 text: {path}") from None
-    except OSError as err:
-        raise SelectorError(f"cannot read {kind} file {path}: {err.strerror or err}") from None
-    if "\0" in text:
-        raise SelectorError(f"{kind} file looks binary (it holds NUL bytes): {path}")
-    return text
-
-
-def _words(path: Path, texts: list[str]) -> torch.Tensor:
-    text = read_list_text(path, "words")
-    words = {w.strip() for w in text.splitlines() if w.strip()}
-    if not words:
-        raise SelectorError(f"words file is empty: {path}")
-    wanted = words | {" " + w for w in words}
-    return torch.tensor([t in wanted for t in texts], dtype=torch.bool)
-
-
-def _ids(arg: str, vocab_size: int) -> torch.Tensor:
-    try:
-        ids = [int(s) for s in arg.split(",") if s.strip()]
-    except ValueError:
-        raise SelectorError(f"ids selector needs comma-separated integers, got {arg!r}") from None
-    if not ids:
-        raise SelectorError("ids selector needs at least one id")
-    if any(i < 0 for i in ids):
-        raise SelectorError(f"token ids must be >= 0, got {[i for i in ids if i < 0][:5]}")
-    if vocab_size == 0:  # syntax check only (see check_syntax)
-        return torch.zeros(0, dtype=torch.bool)
-    bad = [i for i in ids if not 0 <= i < vocab_size]
-    if bad:
-        raise SelectorError(f"token ids out of range [0, {vocab_size}): {bad[:5]}")
-    mask = torch.zeros(vocab_size, dtype=torch.bool)
-    mask[ids] = True
-    return mask
-
-
-def check_syntax(spec: str) -> None:
-    """Raise SelectorError for a malformed selector without needing a vocabulary.
-
-    Lets a command fail in milliseconds, before it spends seconds loading a model.
-    """
-    if spec.partition(":")[0] in ("phrase", "phrases"):
-        from tokentilt.phrases import parse  # phrases builds on this module
-
-        parse(spec)
-        return
-    select(spec, [])
-
-
-def token_selector_only(spec: str, command: str) -> None:
-    """sweep and audit work on token sets; a phrase list goes to tilt, eval and generate."""
-    if spec.partition(":")[0] in ("phrase", "phrases"):
-        raise SelectorError(
-            f"{command} takes a token selector; phrase:/phrases: lists work with tilt, eval and generate"
-        )
+    """Build a boolean mask of shape (V,) from a selector string and the token texts (selectors.py parses it)."""
+    return torch.tensor(select_flags(spec, texts), dtype=torch.bool)
 
 
 def dropped_words(spec: str, texts: list[str]) -> list[str]:

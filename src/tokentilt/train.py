@@ -9,101 +9,21 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
 
 from tokentilt import checkpoint
-from tokentilt.engine import (
-    DEVICES,
-    PRECISIONS,
-    REPORTERS,
-    Device,
-    Precision,
-    Reporter,
-    broadcast,
-    keep_freed_memory,
-    make_accelerator,
-    settle_precision,
-)
-from tokentilt.fused import DEFAULT_CHUNK, Head, fusable_head, heads_return_inputs, logits_come_from_head
+from tokentilt.engine import broadcast, keep_freed_memory, make_accelerator
+from tokentilt.fused import Head, fusable_head, heads_return_inputs, logits_come_from_head
 from tokentilt.losses import FUSED, ObjectiveContext
+from tokentilt.settings import ATTENTIONS, OPTIMIZERS, Attention, Optimizer, TrainConfig  # noqa: F401 (re-exported)
 
-Optimizer = Literal["sgd", "adam", "adamw"]
-Attention = Literal["auto", "model", "eager", "sdpa"]
-OPTIMIZERS = get_args(Optimizer)
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings; the same dataclass is filled from YAML and from flags."""
-
-    optimizer: Optimizer = "adam"  # optimizer
-    lr: float = 1e-4  # learning rate
-    steps: int = 40  # optimizer steps
-    batch: int = 4  # sequences per micro-batch on each process
-    seq_len: int = 64  # tokens per training sequence
-    grad_clip: float = 1.0  # max global gradient norm, 0 = off
-    weight_decay: float = 0.0  # weight decay: decoupled for adamw, L2 for sgd/adam
-    seed: int = 0  # random seed for batches, dropout and sampling
-    precision: Precision = "fp32"  # fp32, or bf16/fp16 autocast with fp32 weights; fp16 needs a GPU; auto = bf16
-    # where the hardware runs it natively (a GPU, or a CPU with AVX512-BF16/AMX), else fp32
-    bf16: bool = False  # the same as --precision bf16 (a step ~1.4x faster on a CPU with native bf16; much slower
-    # on one without, e.g. AVX2 only)
-    device: Device = "auto"  # where to train; auto = cuda, mps, cpu
-    grad_accum: int = 1  # micro-batches per optimizer step; global batch = batch x processes x N
-    eval_every: int = 10  # measure R every N steps, 0 = off
-    patience: int = 0  # early stop after N evaluations without a better val_loss, 0 = off
-    save_every: int = 0  # write checkpoints/step-N/ into DIR.partial every N steps, 0 = only on Ctrl-C
-    keep: int = 2  # newest checkpoints kept
-    report_to: Reporter = "none"  # also log metrics through Accelerate's tracker into the run folder
-    loss_chunk: int = DEFAULT_CHUNK  # rows per chunk of the output head fused with the loss, which never holds
-    # (B*T, V) logits; 0 = dense logits
-    attention: Attention = "auto"  # a Hugging Face model's attention while it trains: auto = eager on a CPU for
-    # sequences of up to 128 tokens (faster there), else the model's own; model = leave it
-
-    def check(self) -> None:
-        """Raise ValueError with one clear line for any bad value; settle precision vs bf16."""
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        for name in ("lr", "steps", "batch", "seq_len", "grad_accum", "keep"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name.replace('_', '-')} must be positive, got {value!r}")
-        if self.grad_clip < 0 or self.weight_decay < 0 or self.eval_every < 0 or self.patience < 0:
-            raise ValueError("grad-clip, weight-decay, eval-every and patience must be >= 0")
-        for name in ("save_every", "loss_chunk"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name, allowed in (
-            ("precision", PRECISIONS),
-            ("device", DEVICES),
-            ("report_to", REPORTERS),
-            ("attention", ATTENTIONS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
-                )
-        if self.bf16:
-            if self.precision == "fp16":
-                raise ValueError("--bf16 and --precision fp16 contradict each other")
-            self.precision = "bf16"
-        self.precision = settle_precision(self.precision, self.device)
-        self.bf16 = self.precision == "bf16"
-
-    def global_batch(self, processes: int) -> int:
-        return self.batch * processes * self.grad_accum
-
-
-ATTENTIONS = get_args(Attention)
 EAGER_MAX_LEN = 128  # auto: eager attention up to this many tokens per sequence, on a CPU
 
 

@@ -13,30 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from tokentilt.audit import AuditConfig, AuditResult, audit  # noqa: E402
-from tokentilt.config import UsageError  # noqa: E402
-from tokentilt.data import read_text_file  # noqa: E402
 from tokentilt.outputs import RunFolder  # noqa: E402
-from tokentilt.preflight import check_lengths, check_output  # noqa: E402
+from tokentilt.preflight import preflight_audit as preflight  # noqa: E402
 from tokentilt.report import fmt_rate, markdown_table  # noqa: E402
-from tokentilt.targets import check_syntax, token_selector_only  # noqa: E402
-
-
-def preflight(cfg: AuditConfig) -> None:
-    """Everything that can be refused before a model is loaded, each as one line."""
-    if not cfg.model:
-        raise UsageError("audit needs the model to audit: tokentilt audit MODEL --reference BASE")
-    cfg.check()
-    if cfg.toward:
-        token_selector_only(cfg.toward, "audit")
-        check_syntax(cfg.toward)
-    for path in cfg.words:
-        check_syntax(f"words:{path}")  # reads the file: missing, empty, binary
-    if cfg.eval_text:
-        read_text_file(cfg.eval_text)
-    for name in dict.fromkeys((cfg.model, cfg.reference)):
-        check_lengths(name, eval_seq_len=cfg.eval_seq_len, new_tokens=cfg.new_tokens)
-    check_output(cfg.out)
-    RunFolder(cfg.out, overwrite=cfg.overwrite)  # refuses a folder that holds a run, or is not ours
 
 
 def run_audit(cfg: AuditConfig, echo=print, progress: bool = False) -> AuditResult:

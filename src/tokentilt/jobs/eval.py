@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from tokentilt.calibrate import calibrate, check_rate
 from tokentilt.chat import check_template
 from tokentilt.evaluate import EvalConfig, excess_cost, held_out, held_out_text, measure
+from tokentilt.job_settings import EvalJobConfig  # noqa: F401 (re-exported)
 from tokentilt.models.load import load_model
 from tokentilt.phrases import resolve_target
-
-
-@dataclass
-class EvalJobConfig:
-    """`tokentilt eval`: which models, which set, which baseline; `eval` says how they are measured."""
-
-    model: str = "bundled"  # model to measure: 'bundled', a local HF folder, a .gguf or a hub id
-    reference: str = "bundled"  # reference for drift and the decode-time baseline
-    toward: str = "x"  # selector of the token set counted by R
-    bias: float = 0.0  # also measure the reference decoded with this logit bias on the set
-    rate: float = 0.0  # also measure the reference decoded with the b calibrated to this R
-    bf16: bool = False  # bf16 autocast on CPU
-    out: str = ""  # also write the results as JSON to this file
-    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def evaluate_model(

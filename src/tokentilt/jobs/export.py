@@ -5,27 +5,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from tokentilt.export import DEFAULT_TYPE, TYPES, ExportError, export_gguf, logit_bias_map, modelfile
+from tokentilt.export import ExportError, export_gguf, logit_bias_map, modelfile
+from tokentilt.job_settings import ExportConfig  # noqa: F401 (re-exported)
 from tokentilt.models.load import load_model
 from tokentilt.phrases import is_phrase_selector
 from tokentilt.preflight import check_output
 from tokentilt.targets import resolve_set
-
-
-@dataclass
-class ExportConfig:
-    """What `tokentilt export` writes, and from what."""
-
-    source: str = ""  # a tilt run folder, a model folder, a .gguf or 'bundled'
-    gguf: str = ""  # write the model here as GGUF (OUT.Modelfile beside it)
-    type: Literal[TYPES] = DEFAULT_TYPE  # tensor type of the 2-D weights
-    logit_bias: str = ""  # write the decode-time tilt here as JSON {token id: bias}
-    toward: str = ""  # --logit-bias: the token set; a run folder's when not given
-    bias: float | None = None  # --logit-bias: the bias b; a run folder's trained b when not given
 
 
 def model_of(source: str) -> tuple[str, dict | None]:

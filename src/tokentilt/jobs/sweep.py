@@ -11,21 +11,19 @@ Writes sweep.csv, sweep.md and pareto.png (R against held-out perplexity).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from tokentilt.calibrate import calibrate, check_rate
+from tokentilt.calibrate import calibrate
 from tokentilt.chat import check_template
-from tokentilt.config import to_flat
-from tokentilt.evaluate import EvalConfig, held_out, held_out_text, measure
-from tokentilt.losses import OBJECTIVES
+from tokentilt.evaluate import held_out, held_out_text, measure
+from tokentilt.job_settings import SHARED_KEYS, SweepConfig, TiltConfig  # noqa: F401 (re-exported)
 from tokentilt.report import markdown_table
-from tokentilt.tilting import Positions, TiltConfig, load_with_set, train_to_rate, train_toward
-from tokentilt.train import TrainConfig, frozen_copy
+from tokentilt.settings import EvalConfig, TrainConfig  # noqa: F401 (re-exported: a SweepConfig's parts)
+from tokentilt.tilting import load_with_set, train_to_rate, train_toward
+from tokentilt.train import frozen_copy
 
 BASELINE = "decode-bias"
 CSV_COLUMNS = [
@@ -44,131 +42,6 @@ CSV_COLUMNS = [
     "repetition",
     "steps",
 ]
-# Settings that must match for a finished run in the folder to count as done.
-SHARED_KEYS = (
-    "model",
-    "toward",
-    "positions",
-    "alpha",
-    "beta",
-    "ce_weight",
-    "rate_rounds",
-    "optimizer",
-    "steps",
-    "batch",
-    "grad_accum",
-    "seq_len",
-    "grad_clip",
-    "weight_decay",
-    "seed",
-    "bf16",
-    "prompts",
-    "samples_per_prompt",
-    "new_tokens",
-    "temperature",
-    "top_k",
-    "top_p",
-    "eval_seed",
-    "eval_text",
-    "eval_windows",
-    "eval_seq_len",
-    "chat",
-    "system",
-)
-
-
-def _train_defaults() -> TrainConfig:
-    return TrainConfig(eval_every=0)  # no R measurements during training: the sweep measures at the end
-
-
-@dataclass
-class SweepConfig:
-    """A grid of tilt runs. Lists are the grid's axes; the rest is shared by every run."""
-
-    model: str = "bundled"  # model to load: 'bundled' (SmolLM2-135M-Instruct, offline), a local HF folder, or a hub id
-    toward: str = "x"  # selector of the token set to tilt toward
-    objectives: list[str] = field(
-        default_factory=lambda: ["tilt-distill", "kl-alpha-beta"]
-    )  # objectives to train, comma-separated, from tilt's
-    # --objective choices
-    lrs: list[float] = field(default_factory=lambda: [1e-4])  # learning rates, comma-separated; one run each
-    rates: list[float] = field(default_factory=lambda: [0.5])  # target rates R*, comma-separated; b is calibrated per
-    # rate on the start model
-    biases: list[float] = field(default_factory=list)  # explicit logit biases b, comma-separated (besides the
-    # rates)
-    rate_rounds: int = 3  # tilt-distill at a rate: trainings that correct b until the trained model's R is R*
-    curve_points: int = 6  # extra b values on the decode-time baseline curve, 0 = none
-    positions: Positions = "all"  # positions that enter the loss
-    alpha: float = 1.0  # kl-alpha-beta/mixed: weight of set tokens
-    beta: float = 1e-4  # kl-alpha-beta/mixed: weight of other tokens
-    ce_weight: float = 1.0  # mixed: lambda on the CE term
-    out: str = "runs/sweep"  # sweep folder
-    overwrite: bool = False  # forget the runs already in the folder and start afresh
-    train: TrainConfig = field(default_factory=_train_defaults)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-
-    def check(self) -> None:
-        self.objectives = [str(o).strip() for o in self.objectives if str(o).strip()]
-        if not self.objectives:
-            raise ValueError("objectives must name at least one objective")
-        for o in self.objectives:
-            if o not in OBJECTIVES:
-                raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {o!r}")
-        self.lrs = _floats("lr", self.lrs)
-        self.rates = _floats("rate", self.rates)
-        self.biases = _floats("bias", self.biases)
-        if not self.lrs or any(not (math.isfinite(x) and x > 0) for x in self.lrs):
-            raise ValueError(f"lr values must be positive, got {self.lrs}")
-        for r in self.rates:
-            check_rate(r)
-        if any(not math.isfinite(b) for b in self.biases):
-            raise ValueError(f"bias values must be finite, got {self.biases}")
-        if "tilt-distill" in self.objectives and not (self.rates or self.biases):
-            raise ValueError("tilt-distill needs at least one rate or bias")
-        if self.curve_points < 0:
-            raise ValueError(f"curve-points must be >= 0, got {self.curve_points}")
-        TiltConfig(
-            objective=self.objectives[0],
-            positions=self.positions,
-            alpha=self.alpha,
-            beta=self.beta,
-            rate_rounds=self.rate_rounds,
-            train=self.train,
-            eval=self.eval,
-        ).check()
-
-    def tilt_config(self, objective: str, lr: float, bias: float, rate: float | None = None) -> TiltConfig:
-        return TiltConfig(
-            model=self.model,
-            toward=self.toward,
-            objective=objective,
-            positions=self.positions,
-            alpha=self.alpha,
-            beta=self.beta,
-            bias=bias,
-            rate=rate or 0.0,
-            rate_rounds=self.rate_rounds,
-            ce_weight=self.ce_weight,
-            placement="model",  # a sweep compares learning rates
-            train=dataclasses.replace(self.train, lr=lr),
-            eval=self.eval,
-        )
-
-    def shared(self) -> dict:
-        flat = to_flat(self)
-        return {k: flat[k] for k in SHARED_KEYS}
-
-
-def _floats(name: str, values) -> list[float]:
-    if isinstance(values, (int, float, str)):
-        values = [values]
-    out = []
-    for v in values or []:
-        try:
-            out.append(float(v))
-        except (TypeError, ValueError):
-            raise ValueError(f"bad value for {name}: {v!r}") from None
-    return out
 
 
 @dataclass(frozen=True)

@@ -7,43 +7,11 @@ off), so the weights are held once. A run saves the adapter (`adapter/`, for
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-DEFAULT_LR = 2e-3  # the learning rate --lora uses unless --lr is given; the R it reaches, beside other
-# learning rates, is measured in docs/training-engine.md (the LoRA table), not claimed here
-
-
-@dataclass
-class LoraArgs:
-    """Where the change lives: every weight (lora off) or a LoRA adapter."""
-
-    lora: bool = False  # train a LoRA adapter (PEFT) instead of every weight; writes adapter/ and model/ (merged)
-    lora_r: int = 16  # LoRA rank
-    lora_alpha: float = 32.0  # LoRA alpha; the update is scaled by alpha/r
-    lora_dropout: float = 0.0  # dropout on the adapter's input
-    lora_targets: str = (
-        "all-linear"  # comma-separated module names, or all-linear = every linear layer of attention and MLP
-    )
-
-    def check(self) -> None:
-        if not self.lora:
-            return
-        if not (isinstance(self.lora_r, int) and self.lora_r > 0):
-            raise ValueError(f"lora-r must be a positive integer, got {self.lora_r!r}")
-        if not self.lora_alpha > 0:
-            raise ValueError(f"lora-alpha must be positive, got {self.lora_alpha!r}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora-dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if not self.targets():
-            raise ValueError("lora-targets names no module")
-
-    def targets(self) -> str | list[str]:
-        if self.lora_targets.strip() == "all-linear":
-            return "all-linear"
-        return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+from tokentilt.settings import DEFAULT_LR, LoraArgs  # noqa: F401 (re-exported)
 
 
 def add_adapter(model, args: LoraArgs, seed: int = 0):

@@ -1,0 +1,223 @@
+"""The settings of the shared parts, as dataclasses that import no torch: how to train (TrainConfig), how to
+measure (EvalConfig), how to sample (SampleConfig), LoRA (LoraArgs), and the names and constants their fields
+and checks use.
+
+The CLI builds its parsers from these and checks a command's input before it imports torch; the modules
+that use them (train.py, evaluate.py, generate.py, models/lora.py, engine.py, ...) import them from here
+and keep exporting them under their old names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from tokentilt.prompts import CHAT_PROMPTS, COURSE_PROMPTS, DEFAULT_PROMPTS
+
+# the losses.OBJECTIVES registry's names, in its order (test_losses checks they agree), as a type: the CLI's choices
+OBJECTIVE_NAMES = ("kl-uniform", "kl-alpha-beta", "tilt-distill", "mixed", "away")
+ObjectiveName = Literal[OBJECTIVE_NAMES]
+TEXT_OBJECTIVES = {"tilt-distill", "mixed"}  # objectives whose inputs must be real text rather than random tokens
+REFERENCE_OBJECTIVES = {"tilt-distill"}  # objectives that need a frozen copy of the starting model
+# where training runs (engine.py)
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Precision = Literal["fp32", "bf16", "fp16", "auto"]  # auto: bf16 where it is native, else fp32
+Reporter = Literal["none", "tensorboard", "wandb", "mlflow", "trackio"]
+DEVICES, PRECISIONS, REPORTERS = get_args(Device), get_args(Precision), get_args(Reporter)
+# head-rows tilts' training contexts and fit (head_tilt.py)
+Contexts = Literal["mix", "text", "policy"]
+HeadFit = Literal["offset", "kl"]
+CONTEXTS, FITS = get_args(Contexts), get_args(HeadFit)
+STRATEGIES = ("greedy", "multinomial")  # of SampleConfig (generate.py)
+DEFAULT_CHUNK = 512  # rows per chunk: (512, 49152) fp32 is 100 MB
+TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")  # GGUF tensor types that export.py writes
+DEFAULT_TYPE = "f16"
+
+
+def check_rate(target: float) -> None:
+    if not (isinstance(target, (int, float)) and 0 < target < 1):
+        raise ValueError(f"rate must be in (0, 1), got {target!r}")
+
+
+def check_options(chat: bool, system: str) -> None:
+    """--system belongs to --chat."""
+    if system and not chat:
+        raise ValueError("--system is a chat option; give --chat with it")
+
+
+@dataclass
+class SampleConfig:
+    """How to pick each next token."""
+
+    max_new_tokens: int = 48  # tokens generated per sample
+    strategy: str = "multinomial"  # "greedy" (argmax) or "multinomial" (sample)
+    temperature: float = 1.0  # divides the logits before sampling
+    top_k: int = 0  # keep only the k likeliest tokens (0 = off)
+    top_p: float = 1.0  # keep the smallest set with this much mass (1.0 = off)
+    ban_eos: bool = True  # never stop early, so every sample has max_new_tokens tokens
+
+
+def check_sample_config(cfg: SampleConfig) -> None:
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {cfg.strategy!r}")
+    if cfg.max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be positive, got {cfg.max_new_tokens}")
+    if cfg.temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {cfg.temperature}")
+    if cfg.top_k < 0 or not 0 < cfg.top_p <= 1:
+        raise ValueError(f"top_k must be >= 0 and top_p in (0, 1], got {cfg.top_k}, {cfg.top_p}")
+
+
+@dataclass
+class EvalConfig:
+    """How R and the costs are measured: prompts x samples for R, held-out windows for the rest."""
+
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))  # varied openings for R (set in YAML)
+    samples_per_prompt: int = 4  # samples per prompt for R; with 16 prompts, 4 give 64 samples
+    new_tokens: int = 48  # tokens generated per sample
+    temperature: float = 1.0  # sampling temperature; 1.0 samples the model's own distribution
+    top_k: int = 0  # top-k sampling, 0 = off
+    top_p: float = 1.0  # nucleus sampling, 1.0 = off
+    eval_seed: int = 1234  # seed of the R measurement, fixed so before/after/reloaded models see the same draws
+    during_samples_per_prompt: int = 1  # samples per prompt of the lighter R measurement every eval-every steps
+    eval_text: str = ""  # plain-text file for held-out perplexity and drift; empty = the plays' test split
+    eval_windows: int = 16  # held-out windows, spread over the text (a cap that keeps evaluation cheap)
+    eval_seq_len: int = 128  # tokens per held-out window (in chat: at most this many reply tokens)
+    chat: bool = False  # prompts as user turns in the model's chat template (32 built-in requests); R, distinct-n,
+    # repetition, perplexity and drift on the assistant's replies only, cut at end-of-turn
+    system: str = ""  # chat: a system message before each user turn (none = the template's own, if any)
+
+    def check(self) -> None:
+        if self.chat and self.prompts == list(DEFAULT_PROMPTS):
+            self.prompts = list(CHAT_PROMPTS)  # the chat default: user requests instead of text openings
+        check_options(self.chat, self.system)
+        if not self.prompts or not all(isinstance(p, str) and p for p in self.prompts):
+            raise ValueError("prompts must be a non-empty list of non-empty strings")
+        if self.samples_per_prompt <= 0 or self.new_tokens <= 0 or self.during_samples_per_prompt <= 0:
+            raise ValueError("samples-per-prompt and new-tokens must be positive")
+        if self.eval_windows <= 0 or self.eval_seq_len < 2:
+            raise ValueError("eval-windows must be positive and eval-seq-len at least 2")
+
+    @classmethod
+    def course(cls) -> EvalConfig:
+        """The course experiments' measurement: their 8 prompts (their README numbers were taken on them)."""
+        return cls(prompts=list(COURSE_PROMPTS))
+
+    def probe(self) -> EvalConfig:
+        """The same measurement on other seeds (eval_seed + 1): what tilt --rate chooses b on, so that the
+        R it reports on eval_seed is not the one b was fitted to."""
+        return dataclasses.replace(self, eval_seed=self.eval_seed + 1)
+
+    def sample_config(self) -> SampleConfig:
+        return SampleConfig(
+            max_new_tokens=self.new_tokens,
+            strategy="multinomial",
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+        )
+
+
+Optimizer = Literal["sgd", "adam", "adamw"]
+Attention = Literal["auto", "model", "eager", "sdpa"]
+OPTIMIZERS, ATTENTIONS = get_args(Optimizer), get_args(Attention)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; the same dataclass is filled from YAML and from flags."""
+
+    optimizer: Optimizer = "adam"  # optimizer
+    lr: float = 1e-4  # learning rate
+    steps: int = 40  # optimizer steps
+    batch: int = 4  # sequences per micro-batch on each process
+    seq_len: int = 64  # tokens per training sequence
+    grad_clip: float = 1.0  # max global gradient norm, 0 = off
+    weight_decay: float = 0.0  # weight decay: decoupled for adamw, L2 for sgd/adam
+    seed: int = 0  # random seed for batches, dropout and sampling
+    precision: Precision = "fp32"  # fp32, or bf16/fp16 autocast with fp32 weights; fp16 needs a GPU; auto = bf16
+    # where the hardware runs it natively (a GPU, or a CPU with AVX512-BF16/AMX), else fp32
+    bf16: bool = False  # the same as --precision bf16 (a step ~1.4x faster on a CPU with native bf16; much slower
+    # on one without, e.g. AVX2 only)
+    device: Device = "auto"  # where to train; auto = cuda, mps, cpu
+    grad_accum: int = 1  # micro-batches per optimizer step; global batch = batch x processes x N
+    eval_every: int = 10  # measure R every N steps, 0 = off
+    patience: int = 0  # early stop after N evaluations without a better val_loss, 0 = off
+    save_every: int = 0  # write checkpoints/step-N/ into DIR.partial every N steps, 0 = only on Ctrl-C
+    keep: int = 2  # newest checkpoints kept
+    report_to: Reporter = "none"  # also log metrics through Accelerate's tracker into the run folder
+    loss_chunk: int = DEFAULT_CHUNK  # rows per chunk of the output head fused with the loss, which never holds
+    # (B*T, V) logits; 0 = dense logits
+    attention: Attention = "auto"  # a Hugging Face model's attention while it trains: auto = eager on a CPU for
+    # sequences of up to 128 tokens (faster there), else the model's own; model = leave it
+
+    def check(self) -> None:
+        """Raise ValueError with one clear line for any bad value; settle precision vs bf16."""
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        for name in ("lr", "steps", "batch", "seq_len", "grad_accum", "keep"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name.replace('_', '-')} must be positive, got {value!r}")
+        if self.grad_clip < 0 or self.weight_decay < 0 or self.eval_every < 0 or self.patience < 0:
+            raise ValueError("grad-clip, weight-decay, eval-every and patience must be >= 0")
+        for name in ("save_every", "loss_chunk"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name, allowed in (
+            ("precision", PRECISIONS),
+            ("device", DEVICES),
+            ("report_to", REPORTERS),
+            ("attention", ATTENTIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        if self.bf16:
+            if self.precision == "fp16":
+                raise ValueError("--bf16 and --precision fp16 contradict each other")
+            self.precision = "bf16"
+        from tokentilt.engine import settle_precision  # imports torch: auto asks the hardware
+
+        self.precision = settle_precision(self.precision, self.device)
+        self.bf16 = self.precision == "bf16"
+
+    def global_batch(self, processes: int) -> int:
+        return self.batch * processes * self.grad_accum
+
+
+DEFAULT_LR = 2e-3  # the learning rate --lora uses unless --lr is given; the R it reaches, beside other
+# learning rates, is measured in docs/training-engine.md (the LoRA table), not claimed here
+
+
+@dataclass
+class LoraArgs:
+    """Where the change lives: every weight (lora off) or a LoRA adapter."""
+
+    lora: bool = False  # train a LoRA adapter (PEFT) instead of every weight; writes adapter/ and model/ (merged)
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: float = 32.0  # LoRA alpha; the update is scaled by alpha/r
+    lora_dropout: float = 0.0  # dropout on the adapter's input
+    lora_targets: str = (
+        "all-linear"  # comma-separated module names, or all-linear = every linear layer of attention and MLP
+    )
+
+    def check(self) -> None:
+        if not self.lora:
+            return
+        if not (isinstance(self.lora_r, int) and self.lora_r > 0):
+            raise ValueError(f"lora-r must be a positive integer, got {self.lora_r!r}")
+        if not self.lora_alpha > 0:
+            raise ValueError(f"lora-alpha must be positive, got {self.lora_alpha!r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora-dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if not self.targets():
+            raise ValueError("lora-targets names no module")
+
+    def targets(self) -> str | list[str]:
+        if self.lora_targets.strip() == "all-linear":
+            return "all-linear"
+        return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
