@@ -13,7 +13,7 @@ from typing import Literal, get_args
 import torch
 
 from tokentilt import checkpoint, data, head_tilt, phrases
-from tokentilt.calibrate import RateFit, check_rate, fit_trained_bias
+from tokentilt.calibrate import RateFit, RoundsState, check_rate, fit_trained_bias
 from tokentilt.engine import on_main, process_state
 from tokentilt.evaluate import EvalConfig, measure_rate
 from tokentilt.losses import (
@@ -95,10 +95,10 @@ class TiltConfig:
             check_rate(self.rate)
         if not (isinstance(self.rate_rounds, int) and self.rate_rounds >= 1):
             raise ValueError(f"rate-rounds must be a positive integer, got {self.rate_rounds!r}")
-        if self.rate and (self.resume or self.train.save_every or self.train.report_to != "none"):
+        if self.rate and (self.train.save_every or self.train.report_to != "none"):
             raise ValueError(
-                "--rate trains up to rate-rounds times from the start; "
-                "it takes no --resume, --save-every or --report-to"
+                "--rate trains up to rate-rounds times from the start and checkpoints after each stage and round; "
+                "it takes no --save-every or --report-to"
             )
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
@@ -120,10 +120,12 @@ class TiltConfig:
             and self.head_odds_weight >= 0
         ):
             raise ValueError(f"head-odds-weight must be >= 0, got {self.head_odds_weight!r}")
-        if self.head_rows() and (self.resume or self.train.save_every or self.train.report_to != "none"):
+        if self.head_rows() and (
+            (self.resume and not self.rate) or self.train.save_every or self.train.report_to != "none"
+        ):
             raise ValueError(
                 "--placement head-rows fits in seconds on cached hidden states; "
-                "it takes no --resume, --save-every or --report-to (use --placement model)"
+                "it takes no --save-every or --report-to, and --resume only with --rate (use --placement model)"
             )
         if self.resume and self.overwrite:
             raise ValueError("--resume continues a run and --overwrite starts it afresh: give one of them")
@@ -277,6 +279,8 @@ def train_to_rate(
     pool=None,
     head_only: bool = False,
     offsets=None,
+    resumed: RoundsState | None = None,
+    after_round=None,
 ) -> tuple[RateFit, list[dict]]:
     """tilt-distill toward the rate cfg.rate: up to cfg.rate_rounds trainings, each from the reference's weights.
 
@@ -290,7 +294,8 @@ def train_to_rate(
     on too few effective samples. head_only: only the output head trains (head-rows), so that forward is
     the head alone, on the head inputs the sampler recorded. offsets(h) -> the trained model's change of
     the set's logits at head inputs h, where that is all it changes (a head-rows offset fit): the weights
-    then come from the recorded head inputs and set masses, with no head at all.
+    then come from the recorded head inputs and set masses, with no head at all. after_round(RoundsState,
+    kept_changed) checkpoints each round (its value: (history, weights)); `resumed` goes on from one.
     -> (the fit, the kept round's training history).
     """
     probe_cfg = cfg.eval.probe()
@@ -321,8 +326,10 @@ def train_to_rate(
         return on_main(probe_once, state)
 
     n = len(cfg.eval.prompts) * cfg.eval.samples_per_prompt
-    fit, (history, weights) = fit_trained_bias(train_at, probe, cfg.rate, bias, cfg.rate_rounds, n, echo=echo)
-    if fit.kept != len(fit.rounds) - 1:
+    fit, (history, weights) = fit_trained_bias(
+        train_at, probe, cfg.rate, bias, cfg.rate_rounds, n, echo=echo, resumed=resumed, after_round=after_round
+    )
+    if fit.kept != len(fit.rounds) - 1 or (resumed is not None and resumed.done):  # (resumed: no round trained)
         restore(model, weights)
     return fit, history
 
