@@ -160,20 +160,39 @@ def killed_run(tiny_model_dir, rate_eval, tmp_path, monkeypatch):
     """An unfinished --rate run, stopped (in-process, by an exception) after its baseline checkpoint."""
     import tokentilt.jobs.tilt
 
-    def stop(*a, **k):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(tokentilt.jobs.tilt, "train_to_rate", stop)
+    entered = []  # torch's global RNG state as the rate rounds start
+    monkeypatch.setattr(tokentilt.jobs.tilt, "train_to_rate", stop_recording(entered))
     out = tmp_path / "run"
     argv = rate_argv(tiny_model_dir, rate_eval, out)
+    torch.manual_seed(0)
     assert main(argv) == 130
     monkeypatch.undo()
     assert boundary_of(out.with_name("run.partial") / "checkpoints" / "rate") == "baseline"
-    return out, argv
+    return out, argv, entered
+
+
+def stop_recording(entered: list):
+    def stop(*a, **k):
+        entered.append(torch.get_rng_state())
+        raise KeyboardInterrupt
+
+    return stop
+
+
+def test_resume_restores_the_global_rng_where_the_run_stopped(killed_run, monkeypatch):
+    """Every stage today draws from its own seeded generator (and training reseeds torch's), so the kill
+    tests pass without this; it keeps a resumed run's global RNG that of the uninterrupted run all the same."""
+    import tokentilt.jobs.tilt
+
+    out, argv, entered = killed_run
+    monkeypatch.setattr(tokentilt.jobs.tilt, "train_to_rate", stop_recording(entered))
+    torch.manual_seed(1)  # another state than the killed run's before the resume
+    assert main([*argv, "--resume"]) == 130
+    assert torch.equal(entered[1], entered[0])  # as the uninterrupted run entered the rate rounds
 
 
 def test_resume_with_other_settings_is_one_line(killed_run, capsys):
-    out, argv = killed_run
+    out, argv, _ = killed_run
     capsys.readouterr()
     assert main([*argv, "--rate-rounds", "3", "--resume"]) == 2
     assert "--resume with other settings than the run's: rate-rounds was 2, now 3" in one_line_error(capsys)
@@ -181,7 +200,7 @@ def test_resume_with_other_settings_is_one_line(killed_run, capsys):
 
 @pytest.mark.parametrize("damage", ["truncated", "foreign", "missing round"])
 def test_a_corrupt_stage_checkpoint_is_one_line(killed_run, capsys, damage):
-    out, argv = killed_run
+    out, argv, _ = killed_run
     state = out.with_name("run.partial") / "checkpoints" / "rate" / STATE
     if damage == "truncated":
         state.write_bytes(state.read_bytes()[:100])

@@ -98,6 +98,7 @@ class RateCheckpoint:
         self.folder = Path(folder)
         self.values = values or {}
         self.boundary = boundary
+        self.resumed_from = boundary  # the boundary a resumed run goes on from (None for a fresh one)
         self.rng = rng  # torch's global RNG state at the boundary
         self.weights = weights  # the kept round's trainable weights, with "rounds"
 

@@ -373,7 +373,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
             "stage_peak_rss_mb": clock.peak_rss_mb,  # per stage, as stage_seconds
             **({"stage_peak_device_mb": clock.peak_device_mb} if clock.peak_device_mb else {}),
             "resumed_after_step": resume_step or None,
-            **({"resumed_after_stage": saved.boundary if cfg.resume else None} if cfg.rate else {}),
+            **({"resumed_after_stage": saved.resumed_from} if cfg.rate else {}),
             **({"checkpoint_mb": round(saved.size_mb(), 2)} if cfg.rate else {}),  # the newest, as it was
         }
     )
