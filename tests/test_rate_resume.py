@@ -156,7 +156,7 @@ def one_line_error(capsys) -> str:
 
 
 @pytest.fixture
-def killed_run(tiny_model_dir, rate_eval, tmp_path, monkeypatch):
+def killed_run(tiny_model_dir, rate_eval, tmp_path, monkeypatch, capsys):
     """An unfinished --rate run, stopped (in-process, by an exception) after its baseline checkpoint."""
     import tokentilt.jobs.tilt
 
@@ -165,7 +165,9 @@ def killed_run(tiny_model_dir, rate_eval, tmp_path, monkeypatch):
     out = tmp_path / "run"
     argv = rate_argv(tiny_model_dir, rate_eval, out)
     torch.manual_seed(0)
+    capsys.readouterr()
     assert main(argv) == 130
+    assert "(after baseline); continue with the same command plus --resume" in capsys.readouterr().err
     monkeypatch.undo()
     assert boundary_of(out.with_name("run.partial") / "checkpoints" / "rate") == "baseline"
     return out, argv, entered

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
@@ -56,6 +57,21 @@ def _quiet(*args, **kwargs) -> None:
 def rate_folder(folder: RunFolder) -> Path:
     """Where a --rate run writes its stage and round checkpoints (rate_checkpoint.py)."""
     return folder.path("checkpoints") / "rate"
+
+
+@contextlib.contextmanager
+def says_where_to_resume(saved: RateCheckpoint | None, folder: RunFolder):
+    """Ctrl-C in a --rate run: say which boundary the same command plus --resume goes on from (a round's
+    training keeps no step checkpoint of its own)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if saved is None or saved.boundary is None:
+            raise
+        raise KeyboardInterrupt(
+            f"interrupted; checkpoint {saved.folder} (after {saved.boundary}); "
+            "continue with the same command plus --resume"
+        ) from None
 
 
 def check_resumable(folder: RunFolder, cfg: TiltConfig) -> tuple[int, RateCheckpoint | None]:
@@ -322,12 +338,13 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     eval_text = held_out_text(cfg.eval) if main else None  # and a missing eval file
     started, clock = time.time(), Stages(resolve_device(cfg.train.device))  # seconds and memory per stage
     run = set_up(cfg, say)
-    start = measure_start(cfg, run, eval_text, folder, resume_step, clock, say, saved) if main else Start(bias=cfg.bias)
-    bias = on_main(lambda: start.bias, state)
+    with says_where_to_resume(saved, folder):
+        start = measure_start(cfg, run, eval_text, folder, resume_step, clock, say, saved) if main else Start(cfg.bias)
+        bias = on_main(lambda: start.bias, state)
 
-    train_started = time.time()
-    pool = start.calibration.pool if start.calibration is not None else None  # the probe seeds' draws
-    fit, history = train_stage(cfg, run, bias, folder, progress and main, say, pool, saved, save=main)
+        train_started = time.time()
+        pool = start.calibration.pool if start.calibration is not None else None  # the probe seeds' draws
+        fit, history = train_stage(cfg, run, bias, folder, progress and main, say, pool, saved, save=main)
     trained_bias = fit.bias if fit is not None else bias
     train_seconds = time.time() - train_started
     clock.mark("train")  # with --rate: every round, its contexts and its probe
