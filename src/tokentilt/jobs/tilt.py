@@ -60,7 +60,7 @@ def rate_folder(folder: RunFolder) -> Path:
 
 
 @contextlib.contextmanager
-def says_where_to_resume(saved: RateCheckpoint | None, folder: RunFolder):
+def says_where_to_resume(saved: RateCheckpoint | None):
     """Ctrl-C in a --rate run: say which boundary the same command plus --resume goes on from (a round's
     training keeps no step checkpoint of its own)."""
     try:
@@ -338,7 +338,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     eval_text = held_out_text(cfg.eval) if main else None  # and a missing eval file
     started, clock = time.time(), Stages(resolve_device(cfg.train.device))  # seconds and memory per stage
     run = set_up(cfg, say)
-    with says_where_to_resume(saved, folder):
+    with says_where_to_resume(saved):
         start = measure_start(cfg, run, eval_text, folder, resume_step, clock, say, saved) if main else Start(cfg.bias)
         bias = on_main(lambda: start.bias, state)
 
