@@ -67,13 +67,14 @@ def uninterrupted(model_dir, eval_text, tmp_path_factory, placement: str) -> dic
     """The numbers of an uninterrupted run (once per placement)."""
     if placement not in _WHOLE:
         out = tmp_path_factory.mktemp("whole") / "run"
-        got = tokentilt(rate_argv(model_dir, eval_text, out, "--placement", placement))
+        got = tokentilt(rate_argv(model_dir, eval_text, out, *PLACEMENTS[placement]))
         assert got.returncode == 0, got.stderr
         _WHOLE[placement] = numbers(out)
     return _WHOLE[placement]
 
 
 BOUNDARIES = ("measure_before", "calibrate", "baseline", "round-1", "round-2")
+PLACEMENTS = {"head-rows": ["--placement", "head-rows"], "model": ["--placement", "model"], "lora": ["--lora"]}
 
 
 def kill_after(argv, folder: Path, boundary: str) -> str:
@@ -93,14 +94,16 @@ def kill_after(argv, folder: Path, boundary: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("placement", ["head-rows", "model"])
-@pytest.mark.parametrize("boundary", ["calibrate", "round-1"])
+@pytest.mark.parametrize(
+    "placement,boundary",
+    [(p, b) for p in ("head-rows", "model") for b in ("calibrate", "round-1")] + [("lora", "round-1")],
+)
 def test_kill_9_at_a_boundary_then_resume_gives_the_uninterrupted_numbers(
     tiny_model_dir, rate_eval, tmp_path, tmp_path_factory, placement, boundary
 ):
     whole = uninterrupted(tiny_model_dir, rate_eval, tmp_path_factory, placement)
     out = tmp_path / "run"
-    argv = rate_argv(tiny_model_dir, rate_eval, out, "--placement", placement)
+    argv = rate_argv(tiny_model_dir, rate_eval, out, *PLACEMENTS[placement])
     killed_at = kill_after(argv, out.with_name("run.partial") / "checkpoints" / "rate", boundary)
     assert killed_at in BOUNDARIES[BOUNDARIES.index(boundary) :] and not out.exists(), killed_at
     resumed = tokentilt([*argv, "--resume"])
