@@ -324,13 +324,8 @@ def fit_trained_bias(
     tried: list[tuple[float, dict]] = []  # (b, R) per round
     best, best_value, done = 0, None, False
     if resumed is not None:
-        tried, best, best_value, bias, done = (
-            list(resumed.tried),
-            resumed.best,
-            resumed.value,
-            resumed.bias,
-            resumed.done,
-        )
+        tried, best, best_value = list(resumed.tried), resumed.best, resumed.value
+        bias, done = resumed.bias, resumed.done
     for i in range(len(tried), 0 if done else rounds):
         value = train_at(bias)
         r = probe()
