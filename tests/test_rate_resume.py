@@ -106,6 +106,9 @@ def test_kill_9_at_a_boundary_then_resume_gives_the_uninterrupted_numbers(
     argv = rate_argv(tiny_model_dir, rate_eval, out, *PLACEMENTS[placement])
     killed_at = kill_after(argv, out.with_name("run.partial") / "checkpoints" / "rate", boundary)
     assert killed_at in BOUNDARIES[BOUNDARIES.index(boundary) :] and not out.exists(), killed_at
+    ck = RateCheckpoint.load(out.with_name("run.partial") / "checkpoints" / "rate")
+    # head-rows keeps its first round's contexts, so a resume need not sample them again
+    assert (ck.get("head_contexts") is not None) == (placement == "head-rows" and killed_at.startswith("round"))
     resumed = tokentilt([*argv, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert f"after {killed_at}" in resumed.stdout

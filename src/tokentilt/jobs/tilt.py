@@ -443,16 +443,20 @@ def train_stage(
     def after_round(rounds, kept_changed: bool) -> None:
         history, weights = rounds.value
         record = {"tried": rounds.tried, "best": rounds.best, "history": history, "bias": rounds.bias}
+        contexts = {"head_contexts": head.contexts_state()} if head and saved.get("head_contexts") is None else {}
         saved.save(
-            f"round-{len(rounds.tried)}", weights if kept_changed else None, rounds={**record, "done": rounds.done}
+            f"round-{len(rounds.tried)}",
+            weights if kept_changed else None,
+            rounds={**record, "done": rounds.done},
+            **contexts,
         )
 
     if cfg.rate:
         say(f"training toward R = {cfg.rate}, correcting b from the trained model's R (<= {cfg.rate_rounds} rounds)")
         if resumed is not None:
             say(f"rounds 1-{len(resumed.tried)} from the checkpoint")
-            if head:  # the contexts are sampled at the first round's b, with the original rows
-                head.prepare(resumed.tried[0][0])
+            if head:  # the contexts of the first round's b (sampled again if the checkpoint lacks them)
+                head.prepare(resumed.tried[0][0], saved.get("head_contexts"))
             saved.restore_rng()
         return train_to_rate(
             model,
