@@ -146,6 +146,24 @@ def test_fit_trained_bias_keeps_the_round_nearest_the_target():
     assert fake.trained[1] > fake.trained[0]  # R below target -> b goes up
 
 
+@pytest.mark.parametrize("after", [1, 2, 3])  # 3: after the last round, none is trained again
+def test_fit_trained_bias_resumed_after_a_round_ends_as_the_uninterrupted_one(after):
+    """A tilt --rate checkpoint after round k (its RoundsState) goes on to the same rounds, b and kept weights."""
+    states = []
+    rate_of = lambda b: sigmoid(0.7 * b - 3.5)  # noqa: E731
+    whole = FakeTraining(rate_of)
+    fit, kept = fit_trained_bias(
+        whole.train_at, whole.probe, 0.5, 2.0, rounds=4, n=1000, tol=0.001, after_round=lambda s, _: states.append(s)
+    )
+    assert len(states) == len(fit.rounds) == 3 and states[-1].done and not states[1].done  # on target in round 3
+    resumed = FakeTraining(rate_of)
+    resumed.trained = whole.trained[:after]  # the probe reads the last trained b
+    again, kept_again = fit_trained_bias(
+        resumed.train_at, resumed.probe, 0.5, 2.0, rounds=4, n=1000, tol=0.001, resumed=states[after - 1]
+    )
+    assert again == fit and kept_again == kept and resumed.trained == whole.trained
+
+
 def test_fit_trained_bias_stops_within_tolerance_and_checks_rounds():
     fake = FakeTraining(lambda b: 0.49)
     fit, _ = fit_trained_bias(fake.train_at, fake.probe, 0.5, 4.0, rounds=3, n=32, tol=0.03)

@@ -341,7 +341,12 @@ def test_the_r_prompts_are_16_varied_openings_disjoint_from_the_training_prompts
         (["--objective", "tilt-distill", "--head-lr", "nan"], "head-lr must be positive"),
         (["--objective", "tilt-distill", "--head-odds-weight", "-1"], "head-odds-weight must be >= 0"),
         (["--objective", "tilt-distill", "--contexts", "web"], "invalid choice: 'web'"),
-        (["--objective", "tilt-distill", "--save-every", "5"], "it takes no --resume, --save-every or --report-to"),
+        (["--objective", "tilt-distill", "--save-every", "5"], "it takes no --save-every or --report-to"),
+        (["--objective", "tilt-distill", "--rate", "0", "--resume"], "and --resume only with --rate"),
+        (
+            ["--objective", "tilt-distill", "--placement", "model", "--save-every", "5"],
+            "checkpoints after each stage and round; it takes no --save-every",
+        ),
     ],
 )
 def test_bad_head_rows_options_are_one_line_before_loading(

@@ -259,6 +259,17 @@ def match_bias(
 
 
 @dataclass
+class RoundsState:
+    """fit_trained_bias after a round: what it needs to go on from there."""
+
+    tried: list[tuple[float, dict]]  # (b, probe R) per round so far
+    best: int  # index of the round kept so far
+    value: object  # that round's train_at value
+    bias: float  # b of the next round
+    done: bool  # no round follows
+
+
+@dataclass
 class RateFit:
     """tilt-distill's b, corrected so that the *trained* model's rate is R*."""
 
@@ -283,6 +294,8 @@ def fit_trained_bias(
     tol: float = 0.03,
     max_step: float = 4.0,
     echo=None,
+    resumed: RoundsState | None = None,
+    after_round=None,
 ):
     """Train toward b, measure the trained model's R, move b, train again: at most `rounds` times.
 
@@ -295,7 +308,9 @@ def fit_trained_bias(
     train_at(b) trains from the start weights and returns what the caller keeps of that round
     (its history, a copy of the weights); probe() -> R dict of the model just trained. The probe
     should use seeds other than the reported measurement's, so that the reported R is not the
-    one b was fitted to. Returns (RateFit, the kept round's train_at value).
+    one b was fitted to. after_round(RoundsState) is called after each round (a checkpoint); `resumed`, the
+    last one it was given, continues from there (its value is the kept round's train_at value).
+    Returns (RateFit, the kept round's train_at value).
     """
     check_rate(target)
     if rounds < 1:
@@ -303,8 +318,11 @@ def fit_trained_bias(
     goal = _logit(target, n)
     tol = rate_tolerance(target, tol)
     tried: list[tuple[float, dict]] = []  # (b, R) per round
-    best, best_value = 0, None
-    for i in range(rounds):
+    best, best_value, done = 0, None, False
+    if resumed is not None:
+        tried, best, best_value = list(resumed.tried), resumed.best, resumed.value
+        bias, done = resumed.bias, resumed.done
+    for i in range(len(tried), 0 if done else rounds):
         value = train_at(bias)
         r = probe()
         tried.append((bias, r))
@@ -313,14 +331,18 @@ def fit_trained_bias(
             echo(f"  round {i + 1}: b = {bias:+.3f} -> trained R = {r['mean']:.3f} (target {target}{how})")
         if i == 0 or abs(r["mean"] - target) < abs(tried[best][1]["mean"] - target):
             best, best_value = i, value  # only the best round's weights are held
-        if abs(r["mean"] - target) <= tol:
+        done = abs(r["mean"] - target) <= tol or i == rounds - 1
+        if not done:
+            y = _logit(r["mean"], n)
+            slope = 1.0  # one unit of b moves logit(p) by one unit at every position
+            if i:
+                b0, r0 = tried[-2]
+                secant = (y - _logit(r0["mean"], n)) / (bias - b0) if bias != b0 else 0.0
+                slope = secant if secant >= 0.25 else slope  # a noisy or flat secant falls back to the first-order step
+            bias = bias + max(-max_step, min(max_step, (goal - y) / slope))
+        if after_round is not None:
+            after_round(RoundsState(list(tried), best, best_value, bias, done), best == i)
+        if done:
             break
-        y = _logit(r["mean"], n)
-        slope = 1.0  # one unit of b moves logit(p) by one unit at every position
-        if i:
-            b0, r0 = tried[-2]
-            secant = (y - _logit(r0["mean"], n)) / (bias - b0) if bias != b0 else 0.0
-            slope = secant if secant >= 0.25 else slope  # a noisy or flat secant falls back to the first-order step
-        bias = bias + max(-max_step, min(max_step, (goal - y) / slope))
     fit = RateFit(target, tried[best][0], tried[best][1], [(b, r["mean"]) for b, r in tried], best)
     return fit, best_value

@@ -409,13 +409,26 @@ class HeadRowsTilt:
     def trained_rows(self) -> int:
         return len(self.rows)
 
-    def train(self, bias: float, progress: bool = True, log=None) -> list[dict]:
-        """Fit the rows toward softmax(z_ref + bias·M) and write them into the head."""
-        if self.inputs is None:  # the first fit: the head still holds the original rows
+    def prepare(self, bias: float, saved: dict | None = None) -> None:
+        """Build the training contexts at b = `bias` and their head inputs, once: the first fit does it. A
+        resumed tilt --rate (rate_checkpoint.py) gives them as `saved` (contexts_state of its first round)."""
+        if self.inputs is None and saved is not None:
+            self.batches = list(saved["batches"])
+            rest = self.head.weight.detach()[~self.trained.to(self.head.weight.device)].float()
+            self.inputs = HeadInputs(saved["h"].to(self.head.weight.device), rest)  # as head_inputs builds it
+        if self.inputs is None:
             got = self.contexts(bias, context_size(self.fit))
             got = got if isinstance(got, TrainingContexts) else TrainingContexts(list(got))
             self.batches = got.batches
             self.inputs = head_inputs(self.model, got.batches, self.trained, self.bf16, got.known)
+
+    def contexts_state(self) -> dict:
+        """The contexts prepare() built, for a checkpoint: their id batches and head inputs."""
+        return {"batches": self.batches, "h": self.inputs.h}
+
+    def train(self, bias: float, progress: bool = True, log=None) -> list[dict]:
+        """Fit the rows toward softmax(z_ref + bias·M) and write them into the head."""
+        self.prepare(bias)  # the first fit: the head still holds the original rows
         if self.phrases is not None:
             bias = self.phrases.row_offsets(self.batches, bias, self.rows.cpu()).to(self.original.device)
         if self.fit == "offset":

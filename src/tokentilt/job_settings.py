@@ -101,10 +101,10 @@ class TiltConfig:
             check_rate(self.rate)
         if not (isinstance(self.rate_rounds, int) and self.rate_rounds >= 1):
             raise ValueError(f"rate-rounds must be a positive integer, got {self.rate_rounds!r}")
-        if self.rate and (self.resume or self.train.save_every or self.train.report_to != "none"):
+        if self.rate and (self.train.save_every or self.train.report_to != "none"):
             raise ValueError(
-                "--rate trains up to rate-rounds times from the start; "
-                "it takes no --resume, --save-every or --report-to"
+                "--rate trains up to rate-rounds times from the start and checkpoints after each stage and round; "
+                "it takes no --save-every or --report-to"
             )
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
@@ -126,10 +126,12 @@ class TiltConfig:
             and self.head_odds_weight >= 0
         ):
             raise ValueError(f"head-odds-weight must be >= 0, got {self.head_odds_weight!r}")
-        if self.head_rows() and (self.resume or self.train.save_every or self.train.report_to != "none"):
+        if self.head_rows() and (
+            (self.resume and not self.rate) or self.train.save_every or self.train.report_to != "none"
+        ):
             raise ValueError(
                 "--placement head-rows fits in seconds on cached hidden states; "
-                "it takes no --resume, --save-every or --report-to (use --placement model)"
+                "it takes no --save-every or --report-to, and --resume only with --rate (use --placement model)"
             )
         if self.resume and self.overwrite:
             raise ValueError("--resume continues a run and --overwrite starts it afresh: give one of them")

@@ -72,14 +72,15 @@ class RunFolder:
         return self.out
 
 
-def keep_records_until(path, step: int) -> None:
-    """Drop the metrics.jsonl records after `step` (written after the checkpoint that resumes)."""
+def keep_records_until(path, step: int, key: str = "step") -> None:
+    """Drop the metrics.jsonl records after `step` (written after the checkpoint that resumes); key="round":
+    those of the rounds after the first `step` rounds of a --rate run."""
     if not path.exists():
         return
     kept = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line)["step"] <= step:
+            if json.loads(line)[key] <= step:
                 kept.append(line)
         except (ValueError, KeyError, TypeError):  # a line cut short by kill -9
             continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from tokentilt import checkpoint, data, head_tilt, phrases
-from tokentilt.calibrate import RateFit, fit_trained_bias
+from tokentilt.calibrate import RateFit, RoundsState, fit_trained_bias
 from tokentilt.engine import on_main, process_state
 from tokentilt.evaluate import measure_rate
 
@@ -143,6 +143,8 @@ def train_to_rate(
     pool=None,
     head_only: bool = False,
     offsets=None,
+    resumed: RoundsState | None = None,
+    after_round=None,
 ) -> tuple[RateFit, list[dict]]:
     """tilt-distill toward the rate cfg.rate: up to cfg.rate_rounds trainings, each from the reference's weights.
 
@@ -156,7 +158,8 @@ def train_to_rate(
     on too few effective samples. head_only: only the output head trains (head-rows), so that forward is
     the head alone, on the head inputs the sampler recorded. offsets(h) -> the trained model's change of
     the set's logits at head inputs h, where that is all it changes (a head-rows offset fit): the weights
-    then come from the recorded head inputs and set masses, with no head at all.
+    then come from the recorded head inputs and set masses, with no head at all. after_round(RoundsState,
+    kept_changed) checkpoints each round (its value: (history, weights)); `resumed` goes on from one.
     -> (the fit, the kept round's training history).
     """
     probe_cfg = cfg.eval.probe()
@@ -187,8 +190,10 @@ def train_to_rate(
         return on_main(probe_once, state)
 
     n = len(cfg.eval.prompts) * cfg.eval.samples_per_prompt
-    fit, (history, weights) = fit_trained_bias(train_at, probe, cfg.rate, bias, cfg.rate_rounds, n, echo=echo)
-    if fit.kept != len(fit.rounds) - 1:
+    fit, (history, weights) = fit_trained_bias(
+        train_at, probe, cfg.rate, bias, cfg.rate_rounds, n, echo=echo, resumed=resumed, after_round=after_round
+    )
+    if fit.kept != len(fit.rounds) - 1 or (resumed is not None and resumed.done):  # (resumed: no round trained)
         restore(model, weights)
     return fit, history
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
@@ -12,8 +13,9 @@ import torch
 import yaml
 
 from tokentilt import checkpoint, head_tilt, importance, tilting
-from tokentilt.calibrate import calibrate, match_bias
+from tokentilt.calibrate import RoundsState, calibrate, match_bias
 from tokentilt.chat import check_template
+from tokentilt.checkpoint import CheckpointError
 from tokentilt.config import UsageError, to_flat
 from tokentilt.engine import Stages, on_main, process_state, resolve_device
 from tokentilt.evaluate import decode_costs, excess_cost, held_out, held_out_text, measure, measure_rate, rates_of
@@ -22,6 +24,7 @@ from tokentilt.models import lora
 from tokentilt.models.load import save_model
 from tokentilt.outputs import RunFolder, keep_records_until, write_samples
 from tokentilt.phrases import WORD, PhraseSet, plays_reference
+from tokentilt.rate_checkpoint import STATE, RateCheckpoint
 from tokentilt.report import excess_cost_note, fmt_rate, plot_rate, plot_series, summary_table, tilt_report
 from tokentilt.tilting import TiltConfig, load_with_set, train_to_rate, train_toward
 from tokentilt.train import frozen_copy
@@ -51,11 +54,37 @@ def _quiet(*args, **kwargs) -> None:
     pass
 
 
-def check_resumable(folder: RunFolder, cfg: TiltConfig) -> int:
-    """The step of the newest checkpoint of the unfinished run; one-line errors if there is none
-    or if the run was started with other settings."""
+def rate_folder(folder: RunFolder) -> Path:
+    """Where a --rate run writes its stage and round checkpoints (rate_checkpoint.py)."""
+    return folder.path("checkpoints") / "rate"
+
+
+@contextlib.contextmanager
+def says_where_to_resume(saved: RateCheckpoint | None):
+    """Ctrl-C in a --rate run: say which boundary the same command plus --resume goes on from (a round's
+    training keeps no step checkpoint of its own)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if saved is None or saved.boundary is None:
+            raise
+        raise KeyboardInterrupt(
+            f"interrupted; checkpoint {saved.folder} (after {saved.boundary}); "
+            "continue with the same command plus --resume"
+        ) from None
+
+
+def check_resumable(folder: RunFolder, cfg: TiltConfig) -> tuple[int, RateCheckpoint | None]:
+    """The step of the newest checkpoint of the unfinished run (0 for a --rate run) and, for a --rate run,
+    its newest stage or round checkpoint; one-line errors if there is none, if it cannot be read, or if the
+    run was started with other settings."""
     found = checkpoint.checkpoints(folder.path("checkpoints"))
-    if not found:
+    if cfg.rate and not (rate_folder(folder) / STATE).is_file():
+        raise UsageError(
+            f"nothing to resume: {folder.tmp} holds no checkpoint (a --rate run writes one after measuring "
+            "before training, so it was stopped before that)"
+        )
+    if not cfg.rate and not found:
         raise UsageError(
             f"nothing to resume: {folder.tmp} holds no checkpoint (it needs --save-every, or a Ctrl-C during training)"
         )
@@ -72,7 +101,9 @@ def check_resumable(folder: RunFolder, cfg: TiltConfig) -> int:
             f"--resume with other settings than the run's: {k.replace('_', '-')} was "
             f"{saved.get(k, '<unset>')!r}, now {now.get(k, '<unset>')!r} (run the same command plus --resume)"
         )
-    return found[-1][0]
+    if cfg.rate:
+        return 0, RateCheckpoint.load(rate_folder(folder))
+    return found[-1][0], None
 
 
 @dataclass
@@ -150,37 +181,60 @@ def set_up(cfg: TiltConfig, say) -> Setup:
 
 
 def measure_start(
-    cfg: TiltConfig, run: Setup, eval_text: str, folder: RunFolder, resume_step: int, clock: Stages, say
+    cfg: TiltConfig,
+    run: Setup,
+    eval_text: str,
+    folder: RunFolder,
+    resume_step: int,
+    clock: Stages,
+    say,
+    saved: RateCheckpoint | None = None,
 ) -> Start:
     """Main process: start the run folder, measure before training, calibrate b to --rate and measure the
-    decode-time baseline at that b."""
+    decode-time baseline at that b. With --rate, `saved` checkpoints each of these (rate_checkpoint.py) and,
+    resumed, holds those already done: they are taken from it, not measured again."""
     model, tokenizer, target, bf16 = run.model, run.tokenizer, run.tokens.target, cfg.train.bf16
     start = Start(cfg.bias, *held_out(model, tokenizer, cfg.eval, eval_text, bf16, say))
     folder.start()
-    if cfg.resume:
+    if cfg.resume and cfg.rate:
+        say(f"resuming {folder.tmp} after {saved.boundary}")
+        keep_records_until(folder.path("metrics.jsonl"), len((saved.get("rounds") or {}).get("tried", [])), "round")
+    elif cfg.resume:
         say(f"resuming {folder.tmp} after step {resume_step}")
         keep_records_until(folder.path("metrics.jsonl"), resume_step)
+    else:
+        folder.write_yaml("config.yaml", to_flat(cfg))  # before the first checkpoint: --resume compares with it
     clock.mark("load")
-    say("measuring R and costs before training ...")
     if isinstance(target, torch.Tensor):  # one pass gives the costs of every decode-time tilt of this model
         start.known = tuple(
             None if w is None else tilt_costs(model, w, target, bf16=bf16) for w in (start.windows, start.text_windows)
         )
     # tilt-distill's matched decode-time tilt reads R at other b off these draws and the baseline's
     weigh = cfg.objective == "tilt-distill" and importance.weighable(target, cfg.eval)
-    start.before, start.samples_before = measure(
-        model,
-        tokenizer,
-        target,
-        cfg.eval,
-        start.windows,
-        bf16=bf16,
-        text_windows=start.text_windows,
-        known=start.known,
-        score=weigh,
-    )
+    if saved is not None and saved.get("before") is not None:
+        start.before, start.samples_before = saved.get("before"), saved.get("samples_before")
+        say("R and costs before training: from the checkpoint")
+    else:
+        say("measuring R and costs before training ...")
+        start.before, start.samples_before = measure(
+            model,
+            tokenizer,
+            target,
+            cfg.eval,
+            start.windows,
+            bf16=bf16,
+            text_windows=start.text_windows,
+            known=start.known,
+            score=weigh,
+        )
+        if saved is not None:
+            saved.save("measure_before", before=start.before, samples_before=start.samples_before)
     clock.mark("measure_before")
-    if cfg.rate:  # on the probe seeds, like the rate rounds: the eval seeds only measure
+    if saved is not None and saved.get("calibration") is not None:
+        start.calibration = saved.get("calibration")
+        start.bias = start.calibration.bias
+        say(f"b = {start.bias:.3f} from the checkpoint's calibration")
+    elif cfg.rate:  # on the probe seeds, like the rate rounds: the eval seeds only measure
         say(f"calibrating the decode-time bias to R = {cfg.rate} (probe seeds) ...")
         start.calibration = calibrate(
             model,
@@ -196,10 +250,13 @@ def measure_start(
         start.bias = start.calibration.bias
         how = "estimated by importance weights" if "ess" in start.calibration.rate else "measured"
         say(f"b = {start.bias:.3f} gives decode-time R = {fmt_rate(start.calibration.rate)} on the probe seeds ({how})")
+        folder.write_yaml("config.yaml", {**to_flat(cfg), "calibrated_bias": start.bias})
+        saved.save("calibrate", calibration=start.calibration)
         clock.mark("calibrate")
-    if not cfg.resume:
-        folder.write_yaml("config.yaml", {**to_flat(cfg), **({"calibrated_bias": start.bias} if cfg.rate else {})})
-    if cfg.objective == "tilt-distill":
+    if saved is not None and saved.get("baseline") is not None:
+        start.baseline, start.eval_pool = saved.get("baseline"), saved.get("eval_pool")
+        say(f"the decode-time baseline at b = {start.bias:.3f}: from the checkpoint")
+    elif cfg.objective == "tilt-distill":
         say(f"measuring the decode-time baseline at b = {start.bias:.3f} ...")
         start.baseline, baseline_samples = measure(
             model,
@@ -220,7 +277,11 @@ def measure_start(
                     for b, got in ((0.0, start.samples_before), (start.bias, baseline_samples))
                 ]
             )
+        if saved is not None:
+            saved.save("baseline", baseline=start.baseline, eval_pool=start.eval_pool)
         clock.mark("baseline")
+    if saved is not None and saved.boundary in ("measure_before", "calibrate", "baseline"):
+        saved.restore_rng()  # where the checkpoint was written: what follows draws as it would have
     return start
 
 
@@ -271,16 +332,19 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     main = state.is_main_process
     say = echo if main else _quiet
     folder = RunFolder(cfg.out, cfg.overwrite, resume=cfg.resume)  # refuse a used folder before the slow part
-    resume_step = check_resumable(folder, cfg) if cfg.resume else 0
+    resume_step, saved = check_resumable(folder, cfg) if cfg.resume else (0, None)
+    if cfg.rate and saved is None:
+        saved = RateCheckpoint(rate_folder(folder))  # written after each stage and round, on the main process
     eval_text = held_out_text(cfg.eval) if main else None  # and a missing eval file
     started, clock = time.time(), Stages(resolve_device(cfg.train.device))  # seconds and memory per stage
     run = set_up(cfg, say)
-    start = measure_start(cfg, run, eval_text, folder, resume_step, clock, say) if main else Start(bias=cfg.bias)
-    bias = on_main(lambda: start.bias, state)
+    with says_where_to_resume(saved):
+        start = measure_start(cfg, run, eval_text, folder, resume_step, clock, say, saved) if main else Start(cfg.bias)
+        bias = on_main(lambda: start.bias, state)
 
-    train_started = time.time()
-    pool = start.calibration.pool if start.calibration is not None else None  # the probe seeds' draws
-    fit, history = train_stage(cfg, run, bias, folder, progress and main, say, pool)
+        train_started = time.time()
+        pool = start.calibration.pool if start.calibration is not None else None  # the probe seeds' draws
+        fit, history = train_stage(cfg, run, bias, folder, progress and main, say, pool, saved, save=main)
     trained_bias = fit.bias if fit is not None else bias
     train_seconds = time.time() - train_started
     clock.mark("train")  # with --rate: every round, its contexts and its probe
@@ -326,6 +390,8 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
             "stage_peak_rss_mb": clock.peak_rss_mb,  # per stage, as stage_seconds
             **({"stage_peak_device_mb": clock.peak_device_mb} if clock.peak_device_mb else {}),
             "resumed_after_step": resume_step or None,
+            **({"resumed_after_stage": saved.resumed_from} if cfg.rate else {}),
+            **({"checkpoint_mb": round(saved.size_mb(), 2)} if cfg.rate else {}),  # the newest, as it was
         }
     )
     if cfg.objective == "tilt-distill":
@@ -343,11 +409,23 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     return summary
 
 
-def train_stage(cfg: TiltConfig, run: Setup, bias: float, folder: RunFolder, progress: bool, say, pool=None):
+def train_stage(
+    cfg: TiltConfig,
+    run: Setup,
+    bias: float,
+    folder: RunFolder,
+    progress: bool,
+    say,
+    pool=None,
+    saved: RateCheckpoint | None = None,
+    save: bool = True,
+):
     """Train as the config says -> (RateFit or None, history): toward R* with the rate rounds, a head-rows
-    fit at b, or training toward b. metrics.jsonl gets every record (with its round under --rate)."""
+    fit at b, or training toward b. metrics.jsonl gets every record (with its round under --rate).
+    With --rate, `saved` checkpoints every round (when `save`: the main process), and resumed, goes on after its last."""
     model, tokenizer, tokens, head = run.model, run.tokenizer, run.tokens, run.head
-    round_no = 0  # with --rate: the training round that metrics.jsonl records belong to
+    resumed = rounds_state(saved, model)
+    round_no = len(resumed.tried) if resumed else 0  # with --rate: the round that metrics.jsonl records belong to
 
     def next_round() -> None:
         nonlocal round_no
@@ -362,8 +440,24 @@ def train_stage(cfg: TiltConfig, run: Setup, bias: float, folder: RunFolder, pro
     def log(record: dict) -> None:
         folder.append_jsonl("metrics.jsonl", {**record, "round": round_no} if cfg.rate else record)
 
+    def after_round(rounds, kept_changed: bool) -> None:
+        history, weights = rounds.value
+        record = {"tried": rounds.tried, "best": rounds.best, "history": history, "bias": rounds.bias}
+        contexts = {"head_contexts": head.contexts_state()} if head and saved.get("head_contexts") is None else {}
+        saved.save(
+            f"round-{len(rounds.tried)}",
+            weights if kept_changed else None,
+            rounds={**record, "done": rounds.done},
+            **contexts,
+        )
+
     if cfg.rate:
         say(f"training toward R = {cfg.rate}, correcting b from the trained model's R (<= {cfg.rate_rounds} rounds)")
+        if resumed is not None:
+            say(f"rounds 1-{len(resumed.tried)} from the checkpoint")
+            if head:  # the contexts of the first round's b (sampled again if the checkpoint lacks them)
+                head.prepare(resumed.tried[0][0], saved.get("head_contexts"))
+            saved.restore_rng()
         return train_to_rate(
             model,
             tokenizer,
@@ -380,12 +474,27 @@ def train_stage(cfg: TiltConfig, run: Setup, bias: float, folder: RunFolder, pro
             pool=pool,
             head_only=head is not None,
             offsets=head.set_offsets if head and head.fit == "offset" else None,
+            resumed=resumed,
+            after_round=after_round if saved is not None and save else None,
         )
     if head:
         return None, head.train(bias, progress, log)
     return None, train_toward(
         model, tokenizer, run.reference, tokens, cfg, bias, evaluate, log, progress, run_dir=folder.tmp
     )
+
+
+def rounds_state(saved: RateCheckpoint | None, model) -> RoundsState | None:
+    """The rate rounds of a resumed --rate run, as calibrate.fit_trained_bias goes on from them; a one-line
+    error when the kept round's weights do not fit the model."""
+    if saved is None or saved.get("rounds") is None:
+        return None
+    rounds, weights = saved.get("rounds"), saved.weights
+    expected = checkpoint.trainable(model)
+    if set(weights) != set(expected) or any(weights[k].shape != v.shape for k, v in expected.items()):
+        raise CheckpointError(f"checkpoint {saved.folder} does not match this model's trainable parameters")
+    tried = [(b, r) for b, r in rounds["tried"]]
+    return RoundsState(tried, rounds["best"], (rounds["history"], weights), rounds["bias"], rounds["done"])
 
 
 def tilt_summary(
