@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     plays, held_out = write_corpus(out, 60_000 if args.tiny else 400_000)
     (out / "phrases.txt").write_text("\n".join(PHRASES) + "\n")
     model = out / f"sim-{size}"
-    n_params = simulated.save(shape, model)
+    corpus = "".join(p.read_text(encoding="utf-8") for p in sorted(plays.glob("*/*.md")))
+    n_params = simulated.save(shape, model, tokenizer=simulated.build_tokenizer(shape.vocab, text=corpus))
     build = time.perf_counter() - started
     print(f"built {size}: {n_params / 1e6:.1f}M parameters, V = {shape.vocab:,} ({build:.0f} s)", flush=True)
 
