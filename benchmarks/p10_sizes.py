@@ -1,7 +1,7 @@
-"""P9: `tokentilt tilt --toward x --rate 0.5` at the sizes users tilt: seconds and peak memory per stage.
+"""P10: `tokentilt tilt --toward x --rate 0.5` at the sizes users tilt: seconds and peak memory per stage.
 
-    python benchmarks/p9_sizes.py [--sizes bundled 135m-128k 0.5b 1b] [--precision fp32] [--samples-per-prompt 2]
-        [--new-tokens 24] [--models /tmp/p9-models] [--out /tmp/p9]
+    python benchmarks/p10_sizes.py [--sizes bundled 135m-128k 0.5b 1b] [--precision fp32] [--samples-per-prompt 2]
+        [--new-tokens 24] [--rate-rounds 3] [--models /tmp/p10-models] [--out /tmp/p10]
 
 The bundled SmolLM2-135M (V 49,152) and randomly initialised Llama models with a 128k vocabulary
 (models/simulated.py): 135m-128k is the bundled model's body with the 128k vocabulary (it separates the
@@ -44,6 +44,7 @@ def tilt(model: str, out: Path, precision: str, args) -> tuple[dict, float]:
     command = [sys.executable, "-m", "tokentilt", "tilt", "--model", model, "--toward", "x", "--rate", "0.5"]
     command += ["--precision", precision, "--out", str(out), "--overwrite"]
     command += ["--samples-per-prompt", str(args.samples_per_prompt), "--new-tokens", str(args.new_tokens)]
+    command += ["--rate-rounds", str(args.rate_rounds)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT / "src")]))}
     start = time.perf_counter()
     with open(out.with_suffix(".log"), "w") as log:
@@ -57,8 +58,9 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "bf16"))
     parser.add_argument("--samples-per-prompt", type=int, default=2, help="R samples per prompt (default run: 4)")
     parser.add_argument("--new-tokens", type=int, default=24, help="tokens per R sample (default run: 48)")
-    parser.add_argument("--models", default="/tmp/p9-models", help="where the simulated models are written")
-    parser.add_argument("--out", default="/tmp/p9", help="run folders, their logs and table.md")
+    parser.add_argument("--rate-rounds", type=int, default=3, help="trainings that correct b (default run: 3)")
+    parser.add_argument("--models", default="/tmp/p10-models", help="where the simulated models are written")
+    parser.add_argument("--out", default="/tmp/p10", help="run folders, their logs and table.md")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +71,8 @@ def main() -> None:
         + "---|" * (len(STAGES) + 7)
     )
     lines = [
-        f"{args.samples_per_prompt} samples per prompt x {args.new_tokens} tokens (64 x 48 by default), "
+        f"{args.samples_per_prompt} samples per prompt x {args.new_tokens} tokens (4 x 48 by default), "
+        f"{args.rate_rounds} rate round(s) (3 by default), "
         f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}",
         "",
         header,
