@@ -225,5 +225,6 @@ def _step_logits(model, draw: Draw, width: int, bf16: bool, head_only: bool):
     for ids, (logits,) in _forward_batches([model], draw.rows, SCORE_BATCH, bf16, False, ""):  # fewer rows at a big V
         starts = draw.starts[i : i + len(ids)]
         where = (starts[:, None] - 1 + steps[None]).clamp(max=ids.size(1) - 2)  # positions that predict each token
-        yield i, logits.cpu()[torch.arange(len(ids))[:, None], where]
+        rows = torch.arange(len(ids), device=logits.device)[:, None]
+        yield i, logits[rows, where.to(logits.device)].cpu()  # picked on the device: (b, L, V) crosses, not (b, T, V)
         i += len(ids)
