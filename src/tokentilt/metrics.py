@@ -203,16 +203,35 @@ def repetition_rate(seqs, n: int = 4) -> float:
 # ---------------------------------------------------------------- driving a model
 
 
+LOGITS_BYTES = 256 * 2**20  # float32 logits of one mini-batch at most (8 x 128 x 49,152 fit; at 128k, 3 windows)
+
+
+def logit_rows(batch_size: int, positions: int, vocab: int, budget: int | None = None) -> int:
+    """Rows of `positions` positions per mini-batch, at most batch_size, so that one (rows, T, V) float32
+    logits tensor stays within `budget` bytes (at least 1 row): with a 128k vocabulary, 8 windows of 128
+    would be 525 MB a model, and every log-softmax, exp and difference of them as much again."""
+    budget = LOGITS_BYTES if budget is None else budget
+    return max(1, min(batch_size, budget // max(1, positions * vocab * 4)))
+
+
+def _vocab(model) -> int:
+    """The output head's rows, or the config's vocabulary; 0 (no cap) for a model that has neither."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return head.weight.shape[0] if head is not None else getattr(getattr(model, "config", None), "vocab_size", 0)
+
+
 def _forward_batches(models, windows: torch.Tensor, batch_size: int, bf16: bool, progress: bool, desc: str):
     """Yield (ids, [logits of each model]) per mini-batch, under no_grad and eval mode.
 
     Each model's train/eval mode is restored afterwards, so this is safe inside a training loop.
-    Logits come back as float32 on the models' device; ids live on the same device.
+    Logits come back as float32 on the models' device; ids live on the same device. A mini-batch has at
+    most batch_size rows, fewer where the vocabulary is large (logit_rows).
     """
     if windows.dim() != 2 or windows.size(0) == 0:
         raise ValueError(f"windows must have shape (W, T) with W >= 1, got {tuple(windows.shape)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = logit_rows(batch_size, windows.size(1), max(_vocab(m) for m in models))
     was_training = [m.training for m in models]
     device = _device(models[0])
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -236,6 +255,7 @@ def _forward_batches(models, windows: torch.Tensor, batch_size: int, bf16: bool,
 def _head_batches(models, head_inputs: torch.Tensor, windows: torch.Tensor, batch_size: int):
     """_forward_batches for models that share their body: each one's head on the (W, T, d) head inputs."""
     heads = [m.get_output_embeddings() for m in models]
+    batch_size = logit_rows(batch_size, windows.size(1), max(h.weight.shape[0] for h in heads))
     for start in range(0, len(windows), batch_size):
         h = head_inputs[start : start + batch_size]
         yield windows[start : start + batch_size], [head(h.to(head.weight.device)).float() for head in heads]
