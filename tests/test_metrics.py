@@ -308,8 +308,9 @@ def test_collapse_warning_at_half_the_vocabulary_or_non_finite():
 
 
 def test_logit_rows_cap_the_logits_of_a_mini_batch():
-    assert metrics.logit_rows(8, 128, 49_152) == 8  # the bundled model's windows: unchanged
-    assert metrics.logit_rows(8, 128, 128_256) == 4  # 4 x 128 x 128,256 x 4 bytes = 263 MB <= 256 MiB
+    assert metrics.logit_rows(8, 128, 49_152) == 2  # the bundled model's windows: 2 x 128 x 49,152 x 4 = 50 MB
+    assert metrics.logit_rows(8, 128, 128_256) == 1  # 1 x 128 x 128,256 x 4 bytes = 66 MB > 64 MiB: one row
+    assert metrics.logit_rows(8, 16, 49_152) == 8  # short windows keep the whole batch
     assert metrics.logit_rows(8, 4096, 262_144) == 1  # never fewer than one row
     assert metrics.logit_rows(8, 10, 10, budget=10 * 10 * 4 * 3) == 3
 

@@ -203,7 +203,7 @@ def repetition_rate(seqs, n: int = 4) -> float:
 # ---------------------------------------------------------------- driving a model
 
 
-LOGITS_BYTES = 256 * 2**20  # float32 logits of one mini-batch at most (8 x 128 x 49,152 fit; at 128k, 3 windows)
+LOGITS_BYTES = 64 * 2**20  # float32 logits of one mini-batch at most: 2 windows of 128 at 49,152 tokens, 1 at 128k
 
 
 def logit_rows(batch_size: int, positions: int, vocab: int, budget: int | None = None) -> int:
