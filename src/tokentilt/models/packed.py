@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +86,13 @@ def _linears(model: nn.Module, rows: int = SMALL_BATCH) -> list[nn.Linear]:
 
 
 def free_bytes() -> int:
+    """Memory the kernel can hand out without swapping: MemAvailable, which counts the page cache it can
+    drop. MemFree does not, so after reading a few GB of files the same run would skip its weight copies
+    (and decode through another path, with other float roundings) on one machine state and not another."""
     try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):  # not Linux: no measure, no packing
         return 0
