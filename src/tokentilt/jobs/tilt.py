@@ -133,9 +133,12 @@ class Start:
     baseline: dict | None = None  # tilt-distill: the decode-time tilt at the calibrated b
 
 
-def set_up(cfg: TiltConfig, say) -> Setup:
+def set_up(cfg: TiltConfig, say, device="cpu") -> Setup:
     """Load the model and the target, add LoRA or prepare the head-rows fit, and say what trains."""
     model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, say)
+    # On the run's device before anything measures: a model left on the CPU would sample, calibrate and fit
+    # its head rows there while --device cuda promised a GPU (train() alone moved it).
+    model = model.to(device)
     if cfg.eval.chat:
         check_template(tokenizer)  # before the run folder is started
     if cfg.lora.lora:
@@ -337,7 +340,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
         saved = RateCheckpoint(rate_folder(folder))  # written after each stage and round, on the main process
     eval_text = held_out_text(cfg.eval) if main else None  # and a missing eval file
     started, clock = time.time(), Stages(resolve_device(cfg.train.device))  # seconds and memory per stage
-    run = set_up(cfg, say)
+    run = set_up(cfg, say, state.device)
     with says_where_to_resume(saved):
         start = measure_start(cfg, run, eval_text, folder, resume_step, clock, say, saved) if main else Start(cfg.bias)
         bias = on_main(lambda: start.bias, state)
