@@ -93,7 +93,7 @@ def tiny_gpt2(vocab_size=64, seed=0):
     return GPT2LMHeadModel(cfg).eval()
 
 
-def tiny_llama(vocab_size=64, seed=0):
+def tiny_llama(vocab_size=64, seed=0, tie=True):
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=vocab_size,
@@ -103,7 +103,7 @@ def tiny_llama(vocab_size=64, seed=0):
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=128,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie,
     )
     return LlamaForCausalLM(cfg).eval()
 

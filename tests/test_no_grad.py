@@ -9,12 +9,11 @@ records carries a graph.
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import tokentilt.generate
 import tokentilt.importance
 import tokentilt.metrics
-from conftest import tilt_argv
+from conftest import tilt_argv, tiny_llama
 from tokentilt.calibrate import calibrate
 from tokentilt.cli import main
 from tokentilt.evaluate import EvalConfig, measure, rates_of
@@ -76,18 +75,7 @@ def tiny():
     tilt leaves it (the frozen weights are the ones the bf16 sampler marks)."""
     tok = gpt2_tokenizer()
     tok.pad_token = tok.eos_token
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(cfg).eval()
+    model = tiny_llama(vocab_size=len(tok), tie=False)
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("lm_head"))
     mask = torch.tensor(["x" in t.lower() for t in token_texts(tok)])
