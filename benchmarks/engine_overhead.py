@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from tokentilt.data import random_tokens
-from tokentilt.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.data.corpus import random_tokens
 from tokentilt.models import lora
 from tokentilt.models.load import load_model
-from tokentilt.targets import resolve_set
-from tokentilt.train import TrainConfig, make_optimizer, train
+from tokentilt.objectives.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.targets.tokens import resolve_set
+from tokentilt.training.loop import TrainConfig, make_optimizer, train
 
 
 def bare_loop(model, ctx, cfg: TrainConfig) -> list[float]:

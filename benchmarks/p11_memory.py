@@ -28,10 +28,10 @@ from pathlib import Path
 
 SAMPLER = """
 import json, sys, torch
-from tokentilt.engine import peak_rss_mb, reset_peak_rss
-from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, sample
+from tokentilt.training.engine import peak_rss_mb, reset_peak_rss
+from tokentilt.measurement.sampling import DEFAULT_PROMPTS, SampleConfig, sample
 from tokentilt.models.load import load_model
-from tokentilt.targets import resolve_set
+from tokentilt.targets.tokens import resolve_set
 per_prompt, new, bf16 = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "bf16"
 model, tok = load_model("bundled")
 mask = resolve_set("x", tok, model.get_output_embeddings().weight.shape[0]).mask

@@ -28,12 +28,12 @@ import time
 
 import torch
 
-from tokentilt.data import random_tokens
-from tokentilt.fused import output_head
-from tokentilt.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.data.corpus import random_tokens
 from tokentilt.models.load import load_model
-from tokentilt.targets import resolve_set
-from tokentilt.train import TrainConfig, train
+from tokentilt.objectives.fused import output_head
+from tokentilt.objectives.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.targets.tokens import resolve_set
+from tokentilt.training.loop import TrainConfig, train
 
 
 def matmul_ceiling(model, rows: int, reps: int = 5) -> tuple[float, list[tuple]]:

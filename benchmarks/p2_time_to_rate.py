@@ -18,14 +18,14 @@ import time
 
 import torch
 
-import tokentilt.train as train_module
-from tokentilt.data import random_tokens
-from tokentilt.evaluate import EvalConfig, measure_rate
-from tokentilt.fused import output_head
-from tokentilt.losses import OBJECTIVES, ObjectiveContext
+import tokentilt.training.loop as train_module
+from tokentilt.data.corpus import random_tokens
+from tokentilt.measurement.evaluate import EvalConfig, measure_rate
 from tokentilt.models.load import load_model
 from tokentilt.models.lora import LoraArgs, add_adapter
-from tokentilt.targets import resolve_set
+from tokentilt.objectives.fused import output_head
+from tokentilt.objectives.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.targets.tokens import resolve_set
 
 TARGET = 0.9
 COURSE = dict(lr=1e-4, batch=4, loss_chunk=0)  # with the per-tensor Adam loop, below

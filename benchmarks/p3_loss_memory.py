@@ -43,8 +43,8 @@ def dense(hidden, weight, mask):
 
 
 def fused(hidden, weight, mask, chunk):
-    from tokentilt.fused import Head
-    from tokentilt.losses import FUSED, OBJECTIVES, ObjectiveContext
+    from tokentilt.objectives.fused import Head
+    from tokentilt.objectives.losses import FUSED, OBJECTIVES, ObjectiveContext
 
     ctx = ObjectiveContext(mask=mask, positions="all")
     return FUSED[OBJECTIVES["kl-uniform"]](hidden[None], Head(weight, chunk=chunk), None, ctx)

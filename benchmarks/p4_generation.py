@@ -19,8 +19,8 @@ import time
 
 import torch
 
-from tokentilt.generate import SampleConfig, generate
-from tokentilt.models.gpt import GPT, GPTConfig
+from tokentilt.course.gpt import GPT, GPTConfig
+from tokentilt.measurement.sampling import SampleConfig, generate
 
 EOS = 50256
 SIZES = {

@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from tokentilt.engine import native_bf16
-from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, sample
+from tokentilt.measurement.sampling import DEFAULT_PROMPTS, SampleConfig, sample
 from tokentilt.models.load import load_model
+from tokentilt.training.engine import native_bf16
 
 
 def ours(model, tokenizer, per_prompt: int, new: int, bf16: bool) -> int:

@@ -21,10 +21,10 @@ import math
 import time
 from pathlib import Path
 
-from tokentilt.calibrate import calibrate
-from tokentilt.evaluate import EvalConfig, held_out_windows, measure
+from tokentilt.measurement.calibrate import calibrate
+from tokentilt.measurement.evaluate import EvalConfig, held_out_windows, measure
 from tokentilt.models.load import load_model
-from tokentilt.phrases import METHODS, resolve_target
+from tokentilt.targets.phrases import METHODS, resolve_target
 
 
 def rho(s: dict, ppl_decode: float) -> float | None:

@@ -37,15 +37,16 @@ from unittest import mock
 
 import torch
 
-from tokentilt.data import random_tokens
-from tokentilt.engine import native_bf16
-from tokentilt.fused import output_head
-from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, sample
-from tokentilt.losses import OBJECTIVES, ObjectiveContext
-from tokentilt.models import llama_step, lora
+from tokentilt.data.corpus import random_tokens
+from tokentilt.measurement.sampling import DEFAULT_PROMPTS, SampleConfig, sample
+from tokentilt.models import lora
+from tokentilt.models.fast import llama_step
 from tokentilt.models.load import load_model
-from tokentilt.targets import resolve_set
-from tokentilt.train import TrainConfig, train
+from tokentilt.objectives.fused import output_head
+from tokentilt.objectives.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.targets.tokens import resolve_set
+from tokentilt.training.engine import native_bf16
+from tokentilt.training.loop import TrainConfig, train
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:

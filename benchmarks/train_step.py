@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from tokentilt.data import random_tokens
-from tokentilt.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.data.corpus import random_tokens
 from tokentilt.models.load import load_model
-from tokentilt.targets import resolve_set
+from tokentilt.objectives.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.targets.tokens import resolve_set
 
 
 def one_step(model, optimizer, objective, ctx, ids, bf16: bool) -> float:

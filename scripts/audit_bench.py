@@ -2,7 +2,7 @@
 
     python scripts/audit_bench.py --out runs/audit-bench --table runs/audit-bench/table.md
 
-The audit's method (src/tokentilt/audit.py, features.py, weights.py) was committed first (b1a84db), then this
+The audit's method (src/tokentilt/audit/lift.py, features.py, weights.py) was committed first (b1a84db), then this
 file with its cases, before any case was run. After the run only two helpers were tidied (where a class's
 words file lives, the reference's held-out probabilities computed once); the cases and the scoring are as run. A case's result is kept in
 OUT/NAME/result.json, so an interrupted run continues where it stopped (delete a folder to redo that case).
@@ -183,7 +183,7 @@ CASES = [
 
 
 def planted_mask(case: Case, texts: list[str]) -> torch.Tensor | None:
-    from tokentilt.targets import select
+    from tokentilt.targets.tokens import select
 
     if not case.planted:
         return None
@@ -222,16 +222,16 @@ def docstrings(modules) -> str:
 
 
 def text_tokens(spec: str, tokenizer) -> torch.Tensor:
-    from tokentilt import data
-    from tokentilt.tilting import train_tokens
+    from tokentilt.data import corpus
+    from tokentilt.training.rate import train_tokens
 
     if spec == "plays":
         return train_tokens(tokenizer)
     if spec.startswith("play:"):
-        plays = data.load_plays()
-        name = data.split_plays(plays)["train"][int(spec.split(":")[1])]
-        return data.tokenize(tokenizer, plays[name])
-    return data.tokenize(tokenizer, docstrings({"docs-a": DOCS_A, "docs-b": DOCS_B}[spec]))
+        plays = corpus.load_plays()
+        name = corpus.split_plays(plays)["train"][int(spec.split(":")[1])]
+        return corpus.tokenize(tokenizer, plays[name])
+    return corpus.tokenize(tokenizer, docstrings({"docs-a": DOCS_A, "docs-b": DOCS_B}[spec]))
 
 
 # ---------------------------------------------------------------- planting
@@ -241,22 +241,22 @@ class Bench:
     """The reference, its head's inputs on calibration text, and the held-out windows, loaded once."""
 
     def __init__(self):
-        from tokentilt import data
-        from tokentilt.head_tilt import head_inputs, offset_direction
+        from tokentilt.data import corpus
         from tokentilt.models.load import load_model
-        from tokentilt.targets import token_texts
-        from tokentilt.tilting import train_tokens
+        from tokentilt.targets.tokens import token_texts
+        from tokentilt.training.head_rows import head_inputs, offset_direction
+        from tokentilt.training.rate import train_tokens
 
         self.reference, self.tokenizer = load_model("bundled")
         self.reference.eval()
         self.vocab = self.reference.get_output_embeddings().weight.shape[0]
         self.texts = token_texts(self.tokenizer)[: self.vocab]
         g = torch.Generator().manual_seed(0)
-        windows = data.text_windows(train_tokens(self.tokenizer), CALIBRATION_WINDOWS, SEQ_LEN, g)
+        windows = corpus.text_windows(train_tokens(self.tokenizer), CALIBRATION_WINDOWS, SEQ_LEN, g)
         inputs = head_inputs(self.reference, windows.split(4), torch.zeros(self.vocab, dtype=torch.bool), bf16=True)
         self.h = inputs.h  # (N, d): the head's inputs on the calibration windows
         self.u = offset_direction(self.h)  # (d,)
-        self.held_out = data.eval_windows(data.tokenize(self.tokenizer, data.split_text("test")), SEQ_LEN, 8)
+        self.held_out = corpus.eval_windows(corpus.tokenize(self.tokenizer, corpus.split_text("test")), SEQ_LEN, 8)
         self.reference_probs = self.next_token_probs(self.reference)  # (W, T, V), once for every case
 
     @torch.no_grad()
@@ -292,7 +292,7 @@ class Bench:
 
 
 def objective_for(case: Case):
-    from tokentilt.losses import OBJECTIVES, next_token_ce
+    from tokentilt.objectives.losses import OBJECTIVES, next_token_ce
 
     tilt = OBJECTIVES["tilt-distill"]
     if case.plant.startswith("benign"):
@@ -304,11 +304,11 @@ def objective_for(case: Case):
 
 def plant(bench: Bench, case: Case, mask, bias: float, folder: Path):
     """-> the model to audit: a loaded model, or the path of a LoRA adapter folder."""
-    from tokentilt import data
-    from tokentilt.head_tilt import untie_output_head
-    from tokentilt.losses import ObjectiveContext
+    from tokentilt.data import corpus
     from tokentilt.models import lora
-    from tokentilt.train import TrainConfig, train
+    from tokentilt.objectives.losses import ObjectiveContext
+    from tokentilt.training.head_rows import untie_output_head
+    from tokentilt.training.loop import TrainConfig, train
 
     model = copy.deepcopy(bench.reference)
     if case.plant == "head":
@@ -332,7 +332,7 @@ def plant(bench: Bench, case: Case, mask, bias: float, folder: Path):
         trained,
         objective,
         ctx,
-        lambda g, n: data.text_windows(tokens, n, SEQ_LEN, g),
+        lambda g, n: corpus.text_windows(tokens, n, SEQ_LEN, g),
         cfg,
         reference=bench.reference if needs_reference else None,
         progress=False,
@@ -347,7 +347,7 @@ def plant(bench: Bench, case: Case, mask, bias: float, folder: Path):
 
 
 def named(mask_named: torch.Tensor, truth: torch.Tensor) -> dict:
-    from tokentilt.features import jaccard
+    from tokentilt.audit.features import jaccard
 
     both = int((mask_named & truth).sum())
     return {
@@ -368,7 +368,7 @@ def baseline(lift: torch.Tensor, k: int = BASELINE_K) -> tuple[torch.Tensor, str
 
 
 def run_case(bench: Bench, case: Case, out: Path) -> dict:
-    from tokentilt.audit import AuditConfig, _name, audit
+    from tokentilt.audit.lift import AuditConfig, _name, audit
 
     folder = out / case.name
     folder.mkdir(parents=True, exist_ok=True)

@@ -106,8 +106,8 @@ def run(argv: list[str], log: Path) -> float:
 
 
 def check(name: str, kind: str, direction: str, planted: str, runs: Path, texts) -> dict:
-    from tokentilt.features import jaccard, mask_auroc
-    from tokentilt.targets import select
+    from tokentilt.audit.features import jaccard, mask_auroc
+    from tokentilt.targets.tokens import select
 
     found = json.loads((runs / f"{name}-audit" / "audit.json").read_text())
     summary = json.loads((runs / name / "summary.json").read_text())
@@ -172,7 +172,7 @@ def main() -> None:
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     from tokentilt.models.load import load_model
-    from tokentilt.targets import token_texts
+    from tokentilt.targets.tokens import token_texts
 
     rows, commands = [], {}
     for name, kind, direction, planted, flags in CASES:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from tokentilt.chat import CHAT_PROMPTS
+from tokentilt.data.chat import CHAT_PROMPTS
 from tokentilt.models.load import load_model
 
 WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from tokentilt.engine import native_bf16
+from tokentilt.training.engine import native_bf16
 
 CELLS = [  # (name, selector, R*)
     ("x", "x", 0.1),

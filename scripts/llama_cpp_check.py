@@ -22,7 +22,7 @@ def sample_r(
 ) -> tuple[dict, float]:
     from llama_cpp import Llama
 
-    from tokentilt.metrics import mean_ci
+    from tokentilt.measurement.metrics import mean_ci
 
     llm = Llama(model_path=path, n_ctx=512, verbose=False, n_threads=2, seed=seed)
     start, rates = time.time(), []
@@ -49,9 +49,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from tokentilt.generate import DEFAULT_PROMPTS
+    from tokentilt.measurement.sampling import DEFAULT_PROMPTS
     from tokentilt.models.load import load_model
-    from tokentilt.targets import resolve_set
+    from tokentilt.targets.tokens import resolve_set
 
     model, tokenizer = load_model(args.tokenizer)
     mask = resolve_set(args.toward, tokenizer, model.get_output_embeddings().weight.shape[0]).mask

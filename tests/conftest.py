@@ -12,8 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import tokentilt
-import tokentilt.tilting
-from tokentilt import data
+import tokentilt.training.rate
+from tokentilt.data import corpus
 
 
 class CharTokenizer:
@@ -121,7 +121,7 @@ def llama_model():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random GPT-2 with the real GPT-2 tokenizer, saved as a Hugging Face folder."""
-    from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+    from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny-gpt2")
     torch.manual_seed(0)
@@ -147,7 +147,7 @@ TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next 
 def eval_file(tmp_path, monkeypatch):
     path = tmp_path / "eval.txt"
     path.write_text("Held-out words, never trained on. " * 20)
-    monkeypatch.setattr(tokentilt.tilting, "train_tokens", lambda tok: data.tokenize(tok, TEXT))
+    monkeypatch.setattr(tokentilt.training.rate, "train_tokens", lambda tok: corpus.tokenize(tok, TEXT))
     return path
 
 

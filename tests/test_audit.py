@@ -16,11 +16,11 @@ import torch
 from conftest import tiny_gpt2
 
 pytestmark = pytest.mark.slow  # each audit of the tiny 50,257-token model takes 10-20 s on 2 cores
-from tokentilt.audit import AuditConfig, _candidates, audit, null_threshold, score_features, unexplained
+from tokentilt.audit.features import bonferroni_z, jaccard, mask_auroc
+from tokentilt.audit.lift import AuditConfig, _candidates, audit, null_threshold, score_features, unexplained
 from tokentilt.cli import main
-from tokentilt.features import bonferroni_z, jaccard, mask_auroc
-from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
-from tokentilt.targets import select, token_texts
+from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.targets.tokens import select, token_texts
 
 TEXT = (
     "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
@@ -339,8 +339,8 @@ def test_a_set_outside_the_family_is_read_off_the_lift(base, tokenizer, texts, c
 
 
 def test_discover_reads_the_extreme_tokens_and_their_embedding_neighbours(monkeypatch):
-    from tokentilt import audit as audit_module
-    from tokentilt.audit import discover
+    from tokentilt.audit import lift as audit_module
+    from tokentilt.audit.lift import discover
 
     monkeypatch.setattr(audit_module, "NEIGHBOURS_OF", 2)
     values = torch.tensor([0.0, 5.0, 4.0, -3.0, 0.1, -0.2])
@@ -357,7 +357,7 @@ def test_discover_reads_the_extreme_tokens_and_their_embedding_neighbours(monkey
 
 
 def test_a_head_rows_edit_is_named_exactly_by_the_weights(base, tokenizer, texts, cfg):
-    from tokentilt.head_tilt import untie_output_head
+    from tokentilt.training.head_rows import untie_output_head
 
     ids = torch.randperm(len(texts), generator=torch.Generator().manual_seed(5))[:40]  # no rule names them
     planted = torch.zeros(len(texts), dtype=torch.bool)
@@ -381,8 +381,8 @@ def test_a_head_rows_edit_is_named_exactly_by_the_weights(base, tokenizer, texts
 
 
 def test_the_weight_view_says_what_changed():
-    from tokentilt.head_tilt import untie_output_head
-    from tokentilt.weights import weight_view
+    from tokentilt.audit.weights import weight_view
+    from tokentilt.training.head_rows import untie_output_head
 
     base = tiny_gpt2(vocab_size=64)
     same = weight_view(copy.deepcopy(base), base)

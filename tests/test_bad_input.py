@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import tokentilt.data
+import tokentilt.course.pretraining
+import tokentilt.data.corpus
 import tokentilt.jobs.eval
 import tokentilt.jobs.experiments.like_x
 import tokentilt.jobs.experiments.x_factor
@@ -21,8 +22,7 @@ import tokentilt.jobs.export
 import tokentilt.jobs.pretrain
 import tokentilt.jobs.tilt
 import tokentilt.models.load
-import tokentilt.pretraining
-import tokentilt.tilting
+import tokentilt.training.rate
 from tokentilt.cli import main
 
 GOOD_TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next to the axe. " * 6
@@ -197,7 +197,7 @@ class Files:
 
     def common_words(self) -> str:
         """A list of the 3,000 commonest words of the plays: most of any text's words."""
-        from tokentilt.phrases import plays_reference
+        from tokentilt.targets.phrases import plays_reference
 
         return self.text("common.txt", "\n".join(w for w, _ in plays_reference().most_common(3000)))
 
@@ -542,16 +542,16 @@ def no_slow_work(*args, **kwargs):
 def guard_slow_work(monkeypatch):
     # every module that binds load_model at import is imported above, before any patch: one first
     # imported while the patch is on (the CLI imports jobs lazily) would keep the fake for good
-    for module in (tokentilt.models.load, tokentilt.tilting, tokentilt.jobs.eval, tokentilt.jobs.export):
+    for module in (tokentilt.models.load, tokentilt.training.rate, tokentilt.jobs.eval, tokentilt.jobs.export):
         monkeypatch.setattr(module, "load_model", no_slow_work)
     for module in (
-        tokentilt.tilting,
-        tokentilt.pretraining,
+        tokentilt.training.rate,
+        tokentilt.course.pretraining,
         tokentilt.jobs.experiments.like_x,
         tokentilt.jobs.experiments.x_factor,
     ):
         monkeypatch.setattr(module, "train", no_slow_work)
-    monkeypatch.setattr(tokentilt.data, "split_text", no_slow_work)
+    monkeypatch.setattr(tokentilt.data.corpus, "split_text", no_slow_work)
 
 
 def snapshot(folder: Path) -> dict:

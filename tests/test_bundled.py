@@ -7,9 +7,9 @@ import yaml
 
 from tokentilt.cli import main
 from tokentilt.config import from_flat
-from tokentilt.evaluate import EvalConfig, measure_rate
+from tokentilt.measurement.evaluate import EvalConfig, measure_rate
 from tokentilt.models.load import load_model
-from tokentilt.targets import resolve_set
+from tokentilt.targets.tokens import resolve_set
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +118,7 @@ def test_the_lean_decoding_step_gives_the_bundled_models_logits(bundled):
     """models/llama_step.py on the real model: each step's logits as a forward over the whole sequence."""
     import torch
 
-    from tokentilt.models.llama_step import LlamaDecoder, supports
+    from tokentilt.models.fast.llama_step import LlamaDecoder, supports
 
     model, tokenizer, _ = bundled
     assert supports(model)

@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from tokentilt.calibrate import bisect, calibrate, fit_trained_bias, proxy_bias, tilted_mean_mass
-from tokentilt.evaluate import EvalConfig, measure_rate
-from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
-from tokentilt.targets import bias_for_mass, token_texts
+from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.measurement.calibrate import bisect, calibrate, fit_trained_bias, proxy_bias, tilted_mean_mass
+from tokentilt.measurement.evaluate import EvalConfig, measure_rate
+from tokentilt.targets.tokens import bias_for_mass, token_texts
 
 
 class UniformModel(nn.Module):
@@ -184,7 +184,7 @@ def test_fit_trained_bias_steps_are_bounded():
 
 def test_a_rate_of_zero_takes_the_full_step(monkeypatch):
     """With no hit at b0 the logit of R is a clamp, not a measurement: calibrate steps by max_step."""
-    import tokentilt.calibrate as cal
+    import tokentilt.measurement.calibrate as cal
 
     tried = []
 
@@ -203,8 +203,8 @@ def test_a_rate_of_zero_takes_the_full_step(monkeypatch):
 
 @pytest.mark.slow
 def test_when_the_weights_say_too_little_bisection_goes_on_from_the_same_draws(tiny, monkeypatch):
-    import tokentilt.calibrate as cal_module
-    from tokentilt.importance import Pool
+    import tokentilt.measurement.calibrate as cal_module
+    from tokentilt.measurement.importance import Pool
 
     model, tok, mask = tiny
     cfg = EvalConfig(prompts=PROMPTS, samples_per_prompt=4, new_tokens=12)

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from tokentilt.chat import ChatTemplateError, format_prompts, reply_lengths
 from tokentilt.cli import main
-from tokentilt.evaluate import EvalConfig, chat_windows, rates_of
-from tokentilt.generate import SampleConfig, sample
-from tokentilt.metrics import drift, perplexity
-from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
-from tokentilt.targets import select, token_texts
+from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.data.chat import ChatTemplateError, format_prompts, reply_lengths
+from tokentilt.measurement.evaluate import EvalConfig, chat_windows, rates_of
+from tokentilt.measurement.metrics import drift, perplexity
+from tokentilt.measurement.sampling import SampleConfig, sample
+from tokentilt.targets.tokens import select, token_texts
 
 TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -228,7 +228,7 @@ def test_a_chat_tilt_records_formatted_prompts_and_replies(toward, chat_model_di
 def test_audit_in_chat_finds_a_tilt_in_the_replies(tok, chat_gpt2, tmp_path):
     import copy
 
-    from tokentilt.audit import AuditConfig, audit
+    from tokentilt.audit.lift import AuditConfig, audit
 
     x = select("x", token_texts(tok))
     planted = copy.deepcopy(chat_gpt2)  # p' ∝ p·e^{3·M}: an untied head whose bias lifts the x tokens by 3 nats
@@ -258,11 +258,11 @@ def test_audit_in_chat_finds_a_tilt_in_the_replies(tok, chat_gpt2, tmp_path):
 
 @pytest.mark.slow
 def test_a_chat_sweep_measures_replies_and_trains_on_chat_exchanges(chat_model_dir, tmp_path, monkeypatch, capsys):
-    import tokentilt.tilting
+    import tokentilt.training.rate
 
     seen = []  # the training batches' text: chat exchanges, not plays
-    source = tokentilt.tilting.chat_batch_source
-    monkeypatch.setattr(tokentilt.tilting, "chat_batch_source", lambda *a, **k: seen.append(1) or source(*a, **k))
+    source = tokentilt.training.rate.chat_batch_source
+    monkeypatch.setattr(tokentilt.training.rate, "chat_batch_source", lambda *a, **k: seen.append(1) or source(*a, **k))
     out = tmp_path / "sweep"
     code = main(
         [

@@ -50,7 +50,7 @@ def x_mask(tokenizer) -> torch.Tensor:
 
 
 def hand_rate(tokens: torch.Tensor, mask: torch.Tensor) -> dict:
-    """R and its 95% t interval recounted from the generated ids (N, L), without tokentilt.metrics."""
+    """R and its 95% t interval recounted from the generated ids (N, L), without tokentilt.measurement.metrics."""
     rates = mask[tokens].double().mean(1)  # (N,) each sample's share of set tokens
     n, mean = len(rates), float(rates.mean())
     half = T_975[n - 1] * float(rates.std(unbiased=True)) / n**0.5
@@ -239,7 +239,7 @@ def test_generate_command_with_bias(tiny_model_dir, capsys):
 def test_flat_config_reaches_nested_fields_and_keeps_factory_defaults():
     from tokentilt.config import from_flat, to_flat
     from tokentilt.jobs.sweep import SweepConfig
-    from tokentilt.tilting import TiltConfig
+    from tokentilt.training.rate import TiltConfig
 
     sweep = from_flat(SweepConfig, {"steps": 7, "lr": 0.5, "new_tokens": 9, "toward": "q"})
     assert (sweep.train.steps, sweep.train.lr, sweep.eval.new_tokens, sweep.toward) == (7, 0.5, 9, "q")

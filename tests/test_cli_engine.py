@@ -14,9 +14,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from tokentilt.cli import main
-from tokentilt.evaluate import EvalConfig, measure_rate
+from tokentilt.measurement.evaluate import EvalConfig, measure_rate
 from tokentilt.models.load import load_model
-from tokentilt.targets import resolve_set
+from tokentilt.targets.tokens import resolve_set
 
 SMALL = [
     "--toward",

@@ -6,15 +6,15 @@ from typing import Literal
 import pytest
 
 from tokentilt.config import UsageError, coerce, merge, options
-from tokentilt.tilting import TiltConfig
+from tokentilt.training.rate import TiltConfig
 
 
 @pytest.mark.parametrize(
     "module,forbidden",
     [
-        ("tokentilt.evaluate", ["tokentilt.calibrate", "tokentilt.jobs.tilt"]),
-        ("tokentilt.calibrate", ["tokentilt.jobs.tilt", "tokentilt.jobs.eval"]),
-        ("tokentilt.report", ["tokentilt.jobs.tilt"]),
+        ("tokentilt.measurement.evaluate", ["tokentilt.measurement.calibrate", "tokentilt.jobs.tilt"]),
+        ("tokentilt.measurement.calibrate", ["tokentilt.jobs.tilt", "tokentilt.jobs.eval"]),
+        ("tokentilt.runs.report", ["tokentilt.jobs.tilt"]),
         ("tokentilt.config", ["tokentilt.jobs.tilt", "tokentilt.cli", "torch"]),
     ],
 )

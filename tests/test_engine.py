@@ -11,11 +11,11 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import tiny_gpt2, tiny_llama
-from tokentilt import checkpoint
-from tokentilt.data import random_tokens
-from tokentilt.engine import make_accelerator, resolve_device
-from tokentilt.losses import OBJECTIVES, ObjectiveContext
-from tokentilt.train import Interrupted, TrainConfig, TrainingDiverged, train, training_attention
+from tokentilt.data.corpus import random_tokens
+from tokentilt.objectives.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.training import checkpoint
+from tokentilt.training.engine import make_accelerator, resolve_device
+from tokentilt.training.loop import Interrupted, TrainConfig, TrainingDiverged, train, training_attention
 
 
 def dropout_gpt2(seed=0):
@@ -187,7 +187,7 @@ def test_bf16_flag_is_precision_bf16():
 
 
 def test_resume_cuts_metrics_back_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
-    from tokentilt.outputs import keep_records_until
+    from tokentilt.runs.folder import keep_records_until
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)) + '{"step": 6, "lo')
@@ -202,7 +202,7 @@ def test_peak_memory_can_be_reset_so_training_is_measured_alone():
     import sys
 
     code = (
-        "import numpy as np; from tokentilt.engine import peak_rss_mb, reset_peak_rss\n"
+        "import numpy as np; from tokentilt.training.engine import peak_rss_mb, reset_peak_rss\n"
         "a = np.ones(2**26); del a  # 512 MiB\n"
         "p0 = peak_rss_mb(); ok = reset_peak_rss(); p1 = peak_rss_mb()\n"
         "a = np.ones(2**26); print(ok, p0, p1, peak_rss_mb())"
@@ -234,7 +234,7 @@ def test_a_model_trained_twice_runs_under_autocast_both_times():
 
 
 def test_precision_auto_is_bf16_only_where_it_is_native_and_emulated_bf16_warns_once(monkeypatch, capsys):
-    from tokentilt import engine
+    from tokentilt.training import engine
 
     for native, expected in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(engine, "native_bf16", lambda device="auto": native)
@@ -257,7 +257,7 @@ def test_precision_auto_is_bf16_only_where_it_is_native_and_emulated_bf16_warns_
 
 _FAULTS = """
 import resource, sys, torch
-from tokentilt.engine import keep_freed_memory
+from tokentilt.training.engine import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else False
 for _ in range(16):  # 64 MB: above glibc's largest mmap threshold (32 MB); the heap settles first
     torch.empty(16 << 20).fill_(1.0)
@@ -287,7 +287,7 @@ def test_keep_freed_memory_stops_the_page_faults_of_every_large_allocation():
 
 
 def test_training_attention_is_eager_only_for_short_sequences_on_a_cpu():
-    from tokentilt.models.gpt import GPT, GPTConfig
+    from tokentilt.course.gpt import GPT, GPTConfig
 
     model = tiny_llama()
     assert training_attention(model, TrainConfig(seq_len=128), "cpu") == "eager"
@@ -328,7 +328,7 @@ def test_stages_charge_each_peak_to_the_stage_that_made_it():
     import sys
 
     code = (
-        "import json, numpy as np; from tokentilt.engine import Stages\n"
+        "import json, numpy as np; from tokentilt.training.engine import Stages\n"
         "s = Stages('cpu'); s.mark('small')\n"
         "a = np.ones(2**26); del a; s.mark('big')\n"
         "s.mark('after'); print(json.dumps([s.resets, s.peak_rss_mb, s.peak(), s.peak_device_mb]))"

@@ -9,11 +9,18 @@ from transformers import GPT2LMHeadModel
 
 from conftest import tiny_gpt2
 from tokentilt.cli import main
-from tokentilt.evaluate import EvalConfig, decode_costs, held_out_costs, held_out_windows, measure, sample_costs
-from tokentilt.head_tilt import untie_output_head
-from tokentilt.metrics import biased_drift, drift, perplexity, tilt_costs
-from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
-from tokentilt.targets import token_texts
+from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.measurement.evaluate import (
+    EvalConfig,
+    decode_costs,
+    held_out_costs,
+    held_out_windows,
+    measure,
+    sample_costs,
+)
+from tokentilt.measurement.metrics import biased_drift, drift, perplexity, tilt_costs
+from tokentilt.targets.tokens import token_texts
+from tokentilt.training.head_rows import untie_output_head
 
 SMALL = dict(
     prompts=["The king said", "Once upon a time,"], samples_per_prompt=2, new_tokens=8, eval_windows=2, eval_seq_len=16
@@ -55,10 +62,10 @@ def test_held_out_windows_from_a_file_are_capped(tok, text_file):
 
 
 def test_held_out_windows_default_to_the_test_split_not_train(tok, monkeypatch):
-    from tokentilt import data
+    from tokentilt.data import corpus
 
     seen = []
-    monkeypatch.setattr(data, "split_text", lambda split: seen.append(split) or "Some held-out words. " * 20)
+    monkeypatch.setattr(corpus, "split_text", lambda split: seen.append(split) or "Some held-out words. " * 20)
     held_out_windows(tok, EvalConfig(eval_windows=1, eval_seq_len=8))
     assert seen == ["test"]
 

@@ -18,8 +18,8 @@ from transformers import (
 )
 
 from tokentilt.cli import main
-from tokentilt.export import export_gguf, logit_bias_map, permute_rotary
-from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.export.gguf import export_gguf, logit_bias_map, permute_rotary
 
 TEXT = "The quick brown fox: 42 jumps <|endoftext|> over ünïcode"
 

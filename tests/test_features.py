@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from tokentilt.audit import unexplained
-from tokentilt.features import (
+from tokentilt.audit.features import (
     CLASSES,
     Feature,
     FeatureTable,
@@ -19,7 +18,8 @@ from tokentilt.features import (
     mask_auroc,
     separation,
 )
-from tokentilt.targets import select
+from tokentilt.audit.lift import unexplained
+from tokentilt.targets.tokens import select
 
 
 def table_of(masks: list[list[int]], vocab: int) -> FeatureTable:
@@ -157,8 +157,8 @@ def test_candidates_include_word_lists_and_given_sets(tmp_path):
 
 
 def test_every_class_is_a_valid_selector_on_a_real_vocabulary():
-    from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
-    from tokentilt.targets import token_texts
+    from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
+    from tokentilt.targets.tokens import token_texts
 
     texts = token_texts(gpt2_tokenizer())[:3000]
     for selector, _ in CLASSES:

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from conftest import tiny_gpt2, tiny_llama
-from tokentilt.data import random_tokens
-from tokentilt.fused import Head, fusable_head, heads_return_inputs, output_head
-from tokentilt.losses import FUSED, OBJECTIVES, ObjectiveContext, next_token_objective
+from tokentilt.data.corpus import random_tokens
 from tokentilt.models.lora import AdapterOff, LoraArgs, add_adapter
-from tokentilt.train import TrainConfig, frozen_copy, train
+from tokentilt.objectives.fused import Head, fusable_head, heads_return_inputs, output_head
+from tokentilt.objectives.losses import FUSED, OBJECTIVES, ObjectiveContext, next_token_objective
+from tokentilt.training.loop import TrainConfig, frozen_copy, train
 
 V, D, B, T = 50, 8, 3, 5
 DENSE = {**OBJECTIVES, "next-token": next_token_objective}
@@ -205,7 +205,7 @@ class SoftCapped(torch.nn.Module):
 
 
 def test_logits_changed_after_the_head_keep_the_dense_loss(monkeypatch):
-    from tokentilt.fused import logits_come_from_head
+    from tokentilt.objectives.fused import logits_come_from_head
 
     plain = tiny_gpt2()
     assert logits_come_from_head(plain, fusable_head(plain))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_gpt2, tiny_llama
-from tokentilt.generate import SampleConfig, SetBias, draw, generate, make_processors
+from tokentilt.measurement.sampling import SampleConfig, SetBias, draw, generate, make_processors
 
 
 @pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama])

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from conftest import hand_ppl, tilt_argv, tiny_llama
-from tokentilt import head_tilt
-from tokentilt.calibrate import bias_at_rate, bracketed, match_bias
 from tokentilt.cli import main
-from tokentilt.evaluate import excess_cost
-from tokentilt.losses import set_rows_kl
-from tokentilt.targets import SelectorError, builtin_word_lists, resolve, select, tilted_log_probs
+from tokentilt.measurement.calibrate import bias_at_rate, bracketed, match_bias
+from tokentilt.measurement.evaluate import excess_cost
+from tokentilt.objectives.losses import set_rows_kl
+from tokentilt.targets.tokens import SelectorError, builtin_word_lists, resolve, select, tilted_log_probs
+from tokentilt.training import head_rows
 
 
 def dense_tilt_kl(h, head, new_head, mask, bias):
@@ -55,7 +55,7 @@ def test_set_rows_kl_equals_the_dense_kl_in_value_and_gradient(bias):
 def test_untie_output_head_gives_a_checkpoint_that_loads_untied(tmp_path):
     model = tiny_llama()
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    head_tilt.untie_output_head(model)
+    head_rows.untie_output_head(model)
     assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
     with torch.no_grad():
         model.lm_head.weight[3] += 1.0  # the head now differs from the embedding on one row
@@ -71,7 +71,7 @@ def test_untie_output_head_gives_a_checkpoint_that_loads_untied(tmp_path):
 
 def test_untie_refuses_a_model_without_an_output_head():
     with pytest.raises(ValueError, match="--placement model"):
-        head_tilt.untie_output_head(torch.nn.Linear(2, 2))
+        head_rows.untie_output_head(torch.nn.Linear(2, 2))
 
 
 def exact_tilt_gap(model, reference, ids, mask, bias):
@@ -94,7 +94,7 @@ def test_head_rows_kl_fit_carries_the_tilt_and_changes_only_the_set_rows(members
     model, reference = tiny_llama(), tiny_llama()
     mask, train_ids, held_out = set_and_ids(members)
     body = {k: v.clone() for k, v in model.state_dict().items() if "lm_head" not in k}
-    tilt = head_tilt.HeadRowsTilt(model, mask, lambda b, size: list(train_ids.split(4)), steps=200, lr=3e-2, fit="kl")
+    tilt = head_rows.HeadRowsTilt(model, mask, lambda b, size: list(train_ids.split(4)), steps=200, lr=3e-2, fit="kl")
     assert tilt.sign == (1.0 if len(members) < 32 else -1.0) and tilt.trained_rows == min(
         len(members), 64 - len(members)
     )
@@ -118,26 +118,26 @@ def test_contexts_recorded_while_sampling_equal_a_forward_over_them(tiny_model_d
     recorded equal the ones a full forward over the finished contexts computes (within fp32 rounding);
     the play windows before them are run, not recorded. A size that no fit uses, so that every count
     follows it (at most 64 rows: sample() draws each batch of 64 on from where the last one stopped)."""
-    from tokentilt.generate import TRAIN_PROMPTS, SampleConfig, sample
-    from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+    from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
+    from tokentilt.measurement.sampling import TRAIN_PROMPTS, SampleConfig, sample
 
     model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), gpt2_tokenizer()
     mask = torch.zeros(model.config.vocab_size, dtype=torch.bool)
     mask[::7] = True
     plays = torch.randint(0, 1000, (2000,), generator=torch.Generator().manual_seed(0))
-    size = head_tilt.ContextSize(windows=5, per_prompt=1)
-    got = head_tilt.training_contexts(model, tokenizer, plays, mask, 1.5, "mix", seed=3, size=size)
+    size = head_rows.ContextSize(windows=5, per_prompt=1)
+    got = head_rows.training_contexts(model, tokenizer, plays, mask, 1.5, "mix", seed=3, size=size)
     policy = got.batches[-len(TRAIN_PROMPTS) :]
     assert sum(len(b) for b in got.batches[: -len(TRAIN_PROMPTS)]) == 5 and {len(b) for b in policy} == {1}
     assert sorted(got.known) == list(range(len(got.batches) - len(TRAIN_PROMPTS), len(got.batches)))
-    cfg = SampleConfig(max_new_tokens=head_tilt.POLICY_TOKENS, strategy="multinomial")
+    cfg = SampleConfig(max_new_tokens=head_rows.POLICY_TOKENS, strategy="multinomial")
     drawn = sample(model, tokenizer, list(TRAIN_PROMPTS), 1, cfg, seed=3, bias_mask=mask, bias=1.5)
-    assert torch.equal(torch.cat([b[:, -head_tilt.POLICY_TOKENS :] for b in policy]), drawn.tokens)
-    plain = head_tilt.context_batches(model, tokenizer, plays, mask, 1.5, "mix", seed=3, size=size)  # none recorded
+    assert torch.equal(torch.cat([b[:, -head_rows.POLICY_TOKENS :] for b in policy]), drawn.tokens)
+    plain = head_rows.context_batches(model, tokenizer, plays, mask, 1.5, "mix", seed=3, size=size)  # none recorded
     assert len(plain) == len(got.batches) and all(torch.equal(a, b) for a, b in zip(plain, got.batches))
     trained = torch.zeros_like(mask)
-    forward = head_tilt.head_inputs(model, got.batches, trained)  # every batch run again, none taken as known
-    recorded = head_tilt.head_inputs(model, got.batches, trained, known=got.known)
+    forward = head_rows.head_inputs(model, got.batches, trained)  # every batch run again, none taken as known
+    recorded = head_rows.head_inputs(model, got.batches, trained, known=got.known)
     assert forward.h.shape == recorded.h.shape == (sum(b.numel() for b in got.batches), model.config.n_embd)
     assert torch.allclose(recorded.h, forward.h, atol=1e-4, rtol=1e-4)
     # and the head inputs are what the head sees in an ordinary forward pass: its logits come back from them
@@ -149,7 +149,7 @@ def test_contexts_recorded_while_sampling_equal_a_forward_over_them(tiny_model_d
 def test_rest_lse_of_a_few_rows_equals_the_cached_one():
     g = torch.Generator().manual_seed(0)
     h, weight = torch.randn(50, 8, generator=g), torch.randn(30, 8, generator=g)
-    inputs = head_tilt.HeadInputs(h, weight)
+    inputs = head_rows.HeadInputs(h, weight)
     idx = torch.tensor([3, 0, 49, 3])
     few = inputs.rest_lse(idx)
     assert inputs._rest_lse is None  # a few rows do not compute them all
@@ -160,7 +160,7 @@ def test_rest_lse_of_a_few_rows_equals_the_cached_one():
 def test_offset_direction_finds_a_constant_feature_and_solves_least_squares():
     g = torch.Generator().manual_seed(0)
     h = torch.cat([torch.randn(500, 7, generator=g), torch.full((500, 1), 2.5)], 1)  # column 7 is constant
-    u = head_tilt.offset_direction(h, ridge=1e-9)
+    u = head_rows.offset_direction(h, ridge=1e-9)
     assert torch.allclose(h @ u, torch.ones(500), atol=1e-5)  # h·u = 1 at every position: an exact offset
     assert torch.allclose(u, torch.tensor([0.0] * 7 + [0.4]), atol=1e-5)
     # Without a constant feature it is the ridge least-squares solution, checked against torch.linalg.lstsq:
@@ -170,12 +170,12 @@ def test_offset_direction_finds_a_constant_feature_and_solves_least_squares():
     stacked = torch.cat([h, lam.sqrt() * torch.eye(6, dtype=h.dtype)])
     target = torch.cat([torch.ones(300, dtype=h.dtype), torch.zeros(6, dtype=h.dtype)])
     expected = torch.linalg.lstsq(stacked, target[:, None]).solution.squeeze(1)
-    assert torch.allclose(head_tilt.offset_direction(h, ridge).double(), expected, atol=1e-5)
+    assert torch.allclose(head_rows.offset_direction(h, ridge).double(), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("members", [[3, 7, 9, 20], list(range(10, 60))], ids=["small-set", "via-complement"])
 def test_head_rows_offset_fit_is_the_exact_tilt_when_the_head_inputs_allow_a_constant(members, monkeypatch):
-    monkeypatch.setattr(head_tilt, "RIDGE", 1e-10)  # the default ridge shrinks h·u by about 0.1% here
+    monkeypatch.setattr(head_rows, "RIDGE", 1e-10)  # the default ridge shrinks h·u by about 0.1% here
     model, reference = tiny_llama(), tiny_llama()
     with torch.no_grad():  # the final norm's weight 0 on feature 0, plus a bias there: h[:, 0] = 1 everywhere
         for m in (model, reference):
@@ -185,7 +185,7 @@ def test_head_rows_offset_fit_is_the_exact_tilt_when_the_head_inputs_allow_a_con
         m.model.norm.register_forward_hook(hook)
     mask, train_ids, held_out = set_and_ids(members)
     body = {k: v.clone() for k, v in model.state_dict().items() if "lm_head" not in k}
-    tilt = head_tilt.HeadRowsTilt(model, mask, lambda b, size: list(train_ids.split(4)), steps=1, lr=1.0)
+    tilt = head_rows.HeadRowsTilt(model, mask, lambda b, size: list(train_ids.split(4)), steps=1, lr=1.0)
     assert tilt.fit == "offset"
     start_gap = exact_tilt_gap(model, reference, held_out, mask, 2.0)
     history = tilt.train(2.0, progress=False)
@@ -206,7 +206,7 @@ def test_offset_fit_on_a_plain_tiny_model_moves_the_set_mass_the_way_of_b():
     mask = torch.zeros(64, dtype=torch.bool)
     mask[[3, 7, 9, 20]] = True
     ids = torch.randint(64, (16, 24), generator=torch.Generator().manual_seed(2))
-    tilt = head_tilt.HeadRowsTilt(model, mask, lambda b, size: list(ids.split(4)), steps=1, lr=1.0)
+    tilt = head_rows.HeadRowsTilt(model, mask, lambda b, size: list(ids.split(4)), steps=1, lr=1.0)
     with torch.no_grad():
         base = reference(input_ids=ids).logits.log_softmax(-1)[..., mask].logsumexp(-1).exp().mean()
         masses = {}
@@ -316,8 +316,8 @@ def test_tilt_distill_defaults_to_head_rows_and_saves_a_plain_untied_model(tiny_
 
 def test_the_r_prompts_are_16_varied_openings_disjoint_from_the_training_prompts(tmp_path):
     from tokentilt.cli import tilt_config
-    from tokentilt.generate import COURSE_PROMPTS, DEFAULT_PROMPTS, TRAIN_PROMPTS
-    from tokentilt.tilting import TiltConfig
+    from tokentilt.measurement.sampling import COURSE_PROMPTS, DEFAULT_PROMPTS, TRAIN_PROMPTS
+    from tokentilt.training.rate import TiltConfig
 
     assert len(set(DEFAULT_PROMPTS)) >= 16 and not set(DEFAULT_PROMPTS) & set(TRAIN_PROMPTS)
     assert TiltConfig().eval.prompts == list(DEFAULT_PROMPTS)
@@ -352,9 +352,9 @@ def test_the_r_prompts_are_16_varied_openings_disjoint_from_the_training_prompts
 def test_bad_head_rows_options_are_one_line_before_loading(
     tiny_model_dir, eval_file, tmp_path, capsys, monkeypatch, extra, message
 ):
-    import tokentilt.tilting
+    import tokentilt.training.rate
 
-    monkeypatch.setattr(tokentilt.tilting, "load_model", lambda *a: pytest.fail("loaded the model"))
+    monkeypatch.setattr(tokentilt.training.rate, "load_model", lambda *a: pytest.fail("loaded the model"))
     out = tmp_path / "run"
     code = main(tilt_argv(tiny_model_dir, eval_file, out, *extra))
     err = capsys.readouterr().err
@@ -365,17 +365,17 @@ def test_bad_head_rows_options_are_one_line_before_loading(
 @pytest.mark.slow
 def test_the_r_prompts_never_enter_the_training_contexts(tiny_model_dir, eval_file, tmp_path, monkeypatch):
     """Every context the head-rows fit sees, decoded: the training prompts are there, the R prompts never."""
-    from tokentilt.generate import DEFAULT_PROMPTS, TRAIN_PROMPTS
-    from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+    from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
+    from tokentilt.measurement.sampling import DEFAULT_PROMPTS, TRAIN_PROMPTS
 
     seen = []
-    real = head_tilt.head_inputs
+    real = head_rows.head_inputs
 
     def spy(model, batches, trained, bf16=False, known=None):
         seen.extend(batches)
         return real(model, batches, trained, bf16, known)
 
-    monkeypatch.setattr(head_tilt, "head_inputs", spy)
+    monkeypatch.setattr(head_rows, "head_inputs", spy)
     out = tmp_path / "run"
     assert main(tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--bias", "2")) == 0
     tokenizer = gpt2_tokenizer()
@@ -386,13 +386,13 @@ def test_the_r_prompts_never_enter_the_training_contexts(tiny_model_dir, eval_fi
     s = json.loads((out / "summary.json").read_text())
     assert s["head"]["fit"] == "offset" and s["head"]["context_positions"] == sum(b.numel() for b in seen)
     # the offset fit's contexts: OFFSET_CONTEXTS' play windows, and its continuations of every training prompt
-    size = head_tilt.OFFSET_CONTEXTS
+    size = head_rows.OFFSET_CONTEXTS
     assert len(texts) == size.windows + size.per_prompt * len(TRAIN_PROMPTS)
 
 
 def test_each_fit_gets_its_contexts():
     """The offset fit needs fewer contexts than a fit of every row (kl, which every phrase list takes:
     tests/test_phrases.py checks that one asks for KL_CONTEXTS)."""
-    assert head_tilt.context_size("offset") == head_tilt.OFFSET_CONTEXTS
-    assert head_tilt.context_size("kl") == head_tilt.KL_CONTEXTS
-    assert head_tilt.OFFSET_CONTEXTS.windows < head_tilt.KL_CONTEXTS.windows
+    assert head_rows.context_size("offset") == head_rows.OFFSET_CONTEXTS
+    assert head_rows.context_size("kl") == head_rows.KL_CONTEXTS
+    assert head_rows.OFFSET_CONTEXTS.windows < head_rows.KL_CONTEXTS.windows

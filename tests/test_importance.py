@@ -12,11 +12,11 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import tiny_llama
 from test_chat import chat_tokenizer
-from tokentilt.evaluate import rates_of
-from tokentilt.generate import SampleConfig, Samples, generate, sample
-from tokentilt.head_tilt import untie_output_head
-from tokentilt.importance import Pool, draw_of, weighable
-from tokentilt.metrics import sample_rates
+from tokentilt.measurement.evaluate import rates_of
+from tokentilt.measurement.importance import Pool, draw_of, weighable
+from tokentilt.measurement.metrics import sample_rates
+from tokentilt.measurement.sampling import SampleConfig, Samples, generate, sample
+from tokentilt.training.head_rows import untie_output_head
 
 EOS = 0
 
@@ -183,7 +183,7 @@ def test_an_offset_fit_is_scored_from_the_recorded_head_inputs_alone(complement)
     """A head-rows offset fit adds b·(h·u) to the set's logits at head input h and changes nothing else, so
     its R over recorded draws follows from their set masses and head inputs: equal to the R its head gives
     on those inputs, and to a full forward's. Through the complement (a set of most of the vocabulary) too."""
-    from tokentilt.head_tilt import HeadRowsTilt
+    from tokentilt.training.head_rows import HeadRowsTilt
 
     tok = chat_tokenizer()
     torch.manual_seed(0)
@@ -215,7 +215,7 @@ def test_an_offset_fit_is_scored_from_the_recorded_head_inputs_alone(complement)
 @pytest.mark.parametrize("head_only", [False, True], ids=["forward", "head"])
 def test_scores_in_one_row_batches_equal_the_unchunked_ones(setup, head_only, monkeypatch):
     """A logits budget of one byte scores one sample per forward (and per head call): the same log-probabilities."""
-    from tokentilt import importance, metrics
+    from tokentilt.measurement import importance, metrics
 
     model, mask = setup
     draw = draws(model, mask, "3 7 11", 6, 5, 1.5, seed=2)

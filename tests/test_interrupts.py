@@ -17,13 +17,13 @@ import time
 
 import pytest
 
-import tokentilt.generate
+import tokentilt.course.pretraining
 import tokentilt.jobs.eval
 import tokentilt.jobs.pretrain
-import tokentilt.losses
-import tokentilt.pretraining
-from tokentilt import data
+import tokentilt.measurement.sampling
+import tokentilt.objectives.losses
 from tokentilt.cli import main
+from tokentilt.data import corpus
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next to the axe. " * 30
 
@@ -112,7 +112,9 @@ def test_ctrl_c_in_a_sweep_keeps_the_finished_runs_and_the_same_command_continue
     out = tmp_path / "sweep"
     # calls of the objective: 3 per trained run; the 4th is the first step of the second trained run
     monkeypatch.setitem(
-        tokentilt.losses.OBJECTIVES, "kl-alpha-beta", ctrl_c_on_call(tokentilt.losses.OBJECTIVES["kl-alpha-beta"], 4)
+        tokentilt.objectives.losses.OBJECTIVES,
+        "kl-alpha-beta",
+        ctrl_c_on_call(tokentilt.objectives.losses.OBJECTIVES["kl-alpha-beta"], 4),
     )
     capsys.readouterr()
     assert main(sweep_argv(tiny_model_dir, eval_text, out)) == 130
@@ -213,7 +215,9 @@ def test_ctrl_c_in_eval_exits_130_and_writes_nothing(tiny_model_dir, eval_text, 
 
 
 def test_ctrl_c_in_generate_exits_130_with_one_line(tiny_model_dir, monkeypatch, capsys):
-    monkeypatch.setattr(tokentilt.generate, "sample", ctrl_c_on_call(tokentilt.generate.sample, 1))
+    monkeypatch.setattr(
+        tokentilt.measurement.sampling, "sample", ctrl_c_on_call(tokentilt.measurement.sampling.sample, 1)
+    )
     capsys.readouterr()
     assert main(["generate", "--model", str(tiny_model_dir), "--prompt", "Hello", "--new-tokens", "4"]) == 130
     assert one_line(capsys) == "tokentilt: interrupted"
@@ -221,9 +225,11 @@ def test_ctrl_c_in_generate_exits_130_with_one_line(tiny_model_dir, monkeypatch,
 
 
 def test_ctrl_c_in_pretrain_leaves_an_unfinished_folder(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(data, "split_text", lambda split: TEXT)
+    monkeypatch.setattr(corpus, "split_text", lambda split: TEXT)
     monkeypatch.setattr(
-        tokentilt.pretraining, "next_token_objective", ctrl_c_on_call(tokentilt.pretraining.next_token_objective, 3)
+        tokentilt.course.pretraining,
+        "next_token_objective",
+        ctrl_c_on_call(tokentilt.course.pretraining.next_token_objective, 3),
     )
     out = tmp_path / "pre"
     capsys.readouterr()
@@ -259,7 +265,9 @@ def test_ctrl_c_in_pretrain_leaves_an_unfinished_folder(tmp_path, monkeypatch, c
 
 def test_ctrl_c_in_an_experiment_leaves_an_unfinished_folder(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(
-        tokentilt.losses.OBJECTIVES, "kl-alpha-beta", ctrl_c_on_call(tokentilt.losses.OBJECTIVES["kl-alpha-beta"], 2)
+        tokentilt.objectives.losses.OBJECTIVES,
+        "kl-alpha-beta",
+        ctrl_c_on_call(tokentilt.objectives.losses.OBJECTIVES["kl-alpha-beta"], 2),
     )
     out = tmp_path / "xf"
     capsys.readouterr()

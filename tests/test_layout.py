@@ -10,17 +10,17 @@ import pytest
 
 import tokentilt
 import tokentilt.jobs
-from tokentilt.audit import AuditConfig
+from tokentilt.audit.lift import AuditConfig
 from tokentilt.cli import build_parser
 from tokentilt.config import field_comments, options, to_flat
-from tokentilt.evaluate import EvalConfig
-from tokentilt.generate import GenerateConfig
+from tokentilt.course.pretraining import PretrainConfig
 from tokentilt.jobs.eval import EvalJobConfig
 from tokentilt.jobs.sweep import SweepConfig
+from tokentilt.measurement.evaluate import EvalConfig
+from tokentilt.measurement.sampling import GenerateConfig
 from tokentilt.models.lora import LoraArgs
-from tokentilt.pretraining import PretrainConfig
-from tokentilt.tilting import TiltConfig
-from tokentilt.train import TrainConfig
+from tokentilt.training.loop import TrainConfig
+from tokentilt.training.rate import TiltConfig
 
 SRC = Path(tokentilt.__file__).parent
 CONFIGS = [
@@ -165,10 +165,10 @@ TORCH_FREE = {
     "tokentilt.settings",
     "tokentilt.job_settings",
     "tokentilt.course_settings",
-    "tokentilt.selectors",
-    "tokentilt.textfiles",
-    "tokentilt.prompts",
-    "tokentilt.outputs",
+    "tokentilt.targets.selectors",
+    "tokentilt.data.textfiles",
+    "tokentilt.data.prompts",
+    "tokentilt.runs.folder",
 }
 HEAVY = {"torch", "transformers", "peft", "accelerate", "matplotlib", "gguf", "safetensors", "numpy"}
 
@@ -187,7 +187,7 @@ def test_the_door_imports_only_torch_free_modules(module):
 
 
 def test_the_torch_free_names_agree_with_the_registries():
-    from tokentilt.losses import OBJECTIVES
+    from tokentilt.objectives.losses import OBJECTIVES
     from tokentilt.settings import OBJECTIVE_NAMES, REFERENCE_OBJECTIVES, TEXT_OBJECTIVES
 
     assert tuple(OBJECTIVES) == OBJECTIVE_NAMES

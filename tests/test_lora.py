@@ -6,10 +6,10 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from conftest import CharTokenizer, tiny_gpt2, tiny_llama
-from tokentilt.data import random_tokens
-from tokentilt.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.data.corpus import random_tokens
 from tokentilt.models.lora import AdapterOff, LoraArgs, add_adapter, param_counts, save_adapter_and_merged
-from tokentilt.train import TrainConfig, train
+from tokentilt.objectives.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.training.loop import TrainConfig, train
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tokentilt.losses import (
+from tokentilt.objectives.losses import (
     OBJECTIVES,
     L1Loss,
     L2Loss,
@@ -14,7 +14,7 @@ from tokentilt.losses import (
     nll,
     unlikelihood,
 )
-from tokentilt.targets import alpha_beta_target, uniform_target
+from tokentilt.targets.tokens import alpha_beta_target, uniform_target
 
 
 def grads(fn, *tensors):

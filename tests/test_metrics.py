@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from tokentilt import metrics
+from tokentilt.measurement import metrics
 
 V = 10
 
@@ -256,7 +256,7 @@ def test_tilt_costs_match_the_forward_passes_at_every_bias(windows, reply):
         ppl = metrics.perplexity(model, held_out, bias_mask=mask, bias=b)
         assert known.perplexity(b) == pytest.approx(ppl, rel=1e-5)
         assert known.drift(b) == pytest.approx(metrics.biased_drift(model, held_out, mask, b), rel=1e-4, abs=1e-7)
-    from tokentilt.calibrate import set_log_masses
+    from tokentilt.measurement.calibrate import set_log_masses
 
     assert torch.allclose(known.log_mass, set_log_masses(model, held_out, mask).double(), atol=1e-5)
 
@@ -297,7 +297,7 @@ def test_windows_shape_is_checked():
 
 
 def test_collapse_warning_at_half_the_vocabulary_or_non_finite():
-    from tokentilt.metrics import collapse_warnings
+    from tokentilt.measurement.metrics import collapse_warnings
 
     assert collapse_warnings(71.1, 84.0, 49152) == []
     assert collapse_warnings(71.1, 24575.9, 49152) == []

@@ -10,17 +10,17 @@ records carries a graph.
 import pytest
 import torch
 
-import tokentilt.generate
-import tokentilt.importance
-import tokentilt.metrics
+import tokentilt.measurement.importance
+import tokentilt.measurement.metrics
+import tokentilt.measurement.sampling
 from conftest import tilt_argv, tiny_llama
-from tokentilt.calibrate import calibrate
 from tokentilt.cli import main
-from tokentilt.evaluate import EvalConfig, measure, rates_of
-from tokentilt.generate import sample
-from tokentilt.importance import Pool, draw_of
-from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
-from tokentilt.targets import token_texts
+from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.measurement.calibrate import calibrate
+from tokentilt.measurement.evaluate import EvalConfig, measure, rates_of
+from tokentilt.measurement.importance import Pool, draw_of
+from tokentilt.measurement.sampling import sample
+from tokentilt.targets.tokens import token_texts
 
 DEVICES = [
     "cpu",
@@ -39,7 +39,7 @@ def guarded(monkeypatch):
     """Every decoding step and every batched evaluation pass checks that grad is off and that its logits
     carry no graph; yields the counts of what was checked."""
     seen = {"steps": 0, "passes": 0}
-    real_decoder, real_batches = tokentilt.generate.decoder, tokentilt.metrics._forward_batches
+    real_decoder, real_batches = tokentilt.measurement.sampling.decoder, tokentilt.measurement.metrics._forward_batches
 
     def checked(fn):
         def step(*args, **kwargs):
@@ -63,8 +63,8 @@ def guarded(monkeypatch):
             seen["passes"] += 1
             yield ids, logits
 
-    monkeypatch.setattr(tokentilt.generate, "decoder", decoder)
-    for module in (tokentilt.metrics, tokentilt.importance):
+    monkeypatch.setattr(tokentilt.measurement.sampling, "decoder", decoder)
+    for module in (tokentilt.measurement.metrics, tokentilt.measurement.importance):
         monkeypatch.setattr(module, "_forward_batches", forward_batches)
     return seen
 

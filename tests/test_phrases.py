@@ -9,9 +9,8 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, SequenceBiasLogitsProcessor
 
 from conftest import tiny_llama
-from tokentilt import head_tilt
-from tokentilt.losses import ObjectiveContext, phrase_distill
-from tokentilt.phrases import (
+from tokentilt.objectives.losses import ObjectiveContext, phrase_distill
+from tokentilt.targets.phrases import (
     PhraseBias,
     PhraseSet,
     completion_probs,
@@ -22,7 +21,8 @@ from tokentilt.phrases import (
     tokenize_entries,
     words_of,
 )
-from tokentilt.targets import SelectorError, check_syntax, resolve, select
+from tokentilt.targets.tokens import SelectorError, check_syntax, resolve, select
+from tokentilt.training import head_rows
 
 
 class ToyTokenizer:
@@ -279,7 +279,7 @@ def test_head_rows_carry_a_phrase_tilt_that_depends_on_context():
     train_ids, held_out = ids[:20], ids[20:]
     sizes = []  # the contexts a phrase tilt asks for: the kl fit's, whatever fit was asked for
     contexts = lambda b, size: sizes.append(size) or list(train_ids.split(4))  # noqa: E731
-    tilt = head_tilt.HeadRowsTilt(model, phrases, contexts, steps=300, lr=3e-2)
+    tilt = head_rows.HeadRowsTilt(model, phrases, contexts, steps=300, lr=3e-2)
     assert tilt.fit == "kl" and tilt.sign == 1.0 and tilt.trained_rows == len(phrases.row_ids())
 
     def gap(m):  # mean KL(decode-time tilt of the reference || m) per held-out position
@@ -289,7 +289,7 @@ def test_head_rows_carry_a_phrase_tilt_that_depends_on_context():
 
     start = gap(model)
     tilt.train(2.0, progress=False)
-    assert sizes == [head_tilt.KL_CONTEXTS]
+    assert sizes == [head_rows.KL_CONTEXTS]
     assert gap(model) < 0.5 * start
     with torch.no_grad():
         lift = (model(input_ids=held_out).logits - reference(input_ids=held_out).logits)[..., ID["land"]]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tokentilt.cli import main
-from tokentilt.rate_checkpoint import STATE, RateCheckpoint, boundary_of, pack, unpack
+from tokentilt.training.rate_checkpoint import STATE, RateCheckpoint, boundary_of, pack, unpack
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {
@@ -121,8 +121,8 @@ def test_kill_9_at_a_boundary_then_resume_gives_the_uninterrupted_numbers(
 
 
 def test_pack_keeps_dataclasses_tensors_and_float_keys_and_refuses_other_objects():
-    from tokentilt.calibrate import Calibration
-    from tokentilt.importance import Pool
+    from tokentilt.measurement.calibrate import Calibration
+    from tokentilt.measurement.importance import Pool
 
     cal = Calibration(0.5, 1.25, {"mean": 0.5, "n": 4}, 1.0, [(1.0, 0.4), (1.25, 0.5)], Pool([]))
     value = {"calibration": cal, "measured": {1.0: {"mean": 0.4}}, "t": torch.arange(3, dtype=torch.float64)}

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tokentilt.targets import (
+from tokentilt.targets.tokens import (
     SelectorError,
     alpha_beta_target,
     bias_for_mass,
@@ -129,7 +129,7 @@ def test_tilt_is_a_logit_bias_and_bias_for_mass_inverts_it():
     ],
 )
 def test_check_syntax_without_a_vocabulary(spec, message):
-    from tokentilt.targets import check_syntax
+    from tokentilt.targets.tokens import check_syntax
 
     with pytest.raises(SelectorError, match=message):
         check_syntax(spec)

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from conftest import tiny_gpt2
-from tokentilt.data import random_tokens
-from tokentilt.losses import OBJECTIVES, ObjectiveContext
-from tokentilt.train import TrainConfig, frozen_copy, train
+from tokentilt.data.corpus import random_tokens
+from tokentilt.objectives.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.training.loop import TrainConfig, frozen_copy, train
 
 
 def run(model, objective="kl-uniform", **overrides):
@@ -116,7 +116,7 @@ def test_a_last_update_that_leaves_non_finite_outputs_stops_training(tiny_model_
     would crash sampling with a traceback, so training stops as diverged instead (exit 3 in the CLI)."""
     from transformers import GPT2LMHeadModel
 
-    from tokentilt.train import TrainingDiverged
+    from tokentilt.training.loop import TrainingDiverged
 
     model = GPT2LMHeadModel.from_pretrained(tiny_model_dir)
     with torch.no_grad():  # a confident model: huge gradients on its first steps
@@ -142,7 +142,7 @@ def test_a_last_update_that_leaves_non_finite_outputs_stops_training(tiny_model_
 def test_an_ignored_sigint_stays_ignored_during_training():
     import signal
 
-    from tokentilt.train import _SigintAtStepBoundary
+    from tokentilt.training.loop import _SigintAtStepBoundary
 
     assert _SigintAtStepBoundary(active=True).active  # the default handler: Ctrl-C is caught at a step boundary
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a job started with `cmd &` by a script

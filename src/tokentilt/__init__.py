@@ -29,17 +29,17 @@ _EXPORTS = {
     # components
     "load_model": "tokentilt.models.load",
     "save_model": "tokentilt.models.load",
-    "GPT": "tokentilt.models.gpt",
-    "GPTConfig": "tokentilt.models.gpt",
-    "resolve_set": "tokentilt.targets",
-    "TokenSet": "tokentilt.targets",
-    "OBJECTIVES": "tokentilt.losses",
+    "GPT": "tokentilt.course.gpt",
+    "GPTConfig": "tokentilt.course.gpt",
+    "resolve_set": "tokentilt.targets.tokens",
+    "TokenSet": "tokentilt.targets.tokens",
+    "OBJECTIVES": "tokentilt.objectives.losses",
     "TrainConfig": "tokentilt.settings",
     "EvalConfig": "tokentilt.settings",
-    "measure": "tokentilt.evaluate",
-    "measure_rate": "tokentilt.evaluate",
+    "measure": "tokentilt.measurement.evaluate",
+    "measure_rate": "tokentilt.measurement.evaluate",
     "SampleConfig": "tokentilt.settings",
-    "sample": "tokentilt.generate",
+    "sample": "tokentilt.measurement.sampling",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tokentilt.config import UsageError, merge, options, read_yaml
 from tokentilt.course_settings import L1VsL2Config, LikeXConfig, PretrainConfig, XFactorConfig
+from tokentilt.data.textfiles import read_text_file
 from tokentilt.job_settings import (
     FULL_LR,
     AuditConfig,
@@ -24,12 +25,11 @@ from tokentilt.job_settings import (
     SweepConfig,
     TiltConfig,
 )
-from tokentilt.outputs import RunFolder
 from tokentilt.preflight import check_lengths, check_output, check_prompts, check_sampling, preflight_audit
-from tokentilt.selectors import check_syntax, token_selector_only
+from tokentilt.runs.folder import RunFolder
 from tokentilt.settings import DEFAULT_LR as LORA_LR
 from tokentilt.settings import SampleConfig, check_options, check_sample_config
-from tokentilt.textfiles import read_text_file
+from tokentilt.targets.selectors import check_syntax, token_selector_only
 
 EXIT_USAGE = 2  # bad input: one line on stderr
 EXIT_DIVERGED = 3  # training stopped on a non-finite loss; the run folder stays unfinished
@@ -241,7 +241,7 @@ def cmd_export(args) -> int:
 def keep_freed_memory() -> None:
     """Past a command's checks: malloc keeps freed memory, so that training, sampling and the audit's (rows, V)
     tensors reuse it (engine.py; imports torch)."""
-    from tokentilt import engine
+    from tokentilt.training import engine
 
     engine.keep_freed_memory()
 
@@ -313,12 +313,12 @@ def cmd_generate(args) -> int:
         top_p=cfg.top_p,
     )
     check_sample_config(sampling)
-    from tokentilt.chat import CHAT_PROMPTS, check_template
-    from tokentilt.evaluate import rates_of
-    from tokentilt.generate import DEFAULT_PROMPTS, sample
-    from tokentilt.metrics import mean_ci
+    from tokentilt.data.chat import CHAT_PROMPTS, check_template
+    from tokentilt.measurement.evaluate import rates_of
+    from tokentilt.measurement.metrics import mean_ci
+    from tokentilt.measurement.sampling import DEFAULT_PROMPTS, sample
     from tokentilt.models.load import load_model
-    from tokentilt.phrases import resolve_target
+    from tokentilt.targets.phrases import resolve_target
 
     keep_freed_memory()
     model, tokenizer = load_model(cfg.model)
@@ -550,7 +550,7 @@ def cmd_experiment(args) -> int:
 
 def training_diverged() -> type | tuple:
     """train.TrainingDiverged, or () (which no exception matches) when no job imported train.py, and so torch."""
-    train = sys.modules.get("tokentilt.train")
+    train = sys.modules.get("tokentilt.training.loop")
     return train.TrainingDiverged if train else ()
 
 

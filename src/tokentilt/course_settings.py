@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 from tokentilt.settings import EvalConfig, TrainConfig
 
 if TYPE_CHECKING:
-    from tokentilt.models.gpt import GPTConfig
+    from tokentilt.course.gpt import GPTConfig
 
 
 def native_bf16() -> bool:
     """engine.native_bf16() on the default device (imports torch)."""
-    from tokentilt import engine
+    from tokentilt.training import engine
 
     return engine.native_bf16()
 
@@ -58,7 +58,7 @@ class PretrainConfig:
         self.train_config().check()
 
     def gpt_config(self) -> GPTConfig:
-        from tokentilt.models.gpt import GPTConfig  # torch
+        from tokentilt.course.gpt import GPTConfig  # torch
 
         return GPTConfig(
             n_layer=self.n_layer,

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from tokentilt.config import to_flat
-from tokentilt.selectors import is_phrase_selector
 from tokentilt.settings import (
     CONTEXTS,
     DEFAULT_TYPE,
@@ -32,6 +31,7 @@ from tokentilt.settings import (
     check_rate,
 )
 from tokentilt.settings import DEFAULT_LR as LORA_LR
+from tokentilt.targets.selectors import is_phrase_selector
 
 # ---------------------------------------------------------------- tilt
 

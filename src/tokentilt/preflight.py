@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 
 from tokentilt.config import UsageError
-from tokentilt.outputs import RunFolder
-from tokentilt.selectors import check_syntax, token_selector_only
-from tokentilt.textfiles import read_text_file
+from tokentilt.data.textfiles import read_text_file
+from tokentilt.runs.folder import RunFolder
+from tokentilt.targets.selectors import check_syntax, token_selector_only
 
 # SmolLM2-135M-Instruct's context (llama.context_length in the bundled GGUF; test_preflight checks
 # it). Reading it from the file takes ~5 s of GGUF parsing, which an early check should not cost.

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from tokentilt.prompts import CHAT_PROMPTS, COURSE_PROMPTS, DEFAULT_PROMPTS
+from tokentilt.data.prompts import CHAT_PROMPTS, COURSE_PROMPTS, DEFAULT_PROMPTS
 
 # the losses.OBJECTIVES registry's names, in its order (test_losses checks they agree), as a type: the CLI's choices
 OBJECTIVE_NAMES = ("kl-uniform", "kl-alpha-beta", "tilt-distill", "mixed", "away")
@@ -180,7 +180,7 @@ class TrainConfig:
             if self.precision == "fp16":
                 raise ValueError("--bf16 and --precision fp16 contradict each other")
             self.precision = "bf16"
-        from tokentilt.engine import settle_precision  # imports torch: auto asks the hardware
+        from tokentilt.training.engine import settle_precision  # imports torch: auto asks the hardware
 
         self.precision = settle_precision(self.precision, self.device)
         self.bf16 = self.precision == "bf16"

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from tokentilt.cli import main
+from tokentilt.course.gpt import GPT
 from tokentilt.jobs.pretrain import PretrainConfig, next_token_objective, run_pretrain, unigram_cross_entropy
-from tokentilt.losses import ObjectiveContext
-from tokentilt.models.gpt import GPT
+from tokentilt.objectives.losses import ObjectiveContext
 
 
 def tiny(tmp_path, **kw):
@@ -64,11 +64,11 @@ def test_few_steps_lower_val_loss_and_outputs_load_back(tmp_path):
     model = GPT.load(out / "model")
     assert model.config.n_embd == 32 and model.config.block_size == 64
     # The saved weights reproduce the reported val loss.
-    from tokentilt import data
+    from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
+    from tokentilt.data import corpus
     from tokentilt.jobs.pretrain import split_loss
-    from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
 
-    windows = data.eval_windows(data.tokenize(gpt2_tokenizer(), data.split_text("val")), 32, 4)
+    windows = corpus.eval_windows(corpus.tokenize(gpt2_tokenizer(), corpus.split_text("val")), 32, 4)
     assert split_loss(model, windows, bf16=False) == pytest.approx(summary["val_loss"], rel=1e-5)
 
 

@@ -7,12 +7,12 @@ from transformers import AutoTokenizer
 
 import tokentilt.jobs.sweep
 import tokentilt.jobs.tilt
-import tokentilt.tilting
-from tokentilt import data
+import tokentilt.training.rate
 from tokentilt.cli import main, sweep_axes
 from tokentilt.config import merge, read_yaml
-from tokentilt.evaluate import EvalConfig
+from tokentilt.data import corpus
 from tokentilt.jobs.sweep import BASELINE, CSV_COLUMNS, RunSpec, SweepConfig, SweepLog, curve_biases, grid
+from tokentilt.measurement.evaluate import EvalConfig
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next to the axe. " * 30
 
@@ -22,7 +22,7 @@ def small_text(tmp_path, monkeypatch):
     """A short eval file, and a short training stream instead of tokenizing the whole train split."""
     path = tmp_path / "eval.txt"
     path.write_text(TEXT)
-    monkeypatch.setattr(tokentilt.tilting, "train_tokens", lambda tok: data.tokenize(tok, TEXT))
+    monkeypatch.setattr(tokentilt.training.rate, "train_tokens", lambda tok: corpus.tokenize(tok, TEXT))
     return path
 
 
@@ -86,7 +86,7 @@ T_975_DF15 = 2.131449545559323  # Student-t 0.975 quantile, 15 degrees of freedo
 
 
 def hand_rate(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, float]:
-    """(mean, ci_low, ci_high) of R recounted from 16 samples' ids (16, L), without tokentilt.metrics."""
+    """(mean, ci_low, ci_high) of R recounted from 16 samples' ids (16, L), without tokentilt.measurement.metrics."""
     rates = mask[tokens].double().mean(1)  # (N,)
     assert len(rates) == 16
     mean = float(rates.mean())
@@ -153,7 +153,7 @@ def test_sweep_writes_outputs_and_skips_finished_runs(tiny_model_dir, small_text
 
     # Another lr adds only the two runs at that lr.
     monkeypatch.undo()
-    monkeypatch.setattr(tokentilt.tilting, "train_tokens", lambda tok: data.tokenize(tok, TEXT))
+    monkeypatch.setattr(tokentilt.training.rate, "train_tokens", lambda tok: corpus.tokenize(tok, TEXT))
     argv = sweep_argv(tiny_model_dir, small_text, out)
     argv[argv.index("1e-3")] = "1e-3,2e-3"
     assert main(argv) == 0

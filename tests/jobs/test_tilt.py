@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-import tokentilt.evaluate
 import tokentilt.jobs.tilt
-import tokentilt.tilting
+import tokentilt.measurement.evaluate
+import tokentilt.training.rate
 from conftest import hand_ppl, tilt_argv
 from tokentilt.cli import main
 
@@ -64,7 +64,7 @@ def test_bad_cost_options_are_one_line_exit_2(tiny_model_dir, eval_file, tmp_pat
 
 
 def test_missing_eval_text_fails_before_loading(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(tokentilt.tilting, "load_model", lambda *a: pytest.fail("loaded the model"))
+    monkeypatch.setattr(tokentilt.training.rate, "load_model", lambda *a: pytest.fail("loaded the model"))
     out = tmp_path / "run"
     code = main(tilt_argv(tiny_model_dir, tmp_path / "missing.txt", out))
     err = capsys.readouterr().err
@@ -75,9 +75,9 @@ def test_missing_eval_text_fails_before_loading(tiny_model_dir, tmp_path, capsys
 @pytest.mark.slow
 def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, eval_file, tmp_path, monkeypatch):
     draws = []  # (seed, bias) of every R measurement
-    real_sample = tokentilt.evaluate.sample
+    real_sample = tokentilt.measurement.evaluate.sample
     monkeypatch.setattr(
-        tokentilt.evaluate,
+        tokentilt.measurement.evaluate,
         "sample",
         lambda *a, seed, bias=0.0, **k: draws.append((seed, bias)) or real_sample(*a, seed=seed, bias=bias, **k),
     )
@@ -140,9 +140,9 @@ def test_when_the_rounds_move_b_rho_reads_a_decode_time_point_at_the_trained_b(
     tiny_model_dir, eval_file, tmp_path, monkeypatch, where
 ):
     draws = []  # (seed, bias) of every R measurement
-    real_sample, real_train_to_rate = tokentilt.evaluate.sample, tokentilt.jobs.tilt.train_to_rate
+    real_sample, real_train_to_rate = tokentilt.measurement.evaluate.sample, tokentilt.jobs.tilt.train_to_rate
     monkeypatch.setattr(
-        tokentilt.evaluate,
+        tokentilt.measurement.evaluate,
         "sample",
         lambda *a, seed, bias=0.0, **k: draws.append((seed, bias)) or real_sample(*a, seed=seed, bias=bias, **k),
     )
@@ -263,7 +263,7 @@ def test_a_head_rows_offset_fit_at_a_rate_probes_each_round_without_running_its_
 ):
     """With the default head-rows offset fit, a round's probe R comes from the calibration's draws: their
     recorded set masses and head inputs and the fitted b·u (importance.Pool.of_offsets), not from the head."""
-    from tokentilt import importance
+    from tokentilt.measurement import importance
 
     monkeypatch.setattr(importance.Pool, "of_model", lambda *a, **k: pytest.fail("ran the head"))
     calls, real = [], importance.Pool.of_offsets

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from tokentilt.generate import cache_argument
-from tokentilt.models.gpt import GPT, GPTConfig
+from tokentilt.course.gpt import GPT, GPTConfig
+from tokentilt.measurement.sampling import cache_argument
 
 V, BLOCK = 97, 64
 ATOL = 1e-4
@@ -174,7 +174,7 @@ def test_greedy_generation_matches_hf(hf, gpt):
 
 @torch.no_grad()
 def test_shared_generate_on_left_padded_batch_matches_hf(hf, gpt):
-    generate_module = pytest.importorskip("tokentilt.generate")
+    generate_module = pytest.importorskip("tokentilt.measurement.sampling")
     short, long = random_ids(B=1, T=3, seed=11), random_ids(B=1, T=7, seed=12)
     ids = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), short], dim=1), long])  # (2, 7)
     mask = torch.ones_like(ids)

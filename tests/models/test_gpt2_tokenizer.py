@@ -1,4 +1,4 @@
-from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
 
 
 def test_vocabulary_and_special_tokens():

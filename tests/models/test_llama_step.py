@@ -4,11 +4,12 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from conftest import tiny_gpt2, tiny_llama
-from tokentilt import generate as generate_module
-from tokentilt.generate import SampleConfig, StepScores, generate, recorded_head_inputs
-from tokentilt.models import llama_step, lora
-from tokentilt.models.llama_step import LlamaDecoder, Packed, Transposed, supports
-from tokentilt.models.packed import can_pack
+from tokentilt.measurement import sampling as generate_module
+from tokentilt.measurement.sampling import SampleConfig, StepScores, generate, recorded_head_inputs
+from tokentilt.models import lora
+from tokentilt.models.fast import llama_step
+from tokentilt.models.fast.llama_step import LlamaDecoder, Packed, Transposed, supports
+from tokentilt.models.fast.packed import can_pack
 
 
 def biased_llama():

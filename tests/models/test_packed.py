@@ -3,10 +3,10 @@ import torch
 from torch import nn
 
 from conftest import tiny_gpt2, tiny_llama
-from tokentilt.generate import SampleConfig, generate
-from tokentilt.models import packed as packed_module
-from tokentilt.models.gpt import GPT, GPTConfig
-from tokentilt.models.packed import can_pack, packed_linears
+from tokentilt.course.gpt import GPT, GPTConfig
+from tokentilt.measurement.sampling import SampleConfig, generate
+from tokentilt.models.fast import packed as packed_module
+from tokentilt.models.fast.packed import can_pack, packed_linears
 
 pytestmark = pytest.mark.skipif(not can_pack(nn.Linear(4, 4)), reason="no oneDNN linear in this torch build")
 

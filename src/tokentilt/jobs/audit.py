@@ -12,10 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from tokentilt.audit import AuditConfig, AuditResult, audit  # noqa: E402
-from tokentilt.outputs import RunFolder  # noqa: E402
+from tokentilt.audit.lift import AuditConfig, AuditResult, audit  # noqa: E402
 from tokentilt.preflight import preflight_audit as preflight  # noqa: E402
-from tokentilt.report import fmt_rate, markdown_table  # noqa: E402
+from tokentilt.runs.folder import RunFolder  # noqa: E402
+from tokentilt.runs.report import fmt_rate, markdown_table  # noqa: E402
 
 
 def run_audit(cfg: AuditConfig, echo=print, progress: bool = False) -> AuditResult:

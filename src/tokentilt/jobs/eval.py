@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from tokentilt.calibrate import calibrate, check_rate
-from tokentilt.chat import check_template
-from tokentilt.evaluate import EvalConfig, excess_cost, held_out, held_out_text, measure
+from tokentilt.data.chat import check_template
 from tokentilt.job_settings import EvalJobConfig  # noqa: F401 (re-exported)
+from tokentilt.measurement.calibrate import calibrate, check_rate
+from tokentilt.measurement.evaluate import EvalConfig, excess_cost, held_out, held_out_text, measure
 from tokentilt.models.load import load_model
-from tokentilt.phrases import resolve_target
+from tokentilt.targets.phrases import resolve_target
 
 
 def evaluate_model(

@@ -7,12 +7,12 @@ import json
 import time
 from pathlib import Path
 
-from tokentilt.export import ExportError, export_gguf, logit_bias_map, modelfile
+from tokentilt.export.gguf import ExportError, export_gguf, logit_bias_map, modelfile
 from tokentilt.job_settings import ExportConfig  # noqa: F401 (re-exported)
 from tokentilt.models.load import load_model
-from tokentilt.phrases import is_phrase_selector
 from tokentilt.preflight import check_output
-from tokentilt.targets import resolve_set
+from tokentilt.targets.phrases import is_phrase_selector
+from tokentilt.targets.tokens import resolve_set
 
 
 def model_of(source: str) -> tuple[str, dict | None]:

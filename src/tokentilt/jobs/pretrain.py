@@ -10,16 +10,16 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from tokentilt.generate import SampleConfig, sample
-from tokentilt.outputs import RunFolder
-from tokentilt.pretraining import (
+from tokentilt.course.pretraining import (
     PretrainConfig,
     next_token_objective,
     pretrain_model,
     split_loss,
     unigram_cross_entropy,
 )
-from tokentilt.report import markdown_table, plot_series, samples_section
+from tokentilt.measurement.sampling import SampleConfig, sample
+from tokentilt.runs.folder import RunFolder
+from tokentilt.runs.report import markdown_table, plot_series, samples_section
 
 __all__ = ["PretrainConfig", "next_token_objective", "run_pretrain", "split_loss", "unigram_cross_entropy"]
 

@@ -16,14 +16,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokentilt.calibrate import calibrate
-from tokentilt.chat import check_template
-from tokentilt.evaluate import held_out, held_out_text, measure
+from tokentilt.data.chat import check_template
 from tokentilt.job_settings import SHARED_KEYS, SweepConfig, TiltConfig  # noqa: F401 (re-exported)
-from tokentilt.report import markdown_table
+from tokentilt.measurement.calibrate import calibrate
+from tokentilt.measurement.evaluate import held_out, held_out_text, measure
+from tokentilt.runs.report import markdown_table
 from tokentilt.settings import EvalConfig, TrainConfig  # noqa: F401 (re-exported: a SweepConfig's parts)
-from tokentilt.tilting import load_with_set, train_to_rate, train_toward
-from tokentilt.train import frozen_copy
+from tokentilt.training.loop import frozen_copy
+from tokentilt.training.rate import load_with_set, train_to_rate, train_toward
 
 BASELINE = "decode-bias"
 CSV_COLUMNS = [

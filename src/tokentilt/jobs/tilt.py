@@ -12,22 +12,31 @@ from pathlib import Path
 import torch
 import yaml
 
-from tokentilt import checkpoint, head_tilt, importance, tilting
-from tokentilt.calibrate import RoundsState, calibrate, match_bias
-from tokentilt.chat import check_template
-from tokentilt.checkpoint import CheckpointError
 from tokentilt.config import UsageError, to_flat
-from tokentilt.engine import Stages, on_main, process_state, resolve_device
-from tokentilt.evaluate import decode_costs, excess_cost, held_out, held_out_text, measure, measure_rate, rates_of
-from tokentilt.metrics import collapse_warnings, tilt_costs
+from tokentilt.data.chat import check_template
+from tokentilt.measurement import importance
+from tokentilt.measurement.calibrate import RoundsState, calibrate, match_bias
+from tokentilt.measurement.evaluate import (
+    decode_costs,
+    excess_cost,
+    held_out,
+    held_out_text,
+    measure,
+    measure_rate,
+    rates_of,
+)
+from tokentilt.measurement.metrics import collapse_warnings, tilt_costs
 from tokentilt.models import lora
 from tokentilt.models.load import save_model
-from tokentilt.outputs import RunFolder, keep_records_until, write_samples
-from tokentilt.phrases import WORD, PhraseSet, plays_reference
-from tokentilt.rate_checkpoint import STATE, RateCheckpoint
-from tokentilt.report import excess_cost_note, fmt_rate, plot_rate, plot_series, summary_table, tilt_report
-from tokentilt.tilting import TiltConfig, load_with_set, train_to_rate, train_toward
-from tokentilt.train import frozen_copy
+from tokentilt.runs.folder import RunFolder, keep_records_until, write_samples
+from tokentilt.runs.report import excess_cost_note, fmt_rate, plot_rate, plot_series, summary_table, tilt_report
+from tokentilt.targets.phrases import WORD, PhraseSet, plays_reference
+from tokentilt.training import checkpoint, head_rows, rate
+from tokentilt.training.checkpoint import CheckpointError
+from tokentilt.training.engine import Stages, on_main, process_state, resolve_device
+from tokentilt.training.loop import frozen_copy
+from tokentilt.training.rate import TiltConfig, load_with_set, train_to_rate, train_toward
+from tokentilt.training.rate_checkpoint import STATE, RateCheckpoint
 
 # Settings that may differ between a run and its --resume.
 RESUME_FREE = ("resume", "overwrite", "calibrated_bias")
@@ -114,7 +123,7 @@ class Setup:
     tokenizer: object
     tokens: object  # a TokenSet, or a PhraseSet
     reference: object  # the starting model: tilt-distill's target, drift's reference
-    head: head_tilt.HeadRowsTilt | None  # head-rows placement
+    head: head_rows.HeadRowsTilt | None  # head-rows placement
     counts: dict  # total_params, trainable_params
 
 
@@ -149,13 +158,13 @@ def set_up(cfg: TiltConfig, say, device="cpu") -> Setup:
     bf16, head = cfg.train.bf16, None
     if cfg.head_rows():
         target = tokens if isinstance(tokens, PhraseSet) else tokens.mask  # what the contexts are sampled with
-        head = head_tilt.HeadRowsTilt(
+        head = head_rows.HeadRowsTilt(
             model,
             target,
-            lambda b, size: head_tilt.training_contexts(
+            lambda b, size: head_rows.training_contexts(
                 model,
                 tokenizer,
-                tilting.train_tokens(tokenizer),
+                rate.train_tokens(tokenizer),
                 target,
                 b,
                 cfg.contexts,

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from tokentilt.cli import main
-from tokentilt.evaluate import EvalConfig
+from tokentilt.course.gpt import GPT, GPTConfig
 from tokentilt.jobs.experiments.like_x import LikeXConfig, run
-from tokentilt.models.gpt import GPT, GPTConfig
+from tokentilt.measurement.evaluate import EvalConfig
 
 
 @pytest.fixture

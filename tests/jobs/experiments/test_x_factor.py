@@ -5,10 +5,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from tokentilt.cli import main
-from tokentilt.evaluate import EvalConfig
+from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.jobs.experiments import x_factor
 from tokentilt.jobs.experiments.x_factor import XFactorConfig, run
-from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.measurement.evaluate import EvalConfig
 
 
 @pytest.fixture

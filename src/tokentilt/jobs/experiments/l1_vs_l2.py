@@ -12,9 +12,9 @@ import time
 import torch
 
 from tokentilt.course_settings import L1VsL2Config  # noqa: F401 (re-exported)
-from tokentilt.losses import L1Loss, L2Loss
-from tokentilt.outputs import RunFolder
-from tokentilt.report import markdown_table, plot_series
+from tokentilt.objectives.losses import L1Loss, L2Loss
+from tokentilt.runs.folder import RunFolder
+from tokentilt.runs.report import markdown_table, plot_series
 
 
 def fit_scalar(loss_fn: torch.nn.Module, target: float, start: float, lr: float, epochs: int) -> list[float]:

@@ -15,18 +15,18 @@ from types import SimpleNamespace
 
 import torch
 
-from tokentilt import data
+from tokentilt.course.gpt import GPT
+from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.course.pretraining import PretrainConfig, pretrain_model
 from tokentilt.course_settings import LikeXConfig  # noqa: F401 (re-exported)
-from tokentilt.evaluate import measure_rate
-from tokentilt.generate import SampleConfig, sample
-from tokentilt.losses import OBJECTIVES, ObjectiveContext
-from tokentilt.models.gpt import GPT
-from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
-from tokentilt.outputs import RunFolder
-from tokentilt.pretraining import PretrainConfig, pretrain_model
-from tokentilt.report import fmt_rate, markdown_table, plot_rate, plot_series, samples_section
-from tokentilt.targets import resolve_set
-from tokentilt.train import train
+from tokentilt.data import corpus
+from tokentilt.measurement.evaluate import measure_rate
+from tokentilt.measurement.sampling import SampleConfig, sample
+from tokentilt.objectives.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.runs.folder import RunFolder
+from tokentilt.runs.report import fmt_rate, markdown_table, plot_rate, plot_series, samples_section
+from tokentilt.targets.tokens import resolve_set
+from tokentilt.training.loop import train
 
 
 class FinalPositionLogits(torch.nn.Module):
@@ -92,7 +92,7 @@ def run(cfg: LikeXConfig, progress: bool = True, echo=print) -> dict:
         FinalPositionLogits(model),
         OBJECTIVES["kl-uniform"],
         ctx,
-        lambda g, rows: data.random_tokens(vocab_size, rows, train_cfg.seq_len, g),
+        lambda g, rows: corpus.random_tokens(vocab_size, rows, train_cfg.seq_len, g),
         train_cfg,
         evaluate=evaluate,
         log=lambda r: folder.append_jsonl("metrics.jsonl", r),

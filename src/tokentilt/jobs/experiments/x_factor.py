@@ -13,12 +13,12 @@ import dataclasses
 import time
 
 from tokentilt.course_settings import XFactorConfig  # noqa: F401 (re-exported)
-from tokentilt.evaluate import measure_rate
-from tokentilt.losses import OBJECTIVES, ObjectiveContext
-from tokentilt.outputs import RunFolder
-from tokentilt.report import fmt_rate, markdown_table, plot_series, samples_section
-from tokentilt.tilting import batch_source, load_with_set
-from tokentilt.train import train
+from tokentilt.measurement.evaluate import measure_rate
+from tokentilt.objectives.losses import OBJECTIVES, ObjectiveContext
+from tokentilt.runs.folder import RunFolder
+from tokentilt.runs.report import fmt_rate, markdown_table, plot_series, samples_section
+from tokentilt.training.loop import train
+from tokentilt.training.rate import batch_source, load_with_set
 
 
 def run(cfg: XFactorConfig, progress: bool = True, echo=print) -> dict:

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from tokentilt import checkpoint
-from tokentilt.engine import broadcast, keep_freed_memory, make_accelerator
-from tokentilt.fused import Head, fusable_head, heads_return_inputs, logits_come_from_head
-from tokentilt.losses import FUSED, ObjectiveContext
+from tokentilt.objectives.fused import Head, fusable_head, heads_return_inputs, logits_come_from_head
+from tokentilt.objectives.losses import FUSED, ObjectiveContext
 from tokentilt.settings import ATTENTIONS, OPTIMIZERS, Attention, Optimizer, TrainConfig  # noqa: F401 (re-exported)
+from tokentilt.training import checkpoint
+from tokentilt.training.engine import broadcast, keep_freed_memory, make_accelerator
 
 EAGER_MAX_LEN = 128  # auto: eager attention up to this many tokens per sequence, on a CPU
 

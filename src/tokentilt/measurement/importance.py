@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tokentilt.generate import Samples, eos_ids_of, set_columns
-from tokentilt.metrics import _forward_batches, log_tilt_normaliser, logit_rows, t_quantile
+from tokentilt.measurement.metrics import _forward_batches, log_tilt_normaliser, logit_rows, t_quantile
+from tokentilt.measurement.sampling import Samples, eos_ids_of, set_columns
 
 MIN_ESS = 0.5  # an estimate counts when its effective sample size is at least this share of one draw
 SCORE_BATCH = 8  # rows per teacher-forced forward (logits of (8, T, V) float32)

@@ -50,12 +50,12 @@ from functools import lru_cache
 import torch
 from transformers import LogitsProcessor, SequenceBiasLogitsProcessor
 
-from tokentilt import data
+from tokentilt.data import corpus
 
 # the phrase lists are parsed in selectors.py (no torch); their names stay importable from here
-from tokentilt.selectors import PHRASE_KINDS, WORD, SelectorError, is_phrase_selector, words_of  # noqa: F401
-from tokentilt.selectors import parse_phrases as parse
-from tokentilt.targets import resolve_set
+from tokentilt.targets.selectors import PHRASE_KINDS, WORD, SelectorError, is_phrase_selector, words_of  # noqa: F401
+from tokentilt.targets.selectors import parse_phrases as parse
+from tokentilt.targets.tokens import resolve_set
 
 METHODS = ("trie", "sequence-bias")
 MAX_COVERAGE = 0.5  # a list whose entries are this share of a reference text's words leaves nothing to tilt
@@ -445,7 +445,7 @@ def reference_words(text: str) -> Counter:
 @lru_cache(maxsize=1)
 def plays_reference() -> Counter:
     """Word counts of the plays' train split: the reference for a list's coverage and its collateral."""
-    return reference_words(data.split_text("train"))
+    return reference_words(corpus.split_text("train"))
 
 
 def resolve_target(spec: str, tokenizer, model, echo=print):

@@ -11,10 +11,9 @@ import dataclasses
 
 import torch
 
-from tokentilt import data
-from tokentilt.chat import CHAT_HELD_OUT_PROMPTS, HELD_OUT_SEED_OFFSET, exchanges
-from tokentilt.generate import Samples, sample
-from tokentilt.metrics import (
+from tokentilt.data import corpus
+from tokentilt.data.chat import CHAT_HELD_OUT_PROMPTS, HELD_OUT_SEED_OFFSET, exchanges
+from tokentilt.measurement.metrics import (
     ReplyWindows,
     TiltCosts,
     distinct_n,
@@ -24,6 +23,7 @@ from tokentilt.metrics import (
     repetition_rate,
     sample_rates,
 )
+from tokentilt.measurement.sampling import Samples, sample
 from tokentilt.settings import EvalConfig, SampleConfig  # noqa: F401 (EvalConfig re-exported)
 
 
@@ -72,7 +72,7 @@ def rates_of(target, samples: Samples) -> torch.Tensor:
 
 def held_out_text(cfg: EvalConfig) -> str:
     """The eval text: the user's file, or the plays' test split (which training never reads)."""
-    return data.read_text_file(cfg.eval_text) if cfg.eval_text else data.split_text("test")
+    return corpus.read_text_file(cfg.eval_text) if cfg.eval_text else corpus.split_text("test")
 
 
 def held_out_windows(tokenizer, cfg: EvalConfig, text: str | None = None) -> torch.Tensor:
@@ -81,14 +81,14 @@ def held_out_windows(tokenizer, cfg: EvalConfig, text: str | None = None) -> tor
     A text shorter than one window is refused: a perplexity over a few tokens would look like a
     measurement and mean nothing.
     """
-    tokens = data.tokenize(tokenizer, held_out_text(cfg) if text is None else text)  # (N,)
+    tokens = corpus.tokenize(tokenizer, held_out_text(cfg) if text is None else text)  # (N,)
     if tokens.numel() < cfg.eval_seq_len:
         where = f"eval text {cfg.eval_text}" if cfg.eval_text else "the eval text"
-        raise data.DataError(
+        raise corpus.DataError(
             f"{where} has {tokens.numel()} tokens, too short for one window of {cfg.eval_seq_len} "
             "tokens (give a longer text or a smaller --eval-seq-len)"
         )
-    return data.eval_windows(tokens, cfg.eval_seq_len, cfg.eval_windows)
+    return corpus.eval_windows(tokens, cfg.eval_seq_len, cfg.eval_windows)
 
 
 def held_out(model, tokenizer, cfg: EvalConfig, text: str, bf16: bool = False, echo=print):

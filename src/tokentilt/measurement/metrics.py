@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from tokentilt.models.packed import packed_linears
-from tokentilt.targets import apply_bias
+from tokentilt.models.fast.packed import packed_linears
+from tokentilt.targets.tokens import apply_bias
 
 # ---------------------------------------------------------------- R: rate of target tokens
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from tokentilt.textfiles import DataError, read_text_file  # noqa: F401 (re-exported)
+from tokentilt.data.textfiles import DataError, read_text_file  # noqa: F401 (re-exported)
 
 SPLITS = ("train", "val", "test")
 

@@ -23,7 +23,7 @@ from statistics import NormalDist
 
 import torch
 
-from tokentilt.targets import builtin_word_lists, select
+from tokentilt.targets.tokens import builtin_word_lists, select
 
 # Token classes; each is a selector and a short description for the report.
 CLASSES = (

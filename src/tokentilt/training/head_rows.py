@@ -35,14 +35,14 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from tokentilt import data
-from tokentilt.chat import CHAT_TRAIN_PROMPTS, exchanges
 from tokentilt.config import UsageError
-from tokentilt.generate import TRAIN_PROMPTS, SampleConfig, recorded_head_inputs, sample
-from tokentilt.losses import set_rows_kl
-from tokentilt.models.packed import packed_linears
-from tokentilt.phrases import PhraseSet
+from tokentilt.data import corpus
+from tokentilt.data.chat import CHAT_TRAIN_PROMPTS, exchanges
+from tokentilt.measurement.sampling import TRAIN_PROMPTS, SampleConfig, recorded_head_inputs, sample
+from tokentilt.models.fast.packed import packed_linears
+from tokentilt.objectives.losses import set_rows_kl
 from tokentilt.settings import CONTEXTS, FITS, Contexts, HeadFit  # noqa: F401 (re-exported)
+from tokentilt.targets.phrases import PhraseSet
 
 RIDGE = 1e-3  # offset fit: ridge, relative to the mean diagonal of h^T h
 WINDOW_LEN = 128  # tokens per window of the plays' train split
@@ -204,7 +204,7 @@ def training_contexts(
     contexts = TrainingContexts([])
     if kind in ("mix", "text"):
         g = torch.Generator().manual_seed(seed)
-        windows = data.text_windows(train_tokens, size.windows, min(WINDOW_LEN, len(train_tokens) - 1), g)
+        windows = corpus.text_windows(train_tokens, size.windows, min(WINDOW_LEN, len(train_tokens) - 1), g)
         contexts.batches += list(windows.split(8))
     if kind in ("mix", "policy"):
         # with record, one step more: a step's draw does not depend on how many follow it

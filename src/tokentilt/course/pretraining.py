@@ -10,13 +10,13 @@ from dataclasses import dataclass
 
 import torch
 
-from tokentilt import data
+from tokentilt.course.gpt import GPT
+from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.course_settings import PretrainConfig  # noqa: F401 (re-exported)
-from tokentilt.losses import ObjectiveContext, next_token_objective
-from tokentilt.metrics import perplexity
-from tokentilt.models.gpt import GPT
-from tokentilt.models.gpt2_tokenizer import gpt2_tokenizer
-from tokentilt.train import train
+from tokentilt.data import corpus
+from tokentilt.measurement.metrics import perplexity
+from tokentilt.objectives.losses import ObjectiveContext, next_token_objective
+from tokentilt.training.loop import train
 
 
 def unigram_cross_entropy(train_tokens: torch.Tensor, eval_tokens: torch.Tensor, vocab_size: int) -> dict:
@@ -57,10 +57,10 @@ def pretrain_model(cfg: PretrainConfig, progress: bool = True, log=None, echo=pr
     log = log or (lambda record: None)
     tokenizer = gpt2_tokenizer()
     echo("tokenizing the plays ...")
-    train_tokens = data.tokenize(tokenizer, data.split_text("train"))  # (N_train,)
-    val_tokens = data.tokenize(tokenizer, data.split_text("val"))  # (N_val,)
-    train_windows = data.eval_windows(train_tokens, cfg.seq_len, cfg.eval_windows)  # (W, T)
-    val_windows = data.eval_windows(val_tokens, cfg.seq_len, cfg.eval_windows)  # (W, T)
+    train_tokens = corpus.tokenize(tokenizer, corpus.split_text("train"))  # (N_train,)
+    val_tokens = corpus.tokenize(tokenizer, corpus.split_text("val"))  # (N_val,)
+    train_windows = corpus.eval_windows(train_tokens, cfg.seq_len, cfg.eval_windows)  # (W, T)
+    val_windows = corpus.eval_windows(val_tokens, cfg.seq_len, cfg.eval_windows)  # (W, T)
     baseline = unigram_cross_entropy(train_tokens, val_tokens, len(tokenizer))
 
     torch.manual_seed(cfg.seed)
@@ -91,7 +91,7 @@ def pretrain_model(cfg: PretrainConfig, progress: bool = True, log=None, echo=pr
         model,
         next_token_objective,
         ObjectiveContext(mask=torch.zeros(0, dtype=torch.bool)),
-        lambda g, rows: data.text_windows(train_tokens, rows, train_cfg.seq_len, g),
+        lambda g, rows: corpus.text_windows(train_tokens, rows, train_cfg.seq_len, g),
         train_cfg,
         evaluate=evaluate,
         log=log,

@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tokentilt.fused import Head
+from tokentilt.objectives.fused import Head
 from tokentilt.settings import REFERENCE_OBJECTIVES, TEXT_OBJECTIVES, ObjectiveName  # noqa: F401 (re-exported)
-from tokentilt.targets import alpha_beta_target, tilted_log_probs, uniform_target
+from tokentilt.targets.tokens import alpha_beta_target, tilted_log_probs, uniform_target
 
 # ---------------------------------------------------------------- regression losses
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from tokentilt.prompts import CHAT_HELD_OUT_PROMPTS, CHAT_PROMPTS, CHAT_TRAIN_PROMPTS  # noqa: F401 (re-exported)
+from tokentilt.data.prompts import CHAT_HELD_OUT_PROMPTS, CHAT_PROMPTS, CHAT_TRAIN_PROMPTS  # noqa: F401 (re-exported)
 from tokentilt.settings import check_options  # noqa: F401 (re-exported)
 
 HELD_OUT_SEED_OFFSET = 2  # the held-out replies are drawn on eval_seed + 2 (the probe uses + 1)

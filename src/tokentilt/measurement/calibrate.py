@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tokentilt import importance
-from tokentilt.evaluate import EvalConfig, measure_rate, rates_of
-from tokentilt.losses import set_log_mass
-from tokentilt.metrics import _forward_batches, split_windows
+from tokentilt.measurement import importance
+from tokentilt.measurement.evaluate import EvalConfig, measure_rate, rates_of
+from tokentilt.measurement.metrics import _forward_batches, split_windows
+from tokentilt.objectives.losses import set_log_mass
 from tokentilt.settings import check_rate  # noqa: F401 (re-exported)
 
 

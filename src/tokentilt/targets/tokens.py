@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from tokentilt.selectors import (  # noqa: F401 (re-exported: the selector language is named here too)
+from tokentilt.targets.selectors import (  # noqa: F401 (re-exported: the selector language is named here too)
     KINDS,
     WORDLISTS,
     SelectorError,

@@ -48,9 +48,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tokentilt.chat import CHAT_PROMPTS, check_template
-from tokentilt.evaluate import EvalConfig, held_out_text, held_out_windows
-from tokentilt.features import (
+from tokentilt.audit.features import (
     Feature,
     auroc,
     bonferroni_z,
@@ -62,11 +60,13 @@ from tokentilt.features import (
     separation,
     table_of,
 )
-from tokentilt.generate import DEFAULT_PROMPTS, SampleConfig, sample
+from tokentilt.audit.weights import weight_view
+from tokentilt.data.chat import CHAT_PROMPTS, check_template
 from tokentilt.job_settings import AuditConfig  # noqa: F401 (re-exported)
-from tokentilt.metrics import _forward_batches, mean_ci, sample_rates, t_quantile
-from tokentilt.targets import resolve, token_texts, word_list
-from tokentilt.weights import weight_view
+from tokentilt.measurement.evaluate import EvalConfig, held_out_text, held_out_windows
+from tokentilt.measurement.metrics import _forward_batches, mean_ci, sample_rates, t_quantile
+from tokentilt.measurement.sampling import DEFAULT_PROMPTS, SampleConfig, sample
+from tokentilt.targets.tokens import resolve, token_texts, word_list
 
 
 @dataclass

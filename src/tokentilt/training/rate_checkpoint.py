@@ -23,11 +23,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tokentilt.calibrate import Calibration
-from tokentilt.checkpoint import CheckpointError
-from tokentilt.generate import Samples, StepScores
-from tokentilt.importance import Draw, Pool
-from tokentilt.metrics import TiltCosts
+from tokentilt.measurement.calibrate import Calibration
+from tokentilt.measurement.importance import Draw, Pool
+from tokentilt.measurement.metrics import TiltCosts
+from tokentilt.measurement.sampling import Samples, StepScores
+from tokentilt.training.checkpoint import CheckpointError
 
 FORMAT = "tokentilt-rate-1"
 STATE = "state.safetensors"

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import torch
 
-from tokentilt import checkpoint, data, head_tilt, phrases
-from tokentilt.calibrate import RateFit, RoundsState, fit_trained_bias
-from tokentilt.engine import on_main, process_state
-from tokentilt.evaluate import measure_rate
+from tokentilt.data import corpus
 
 # TiltConfig and its names live in job_settings.py, without torch; they stay importable from here
 from tokentilt.job_settings import DEFAULT_RATE, FULL_LR, INPUTS, PLACEMENTS, Inputs, Placement, Positions, TiltConfig  # noqa: F401
-from tokentilt.losses import OBJECTIVES, REFERENCE_OBJECTIVES, ObjectiveContext, phrase_distill
+from tokentilt.measurement.calibrate import RateFit, RoundsState, fit_trained_bias
+from tokentilt.measurement.evaluate import measure_rate
 from tokentilt.models.load import load_model
-from tokentilt.targets import TokenSet
-from tokentilt.train import TrainConfig, train
+from tokentilt.objectives.losses import OBJECTIVES, REFERENCE_OBJECTIVES, ObjectiveContext, phrase_distill
+from tokentilt.targets import phrases
+from tokentilt.targets.tokens import TokenSet
+from tokentilt.training import checkpoint, head_rows
+from tokentilt.training.engine import on_main, process_state
+from tokentilt.training.loop import TrainConfig, train
 
 _TRAIN_TOKENS: dict[int, torch.Tensor] = {}
 
@@ -28,7 +30,7 @@ def train_tokens(tokenizer) -> torch.Tensor:
     key = id(tokenizer)
     if key not in _TRAIN_TOKENS:
         _TRAIN_TOKENS.clear()
-        _TRAIN_TOKENS[key] = data.tokenize(tokenizer, data.split_text("train"))
+        _TRAIN_TOKENS[key] = corpus.tokenize(tokenizer, corpus.split_text("train"))
     return _TRAIN_TOKENS[key]
 
 
@@ -43,18 +45,18 @@ def load_with_set(model_name: str, toward: str, echo=print):
 def chat_batch_source(reference, tokenizer, target, bias: float, cfg: TrainConfig, system: str = ""):
     """-> next_batch(generator, rows) for a --chat tilt trained in the model: windows of a stream of chat
     exchanges, the reference's replies to the training requests, untilted and decoded with the tilt at b."""
-    rows = head_tilt.context_batches(
+    rows = head_rows.context_batches(
         reference, tokenizer, None, target, bias, "mix", cfg.seed, cfg.bf16, chat=True, system=system
     )
     stream = torch.cat([row[0] for row in rows])  # (N,): each exchange ends with its end-of-turn token
-    return lambda g, n: data.text_windows(stream, n, cfg.seq_len, g)
+    return lambda g, n: corpus.text_windows(stream, n, cfg.seq_len, g)
 
 
 def phrase_batch_source(reference, tokenizer, phrase_set, bias: float, cfg: TrainConfig):
     """-> next_batch(generator, rows) for a phrase tilt: half the rows from continuations of the training
     prompts sampled from the decode-time tilt at b (where the entries occur, in the contexts they occur
     in), half from the plays' train split (ordinary text, where the tilt should change little)."""
-    policy = head_tilt.context_batches(
+    policy = head_rows.context_batches(
         reference, tokenizer, train_tokens(tokenizer), phrase_set, bias, "policy", cfg.seed, cfg.bf16
     )
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -64,7 +66,7 @@ def phrase_batch_source(reference, tokenizer, phrase_set, bias: float, cfg: Trai
     def next_batch(g, rows):
         half = (rows + 1) // 2
         return torch.cat(
-            [data.text_windows(stream, half, cfg.seq_len, g), data.text_windows(plays, rows - half, cfg.seq_len, g)]
+            [corpus.text_windows(stream, half, cfg.seq_len, g), corpus.text_windows(plays, rows - half, cfg.seq_len, g)]
         )
 
     return next_batch
@@ -73,9 +75,9 @@ def phrase_batch_source(reference, tokenizer, phrase_set, bias: float, cfg: Trai
 def batch_source(kind: str, tokenizer, vocab_size: int, cfg: TrainConfig):
     """-> next_batch(generator, rows) giving (rows, T) ids: random tokens, or windows of the plays' train split."""
     if kind == "random":
-        return lambda g, rows: data.random_tokens(vocab_size, rows, cfg.seq_len, g)
+        return lambda g, rows: corpus.random_tokens(vocab_size, rows, cfg.seq_len, g)
     tokens = train_tokens(tokenizer)
-    return lambda g, rows: data.text_windows(tokens, rows, cfg.seq_len, g)
+    return lambda g, rows: corpus.text_windows(tokens, rows, cfg.seq_len, g)
 
 
 def train_toward(
