@@ -223,7 +223,7 @@ def docstrings(modules) -> str:
 
 def text_tokens(spec: str, tokenizer) -> torch.Tensor:
     from tokentilt.data import corpus
-    from tokentilt.training.rate import train_tokens
+    from tokentilt.data.corpus import train_tokens
 
     if spec == "plays":
         return train_tokens(tokenizer)
@@ -242,10 +242,10 @@ class Bench:
 
     def __init__(self):
         from tokentilt.data import corpus
+        from tokentilt.data.corpus import train_tokens
         from tokentilt.models.load import load_model
         from tokentilt.targets.tokens import token_texts
         from tokentilt.training.head_rows import head_inputs, offset_direction
-        from tokentilt.training.rate import train_tokens
 
         self.reference, self.tokenizer = load_model("bundled")
         self.reference.eval()

@@ -18,6 +18,7 @@ import argparse
 
 import torch
 
+from tokentilt.data import corpus
 from tokentilt.measurement.evaluate import EvalConfig, held_out_text, held_out_windows
 from tokentilt.measurement.sampling import DEFAULT_PROMPTS, SampleConfig, sample
 from tokentilt.training import head_rows, rate
@@ -54,7 +55,7 @@ def main(argv=None) -> None:
         model, tokenizer, tokens = rate.load_with_set("bundled", name, lambda _: None)
         head_rows.untie_output_head(model)
         mask, weight = tokens.mask, model.get_output_embeddings().weight.detach()
-        plays = rate.train_tokens(tokenizer)
+        plays = corpus.train_tokens(tokenizer)
         text = head_rows.training_contexts(model, tokenizer, plays, mask, bias, "text", 0)
         h_text = head_rows.head_inputs(model, text.batches, mask).h  # (48 * 128, d), window after window
         policy = head_rows.training_contexts(model, tokenizer, plays, mask, bias, "policy", 0)

@@ -147,7 +147,7 @@ TEXT = "The quick brown fox jumps over the lazy dog, and the box of wax is next 
 def eval_file(tmp_path, monkeypatch):
     path = tmp_path / "eval.txt"
     path.write_text("Held-out words, never trained on. " * 20)
-    monkeypatch.setattr(tokentilt.training.rate, "train_tokens", lambda tok: corpus.tokenize(tok, TEXT))
+    monkeypatch.setattr(tokentilt.data.corpus, "train_tokens", lambda tok: corpus.tokenize(tok, TEXT))
     return path
 
 

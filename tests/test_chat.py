@@ -261,8 +261,10 @@ def test_a_chat_sweep_measures_replies_and_trains_on_chat_exchanges(chat_model_d
     import tokentilt.training.rate
 
     seen = []  # the training batches' text: chat exchanges, not plays
-    source = tokentilt.training.rate.chat_batch_source
-    monkeypatch.setattr(tokentilt.training.rate, "chat_batch_source", lambda *a, **k: seen.append(1) or source(*a, **k))
+    source = tokentilt.training.placements.chat_batch_source
+    monkeypatch.setattr(
+        tokentilt.training.placements, "chat_batch_source", lambda *a, **k: seen.append(1) or source(*a, **k)
+    )
     out = tmp_path / "sweep"
     code = main(
         [

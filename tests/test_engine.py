@@ -234,7 +234,7 @@ def test_a_model_trained_twice_runs_under_autocast_both_times():
 
 
 def test_precision_auto_is_bf16_only_where_it_is_native_and_emulated_bf16_warns_once(monkeypatch, capsys):
-    from tokentilt.training import engine
+    from tokentilt.models import device as engine
 
     for native, expected in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(engine, "native_bf16", lambda device="auto": native)

@@ -17,10 +17,11 @@ if TYPE_CHECKING:
 
 
 def native_bf16() -> bool:
-    """engine.native_bf16() on the default device (imports torch)."""
-    from tokentilt.training import engine
+    """device.native_bf16() on the default device (imports torch)."""
 
-    return engine.native_bf16()
+    from tokentilt.models import device  # imports torch
+
+    return device.native_bf16()
 
 
 @dataclass

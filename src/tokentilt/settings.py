@@ -180,7 +180,7 @@ class TrainConfig:
             if self.precision == "fp16":
                 raise ValueError("--bf16 and --precision fp16 contradict each other")
             self.precision = "bf16"
-        from tokentilt.training.engine import settle_precision  # imports torch: auto asks the hardware
+        from tokentilt.models.device import settle_precision  # imports torch: auto asks the hardware
 
         self.precision = settle_precision(self.precision, self.device)
         self.bf16 = self.precision == "bf16"

@@ -22,7 +22,7 @@ def small_text(tmp_path, monkeypatch):
     """A short eval file, and a short training stream instead of tokenizing the whole train split."""
     path = tmp_path / "eval.txt"
     path.write_text(TEXT)
-    monkeypatch.setattr(tokentilt.training.rate, "train_tokens", lambda tok: corpus.tokenize(tok, TEXT))
+    monkeypatch.setattr(tokentilt.data.corpus, "train_tokens", lambda tok: corpus.tokenize(tok, TEXT))
     return path
 
 
@@ -153,7 +153,7 @@ def test_sweep_writes_outputs_and_skips_finished_runs(tiny_model_dir, small_text
 
     # Another lr adds only the two runs at that lr.
     monkeypatch.undo()
-    monkeypatch.setattr(tokentilt.training.rate, "train_tokens", lambda tok: corpus.tokenize(tok, TEXT))
+    monkeypatch.setattr(tokentilt.data.corpus, "train_tokens", lambda tok: corpus.tokenize(tok, TEXT))
     argv = sweep_argv(tiny_model_dir, small_text, out)
     argv[argv.index("1e-3")] = "1e-3,2e-3"
     assert main(argv) == 0

@@ -198,6 +198,18 @@ def tokenize(tokenizer, text: str, chunk_chars: int = 2000, batch_chunks: int = 
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
 
+_TRAIN_TOKENS: dict[int, torch.Tensor] = {}
+
+
+def train_tokens(tokenizer) -> torch.Tensor:
+    """Token ids of the plays' train split (never the eval text), tokenized once per tokenizer. (N,)"""
+    key = id(tokenizer)
+    if key not in _TRAIN_TOKENS:
+        _TRAIN_TOKENS.clear()
+        _TRAIN_TOKENS[key] = tokenize(tokenizer, split_text("train"))
+    return _TRAIN_TOKENS[key]
+
+
 def random_tokens(vocab_size: int, batch: int, seq_len: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform random token ids, (B, T): the course's training inputs."""
     return torch.randint(0, vocab_size, (batch, seq_len), generator=generator)

@@ -23,7 +23,8 @@ from tokentilt.measurement.evaluate import held_out, held_out_text, measure
 from tokentilt.runs.report import markdown_table
 from tokentilt.settings import EvalConfig, TrainConfig  # noqa: F401 (re-exported: a SweepConfig's parts)
 from tokentilt.training.loop import frozen_copy
-from tokentilt.training.rate import load_with_set, train_to_rate, train_toward
+from tokentilt.training.placements import Objective, WholeModel
+from tokentilt.training.rate import load_with_set, train_to_rate
 
 BASELINE = "decode-bias"
 CSV_COLUMNS = [
@@ -197,15 +198,16 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
         else:
             fit_rate = spec.rate if spec.objective == "tilt-distill" and spec.bias is None else None
             run_cfg = cfg.tilt_config(spec.objective, spec.lr, bias, fit_rate)
+            placement = WholeModel(
+                model, tokenizer, reference, tokens, Objective.of(run_cfg), run_cfg.train, progress=progress
+            )
             if fit_rate:  # train_to_rate resets the weights before each of its rounds
-                fit, history = train_to_rate(
-                    model, tokenizer, reference, tokens, run_cfg, bias, progress=progress, echo=echo
-                )
+                fit, history = train_to_rate(placement, tokenizer, tokens, run_cfg, bias, echo=echo)
                 extra = {"calibrated_bias": bias, "bias_rounds": fit.round_records()}
                 bias = fit.bias
             else:
                 model.load_state_dict(reference.state_dict())
-                history = train_toward(model, tokenizer, reference, tokens, run_cfg, bias, progress=progress)
+                history = placement.train(bias)
             result, _ = measure(model, tokenizer, tokens.mask, cfg.eval, windows, reference=reference, bf16=bf16)
             steps = len(history)
         record = {

@@ -31,11 +31,10 @@ from tokentilt.models.load import save_model
 from tokentilt.runs.folder import RunFolder, keep_records_until, write_samples
 from tokentilt.runs.report import excess_cost_note, fmt_rate, plot_rate, plot_series, summary_table, tilt_report
 from tokentilt.targets.phrases import WORD, PhraseSet, plays_reference
-from tokentilt.training import checkpoint, head_rows, rate
+from tokentilt.training import checkpoint, head_rows, placements
 from tokentilt.training.checkpoint import CheckpointError
 from tokentilt.training.engine import Stages, on_main, process_state, resolve_device
-from tokentilt.training.loop import frozen_copy
-from tokentilt.training.rate import TiltConfig, load_with_set, train_to_rate, train_toward
+from tokentilt.training.rate import TiltConfig, load_with_set, train_to_rate
 from tokentilt.training.rate_checkpoint import STATE, RateCheckpoint
 
 # Settings that may differ between a run and its --resume.
@@ -117,14 +116,24 @@ def check_resumable(folder: RunFolder, cfg: TiltConfig) -> tuple[int, RateCheckp
 
 @dataclass
 class Setup:
-    """What a run trains and measures: the model, its reference, the target and, for head-rows, the fit."""
+    """What a run trains and measures: the model, the target, and the placement that trains."""
 
-    model: object
     tokenizer: object
-    tokens: object  # a TokenSet, or a PhraseSet
-    reference: object  # the starting model: tilt-distill's target, drift's reference
-    head: head_rows.HeadRowsTilt | None  # head-rows placement
+    tokens: object  # the Target: a TokenSet, or a PhraseSet
+    placement: placements.Placement  # head rows, the whole model, or LoRA
     counts: dict  # total_params, trainable_params
+
+    @property
+    def model(self):
+        return self.placement.model
+
+    @property
+    def reference(self):  # the starting model: tilt-distill's target, drift's reference
+        return self.placement.reference
+
+    @property
+    def head(self) -> head_rows.HeadRowsTilt | None:  # the head-rows fit
+        return self.placement.fit if self.placement.head_only else None
 
 
 @dataclass
@@ -143,53 +152,29 @@ class Start:
 
 
 def set_up(cfg: TiltConfig, say, device="cpu") -> Setup:
-    """Load the model and the target, add LoRA or prepare the head-rows fit, and say what trains."""
+    """Load the model and the target, build the placement (LoRA's adapter, or the head-rows fit), and say
+    what trains."""
     model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, say)
     # On the run's device before anything measures: a model left on the CPU would sample, calibrate and fit
     # its head rows there while --device cuda promised a GPU (train() alone moved it).
     model = model.to(device)
     if cfg.eval.chat:
         check_template(tokenizer)  # before the run folder is started
-    if cfg.lora.lora:
-        model = lora.add_adapter(model, cfg.lora, seed=cfg.train.seed)
-        reference = lora.AdapterOff(model)  # the base, with the adapter switched off: no second copy
-    else:
-        reference = frozen_copy(model)  # the starting model: target of tilt-distill, reference of drift
-    bf16, head = cfg.train.bf16, None
     if cfg.head_rows():
-        target = tokens if isinstance(tokens, PhraseSet) else tokens.mask  # what the contexts are sampled with
-        head = head_rows.HeadRowsTilt(
-            model,
-            target,
-            lambda b, size: head_rows.training_contexts(
-                model,
-                tokenizer,
-                rate.train_tokens(tokenizer),
-                target,
-                b,
-                cfg.contexts,
-                cfg.train.seed,
-                bf16,
-                cfg.eval.chat,
-                cfg.eval.system,
-                size=size,
-            ),
-            cfg.head_steps,
-            cfg.head_lr,
-            seed=cfg.train.seed,
-            bf16=bf16,
-            odds_weight=cfg.head_odds_weight,
-            fit=cfg.head_fit,
-        )
-    counts = lora.param_counts(model)
-    if head:
-        counts["trainable_params"] = head.original.numel()  # the set's rows; the rest is frozen
+        placement = placements.head_rows_placement(model, tokenizer, tokens, cfg)
+    elif cfg.lora.lora:
+        placement = placements.lora(model, tokenizer, tokens, placements.Objective.of(cfg), cfg.train, cfg.lora)
+    else:
+        placement = placements.whole_model(model, tokenizer, tokens, placements.Objective.of(cfg), cfg.train)
+    run = Setup(tokenizer, tokens, placement, lora.param_counts(placement.model))
+    if run.head:
+        run.counts["trainable_params"] = run.head.original.numel()  # the set's rows; the rest is frozen
     say(
-        f"training {counts['trainable_params']:,} of {counts['total_params']:,} parameters"
+        f"training {run.counts['trainable_params']:,} of {run.counts['total_params']:,} parameters"
         + (f" (LoRA r={cfg.lora.lora_r})" if cfg.lora.lora else "")
-        + (f" ({head.trained_rows:,} rows of the untied output head)" if head else "")
+        + (f" ({run.head.trained_rows:,} rows of the untied output head)" if run.head else "")
     )
-    return Setup(model, tokenizer, tokens, reference, head, counts)
+    return run
 
 
 def measure_start(
@@ -382,7 +367,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     if cfg.objective == "tilt-distill":
         matched = matched_decode(cfg, run, start, after, trained_bias, say)
         clock.mark("matched_decode")
-    run.reference = None  # free the copy before saving
+    run.placement.reference = None  # free the copy before saving
     model = run.model
     if cfg.lora.lora:
         model = lora.save_adapter_and_merged(model, run.tokenizer, folder.tmp)  # adapter/ and model/ (merged)
@@ -432,20 +417,21 @@ def train_stage(
     saved: RateCheckpoint | None = None,
     save: bool = True,
 ):
-    """Train as the config says -> (RateFit or None, history): toward R* with the rate rounds, a head-rows
-    fit at b, or training toward b. metrics.jsonl gets every record (with its round under --rate).
-    With --rate, `saved` checkpoints every round (when `save`: the main process), and resumed, goes on after its last."""
-    model, tokenizer, tokens, head = run.model, run.tokenizer, run.tokens, run.head
-    resumed = rounds_state(saved, model)
-    round_no = len(resumed.tried) if resumed else 0  # with --rate: the round that metrics.jsonl records belong to
-
-    def next_round() -> None:
-        nonlocal round_no
-        round_no += 1
+    """Train as the config says -> (RateFit or None, history): toward R* with the rate rounds, or the placement
+    once at b. metrics.jsonl gets every record (with its round under --rate). With --rate, `saved`
+    checkpoints every round (when `save`: the main process), and resumed, goes on after its last."""
+    placement, head = run.placement, run.head
+    resumed = rounds_state(saved, placement.model)
+    round_no = len(resumed.tried) + 1 if resumed else 1  # with --rate: the round that metrics.jsonl records belong to
 
     def evaluate(step: int) -> dict:  # the main process only
         rate, _ = measure_rate(
-            model, tokenizer, tokens.target, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=cfg.train.bf16
+            placement.model,
+            run.tokenizer,
+            run.tokens.target,
+            cfg.eval,
+            cfg.eval.during_samples_per_prompt,
+            bf16=cfg.train.bf16,
         )
         return {"rate": rate["mean"], "rate_ci_low": rate["ci_low"], "rate_ci_high": rate["ci_high"]}
 
@@ -453,6 +439,10 @@ def train_stage(
         folder.append_jsonl("metrics.jsonl", {**record, "round": round_no} if cfg.rate else record)
 
     def after_round(rounds, kept_changed: bool) -> None:
+        nonlocal round_no
+        round_no = len(rounds.tried) + 1
+        if saved is None or not save:
+            return
         history, weights = rounds.value
         record = {"tried": rounds.tried, "best": rounds.best, "history": history, "bias": rounds.bias}
         contexts = {"head_contexts": head.contexts_state()} if head and saved.get("head_contexts") is None else {}
@@ -463,6 +453,9 @@ def train_stage(
             **contexts,
         )
 
+    placement.log, placement.progress = log, progress
+    if not head:
+        placement.evaluate = evaluate
     if cfg.rate:
         say(f"training toward R = {cfg.rate}, correcting b from the trained model's R (<= {cfg.rate_rounds} rounds)")
         if resumed is not None:
@@ -471,29 +464,19 @@ def train_stage(
                 head.prepare(resumed.tried[0][0], saved.get("head_contexts"))
             saved.restore_rng()
         return train_to_rate(
-            model,
-            tokenizer,
-            run.reference,
-            tokens,
+            placement,
+            run.tokenizer,
+            run.tokens,
             cfg,
             bias,
-            evaluate,
-            log,
-            progress,
-            on_round=next_round,
-            echo=say,
-            train_once=(lambda b: head.train(b, progress, log)) if head else None,
             pool=pool,
-            head_only=head is not None,
-            offsets=head.set_offsets if head and head.fit == "offset" else None,
+            echo=say,
             resumed=resumed,
-            after_round=after_round if saved is not None and save else None,
+            after_round=after_round,
         )
-    if head:
-        return None, head.train(bias, progress, log)
-    return None, train_toward(
-        model, tokenizer, run.reference, tokens, cfg, bias, evaluate, log, progress, run_dir=folder.tmp
-    )
+    if not head:  # a single training keeps step checkpoints in the run folder (--save-every, --resume)
+        placement.run_dir, placement.resume = folder.tmp, cfg.resume
+    return None, placement.train(bias)
 
 
 def rounds_state(saved: RateCheckpoint | None, model) -> RoundsState | None:

@@ -154,6 +154,11 @@ class PhraseSet:
         return self
 
     @property
+    def mask(self) -> None:
+        """No single mask: whether a token continues an entry depends on its context."""
+        return None
+
+    @property
     def size(self) -> int:
         return len(self.entries)
 

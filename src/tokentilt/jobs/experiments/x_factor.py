@@ -18,7 +18,8 @@ from tokentilt.objectives.losses import OBJECTIVES, ObjectiveContext
 from tokentilt.runs.folder import RunFolder
 from tokentilt.runs.report import fmt_rate, markdown_table, plot_series, samples_section
 from tokentilt.training.loop import train
-from tokentilt.training.rate import batch_source, load_with_set
+from tokentilt.training.placements import batch_source
+from tokentilt.training.rate import load_with_set
 
 
 def run(cfg: XFactorConfig, progress: bool = True, echo=print) -> dict:
