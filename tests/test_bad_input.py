@@ -22,6 +22,7 @@ import tokentilt.jobs.export
 import tokentilt.jobs.pretrain
 import tokentilt.jobs.tilt
 import tokentilt.models.load
+import tokentilt.training.placements
 import tokentilt.training.rate
 from tokentilt.cli import main
 
@@ -545,7 +546,7 @@ def guard_slow_work(monkeypatch):
     for module in (tokentilt.models.load, tokentilt.training.rate, tokentilt.jobs.eval, tokentilt.jobs.export):
         monkeypatch.setattr(module, "load_model", no_slow_work)
     for module in (
-        tokentilt.training.rate,
+        tokentilt.training.placements,
         tokentilt.course.pretraining,
         tokentilt.jobs.experiments.like_x,
         tokentilt.jobs.experiments.x_factor,

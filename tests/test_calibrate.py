@@ -192,9 +192,13 @@ def test_a_rate_of_zero_takes_the_full_step(monkeypatch):
         tried.append(bias)
         return {"mean": 0.0 if bias < 7 else 0.05, "ci_low": 0.0, "ci_high": 0.0, "n": 64}, None
 
-    class Phrases:  # a target with adjust(), as a phrase set has: no one-pass proxy, so b0 = 0
-        def adjust(self, *args):
+    class Phrases:  # a target with no per-token mask, as a phrase set: no one-pass proxy, so b0 = 0
+        selector, vocab_size, size, share, mask = "phrase:toy", 4, 1, 0.25, None
+
+        def tilt(self, *args):
             raise AssertionError("calibrate needs no forward pass here")
+
+        describe = processor = rates = summary = tilt
 
     monkeypatch.setattr(cal, "measure_rate", fake_measure)
     result = cal.calibrate(None, None, Phrases(), 0.05, cal.EvalConfig(), torch.zeros(1, 2), max_step=4.0)

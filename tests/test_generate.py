@@ -42,7 +42,12 @@ def test_bf16_generation_of_a_partly_frozen_model_matches_hf_and_restores_requir
     assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
     with pytest.raises(RuntimeError):  # a call that fails midway (a bias row of the wrong size) restores them too
         generate(
-            model, ids, cfg=SampleConfig(max_new_tokens=2, ban_eos=False), bias_mask=torch.ones(3), bias=1.0, bf16=True
+            model,
+            ids,
+            cfg=SampleConfig(max_new_tokens=2, ban_eos=False),
+            bias_mask=torch.ones(3, dtype=torch.bool),
+            bias=1.0,
+            bf16=True,
         )
     assert {name: p.requires_grad for name, p in model.named_parameters()} == flags
 

@@ -132,7 +132,9 @@ def test_weighable_only_for_token_sets_at_temperature_one():
     assert weighable(mask, plain)
     assert not weighable(mask, SimpleNamespace(temperature=0.7, top_k=0, top_p=1.0))
     assert not weighable(mask, SimpleNamespace(temperature=1.0, top_k=5, top_p=1.0))
-    assert not weighable(object(), plain)  # a phrase set
+    from test_phrases import toy_set
+
+    assert not weighable(toy_set(["red"]), plain)  # a phrase set
 
 
 @pytest.mark.parametrize("chat", [False, True])

@@ -192,3 +192,20 @@ def test_the_torch_free_names_agree_with_the_registries():
 
     assert tuple(OBJECTIVES) == OBJECTIVE_NAMES
     assert REFERENCE_OBJECTIVES <= TEXT_OBJECTIVES <= set(OBJECTIVE_NAMES)
+
+
+# Where the code asks "which kind of target is this?", the Target type (targets/target.py) is missing a member.
+KIND_CHECKS = re.compile(
+    r"isinstance\(.*PhraseSet|hasattr\(.*rates|hasattr\(.*adjust|hasattr\(.*processor|isinstance\(target, torch.Tensor\)"
+)
+
+
+def test_only_the_targets_tell_target_kinds_apart():
+    found = [
+        f"{path.relative_to(SRC)}:{n}: {line.strip()}"
+        for path in sorted(SRC.rglob("*.py"))
+        if path.parent.relative_to(SRC).parts[:1] != ("targets",)
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if KIND_CHECKS.search(line)
+    ]
+    assert found == [], "ask the Target (targets/target.py) instead:\n" + "\n".join(found)

@@ -314,7 +314,6 @@ def cmd_generate(args) -> int:
     )
     check_sample_config(sampling)
     from tokentilt.data.chat import CHAT_PROMPTS, check_template
-    from tokentilt.measurement.evaluate import rates_of
     from tokentilt.measurement.metrics import mean_ci
     from tokentilt.measurement.sampling import DEFAULT_PROMPTS, sample
     from tokentilt.models.load import load_model
@@ -322,11 +321,11 @@ def cmd_generate(args) -> int:
 
     keep_freed_memory()
     model, tokenizer = load_model(cfg.model)
-    mask = None
+    target = None
     if cfg.chat:
         check_template(tokenizer)
     if cfg.toward:
-        mask = resolve_target(cfg.toward, tokenizer, model, echo=lambda line: print(line, file=sys.stderr)).target
+        target = resolve_target(cfg.toward, tokenizer, model, echo=lambda line: print(line, file=sys.stderr))
     prompts = cfg.prompt or list(CHAT_PROMPTS if cfg.chat else DEFAULT_PROMPTS)
     samples = sample(
         model,
@@ -335,7 +334,7 @@ def cmd_generate(args) -> int:
         cfg.samples,
         sampling,
         seed=cfg.seed,
-        bias_mask=mask,
+        bias_mask=target,
         bias=cfg.bias,
         bf16=cfg.bf16,
         chat=cfg.chat,
@@ -343,8 +342,8 @@ def cmd_generate(args) -> int:
     )
     for prompt, text in zip(samples.prompts, samples.texts):
         print(f"--- user: {prompt!r}\n{text}" if cfg.chat else f"--- {prompt!r}\n{prompt}{text}")
-    if mask is not None:
-        r = mean_ci(rates_of(mask, samples))
+    if target is not None:
+        r = mean_ci(target.rates(samples))
         print(f"R = {r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] over {len(samples.texts)} samples")
     return 0
 

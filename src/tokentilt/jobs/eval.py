@@ -51,7 +51,7 @@ def evaluate_model(
     result, _ = measure(
         model,
         tokenizer,
-        tokens.target,
+        tokens,
         cfg,
         windows,
         reference=None if reference is model else reference,
@@ -61,11 +61,9 @@ def evaluate_model(
     rows.append({"name": model_name, "bias": 0.0, **result})
     if rate:
         echo(f"calibrating the decode-time bias to R = {rate} on the reference ...")
-        bias = calibrate(reference, tokenizer, tokens.target, rate, cfg, windows, bf16=bf16, echo=echo).bias
+        bias = calibrate(reference, tokenizer, tokens, rate, cfg, windows, bf16=bf16, echo=echo).bias
     if bias:
-        result, _ = measure(
-            reference, tokenizer, tokens.target, cfg, windows, bias=bias, bf16=bf16, text_windows=text_windows
-        )
+        result, _ = measure(reference, tokenizer, tokens, cfg, windows, bias=bias, bf16=bf16, text_windows=text_windows)
         rows.append({"name": f"decode-bias b={bias:.3f} on {reference_name}", "bias": bias, **result})
     out = {
         "model": model_name,
@@ -79,7 +77,7 @@ def evaluate_model(
         "rows": rows,
     }
     if bias and reference is not model:  # rho of the model against the decode-time tilt at this b
-        base, _ = measure(reference, tokenizer, tokens.target, cfg, windows, bf16=bf16, text_windows=text_windows)
+        base, _ = measure(reference, tokenizer, tokens, cfg, windows, bf16=bf16, text_windows=text_windows)
         rows.insert(1, {"name": f"{reference_name} (reference)", "bias": 0.0, **base})
         out.update(excess_cost(base, rows[0], rows[-1]))
     return out

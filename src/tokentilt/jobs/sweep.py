@@ -166,7 +166,7 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
         if rate not in calibrated:
             echo(f"calibrating b for R = {rate} ...")
             # on the probe seeds, as tilt does: the eval seeds measure R, they do not fit b
-            cal = calibrate(reference, tokenizer, tokens.mask, rate, cfg.eval.probe(), windows, bf16=bf16, echo=echo)
+            cal = calibrate(reference, tokenizer, tokens, rate, cfg.eval.probe(), windows, bf16=bf16, echo=echo)
             log.append(
                 {
                     "kind": "calibration",
@@ -193,7 +193,7 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
         started = time.time()
         extra = {}
         if spec.objective == BASELINE:
-            result, _ = measure(reference, tokenizer, tokens.mask, cfg.eval, windows, bias=bias, bf16=bf16)
+            result, _ = measure(reference, tokenizer, tokens, cfg.eval, windows, bias=bias, bf16=bf16)
             steps = 0
         else:
             fit_rate = spec.rate if spec.objective == "tilt-distill" and spec.bias is None else None
@@ -208,7 +208,7 @@ def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_tex
             else:
                 model.load_state_dict(reference.state_dict())
                 history = placement.train(bias)
-            result, _ = measure(model, tokenizer, tokens.mask, cfg.eval, windows, reference=reference, bf16=bf16)
+            result, _ = measure(model, tokenizer, tokens, cfg.eval, windows, reference=reference, bf16=bf16)
             steps = len(history)
         record = {
             "kind": "run",

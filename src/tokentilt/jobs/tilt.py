@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 
 from tokentilt.config import UsageError, to_flat
@@ -30,7 +29,6 @@ from tokentilt.models import lora
 from tokentilt.models.load import save_model
 from tokentilt.runs.folder import RunFolder, keep_records_until, write_samples
 from tokentilt.runs.report import excess_cost_note, fmt_rate, plot_rate, plot_series, summary_table, tilt_report
-from tokentilt.targets.phrases import WORD, PhraseSet, plays_reference
 from tokentilt.training import checkpoint, head_rows, placements
 from tokentilt.training.checkpoint import CheckpointError
 from tokentilt.training.engine import Stages, on_main, process_state, resolve_device
@@ -45,17 +43,6 @@ def flat_costs(m: dict, suffix: str) -> dict:
     """measure()'s dict -> summary keys: ppl_before, drift_before, distinct_1_before, ..."""
     keys = ("ppl", "drift", "distinct_1", "distinct_2", "repetition", "ppl_text", "drift_text")
     return {f"{k}_{suffix}": m[k] for k in keys if k in m}  # *_text: a chat run's raw-text costs
-
-
-def phrase_summary(phrases: PhraseSet, tokenizer, bias: float) -> dict:
-    """How each entry tokenizes, and the collateral at the trained b: the reference words (the plays'
-    train split) that are not entries but move with the tilt, the commonest first."""
-    return {
-        "word_rule": WORD.pattern,
-        "keep_case": phrases.keep_case,
-        "entries": phrases.tokenizations(tokenizer),
-        "collateral": phrases.collateral(tokenizer, plays_reference(), bias),
-    }
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -190,7 +177,7 @@ def measure_start(
     """Main process: start the run folder, measure before training, calibrate b to --rate and measure the
     decode-time baseline at that b. With --rate, `saved` checkpoints each of these (rate_checkpoint.py) and,
     resumed, holds those already done: they are taken from it, not measured again."""
-    model, tokenizer, target, bf16 = run.model, run.tokenizer, run.tokens.target, cfg.train.bf16
+    model, tokenizer, target, bf16 = run.model, run.tokenizer, run.tokens, cfg.train.bf16
     start = Start(cfg.bias, *held_out(model, tokenizer, cfg.eval, eval_text, bf16, say))
     folder.start()
     if cfg.resume and cfg.rate:
@@ -202,7 +189,7 @@ def measure_start(
     else:
         folder.write_yaml("config.yaml", to_flat(cfg))  # before the first checkpoint: --resume compares with it
     clock.mark("load")
-    if isinstance(target, torch.Tensor):  # one pass gives the costs of every decode-time tilt of this model
+    if target.mask is not None:  # one pass gives the costs of every decode-time tilt of this model
         start.known = tuple(
             None if w is None else tilt_costs(model, w, target, bf16=bf16) for w in (start.windows, start.text_windows)
         )
@@ -303,7 +290,7 @@ def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, train
                 estimated[b] = estimate["ess"]
                 return estimate["mean"]
         say(f"measuring the decode-time R at b = {b:.3f} ...")
-        return measure_rate(run.reference, run.tokenizer, run.tokens.target, cfg.eval, bias=b, bf16=bf16)[0]["mean"]
+        return measure_rate(run.reference, run.tokenizer, run.tokens, cfg.eval, bias=b, bf16=bf16)[0]["mean"]
 
     curve = [(0.0, start.before["rate"]["mean"]), (start.bias, start.baseline["rate"]["mean"])]
     if trained_bias != start.bias:
@@ -312,9 +299,7 @@ def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, train
     return {
         "bias": b_matched,
         "curve": [{"bias": b, "rate": r, **({"ess": estimated[b]} if b in estimated else {})} for b, r in curve],
-        **decode_costs(
-            run.reference, run.tokens.target, start.windows, b_matched, bf16, start.text_windows, start.known
-        ),
+        **decode_costs(run.reference, run.tokens, start.windows, b_matched, bf16, start.text_windows, start.known),
     }
 
 
@@ -353,7 +338,7 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     after, samples_after = measure(
         run.model,
         run.tokenizer,
-        run.tokens.target,
+        run.tokens,
         cfg.eval,
         start.windows,
         reference=run.reference,
@@ -393,8 +378,8 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     )
     if cfg.objective == "tilt-distill":
         summary.update(distill_summary(cfg, start, after, matched, fit, trained_bias))
-    if isinstance(run.tokens, PhraseSet):
-        summary["phrases"] = phrase_summary(run.tokens, run.tokenizer, trained_bias)
+    if target_summary := run.tokens.summary(run.tokenizer, trained_bias):  # a phrase set's entries and collateral
+        summary["phrases"] = target_summary
     out = write_run(folder, cfg, summary, history, start, samples_after)
     state.wait_for_everyone()
     echo(summary_table(summary))
@@ -428,7 +413,7 @@ def train_stage(
         rate, _ = measure_rate(
             placement.model,
             run.tokenizer,
-            run.tokens.target,
+            run.tokens,
             cfg.eval,
             cfg.eval.during_samples_per_prompt,
             bf16=cfg.train.bf16,

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import torch
 
 from tokentilt.measurement import importance
-from tokentilt.measurement.evaluate import EvalConfig, measure_rate, rates_of
+from tokentilt.measurement.evaluate import EvalConfig, measure_rate
 from tokentilt.measurement.metrics import _forward_batches, split_windows
 from tokentilt.objectives.losses import set_log_mass
 from tokentilt.settings import check_rate  # noqa: F401 (re-exported)
+from tokentilt.targets.target import Target, as_target
 
 
 @dataclass
@@ -99,7 +100,7 @@ def _logit(r: float, n: int) -> float:
 def calibrate(
     model,
     tokenizer,
-    mask: torch.Tensor,
+    tokens: Target | torch.Tensor,
     target: float,
     cfg: EvalConfig,
     windows: torch.Tensor,
@@ -110,7 +111,8 @@ def calibrate(
     echo=None,
     log_mass: torch.Tensor | None = None,
 ) -> Calibration:
-    """Find b with decode-time R(b) ≈ target on `model`, on cfg's fixed prompts, samples and eval_seed.
+    """Find b with decode-time R(b) ≈ target on `model`, on cfg's fixed prompts, samples and eval_seed, for the
+    set `tokens` (a Target, or a (V,) bool mask).
 
     Starts from the one-pass proxy b0. Until the target is bracketed, steps in logit space (one
     unit of b moves a single position's logit(p) by one unit, so the first step is
@@ -122,12 +124,13 @@ def calibrate(
     """
     check_rate(target)
     tol = rate_tolerance(target, tol)
+    tokens = as_target(tokens)
     # a phrase set has no one-pass proxy (its bias depends on context): start at b = 0
-    b0 = 0.0 if hasattr(mask, "adjust") else proxy_bias(model, windows, mask, target, bf16, log_mass=log_mass)
+    b0 = 0.0 if tokens.mask is None else proxy_bias(model, windows, tokens.mask, target, bf16, log_mass=log_mass)
     measured: dict[float, dict] = {}  # b -> R measured there (the draws are the same at the same b and seeds)
     pool = None
-    if importance.weighable(mask, cfg):
-        found, measured, pool = calibrate_by_weights(model, tokenizer, mask, target, cfg, b0, bf16, max_step, echo)
+    if importance.weighable(tokens, cfg):
+        found, measured, pool = calibrate_by_weights(model, tokenizer, tokens, target, cfg, b0, bf16, max_step, echo)
         if found is not None:
             return found
     n = len(cfg.prompts) * cfg.samples_per_prompt
@@ -135,7 +138,7 @@ def calibrate(
 
     def rate_at(b: float) -> float:
         if b not in measured:
-            measured[b] = measure_rate(model, tokenizer, mask, cfg, bias=b, bf16=bf16)[0]
+            measured[b] = measure_rate(model, tokenizer, tokens, cfg, bias=b, bf16=bf16)[0]
             if echo:
                 echo(f"  calibrate: b = {b:+.3f} -> R = {measured[b]['mean']:.3f}")
         return measured[b]["mean"]
@@ -170,7 +173,7 @@ WEIGHTED_DRAWS = 2  # draws calibrate_by_weights takes before handing over to bi
 def calibrate_by_weights(
     model,
     tokenizer,
-    mask: torch.Tensor,
+    tokens: Target | torch.Tensor,
     target: float,
     cfg: EvalConfig,
     b0: float,
@@ -190,15 +193,16 @@ def calibrate_by_weights(
     Each draw costs one sampling pass, which records what the weights need (generate.StepScores).
     -> (the calibration or None, {b: R measured}, the pool).
     """
+    tokens = as_target(tokens)
     pool, history, measured, b = importance.Pool(), [], {}, b0
     for _ in range(draws):
-        rate, samples = measure_rate(model, tokenizer, mask, cfg, bias=b, bf16=bf16, score=True)
+        rate, samples = measure_rate(model, tokenizer, tokens, cfg, bias=b, bf16=bf16, score=True)
         history.append((b, rate["mean"]))
         measured[b] = rate
         if echo:
             echo(f"  calibrate: b = {b:+.3f} -> R = {rate['mean']:.3f}")
-        per_sample = rates_of(mask, samples)
-        pool.draws.append(importance.draw_of(model, tokenizer, samples, mask, b, per_sample, bf16))
+        per_sample = tokens.rates(samples)
+        pool.draws.append(importance.draw_of(model, tokenizer, samples, tokens.mask, b, per_sample, bf16))
         solved = pool.solve(target, reach=max_step)
         estimate = pool.at_bias(solved)
         if pool.enough(estimate):

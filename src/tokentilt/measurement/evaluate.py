@@ -21,24 +21,25 @@ from tokentilt.measurement.metrics import (
     perplexity,
     perplexity_and_drift,
     repetition_rate,
-    sample_rates,
 )
 from tokentilt.measurement.sampling import Samples, sample
 from tokentilt.settings import EvalConfig, SampleConfig  # noqa: F401 (EvalConfig re-exported)
+from tokentilt.targets.target import Target, as_target
 
 
 def measure_rate(
     model,
     tokenizer,
-    mask: torch.Tensor,
+    target: Target | torch.Tensor,
     cfg: EvalConfig,
     per_prompt: int | None = None,
     bias: float = 0.0,
     bf16: bool = False,
     score: bool = False,
 ) -> tuple[dict, Samples]:
-    """R with a 95% interval over samples, and the samples themselves (score: with their StepScores on
-    the token set `mask`, for importance weights)."""
+    """R of `target` (a Target, or a (V,) bool mask) with a 95% interval over samples, and the samples
+    themselves (score: with their StepScores on a token set's mask, for importance weights)."""
+    target = as_target(target)
     samples = sample(
         model,
         tokenizer,
@@ -46,28 +47,24 @@ def measure_rate(
         per_prompt or cfg.samples_per_prompt,
         cfg.sample_config(),
         seed=cfg.eval_seed,
-        bias_mask=mask if bias else None,
+        bias_mask=target if bias else None,
         bias=bias,
         bf16=bf16,
         chat=cfg.chat,
         system=cfg.system,
-        score_mask=mask if score else None,
+        score_mask=target.mask if score else None,
     )
-    return mean_ci(rates_of(mask, samples)), samples
+    return mean_ci(target.rates(samples)), samples
 
 
-def rates_of(target, samples: Samples) -> torch.Tensor:
-    """Per-sample R: a token set counts tokens; a phrase set counts words of the decoded text (phrases.WORD). (N,)
+def rates_of(target: Target | torch.Tensor, samples: Samples) -> torch.Tensor:
+    """Per-sample R (Target.rates): a token set counts tokens; a phrase set counts words of the decoded text
+    (phrases.WORD). (N,)
 
     In chat, only the reply counts (the tokens before end-of-turn), and special tokens never count
     toward R. A reply of no tokens has no rate (NaN, which mean_ci leaves out).
     """
-    if hasattr(target, "rates"):
-        return target.rates(samples.texts)
-    if samples.special:
-        target = target.clone()
-        target[[i for i in samples.special if i < len(target)]] = False
-    return sample_rates(samples.tokens, target, samples.lengths)
+    return as_target(target).rates(samples)
 
 
 def held_out_text(cfg: EvalConfig) -> str:
@@ -147,7 +144,7 @@ def sample_costs(tokens) -> dict:
 def measure(
     model,
     tokenizer,
-    mask: torch.Tensor,
+    target: Target | torch.Tensor,
     cfg: EvalConfig,
     windows,
     reference=None,
@@ -170,9 +167,10 @@ def measure(
     their output heads, and `known` is of their body) the body's passes. score: the samples carry their
     StepScores (measure_rate).
     """
-    rate, samples = measure_rate(model, tokenizer, mask, cfg, bias=bias, bf16=bf16, score=score)
+    target = as_target(target)
+    rate, samples = measure_rate(model, tokenizer, target, cfg, bias=bias, bf16=bf16, score=score)
     costs = both_windows(
-        lambda w, k: held_out_costs(model, mask, w, reference, bias, bf16, k, head_only), windows, text_windows, known
+        lambda w, k: held_out_costs(model, target, w, reference, bias, bf16, k, head_only), windows, text_windows, known
     )
     return {"rate": rate, **costs, **sample_costs(samples.replies())}, samples
 
@@ -188,7 +186,7 @@ def both_windows(costs_on, windows, text_windows=None, known: tuple = (None, Non
 
 def held_out_costs(
     model,
-    mask,
+    target,
     windows,
     reference=None,
     bias: float = 0.0,
@@ -204,7 +202,7 @@ def held_out_costs(
     """
     if known is not None and reference is None:
         return {"ppl": known.perplexity(bias), "drift": known.drift(bias)}
-    bias_mask = mask if bias else None
+    bias_mask = target if bias else None
     if reference is None and not bias:
         return {"ppl": perplexity(model, windows, bf16=bf16), "drift": 0.0}  # the model is its own reference
     shared = known.head_inputs if head_only and known is not None else None
@@ -215,11 +213,19 @@ def held_out_costs(
 
 
 def decode_costs(
-    model, mask: torch.Tensor, windows, bias: float, bf16: bool = False, text_windows=None, known: tuple = (None, None)
+    model,
+    target: Target | torch.Tensor,
+    windows,
+    bias: float,
+    bf16: bool = False,
+    text_windows=None,
+    known: tuple = (None, None),
 ) -> dict:
-    """Held-out perplexity and drift of `model` decoded with logit bias b on the set (no sampling);
+    """Held-out perplexity and drift of `model` decoded with the target's tilt at bias b (no sampling);
     `known` as in measure()."""
-    return both_windows(lambda w, k: held_out_costs(model, mask, w, None, bias, bf16, k), windows, text_windows, known)
+    return both_windows(
+        lambda w, k: held_out_costs(model, target, w, None, bias, bf16, k), windows, text_windows, known
+    )
 
 
 def excess_cost(before: dict, after: dict, decode: dict | None) -> dict:

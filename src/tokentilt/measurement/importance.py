@@ -31,15 +31,17 @@ import torch
 
 from tokentilt.measurement.metrics import _forward_batches, log_tilt_normaliser, logit_rows, t_quantile
 from tokentilt.measurement.sampling import Samples, eos_ids_of, set_columns
+from tokentilt.targets.target import Target, as_target
 
 MIN_ESS = 0.5  # an estimate counts when its effective sample size is at least this share of one draw
 SCORE_BATCH = 8  # rows per teacher-forced forward (logits of (8, T, V) float32)
 
 
-def weighable(target, cfg) -> bool:
-    """Whether R under cfg's sampling (an EvalConfig) can be reweighted exactly: a token set (not a
-    phrase set), temperature 1, no top-k or top-p."""
-    return isinstance(target, torch.Tensor) and cfg.temperature == 1.0 and cfg.top_k == 0 and cfg.top_p == 1.0
+def weighable(target: Target | torch.Tensor, cfg) -> bool:
+    """Whether R under cfg's sampling (an EvalConfig) can be reweighted exactly: a set of single tokens (a
+    mask; not a phrase set), temperature 1, no top-k or top-p."""
+    single = as_target(target).mask is not None
+    return single and cfg.temperature == 1.0 and cfg.top_k == 0 and cfg.top_p == 1.0
 
 
 @dataclass
@@ -157,9 +159,19 @@ class Pool:
 
 
 def draw_of(
-    reference, tokenizer, samples: Samples, mask: torch.Tensor, bias: float, rates: torch.Tensor, bf16: bool = False
+    reference,
+    tokenizer,
+    samples: Samples,
+    mask: Target | torch.Tensor,
+    bias: float,
+    rates: torch.Tensor,
+    bf16: bool = False,
 ) -> Draw:
-    """Score samples drawn from `reference` at bias b on `mask` (one teacher-forced forward) -> a Draw."""
+    """Score samples drawn from `reference` at bias b on the token set `mask` (a Target of single tokens, or its
+    (V,) mask) (one teacher-forced forward) -> a Draw."""
+    mask = as_target(mask).mask
+    if mask is None:
+        raise ValueError("importance weights need a set of single tokens (see weighable)")
     chat = samples.lengths is not None
     prompts = samples.formatted if chat else samples.prompts
     width = samples.tokens.size(1)

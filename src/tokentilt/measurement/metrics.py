@@ -17,30 +17,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from tokentilt.models.fast.packed import packed_linears
-from tokentilt.targets.tokens import apply_bias
+from tokentilt.targets.target import Target, as_target
+from tokentilt.targets.tokens import sample_rates  # noqa: F401 (re-exported: it lives with the token sets now)
 
-# ---------------------------------------------------------------- R: rate of target tokens
-
-
-def sample_rates(new_tokens: torch.Tensor, mask: torch.Tensor, lengths=None) -> torch.Tensor:
-    """Per-sample share of generated tokens that are in the target set.
-
-    new_tokens (N, L) generated ids; mask (V,) bool; lengths (N,) optional, counts only the first
-    lengths[i] tokens of row i (the rest may be padding of any value). Returns (N,) float32.
-    A row with no tokens has no rate: NaN (mean_ci skips it).
-    """
-    new_tokens = torch.as_tensor(new_tokens)
-    if new_tokens.dim() == 1:
-        new_tokens = new_tokens.unsqueeze(0)
-    n, width = new_tokens.shape
-    mask = mask.to(new_tokens.device, torch.bool)
-    if lengths is None:
-        lengths = torch.full((n,), width, device=new_tokens.device)
-    lengths = torch.as_tensor(lengths, device=new_tokens.device).clamp(max=width)
-    valid = torch.arange(width, device=new_tokens.device) < lengths[:, None]  # (N, L)
-    hits = mask[torch.where(valid, new_tokens, 0)] & valid  # (N, L)
-    counts = hits.sum(1).float()  # (N,)
-    return torch.where(lengths > 0, counts / lengths.clamp(min=1), torch.nan)
+# ---------------------------------------------------------------- R: its interval (per-sample R: Target.rates)
 
 
 def t_quantile(p: float, df: int) -> float:
@@ -291,7 +271,7 @@ def perplexity(
     model,
     windows,
     batch_size: int = 8,
-    bias_mask: torch.Tensor | None = None,
+    bias_mask: Target | torch.Tensor | None = None,
     bias: float = 0.0,
     bf16: bool = False,
     progress: bool = False,
@@ -299,14 +279,16 @@ def perplexity(
     """Held-out perplexity over (W, T) windows: exp of the mean next-token NLL over all W*(T-1) targets
     (over the reply tokens only, for ReplyWindows).
 
-    With bias_mask, the logits get +bias on the set before the softmax: the perplexity of the
-    decode-time biased distribution (the baseline a tilted model should beat).
+    With bias_mask (a Target, or a (V,) bool mask), the logits get its decode-time tilt at b before the
+    softmax (+b on a token set): the perplexity of the decode-time biased distribution (the baseline a
+    tilted model should beat).
     """
     ids_all, counted = split_windows(windows)
+    target = as_target(bias_mask) if bias_mask is not None else None
     total, count, row = 0.0, 0, 0
     for ids, (logits,) in _forward_batches([model], ids_all, batch_size, bf16, progress, "perplexity"):
-        if bias_mask is not None:
-            logits = apply_bias(logits, ids, bias_mask, bias)  # (b, T, V)
+        if target is not None:
+            logits = target.tilt(logits, ids, bias)  # (b, T, V)
         nll = token_nll(logits, ids).double()  # (b, T-1)
         if counted is None:
             total, count = total + nll.sum().item(), count + nll.numel()
@@ -326,7 +308,7 @@ def drift(
     batch_size: int = 8,
     bf16: bool = False,
     progress: bool = False,
-    bias_mask: torch.Tensor | None = None,
+    bias_mask: Target | torch.Tensor | None = None,
     bias: float = 0.0,
 ) -> float:
     """Mean per-token KL(reference || model) in nats, over every position of the (W, T) windows
@@ -345,7 +327,7 @@ def perplexity_and_drift(
     batch_size: int = 8,
     bf16: bool = False,
     progress: bool = False,
-    bias_mask: torch.Tensor | None = None,
+    bias_mask: Target | torch.Tensor | None = None,
     bias: float = 0.0,
     head_inputs: torch.Tensor | None = None,
 ) -> tuple[float, float]:
@@ -355,6 +337,7 @@ def perplexity_and_drift(
     head_inputs: (W, T, d), the output head's inputs on the windows, when model and reference differ
     only in their heads: then each head runs on them and no body runs at all."""
     ids_all, counted = split_windows(windows)
+    target = as_target(bias_mask) if bias_mask is not None else None
     models = [reference] if model is reference else [reference, model]
     total, nll_total, count, row = 0.0, 0.0, 0, 0
     if head_inputs is None:
@@ -363,8 +346,8 @@ def perplexity_and_drift(
         batches = _head_batches(models, head_inputs, ids_all, batch_size)
     for ids, outs in batches:
         ref_logits, logits = outs[0], outs[-1]  # (b, T, V) each
-        if bias_mask is not None:
-            logits = apply_bias(logits, ids, bias_mask, bias)
+        if target is not None:
+            logits = target.tilt(logits, ids, bias)
         kl = kl_per_token(ref_logits, logits).double()  # (b, T)
         nll = token_nll(logits, ids).double()  # (b, T-1)
         if counted is None:
@@ -382,7 +365,7 @@ def perplexity_and_drift(
 def biased_drift(
     reference,
     windows: torch.Tensor,
-    bias_mask: torch.Tensor,
+    bias_mask: Target | torch.Tensor,
     bias: float,
     batch_size: int = 8,
     bf16: bool = False,
@@ -431,9 +414,12 @@ class TiltCosts:
         return (log_tilt_normaliser(self.log_mass, bias) - bias * self.log_mass.exp()).mean().item()
 
 
-def tilt_costs(model, windows, mask: torch.Tensor, batch_size: int = 8, bf16: bool = False) -> TiltCosts:
+def tilt_costs(model, windows, mask: Target | torch.Tensor, batch_size: int = 8, bf16: bool = False) -> TiltCosts:
     """Run `model` once over the (W, T) windows (or ReplyWindows) and keep what TiltCosts needs for the
-    token set `mask` (V,), and the inputs of its output head."""
+    token set `mask` (a Target of single tokens, or its (V,) mask), and the inputs of its output head."""
+    mask = as_target(mask).mask
+    if mask is None:
+        raise ValueError("one-pass tilt costs need a set of single tokens (a phrase set's tilt depends on context)")
     ids_all, counted = split_windows(windows)
     nll, hit, log_mass, inputs, calls = [], [], [], [], 0
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None

@@ -8,7 +8,7 @@ Every model is called the same way (ForwardSteps):
 except that on the CPU a Hugging Face Llama model (or a LoRA model of one) takes each new token through
 a lean step of the same weights (models/llama_step.py), its prompt through the model's own body. The
 next-token scores go through one LogitsProcessorList (transformers' warpers for
-temperature / top-k / top-p, and our SetBias for the decode-time baseline).
+temperature / top-k / top-p, and the target's own processor for the decode-time baseline).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 from transformers import (
-    LogitsProcessor,
     LogitsProcessorList,
     SuppressTokensLogitsProcessor,
     TemperatureLogitsWarper,
@@ -34,29 +33,22 @@ from tokentilt.job_settings import GenerateConfig  # noqa: F401 (re-exported)
 from tokentilt.models.fast import llama_step, packed
 from tokentilt.models.fast.packed import packed_linears
 from tokentilt.settings import STRATEGIES, SampleConfig, check_sample_config  # noqa: F401 (re-exported)
-
-
-class SetBias(LogitsProcessor):
-    """Add b to the logits of every token in the set: p'(i) ∝ p(i)·exp(b·M_i)."""
-
-    def __init__(self, mask: torch.Tensor, bias: float):
-        self.bias_row = bias * mask.float()  # (V,)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        return scores + self.bias_row.to(scores.device)[: scores.size(-1)]
+from tokentilt.targets.target import Target, as_target
+from tokentilt.targets.tokens import SetBias  # noqa: F401 (re-exported: a token set's processor lives with it)
 
 
 def make_processors(
     cfg: SampleConfig,
-    bias_mask: torch.Tensor | None = None,
+    bias_mask: Target | torch.Tensor | None = None,
     bias: float = 0.0,
     eos_ids: list[int] | None = None,
     device: str | torch.device = "cpu",
 ) -> LogitsProcessorList:
-    """Bias first (it changes the distribution), then the sampling warpers."""
+    """Bias first (it changes the distribution), then the sampling warpers. bias_mask: the target whose
+    decode-time tilt at b is sampled (a Target, or a (V,) bool mask)."""
     procs = LogitsProcessorList()
-    if bias_mask is not None and bias != 0.0:  # a token mask, or a phrase set with its own processor
-        procs.append(bias_mask.processor(bias) if hasattr(bias_mask, "processor") else SetBias(bias_mask, bias))
+    if bias_mask is not None and bias != 0.0:
+        procs.append(as_target(bias_mask).processor(bias))
     if cfg.ban_eos and eos_ids:
         procs.append(SuppressTokensLogitsProcessor(eos_ids, device=device))
     if cfg.strategy == "multinomial":
@@ -137,7 +129,7 @@ def generate(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     cfg: SampleConfig = SampleConfig(),
-    bias_mask: torch.Tensor | None = None,
+    bias_mask: Target | torch.Tensor | None = None,
     bias: float = 0.0,
     generator: torch.Generator | None = None,
     eos_ids: list[int] | None = None,
@@ -313,7 +305,7 @@ def sample(
     per_prompt: int = 4,
     cfg: SampleConfig = SampleConfig(),
     seed: int = 0,
-    bias_mask: torch.Tensor | None = None,
+    bias_mask: Target | torch.Tensor | None = None,
     bias: float = 0.0,
     bf16: bool = False,
     batch_size: int = 64,
@@ -325,7 +317,8 @@ def sample(
 
     chat: each prompt is a user turn in the tokenizer's chat template (after `system`, if given), and
     each sample is the assistant's reply, cut at its first end-of-turn token (at most max_new_tokens).
-    score_mask: a token set whose StepScores to record (Samples.step_scores).
+    bias_mask: the target sampled with its decode-time tilt at `bias` (a Target, or a (V,) bool mask).
+    score_mask: a token set's (V,) mask whose StepScores to record (Samples.step_scores).
     """
     all_prompts = [p for p in prompts for _ in range(per_prompt)]
     inputs = chat_module.format_prompts(tokenizer, all_prompts, system) if chat else all_prompts

@@ -128,7 +128,8 @@ def _credit(pi: float, bias: float) -> float:
 
 @dataclass
 class PhraseSet:
-    """Entries of words and phrases resolved against one tokenizer (and, for π, one model)."""
+    """Entries of words and phrases resolved against one tokenizer (and, for π, one model): a Target
+    (target.py) whose membership depends on context."""
 
     selector: str
     entries: list[str]
@@ -148,14 +149,11 @@ class PhraseSet:
         for key in sorted(set(self._keys), key=len, reverse=True):
             self._by_first.setdefault(key[0], []).append(key)
 
-    # TokenSet's face, so a PhraseSet goes where a token set goes
-    @property
-    def target(self) -> PhraseSet:
-        return self
+    # ------------------------------------------------------------ the Target type (target.py)
 
     @property
     def mask(self) -> None:
-        """No single mask: whether a token continues an entry depends on its context."""
+        """None: whether a token belongs depends on the text before it (tilt, processor)."""
         return None
 
     @property
@@ -205,8 +203,10 @@ class PhraseSet:
                 i += 1
         return hits, len(words)
 
-    def rates(self, texts: list[str]) -> torch.Tensor:
-        """Per-sample share of words that are entries (NaN for a sample with no word). (N,)"""
+    def rates(self, samples) -> torch.Tensor:
+        """Per-sample share of words that are entries (NaN for a sample with no word), of the sampler's output
+        (its decoded .texts) or of a list of texts. (N,)"""
+        texts = samples.texts if hasattr(samples, "texts") else samples
         counts = [self.count(t) for t in texts]
         return torch.tensor([h / n if n else math.nan for h, n in counts], dtype=torch.float32)
 
@@ -295,6 +295,10 @@ class PhraseSet:
                 out[row, t, tok[tok < out.size(-1)]] += val[tok < out.size(-1)].to(out.device)
         return out
 
+    def tilt(self, logits: torch.Tensor, ids: torch.Tensor, bias: float) -> torch.Tensor:
+        """The decode-time tilt of teacher-forced logits: adjust(). (B, T, V) float32"""
+        return self.adjust(logits, ids, bias)
+
     def processor(self, bias: float) -> LogitsProcessor:
         if self.method == "sequence-bias":  # every variant's last token, after its prefix (no start credit)
             return SequenceBiasLogitsProcessor(
@@ -331,6 +335,17 @@ class PhraseSet:
             if len(rows) >= top:
                 break
         return rows
+
+    def summary(self, tokenizer, bias: float) -> dict:
+        """What a run records (summary.json's "phrases"): the word rule, how each entry tokenizes, and the
+        collateral at b: the reference words (the plays' train split) that are not entries but move with the
+        tilt, the commonest first."""
+        return {
+            "word_rule": WORD.pattern,
+            "keep_case": self.keep_case,
+            "entries": self.tokenizations(tokenizer),
+            "collateral": self.collateral(tokenizer, plays_reference(), bias),
+        }
 
     def coverage(self, reference: Counter) -> float:
         """Share of the reference text's words that are (one-word) entries."""

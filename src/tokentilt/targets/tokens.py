@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from transformers import LogitsProcessor
 
 from tokentilt.targets.selectors import (  # noqa: F401 (re-exported: the selector language is named here too)
     KINDS,
@@ -62,7 +63,7 @@ def dropped_words(spec: str, texts: list[str]) -> list[str]:
 
 @dataclass
 class TokenSet:
-    """A selector resolved against one vocabulary."""
+    """A selector resolved against one vocabulary: a Target (target.py) of single tokens."""
 
     selector: str  # the rule as the user wrote it
     mask: torch.Tensor  # (V,) bool, True for tokens in the set
@@ -71,11 +72,6 @@ class TokenSet:
     @property
     def size(self) -> int:
         return int(self.mask.sum())
-
-    @property
-    def target(self) -> torch.Tensor:
-        """What sampling, R and the costs take: the mask (a phrases.PhraseSet passes itself)."""
-        return self.mask
 
     @property
     def vocab_size(self) -> int:
@@ -94,6 +90,56 @@ class TokenSet:
                 f"\n  (phrases:{self.selector.partition(':')[2]} tilts whole words of any length)"
             )
         return line
+
+    def tilt(self, logits: torch.Tensor, ids: torch.Tensor, bias: float) -> torch.Tensor:
+        """z + b * M at every position (ids are not needed: the set is the same everywhere). (B, T, V) float32"""
+        return bias_logits(logits, self.mask, bias)
+
+    def processor(self, bias: float) -> LogitsProcessor:
+        return SetBias(self.mask, bias)
+
+    def rates(self, samples) -> torch.Tensor:
+        """Per-sample share of generated tokens in the set (sample_rates); in chat, only the reply counts and
+        special tokens never do. (N,)"""
+        mask = self.mask
+        if samples.special:
+            mask = mask.clone()
+            mask[[i for i in samples.special if i < len(mask)]] = False
+        return sample_rates(samples.tokens, mask, samples.lengths)
+
+    def summary(self, tokenizer, bias: float) -> dict:
+        return {}  # the selector and the size are recorded by the run itself
+
+
+class SetBias(LogitsProcessor):
+    """Add b to the logits of every token in the set: p'(i) ∝ p(i)·exp(b·M_i)."""
+
+    def __init__(self, mask: torch.Tensor, bias: float):
+        self.bias_row = bias * mask.float()  # (V,)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return scores + self.bias_row.to(scores.device)[: scores.size(-1)]
+
+
+def sample_rates(new_tokens: torch.Tensor, mask: torch.Tensor, lengths=None) -> torch.Tensor:
+    """Per-sample share of generated tokens that are in the target set.
+
+    new_tokens (N, L) generated ids; mask (V,) bool; lengths (N,) optional, counts only the first
+    lengths[i] tokens of row i (the rest may be padding of any value). Returns (N,) float32.
+    A row with no tokens has no rate: NaN (mean_ci skips it).
+    """
+    new_tokens = torch.as_tensor(new_tokens)
+    if new_tokens.dim() == 1:
+        new_tokens = new_tokens.unsqueeze(0)
+    n, width = new_tokens.shape
+    mask = mask.to(new_tokens.device, torch.bool)
+    if lengths is None:
+        lengths = torch.full((n,), width, device=new_tokens.device)
+    lengths = torch.as_tensor(lengths, device=new_tokens.device).clamp(max=width)
+    valid = torch.arange(width, device=new_tokens.device) < lengths[:, None]  # (N, L)
+    hits = mask[torch.where(valid, new_tokens, 0)] & valid  # (N, L)
+    counts = hits.sum(1).float()  # (N,)
+    return torch.where(lengths > 0, counts / lengths.clamp(min=1), torch.nan)
 
 
 def resolve(spec: str, texts: list[str]) -> TokenSet:
@@ -149,14 +195,6 @@ def tilted_log_probs(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> t
 def bias_logits(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> torch.Tensor:
     """Decode-time logit bias: z + b * M, in float32. (..., V)"""
     return logits.float() + bias * mask.to(logits.device, torch.float32)
-
-
-def apply_bias(logits: torch.Tensor, ids: torch.Tensor, target, bias: float) -> torch.Tensor:
-    """The decode-time tilt of (B, T, V) logits over (B, T) ids: +b on a token set's mask, or a phrase
-    set's context-dependent bias (phrases.PhraseSet.adjust). float32."""
-    if hasattr(target, "adjust"):
-        return target.adjust(logits, ids, bias)
-    return bias_logits(logits, target, bias)
 
 
 def tilted_set_mass(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> torch.Tensor:

@@ -42,7 +42,7 @@ from tokentilt.measurement.sampling import TRAIN_PROMPTS, SampleConfig, recorded
 from tokentilt.models.fast.packed import packed_linears
 from tokentilt.objectives.losses import set_rows_kl
 from tokentilt.settings import CONTEXTS, FITS, Contexts, HeadFit  # noqa: F401 (re-exported)
-from tokentilt.targets.phrases import PhraseSet
+from tokentilt.targets.target import Target, as_target
 
 RIDGE = 1e-3  # offset fit: ridge, relative to the mean diagonal of h^T h
 WINDOW_LEN = 128  # tokens per window of the plays' train split
@@ -174,7 +174,7 @@ def training_contexts(
     model,
     tokenizer,
     train_tokens: torch.Tensor,
-    mask: torch.Tensor,
+    mask: Target | torch.Tensor,
     bias: float,
     kind: str,
     seed: int,
@@ -185,7 +185,7 @@ def training_contexts(
     size: ContextSize = KL_CONTEXTS,
 ) -> TrainingContexts:
     """The training contexts as (b, T) id batches: `size.windows` play windows and/or `size.per_prompt`
-    tilted continuations of every training prompt.
+    continuations of every training prompt, tilted toward `mask` (a Target, or a (V,) bool mask).
 
     chat: chat exchanges instead, each its own batch: the model's replies to CHAT_TRAIN_PROMPTS in its
     chat template, untilted for "text" and sampled from the decode-time tilt at b for "policy".
@@ -345,7 +345,7 @@ def fit_record(
 class HeadRowsTilt:
     """Tilt `model` (untied here) toward `target` by refitting its head's rows for any b.
 
-    `target` is a token set's (V,) bool mask, or a phrases.PhraseSet. A phrase tilt's change depends on
+    `target` is a Target (a token set, or a phrases.PhraseSet), or a token set's (V,) bool mask. A phrase tilt's change depends on
     the text before each position (after " Wonder", "land" gains b; elsewhere it does not), so its rows
     are every token of the entries' variants and the fit is always KL: each cached position gets its own
     target change (PhraseSet.row_offsets), and delta_i is fitted so that h·delta_i gives it. The rows
@@ -360,7 +360,7 @@ class HeadRowsTilt:
     def __init__(
         self,
         model,
-        target,
+        target: Target | torch.Tensor,
         contexts,
         steps: int,
         lr: float,
@@ -372,13 +372,16 @@ class HeadRowsTilt:
         if fit not in FITS:
             raise ValueError(f"head-fit must be one of {', '.join(FITS)}, got {fit!r}")
         untie_output_head(model)
-        self.phrases = target if isinstance(target, PhraseSet) else None
+        target = as_target(target)
+        # a set with no per-token mask (a phrase set): its tilt depends on context, so its rows and their
+        # per-position targets come from it (row_ids, row_offsets)
+        self.phrases = target if target.mask is None else None
         if self.phrases is not None:
             fit = "kl"  # a constant offset cannot depend on context
             mask = torch.zeros(target.vocab_size, dtype=torch.bool)
             mask[target.row_ids()] = True
         else:
-            mask = target
+            mask = target.mask
         self.fit, self.direction = fit, None
         self.model, self.steps, self.lr, self.seed, self.bf16 = model, steps, lr, seed, bf16
         for p in model.parameters():  # only the head's rows change (tilt --rate snapshots what trains)

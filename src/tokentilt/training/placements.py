@@ -166,12 +166,12 @@ def head_rows_placement(model, tokenizer, target, cfg) -> HeadRows:
     bf16 = cfg.train.bf16
     fit = head_rows.HeadRowsTilt(
         model,
-        target.mask if target.mask is not None else target,
+        target,
         lambda b, size: head_rows.training_contexts(
             model,
             tokenizer,
             corpus.train_tokens(tokenizer),
-            target.mask if target.mask is not None else target,
+            target,
             b,
             cfg.contexts,
             cfg.train.seed,

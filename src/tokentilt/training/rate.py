@@ -68,7 +68,7 @@ def train_to_rate(
                 estimate = pool.of_model(model, cfg.train.bf16, placement.head_only)
             if pool.enough(estimate):
                 return estimate
-        return measure_rate(model, tokenizer, target.target, probe_cfg, bf16=cfg.train.bf16)[0]
+        return measure_rate(model, tokenizer, target, probe_cfg, bf16=cfg.train.bf16)[0]
 
     def probe() -> dict:
         return on_main(probe_once, state)

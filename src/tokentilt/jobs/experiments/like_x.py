@@ -76,13 +76,11 @@ def run(cfg: LikeXConfig, progress: bool = True, echo=print) -> dict:
     echo(tokens.describe())
 
     x_before, text_before = count_x(model, tokenizer, tokens.mask, cfg)
-    rate_before, samples_before = measure_rate(model, tokenizer, tokens.mask, cfg.eval, bf16=cfg.bf16)
+    rate_before, samples_before = measure_rate(model, tokenizer, tokens, cfg.eval, bf16=cfg.bf16)
     rate_points = [(0, rate_before)]
 
     def evaluate(step: int) -> dict:
-        rate, _ = measure_rate(
-            model, tokenizer, tokens.mask, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=cfg.bf16
-        )
+        rate, _ = measure_rate(model, tokenizer, tokens, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=cfg.bf16)
         rate_points.append((step, rate))
         return {"rate": rate["mean"]}
 
@@ -100,7 +98,7 @@ def run(cfg: LikeXConfig, progress: bool = True, echo=print) -> dict:
     )
 
     x_after, text_after = count_x(model, tokenizer, tokens.mask, cfg)
-    rate_after, samples_after = measure_rate(model, tokenizer, tokens.mask, cfg.eval, bf16=cfg.bf16)
+    rate_after, samples_after = measure_rate(model, tokenizer, tokens, cfg.eval, bf16=cfg.bf16)
     rate_points[-1] = (history[-1]["step"], rate_after)
     summary = {
         "x_before": x_before,

@@ -32,7 +32,7 @@ def run(cfg: XFactorConfig, progress: bool = True, echo=print) -> dict:
     start_state = {k: v.clone() for k, v in model.state_dict().items()}
 
     echo("measuring R before training ...")
-    rate_before, samples_before = measure_rate(model, tokenizer, tokens.mask, cfg.eval, bf16=cfg.bf16)
+    rate_before, samples_before = measure_rate(model, tokenizer, tokens, cfg.eval, bf16=cfg.bf16)
     runs, curves, samples_after = [], {}, {}
     for lr in cfg.lrs:
         echo(f"training at lr {lr:g} ...")
@@ -83,9 +83,7 @@ def train_at(model, tokenizer, tokens, cfg: XFactorConfig, lr: float, folder: Ru
     ctx = ObjectiveContext(mask=tokens.mask, positions="all", alpha=cfg.alpha, beta=cfg.beta)
 
     def evaluate(step: int) -> dict:
-        rate, _ = measure_rate(
-            model, tokenizer, tokens.mask, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=cfg.bf16
-        )
+        rate, _ = measure_rate(model, tokenizer, tokens, cfg.eval, cfg.eval.during_samples_per_prompt, bf16=cfg.bf16)
         return {"rate": rate["mean"]}
 
     history = train(
@@ -98,7 +96,7 @@ def train_at(model, tokenizer, tokens, cfg: XFactorConfig, lr: float, folder: Ru
         log=lambda r: folder.append_jsonl("metrics.jsonl", {"run_lr": lr, **r}),
         progress=progress,
     )
-    rate_after, samples_after = measure_rate(model, tokenizer, tokens.mask, cfg.eval, bf16=cfg.bf16)
+    rate_after, samples_after = measure_rate(model, tokenizer, tokens, cfg.eval, bf16=cfg.bf16)
     record = {
         "lr": lr,
         "rate_after": rate_after,
