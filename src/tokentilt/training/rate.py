@@ -10,8 +10,17 @@ import torch
 
 from tokentilt.data import corpus
 
-# TiltConfig and its names live in job_settings.py, without torch; they stay importable from here
-from tokentilt.job_settings import DEFAULT_RATE, FULL_LR, INPUTS, PLACEMENTS, Inputs, Placement, Positions, TiltConfig  # noqa: F401
+# TiltConfig and its names live in jobs/tilt_config.py, without torch; they stay importable from here
+from tokentilt.jobs.tilt_config import (  # noqa: F401
+    DEFAULT_RATE,
+    FULL_LR,
+    INPUTS,
+    PLACEMENTS,
+    Inputs,
+    Placement,
+    Positions,
+    TiltConfig,
+)
 from tokentilt.measurement.calibrate import RateFit, RoundsState, fit_trained_bias
 from tokentilt.measurement.evaluate import measure_rate
 from tokentilt.models.load import load_model

@@ -1,0 +1,45 @@
+"""The `tokentilt generate` job: samples from a model, optionally with a decode-time bias on a token set, and R."""
+
+from __future__ import annotations
+
+import sys
+
+from tokentilt.data.chat import CHAT_PROMPTS, check_template
+from tokentilt.jobs.generate_config import GenerateConfig
+from tokentilt.measurement.evaluate import rates_of
+from tokentilt.measurement.metrics import mean_ci
+from tokentilt.measurement.sampling import DEFAULT_PROMPTS, sample
+from tokentilt.models.load import load_model
+from tokentilt.targets.phrases import resolve_target
+
+
+def run(cfg: GenerateConfig, *, echo=print, progress: bool = False) -> dict:
+    """Print each sample through echo (and R over them with --toward) -> {"prompts", "texts", "rate"}. The set's
+    resolution notes go to stderr, so that stdout holds only the samples. No progress bar."""
+    model, tokenizer = load_model(cfg.model)
+    mask = None
+    if cfg.chat:
+        check_template(tokenizer)
+    if cfg.toward:
+        mask = resolve_target(cfg.toward, tokenizer, model, echo=lambda line: print(line, file=sys.stderr)).target
+    prompts = cfg.prompt or list(CHAT_PROMPTS if cfg.chat else DEFAULT_PROMPTS)
+    samples = sample(
+        model,
+        tokenizer,
+        prompts,
+        cfg.samples,
+        cfg.sample_config(),
+        seed=cfg.seed,
+        bias_mask=mask,
+        bias=cfg.bias,
+        bf16=cfg.bf16,
+        chat=cfg.chat,
+        system=cfg.system,
+    )
+    for prompt, text in zip(samples.prompts, samples.texts):
+        echo(f"--- user: {prompt!r}\n{text}" if cfg.chat else f"--- {prompt!r}\n{prompt}{text}")
+    rate = None
+    if mask is not None:
+        rate = mean_ci(rates_of(mask, samples))
+        echo(f"R = {rate['mean']:.3f} [{rate['ci_low']:.3f}, {rate['ci_high']:.3f}] over {len(samples.texts)} samples")
+    return {"prompts": samples.prompts, "texts": samples.texts, "rate": rate}
