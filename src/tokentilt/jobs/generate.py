@@ -6,9 +6,9 @@ import sys
 
 from tokentilt.data.chat import CHAT_PROMPTS, check_template
 from tokentilt.jobs.generate_config import GenerateConfig
+from tokentilt.measurement import sampling
 from tokentilt.measurement.evaluate import rates_of
 from tokentilt.measurement.metrics import mean_ci
-from tokentilt.measurement.sampling import DEFAULT_PROMPTS, sample
 from tokentilt.models.load import load_model
 from tokentilt.targets.phrases import resolve_target
 
@@ -22,8 +22,8 @@ def run(cfg: GenerateConfig, *, echo=print, progress: bool = False) -> dict:
         check_template(tokenizer)
     if cfg.toward:
         mask = resolve_target(cfg.toward, tokenizer, model, echo=lambda line: print(line, file=sys.stderr)).target
-    prompts = cfg.prompt or list(CHAT_PROMPTS if cfg.chat else DEFAULT_PROMPTS)
-    samples = sample(
+    prompts = cfg.prompt or list(CHAT_PROMPTS if cfg.chat else sampling.DEFAULT_PROMPTS)
+    samples = sampling.sample(  # looked up when called, as the CLI did (tests stand in for it)
         model,
         tokenizer,
         prompts,
