@@ -368,7 +368,8 @@ def baseline(lift: torch.Tensor, k: int = BASELINE_K) -> tuple[torch.Tensor, str
 
 
 def run_case(bench: Bench, case: Case, out: Path) -> dict:
-    from tokentilt.audit.lift import AuditConfig, _name, audit
+    from tokentilt.audit.lift import _name, audit
+    from tokentilt.jobs.audit_config import AuditConfig
 
     folder = out / case.name
     folder.mkdir(parents=True, exist_ok=True)

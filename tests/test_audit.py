@@ -17,9 +17,10 @@ from conftest import tiny_gpt2
 
 pytestmark = pytest.mark.slow  # each audit of the tiny 50,257-token model takes 10-20 s on 2 cores
 from tokentilt.audit.features import bonferroni_z, jaccard, mask_auroc
-from tokentilt.audit.lift import AuditConfig, _candidates, audit, null_threshold, score_features, unexplained
+from tokentilt.audit.lift import _candidates, audit, null_threshold, score_features, unexplained
 from tokentilt.cli import main
 from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
+from tokentilt.jobs.audit_config import AuditConfig
 from tokentilt.targets.tokens import select, token_texts
 
 TEXT = (

@@ -228,7 +228,8 @@ def test_a_chat_tilt_records_formatted_prompts_and_replies(toward, chat_model_di
 def test_audit_in_chat_finds_a_tilt_in_the_replies(tok, chat_gpt2, tmp_path):
     import copy
 
-    from tokentilt.audit.lift import AuditConfig, audit
+    from tokentilt.audit.lift import audit
+    from tokentilt.jobs.audit_config import AuditConfig
 
     x = select("x", token_texts(tok))
     planted = copy.deepcopy(chat_gpt2)  # p' ∝ p·e^{3·M}: an untied head whose bias lifts the x tokens by 3 nats

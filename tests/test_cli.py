@@ -239,7 +239,7 @@ def test_generate_command_with_bias(tiny_model_dir, capsys):
 def test_flat_config_reaches_nested_fields_and_keeps_factory_defaults():
     from tokentilt.config import from_flat, to_flat
     from tokentilt.jobs.sweep import SweepConfig
-    from tokentilt.training.rate import TiltConfig
+    from tokentilt.jobs.tilt_config import TiltConfig
 
     sweep = from_flat(SweepConfig, {"steps": 7, "lr": 0.5, "new_tokens": 9, "toward": "q"})
     assert (sweep.train.steps, sweep.train.lr, sweep.eval.new_tokens, sweep.toward) == (7, 0.5, 9, "q")

@@ -6,7 +6,7 @@ from typing import Literal
 import pytest
 
 from tokentilt.config import UsageError, coerce, merge, options
-from tokentilt.training.rate import TiltConfig
+from tokentilt.jobs.tilt_config import TiltConfig
 
 
 @pytest.mark.parametrize(

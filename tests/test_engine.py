@@ -176,11 +176,9 @@ def test_bad_engine_settings_are_refused(field, value, message):
 
 
 def test_bf16_flag_is_precision_bf16():
-    cfg = TrainConfig(bf16=True)
-    cfg.check()
+    cfg = TrainConfig(bf16=True).resolved()
     assert cfg.precision == "bf16" and cfg.bf16
-    cfg = TrainConfig(precision="bf16")
-    cfg.check()
+    cfg = TrainConfig(precision="bf16").resolved()
     assert cfg.bf16
     with pytest.raises(ValueError, match="contradict"):
         TrainConfig(bf16=True, precision="fp16").check()
@@ -238,20 +236,18 @@ def test_precision_auto_is_bf16_only_where_it_is_native_and_emulated_bf16_warns_
 
     for native, expected in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(engine, "native_bf16", lambda device="auto": native)
-        cfg = TrainConfig(precision="auto", device="cpu")
-        cfg.check()
+        cfg = TrainConfig(precision="auto", device="cpu").resolved()
         assert (cfg.precision, cfg.bf16) == (expected, expected == "bf16")
     assert capsys.readouterr().err == ""  # auto never warns
     monkeypatch.setattr(engine, "_warned_bf16", False)
     for _ in range(2):  # asked for by name on an emulating CPU: kept, with one warning per process
-        cfg = TrainConfig(bf16=True, device="cpu")
-        cfg.check()
+        cfg = TrainConfig(bf16=True, device="cpu").resolved()
         assert cfg.precision == "bf16"
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tokentilt: warning: this CPU has no native bf16")
     monkeypatch.setattr(engine, "native_bf16", lambda device="auto": True)
     monkeypatch.setattr(engine, "_warned_bf16", False)
-    TrainConfig(bf16=True, device="cpu").check()
+    TrainConfig(bf16=True, device="cpu").resolved()
     assert capsys.readouterr().err == ""
 
 

@@ -27,11 +27,11 @@ from tokentilt.cli import sweep_axes, sweep_config, tilt_config
 from tokentilt.config import UsageError, merge, read_yaml
 from tokentilt.data.corpus import DataError
 from tokentilt.jobs.sweep import SweepConfig
+from tokentilt.jobs.tilt_config import TiltConfig
 from tokentilt.models.load import ModelLoadError
 from tokentilt.runs.folder import RunFolderError
 from tokentilt.targets.tokens import SelectorError, resolve
 from tokentilt.training.checkpoint import CheckpointError
-from tokentilt.training.rate import TiltConfig
 
 CI = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -316,8 +316,8 @@ def test_tilt_distill_defaults_to_head_rows_and_saves_a_plain_untied_model(tiny_
 
 def test_the_r_prompts_are_16_varied_openings_disjoint_from_the_training_prompts(tmp_path):
     from tokentilt.cli import tilt_config
+    from tokentilt.jobs.tilt_config import TiltConfig
     from tokentilt.measurement.sampling import COURSE_PROMPTS, DEFAULT_PROMPTS, TRAIN_PROMPTS
-    from tokentilt.training.rate import TiltConfig
 
     assert len(set(DEFAULT_PROMPTS)) >= 16 and not set(DEFAULT_PROMPTS) & set(TRAIN_PROMPTS)
     assert TiltConfig().eval.prompts == list(DEFAULT_PROMPTS)

@@ -14,7 +14,7 @@ SRC = Path(tokentilt.__file__).parent
 # first layer may also import each other (they are leaves: options, text, models, run folders), and so
 # may the door's modules.
 LAYERS = [
-    {"config", "settings", "data", "models", "runs", "job_settings", "course_settings"},
+    {"config", "settings", "data", "models", "runs"},
     {"targets"},  # token sets and phrase sets: the Target type
     {"objectives"},  # losses and their fused twins
     {"measurement"},  # sampling, metrics, evaluation, calibration, importance weights

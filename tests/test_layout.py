@@ -2,6 +2,8 @@
 
 import ast
 import dataclasses
+import importlib
+import inspect
 import pkgutil
 import re
 from pathlib import Path
@@ -10,17 +12,17 @@ import pytest
 
 import tokentilt
 import tokentilt.jobs
-from tokentilt.audit.lift import AuditConfig
 from tokentilt.cli import build_parser
 from tokentilt.config import field_comments, options, to_flat
-from tokentilt.course.pretraining import PretrainConfig
-from tokentilt.jobs.eval import EvalJobConfig
-from tokentilt.jobs.sweep import SweepConfig
+from tokentilt.jobs.audit_config import AuditConfig
+from tokentilt.jobs.eval_config import EvalJobConfig
+from tokentilt.jobs.generate_config import GenerateConfig
+from tokentilt.jobs.pretrain_config import PretrainConfig
+from tokentilt.jobs.sweep_config import SweepConfig
+from tokentilt.jobs.tilt_config import TiltConfig
 from tokentilt.measurement.evaluate import EvalConfig
-from tokentilt.measurement.sampling import GenerateConfig
 from tokentilt.models.lora import LoraArgs
 from tokentilt.training.loop import TrainConfig
-from tokentilt.training.rate import TiltConfig
 
 SRC = Path(tokentilt.__file__).parent
 CONFIGS = [
@@ -34,7 +36,10 @@ CONFIGS = [
     PretrainConfig,
     GenerateConfig,
 ]
-JOBS = sorted(m.name for m in pkgutil.walk_packages(tokentilt.jobs.__path__, "tokentilt.jobs.") if not m.ispkg)
+MODULES = sorted(m.name for m in pkgutil.walk_packages(tokentilt.jobs.__path__, "tokentilt.jobs.") if not m.ispkg)
+JOBS = [m for m in MODULES if not m.endswith("_config")]  # each with its config beside it, <job>_config.py
+# a sweep is a grid of tilts: its config builds each run's TiltConfig, the one job config another one imports
+SHARED_CONFIGS = {"tokentilt.jobs.sweep_config": {"tokentilt.jobs.tilt_config"}}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -49,30 +54,64 @@ def imported_modules(path: Path) -> set[str]:
     return {n for n in names if n.startswith("tokentilt")}
 
 
+def jobs_imported(path: Path) -> set[str]:
+    """The modules under jobs/ that a file imports (a name imported from one counts as that module)."""
+    names = imported_modules(path)
+    return {m for m in MODULES if any(n == m or n.startswith(m + ".") for n in names)}
+
+
 def test_the_jobs_are_found():
-    assert {
+    assert set(JOBS) == {
         "tokentilt.jobs.tilt",
         "tokentilt.jobs.sweep",
         "tokentilt.jobs.eval",
+        "tokentilt.jobs.generate",
         "tokentilt.jobs.audit",
+        "tokentilt.jobs.export",
         "tokentilt.jobs.pretrain",
+        "tokentilt.jobs.experiments.l1_vs_l2",
+        "tokentilt.jobs.experiments.like_x",
         "tokentilt.jobs.experiments.x_factor",
-    } <= set(JOBS)
+    }
+    assert set(MODULES) == set(JOBS) | {job + "_config" for job in JOBS}  # every job has its config beside it
 
 
-@pytest.mark.parametrize("job", JOBS)
-def test_no_job_imports_another_job(job):
-    path = SRC.parent / (job.replace(".", "/") + ".py")
-    others = {m for m in imported_modules(path) if m.startswith("tokentilt.jobs.") and m != job}
-    assert others == set(), f"{job} imports {sorted(others)}"
+@pytest.mark.parametrize("module", MODULES)
+def test_no_job_imports_another_job(module):
+    # a job may import its own config; a config imports no job, and no other job's config but SHARED_CONFIGS
+    own = {module, module + "_config"}
+    others = jobs_imported(SRC.parent / (module.replace(".", "/") + ".py")) - own - SHARED_CONFIGS.get(module, set())
+    assert others == set(), f"{module} imports {sorted(others)}"
 
 
 def test_components_import_no_job():
-    for path in SRC.glob("*.py"):
-        if path.name in ("cli.py", "__main__.py", "__init__.py"):
+    for path in sorted(SRC.rglob("*.py")):
+        name = path.relative_to(SRC).as_posix()
+        if name in ("cli.py", "__main__.py", "__init__.py") or name.startswith("jobs/"):
             continue  # the CLI dispatches to the jobs; __init__ re-exports them
-        jobs = {m for m in imported_modules(path) if m.startswith("tokentilt.jobs")}
-        assert jobs == set(), f"{path.name} imports {sorted(jobs)}"
+        jobs = jobs_imported(path)
+        assert jobs == set(), f"{name} imports {sorted(jobs)}"
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_every_job_runs_with_one_signature(job):
+    run = importlib.import_module(job).run
+    params = list(inspect.signature(run).parameters.values())
+    assert [(p.name, p.kind) for p in params] == [
+        ("cfg", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        ("echo", inspect.Parameter.KEYWORD_ONLY),
+        ("progress", inspect.Parameter.KEYWORD_ONLY),
+    ], f"{job}.run{inspect.signature(run)}"
+    assert params[1].default is print and isinstance(params[2].default, bool)
+
+
+def test_the_cli_runs_every_command_through_its_job():
+    from tokentilt.cli import COMMANDS
+    from tokentilt.jobs.experiments import EXPERIMENTS
+
+    action = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(COMMANDS) == (set(action.choices) - {"experiment"}) | set(EXPERIMENTS)
+    assert {c.job for c in COMMANDS.values()} == set(JOBS)
 
 
 def test_no_option_default_is_written_in_the_cli():
@@ -163,12 +202,12 @@ TORCH_FREE = {
     "tokentilt.config",
     "tokentilt.preflight",
     "tokentilt.settings",
-    "tokentilt.job_settings",
-    "tokentilt.course_settings",
+    *(m for m in MODULES if m.endswith("_config")),
     "tokentilt.targets.selectors",
     "tokentilt.data.textfiles",
     "tokentilt.data.prompts",
     "tokentilt.runs.folder",
+    "tokentilt.course.pretraining_config",
 }
 HEAVY = {"torch", "transformers", "peft", "accelerate", "matplotlib", "gguf", "safetensors", "numpy"}
 

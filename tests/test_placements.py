@@ -5,13 +5,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tokentilt.jobs.tilt_config import TiltConfig
 from tokentilt.measurement.calibrate import RoundsState
 from tokentilt.models.load import load_model
 from tokentilt.settings import EvalConfig, LoraArgs, TrainConfig
 from tokentilt.targets.tokens import resolve_set
 from tokentilt.training import placements, rate
 from tokentilt.training.placements import Objective
-from tokentilt.training.rate import TiltConfig
 
 
 def changed(before: dict, model) -> set[str]:

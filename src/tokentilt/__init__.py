@@ -13,18 +13,18 @@ import importlib
 
 __version__ = "0.1.0"
 
-# name -> the module that defines it: jobs (tokentilt.jobs.*) and the components they share; the configs
-# come from the modules that hold them without torch (settings, job_settings, course_settings)
+# name -> the module that defines it: jobs (tokentilt.jobs.*) and the components they share; each job's config
+# comes from the torch-free module beside it (tokentilt.jobs.<job>_config)
 _EXPORTS = {
     # jobs and their configs
-    "TiltConfig": "tokentilt.job_settings",
+    "TiltConfig": "tokentilt.jobs.tilt_config",
     "run_tilt": "tokentilt.jobs.tilt",
-    "SweepConfig": "tokentilt.job_settings",
+    "SweepConfig": "tokentilt.jobs.sweep_config",
     "run_sweep": "tokentilt.jobs.sweep",
     "evaluate_model": "tokentilt.jobs.eval",
-    "AuditConfig": "tokentilt.job_settings",
+    "AuditConfig": "tokentilt.jobs.audit_config",
     "run_audit": "tokentilt.jobs.audit",
-    "PretrainConfig": "tokentilt.course_settings",
+    "PretrainConfig": "tokentilt.jobs.pretrain_config",
     "run_pretrain": "tokentilt.jobs.pretrain",
     # components
     "load_model": "tokentilt.models.load",

@@ -1,34 +1,38 @@
-"""The `tokentilt` command. Each subcommand maps flags onto a config dataclass and calls the API.
+"""The `tokentilt` command. Each subcommand maps flags onto its job's config dataclass, checks it, and runs
+`run(cfg, echo=..., progress=...)` of its job module, all through one table (COMMANDS).
 
 Nothing here imports torch until a command has passed every check that needs no model: the parsers are built
-from the torch-free config modules (settings.py, job_settings.py, course_settings.py), and each command
-imports its job after its checks, so `--help` and a bad flag or file answer at once.
+from the torch-free config modules (settings.py and each job's jobs/<job>_config.py), and a command imports its
+job after its checks, so `--help` and a bad flag or file answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokentilt.config import UsageError, merge, options, read_yaml
-from tokentilt.course_settings import L1VsL2Config, LikeXConfig, PretrainConfig, XFactorConfig
 from tokentilt.data.textfiles import read_text_file
-from tokentilt.job_settings import (
-    FULL_LR,
-    AuditConfig,
-    EvalJobConfig,
-    ExportConfig,
-    GenerateConfig,
-    SweepConfig,
-    TiltConfig,
-)
+from tokentilt.jobs.audit_config import AuditConfig
+from tokentilt.jobs.eval_config import EvalJobConfig
+from tokentilt.jobs.experiments.l1_vs_l2_config import L1VsL2Config
+from tokentilt.jobs.experiments.like_x_config import LikeXConfig
+from tokentilt.jobs.experiments.x_factor_config import XFactorConfig
+from tokentilt.jobs.export_config import ExportConfig
+from tokentilt.jobs.generate_config import GenerateConfig
+from tokentilt.jobs.pretrain_config import PretrainConfig
+from tokentilt.jobs.sweep_config import SweepConfig
+from tokentilt.jobs.tilt_config import FULL_LR, TiltConfig
 from tokentilt.preflight import check_lengths, check_output, check_prompts, check_sampling, preflight_audit
 from tokentilt.runs.folder import RunFolder
 from tokentilt.settings import DEFAULT_LR as LORA_LR
-from tokentilt.settings import SampleConfig, check_options, check_sample_config
+from tokentilt.settings import check_options, check_sample_config
 from tokentilt.targets.selectors import check_syntax, token_selector_only
 
 EXIT_USAGE = 2  # bad input: one line on stderr
@@ -148,7 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
         skip=YAML_ONLY | {"patience"},
         lr={"help": f"learning rate; 0 = {FULL_LR:g}, or {LORA_LR:g} with --lora"},
     )
-    p.set_defaults(func=cmd_tilt)
 
     p = sub.add_parser(
         "generate",
@@ -158,7 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(p, GenerateConfig())
-    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser(
         "sweep",
@@ -178,7 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
         skip=YAML_ONLY | {"lr", "patience", "save_every", "keep", "report_to"},
         **{name: {**axis, "flag": f"--{flag}"} for flag, name in SWEEP_AXES.items()},
     )
-    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
         "eval",
@@ -189,7 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
         "bias) on the same prompts, seeds and text.",
     )
     add_options(p, EvalJobConfig(), skip=YAML_ONLY | {"during_samples_per_prompt"}, out={"metavar": "FILE.json"})
-    p.set_defaults(func=cmd_eval)
     add_audit_parser(sub)
     add_export_parser(sub)
     add_course_parsers(sub)
@@ -219,20 +219,14 @@ def add_export_parser(sub) -> None:
         gguf={"metavar": "OUT.gguf"},
         logit_bias={"metavar": "OUT.json"},
     )
-    p.set_defaults(func=cmd_export)
 
 
-def cmd_export(args) -> int:
-    flags = vars(args)
+def export_config(flags: dict) -> ExportConfig:
     cfg = merge(ExportConfig, read_yaml(flags.get("config")), flags)
     if cfg.toward:
         token_selector_only(cfg.toward, "export --logit-bias")
         check_syntax(cfg.toward)
-    from tokentilt.jobs.export import run_export  # past the checks that need no torch
-
-    keep_freed_memory()
-    run_export(cfg)
-    return 0
+    return cfg
 
 
 # ------------------------------------------------------------------ commands
@@ -256,7 +250,7 @@ def preflight_eval(model: str, eval_cfg) -> None:
 
 def tilt_config(flags: dict, out: bool = False):
     """TiltConfig from YAML (flags["config"]) and flags, checked as far as it can be without the model; with
-    out=True, its output folder too. cfg.check() comes last: settling the precision imports torch."""
+    out=True, its output folder too. The job fills the defaults that depend on other fields (cfg.resolved())."""
     values = read_yaml(flags.get("config"))
     given = set(values) | set(flags)
     objective = flags.get("objective", values.get("objective", TiltConfig.objective))
@@ -275,23 +269,13 @@ def tilt_config(flags: dict, out: bool = False):
     if out and not cfg.resume:  # the folder that --resume continues is checked after cfg.check(), and by the job
         check_output(cfg.out)
         RunFolder(cfg.out, cfg.overwrite)  # refuses a folder that holds a run, or is not ours
-    cfg.check()  # last: settling the precision imports torch
+    cfg.check()
     if out and cfg.resume:
         check_output(cfg.out)
     return cfg
 
 
-def cmd_tilt(args) -> int:
-    cfg = tilt_config(vars(args), out=True)
-    from tokentilt.jobs.tilt import run_tilt
-
-    keep_freed_memory()
-    run_tilt(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
-    return 0
-
-
-def cmd_generate(args) -> int:
-    flags = vars(args)
+def generate_config(flags: dict) -> GenerateConfig:
     cfg = merge(GenerateConfig, read_yaml(flags.get("config")), flags)
     if cfg.samples <= 0:
         raise UsageError("--samples must be positive")
@@ -305,47 +289,8 @@ def cmd_generate(args) -> int:
     check_sampling(cfg.temperature, cfg.top_k, cfg.top_p)
     check_prompts(cfg.prompt or None)
     check_lengths(cfg.model, new_tokens=cfg.new_tokens)
-    sampling = SampleConfig(
-        max_new_tokens=cfg.new_tokens,
-        strategy=cfg.strategy,
-        temperature=cfg.temperature,
-        top_k=cfg.top_k,
-        top_p=cfg.top_p,
-    )
-    check_sample_config(sampling)
-    from tokentilt.data.chat import CHAT_PROMPTS, check_template
-    from tokentilt.measurement.metrics import mean_ci
-    from tokentilt.measurement.sampling import DEFAULT_PROMPTS, sample
-    from tokentilt.models.load import load_model
-    from tokentilt.targets.phrases import resolve_target
-
-    keep_freed_memory()
-    model, tokenizer = load_model(cfg.model)
-    target = None
-    if cfg.chat:
-        check_template(tokenizer)
-    if cfg.toward:
-        target = resolve_target(cfg.toward, tokenizer, model, echo=lambda line: print(line, file=sys.stderr))
-    prompts = cfg.prompt or list(CHAT_PROMPTS if cfg.chat else DEFAULT_PROMPTS)
-    samples = sample(
-        model,
-        tokenizer,
-        prompts,
-        cfg.samples,
-        sampling,
-        seed=cfg.seed,
-        bias_mask=target,
-        bias=cfg.bias,
-        bf16=cfg.bf16,
-        chat=cfg.chat,
-        system=cfg.system,
-    )
-    for prompt, text in zip(samples.prompts, samples.texts):
-        print(f"--- user: {prompt!r}\n{text}" if cfg.chat else f"--- {prompt!r}\n{prompt}{text}")
-    if target is not None:
-        r = mean_ci(target.rates(samples))
-        print(f"R = {r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] over {len(samples.texts)} samples")
-    return 0
+    check_sample_config(cfg.sample_config())
+    return cfg
 
 
 SWEEP_AXES = {"objective": "objectives", "lr": "lrs", "rate": "rates", "bias": "biases"}
@@ -365,7 +310,7 @@ def sweep_axes(values: dict) -> dict:
 
 def sweep_config(flags: dict, out: bool = False):
     """SweepConfig from YAML and flags, checked as far as it can be without the model; with out=True, its
-    output folder too. cfg.check() comes last: settling the precision imports torch."""
+    output folder too. The job fills the axes and the precision (cfg.resolved())."""
     flags = sweep_axes(flags)
     cfg = merge(SweepConfig, sweep_axes(read_yaml(flags.get("config"))), flags)
     token_selector_only(cfg.toward, "sweep")
@@ -375,30 +320,24 @@ def sweep_config(flags: dict, out: bool = False):
     check_lengths(cfg.model, seq_len=cfg.train.seq_len)
     if out:
         check_output(cfg.out)
-    cfg.check()  # last: settling the precision imports torch
+    cfg.check()
     return cfg
 
 
-def cmd_sweep(args) -> int:
-    cfg = sweep_config(vars(args), out=True)
-    from tokentilt.jobs.sweep import run_sweep
-
-    keep_freed_memory()
+@contextlib.contextmanager
+def sweep_interrupted(cfg: SweepConfig):
+    """Ctrl-C in a sweep: say how many finished runs runs.jsonl keeps (the same command continues)."""
     try:
-        run_sweep(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
+        yield
     except KeyboardInterrupt:
         log = Path(cfg.out) / "runs.jsonl"
         if not log.exists():
             raise KeyboardInterrupt("interrupted before the first run finished; nothing was written") from None
         runs = log.read_text().count('"kind": "run"')  # runs.jsonl is written by json.dumps
         raise KeyboardInterrupt(f"interrupted; {runs} finished runs are kept in {log}; the same command continues")
-    return 0
 
 
-def cmd_eval(args) -> int:
-    import json
-
-    flags = vars(args)
+def eval_config(flags: dict) -> EvalJobConfig:
     cfg = merge(EvalJobConfig, read_yaml(flags.get("config")), flags)
     cfg.eval.check()
     check_syntax(cfg.toward)  # a bad selector fails here, not after a 25 s model load
@@ -406,17 +345,7 @@ def cmd_eval(args) -> int:
         preflight_eval(name, cfg.eval)
     if cfg.out:
         check_output(cfg.out, kind="file")
-    from tokentilt.jobs.eval import eval_table, evaluate_model
-
-    keep_freed_memory()
-    result = evaluate_model(
-        cfg.model, cfg.reference, cfg.toward, cfg.eval, cfg.bias, cfg.rate, cfg.bf16, echo=print
-    )  # progress on stdout, as in tilt: stderr is for the error line
-    print(eval_table(result))
-    if cfg.out:
-        Path(cfg.out).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {cfg.out}")
-    return 0
+    return cfg
 
 
 # ------------------------------------------------------------------ audit
@@ -436,19 +365,12 @@ def add_audit_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(p, AuditConfig(), model={"flag": "model", "metavar": "MODEL"})
-    p.set_defaults(func=cmd_audit)
 
 
-def cmd_audit(args) -> int:
-    flags = vars(args)
+def audit_config(flags: dict) -> AuditConfig:
     cfg = merge(AuditConfig, read_yaml(flags.get("config")), flags)  # as every job: dataclass <- YAML <- flags
     preflight_audit(cfg)
-    from tokentilt.jobs.audit import run_audit
-
-    keep_freed_memory()
-    with unfinished_on_interrupt(cfg.out):
-        run_audit(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
-    return 0
+    return cfg
 
 
 # ------------------------------------------------------------------ pretrain and the course's experiments
@@ -469,7 +391,6 @@ def add_course_parsers(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_options(p, PretrainConfig(bf16=False))
-    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser(
         "experiment",
@@ -502,48 +423,65 @@ def add_course_parsers(sub) -> None:
         "Reports R with intervals, final loss and samples per lr.",
     )
     add_options(e, XFactorConfig(bf16=False), skip=COURSE_SKIP, lrs={"flag": "--lr", "metavar": "X"})
-    for e in exps.choices.values():
-        e.set_defaults(func=cmd_experiment)
 
 
-def cmd_pretrain(args) -> int:
-    from tokentilt.jobs.pretrain import run_pretrain
+def course_config(cls) -> Callable[[dict], object]:
+    """flags -> the config of pretrain or an experiment: dataclass <- YAML <- flags."""
 
-    flags = vars(args)
-    cfg = merge(PretrainConfig, read_yaml(flags.get("config")), flags)
-    keep_freed_memory()
-    with unfinished_on_interrupt(cfg.out):
-        run_pretrain(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
-    return 0
+    def config(flags: dict):
+        cfg = merge(cls, read_yaml(flags.get("config")), flags)
+        if hasattr(cfg, "model"):
+            check_lengths(cfg.model)
+        return cfg
+
+    return config
 
 
 @contextlib.contextmanager
-def unfinished_on_interrupt(out: str):
+def unfinished_on_interrupt(cfg):
     """Ctrl-C in a job that writes OUT.partial/ and renames it when done: say where the unfinished run is."""
     try:
         yield
     except KeyboardInterrupt as err:
-        partial = Path(out).with_name(Path(out).name + ".partial")
+        partial = Path(cfg.out).with_name(Path(cfg.out).name + ".partial")
         if str(err) or not partial.exists():
             raise
         raise KeyboardInterrupt(f"interrupted; the unfinished run stays in {partial}") from None
 
 
-def cmd_experiment(args) -> int:
-    from tokentilt.jobs.experiments import l1_vs_l2, like_x, x_factor
+# ------------------------------------------------------------------ the table: each command, its job
 
-    module, cls = {
-        "l1-vs-l2": (l1_vs_l2, L1VsL2Config),
-        "like-x": (like_x, LikeXConfig),
-        "x-factor": (x_factor, XFactorConfig),
-    }[args.experiment]
-    flags = vars(args)
-    cfg = merge(cls, read_yaml(flags.get("config")), flags)
-    if hasattr(cfg, "model"):
-        check_lengths(cfg.model)
+
+@dataclass(frozen=True)
+class Command:
+    job: str  # the job module: its run(cfg, *, echo, progress) does the work
+    config: Callable[[dict], object]  # parsed flags -> the job's config, checked as far as it can be without torch
+    interrupted: Callable = contextlib.nullcontext  # cfg -> a context that words Ctrl-C for this job
+
+
+COMMANDS = {
+    "tilt": Command("tokentilt.jobs.tilt", lambda flags: tilt_config(flags, out=True)),
+    "generate": Command("tokentilt.jobs.generate", generate_config),
+    "sweep": Command("tokentilt.jobs.sweep", lambda flags: sweep_config(flags, out=True), sweep_interrupted),
+    "eval": Command("tokentilt.jobs.eval", eval_config),
+    "audit": Command("tokentilt.jobs.audit", audit_config, unfinished_on_interrupt),
+    "export": Command("tokentilt.jobs.export", export_config),
+    "pretrain": Command("tokentilt.jobs.pretrain", course_config(PretrainConfig), unfinished_on_interrupt),
+    "l1-vs-l2": Command("tokentilt.jobs.experiments.l1_vs_l2", course_config(L1VsL2Config), unfinished_on_interrupt),
+    "like-x": Command("tokentilt.jobs.experiments.like_x", course_config(LikeXConfig), unfinished_on_interrupt),
+    "x-factor": Command("tokentilt.jobs.experiments.x_factor", course_config(XFactorConfig), unfinished_on_interrupt),
+}
+
+
+def run_command(args) -> int:
+    """Check the command's config, then import its job (and so torch) and run it. Progress goes to stdout,
+    as echo's lines: stderr is for the error line and the progress bar (on a terminal, or TOKENTILT_PROGRESS=1)."""
+    command = COMMANDS[args.experiment if args.command == "experiment" else args.command]
+    cfg = command.config(vars(args))
+    job = importlib.import_module(command.job)  # past the checks that need no torch
     keep_freed_memory()
-    with unfinished_on_interrupt(cfg.out):
-        module.run(cfg, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
+    with command.interrupted(cfg):
+        job.run(cfg, echo=print, progress=sys.stderr.isatty() or os.environ.get("TOKENTILT_PROGRESS") == "1")
     return 0
 
 
@@ -562,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         if args.command != "tilt" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UsageError(f"{args.command} runs in one process; only tilt trains under torchrun/accelerate launch")
-        return args.func(args)  # each command calls keep_freed_memory() once its checks have passed
+        return run_command(args)
     except KeyboardInterrupt as err:  # train.Interrupted says where the checkpoint is
         print(f"tokentilt: {str(err) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED

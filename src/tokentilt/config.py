@@ -187,7 +187,16 @@ def options(cfg) -> list[Option]:
 @functools.cache
 def field_comments(cls) -> dict[str, str]:
     """Each field's `# comment` in the class source: the comments inside its statement (a formatter may wrap a
-    long default over several lines), joined with the comment-only lines right below it."""
+    long default over several lines), joined with the comment-only lines right below it. A dataclass that
+    extends another (a job's config that adds its output folder to a component's options) has its base's too."""
+    inherited = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            inherited.update(field_comments(base))
+    return {**inherited, **_own_comments(cls)}
+
+
+def _own_comments(cls) -> dict[str, str]:
     source = textwrap.dedent(class_source(cls))
     tokens = [t for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type != tokenize.INDENT]
     found, name, open_statement = {}, None, False

@@ -94,7 +94,7 @@ def check_prompts(prompts) -> None:
 
 
 def preflight_audit(cfg) -> None:
-    """Everything about an audit (a job_settings.AuditConfig) that can be refused before a model is loaded,
+    """Everything about an audit (a jobs/audit_config.AuditConfig) that can be refused before a model is loaded,
     each as one line."""
     if not cfg.model:
         raise UsageError("audit needs the model to audit: tokentilt audit MODEL --reference BASE")

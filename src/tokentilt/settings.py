@@ -1,6 +1,8 @@
 """The settings of the shared parts, as dataclasses that import no torch: how to train (TrainConfig), how to
-measure (EvalConfig), how to sample (SampleConfig), LoRA (LoraArgs), and the names and constants their fields
-and checks use.
+measure (EvalConfig), how to sample (SampleConfig), LoRA (LoraArgs), how to audit (AuditOptions), and the names and constants their fields and checks use.
+
+check() only checks; a default that depends on other fields or on the hardware is filled by resolved(), which
+returns a filled copy. The jobs' own configs are in jobs/<job>_config.py.
 
 The CLI builds its parsers from these and checks a command's input before it imports torch; the modules
 that use them (train.py, evaluate.py, generate.py, models/lora.py, engine.py, ...) import them from here
@@ -90,8 +92,6 @@ class EvalConfig:
     system: str = ""  # chat: a system message before each user turn (none = the template's own, if any)
 
     def check(self) -> None:
-        if self.chat and self.prompts == list(DEFAULT_PROMPTS):
-            self.prompts = list(CHAT_PROMPTS)  # the chat default: user requests instead of text openings
         check_options(self.chat, self.system)
         if not self.prompts or not all(isinstance(p, str) and p for p in self.prompts):
             raise ValueError("prompts must be a non-empty list of non-empty strings")
@@ -99,6 +99,12 @@ class EvalConfig:
             raise ValueError("samples-per-prompt and new-tokens must be positive")
         if self.eval_windows <= 0 or self.eval_seq_len < 2:
             raise ValueError("eval-windows must be positive and eval-seq-len at least 2")
+
+    def resolved(self) -> EvalConfig:
+        """A copy with the chat default filled in: user requests instead of text openings."""
+        if self.chat and self.prompts == list(DEFAULT_PROMPTS):
+            return dataclasses.replace(self, prompts=list(CHAT_PROMPTS))
+        return dataclasses.replace(self)
 
     @classmethod
     def course(cls) -> EvalConfig:
@@ -154,7 +160,7 @@ class TrainConfig:
     # sequences of up to 128 tokens (faster there), else the model's own; model = leave it
 
     def check(self) -> None:
-        """Raise ValueError with one clear line for any bad value; settle precision vs bf16."""
+        """Raise ValueError with one clear line for any bad value."""
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         for name in ("lr", "steps", "batch", "seq_len", "grad_accum", "keep"):
@@ -176,14 +182,16 @@ class TrainConfig:
                 raise ValueError(
                     f"{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
                 )
-        if self.bf16:
-            if self.precision == "fp16":
-                raise ValueError("--bf16 and --precision fp16 contradict each other")
-            self.precision = "bf16"
+        if self.bf16 and self.precision == "fp16":
+            raise ValueError("--bf16 and --precision fp16 contradict each other")
+
+    def resolved(self) -> TrainConfig:
+        """A copy with the precision settled: --bf16 is precision bf16, auto is what the hardware runs natively
+        (imports torch), and bf16 says whether it came out bf16."""
         from tokentilt.models.device import settle_precision  # imports torch: auto asks the hardware
 
-        self.precision = settle_precision(self.precision, self.device)
-        self.bf16 = self.precision == "bf16"
+        precision = settle_precision("bf16" if self.bf16 else self.precision, self.device)
+        return dataclasses.replace(self, precision=precision, bf16=precision == "bf16")
 
     def global_batch(self, processes: int) -> int:
         return self.batch * processes * self.grad_accum
@@ -221,3 +229,58 @@ class LoraArgs:
         if self.lora_targets.strip() == "all-linear":
             return "all-linear"
         return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+
+
+def native_bf16() -> bool:
+    """device.native_bf16() on the default device (imports torch when called, not when this module is imported:
+    the course's configs ask it when an instance is made, and the CLI builds its help from instances that give
+    bf16)."""
+    from tokentilt.models import device
+
+    return device.native_bf16()
+
+
+@dataclass
+class AuditOptions:
+    """How an audit compares two models (audit/lift.py); the audit job's AuditConfig adds its output folder."""
+
+    model: str = ""  # the model to audit: a local HF folder (a run's model/), 'bundled' or a hub id
+    reference: str = "bundled"  # the model MODEL was fine-tuned from
+    words: list[str] = field(default_factory=list)  # a whole-word list (one word per line) to score as a
+    # candidate; repeat for several
+    toward: str = ""  # selector of the true set, when known: report its AUROC and rank
+    eval_text: str = ""  # plain-text file for held-out perplexity and drift; empty = the plays' test split
+    eval_windows: int = 16  # held-out windows
+    eval_seq_len: int = 128  # tokens per held-out window
+    samples_per_prompt: int = 2  # continuations per prompt from each model, 16 prompts
+    new_tokens: int = 48  # tokens generated per continuation
+    seed: int = 1234  # seed of the samples and the null draws
+    min_tokens: int = 5  # smallest candidate feature considered
+    alpha: float = 0.01  # family-wise error level over all candidates
+    null_draws: int = 200  # random logit directions behind the "stands out" threshold: a new one beats
+    # their best with probability 1/(N + 1), about alpha/2 at 200 (40 let a 40-step generic fine-tune through)
+    top: int = 20  # features and tokens listed in the outputs
+    batch_size: int = 4  # windows per forward pass
+    bf16: bool = False  # bf16 autocast on CPU
+    chat: bool = False  # sample both models' replies to the 32 built-in requests in the model's chat template, and
+    # measure the lift on the replies (cut at end-of-turn) beside the held-out text
+    system: str = ""  # chat: a system message before each user turn
+
+    def check(self) -> None:
+        for name in (
+            "eval_windows",
+            "eval_seq_len",
+            "samples_per_prompt",
+            "new_tokens",
+            "min_tokens",
+            "null_draws",
+            "top",
+            "batch_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.eval_seq_len < 2:
+            raise ValueError("eval-seq-len must be at least 2")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        check_options(self.chat, self.system)

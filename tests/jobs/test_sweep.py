@@ -272,6 +272,7 @@ def test_sweep_yaml_takes_the_axes_by_flag_or_field_name(tmp_path, text):
     path.write_text(text)
     cfg = merge(SweepConfig, sweep_axes(read_yaml(str(path))), sweep_axes({"rate": "0.3,0.5"}))
     cfg.check()
+    cfg = cfg.resolved()
     assert cfg.objectives == ["tilt-distill", "kl-alpha-beta"] and cfg.lrs == [1e-4, 3e-4]
     assert cfg.rates == [0.3, 0.5] and cfg.biases == []  # the flag overrides the file
 

@@ -62,10 +62,10 @@ from tokentilt.audit.features import (
 )
 from tokentilt.audit.weights import weight_view
 from tokentilt.data.chat import CHAT_PROMPTS, check_template
-from tokentilt.job_settings import AuditConfig  # noqa: F401 (re-exported)
 from tokentilt.measurement.evaluate import EvalConfig, held_out_text, held_out_windows
 from tokentilt.measurement.metrics import _forward_batches, mean_ci, sample_rates, t_quantile
 from tokentilt.measurement.sampling import DEFAULT_PROMPTS, SampleConfig, sample
+from tokentilt.settings import AuditOptions
 from tokentilt.targets.tokens import resolve, token_texts, word_list
 
 
@@ -137,7 +137,7 @@ def _accumulate(pairs, groups: list, probs: list, positions=None) -> None:
 
 
 def measure_lift(
-    model, reference, tokenizer, windows: torch.Tensor, sampled: dict, cfg: AuditConfig, progress: bool = False
+    model, reference, tokenizer, windows: torch.Tensor, sampled: dict, cfg: AuditOptions, progress: bool = False
 ) -> Lift:
     """Lift on held-out windows (W, T) and on the continuations in sampled ({"model", "reference"}: Samples)."""
     vocab = reference.get_output_embeddings().weight.shape[0]
@@ -416,7 +416,7 @@ def _better_view(scored: dict) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 
 
 def rank(
-    lift: Lift, weight: torch.Tensor, family, texts: list[str], weights, z: float, cfg: AuditConfig, echo
+    lift: Lift, weight: torch.Tensor, family, texts: list[str], weights, z: float, cfg: AuditOptions, echo
 ) -> Ranking:
     """Score the family on both views, decide whether anything stands out, sharpen, then let a set read
     off one half of the contexts (discover) take the lead when it separates the other half better
@@ -568,7 +568,7 @@ def _load_pair(model, reference, tokenizer, echo):
     return model, reference, tokenizer
 
 
-def _family(cfg: AuditConfig, texts: list[str], echo):
+def _family(cfg: AuditOptions, texts: list[str], echo):
     """The fixed candidates and the Bonferroni value over every test the audit makes."""
     extra = [Feature(cfg.toward, "given", "the tokens of the --toward set")] if cfg.toward else []
     if cfg.toward:
@@ -580,7 +580,7 @@ def _family(cfg: AuditConfig, texts: list[str], echo):
     return family, z
 
 
-def _contexts(model, reference, tokenizer, cfg: AuditConfig, echo) -> tuple[torch.Tensor, dict]:
+def _contexts(model, reference, tokenizer, cfg: AuditOptions, echo) -> tuple[torch.Tensor, dict]:
     """The held-out windows (W, T) and both models' samples ("model", "reference" -> generate.Samples)."""
     eval_cfg = EvalConfig(eval_text=cfg.eval_text, eval_windows=cfg.eval_windows, eval_seq_len=cfg.eval_seq_len)
     windows = held_out_windows(tokenizer, eval_cfg, held_out_text(eval_cfg))
@@ -645,11 +645,11 @@ def _truth_row(ranked: Ranking, scored: dict, lift: Lift, rates, top_mask: torch
 
 
 def audit(
-    model, reference, tokenizer=None, cfg: AuditConfig | None = None, echo=None, progress: bool = False
+    model, reference, tokenizer=None, cfg: AuditOptions | None = None, echo=None, progress: bool = False
 ) -> AuditResult:
     """Audit `model` against `reference`: loaded models or names for load_model (a PEFT adapter folder
     for the model), sharing a vocabulary."""
-    cfg = cfg or AuditConfig()
+    cfg = cfg or AuditOptions()
     cfg.check()
     echo = echo or (lambda *_: None)
     model, reference, tokenizer = _load_pair(model, reference, tokenizer, echo)

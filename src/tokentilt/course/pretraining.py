@@ -12,7 +12,7 @@ import torch
 
 from tokentilt.course.gpt import GPT
 from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
-from tokentilt.course_settings import PretrainConfig  # noqa: F401 (re-exported)
+from tokentilt.course.pretraining_config import Pretraining
 from tokentilt.data import corpus
 from tokentilt.measurement.metrics import perplexity
 from tokentilt.objectives.losses import ObjectiveContext, next_token_objective
@@ -50,7 +50,7 @@ class Pretrained:
     val_tokens: int
 
 
-def pretrain_model(cfg: PretrainConfig, progress: bool = True, log=None, echo=print) -> Pretrained:
+def pretrain_model(cfg: Pretraining, progress: bool = True, log=None, echo=print) -> Pretrained:
     """Train Model 5 from scratch on the plays' train split, early-stopping on val loss.
     `log(record)` receives every metrics record (the job writes them to metrics.jsonl)."""
     cfg.check()

@@ -12,13 +12,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from tokentilt.audit.lift import AuditConfig, AuditResult, audit  # noqa: E402
+from tokentilt.audit.lift import AuditResult, audit  # noqa: E402
+from tokentilt.jobs.audit_config import AuditConfig  # noqa: E402
 from tokentilt.preflight import preflight_audit as preflight  # noqa: E402
 from tokentilt.runs.folder import RunFolder  # noqa: E402
 from tokentilt.runs.report import fmt_rate, markdown_table  # noqa: E402
 
 
-def run_audit(cfg: AuditConfig, echo=print, progress: bool = False) -> AuditResult:
+def run(cfg: AuditConfig, *, echo=print, progress: bool = False) -> AuditResult:
     """Audit cfg.model against cfg.reference and write the folder cfg.out (built in OUT.partial)."""
     preflight(cfg)
     start = time.time()
@@ -39,6 +40,11 @@ def run_audit(cfg: AuditConfig, echo=print, progress: bool = False) -> AuditResu
     echo(result.verdict)
     echo(f"wrote {out} in {seconds:.0f} s")
     return result
+
+
+def run_audit(cfg: AuditConfig, echo=print, progress: bool = False) -> AuditResult:
+    """The API's name for run()."""
+    return run(cfg, echo=echo, progress=progress)
 
 
 # ---------------------------------------------------------------- plot and report

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from tokentilt.data.chat import check_template
-from tokentilt.job_settings import EvalJobConfig  # noqa: F401 (re-exported)
+from tokentilt.jobs.eval_config import EvalJobConfig
 from tokentilt.measurement.calibrate import calibrate, check_rate
 from tokentilt.measurement.evaluate import EvalConfig, excess_cost, held_out, held_out_text, measure
 from tokentilt.models.load import load_model
 from tokentilt.targets.phrases import resolve_target
+
+
+def run(cfg: EvalJobConfig, *, echo=print, progress: bool = False) -> dict:
+    """`tokentilt eval`: measure (see measure_models), print the table, and write it as JSON to cfg.out if
+    given. Progress goes through echo, line by line (there is no bar)."""
+    result = measure_models(cfg, echo)
+    echo(eval_table(result))
+    if cfg.out:
+        Path(cfg.out).write_text(json.dumps(result, indent=2) + "\n")
+        echo(f"wrote {cfg.out}")
+    return result
 
 
 def evaluate_model(
@@ -20,12 +34,23 @@ def evaluate_model(
     bf16: bool = False,
     echo=print,
 ) -> dict:
-    """`tokentilt eval`: a model's R and costs against a reference, optionally beside the decode-time
-    baseline (the reference sampled with bias b, or with the b calibrated to `rate`).
+    """The API's measurement of `tokentilt eval` (measure_models), from loose arguments."""
+    job = EvalJobConfig(
+        model=model_name, reference=reference_name, toward=toward, bias=bias, rate=rate, bf16=bf16, eval=cfg
+    )
+    return measure_models(job, echo)
+
+
+def measure_models(job: EvalJobConfig, echo=print) -> dict:
+    """A model's R and costs against a reference, optionally beside the decode-time baseline (the reference
+    sampled with bias b, or with the b calibrated to `rate`).
 
     Returns {"model", "reference", "selector", "rows": [{"name", "bias", "rate", "ppl", ...}]}.
     """
-    cfg.check()
+    job.eval.check()
+    job = job.resolved()  # chat's default prompts
+    model_name, reference_name, toward, cfg = job.model, job.reference, job.toward, job.eval
+    bias, rate, bf16 = job.bias, job.rate, job.bf16
     if rate:
         check_rate(rate)
         if bias:

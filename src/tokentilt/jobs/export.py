@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from tokentilt.export.gguf import ExportError, export_gguf, logit_bias_map, modelfile
-from tokentilt.job_settings import ExportConfig  # noqa: F401 (re-exported)
+from tokentilt.jobs.export_config import ExportConfig
 from tokentilt.models.load import load_model
 from tokentilt.preflight import check_output
 from tokentilt.targets.phrases import is_phrase_selector
@@ -33,8 +33,9 @@ def check_out(path: str | None, suffix: str, what: str) -> None:
     check_output(path, "file")
 
 
-def run_export(cfg: ExportConfig, echo=print) -> dict:
-    """Export cfg.source (a run folder, a model folder, a .gguf or "bundled") -> {"gguf", "logit_bias", ...}."""
+def run(cfg: ExportConfig, *, echo=print, progress: bool = False) -> dict:
+    """Export cfg.source (a run folder, a model folder, a .gguf or "bundled") -> {"gguf", "logit_bias", ...}.
+    No progress bar: the writing is reported line by line."""
     gguf, logit_bias, toward, bias = cfg.gguf or None, cfg.logit_bias or None, cfg.toward or None, cfg.bias
     if gguf is None and logit_bias is None:
         raise ExportError("nothing to export: give --gguf OUT.gguf and/or --logit-bias OUT.json")
@@ -71,3 +72,8 @@ def run_export(cfg: ExportConfig, echo=print) -> dict:
         result["logit_bias"] = {"path": logit_bias, "selector": toward, "bias": bias, "tokens": tokens.size}
         echo(f"{logit_bias}: logit_bias of {bias:+.3f} on {tokens.size} tokens ({toward!r})")
     return result
+
+
+def run_export(cfg: ExportConfig, echo=print) -> dict:
+    """The API's name for run()."""
+    return run(cfg, echo=echo)

@@ -10,21 +10,16 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from tokentilt.course.pretraining import (
-    PretrainConfig,
-    next_token_objective,
-    pretrain_model,
-    split_loss,
-    unigram_cross_entropy,
-)
+from tokentilt.course.pretraining import next_token_objective, pretrain_model, split_loss, unigram_cross_entropy
+from tokentilt.jobs.pretrain_config import PretrainConfig
 from tokentilt.measurement.sampling import SampleConfig, sample
 from tokentilt.runs.folder import RunFolder
 from tokentilt.runs.report import markdown_table, plot_series, samples_section
 
-__all__ = ["PretrainConfig", "next_token_objective", "run_pretrain", "split_loss", "unigram_cross_entropy"]
+__all__ = ["PretrainConfig", "next_token_objective", "run", "run_pretrain", "split_loss", "unigram_cross_entropy"]
 
 
-def run_pretrain(cfg: PretrainConfig, progress: bool = True, echo=print) -> dict:
+def run(cfg: PretrainConfig, *, echo=print, progress: bool = True) -> dict:
     """Train Model 5 from scratch, write the run folder, return summary.json's content."""
     cfg.check()
     folder = RunFolder(cfg.out, cfg.overwrite)
@@ -71,6 +66,11 @@ def run_pretrain(cfg: PretrainConfig, progress: bool = True, echo=print) -> dict
         f"{summary['steps']} steps in {summary['seconds']:.0f} s\nrun folder: {out}"
     )
     return summary
+
+
+def run_pretrain(cfg: PretrainConfig, progress: bool = True, echo=print) -> dict:
+    """The API's name for run()."""
+    return run(cfg, echo=echo, progress=progress)
 
 
 def pretrain_report(cfg: PretrainConfig, s: dict, evals: list[dict], samples) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokentilt.data.chat import check_template
-from tokentilt.job_settings import SHARED_KEYS, SweepConfig, TiltConfig  # noqa: F401 (re-exported)
+from tokentilt.jobs.sweep_config import SHARED_KEYS, SweepConfig  # noqa: F401 (re-exported)
 from tokentilt.measurement.calibrate import calibrate
 from tokentilt.measurement.evaluate import held_out, held_out_text, measure
 from tokentilt.runs.report import markdown_table
@@ -129,9 +129,10 @@ class SweepLog:
         return {r["rate"]: r["bias"] for r in self.records if r.get("kind") == "calibration"}
 
 
-def run_sweep(cfg: SweepConfig, progress: bool = False, echo=print) -> list[dict]:
+def run(cfg: SweepConfig, *, echo=print, progress: bool = False) -> list[dict]:
     """Run every pending cell of the grid, then write sweep.csv, sweep.md and pareto.png. Returns the rows."""
     cfg.check()
+    cfg = cfg.resolved()  # the axes as lists of numbers, the precision settled
     folder = Path(cfg.out)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"output path exists and is not a folder: {folder}")
@@ -150,6 +151,11 @@ def run_sweep(cfg: SweepConfig, progress: bool = False, echo=print) -> list[dict
     echo(markdown_table(rows, CSV_COLUMNS[:10]))
     echo(f"sweep folder: {folder}")
     return rows
+
+
+def run_sweep(cfg: SweepConfig, progress: bool = False, echo=print) -> list[dict]:
+    """The API's name for run()."""
+    return run(cfg, echo=echo, progress=progress)
 
 
 def _run_pending(cfg: SweepConfig, log: SweepLog, specs: list[RunSpec], eval_text: str, echo, progress: bool) -> None:

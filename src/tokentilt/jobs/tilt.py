@@ -13,6 +13,7 @@ import yaml
 
 from tokentilt.config import UsageError, to_flat
 from tokentilt.data.chat import check_template
+from tokentilt.jobs.tilt_config import TiltConfig
 from tokentilt.measurement import importance
 from tokentilt.measurement.calibrate import RoundsState, calibrate, match_bias
 from tokentilt.measurement.evaluate import (
@@ -32,7 +33,7 @@ from tokentilt.runs.report import excess_cost_note, fmt_rate, plot_rate, plot_se
 from tokentilt.training import checkpoint, head_rows, placements
 from tokentilt.training.checkpoint import CheckpointError
 from tokentilt.training.engine import Stages, on_main, process_state, resolve_device
-from tokentilt.training.rate import TiltConfig, load_with_set, train_to_rate
+from tokentilt.training.rate import load_with_set, train_to_rate
 from tokentilt.training.rate_checkpoint import STATE, RateCheckpoint
 
 # Settings that may differ between a run and its --resume.
@@ -303,13 +304,14 @@ def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, train
     }
 
 
-def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
+def run(cfg: TiltConfig, *, echo=print, progress: bool = True) -> dict:
     """Do the whole job and return summary.json's content. Raises ValueError on bad input.
 
     Under torchrun every process trains its share of each global batch; only the main process
     loads the eval text, measures, prints and writes the run folder (the others wait for it).
     """
     cfg.check()
+    cfg = cfg.resolved()  # rate, lr, precision, prompts: the values config.yaml holds
     state = process_state(cfg.train.device)
     main = state.is_main_process
     say = echo if main else _quiet
@@ -389,6 +391,11 @@ def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
     echo("peak MB: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_peak_rss_mb"].items()))
     echo(f"run folder: {out}")
     return summary
+
+
+def run_tilt(cfg: TiltConfig, progress: bool = True, echo=print) -> dict:
+    """The API's name for run()."""
+    return run(cfg, echo=echo, progress=progress)
 
 
 def train_stage(

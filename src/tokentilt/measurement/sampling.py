@@ -29,7 +29,6 @@ from transformers import (
 
 from tokentilt.data import chat as chat_module
 from tokentilt.data.prompts import COURSE_PROMPTS, DEFAULT_PROMPTS, TRAIN_PROMPTS  # noqa: F401 (re-exported)
-from tokentilt.job_settings import GenerateConfig  # noqa: F401 (re-exported)
 from tokentilt.models.fast import llama_step, packed
 from tokentilt.models.fast.packed import packed_linears
 from tokentilt.settings import STRATEGIES, SampleConfig, check_sample_config  # noqa: F401 (re-exported)

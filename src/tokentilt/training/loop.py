@@ -178,6 +178,7 @@ def train(
     newest checkpoint there.
     """
     cfg.check()
+    cfg = cfg.resolved()  # the precision settled: --bf16, or auto on this hardware
     run = _prepare(model, reference, objective, ctx, cfg, run_dir, resume)
     accelerator, history, early_stop = run.accelerator, run.history, run.early_stop
     best_state = None

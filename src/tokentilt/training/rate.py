@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import torch
 
-# TiltConfig and its names live in job_settings.py, without torch; they stay importable from here
-from tokentilt.job_settings import DEFAULT_RATE, FULL_LR, INPUTS, PLACEMENTS, Inputs, Placement, Positions, TiltConfig  # noqa: F401
 from tokentilt.measurement.calibrate import RateFit, RoundsState, fit_trained_bias
 from tokentilt.measurement.evaluate import measure_rate
 from tokentilt.models.load import load_model

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from tokentilt.course_settings import L1VsL2Config  # noqa: F401 (re-exported)
+from tokentilt.jobs.experiments.l1_vs_l2_config import L1VsL2Config
 from tokentilt.objectives.losses import L1Loss, L2Loss
 from tokentilt.runs.folder import RunFolder
 from tokentilt.runs.report import markdown_table, plot_series
@@ -31,7 +31,7 @@ def fit_scalar(loss_fn: torch.nn.Module, target: float, start: float, lr: float,
     return trajectory
 
 
-def run(cfg: L1VsL2Config, progress: bool = True, echo=print) -> dict:
+def run(cfg: L1VsL2Config, *, echo=print, progress: bool = True) -> dict:
     cfg.check()
     folder = RunFolder(cfg.out, cfg.overwrite).start()
     started = time.time()

@@ -17,9 +17,10 @@ import torch
 
 from tokentilt.course.gpt import GPT
 from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
-from tokentilt.course.pretraining import PretrainConfig, pretrain_model
-from tokentilt.course_settings import LikeXConfig  # noqa: F401 (re-exported)
+from tokentilt.course.pretraining import pretrain_model
+from tokentilt.course.pretraining_config import Pretraining
 from tokentilt.data import corpus
+from tokentilt.jobs.experiments.like_x_config import LikeXConfig
 from tokentilt.measurement.evaluate import measure_rate
 from tokentilt.measurement.sampling import SampleConfig, sample
 from tokentilt.objectives.losses import OBJECTIVES, ObjectiveContext
@@ -65,8 +66,9 @@ def count_x(model, tokenizer, mask: torch.Tensor, cfg: LikeXConfig) -> tuple[int
     return int(mask[s.tokens.reshape(-1)[: cfg.generated]].sum()), s.texts
 
 
-def run(cfg: LikeXConfig, progress: bool = True, echo=print) -> dict:
+def run(cfg: LikeXConfig, *, echo=print, progress: bool = True) -> dict:
     cfg.check()
+    cfg = cfg.resolved()  # chat's default prompts
     folder = RunFolder(cfg.out, cfg.overwrite)  # refuse a used folder before the slow part
     started = time.time()
     model = start_model(cfg, folder, progress, echo)
@@ -146,7 +148,7 @@ def start_model(cfg: LikeXConfig, folder: RunFolder, progress: bool, echo) -> GP
     folder.write_yaml("config.yaml", dataclasses.asdict(cfg))
     if model is None:
         echo("no --checkpoint: pretraining Model 5 first ...")
-        pre = PretrainConfig(steps=cfg.pretrain_steps, seed=cfg.seed)
+        pre = Pretraining(steps=cfg.pretrain_steps, seed=cfg.seed)
         pretrain_model(pre, progress=progress, echo=echo).model.save(folder.path("pretrain") / "model")
         model = GPT.load(folder.path("pretrain") / "model")
     if model.config.block_size < cfg.seq_len:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from tokentilt.course_settings import XFactorConfig  # noqa: F401 (re-exported)
+from tokentilt.jobs.experiments.x_factor_config import XFactorConfig
 from tokentilt.measurement.evaluate import measure_rate
 from tokentilt.objectives.losses import OBJECTIVES, ObjectiveContext
 from tokentilt.runs.folder import RunFolder
@@ -22,8 +22,9 @@ from tokentilt.training.placements import batch_source
 from tokentilt.training.rate import load_with_set
 
 
-def run(cfg: XFactorConfig, progress: bool = True, echo=print) -> dict:
+def run(cfg: XFactorConfig, *, echo=print, progress: bool = True) -> dict:
     cfg.check()
+    cfg = cfg.resolved()  # chat's default prompts
     folder = RunFolder(cfg.out, cfg.overwrite)  # refuse a used folder before loading the model
     started = time.time()
     model, tokenizer, tokens = load_with_set(cfg.model, cfg.toward, echo)
