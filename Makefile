@@ -25,12 +25,12 @@ course: install
 	$(PYTHON) -m tokentilt experiment x-factor --out runs/course --overwrite
 
 lint: install
-	$(PYTHON) -m ruff check src tests scripts benchmarks
-	$(PYTHON) -m ruff format --check src tests scripts benchmarks
+	$(PYTHON) -m ruff check src tests scripts benchmarks docs/examples
+	$(PYTHON) -m ruff format --check src tests scripts benchmarks docs/examples
 
 format: install
-	$(PYTHON) -m ruff format src tests scripts benchmarks
-	$(PYTHON) -m ruff check --fix src tests scripts benchmarks
+	$(PYTHON) -m ruff format src tests scripts benchmarks docs/examples
+	$(PYTHON) -m ruff check --fix src tests scripts benchmarks docs/examples
 
 clean:
 	rm -rf runs build *.egg-info src/*.egg-info .pytest_cache

@@ -102,3 +102,8 @@ def test_the_layer_rules_can_fail(tmp_path, monkeypatch):
     monkeypatch.setitem(MODULES, "tokentilt.training.loop", loop)
     with pytest.raises(AssertionError, match="import circle"):
         test_no_import_circle()
+
+
+def test_no_two_files_share_a_name():
+    names = [p.name for p in SRC.rglob("*.py") if p.name != "__init__.py"]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

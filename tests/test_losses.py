@@ -3,10 +3,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tokentilt.course.regression import L1Loss, L2Loss
 from tokentilt.objectives.losses import (
     OBJECTIVES,
-    L1Loss,
-    L2Loss,
     ObjectiveContext,
     cross_entropy,
     kl_to_target,

@@ -325,9 +325,9 @@ def test_costs_in_one_row_batches_equal_the_unchunked_ones(windows, reply, monke
     whole = metrics.perplexity_and_drift(model, reference, held_out, batch_size=8, bias_mask=mask, bias=1.5)
     costs = metrics.tilt_costs(model, held_out, mask, batch_size=8)
     rows = []
-    real = metrics._forward_batches
+    real = metrics.forward_batches
     monkeypatch.setattr(metrics, "LOGITS_BYTES", 1)
-    monkeypatch.setattr(metrics, "_forward_batches", lambda *a: (rows.append(len(b[0])) or b for b in real(*a)))
+    monkeypatch.setattr(metrics, "forward_batches", lambda *a: (rows.append(len(b[0])) or b for b in real(*a)))
     chunked = metrics.perplexity_and_drift(model, reference, held_out, batch_size=8, bias_mask=mask, bias=1.5)
     assert set(rows) == {1}
     assert chunked == pytest.approx(whole, rel=1e-6)

@@ -39,7 +39,7 @@ def guarded(monkeypatch):
     """Every decoding step and every batched evaluation pass checks that grad is off and that its logits
     carry no graph; yields the counts of what was checked."""
     seen = {"steps": 0, "passes": 0}
-    real_decoder, real_batches = tokentilt.measurement.sampling.decoder, tokentilt.measurement.metrics._forward_batches
+    real_decoder, real_batches = tokentilt.measurement.sampling.decoder, tokentilt.measurement.metrics.forward_batches
 
     def checked(fn):
         def step(*args, **kwargs):
@@ -65,7 +65,7 @@ def guarded(monkeypatch):
 
     monkeypatch.setattr(tokentilt.measurement.sampling, "decoder", decoder)
     for module in (tokentilt.measurement.metrics, tokentilt.measurement.importance):
-        monkeypatch.setattr(module, "_forward_batches", forward_batches)
+        monkeypatch.setattr(module, "forward_batches", forward_batches)
     return seen
 
 

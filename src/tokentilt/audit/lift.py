@@ -63,7 +63,7 @@ from tokentilt.audit.features import (
 from tokentilt.audit.weights import weight_view
 from tokentilt.data.chat import CHAT_PROMPTS, check_template
 from tokentilt.measurement.evaluate import EvalConfig, held_out_text, held_out_windows
-from tokentilt.measurement.metrics import _forward_batches, mean_ci, sample_rates, t_quantile
+from tokentilt.measurement.metrics import forward_batches, mean_ci, sample_rates, t_quantile
 from tokentilt.measurement.sampling import DEFAULT_PROMPTS, SampleConfig, sample
 from tokentilt.settings import AuditOptions
 from tokentilt.targets.tokens import resolve, token_texts, word_list
@@ -145,7 +145,7 @@ def measure_lift(
     probs = [torch.zeros(vocab, dtype=torch.float64), torch.zeros(vocab, dtype=torch.float64), 0.0]
     text_pairs = (
         outs
-        for _, outs in _forward_batches(
+        for _, outs in forward_batches(
             [model, reference], windows, cfg.batch_size, cfg.bf16, progress, "lift on held-out text"
         )
     )
@@ -164,7 +164,7 @@ def measure_lift(
             keep[:, len(head) - 1 : -1] = True  # the positions whose predictions were sampled
             if s.lengths is not None:
                 keep &= torch.arange(ids.size(1)) < len(head) - 1 + s.lengths[rows, None]  # (r, P + N)
-            outs = (o for _, o in _forward_batches([model, reference], ids, cfg.batch_size, cfg.bf16, False, ""))
+            outs = (o for _, o in forward_batches([model, reference], ids, cfg.batch_size, cfg.bf16, False, ""))
             chunks = keep.split(cfg.batch_size)
             _accumulate(((m, r) for m, r in outs), groups, probs, positions=lambda i: chunks[i])
             sources += [f"samples of the {who}"] * len(rows)

@@ -18,7 +18,7 @@ import torch
 
 from tokentilt.measurement import importance
 from tokentilt.measurement.evaluate import EvalConfig, measure_rate
-from tokentilt.measurement.metrics import _forward_batches, split_windows
+from tokentilt.measurement.metrics import forward_batches, split_windows
 from tokentilt.objectives.losses import set_log_mass
 from tokentilt.settings import check_rate  # noqa: F401 (re-exported)
 from tokentilt.targets.target import Target, as_target
@@ -40,7 +40,7 @@ def set_log_masses(model, windows, mask: torch.Tensor, bf16: bool = False) -> to
     """log p(set) at every position of the (W, T) windows, flattened: (W*T,); for ReplyWindows, at the
     positions that predict a reply token."""
     ids, counted = split_windows(windows)
-    parts = [set_log_mass(logits, mask) for _, (logits,) in _forward_batches([model], ids, 8, bf16, False, "set mass")]
+    parts = [set_log_mass(logits, mask) for _, (logits,) in forward_batches([model], ids, 8, bf16, False, "set mass")]
     log_mass = torch.cat(parts)  # (W, T)
     return log_mass.reshape(-1) if counted is None else log_mass[:, :-1][counted[:, 1:]]
 

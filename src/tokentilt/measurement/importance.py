@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tokentilt.measurement.metrics import _forward_batches, log_tilt_normaliser, logit_rows, t_quantile
+from tokentilt.measurement.metrics import forward_batches, log_tilt_normaliser, logit_rows, t_quantile
 from tokentilt.measurement.sampling import Samples, eos_ids_of, set_columns
 from tokentilt.targets.target import Target, as_target
 
@@ -234,7 +234,7 @@ def _step_logits(model, draw: Draw, width: int, bf16: bool, head_only: bool):
             yield i, head(h).float().cpu()
         return
     steps, i = torch.arange(width), 0
-    for ids, (logits,) in _forward_batches([model], draw.rows, SCORE_BATCH, bf16, False, ""):  # fewer rows at a big V
+    for ids, (logits,) in forward_batches([model], draw.rows, SCORE_BATCH, bf16, False, ""):  # fewer rows at a big V
         starts = draw.starts[i : i + len(ids)]
         where = (starts[:, None] - 1 + steps[None]).clamp(max=ids.size(1) - 2)  # positions that predict each token
         rows = torch.arange(len(ids), device=logits.device)[:, None]

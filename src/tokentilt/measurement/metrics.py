@@ -200,7 +200,7 @@ def _vocab(model) -> int:
     return head.weight.shape[0] if head is not None else getattr(getattr(model, "config", None), "vocab_size", 0)
 
 
-def _forward_batches(models, windows: torch.Tensor, batch_size: int, bf16: bool, progress: bool, desc: str):
+def forward_batches(models, windows: torch.Tensor, batch_size: int, bf16: bool, progress: bool, desc: str):
     """Yield (ids, [logits of each model]) per mini-batch, under no_grad and eval mode.
 
     Each model's train/eval mode is restored afterwards, so this is safe inside a training loop.
@@ -233,7 +233,7 @@ def _forward_batches(models, windows: torch.Tensor, batch_size: int, bf16: bool,
 
 @torch.no_grad()
 def _head_batches(models, head_inputs: torch.Tensor, windows: torch.Tensor, batch_size: int):
-    """_forward_batches for models that share their body: each one's head on the (W, T, d) head inputs."""
+    """forward_batches for models that share their body: each one's head on the (W, T, d) head inputs."""
     heads = [m.get_output_embeddings() for m in models]
     batch_size = logit_rows(batch_size, windows.size(1), max(h.weight.shape[0] for h in heads))
     for start in range(0, len(windows), batch_size):
@@ -286,7 +286,7 @@ def perplexity(
     ids_all, counted = split_windows(windows)
     target = as_target(bias_mask) if bias_mask is not None else None
     total, count, row = 0.0, 0, 0
-    for ids, (logits,) in _forward_batches([model], ids_all, batch_size, bf16, progress, "perplexity"):
+    for ids, (logits,) in forward_batches([model], ids_all, batch_size, bf16, progress, "perplexity"):
         if target is not None:
             logits = target.tilt(logits, ids, bias)  # (b, T, V)
         nll = token_nll(logits, ids).double()  # (b, T-1)
@@ -341,7 +341,7 @@ def perplexity_and_drift(
     models = [reference] if model is reference else [reference, model]
     total, nll_total, count, row = 0.0, 0.0, 0, 0
     if head_inputs is None:
-        batches = _forward_batches(models, ids_all, batch_size, bf16, progress, "drift")
+        batches = forward_batches(models, ids_all, batch_size, bf16, progress, "drift")
     else:
         batches = _head_batches(models, head_inputs, ids_all, batch_size)
     for ids, outs in batches:
@@ -425,7 +425,7 @@ def tilt_costs(model, windows, mask: Target | torch.Tensor, batch_size: int = 8,
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     hook = head.register_forward_hook(lambda m, args, out: inputs.append(args[0].float())) if head else None
     try:
-        for ids, (logits,) in _forward_batches([model], ids_all, batch_size, bf16, False, "held-out costs"):
+        for ids, (logits,) in forward_batches([model], ids_all, batch_size, bf16, False, "held-out costs"):
             calls += 1
             log_probs = F.log_softmax(logits, dim=-1)  # (b, T, V)
             log_mass.append(log_probs[..., mask.to(logits.device)].logsumexp(-1).double().cpu())  # (b, T)

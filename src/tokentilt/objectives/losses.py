@@ -1,4 +1,4 @@
-"""Losses: pure functions, thin nn.Module wrappers, and one registry of training objectives.
+"""Losses: pure functions and one registry of training objectives (the course's L1/L2: course/regression.py).
 
 Every objective in OBJECTIVES has the signature
 
@@ -15,45 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from tokentilt.objectives.fused import Head
 from tokentilt.settings import REFERENCE_OBJECTIVES, TEXT_OBJECTIVES, ObjectiveName  # noqa: F401 (re-exported)
 from tokentilt.targets.tokens import alpha_beta_target, tilted_log_probs, uniform_target
 
-# ---------------------------------------------------------------- regression losses
 
-
-def l1_loss(y_hat: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """|y - y_hat|. Its gradient is a constant +-1, so SGD oscillates around the optimum."""
-    return _reduce((y - y_hat).abs(), reduction)
-
-
-def l2_loss(y_hat: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """(y - y_hat)^2. Its gradient shrinks near the optimum, so SGD converges smoothly."""
-    return _reduce((y - y_hat) ** 2, reduction)
-
-
-class L1Loss(nn.Module):
-    def __init__(self, reduction: str = "mean"):
-        super().__init__()
-        self.reduction = reduction
-
-    def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return l1_loss(y_hat, y, self.reduction)
-
-
-class L2Loss(nn.Module):
-    def __init__(self, reduction: str = "mean"):
-        super().__init__()
-        self.reduction = reduction
-
-    def forward(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return l2_loss(y_hat, y, self.reduction)
-
-
-def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
+def reduce_loss(x: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
         return x.mean()
     if reduction == "sum":
@@ -74,7 +43,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = 
 def nll(log_probs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Negative log-likelihood of (N, V) log-probabilities at (N,) target ids."""
     picked = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
-    return _reduce(picked, reduction)
+    return reduce_loss(picked, reduction)
 
 
 def next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from tokentilt.cli import main
+from tokentilt.course.regression import L1Loss, L2Loss
 from tokentilt.jobs.experiments.l1_vs_l2 import L1VsL2Config, fit_scalar, run
-from tokentilt.objectives.losses import L1Loss, L2Loss
 
 
 def test_summary_holds_the_course_numbers(tmp_path):

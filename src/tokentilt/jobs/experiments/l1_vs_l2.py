@@ -11,8 +11,8 @@ import time
 
 import torch
 
+from tokentilt.course.regression import L1Loss, L2Loss
 from tokentilt.jobs.experiments.l1_vs_l2_config import L1VsL2Config
-from tokentilt.objectives.losses import L1Loss, L2Loss
 from tokentilt.runs.folder import RunFolder
 from tokentilt.runs.report import markdown_table, plot_series
 
