@@ -1,0 +1,2 @@
+"""Runs: the run folder (folder.py: DIR.partial -> DIR, never a half-written folder that looks complete)
+and its report (report.py: plots and Markdown)."""
