@@ -378,6 +378,9 @@ CASES = [
     Case("experiment-unknown-name", lambda f: ["experiment", "z-factor"], "invalid choice: 'z-factor'"),
     # ---- config files
     Case("tilt-config-missing", lambda f: f.tilt("--config", "/nonexistent/c.yaml"), "config file not found"),
+    Case(
+        "tilt-config-a-folder", lambda f: f.tilt("--config", f.folder("a-folder")), "config file is not a regular file"
+    ),
     Case("tilt-config-invalid-yaml", lambda f: f.tilt("--config", f.yaml("lr: [1e-3,\n")), "is not valid YAML"),
     Case("sweep-config-is-a-list", lambda f: f.sweep("--config", f.yaml("- a\n- b\n")), "must hold a mapping"),
     Case(
@@ -428,7 +431,7 @@ CASES = [
     Case(
         "tilt-eval-text-binary",
         lambda f: f.tilt("--eval-text", f.text("bin.txt", b"\x89PNG\xff\x00\xfe")),
-        "text file is not valid UTF-8",
+        "text file is not UTF-8 text",
     ),
     Case(
         "tilt-eval-text-too-short",

@@ -16,9 +16,10 @@ import textwrap
 import tokenize
 import types
 import typing
-from pathlib import Path
 
 import yaml
+
+from tokentilt.data.textfiles import read_user_file
 
 
 class UsageError(ValueError):
@@ -28,13 +29,7 @@ class UsageError(ValueError):
 def read_yaml(path: str | None) -> dict:
     if path is None:
         return {}
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"config file not found: {path}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"config file is not UTF-8 text: {path}") from None
+    text = read_user_file(path, "config", UsageError)
     try:
         values = yaml.safe_load(text)
     except (yaml.YAMLError, ValueError, RecursionError) as err:  # ValueError: e.g. a date like 2024-13-45

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tokentilt.data.textfiles import read_user_file
+
 KINDS = ("contains", "regex", "words", "ids", "not", "phrase", "phrases")
 PHRASE_KINDS = ("phrase", "phrases")
 WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
@@ -102,21 +104,7 @@ def word_list(arg: str) -> Path:
 def read_list_text(path: Path, kind: str) -> str:
     """The text of a user's list file (`kind` is "words" or "phrases", for the messages), or a one-line
     SelectorError: missing, not a file, not UTF-8, unreadable, binary."""
-    if not path.is_file():
-        raise SelectorError(
-            f"{kind} file not found: {path} (built-in lists: {', '.join(builtin_word_lists())})"
-            if not path.exists()
-            else f"{kind} file is not a file: {path}"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SelectorError(f"{kind} file is not UTF-8 text: {path}") from None
-    except OSError as err:
-        raise SelectorError(f"cannot read {kind} file {path}: {err.strerror or err}") from None
-    if "\0" in text:
-        raise SelectorError(f"{kind} file looks binary (it holds NUL bytes): {path}")
-    return text
+    return read_user_file(path, kind, SelectorError, f" (built-in lists: {', '.join(builtin_word_lists())})")
 
 
 def _words(path: Path, texts: list[str]) -> list[bool]:
