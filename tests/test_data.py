@@ -167,7 +167,7 @@ def test_read_text_file(tmp_path):
         corpus.read_text_file(tmp_path)
     binary = tmp_path / "bin.txt"
     binary.write_bytes(b"\xff\xfe\x00abc")
-    with pytest.raises(DataError, match="not valid UTF-8"):
+    with pytest.raises(DataError, match="text file is not UTF-8 text"):
         corpus.read_text_file(binary)
 
 
