@@ -104,3 +104,13 @@ def test_target_met_needs_r_star_inside_a_narrow_interval_and_rho_s_upper_bound_
     rate, tolerance, rho_ci, met
 ):
     assert target_met(rate, 0.5, tolerance, rho_ci, 1.5) is met
+
+
+def test_the_eval_job_prints_rho_and_the_drift_ratio_with_their_intervals():
+    from tokentilt.jobs.eval import eval_table
+
+    rate = {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 4}
+    row = {"name": "m", "rate": rate, "ppl": 80.0, "drift": 0.1, "distinct_1": 0.5, "distinct_2": 0.8, "repetition": 0}
+    result = {"rows": [row], "rho": 1.2, "drift_ratio": None, "rho_ci_low": 1.05, "rho_ci_high": 1.41}
+    result.update(drift_ratio_ci_low=None, drift_ratio_ci_high=None)
+    assert eval_table(result).splitlines()[-1].startswith("rho = rho 1.20 [1.05, 1.41], drift_ratio n/a (95% interv")
