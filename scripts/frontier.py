@@ -7,7 +7,9 @@ in its own process (so its seconds include loading, calibration and every round)
 run folder already holds summary.json is not run again: rerun after an interruption and only the
 missing cells run. The table reports, per cell, R with its 95% interval, the perplexities of the
 base model, of the decode-time tilt at the same R and of the tuned model, rho, the drift ratio,
-distinct-2 and seconds, and checks the targets |R - R*| <= 0.05, rho <= 1.5, seconds <= 600.
+distinct-2 and seconds, and checks the targets (intervals.target_met): R* inside R's 95% interval, whose
+half-width is at most 0.05; rho's 95% upper bound <= 1.5; and seconds <= 600. A cell from before rho had an
+interval (no rho_ci_high in its summary.json) does not meet them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ import sys
 import time
 from pathlib import Path
 
+from tokentilt.measurement.intervals import target_met
+from tokentilt.runs.report import with_interval
 from tokentilt.training.engine import native_bf16
+
+RATE_TOLERANCE = 0.05  # the largest half-width of R's 95% interval that can tell R* apart
+RHO_LIMIT = 1.5  # rho's 95% upper bound must be at most this
 
 CELLS = [  # (name, selector, R*)
     ("x", "x", 0.1),
@@ -41,7 +48,7 @@ COLUMNS = (
     "ppl base",
     "ppl decode",
     "ppl tuned",
-    "rho",
+    "rho [95% CI]",
     "drift ratio",
     "distinct-2",
     "seconds",
@@ -84,7 +91,8 @@ def run_cell(out: Path, selector: str, rate: float, per_prompt: int, extra: list
 def row(name: str, selector: str, target: float, s: dict) -> dict:
     r = s["rate_after"]
     rho, ratio = s.get("rho"), s.get("drift_ratio")
-    met = abs(r["mean"] - target) <= 0.05 and rho is not None and rho <= 1.5 and s["seconds"] <= 600
+    rho_ci = (s.get("rho_ci_low"), s.get("rho_ci_high")) if rho is not None else None
+    met = target_met(r, target, RATE_TOLERANCE, rho_ci, RHO_LIMIT) and s["seconds"] <= 600
     return {
         "set": name,
         "selector": f"`{selector}`",
@@ -93,7 +101,7 @@ def row(name: str, selector: str, target: float, s: dict) -> dict:
         "ppl base": f"{s['ppl_before']:.2f}",
         "ppl decode": f"{s['matched_decode']['ppl']:.2f}",
         "ppl tuned": f"{s['ppl_after']:.2f}",
-        "rho": "n/a" if rho is None else f"{rho:.2f}",
+        "rho [95% CI]": "n/a" if rho is None else with_interval(s, "rho"),
         "drift ratio": "n/a" if ratio is None else f"{ratio:.2f}",
         "distinct-2": f"{s['distinct_2_after']:.3f}",
         "seconds": f"{s['seconds']:.0f}",

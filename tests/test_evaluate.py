@@ -18,7 +18,7 @@ from tokentilt.measurement.evaluate import (
     measure,
     sample_costs,
 )
-from tokentilt.measurement.metrics import biased_drift, drift, perplexity, tilt_costs
+from tokentilt.measurement.metrics import ReplyWindows, biased_drift, drift, perplexity, tilt_costs
 from tokentilt.targets.tokens import token_texts
 from tokentilt.training.head_rows import untie_output_head
 
@@ -196,3 +196,32 @@ def test_eval_command_bad_input_is_one_line_exit_2(tiny_model_dir, capsys, argv,
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("replies", [False, True])
+def test_per_window_costs_add_up_to_the_reported_costs_whichever_way_they_are_measured(replies):
+    """The WindowCosts that rho's interval resamples: from a model's TiltCosts (any b), from a pass of the
+    model alone, and from a pass of it beside a reference, they are the same sums, and their totals give the
+    perplexity and drift reported beside them; for ReplyWindows, over the reply tokens only."""
+    model = tiny_gpt2()
+    ids = torch.randint(0, 64, (3, 10), generator=torch.Generator().manual_seed(0))
+    windows = ids
+    if replies:
+        counted = torch.zeros(3, 10, dtype=torch.bool)
+        counted[0, 4:], counted[1, 2:7], counted[2, 8:] = True, True, True
+        windows = ReplyWindows(ids, counted)
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[:5] = True
+    known = tilt_costs(model, windows, mask)
+    for b in (0.0, 2.5):
+        passes = held_out_costs(model, mask, windows, bias=b, per_window=True)
+        sums = passes.pop("per_window")
+        assert len(sums.nll) == 3 and sums.perplexity() == pytest.approx(passes["ppl"], rel=1e-9)
+        assert sums.drift() == pytest.approx(passes["drift"], rel=1e-9, abs=1e-12)
+        from_known = known.window_costs(b)
+        for field in ("nll", "targets", "kl", "positions"):
+            assert torch.allclose(getattr(from_known, field), getattr(sums, field), rtol=1e-5, atol=1e-7), field
+    alone = held_out_costs(model, mask, windows, per_window=True)["per_window"]  # perplexity(): drift 0
+    assert torch.allclose(alone.nll, known.window_costs().nll) and alone.kl.sum() == 0
+    if replies:
+        assert alone.targets.tolist() == [6.0, 5.0, 2.0]  # the reply tokens each window's perplexity counts

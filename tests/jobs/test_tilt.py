@@ -276,3 +276,15 @@ def test_a_head_rows_offset_fit_at_a_rate_probes_each_round_without_running_its_
     s = json.loads((out / "summary.json").read_text())
     assert s["placement"] == "head-rows" and s["head"]["fit"] == "offset"
     assert len(calls) == len(s["bias_rounds"]) >= 1
+
+
+def test_a_tilt_run_reports_rho_with_an_interval_around_it(tiny_model_dir, eval_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--bias", "3")
+    assert main([*argv, "--placement", "model", "--lr", "3e-2"]) == 0  # enough to move R: rho is defined
+    s = json.loads((out / "summary.json").read_text())
+    assert isinstance(s["rho"], float) and s["rho_ci_low"] <= s["rho"] <= s["rho_ci_high"]
+    assert s["drift_ratio_ci_low"] <= s["drift_ratio"] <= s["drift_ratio_ci_high"]
+    assert "per_window" not in s["matched_decode"] and "per_window" not in s["baseline"]
+    line = f"excess cost rho = {s['rho']:.2f} [{s['rho_ci_low']:.2f}, {s['rho_ci_high']:.2f}]"
+    assert line in capsys.readouterr().out and line in (out / "report.md").read_text()

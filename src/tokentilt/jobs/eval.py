@@ -8,8 +8,9 @@ from pathlib import Path
 from tokentilt.data.chat import check_template
 from tokentilt.jobs.eval_config import EvalJobConfig
 from tokentilt.measurement.calibrate import calibrate, check_rate
-from tokentilt.measurement.evaluate import EvalConfig, excess_cost, held_out, held_out_text, measure
+from tokentilt.measurement.evaluate import EvalConfig, excess_cost, held_out, held_out_text, measure, public
 from tokentilt.models.load import load_model
+from tokentilt.runs.report import with_interval
 from tokentilt.targets.phrases import resolve_target
 
 
@@ -82,13 +83,16 @@ def measure_models(job: EvalJobConfig, echo=print) -> dict:
         reference=None if reference is model else reference,
         bf16=bf16,
         text_windows=text_windows,
+        per_window=True,  # each row's per-window costs, from the same pass: rho's interval
     )
     rows.append({"name": model_name, "bias": 0.0, **result})
     if rate:
         echo(f"calibrating the decode-time bias to R = {rate} on the reference ...")
         bias = calibrate(reference, tokenizer, tokens, rate, cfg, windows, bf16=bf16, echo=echo).bias
     if bias:
-        result, _ = measure(reference, tokenizer, tokens, cfg, windows, bias=bias, bf16=bf16, text_windows=text_windows)
+        result, _ = measure(
+            reference, tokenizer, tokens, cfg, windows, bias=bias, bf16=bf16, text_windows=text_windows, per_window=True
+        )
         rows.append({"name": f"decode-bias b={bias:.3f} on {reference_name}", "bias": bias, **result})
     out = {
         "model": model_name,
@@ -102,9 +106,13 @@ def measure_models(job: EvalJobConfig, echo=print) -> dict:
         "rows": rows,
     }
     if bias and reference is not model:  # rho of the model against the decode-time tilt at this b
-        base, _ = measure(reference, tokenizer, tokens, cfg, windows, bf16=bf16, text_windows=text_windows)
+        base, _ = measure(
+            reference, tokenizer, tokens, cfg, windows, bf16=bf16, text_windows=text_windows, per_window=True
+        )
         rows.insert(1, {"name": f"{reference_name} (reference)", "bias": 0.0, **base})
+        # the decode-time tilt is at a fixed b here, not at the model's R: the windows alone are resampled
         out.update(excess_cost(base, rows[0], rows[-1]))
+    out["rows"] = [public(r) for r in rows]
     return out
 
 
@@ -124,13 +132,11 @@ def eval_table(result: dict) -> str:
             + ", ".join(f"{r['ppl_text']:.2f}" for r in result["rows"])
             + ")"
         )
-    if "rho" in result:
+    if "rho" in result:  # rho, drift_ratio (and a chat run's *_text), each with its 95% interval
+        names = [k for k in result if k.startswith(("rho", "drift_ratio")) and not k.endswith(("_ci_low", "_ci_high"))]
         lines.append(
             "rho = "
-            + ", ".join(
-                f"{k} {v:.2f}" if v is not None else f"{k} n/a"
-                for k, v in result.items()
-                if k.startswith(("rho", "drift_ratio"))
-            )
+            + ", ".join(f"{k} {with_interval(result, k)}" if result[k] is not None else f"{k} n/a" for k in names)
+            + (" (95% intervals: a paired bootstrap over the held-out windows)" if "rho_ci_low" in result else "")
         )
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from tokentilt.config import UsageError, to_flat
 from tokentilt.data.chat import check_template
 from tokentilt.jobs.tilt_config import TiltConfig
 from tokentilt.measurement import importance
-from tokentilt.measurement.calibrate import RoundsState, calibrate, match_bias
+from tokentilt.measurement.calibrate import RoundsState, bias_at_rate, calibrate, match_bias
 from tokentilt.measurement.evaluate import (
     decode_costs,
     excess_cost,
@@ -23,6 +23,7 @@ from tokentilt.measurement.evaluate import (
     held_out_text,
     measure,
     measure_rate,
+    public,
     rates_of,
 )
 from tokentilt.measurement.metrics import collapse_warnings, tilt_costs
@@ -211,6 +212,7 @@ def measure_start(
             text_windows=start.text_windows,
             known=start.known,
             score=weigh,
+            per_window=True,  # for rho's interval
         )
         if saved is not None:
             saved.save("measure_before", before=start.before, samples_before=start.samples_before)
@@ -300,8 +302,28 @@ def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, train
     return {
         "bias": b_matched,
         "curve": [{"bias": b, "rate": r, **({"ess": estimated[b]} if b in estimated else {})} for b, r in curve],
-        **decode_costs(run.reference, run.tokens, start.windows, b_matched, bf16, start.text_windows, start.known),
+        **decode_costs(
+            run.reference, run.tokens, start.windows, b_matched, bf16, start.text_windows, start.known, per_window=True
+        ),
     }
+
+
+def matched_decode_at(run: Setup, start: Start, matched: dict, n: int):
+    """R -> the decode-time tilt's costs (with their WindowCosts) at the b that R reads off the matched
+    curve, as matched_decode reads b_matched off it; for rho's interval to resample the tuned R. None for a
+    target without one-pass costs (a phrase set): each R would cost a pass of the model."""
+    if start.known[0] is None or (start.text_windows is not None and start.known[1] is None):
+        return None
+    points = [(p["bias"], p["rate"]) for p in matched["curve"]]
+    return lambda rate: decode_costs(
+        run.reference,
+        run.tokens,
+        start.windows,
+        bias_at_rate(points, rate, n),
+        text_windows=start.text_windows,
+        known=start.known,
+        per_window=True,
+    )
 
 
 def run(cfg: TiltConfig, *, echo=print, progress: bool = True) -> dict:
@@ -348,6 +370,7 @@ def run(cfg: TiltConfig, *, echo=print, progress: bool = True) -> dict:
         text_windows=start.text_windows,
         known=start.known,
         head_only=run.head is not None,  # head-rows: the body is the start model's, whose head inputs are known
+        per_window=True,  # for rho's interval
     )
     clock.mark("measure_after")
     matched = None
@@ -379,7 +402,9 @@ def run(cfg: TiltConfig, *, echo=print, progress: bool = True) -> dict:
         }
     )
     if cfg.objective == "tilt-distill":
-        summary.update(distill_summary(cfg, start, after, matched, fit, trained_bias))
+        rates = rates_of(run.tokens, samples_after)  # the tuned R's samples, which rho's interval resamples
+        decode_at = matched_decode_at(run, start, matched, after["rate"]["n"])
+        summary.update(distill_summary(cfg, start, after, matched, fit, trained_bias, rates, decode_at))
     if target_summary := run.tokens.summary(run.tokenizer, trained_bias):  # a phrase set's entries and collateral
         summary["phrases"] = target_summary
     out = write_run(folder, cfg, summary, history, start, samples_after)
@@ -548,8 +573,11 @@ def tilt_summary(
     }
 
 
-def distill_summary(cfg: TiltConfig, start: Start, after: dict, matched: dict, fit, trained_bias: float) -> dict:
-    """tilt-distill's summary fields: b, the calibration and its rounds, the baseline and rho."""
+def distill_summary(
+    cfg: TiltConfig, start: Start, after: dict, matched: dict, fit, trained_bias: float, rates=None, decode_at=None
+) -> dict:
+    """tilt-distill's summary fields: b, the calibration and its rounds, the baseline, and rho with its
+    interval (rates, decode_at: see evaluate.excess_cost)."""
     out = {"bias": trained_bias, "rate_target": cfg.rate or None}
     if start.calibration is not None:  # the decode-time (b, R) points it measured, on the probe seeds
         out["calibration"] = {
@@ -563,10 +591,10 @@ def distill_summary(cfg: TiltConfig, start: Start, after: dict, matched: dict, f
         out["calibrated_bias"] = start.bias
         out["bias_rounds"] = fit.round_records()
     out["baseline"] = {"objective": "decode-bias", "bias": start.bias, **start.baseline}
-    out["matched_decode"] = matched
+    out["matched_decode"] = public(matched)
     # rho's three perplexities under the names it is defined with, all on the same held-out windows
     out.update(ppl_base=start.before["ppl"], ppl_decode_matched=matched["ppl"], ppl_tuned=after["ppl"])
-    out.update(excess_cost(start.before, after, matched))
+    out.update(excess_cost(start.before, after, matched, rates, decode_at))
     return out
 
 

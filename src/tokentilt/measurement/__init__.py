@@ -3,6 +3,7 @@
 sampling.py    the KV-cache sampler, with the decode-time tilt of a Target
 metrics.py     R with its interval, perplexity, drift, distinct-n; forward_batches (no-grad passes)
 evaluate.py    measure(): R and every cost of one model, before or after training
+intervals.py   rho's and the drift ratio's interval (a paired bootstrap over windows), target_met
 calibrate.py   the decode-time bias b for a requested R*, and the rate rounds' correction of b
 importance.py  R at another b from draws already made (importance weights)
 """

@@ -8,11 +8,13 @@ the same prompts and seeds for R, the same held-out windows for perplexity and d
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
 from tokentilt.data import corpus
 from tokentilt.data.chat import CHAT_HELD_OUT_PROMPTS, HELD_OUT_SEED_OFFSET, exchanges
+from tokentilt.measurement.intervals import excess_cost_interval
 from tokentilt.measurement.metrics import (
     ReplyWindows,
     TiltCosts,
@@ -154,6 +156,7 @@ def measure(
     known: tuple = (None, None),
     score: bool = False,
     head_only: bool = False,
+    per_window: bool = False,
 ) -> tuple[dict, Samples]:
     """Every number of one model (optionally decoded with logit bias b on the set).
 
@@ -165,12 +168,16 @@ def measure(
     known: this model's metrics.TiltCosts on windows and text_windows (or None), which spare the passes
     over them when there is no reference, and with head_only (the model and its reference differ only in
     their output heads, and `known` is of their body) the body's passes. score: the samples carry their
-    StepScores (measure_rate).
+    StepScores (measure_rate). per_window: also "per_window" (and "per_window_text"), the costs' WindowCosts,
+    for excess_cost's interval (not for JSON: public() drops them).
     """
     target = as_target(target)
     rate, samples = measure_rate(model, tokenizer, target, cfg, bias=bias, bf16=bf16, score=score)
     costs = both_windows(
-        lambda w, k: held_out_costs(model, target, w, reference, bias, bf16, k, head_only), windows, text_windows, known
+        lambda w, k: held_out_costs(model, target, w, reference, bias, bf16, k, head_only, per_window),
+        windows,
+        text_windows,
+        known,
     )
     return {"rate": rate, **costs, **sample_costs(samples.replies())}, samples
 
@@ -193,23 +200,34 @@ def held_out_costs(
     bf16: bool = False,
     known: TiltCosts | None = None,
     head_only: bool = False,
+    per_window: bool = False,
 ) -> dict:
-    """{"ppl", "drift"} of `model` (decoded with bias b on the set when bias != 0) on the held-out windows.
+    """{"ppl", "drift"} of `model` (decoded with bias b on the set when bias != 0) on the held-out windows,
+    and with per_window their metrics.WindowCosts under "per_window", from the same pass.
 
     known: the TiltCosts of `model` on these windows; without a reference they give both numbers at
     any b with no forward pass. Otherwise one pass of the model (and one of the reference) gives both;
     with head_only (known is of the body that model and reference share), a pass of each head alone.
     """
     if known is not None and reference is None:
-        return {"ppl": known.perplexity(bias), "drift": known.drift(bias)}
+        out = {"ppl": known.perplexity(bias), "drift": known.drift(bias)}
+        return {**out, "per_window": known.window_costs(bias)} if per_window else out
     bias_mask = target if bias else None
-    if reference is None and not bias:
-        return {"ppl": perplexity(model, windows, bf16=bf16), "drift": 0.0}  # the model is its own reference
+    if reference is None and not bias:  # the model is its own reference
+        got = perplexity(model, windows, bf16=bf16, per_window=per_window)
+        return {"ppl": got[0], "drift": 0.0, "per_window": got[1]} if per_window else {"ppl": got, "drift": 0.0}
     shared = known.head_inputs if head_only and known is not None else None
-    ppl, kl = perplexity_and_drift(
-        model, reference or model, windows, bf16=bf16, bias_mask=bias_mask, bias=bias, head_inputs=shared
+    ppl, kl, *sums = perplexity_and_drift(
+        model,
+        reference or model,
+        windows,
+        bf16=bf16,
+        bias_mask=bias_mask,
+        bias=bias,
+        head_inputs=shared,
+        per_window=per_window,
     )
-    return {"ppl": ppl, "drift": kl}
+    return {"ppl": ppl, "drift": kl, **({"per_window": sums[0]} if per_window else {})}
 
 
 def decode_costs(
@@ -220,19 +238,39 @@ def decode_costs(
     bf16: bool = False,
     text_windows=None,
     known: tuple = (None, None),
+    per_window: bool = False,
 ) -> dict:
     """Held-out perplexity and drift of `model` decoded with the target's tilt at bias b (no sampling);
-    `known` as in measure()."""
+    `known` and per_window as in measure()."""
     return both_windows(
-        lambda w, k: held_out_costs(model, target, w, None, bias, bf16, k), windows, text_windows, known
+        lambda w, k: held_out_costs(model, target, w, None, bias, bf16, k, per_window=per_window),
+        windows,
+        text_windows,
+        known,
     )
 
 
-def excess_cost(before: dict, after: dict, decode: dict | None) -> dict:
+def public(costs: dict) -> dict:
+    """A measure()/decode_costs() dict without its WindowCosts (per_window*): what JSON and tables hold."""
+    return {k: v for k, v in costs.items() if not k.startswith("per_window")}
+
+
+def excess_cost(
+    before: dict,
+    after: dict,
+    decode: dict | None,
+    rates: torch.Tensor | None = None,
+    decode_at: Callable[[float], dict] | None = None,
+) -> dict:
     """rho = (ppl_tuned - ppl_base) / (ppl_decode - ppl_base) and drift_tuned / drift_decode, with
     the decode-time tilt at the tuned model's R: 1 = the weights carry the tilt as cheaply as a
     logit bias at decode time. None where the decode-time tilt does not raise perplexity (R did not move, or moving it costs nothing).
-    With a chat run's raw-text costs (ppl_text, ...), also rho_text and drift_ratio_text on them."""
+    With a chat run's raw-text costs (ppl_text, ...), also rho_text and drift_ratio_text on them.
+
+    When all three dicts carry their WindowCosts (measure(per_window=True)), also the 95% intervals
+    rho_ci_low, rho_ci_high, drift_ratio_ci_low, drift_ratio_ci_high (None where the number is None) by
+    the paired bootstrap of intervals.excess_cost_interval; rates and decode_at (R -> the decode-time
+    tilt's costs dict at the b matched to R) let it resample the tuned model's samples too."""
     if decode is None:
         return {"rho": None, "drift_ratio": None}
     out = {}
@@ -241,4 +279,12 @@ def excess_cost(before: dict, after: dict, decode: dict | None) -> dict:
         extra = decode[ppl] - before[ppl]
         out[f"rho{suffix}"] = (after[ppl] - before[ppl]) / extra if extra > 0 else None
         out[f"drift_ratio{suffix}"] = after[kl] / decode[kl] if decode[kl] > 0 else None
+        key = f"per_window{suffix}"
+        if not all(key in d for d in (before, after, decode)):
+            continue
+        at = (lambda r: decode_at(r)[key]) if decode_at is not None else None
+        ci = excess_cost_interval(before[key], after[key], decode[key], rates, at)
+        for name in ("rho", "drift_ratio"):
+            bounds = ci[name] if out[f"{name}{suffix}"] is not None else (None, None)
+            out[f"{name}{suffix}_ci_low"], out[f"{name}{suffix}_ci_high"] = bounds
     return out

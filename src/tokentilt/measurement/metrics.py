@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from tokentilt.measurement.intervals import WindowCosts, window_sums
 from tokentilt.models.fast.packed import packed_linears
 from tokentilt.targets.target import Target, as_target
 from tokentilt.targets.tokens import sample_rates  # noqa: F401 (re-exported: it lives with the token sets now)
@@ -275,9 +276,10 @@ def perplexity(
     bias: float = 0.0,
     bf16: bool = False,
     progress: bool = False,
-) -> float:
+    per_window: bool = False,
+) -> float | tuple[float, WindowCosts]:
     """Held-out perplexity over (W, T) windows: exp of the mean next-token NLL over all W*(T-1) targets
-    (over the reply tokens only, for ReplyWindows).
+    (over the reply tokens only, for ReplyWindows). per_window: (perplexity, its WindowCosts, with drift 0).
 
     With bias_mask (a Target, or a (V,) bool mask), the logits get its decode-time tilt at b before the
     softmax (+b on a token set): the perplexity of the decode-time biased distribution (the baseline a
@@ -285,20 +287,28 @@ def perplexity(
     """
     ids_all, counted = split_windows(windows)
     target = as_target(bias_mask) if bias_mask is not None else None
-    total, count, row = 0.0, 0, 0
+    total, count, row, sums, counts = 0.0, 0, 0, [], []
     for ids, (logits,) in forward_batches([model], ids_all, batch_size, bf16, progress, "perplexity"):
         if target is not None:
             logits = target.tilt(logits, ids, bias)  # (b, T, V)
         nll = token_nll(logits, ids).double()  # (b, T-1)
         if counted is None:
+            keep = torch.ones_like(nll, dtype=torch.bool)
             total, count = total + nll.sum().item(), count + nll.numel()
         else:
             keep = counted[row : row + len(ids), 1:].to(nll.device)  # (b, T-1): targets that are reply tokens
             total, count = total + nll[keep].sum().item(), count + int(keep.sum())
+        sums.append(torch.where(keep, nll, 0.0).sum(1).cpu())  # (b,)
+        counts.append(keep.sum(1).double().cpu())  # (b,)
         row += len(ids)
     if count == 0:
         raise ValueError("perplexity needs windows of at least 2 tokens")
-    return math.exp(total / count)
+    if not per_window:
+        return math.exp(total / count)
+    targets = torch.cat(counts)
+    # drift is 0 (the model is its own reference), over the positions drift() counts: all T of a plain window
+    positions = torch.full_like(targets, float(ids_all.size(1))) if counted is None else targets.clone()
+    return math.exp(total / count), WindowCosts(torch.cat(sums), targets, torch.zeros_like(targets), positions)
 
 
 def drift(
@@ -330,9 +340,11 @@ def perplexity_and_drift(
     bias_mask: Target | torch.Tensor | None = None,
     bias: float = 0.0,
     head_inputs: torch.Tensor | None = None,
-) -> tuple[float, float]:
+    per_window: bool = False,
+) -> tuple[float, float] | tuple[float, float, WindowCosts]:
     """(perplexity(model, ...), drift(model, reference, ...)) with the same arguments, from one pass of
-    each model over the windows. The perplexity is NaN when no window has two tokens.
+    each model over the windows. The perplexity is NaN when no window has two tokens. per_window: also the
+    WindowCosts they are the totals of (for intervals).
 
     head_inputs: (W, T, d), the output head's inputs on the windows, when model and reference differ
     only in their heads: then each head runs on them and no body runs at all."""
@@ -340,6 +352,7 @@ def perplexity_and_drift(
     target = as_target(bias_mask) if bias_mask is not None else None
     models = [reference] if model is reference else [reference, model]
     total, nll_total, count, row = 0.0, 0.0, 0, 0
+    sums = {"nll": [], "targets": [], "kl": [], "positions": []}  # per window, (b,) each per batch
     if head_inputs is None:
         batches = forward_batches(models, ids_all, batch_size, bf16, progress, "drift")
     else:
@@ -353,13 +366,22 @@ def perplexity_and_drift(
         if counted is None:
             keep = torch.ones_like(nll, dtype=torch.bool)
             total, count = total + kl.sum().item(), count + kl.numel()
+            sums["kl"].append(kl.sum(1).cpu())
+            sums["positions"].append(torch.full((len(ids),), float(kl.size(1)), dtype=torch.float64))
         else:
             keep = counted[row : row + len(ids), 1:].to(kl.device)  # (b, T-1)
             total, count = total + kl[:, :-1][keep].sum().item(), count + int(keep.sum())
+            sums["kl"].append(torch.where(keep, kl[:, :-1], 0.0).sum(1).cpu())
+            sums["positions"].append(keep.sum(1).double().cpu())
         nll_total += nll[keep].sum().item()
+        sums["nll"].append(torch.where(keep, nll, 0.0).sum(1).cpu())
+        sums["targets"].append(keep.sum(1).double().cpu())
         row += len(ids)
     targets = len(ids_all) * (ids_all.size(1) - 1) if counted is None else count
-    return (math.exp(nll_total / targets) if targets else math.nan), total / count
+    ppl, kl_mean = (math.exp(nll_total / targets) if targets else math.nan), total / count
+    if not per_window:
+        return ppl, kl_mean
+    return ppl, kl_mean, WindowCosts(**{k: torch.cat(v) for k, v in sums.items()})
 
 
 def biased_drift(
@@ -402,6 +424,9 @@ class TiltCosts:
     next_mass: torch.Tensor  # (K,) float64: log P at those positions
     log_mass: torch.Tensor  # (M,) float64: log P at the positions drift counts
     head_inputs: torch.Tensor | None = None  # (W, T, d) float32: the output head's inputs at every position
+    window: torch.Tensor | None = None  # (K,) long: the window of each of the K positions
+    log_mass_window: torch.Tensor | None = None  # (M,) long: the window of each of the M positions
+    windows: int = 0  # W
 
     def perplexity(self, bias: float = 0.0) -> float:
         """perplexity(model, windows, bias_mask=set, bias=b), without a forward pass."""
@@ -411,7 +436,25 @@ class TiltCosts:
         """biased_drift(model, windows, set, b): mean KL(p || p_b), without a forward pass."""
         if bias == 0:
             return 0.0
-        return (log_tilt_normaliser(self.log_mass, bias) - bias * self.log_mass.exp()).mean().item()
+        return self._kl(bias).mean().item()
+
+    def _kl(self, bias: float) -> torch.Tensor:
+        """KL(p || p_b) at each of the M positions drift counts. (M,)"""
+        return log_tilt_normaliser(self.log_mass, bias) - bias * self.log_mass.exp()
+
+    def window_costs(self, bias: float = 0.0) -> WindowCosts:
+        """The WindowCosts of this model decoded with bias b (for intervals), without a forward pass."""
+        if self.window is None:
+            raise ValueError("these TiltCosts keep no window of each position")
+        nll = self.nll - bias * self.hit + log_tilt_normaliser(self.next_mass, bias)  # (K,)
+        kl = self._kl(bias) if bias else torch.zeros_like(self.log_mass)  # (M,)
+        ones, w = torch.ones_like, self.windows
+        return WindowCosts(
+            window_sums(nll, self.window, w),
+            window_sums(ones(nll), self.window, w),
+            window_sums(kl, self.log_mass_window, w),
+            window_sums(ones(kl), self.log_mass_window, w),
+        )
 
 
 def tilt_costs(model, windows, mask: Target | torch.Tensor, batch_size: int = 8, bf16: bool = False) -> TiltCosts:
@@ -438,8 +481,15 @@ def tilt_costs(model, windows, mask: Target | torch.Tensor, batch_size: int = 8,
     if nll.numel() == 0:
         raise ValueError("perplexity needs windows of at least 2 tokens")
     h = torch.cat(inputs) if inputs and len(inputs) == calls else None  # one head call per batch, or no plain head
+    w = len(ids_all)
+    rows = torch.arange(w)[:, None].expand(log_mass.shape)  # (W, T): the window of each position
     if counted is None:
-        return TiltCosts(nll.reshape(-1), hit.reshape(-1), log_mass[:, :-1].reshape(-1), log_mass.reshape(-1), h)
+        next_rows = rows[:, :-1].reshape(-1)
+        return TiltCosts(
+            nll.reshape(-1), hit.reshape(-1), log_mass[:, :-1].reshape(-1), log_mass.reshape(-1), h,
+            next_rows, rows.reshape(-1), w,
+        )  # fmt: skip
     keep = counted[:, 1:]  # (W, T-1): positions whose next token is a reply token
     before = log_mass[:, :-1][keep]
-    return TiltCosts(nll[keep], hit[keep], before, before, h)
+    kept_rows = rows[:, :-1][keep]
+    return TiltCosts(nll[keep], hit[keep], before, before, h, kept_rows, kept_rows, w)

@@ -134,13 +134,20 @@ def tilt_bias_note(s: dict) -> str:
     )
 
 
+def with_interval(s: dict, key: str) -> str:
+    """s[key] as "1.23 [1.05, 1.41]" with its 95% interval (key_ci_low, key_ci_high) where s has one."""
+    low, high = s.get(f"{key}_ci_low"), s.get(f"{key}_ci_high")
+    return f"{s[key]:.2f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None and high is not None else "")
+
+
 def excess_cost_note(s: dict) -> str:
-    """One line: rho and the drift ratio against the decode-time tilt at the same R ("" without one)."""
+    """One line: rho and the drift ratio, each with its 95% interval (a paired bootstrap over the held-out
+    windows and the samples of R), against the decode-time tilt at the same R ("" without one)."""
     m = s.get("matched_decode")
     if not m:
         return ""
-    rho = "n/a (the decode-time tilt does not raise perplexity)" if s["rho"] is None else f"{s['rho']:.2f}"
-    ratio = "n/a" if s["drift_ratio"] is None else f"{s['drift_ratio']:.2f}"
+    rho = "n/a (the decode-time tilt does not raise perplexity)" if s["rho"] is None else with_interval(s, "rho")
+    ratio = "n/a" if s["drift_ratio"] is None else with_interval(s, "drift_ratio")
     return (
         f"excess cost rho = {rho} (1 = as cheap as a decode-time bias); drift ratio {ratio}; decode-time "
         f"tilt at the trained R {s['rate_after']['mean']:.3f}: b = {m['bias']:.3f}, perplexity {m['ppl']:.2f}, "

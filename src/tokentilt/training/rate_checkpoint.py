@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from tokentilt.measurement.calibrate import Calibration
 from tokentilt.measurement.importance import Draw, Pool
+from tokentilt.measurement.intervals import WindowCosts
 from tokentilt.measurement.metrics import TiltCosts
 from tokentilt.measurement.sampling import Samples, StepScores
 from tokentilt.training.checkpoint import CheckpointError
@@ -32,7 +33,7 @@ from tokentilt.training.checkpoint import CheckpointError
 FORMAT = "tokentilt-rate-1"
 STATE = "state.safetensors"
 # The dataclasses a checkpoint may hold, rebuilt by name from their fields (and nothing else is).
-KINDS = {cls.__name__: cls for cls in (Samples, StepScores, Draw, Pool, Calibration, TiltCosts)}
+KINDS = {cls.__name__: cls for cls in (Samples, StepScores, Draw, Pool, Calibration, TiltCosts, WindowCosts)}
 
 
 def pack(obj, tensors: dict[str, torch.Tensor]):
