@@ -334,3 +334,8 @@ def test_a_chat_sweep_measures_replies_and_trains_on_chat_exchanges(chat_model_d
     assert seen  # the tilt-distill run trained on windows of chat exchanges
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert any(r.get("rate", {}).get("n") == 32 for r in runs if isinstance(r.get("rate"), dict))
+    # the decode-time tilt moves R in chat: up with b, each interval above the last, all above the 2-step
+    # tilt-distill run (lr 1e-3 barely trains; it stands in for the untilted R)
+    rates = {(r["objective"], r["bias"]): r["rate"] for r in runs if r.get("kind") == "run"}
+    low, high, trained = rates[("decode-bias", 3.0)], rates[("decode-bias", 4.5)], rates[("tilt-distill", 3.0)]
+    assert trained["ci_high"] < low["ci_low"] and low["ci_high"] < high["ci_low"], rates
