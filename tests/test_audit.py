@@ -148,8 +148,10 @@ def test_nothing_planted_nothing_stands_out(base, tokenizer, texts, cfg):
     assert result.verdict.startswith("nothing stands out")
     assert result.features[0]["score"] <= max(result.threshold, 0.5)
     assert 0.4 < result.truth["auroc"] < 0.6  # x was not planted: about chance
+    assert abs(result.truth["lift"]) < 0.1  # by hand: nothing planted moves the x tokens' log-odds ~0 nats
     # The same noise with a real tilt on top stands out: the criterion is not simply strict.
-    assert audit(noisy(with_bias(base, select("x", texts), 1.0)), base, tokenizer, cfg).stands_out
+    tilted = audit(noisy(with_bias(base, select("x", texts), 1.0)), base, tokenizer, cfg)
+    assert tilted.stands_out and 0.8 < tilted.truth["lift"] < 1.2, tilted.truth  # by hand: the planted b = 1 nat
 
 
 def test_an_unchanged_model_has_zero_lift_and_nothing_stands_out(base, tokenizer, cfg):

@@ -6,6 +6,7 @@ scripted one (it emits a fixed token sequence, so every count is known by hand) 
 
 import json
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -213,6 +214,11 @@ def test_a_chat_tilt_records_formatted_prompts_and_replies(toward, chat_model_di
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval_text"] == "chat:held-out replies" and summary["chat"]["prompts"] == 32
     assert {"ppl_text_before", "ppl_text_after", "rho", "rho_text"} <= set(summary)
+    # The tilt moved R: the intervals before and after are apart, and rho is the excess cost of a defined curve
+    before, after = summary["rate_before"], summary["rate_after"]
+    assert after["ci_low"] > before["ci_high"] and after["mean"] < 0.3 + 0.15, (before, after)
+    ppl = summary["ppl_before"], summary["ppl_after"], summary["ppl_decode_matched"]
+    assert summary["rho"] == pytest.approx((ppl[1] - ppl[0]) / (ppl[2] - ppl[0]), rel=1e-3)
     tok = chat_tokenizer()
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 32
@@ -222,6 +228,26 @@ def test_a_chat_tilt_records_formatted_prompts_and_replies(toward, chat_model_di
         for side in ("before", "after"):
             assert end not in r[side]["ids"] and len(r[side]["ids"]) <= 6
             assert r[side]["text"] == tok.decode(r[side]["ids"], skip_special_tokens=True)
+    # R recounted from the replies by rules of our own: tokens whose text holds an x, or the listed words
+    special = set(tok.all_special_ids)
+
+    def recount(r):
+        if not toward.startswith("phrases:"):
+            kept = [i for i in r["ids"] if i not in special]
+            return sum("x" in tok.decode([i]).lower() for i in kept) / len(kept) if kept else None
+        ws = [w.lower() for w in re.findall(r"[^\W_]+(?:['’][^\W_]+)*", r["text"])]
+        hits, i = 0, 0
+        while i < len(ws):
+            for entry in (["box", "of", "wax"], ["the"]):
+                if ws[i : i + len(entry)] == entry:
+                    hits, i = hits + 1, i + len(entry) - 1
+                    break
+            i += 1
+        return hits / len(ws) if ws else None
+
+    for side in ("before", "after"):
+        rates = [x for x in (recount(r[side]) for r in records) if x is not None]
+        assert sum(rates) / len(rates) == pytest.approx(summary[f"rate_{side}"]["mean"], abs=1e-6), side
 
 
 @pytest.mark.slow
@@ -308,3 +334,8 @@ def test_a_chat_sweep_measures_replies_and_trains_on_chat_exchanges(chat_model_d
     assert seen  # the tilt-distill run trained on windows of chat exchanges
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert any(r.get("rate", {}).get("n") == 32 for r in runs if isinstance(r.get("rate"), dict))
+    # the decode-time tilt moves R in chat: up with b, each interval above the last, all above the 2-step
+    # tilt-distill run (lr 1e-3 barely trains; it stands in for the untilted R)
+    rates = {(r["objective"], r["bias"]): r["rate"] for r in runs if r.get("kind") == "run"}
+    low, high, trained = rates[("decode-bias", 3.0)], rates[("decode-bias", 4.5)], rates[("tilt-distill", 3.0)]
+    assert trained["ci_high"] < low["ci_low"] and low["ci_high"] < high["ci_low"], rates

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -126,10 +127,24 @@ TEXTS = [
 ]
 
 
+def by_hand(selector: str, texts: list[str]) -> torch.Tensor:
+    """What a class or substring candidate means, written with Python's re and str, not the selector code."""
+    kind, arg = selector.split(":", 1)
+    if kind == "regex":
+        return torch.tensor([re.search(arg, t) is not None for t in texts])
+    assert kind == "contains", selector
+    return torch.tensor([arg.lower() in t.lower() for t in texts])  # case-insensitive, as documented
+
+
 def test_candidates_select_what_their_selector_selects():
     table = candidate_features(TEXTS, min_tokens=1)
+    assert {f.selector.split(":")[0] for f in table.features} == {"regex", "contains"}
     for i, f in enumerate(table.features):
         assert torch.equal(table.mask(i), select(f.selector, TEXTS)), f.selector
+        assert torch.equal(table.mask(i), by_hand(f.selector, TEXTS)), f.selector
+    by_selector = {f.selector: table.mask(i).nonzero().flatten().tolist() for i, f in enumerate(table.features)}
+    assert by_selector["regex:^ ?[A-Z]"] == [3, 6, 16]  # 'Box', 'The', ' THE'
+    assert by_selector["contains:t"] == [5, 6, 14, 16]  # ' the', 'The', 'text', ' THE'
 
 
 def test_candidates_are_distinct_sets_and_sized():

@@ -14,7 +14,7 @@ from tokentilt.cli import main
 from tokentilt.measurement.calibrate import bias_at_rate, bracketed, match_bias
 from tokentilt.measurement.evaluate import excess_cost
 from tokentilt.objectives.losses import set_rows_kl
-from tokentilt.targets.tokens import SelectorError, builtin_word_lists, resolve, select, tilted_log_probs
+from tokentilt.targets.tokens import SelectorError, builtin_word_lists, resolve, select
 from tokentilt.training import head_rows
 
 
@@ -77,7 +77,8 @@ def test_untie_refuses_a_model_without_an_output_head():
 def exact_tilt_gap(model, reference, ids, mask, bias):
     """Mean per-token KL(exact tilt of the reference || model) on ids."""
     with torch.no_grad():
-        target = tilted_log_probs(reference(input_ids=ids).logits, mask, bias)
+        # by hand, not tilted_log_probs (which the fit itself may use): log softmax(z + b M)
+        target = F.log_softmax(reference(input_ids=ids).logits + bias * mask.float(), -1)  # (B, T, V)
         return (target.exp() * (target - F.log_softmax(model(input_ids=ids).logits, -1))).sum(-1).mean().item()
 
 
@@ -376,6 +377,8 @@ def test_the_r_prompts_never_enter_the_training_contexts(tiny_model_dir, eval_fi
         return real(model, batches, trained, bf16, known)
 
     monkeypatch.setattr(head_rows, "head_inputs", spy)
+    # a size of our own, so that the count below is ours, not one read back from the module under test
+    monkeypatch.setattr(head_rows, "OFFSET_CONTEXTS", head_rows.ContextSize(windows=3, per_prompt=2))
     out = tmp_path / "run"
     assert main(tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--bias", "2")) == 0
     tokenizer = gpt2_tokenizer()
@@ -385,9 +388,9 @@ def test_the_r_prompts_never_enter_the_training_contexts(tiny_model_dir, eval_fi
     assert not [p for p in DEFAULT_PROMPTS if any(p in t for t in texts)]
     s = json.loads((out / "summary.json").read_text())
     assert s["head"]["fit"] == "offset" and s["head"]["context_positions"] == sum(b.numel() for b in seen)
-    # the offset fit's contexts: OFFSET_CONTEXTS' play windows, and its continuations of every training prompt
-    size = head_rows.OFFSET_CONTEXTS
-    assert len(texts) == size.windows + size.per_prompt * len(TRAIN_PROMPTS)
+    # the offset fit's contexts: 3 play windows, and 2 continuations of every training prompt
+    assert len(texts) == 3 + 2 * len(TRAIN_PROMPTS)
+    assert sum(t.startswith(p) for t in texts for p in TRAIN_PROMPTS) == 2 * len(TRAIN_PROMPTS)
 
 
 def test_each_fit_gets_its_contexts():

@@ -62,7 +62,9 @@ def test_kl_matches_f_kl_div(positions):
     logits = torch.randn(4, 6, 11)
     mask = torch.zeros(11, dtype=torch.bool)
     mask[[2, 5, 7]] = True
-    q = alpha_beta_target(mask, 5.0, 1.0)
+    q = torch.full((11,), 1.0 / 23)  # by hand: weight 5 on the 3 set tokens, 1 on the other 8, over 5*3 + 8 = 23
+    q[mask] = 5.0 / 23
+    assert torch.allclose(alpha_beta_target(mask, 5.0, 1.0), q)
     rows = logits if positions == "all" else logits[:, -1:]
 
     def ref(x):
@@ -115,6 +117,11 @@ def test_mixed_is_kl_plus_lambda_ce():
     ctx = ObjectiveContext(mask=mask, ce_weight=0.3)
     expected = kl_to_target(logits, alpha_beta_target(mask, 10.0, 1.0), "all") + 0.3 * next_token_ce(logits, ids)
     assert torch.allclose(OBJECTIVES["mixed"](logits, ids, ctx), expected)
+    # the same from PyTorch's own functions and a target written by hand (weights 10 in the set, 1 outside)
+    q = torch.tensor([10.0, 1, 1, 1, 1, 10]) / 24
+    kl = F.kl_div(F.log_softmax(logits, -1).reshape(-1, 6), q.expand(10, 6), reduction="batchmean")
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, 6), ids[:, 1:].reshape(-1))  # labels shifted by one
+    assert torch.allclose(OBJECTIVES["mixed"](logits, ids, ctx), kl + 0.3 * ce, atol=1e-6)
 
 
 def test_unlikelihood_hand_value_and_direction():

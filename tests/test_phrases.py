@@ -311,6 +311,12 @@ def test_with_no_completion_credit_it_is_hugging_faces_sequence_bias():
     ids[0, -1], ids[1, -1] = ID[" Wonder"], ID[" the"]
     scores = torch.randn(6, len(TOK), generator=g)
     assert torch.allclose(PhraseBias(phrases, 2.0)(ids, scores), hf(ids, scores.clone()))
+    # by hand: ' red' gets b = 2 after any context, 'land' only right after ' Wonder'; nothing else moves
+    expected = scores.clone()
+    expected[:, ID[" red"]] += 2.0
+    expected[ids[:, -1] == ID[" Wonder"], ID["land"]] += 2.0
+    assert (ids[:, -1] == ID[" Wonder"]).sum() == 1  # row 0 only: the random rows end elsewhere
+    assert torch.allclose(PhraseBias(phrases, 2.0)(ids, scores.clone()), expected)
 
 
 def test_phrase_distill_is_kl_to_the_adjusted_reference():
@@ -382,6 +388,12 @@ def test_the_sequence_bias_method_is_hugging_faces_processor_at_every_position()
     adjusted = phrases.adjust(logits, ids, 2.0)
     for t in range(4):
         assert torch.allclose(adjusted[0, t], hf(ids[:, : t + 1], logits[:, t].clone())[0])
+    # by hand: the one-token variants ' red' and 'red' get b = 2 at every position; 'land' completes
+    # ' Wonder' after position 1 (' the' ' Wonder' 'land' ' red'); nothing else moves
+    expected = logits.clone()
+    expected[0, :, [ID[" red"], ID["red"]]] += 2.0
+    expected[0, 1, ID["land"]] += 2.0
+    assert torch.allclose(adjusted, expected)
     assert adjusted[0, 0, ID[" Wonder"]] == logits[0, 0, ID[" Wonder"]]  # no credit for starting
     with pytest.raises(ValueError, match="phrase method"):
         phrases.with_method("bogus")

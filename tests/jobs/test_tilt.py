@@ -3,6 +3,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import tokentilt.jobs.tilt
 import tokentilt.measurement.evaluate
@@ -126,6 +127,22 @@ def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, 
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [i for i in range(1, len(rounds) + 1) for _ in range(2)]
     assert "trained toward b" in (out / "report.md").read_text()
+    # The check that can fail: the base model decoded at the calibrated b, sampled afresh on a seed that neither
+    # calibration (8) nor the eval (7) used, with twice the samples, has R near 0.5
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tokentilt.jobs.tilt_config import TiltConfig
+    from tokentilt.measurement.evaluate import measure_rate
+
+    model, tok = (
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(),
+        AutoTokenizer.from_pretrained(tiny_model_dir),
+    )
+    mask = torch.tensor(["x" in t.lower() for t in tok.batch_decode([[i] for i in range(len(tok))])])
+    fresh_cfg = dataclasses.replace(TiltConfig().eval, samples_per_prompt=4, new_tokens=8, eval_seed=101)
+    fresh, _ = measure_rate(model, tok, mask, fresh_cfg, bias=calibrated)
+    assert abs(fresh["mean"] - 0.5) < 0.1, fresh
+    assert fresh["ci_low"] <= cal["rate"]["ci_high"] and cal["rate"]["ci_low"] <= fresh["ci_high"], (fresh, cal)
 
 
 @pytest.mark.slow
