@@ -37,6 +37,10 @@ def test_tilt_distill_summary_has_costs_before_after_and_the_baseline(tiny_model
     assert base["rate"]["mean"] > s["rate_before"]["mean"]
     for key in ("rate_before", "rate_after", "loss_start", "loss_end", "samples", "seconds"):
         assert key in s  # the keys the tilt command always wrote
+    for when in ("before", "after"):  # the expected count beside R, over the same samples
+        assert s[f"rate_expected_{when}"]["n"] == s[f"rate_{when}"]["n"]
+        assert 0 <= s[f"rate_expected_{when}"]["mean"] <= 1
+    assert base["rate_expected"]["mean"] > s["rate_expected_before"]["mean"]
     stages = s["stage_seconds"]  # a fixed b: no calibration stage
     assert list(stages) == ["load", "measure_before", "baseline", "train", "measure_after", "matched_decode", "save"]
     assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= s["seconds"] + 0.5

@@ -528,6 +528,9 @@ def tilt_summary(
         "loss_end": history[-1]["loss"],
         "rate_before": before["rate"],
         "rate_after": after["rate"],
+        # the expected count (measurement.evaluate.expected_rates_of), beside R; None for a phrase set
+        "rate_expected_before": before.get("rate_expected"),
+        "rate_expected_after": after.get("rate_expected"),
         **flat_costs(before, "before"),
         **flat_costs(after, "after"),
         "eval_text": ("chat:held-out replies" if cfg.eval.chat else cfg.eval.eval_text or "plays:test"),

@@ -27,6 +27,7 @@ from tokentilt.measurement.metrics import (
 from tokentilt.measurement.sampling import Samples, sample
 from tokentilt.settings import EvalConfig, SampleConfig  # noqa: F401 (EvalConfig re-exported)
 from tokentilt.targets.target import Target, as_target
+from tokentilt.targets.tokens import expected_rates
 
 
 def measure_rate(
@@ -38,9 +39,11 @@ def measure_rate(
     bias: float = 0.0,
     bf16: bool = False,
     score: bool = False,
+    expect: bool = False,
 ) -> tuple[dict, Samples]:
     """R of `target` (a Target, or a (V,) bool mask) with a 95% interval over samples, and the samples
-    themselves (score: with their StepScores on a token set's mask, for importance weights)."""
+    themselves (score: with their StepScores on a token set's mask, for importance weights; expect: with
+    their SetMass on it, for expected_rates_of)."""
     target = as_target(target)
     samples = sample(
         model,
@@ -55,6 +58,7 @@ def measure_rate(
         chat=cfg.chat,
         system=cfg.system,
         score_mask=target.mask if score else None,
+        expect_mask=target.mask if expect else None,
     )
     return mean_ci(target.rates(samples)), samples
 
@@ -67,6 +71,15 @@ def rates_of(target: Target | torch.Tensor, samples: Samples) -> torch.Tensor:
     toward R. A reply of no tokens has no rate (NaN, which mean_ci leaves out).
     """
     return as_target(target).rates(samples)
+
+
+def expected_rates_of(samples: Samples) -> torch.Tensor | None:
+    """Per-sample expected count (tokens.expected_rates) of samples drawn with measure_rate(expect=True),
+    over the positions and the set that R counts: (N,). None where it was not recorded, which is always
+    the case for a phrase set: its R counts words of the decoded text, and the probability that a step
+    completes an entry, which the trie could give, does not add up to an unbiased twin of that word share
+    (docs/method.md, "The expected count")."""
+    return None if samples.set_mass is None else expected_rates(samples.set_mass, samples.lengths)
 
 
 def held_out_text(cfg: EvalConfig) -> str:
@@ -160,7 +173,9 @@ def measure(
 ) -> tuple[dict, Samples]:
     """Every number of one model (optionally decoded with logit bias b on the set).
 
-    Returns ({"rate", "ppl", "drift", "distinct_1", "distinct_2", "repetition"}, samples).
+    Returns ({"rate", "rate_expected", "ppl", "drift", "distinct_1", "distinct_2", "repetition"}, samples).
+    rate_expected: the expected count (expected_rates_of) with its own interval beside the counted R, the
+    headline; None for a phrase set.
     ppl is the held-out perplexity of the distribution that is sampled (biased if bias != 0);
     drift is the mean per-token KL(reference || that distribution), 0 when there is no
     reference and no bias (the model is its own reference). With text_windows (a chat run's
@@ -172,14 +187,18 @@ def measure(
     for excess_cost's interval (not for JSON: public() drops them).
     """
     target = as_target(target)
-    rate, samples = measure_rate(model, tokenizer, target, cfg, bias=bias, bf16=bf16, score=score)
+    rate, samples = measure_rate(
+        model, tokenizer, target, cfg, bias=bias, bf16=bf16, score=score, expect=target.mask is not None
+    )
+    expected = expected_rates_of(samples)
     costs = both_windows(
         lambda w, k: held_out_costs(model, target, w, reference, bias, bf16, k, head_only, per_window),
         windows,
         text_windows,
         known,
     )
-    return {"rate": rate, **costs, **sample_costs(samples.replies())}, samples
+    rate_expected = None if expected is None else mean_ci(expected)
+    return {"rate": rate, "rate_expected": rate_expected, **costs, **sample_costs(samples.replies())}, samples
 
 
 def both_windows(costs_on, windows, text_windows=None, known: tuple = (None, None)) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -33,7 +34,10 @@ from tokentilt.models.fast import llama_step, packed
 from tokentilt.models.fast.packed import packed_linears
 from tokentilt.settings import STRATEGIES, SampleConfig, check_sample_config  # noqa: F401 (re-exported)
 from tokentilt.targets.target import Target, as_target
-from tokentilt.targets.tokens import SetBias  # noqa: F401 (re-exported: a token set's processor lives with it)
+from tokentilt.targets.tokens import (
+    SetBias,  # noqa: F401 (re-exported: a token set's processor lives with it)
+    counted_mask,
+)
 
 
 def make_processors(
@@ -135,13 +139,15 @@ def generate(
     bf16: bool = False,
     stop_ids: list[int] | None = None,
     observe=None,
+    drawn=None,
 ) -> torch.Tensor:
     """Continue a left-padded batch of prompts. input_ids (B, T) -> new tokens (B, L).
 
     L = max_new_tokens, or fewer with stop_ids: generation ends once every row has produced one of
     them (a chat reply's end of turn); what a row generates after its stop token is not its reply.
     observe(logits, nxt), if given, sees each step's model logits (B, V) float32, before any processor,
-    and the ids drawn from them (B, 1).
+    and the ids drawn from them (B, 1). drawn(probs, nxt), if given, sees the distribution each token was
+    drawn from (B, V) float32, after every processor (a greedy step's: one-hot at its pick), and the ids.
     """
     check_sample_config(cfg)
     was_training = model.training
@@ -183,10 +189,14 @@ def generate(
                 scores = procs(seen, logits.clone() if observe else logits)  # (B, V); processors may write in place
                 if cfg.strategy == "greedy":
                     nxt = scores.argmax(-1, keepdim=True)  # (B, 1)
+                    probs = torch.zeros_like(scores).scatter_(-1, nxt, 1.0) if drawn else None  # (B, V)
                 else:
-                    nxt = draw(torch.softmax(scores, -1), generator).to(device)  # (B, 1)
+                    probs = torch.softmax(scores, -1)  # (B, V)
+                    nxt = draw(probs, generator).to(device)  # (B, 1)
                 if observe:
                     observe(logits, nxt)
+                if drawn:
+                    drawn(probs, nxt)
                 new.append(nxt)
                 seen = torch.cat([seen, nxt], 1)
                 mask = torch.cat([mask, torch.ones_like(nxt)], 1)
@@ -213,6 +223,9 @@ class Samples:
     formatted: list[str] | None = None  # chat: each prompt as the model saw it, in its chat template
     special: tuple[int, ...] = ()  # chat: the tokenizer's special ids, which never count toward R
     step_scores: StepScores | None = None  # with sample(score_mask=...): the untilted model's view of each step
+    # (N, L) float32, with sample(expect_mask=...): at each step, the counted set's probability under the
+    # distribution the token was drawn from, given that the token does not end the reply (SetMass)
+    set_mass: torch.Tensor | None = None
 
     def replies(self) -> list[list[int]]:
         """Each sample's counted ids: the reply before end-of-turn in chat, else every generated token."""
@@ -255,17 +268,62 @@ class StepScores:
     def cat(parts: list[StepScores], width: int) -> StepScores:
         """Batches stacked, each right-padded to `width` steps (0 and -inf: no step there)."""
 
-        def pad(x: torch.Tensor, value: float) -> torch.Tensor:
-            return torch.nn.functional.pad(x, (0, width - x.size(1)), value=value)
-
         h = None
         if all(p.head_inputs is not None for p in parts):
             h = torch.cat(
                 [torch.nn.functional.pad(p.head_inputs, (0, 0, 0, width - p.head_inputs.size(1))) for p in parts]
             )
         return StepScores(
-            torch.cat([pad(p.log_p, 0.0) for p in parts]), torch.cat([pad(p.log_mass, float("-inf")) for p in parts]), h
+            torch.cat([pad_steps(p.log_p, width, 0.0) for p in parts]),
+            torch.cat([pad_steps(p.log_mass, width, float("-inf")) for p in parts]),
+            h,
         )
+
+
+def pad_steps(x: torch.Tensor, width: int, value: float) -> torch.Tensor:
+    """(B, L) per-step values right-padded to `width` steps with `value`."""
+    return torch.nn.functional.pad(x, (0, width - x.size(1)), value=value)
+
+
+class SetMass:
+    """What the expected count (tokens.expected_rates, a Rao-Blackwellised R) needs of each step: the counted
+    set's probability under the distribution the token was actually drawn from.
+
+    It is read off the probabilities after every logits processor, not derived from StepScores.log_mass (the
+    untilted model at temperature 1, where p_b = p·e^b / (p·e^b + 1 - p) would be exact only without
+    temperature, top-k or top-p): so it is right for any sampling settings, a decode-time bias, a banned EOS
+    and greedy decoding (a point mass) alike. Its cost per step is a sum over the set's columns (or its
+    complement's, when that is smaller) of probabilities the sampler has already computed: index_select,
+    because a (B, V) x (V, 2) product took as long as the step's softmax on the CPU. Nothing of size V is kept.
+
+    stop_ids (chat): a counted position holds a token that did not end the reply, so its value is the
+    set's mass given that: m(set) / (1 - m(stop ids)), the set taken without the stop ids.
+    """
+
+    @staticmethod
+    def recorder(mask: torch.Tensor, stop_ids: list[int] | None = None):
+        """mask: the counted set (V,) bool -> (drawn for generate(), finish() -> (B, L) float32 of the steps seen)."""
+        steps, ids = [], {}
+
+        def drawn(probs: torch.Tensor, nxt: torch.Tensor) -> None:
+            if not ids:  # the columns, once: the set without the stop ids, or its complement, and the stop ids
+                columns = set_columns(mask, probs.size(-1))
+                stops = torch.tensor([i for i in stop_ids or [] if i < len(columns)], dtype=torch.long)
+                columns[stops] = False
+                ids["flip"] = bool(columns.sum() > len(columns) // 2)
+                ids["set"] = (~columns if ids["flip"] else columns).nonzero()[:, 0].to(probs.device)
+                ids["set"] = ids["set"][~torch.isin(ids["set"], stops.to(probs.device))]  # (complement) no stops
+                ids["stop"] = stops.to(probs.device)
+            in_set = probs.index_select(1, ids["set"]).sum(-1)  # (B,)
+            stop = probs.index_select(1, ids["stop"]).sum(-1)  # (B,)
+            steps.append(torch.stack([1 - stop - in_set if ids["flip"] else in_set, 1 - stop], -1))  # (B, 2)
+
+        def finish() -> torch.Tensor:
+            m = torch.stack(steps, 1).cpu().double()  # (B, L, 2)
+            live = m[..., 1]
+            return torch.where(live > 0, m[..., 0] / live.clamp(min=1e-300), 0.0).clamp(0.0, 1.0).float()
+
+        return drawn, finish
 
 
 @contextmanager
@@ -311,6 +369,7 @@ def sample(
     chat: bool = False,
     system: str = "",
     score_mask: torch.Tensor | None = None,
+    expect_mask: torch.Tensor | None = None,
 ) -> Samples:
     """Sample `per_prompt` continuations of every prompt, in batches, reproducibly from `seed`.
 
@@ -318,6 +377,8 @@ def sample(
     each sample is the assistant's reply, cut at its first end-of-turn token (at most max_new_tokens).
     bias_mask: the target sampled with its decode-time tilt at `bias` (a Target, or a (V,) bool mask).
     score_mask: a token set's (V,) mask whose StepScores to record (Samples.step_scores).
+    expect_mask: a token set's (V,) mask whose SetMass to record (Samples.set_mass), for the expected count;
+    in chat, without the special ids, as R counts it.
     """
     all_prompts = [p for p in prompts for _ in range(per_prompt)]
     inputs = chat_module.format_prompts(tokenizer, all_prompts, system) if chat else all_prompts
@@ -326,8 +387,10 @@ def sample(
         cfg = dataclasses.replace(cfg, ban_eos=False)  # a reply ends where the model ends its turn
     generator = torch.Generator().manual_seed(seed)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    chunks, scored = [], []
     banned = eos_ids_of(tokenizer) if cfg.ban_eos else []
+    special = tuple(chat_module.special_ids(tokenizer)) if chat else ()
+    counted = None if expect_mask is None else counted_mask(expect_mask, special)
+    chunks, scored, masses = [], [], []
     try:
         for start in range(0, len(inputs), batch_size):
             # a chat template writes its own special tokens; plain prompts get the tokenizer's usual ones
@@ -338,6 +401,7 @@ def sample(
                 observe, finish = (None, None)
                 if score_mask is not None:
                     observe, finish = StepScores.recorder(score_mask, banned, head_inputs)
+                drawn, finish_mass = SetMass.recorder(counted, stop_ids) if counted is not None else (None, None)
                 chunks.append(
                     generate(
                         model,
@@ -351,20 +415,24 @@ def sample(
                         bf16,
                         stop_ids,
                         observe,
+                        drawn,
                     )
                 )
             if finish:
                 scored.append(finish())
+            if finish_mass:
+                masses.append(finish_mass())
     finally:
         tokenizer.padding_side = side
     width = max(c.size(1) for c in chunks)  # chat batches may stop early, each at its own length
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     tokens = torch.cat([torch.nn.functional.pad(c, (0, width - c.size(1)), value=pad) for c in chunks])  # (N, L)
     step_scores = StepScores.cat(scored, width) if scored else None
+    # (N, L); a batch that stopped early has no steps past its width: NaN there, never counted
+    set_mass = torch.cat([pad_steps(m, width, math.nan) for m in masses]) if masses else None
     if not chat:
         texts = tokenizer.batch_decode(tokens, skip_special_tokens=False)
-        return Samples(all_prompts, tokens, texts, step_scores=step_scores)
+        return Samples(all_prompts, tokens, texts, step_scores=step_scores, set_mass=set_mass)
     lengths = chat_module.reply_lengths(tokens, stop_ids)
     texts = tokenizer.batch_decode(chat_module.replies(tokens, lengths), skip_special_tokens=True)
-    special = tuple(chat_module.special_ids(tokenizer))
-    return Samples(all_prompts, tokens, texts, lengths, inputs, special, step_scores)
+    return Samples(all_prompts, tokens, texts, lengths, inputs, special, step_scores, set_mass)

@@ -115,6 +115,16 @@ def summary_rows(s: dict) -> list[dict]:
             **({"decode-time baseline": fmt_rate(base["rate"])} if base else {}),
         }
     ]
+    if s.get("rate_expected_before") and s.get("rate_expected_after"):  # a token set's Rao-Blackwellised R
+        expected = (base or {}).get("rate_expected")
+        rows.append(
+            {
+                "": "R, expected count (lower variance)",
+                "before": fmt_rate(s["rate_expected_before"]),
+                "after": fmt_rate(s["rate_expected_after"]),
+                **({"decode-time baseline": fmt_rate(expected)} if expected else {}),
+            }
+        )
     for name, key, fmt in COST_ROWS:
         row = {"": name, "before": fmt.format(s[f"{key}_before"]), "after": fmt.format(s[f"{key}_after"])}
         if base:

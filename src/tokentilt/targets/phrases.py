@@ -37,6 +37,13 @@ Hugging Face's `sequence_bias` is this with π = 0: it biases only the last toke
 prefix, so a rare first token caps the rate it can reach (benchmarks/p7_phrases.py compares them).
 A trie over every variant's token ids holds the partial matches; bare variants may start only
 where the previous token does not end inside a word.
+
+**No expected count.** A token set's R has a lower-variance twin, the expected count (the set's
+probability at each counted step, tokens.expected_rates); a phrase set has none that is unbiased for its
+word-level R: whether a completing token makes a hit depends on the tokens after it (the word must end
+there, and the greedy longest-first matching may take it into a longer entry), and the word count that
+divides is random too. The trie's per-step probability of completing an entry would estimate the count of
+completions, another number. measure() reports rate_expected None for a phrase set (docs/method.md).
 """
 
 from __future__ import annotations

@@ -101,11 +101,7 @@ class TokenSet:
     def rates(self, samples) -> torch.Tensor:
         """Per-sample share of generated tokens in the set (sample_rates); in chat, only the reply counts and
         special tokens never do. (N,)"""
-        mask = self.mask
-        if samples.special:
-            mask = mask.clone()
-            mask[[i for i in samples.special if i < len(mask)]] = False
-        return sample_rates(samples.tokens, mask, samples.lengths)
+        return sample_rates(samples.tokens, counted_mask(self.mask, samples.special), samples.lengths)
 
     def summary(self, tokenizer, bias: float) -> dict:
         return {}  # the selector and the size are recorded by the run itself
@@ -140,6 +136,34 @@ def sample_rates(new_tokens: torch.Tensor, mask: torch.Tensor, lengths=None) -> 
     hits = mask[torch.where(valid, new_tokens, 0)] & valid  # (N, L)
     counts = hits.sum(1).float()  # (N,)
     return torch.where(lengths > 0, counts / lengths.clamp(min=1), torch.nan)
+
+
+def counted_mask(mask: torch.Tensor, special=()) -> torch.Tensor:
+    """The set that R counts: the (V,) mask without the special ids (a chat template's markers). (V,) bool"""
+    if not special:
+        return mask
+    mask = mask.clone()
+    mask[[i for i in special if i < len(mask)]] = False
+    return mask
+
+
+def expected_rates(set_mass: torch.Tensor, lengths=None) -> torch.Tensor:
+    """The expected count, a Rao-Blackwellised R: per sample, the mean over the positions R counts (the first
+    lengths[i], or all L) of the set's probability under the distribution each token was drawn from
+    (sampling.SetMass). (N, L) -> (N,) float32, NaN for a sample with no position.
+
+    Where every sample has L positions (no chat) it has exactly the expectation of counted R (sample_rates):
+    each step's indicator and its probability differ by a zero-mean term given the prefix; and it leaves out
+    the per-step coin flip, so its variance is smaller. In chat the reply's length is random, and how many
+    tokens follow a step may depend on which token the step drew, so R's ratio has no such exact twin:
+    the expected count is then a close, not an exact, estimate of E[R].
+    """
+    set_mass = torch.as_tensor(set_mass, dtype=torch.float64)
+    n, width = set_mass.shape
+    lengths = torch.full((n,), width) if lengths is None else torch.as_tensor(lengths).clamp(max=width)
+    valid = torch.arange(width) < lengths[:, None]  # (N, L)
+    total = torch.where(valid, set_mass, 0.0).sum(1)  # (N,)
+    return torch.where(lengths > 0, total / lengths.clamp(min=1), torch.nan).float()
 
 
 def resolve(spec: str, texts: list[str]) -> TokenSet:
