@@ -2,7 +2,7 @@
 
 Measures R of the decode-time tilt at one fixed b on the bundled model over several eval seeds (the same
 prompts, samples and settings as a run), and compares the spread of the per-seed means with the spread
-their 95% intervals claim (half-width / 1.96). If the intervals are honest the two agree; a probe/eval
+their 95% intervals claim (half-width / 1.96), for counted R and for the expected count. If the intervals are honest the two agree; a probe/eval
 disagreement larger than both intervals then is chance plus the calibration fitting b to the probe draws.
 
     python scripts/seed_spread.py --toward x --bias 4.483 --seeds 8
@@ -12,7 +12,8 @@ import argparse
 import json
 import statistics
 
-from tokentilt.measurement.evaluate import measure_rate
+from tokentilt.measurement.evaluate import expected_rates_of, measure_rate
+from tokentilt.measurement.metrics import mean_ci
 from tokentilt.models.load import load_model
 from tokentilt.settings import EvalConfig
 from tokentilt.targets.phrases import resolve_target
@@ -29,25 +30,32 @@ def main() -> None:
     args = parser.parse_args()
     model, tokenizer = load_model(args.model)
     target = resolve_target(args.toward, tokenizer, model, print)
-    rows = []
+    rows, expected = [], []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         cfg = EvalConfig(eval_seed=seed, samples_per_prompt=args.samples_per_prompt)
-        rate, _ = measure_rate(model, tokenizer, target, cfg, bias=args.bias)
+        rate, samples = measure_rate(model, tokenizer, target, cfg, bias=args.bias, expect=True)
         rows.append(rate)
-        print(f"seed {seed}: R = {rate['mean']:.3f} [{rate['ci_low']:.3f}, {rate['ci_high']:.3f}] n = {rate['n']}")
-    means = [r["mean"] for r in rows]
-    claimed = statistics.mean((r["ci_high"] - r["ci_low"]) / 2 / 1.96 for r in rows)
-    print(
-        json.dumps(
-            {
-                "bias": args.bias,
-                "mean_of_means": statistics.mean(means),
-                "sd_of_means": statistics.stdev(means),
-                "sd_claimed_by_intervals": claimed,
-                "range": [min(means), max(means)],
-            }
+        expected.append(mean_ci(expected_rates_of(samples)))
+        e = expected[-1]
+        print(
+            f"seed {seed}: R = {rate['mean']:.3f} [{rate['ci_low']:.3f}, {rate['ci_high']:.3f}], expected count "
+            f"{e['mean']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}], n = {rate['n']}"
         )
-    )
+    for name, got in (("counted", rows), ("expected_count", expected)):
+        means = [r["mean"] for r in got]
+        claimed = statistics.mean((r["ci_high"] - r["ci_low"]) / 2 / 1.96 for r in got)
+        print(
+            json.dumps(
+                {
+                    "estimator": name,
+                    "bias": args.bias,
+                    "mean_of_means": statistics.mean(means),
+                    "sd_of_means": statistics.stdev(means),
+                    "sd_claimed_by_intervals": claimed,
+                    "range": [min(means), max(means)],
+                }
+            )
+        )
 
 
 if __name__ == "__main__":
