@@ -4,6 +4,7 @@ import importlib
 import math
 import os
 import pkgutil
+import re
 import signal
 from pathlib import Path
 
@@ -78,19 +79,11 @@ def ctrl_c_raises():
     signal.signal(signal.SIGINT, previous)
 
 
-def tiny_gpt2(vocab_size=64, seed=0):
+def tiny_gpt2(vocab_size=64, seed=0, **overrides):
+    """A tiny random GPT-2 in eval mode; overrides: other GPT2Config fields (n_layer=1, ...)."""
     torch.manual_seed(seed)
-    cfg = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=64,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    return GPT2LMHeadModel(cfg).eval()
+    fields = dict(n_positions=64, n_embd=32, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, **{**fields, **overrides})).eval()
 
 
 def tiny_llama(vocab_size=64, seed=0, tie=True):
@@ -200,3 +193,19 @@ def hand_ppl(model_dir, eval_file, bias: float = 0.0) -> float:
         logp = torch.log_softmax(model(input_ids=windows).logits.double() + bias * mask.double(), -1)  # (2, 16, V)
     nll = -logp[:, :-1].gather(-1, windows[:, 1:, None]).squeeze(-1)  # (2, 15)
     return math.exp(float(nll.mean()))
+
+
+def word_rate(text: str, entries: list[str]) -> float | None:
+    """R of a phrase list recounted from a text by rules of our own, written apart from phrases.py: the share of
+    words (runs of letters and digits, apostrophes inside) that begin an entry's occurrence, matched greedily in
+    the order given, lower-cased. None for a text with no word."""
+    words = [w.lower() for w in re.findall(r"[^\W_]+(?:['’][^\W_]+)*", text)]
+    keys = [entry.split() for entry in entries]
+    hits, i = 0, 0
+    while i < len(words):
+        for key in keys:
+            if words[i : i + len(key)] == key:
+                hits, i = hits + 1, i + len(key) - 1
+                break
+        i += 1
+    return hits / len(words) if words else None

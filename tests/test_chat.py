@@ -6,7 +6,6 @@ scripted one (it emits a fixed token sequence, so every count is known by hand) 
 
 import json
 import math
-import re
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from conftest import word_rate
 from tokentilt.cli import main
 from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.data.chat import ChatTemplateError, format_prompts, reply_lengths
@@ -235,15 +235,7 @@ def test_a_chat_tilt_records_formatted_prompts_and_replies(toward, chat_model_di
         if not toward.startswith("phrases:"):
             kept = [i for i in r["ids"] if i not in special]
             return sum("x" in tok.decode([i]).lower() for i in kept) / len(kept) if kept else None
-        ws = [w.lower() for w in re.findall(r"[^\W_]+(?:['’][^\W_]+)*", r["text"])]
-        hits, i = 0, 0
-        while i < len(ws):
-            for entry in (["box", "of", "wax"], ["the"]):
-                if ws[i : i + len(entry)] == entry:
-                    hits, i = hits + 1, i + len(entry) - 1
-                    break
-            i += 1
-        return hits / len(ws) if ws else None
+        return word_rate(r["text"], ["box of wax", "the"])
 
     for side in ("before", "after"):
         rates = [x for x in (recount(r[side]) for r in records) if x is not None]

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
+from conftest import tiny_gpt2
 from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.measurement.evaluate import expected_rates_of, measure, measure_rate
 from tokentilt.measurement.metrics import mean_ci
@@ -47,9 +47,9 @@ class TinyTokenizer:
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(3)
-    cfg = GPT2Config(
-        vocab_size=V,
+    return tiny_gpt2(
+        V,
+        3,
         n_positions=16,
         n_embd=16,
         n_layer=1,
@@ -58,7 +58,6 @@ def model():
         bos_token_id=None,
         eos_token_id=None,
     )
-    return GPT2LMHeadModel(cfg).eval()
 
 
 def eval_config(**sampling) -> EvalConfig:

@@ -8,7 +8,7 @@ import torch
 import tokentilt.jobs.tilt
 import tokentilt.measurement.evaluate
 import tokentilt.training.rate
-from conftest import hand_ppl, tilt_argv
+from conftest import hand_ppl, tilt_argv, word_rate
 from tokentilt.cli import main
 
 COST_KEYS = ("ppl", "drift", "distinct_1", "distinct_2", "repetition")
@@ -237,7 +237,6 @@ def test_a_phrase_tilt_runs_and_its_samples_recount_to_its_r(placement, tiny_mod
     """phrases: end to end on the tiny GPT-2, in the entries' head rows (the default) and in LoRA: each
     entry's tokenization in summary.json, and samples.jsonl from which R recounts by a regex of our own
     (words of the decoded text)."""
-    import re
 
     words = tmp_path / "words.txt"
     words.write_text("verily\nbox of wax\nthe\n")
@@ -260,19 +259,9 @@ def test_a_phrase_tilt_runs_and_its_samples_recount_to_its_r(placement, tiny_mod
     assert len(records) == s["samples"] and {"prompt", "before", "after"} <= set(records[0])
     assert len(records[0]["after"]["ids"]) == 8
 
-    def recount(text):  # our own word rule and greedy phrase match, written apart from phrases.py
-        ws = [w.lower() for w in re.findall(r"[^\W_]+(?:['’][^\W_]+)*", text)]
-        hits, i = 0, 0
-        while i < len(ws):
-            for entry in (["box", "of", "wax"], ["verily"], ["the"]):
-                if ws[i : i + len(entry)] == entry:
-                    hits, i = hits + 1, i + len(entry) - 1
-                    break
-            i += 1
-        return hits / len(ws) if ws else None
-
-    for when in ("before", "after"):
-        rates = [r for r in (recount(rec[when]["text"]) for rec in records) if r is not None]
+    for when in ("before", "after"):  # recounted by our own word rule (conftest.word_rate), apart from phrases.py
+        texts = (rec[when]["text"] for rec in records)
+        rates = [r for r in (word_rate(text, ["box of wax", "verily", "the"]) for text in texts) if r is not None]
         assert sum(rates) / len(rates) == pytest.approx(s[f"rate_{when}"]["mean"], abs=1e-9)
     assert s["rate_target"] == 0.2 and s["matched_decode"]["ppl"] > 0
     assert isinstance(s["phrases"]["collateral"], list)
