@@ -167,6 +167,8 @@ def tilt_argv(tiny_model_dir, eval_file, out, *extra):
         "0",
         "--samples-per-prompt",
         "1",
+        "--half-width",
+        "0",  # exactly that: what these tests count (tests/test_sample_until.py samples until known)
         "--new-tokens",
         "8",
         "--eval-text",

@@ -74,12 +74,15 @@ PROMPTS = ["The king said", "Once upon a time,", "When I was young,", "The city 
 @pytest.mark.slow
 def test_calibration_by_bisection_reaches_its_rate_on_a_tiny_model(tiny):
     model, tok, mask = tiny
-    cfg = EvalConfig(prompts=PROMPTS, samples_per_prompt=2, new_tokens=12, top_k=1000)  # top-k: not weighable
+    cfg = EvalConfig(prompts=PROMPTS, samples_per_prompt=2, new_tokens=12, top_k=1000, half_width=0.05)  # not weighable
     windows = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
     before, _ = measure_rate(model, tok, mask, cfg)
     assert before["mean"] < 0.1  # ~2% of GPT-2's tokens contain x
     cal = calibrate(model, tok, mask, 0.5, cfg, windows, tol=0.03)
     assert cal.pool is None and abs(cal.rate["mean"] - 0.5) <= 0.03  # the solver's own stopping rule
+    # the R it reports was sampled until known (not the first pass that found b)
+    assert cal.rate["stop"] in ("half-width", "budget") and cal.rate["n"] > len(PROMPTS) * 2
+    assert cal.rate["stop"] == "budget" or cal.rate["ci_high"] - cal.rate["mean"] <= 0.05
     # The check that can fail: R at that b, sampled afresh on other seeds and 4x the samples, is near 0.5
     fresh, _ = measure_rate(
         model, tok, mask, dataclasses.replace(cfg, eval_seed=cfg.eval_seed + 7, samples_per_prompt=8), bias=cal.bias
@@ -94,10 +97,13 @@ def test_calibration_by_bisection_reaches_its_rate_on_a_tiny_model(tiny):
 @pytest.mark.slow
 def test_calibration_by_importance_weights_agrees_with_fresh_samples(tiny):
     model, tok, mask = tiny
-    cfg = EvalConfig(prompts=PROMPTS, samples_per_prompt=16, new_tokens=12)
+    cfg = EvalConfig(prompts=PROMPTS, samples_per_prompt=16, new_tokens=12, half_width=0.02, max_samples=256)
     windows = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
     cal = calibrate(model, tok, mask, 0.5, cfg, windows, tol=0.03)
     assert cal.pool is not None and cal.bias > 0
+    # the first draw is the first pass alone; a later one sampled until R was known
+    sizes = [len(d.rates) for d in cal.pool.draws]
+    assert sizes[0] == 64 and len(sizes) >= 2 and max(sizes) > 64
     assert cal.rate["mean"] == pytest.approx(0.5, abs=1e-3)  # solved on the estimate
     assert cal.rate["ess"] >= 32 and len(cal.history) == len(cal.pool.draws)
     # R at that b, sampled afresh on other seeds, lies within the estimate's interval (intervals overlap)
@@ -194,7 +200,7 @@ def test_a_rate_of_zero_takes_the_full_step(monkeypatch):
 
     tried = []
 
-    def fake_measure(model, tokenizer, mask, cfg, bias=0.0, bf16=False):
+    def fake_measure(model, tokenizer, mask, cfg, bias=0.0, bf16=False, plan=None):
         tried.append(bias)
         return {"mean": 0.0 if bias < 7 else 0.05, "ci_low": 0.0, "ci_high": 0.0, "n": 64}, None
 
@@ -217,15 +223,23 @@ def test_when_the_weights_say_too_little_bisection_goes_on_from_the_same_draws(t
     from tokentilt.measurement.importance import Pool
 
     model, tok, mask = tiny
-    cfg = EvalConfig(prompts=PROMPTS, samples_per_prompt=4, new_tokens=12)
+    cfg = EvalConfig(prompts=PROMPTS, samples_per_prompt=4, new_tokens=12, half_width=0.05, max_samples=64)
     windows = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
     drawn = []
     real = cal_module.measure_rate
-    monkeypatch.setattr(
-        cal_module, "measure_rate", lambda *a, bias=0.0, **k: drawn.append(bias) or real(*a, bias=bias, **k)
-    )
+
+    def measure(*a, bias=0.0, **k):
+        got = real(*a, bias=bias, **k)
+        drawn.append((bias, got[0]["stop"]))
+        return got
+
+    monkeypatch.setattr(cal_module, "measure_rate", measure)
     monkeypatch.setattr(Pool, "enough", lambda self, estimate: False)  # as for a set in every sample
     cal = calibrate(model, tok, mask, 0.5, cfg, windows, tol=0.03)
-    assert len(drawn) == len(set(drawn)) >= cal_module.WEIGHTED_DRAWS  # no b is drawn twice
+    biases = [b for b, _ in drawn]
+    assert len(set(biases)) >= cal_module.WEIGHTED_DRAWS
+    # a b is drawn again only to sample until known, where its first pass alone was drawn before
+    for b in {b for b in biases if biases.count(b) > 1}:
+        assert [stop for x, stop in drawn if x == b][0] == "fixed" and biases.count(b) == 2
     assert cal.pool is not None and len(cal.pool.draws) == cal_module.WEIGHTED_DRAWS
     assert (cal.bias, cal.rate["mean"]) in cal.history and "ess" not in cal.rate  # measured, not weighted

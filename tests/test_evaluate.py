@@ -23,7 +23,12 @@ from tokentilt.targets.tokens import token_texts
 from tokentilt.training.head_rows import untie_output_head
 
 SMALL = dict(
-    prompts=["The king said", "Once upon a time,"], samples_per_prompt=2, new_tokens=8, eval_windows=2, eval_seq_len=16
+    prompts=["The king said", "Once upon a time,"],
+    samples_per_prompt=2,
+    new_tokens=8,
+    eval_windows=2,
+    eval_seq_len=16,
+    half_width=0.0,  # exactly 2 samples per prompt
 )
 
 

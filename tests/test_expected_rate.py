@@ -137,7 +137,7 @@ def test_the_per_sample_value_by_hand():
 
 
 def test_measure_reports_the_expected_count_beside_an_unchanged_r(model):
-    cfg = EvalConfig(prompts=[PROMPT, "ad"], samples_per_prompt=8, new_tokens=L, eval_seed=3)
+    cfg = EvalConfig(prompts=[PROMPT, "ad"], samples_per_prompt=8, new_tokens=L, eval_seed=3, half_width=0.0)
     windows = torch.tensor([[1, 2, 3, 4, 5, 0], [2, 2, 1, 0, 4, 3]])
     got, samples = measure(model, TinyTokenizer(), MASK, cfg, windows, bias=0.7)
     plain, same = measure_rate(model, TinyTokenizer(), MASK, cfg, bias=0.7)  # no SetMass recorded
@@ -194,7 +194,7 @@ def test_greedy_gives_the_counted_rate_itself(model):
 
 def test_a_phrase_set_has_no_expected_count(model):
     phrases = PhraseSet("phrase:bc", ["bc"], True, [Variant(0, "bc", True, [1, 2])], V, torch.ones(V, dtype=torch.bool))
-    cfg = EvalConfig(prompts=[PROMPT], samples_per_prompt=4, new_tokens=L)
+    cfg = EvalConfig(prompts=[PROMPT], samples_per_prompt=4, new_tokens=L, half_width=0.0)
     rate, samples = measure_rate(model, TinyTokenizer(), phrases, cfg, expect=True)
     assert samples.set_mass is None and expected_rates_of(samples) is None
     assert rate["n"] == 4

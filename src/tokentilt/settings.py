@@ -77,7 +77,10 @@ class EvalConfig:
     """How R and the costs are measured: prompts x samples for R, held-out windows for the rest."""
 
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))  # varied openings for R (set in YAML)
-    samples_per_prompt: int = 4  # samples per prompt for R; with 16 prompts, 4 give 64 samples
+    samples_per_prompt: int = 4  # samples per prompt for R, the first pass; with 16 prompts, 4 give 64 samples
+    half_width: float = 0.02  # then more samples, every prompt alike, until R's interval is at most +- this
+    # (or max-samples are drawn); 0 = exactly samples-per-prompt
+    max_samples: int = 512  # the sampling budget of one R measurement (calibration, rate rounds, final R)
     new_tokens: int = 48  # tokens generated per sample
     temperature: float = 1.0  # sampling temperature; 1.0 samples the model's own distribution
     top_k: int = 0  # top-k sampling, 0 = off
@@ -97,6 +100,8 @@ class EvalConfig:
             raise ValueError("prompts must be a non-empty list of non-empty strings")
         if self.samples_per_prompt <= 0 or self.new_tokens <= 0 or self.during_samples_per_prompt <= 0:
             raise ValueError("samples-per-prompt and new-tokens must be positive")
+        if not 0 <= self.half_width < 0.5 or self.max_samples <= 0:
+            raise ValueError("half-width must be in [0, 0.5) and max-samples positive")
         if self.eval_windows <= 0 or self.eval_seq_len < 2:
             raise ValueError("eval-windows must be positive and eval-seq-len at least 2")
 
@@ -108,8 +113,9 @@ class EvalConfig:
 
     @classmethod
     def course(cls) -> EvalConfig:
-        """The course experiments' measurement: their 8 prompts (their README numbers were taken on them)."""
-        return cls(prompts=list(COURSE_PROMPTS))
+        """The course experiments' measurement: their 8 prompts at a fixed sample count (their README numbers
+        were taken so)."""
+        return cls(prompts=list(COURSE_PROMPTS), half_width=0.0)
 
     def probe(self) -> EvalConfig:
         """The same measurement on other seeds (eval_seed + 1): what tilt --rate chooses b on, so that the

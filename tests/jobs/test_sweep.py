@@ -49,6 +49,8 @@ def sweep_argv(tiny_model_dir, text, out, *extra):
         "16",
         "--samples-per-prompt",
         "1",
+        "--half-width",
+        "0",
         "--new-tokens",
         "8",
         "--eval-text",
@@ -209,6 +211,8 @@ def test_sweep_at_a_rate_trains_tilt_distill_toward_the_corrected_bias(tiny_mode
         "0",
         "--samples-per-prompt",
         "2",
+        "--half-width",
+        "0",
     )
     assert main(argv) == 0
     records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]

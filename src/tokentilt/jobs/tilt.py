@@ -293,7 +293,8 @@ def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, train
                 estimated[b] = estimate["ess"]
                 return estimate["mean"]
         say(f"measuring the decode-time R at b = {b:.3f} ...")
-        return measure_rate(run.reference, run.tokenizer, run.tokens, cfg.eval, bias=b, bf16=bf16)[0]["mean"]
+        plan = after["rate"].get("plan")  # the tuned R's samples: the same prompts, seeds and count
+        return measure_rate(run.reference, run.tokenizer, run.tokens, cfg.eval, bias=b, bf16=bf16, plan=plan)[0]["mean"]
 
     curve = [(0.0, start.before["rate"]["mean"]), (start.bias, start.baseline["rate"]["mean"])]
     if trained_bias != start.bias:

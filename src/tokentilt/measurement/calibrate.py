@@ -18,7 +18,7 @@ import torch
 
 from tokentilt.measurement import importance
 from tokentilt.measurement.evaluate import EvalConfig, measure_rate
-from tokentilt.measurement.metrics import forward_batches, split_windows
+from tokentilt.measurement.metrics import forward_batches, half_width, split_windows
 from tokentilt.objectives.losses import set_log_mass
 from tokentilt.settings import check_rate  # noqa: F401 (re-exported)
 from tokentilt.targets.target import Target, as_target
@@ -86,10 +86,13 @@ def proxy_bias(
     return bisect(lambda b: tilted_mean_mass(log_mass, b), target, -limit, limit)
 
 
-def rate_tolerance(target: float, tol: float) -> float:
+def rate_tolerance(target: float, tol: float, half_width: float = 0.0) -> float:
     """The |R - R*| that counts as on target: `tol`, or 15% of the distance to 0 or 1 when that is smaller,
-    so that a small R* (0.05 of words) is not met by a rate 40% off it."""
-    return min(tol, 0.15 * min(target, 1 - target))
+    so that a small R* (0.05 of words) is not met by a rate 40% off it; and with the half-width that R is
+    measured to (EvalConfig.half_width), at most half of it, so that R* lies inside the interval of a fresh
+    measurement and not at its edge."""
+    tol = min(tol, 0.15 * min(target, 1 - target))
+    return min(tol, half_width / 2) if half_width > 0 else tol
 
 
 def _logit(r: float, n: int) -> float:
@@ -123,7 +126,7 @@ def calibrate(
     (metrics.TiltCosts.log_mass), for the proxy.
     """
     check_rate(target)
-    tol = rate_tolerance(target, tol)
+    tol = rate_tolerance(target, tol, cfg.half_width)
     tokens = as_target(tokens)
     # a phrase set has no one-pass proxy (its bias depends on context): start at b = 0
     b0 = 0.0 if tokens.mask is None else proxy_bias(model, windows, tokens.mask, target, bf16, log_mass=log_mass)
@@ -135,20 +138,27 @@ def calibrate(
             return found
     n = len(cfg.prompts) * cfg.samples_per_prompt
     goal = _logit(target, n)
+    first = [cfg.samples_per_prompt]  # the first pass alone: where R is still far from the target
 
-    def rate_at(b: float) -> float:
-        if b not in measured:
-            measured[b] = measure_rate(model, tokenizer, tokens, cfg, bias=b, bf16=bf16)[0]
+    def rate_at(b: float, known: bool = False) -> float:
+        """R at b: of the first pass, or (known) sampled until known, by measure_rate's rule."""
+        again = known and measured.get(b, {}).get("stop") == "fixed" and cfg.half_width > 0
+        if b not in measured or again:
+            measured[b] = measure_rate(model, tokenizer, tokens, cfg, bias=b, bf16=bf16, plan=None if known else first)[
+                0
+            ]
             if echo:
-                echo(f"  calibrate: b = {b:+.3f} -> R = {measured[b]['mean']:.3f}")
+                echo(f"  calibrate: b = {b:+.3f} -> R = {fmt_measured(measured[b])}")
         return measured[b]["mean"]
 
     b = b0
     lo = hi = None  # bracket: R(lo) < target < R(hi)
     for _ in range(iters):
         r = rate_at(b)
-        if abs(r - target) <= tol:
-            break
+        if abs(r - target) <= tol:  # on target by the first pass: sample until known, and judge on that
+            r = rate_at(b, known=True)
+            if abs(r - target) <= tol:
+                break
         if r < target:
             lo = b if lo is None else max(lo, b)
         else:
@@ -163,11 +173,18 @@ def calibrate(
         else:
             b = b + max(-max_step, min(max_step, goal - _logit(r, n)))
     best = min(measured, key=lambda x: (abs(measured[x]["mean"] - target), abs(x)))
+    rate_at(best, known=True)
     history = [(x, measured[x]["mean"]) for x in measured]
     return Calibration(target, best, measured[best], b0, history, pool)
 
 
-WEIGHTED_DRAWS = 2  # draws calibrate_by_weights takes before handing over to bisection
+def fmt_measured(rate: dict) -> str:
+    """A calibration point's R with its interval, its sample count and where sampling stopped."""
+    how = f", {rate['stop']}" if rate.get("stop", "fixed") != "fixed" else ""
+    return f"{rate['mean']:.3f} [{rate['ci_low']:.3f}, {rate['ci_high']:.3f}] (n = {rate['n']}{how})"
+
+
+WEIGHTED_DRAWS = 3  # draws calibrate_by_weights takes before handing over to bisection
 
 
 def calibrate_by_weights(
@@ -184,34 +201,40 @@ def calibrate_by_weights(
 ) -> tuple[Calibration | None, dict[float, dict], importance.Pool]:
     """calibrate() for a token set at temperature 1: R(b) estimated at every b from the draws so far.
 
-    Draws at b0, then solves R(b) = target on the importance-weighted estimate of all draws pooled
-    (importance.py), within max_step of the biases drawn. When the estimate at that b rests on an
-    effective sample size of at least half a draw, that b is the result and its R the estimate;
-    otherwise the next draw is one logit step from the last, as in calibrate(). After `draws` draws
-    without one the result is None and the caller bisects, starting from the R measured at these
-    draws (a set frequent in every sample, such as "e", weighs badly even a small change of b).
-    Each draw costs one sampling pass, which records what the weights need (generate.StepScores).
-    -> (the calibration or None, {b: R measured}, the pool).
+    Draws the first pass at b0, then solves R(b) = target on the importance-weighted estimate of all draws
+    pooled (importance.py), within max_step of the biases drawn, and draws there, now sampling until R is
+    known (measure_rate's rule). When the estimate at the solved b rests on an effective sample size of at
+    least half the smallest draw, and a draw sampled until known is among them (or the estimate is already
+    as narrow as the rule asks), that b is the result and its R the estimate; otherwise the next draw is
+    one logit step from the last, as in calibrate(). After `draws` draws without one the result is None
+    and the caller bisects, starting from the R measured at these draws (a set frequent in every sample,
+    such as "e", weighs badly even a small change of b). Each draw records what the weights need
+    (generate.StepScores). -> (the calibration or None, {b: R measured}, the pool).
     """
     tokens = as_target(tokens)
     pool, history, measured, b = importance.Pool(), [], {}, b0
-    for _ in range(draws):
-        rate, samples = measure_rate(model, tokenizer, tokens, cfg, bias=b, bf16=bf16, score=True)
+    for i in range(draws):
+        plan = [cfg.samples_per_prompt] if i == 0 else None
+        rate, samples = measure_rate(model, tokenizer, tokens, cfg, bias=b, bf16=bf16, score=True, plan=plan)
         history.append((b, rate["mean"]))
         measured[b] = rate
         if echo:
-            echo(f"  calibrate: b = {b:+.3f} -> R = {rate['mean']:.3f}")
+            echo(f"  calibrate: b = {b:+.3f} -> R = {fmt_measured(rate)}")
         per_sample = tokens.rates(samples)
         pool.draws.append(importance.draw_of(model, tokenizer, samples, tokens.mask, b, per_sample, bf16))
         solved = pool.solve(target, reach=max_step)
         estimate = pool.at_bias(solved)
-        if pool.enough(estimate):
+        known = i > 0 or cfg.half_width <= 0 or half_width(estimate) <= cfg.half_width
+        if pool.enough(estimate) and known:
             if echo:
                 echo(
                     f"  calibrate: b = {solved:+.3f} -> R = {estimate['mean']:.3f} estimated from the "
                     f"{len(pool.draws)} draw(s) by importance weights ({estimate['ess']:.0f} effective samples)"
                 )
             return Calibration(target, solved, estimate, b0, history, pool), measured, pool
+        if pool.enough(estimate):  # the estimate is good enough to aim at: draw there, until R is known
+            b = solved
+            continue
         # the draws say little about R there: step in logit space from the last draw, as calibrate() does
         step = _logit(target, pool.n) - _logit(rate["mean"], pool.n)
         b = b + max(-max_step, min(max_step, step))
@@ -300,6 +323,7 @@ def fit_trained_bias(
     echo=None,
     resumed: RoundsState | None = None,
     after_round=None,
+    half_width: float = 0.0,
 ):
     """Train toward b, measure the trained model's R, move b, train again: at most `rounds` times.
 
@@ -307,7 +331,7 @@ def fit_trained_bias(
     rate of b on the prompts: the tilt is learned on other contexts, in a finite number of steps.
     So b starts at the decode-time calibration and each round moves it in logit space, first by
     logit(R*) - logit(R), then along the secant through the last two rounds. Stops when
-    |R - R*| <= rate_tolerance(R*, tol) and keeps the round whose R is nearest R*.
+    |R - R*| <= rate_tolerance(R*, tol, half_width) and keeps the round whose R is nearest R*.
 
     train_at(b) trains from the start weights and returns what the caller keeps of that round
     (its history, a copy of the weights); probe() -> R dict of the model just trained. The probe
@@ -320,7 +344,7 @@ def fit_trained_bias(
     if rounds < 1:
         raise ValueError(f"rate-rounds must be >= 1, got {rounds}")
     goal = _logit(target, n)
-    tol = rate_tolerance(target, tol)
+    tol = rate_tolerance(target, tol, half_width)
     tried: list[tuple[float, dict]] = []  # (b, R) per round
     best, best_value, done = 0, None, False
     if resumed is not None:

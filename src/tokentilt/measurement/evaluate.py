@@ -8,6 +8,7 @@ the same prompts and seeds for R, the same held-out windows for perplexity and d
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import torch
@@ -19,6 +20,7 @@ from tokentilt.measurement.metrics import (
     ReplyWindows,
     TiltCosts,
     distinct_n,
+    half_width,
     mean_ci,
     perplexity,
     perplexity_and_drift,
@@ -28,6 +30,11 @@ from tokentilt.measurement.sampling import Samples, sample
 from tokentilt.settings import EvalConfig, SampleConfig  # noqa: F401 (EvalConfig re-exported)
 from tokentilt.targets.target import Target, as_target
 from tokentilt.targets.tokens import expected_rates
+
+# The samples of the first pass when sampling until known, at least: with 16 a 95% interval stopped on its own
+# width covered 90% of the time, with 64 95% (3-token samples at R 0.11; docs/method.md)
+MIN_BEFORE_STOP = 64
+PASS_SEED_STRIDE = 7919  # a later pass samples on eval_seed + this x (passes before it): clear of the probe's + 1
 
 
 def measure_rate(
@@ -40,27 +47,84 @@ def measure_rate(
     bf16: bool = False,
     score: bool = False,
     expect: bool = False,
+    plan: list[int] | None = None,
 ) -> tuple[dict, Samples]:
     """R of `target` (a Target, or a (V,) bool mask) with a 95% interval over samples, and the samples
     themselves (score: with their StepScores on a token set's mask, for importance weights; expect: with
-    their SetMass on it, for expected_rates_of)."""
+    their SetMass on it, for expected_rates_of).
+
+    How many samples: sample_until's rule, from cfg. The rate dict says where it stopped ("stop":
+    "half-width", "budget", or "fixed" with per_prompt, a plan or half_width 0) and how ("plan": the samples
+    per prompt of each pass). A measurement given that plan draws the same prompts on the same seeds, as many
+    times: what a side-by-side comparison of two models, or of two biases, needs.
+    """
     target = as_target(target)
-    samples = sample(
-        model,
-        tokenizer,
-        cfg.prompts,
-        per_prompt or cfg.samples_per_prompt,
-        cfg.sample_config(),
-        seed=cfg.eval_seed,
-        bias_mask=target if bias else None,
-        bias=bias,
-        bf16=bf16,
-        chat=cfg.chat,
-        system=cfg.system,
-        score_mask=target.mask if score else None,
-        expect_mask=target.mask if expect else None,
-    )
-    return mean_ci(target.rates(samples)), samples
+
+    def draw(passes: int, before: int) -> Samples:
+        return sample(
+            model,
+            tokenizer,
+            cfg.prompts,
+            passes,
+            cfg.sample_config(),
+            seed=cfg.eval_seed + PASS_SEED_STRIDE * before,
+            bias_mask=target if bias else None,
+            bias=bias,
+            bf16=bf16,
+            chat=cfg.chat,
+            system=cfg.system,
+            score_mask=target.mask if score else None,
+            expect_mask=target.mask if expect else None,
+        )
+
+    parts, rates, stop, plan = sample_until(draw, target.rates, cfg, per_prompt, plan)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return {**mean_ci(rates), "stop": stop, "plan": plan}, Samples.cat(parts, pad)
+
+
+def sample_until(
+    draw, rates_of, cfg: EvalConfig, per_prompt: int | None = None, plan: list[int] | None = None
+) -> tuple[list[Samples], torch.Tensor, str, list[int]]:
+    """Sample until R is known: the one rule of every R measurement (calibration, rate rounds, final R).
+
+    A first pass of samples_per_prompt (or per_prompt) samples of every prompt, and at least MIN_BEFORE_STOP in
+    all when it may stop; then, while R's 95% interval
+    is wider than +- cfg.half_width, more passes over every prompt alike (spread over the prompts, never more
+    of one prompt than of another), as many as the interval's width says it needs (it narrows as 1/sqrt(n);
+    at most 4x the samples so far at a time), until it is narrow enough ("half-width") or cfg.max_samples are drawn ("budget"). With per_prompt or
+    `plan` (samples per prompt of each pass), or half_width 0, exactly that ("fixed").
+    draw(passes, passes before) -> Samples; rates_of(Samples) -> (N,) per-sample R.
+    -> (the Samples of each pass, (N,) per-sample R of them all, stop, the plan drawn).
+    """
+    fixed = plan is not None or per_prompt is not None or cfg.half_width <= 0
+    prompts = len(cfg.prompts)
+    first = per_prompt or cfg.samples_per_prompt
+    if not fixed:  # a stop judged on a width from few samples undercovers (the width and R err together)
+        first = max(first, math.ceil(MIN_BEFORE_STOP / prompts))
+    budget = max(cfg.max_samples // prompts, first)  # passes
+    parts, rates, taken = [], [], []
+
+    def take(passes: int) -> None:
+        parts.append(draw(passes, sum(taken)))
+        rates.append(rates_of(parts[-1]))
+        taken.append(passes)
+
+    for passes in plan if plan is not None else [first]:
+        take(passes)
+    stop = "fixed"
+    while not fixed:
+        got = mean_ci(torch.cat(rates))
+        half = half_width(got)
+        if half <= cfg.half_width:
+            stop = "half-width"
+            break
+        if sum(taken) >= budget:
+            stop = "budget"
+            break
+        need = math.ceil(sum(taken) * (half / cfg.half_width) ** 2)  # passes, by the width's 1/sqrt(n)
+        # at most 4x the passes so far in one go: an early width rests on few samples
+        take(min(budget, 4 * sum(taken), max(need, sum(taken) + 1)) - sum(taken))
+    return parts, torch.cat(rates), stop, taken
 
 
 def rates_of(target: Target | torch.Tensor, samples: Samples) -> torch.Tensor:

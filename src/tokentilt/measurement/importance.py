@@ -24,7 +24,6 @@ measured by sampling.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -83,16 +82,18 @@ class Pool:
 
     @property
     def n(self) -> int:
-        """Samples in one draw."""
-        return len(self.draws[0].rates)
+        """Samples in the smallest draw (draws sample until R is known, so their sizes differ)."""
+        return min(len(d.rates) for d in self.draws)
 
     def _cat(self, name: str) -> torch.Tensor:
         return torch.cat([getattr(d, name) for d in self.draws])
 
     def log_proposal(self) -> torch.Tensor:
-        """log q(x) - log p_0(x) for every pooled sample, q the equal mixture of the draws. (K·N,)"""
-        per_draw = torch.stack([torch.cat([d.log_tilt(x.bias) for d in self.draws]) for x in self.draws])  # (K, K·N)
-        return per_draw.logsumexp(0) - math.log(len(self.draws))
+        """log q(x) - log p_0(x) for every pooled sample, q the mixture of the draws in proportion to their
+        samples. (N_total,)"""
+        per_draw = torch.stack([torch.cat([d.log_tilt(x.bias) for d in self.draws]) for x in self.draws])  # (K, N)
+        sizes = torch.tensor([len(d.rates) for d in self.draws], dtype=per_draw.dtype)
+        return (per_draw + (sizes / sizes.sum()).log()[:, None]).logsumexp(0)
 
     def estimate(self, log_target: torch.Tensor) -> dict:
         """R under the distribution with log p(x) - log p_0(x) = log_target (K·N,) -> {"mean", "ci_low",

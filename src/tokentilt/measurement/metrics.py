@@ -91,6 +91,12 @@ def mean_ci(values, confidence: float = 0.95) -> dict:
     return {"mean": mean, "ci_low": low, "ci_high": high, "n": n}
 
 
+def half_width(rate: dict) -> float:
+    """The half-width of a mean_ci-style interval, its wider side (an interval clipped at 0 or 1 is not the
+    narrower for it)."""
+    return max(rate["mean"] - rate["ci_low"], rate["ci_high"] - rate["mean"])
+
+
 # ---------------------------------------------------------------- perplexity and drift
 
 

@@ -231,6 +231,29 @@ class Samples:
         """Each sample's counted ids: the reply before end-of-turn in chat, else every generated token."""
         return self.tokens.tolist() if self.lengths is None else chat_module.replies(self.tokens, self.lengths)
 
+    @staticmethod
+    def cat(parts: list[Samples], pad: int = 0) -> Samples:
+        """The samples of several sample() calls (of the same settings) as one, in order; tokens right-padded
+        with `pad` to the widest (a chat reply's tokens past its length are never read)."""
+        if len(parts) == 1:
+            return parts[0]
+        width = max(p.tokens.size(1) for p in parts)
+
+        def joined(name: str):
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else [v for part in values for v in part]
+
+        return Samples(
+            joined("prompts"),
+            torch.cat([torch.nn.functional.pad(p.tokens, (0, width - p.tokens.size(1)), value=pad) for p in parts]),
+            joined("texts"),
+            None if parts[0].lengths is None else torch.cat([p.lengths for p in parts]),
+            joined("formatted"),
+            parts[0].special,
+            None if parts[0].step_scores is None else StepScores.cat([p.step_scores for p in parts], width),
+            None if parts[0].set_mass is None else torch.cat([pad_steps(p.set_mass, width, math.nan) for p in parts]),
+        )
+
 
 @dataclass
 class StepScores:

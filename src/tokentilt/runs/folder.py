@@ -89,17 +89,20 @@ def keep_records_until(path, step: int, key: str = "step") -> None:
 
 def write_samples(path, before, after) -> None:
     """samples.jsonl: one line per sample with its prompt, and the generated text and token ids
-    before and after (the same prompt and seed), so anyone can recount R with their own code.
+    before and after (the same prompt and seed), so anyone can recount R with their own code. Each side
+    sampled until its own R was known (evaluate.sample_until), so the side with more samples has lines of
+    its own at the end.
 
     In chat, each record also holds the prompt as the model saw it (`formatted`, in its chat template),
     and "text" and "ids" are the reply: the tokens before its end-of-turn token."""
     before_ids, after_ids = before.replies(), after.replies()
+    longer = before if len(before.prompts) >= len(after.prompts) else after
     with open(path, "w", encoding="utf-8") as f:
-        for i, prompt in enumerate(before.prompts):
+        for i, prompt in enumerate(longer.prompts):  # each side sampled until its own R was known
             record = {
                 "prompt": prompt,
-                **({"formatted": before.formatted[i]} if before.formatted else {}),
-                "before": {"text": before.texts[i], "ids": before_ids[i]},
-                "after": {"text": after.texts[i], "ids": after_ids[i]},
+                **({"formatted": longer.formatted[i]} if longer.formatted else {}),
+                **({"before": {"text": before.texts[i], "ids": before_ids[i]}} if i < len(before.prompts) else {}),
+                **({"after": {"text": after.texts[i], "ids": after_ids[i]}} if i < len(after.prompts) else {}),
             }
             f.write(json.dumps(record, ensure_ascii=False) + "\n")

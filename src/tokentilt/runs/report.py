@@ -57,6 +57,14 @@ def fmt_rate(r: dict) -> str:
     return f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
 
 
+STOPS = {"half-width": "interval narrow enough", "budget": "budget spent", "fixed": "a fixed count"}
+
+
+def fmt_samples(r: dict) -> str:
+    """The samples an R took and why sampling stopped (evaluate.sample_until): "384 (interval narrow enough)"."""
+    return f"{r['n']} ({STOPS.get(r.get('stop'), 'a fixed count')})"
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def cell(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -115,6 +123,15 @@ def summary_rows(s: dict) -> list[dict]:
             **({"decode-time baseline": fmt_rate(base["rate"])} if base else {}),
         }
     ]
+    if "stop" in s["rate_after"]:  # how many samples R took, and why sampling stopped there
+        rows.append(
+            {
+                "": "samples for R (why it stopped)",
+                "before": fmt_samples(s["rate_before"]),
+                "after": fmt_samples(s["rate_after"]),
+                **({"decode-time baseline": fmt_samples(base["rate"])} if base else {}),
+            }
+        )
     if s.get("rate_expected_before") and s.get("rate_expected_after"):  # a token set's Rao-Blackwellised R
         expected = (base or {}).get("rate_expected")
         rows.append(

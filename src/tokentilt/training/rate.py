@@ -11,6 +11,7 @@ import torch
 
 from tokentilt.measurement.calibrate import RateFit, RoundsState, fit_trained_bias
 from tokentilt.measurement.evaluate import measure_rate
+from tokentilt.measurement.metrics import half_width
 from tokentilt.models.load import load_model
 from tokentilt.targets import phrases
 from tokentilt.training import checkpoint
@@ -44,8 +45,9 @@ def train_to_rate(
     (on eval_seed) is not the one b was fitted to. The model ends holding the kept round's weights. With
     `pool`, the calibration's draws on the probe seeds (importance.Pool), a round's R is first estimated
     from them by importance weights (one teacher-forced forward of the trained model, of its head alone
-    for a head-only placement, or none at all where the placement gives its `offsets`) and sampled only
-    when the estimate rests on too few effective samples. after_round(RoundsState, kept_changed)
+    for a head-only placement, or none at all where the placement gives its `offsets`) and sampled (until
+    known, by measure_rate's rule) only when the estimate rests on too few effective samples or its
+    interval is wider than that rule asks. after_round(RoundsState, kept_changed)
     checkpoints each round (its value: (history, weights)); `resumed` goes on from one.
     -> (the fit, the kept round's training history).
     """
@@ -64,7 +66,7 @@ def train_to_rate(
                 estimate = pool.of_offsets(placement.offsets)
             else:
                 estimate = pool.of_model(model, cfg.train.bf16, placement.head_only)
-            if pool.enough(estimate):
+            if pool.enough(estimate) and (not probe_cfg.half_width or half_width(estimate) <= probe_cfg.half_width):
                 return estimate
         return measure_rate(model, tokenizer, target, probe_cfg, bf16=cfg.train.bf16)[0]
 
@@ -73,7 +75,16 @@ def train_to_rate(
 
     n = len(cfg.eval.prompts) * cfg.eval.samples_per_prompt
     fit, (history, weights) = fit_trained_bias(
-        train_at, probe, cfg.rate, bias, cfg.rate_rounds, n, echo=echo, resumed=resumed, after_round=after_round
+        train_at,
+        probe,
+        cfg.rate,
+        bias,
+        cfg.rate_rounds,
+        n,
+        echo=echo,
+        resumed=resumed,
+        after_round=after_round,
+        half_width=probe_cfg.half_width,
     )
     if fit.kept != len(fit.rounds) - 1 or (resumed is not None and resumed.done):  # (resumed: no round trained)
         restore(model, weights)

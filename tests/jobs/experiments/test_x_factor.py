@@ -41,7 +41,7 @@ def test_runs_side_by_side_and_large_lr_raises_r(tmp_path, tiny_hf_folder, monke
         bf16=False,
         eval_every=6,
         out=str(tmp_path / "e"),
-        eval=EvalConfig(prompts=["The king said", "Once"], samples_per_prompt=2, new_tokens=8),
+        eval=EvalConfig(prompts=["The king said", "Once"], samples_per_prompt=2, new_tokens=8, half_width=0.0),
     )
     summary = run(cfg, progress=False, echo=lambda *_: None)
     assert [r["lr"] for r in summary["runs"]] == [1e-6, 1e-2]
