@@ -6,7 +6,9 @@ Each argument is a finished `tokentilt tilt --toward phrases:FILE --rate R*` run
 in benchmarks/README.md). The trie's row is the run's own matched decode-time tilt (b interpolated to the
 tuned R on the run's eval seeds, its held-out perplexity and rho). For Hugging Face's sequence_bias this
 script calibrates b on the reference (the bundled model) until the decode-time R, on the run's eval prompts
-and seeds, is the tuned model's R; then it measures that tilt's held-out perplexity on the same windows
+and seeds, is the tuned model's R; then it measures that tilt on the tuned R's own samples (the run's
+measurement settings from its config.yaml, and its plan: the same prompts, seeds and sample count) and its
+held-out perplexity on the same windows
 and gives rho = (ppl_tuned - ppl_base) / (ppl_decode - ppl_base) against it. A method that cannot reach
 the tuned R (sequence_bias biases only an entry's last token, so a rare first token caps its rate) is
 reported with the R it reached at its largest b. For a run below the base rate (away) it adds the hard
@@ -16,10 +18,13 @@ ban: the trie at b = -inf. Not part of the test suite; writes p7_phrases.json be
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
 from pathlib import Path
+
+import yaml
 
 from tokentilt.measurement.calibrate import calibrate
 from tokentilt.measurement.evaluate import EvalConfig, held_out_windows, measure
@@ -32,6 +37,12 @@ def rho(s: dict, ppl_decode: float) -> float | None:
     return (s["ppl_after"] - s["ppl_before"]) / extra if extra > 0 and math.isfinite(extra) else None
 
 
+def run_eval_config(run: Path) -> EvalConfig:
+    """The EvalConfig a run measured with, from its config.yaml (flat option: value)."""
+    flat = yaml.safe_load((run / "config.yaml").read_text())
+    return EvalConfig(**{f.name: flat[f.name] for f in dataclasses.fields(EvalConfig) if f.name in flat}).resolved()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path)
@@ -40,7 +51,8 @@ def main() -> None:
     rows = []
     for run in args.runs:
         s = json.loads((run / "summary.json").read_text())
-        cfg = EvalConfig()  # the runs use the default measurement: 16 prompts x 4, 48 tokens, eval seed 1234
+        cfg = run_eval_config(run)  # the run's own measurement: its prompts, samples, tokens and seeds
+        plan = s["rate_after"].get("plan")  # and the tuned R's samples: the same prompts, seeds and count
         windows = held_out_windows(tokenizer, cfg)
         phrases = resolve_target(s["selector"], tokenizer, model)
         tuned = s["rate_after"]["mean"]
@@ -72,7 +84,7 @@ def main() -> None:
             started = time.time()
             target = phrases.with_method(method)
             cal = calibrate(model, tokenizer, target, tuned, cfg, windows, echo=print)
-            got, _ = measure(model, tokenizer, target, cfg, windows, bias=cal.bias)
+            got, _ = measure(model, tokenizer, target, cfg, windows, bias=cal.bias, plan=plan)
             rows.append(
                 {
                     **base,

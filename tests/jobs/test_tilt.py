@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 import tokentilt.jobs.tilt
 import tokentilt.measurement.evaluate
@@ -310,3 +311,29 @@ def test_a_tilt_run_reports_rho_with_an_interval_around_it(tiny_model_dir, eval_
     assert "per_window" not in s["matched_decode"] and "per_window" not in s["baseline"]
     line = f"excess cost rho = {s['rho']:.2f} [{s['rho_ci_low']:.2f}, {s['rho_ci_high']:.2f}]"
     assert line in capsys.readouterr().out and line in (out / "report.md").read_text()
+
+
+def test_a_run_samples_until_r_is_known_and_says_where_it_stopped(tiny_model_dir, eval_file, tmp_path, capsys):
+    """The default rule end to end: every R of the run records its stop and its plan, the console and
+    report.md say how many samples each R took and why, and samples.jsonl holds every sample of both sides
+    (the side that took more has lines of its own), each line recounting to its side's R."""
+    out = tmp_path / "run"
+    argv = tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.3")
+    argv += ["--half-width", "0.04", "--max-samples", "96"]  # the last flag wins over tilt_argv's fixed count
+    assert main(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    rates = [s["rate_before"], s["rate_after"], s["baseline"]["rate"]]
+    for r in rates:
+        assert r["stop"] in ("half-width", "budget") and 64 <= r["n"] <= 96 and r["n"] == 16 * sum(r["plan"])
+        assert r["stop"] == "budget" or r["ci_high"] - r["mean"] <= 0.04 + 1e-12
+    printed = capsys.readouterr().out
+    assert "samples for R (why it stopped)" in printed and "samples for R" in (out / "report.md").read_text()
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == max(s["rate_before"]["n"], s["rate_after"]["n"])
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    mask = torch.tensor(["x" in t.lower() for t in tok.batch_decode([[i] for i in range(len(tok))])])
+    for side in ("before", "after"):
+        got = [r[side]["ids"] for r in records if side in r]
+        assert len(got) == s[f"rate_{side}"]["n"]
+        recount = mask[torch.tensor(got)].double().mean(1).mean()  # by hand, from the file
+        assert float(recount) == pytest.approx(s[f"rate_{side}"]["mean"], abs=1e-9)

@@ -234,6 +234,7 @@ def measure(
     score: bool = False,
     head_only: bool = False,
     per_window: bool = False,
+    plan: list[int] | None = None,
 ) -> tuple[dict, Samples]:
     """Every number of one model (optionally decoded with logit bias b on the set).
 
@@ -248,11 +249,12 @@ def measure(
     over them when there is no reference, and with head_only (the model and its reference differ only in
     their output heads, and `known` is of their body) the body's passes. score: the samples carry their
     StepScores (measure_rate). per_window: also "per_window" (and "per_window_text"), the costs' WindowCosts,
-    for excess_cost's interval (not for JSON: public() drops them).
+    for excess_cost's interval (not for JSON: public() drops them). plan: measure_rate's, to draw the samples
+    of another measurement again.
     """
     target = as_target(target)
     rate, samples = measure_rate(
-        model, tokenizer, target, cfg, bias=bias, bf16=bf16, score=score, expect=target.mask is not None
+        model, tokenizer, target, cfg, bias=bias, bf16=bf16, score=score, expect=target.mask is not None, plan=plan
     )
     expected = expected_rates_of(samples)
     costs = both_windows(
