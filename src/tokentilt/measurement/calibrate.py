@@ -204,9 +204,11 @@ def calibrate_by_weights(
     Draws the first pass at b0, then solves R(b) = target on the importance-weighted estimate of all draws
     pooled (importance.py), within max_step of the biases drawn, and draws there, now sampling until R is
     known (measure_rate's rule). When the estimate at the solved b rests on an effective sample size of at
-    least half the smallest draw, and a draw sampled until known is among them (or the estimate is already
-    as narrow as the rule asks), that b is the result and its R the estimate; otherwise the next draw is
-    one logit step from the last, as in calibrate(). After `draws` draws without one the result is None
+    least half the smallest draw and its interval is as narrow as the rule asks (or as it gets: the last
+    draw spent its budget, or there is no draw left), that b is the result and its R the estimate. A
+    wider estimate draws again at the solved b, so the pool gathers its samples near the answer, where the
+    rate rounds' estimates of the trained model read them too; an estimate on too few effective samples
+    steps one logit step from the last draw, as in calibrate(). After `draws` draws without one the result is None
     and the caller bisects, starting from the R measured at these draws (a set frequent in every sample,
     such as "e", weighs badly even a small change of b). Each draw records what the weights need
     (generate.StepScores). -> (the calibration or None, {b: R measured}, the pool).
@@ -224,7 +226,10 @@ def calibrate_by_weights(
         pool.draws.append(importance.draw_of(model, tokenizer, samples, tokens.mask, b, per_sample, bf16))
         solved = pool.solve(target, reach=max_step)
         estimate = pool.at_bias(solved)
-        known = i > 0 or cfg.half_width <= 0 or half_width(estimate) <= cfg.half_width
+        # known: as narrow as the rule asks, or as narrow as it gets (the last draw spent its budget, or
+        # this was the last draw); a draw there would pool more samples near the answer
+        known = cfg.half_width <= 0 or half_width(estimate) <= cfg.half_width
+        known = known or (i > 0 and (rate["stop"] == "budget" or i == draws - 1))
         if pool.enough(estimate) and known:
             if echo:
                 echo(
