@@ -233,3 +233,17 @@ def test_scores_in_one_row_batches_equal_the_unchunked_ones(setup, head_only, mo
     chunked = importance._log_probs(model, draw, False, mask, head_only=head_only)
     assert torch.allclose(chunked[0], whole[0], atol=1e-9) and torch.allclose(chunked[1], whole[1], atol=1e-9)
     assert torch.allclose(whole[0], draw.log_p0, atol=1e-4)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_draws_of_unequal_size_pool_in_proportion(setup):
+    """Draws sample until R is known, so their sizes differ: the proposal is their mixture in proportion to
+    the samples each holds. Against exact enumeration (taking them as equal shares would not be consistent)."""
+    model, mask = setup
+    pool = Pool([draws(model, mask, "3 7", 300, 2, 0.0, seed=4), draws(model, mask, "3 7", 3000, 2, 2.5, seed=5)])
+    assert pool.n == 300  # the smallest draw
+    for b in (0.5, 1.0, 1.5):
+        exact = exact_rate(model, "3 7", mask, b)
+        est = pool.at_bias(b)
+        assert est["ci_low"] - 0.005 <= exact <= est["ci_high"] + 0.005 and abs(est["mean"] - exact) < 0.02, (b, est)
