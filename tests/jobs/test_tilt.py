@@ -100,8 +100,6 @@ def test_tilt_distill_at_a_rate_corrects_b_over_training_rounds(tiny_model_dir, 
         "2",
         "--samples-per-prompt",
         "2",
-        "--half-width",
-        "0",
         "--placement",
         "model",
         "--eval-seed",
@@ -283,17 +281,7 @@ def test_a_head_rows_offset_fit_at_a_rate_probes_each_round_without_running_its_
     monkeypatch.setattr(importance.Pool, "of_offsets", lambda self, f: calls.append(f) or real(self, f))
     out = tmp_path / "run"
     argv = tilt_argv(
-        tiny_model_dir,
-        eval_file,
-        out,
-        "--objective",
-        "tilt-distill",
-        "--rate",
-        "0.5",
-        "--samples-per-prompt",
-        "2",
-        "--half-width",
-        "0",
+        tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--rate", "0.5", "--samples-per-prompt", "2"
     )
     assert main(argv) == 0
     s = json.loads((out / "summary.json").read_text())
