@@ -86,13 +86,13 @@ def proxy_bias(
     return bisect(lambda b: tilted_mean_mass(log_mass, b), target, -limit, limit)
 
 
-def rate_tolerance(target: float, tol: float, half_width: float = 0.0) -> float:
+def rate_tolerance(target: float, tol: float, width: float = 0.0) -> float:
     """The |R - R*| that counts as on target: `tol`, or 15% of the distance to 0 or 1 when that is smaller,
-    so that a small R* (0.05 of words) is not met by a rate 40% off it; and with the half-width that R is
-    measured to (EvalConfig.half_width), at most half of it, so that R* lies inside the interval of a fresh
-    measurement and not at its edge."""
+    so that a small R* (0.05 of words) is not met by a rate 40% off it; and with `width`, the half-width that
+    R is measured to (EvalConfig.half_width), at most half of it, so that R* lies inside the interval of a
+    fresh measurement and not at its edge."""
     tol = min(tol, 0.15 * min(target, 1 - target))
-    return min(tol, half_width / 2) if half_width > 0 else tol
+    return min(tol, width / 2) if width > 0 else tol
 
 
 def _logit(r: float, n: int) -> float:
@@ -144,9 +144,8 @@ def calibrate(
         """R at b: of the first pass, or (known) sampled until known, by measure_rate's rule."""
         again = known and measured.get(b, {}).get("stop") == "fixed" and cfg.half_width > 0
         if b not in measured or again:
-            measured[b] = measure_rate(model, tokenizer, tokens, cfg, bias=b, bf16=bf16, plan=None if known else first)[
-                0
-            ]
+            plan = None if known else first
+            measured[b] = measure_rate(model, tokenizer, tokens, cfg, bias=b, bf16=bf16, plan=plan)[0]
             if echo:
                 echo(f"  calibrate: b = {b:+.3f} -> R = {fmt_measured(measured[b])}")
         return measured[b]["mean"]
@@ -208,9 +207,9 @@ def calibrate_by_weights(
     draw spent its budget, or there is no draw left), that b is the result and its R the estimate. A
     wider estimate draws again at the solved b, so the pool gathers its samples near the answer, where the
     rate rounds' estimates of the trained model read them too; an estimate on too few effective samples
-    steps one logit step from the last draw, as in calibrate(). After `draws` draws without one the result is None
-    and the caller bisects, starting from the R measured at these draws (a set frequent in every sample,
-    such as "e", weighs badly even a small change of b). Each draw records what the weights need
+    steps one logit step from the last draw, as in calibrate(). After `draws` draws without one the result
+    is None and the caller bisects, starting from the R measured at these draws (a set frequent in every
+    sample, such as "e", weighs badly even a small change of b). Each draw records what the weights need
     (generate.StepScores). -> (the calibration or None, {b: R measured}, the pool).
     """
     tokens = as_target(tokens)
@@ -328,7 +327,7 @@ def fit_trained_bias(
     echo=None,
     resumed: RoundsState | None = None,
     after_round=None,
-    half_width: float = 0.0,
+    width: float = 0.0,
 ):
     """Train toward b, measure the trained model's R, move b, train again: at most `rounds` times.
 
@@ -336,7 +335,8 @@ def fit_trained_bias(
     rate of b on the prompts: the tilt is learned on other contexts, in a finite number of steps.
     So b starts at the decode-time calibration and each round moves it in logit space, first by
     logit(R*) - logit(R), then along the secant through the last two rounds. Stops when
-    |R - R*| <= rate_tolerance(R*, tol, half_width) and keeps the round whose R is nearest R*.
+    |R - R*| <= rate_tolerance(R*, tol, width) (width: the half-width the probe measures R to) and keeps the
+    round whose R is nearest R*.
 
     train_at(b) trains from the start weights and returns what the caller keeps of that round
     (its history, a copy of the weights); probe() -> R dict of the model just trained. The probe
@@ -349,7 +349,7 @@ def fit_trained_bias(
     if rounds < 1:
         raise ValueError(f"rate-rounds must be >= 1, got {rounds}")
     goal = _logit(target, n)
-    tol = rate_tolerance(target, tol, half_width)
+    tol = rate_tolerance(target, tol, width)
     tried: list[tuple[float, dict]] = []  # (b, R) per round
     best, best_value, done = 0, None, False
     if resumed is not None:

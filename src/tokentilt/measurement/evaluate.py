@@ -87,12 +87,12 @@ def sample_until(
 ) -> tuple[list[Samples], torch.Tensor, str, list[int]]:
     """Sample until R is known: the one rule of every R measurement (calibration, rate rounds, final R).
 
-    A first pass of samples_per_prompt (or per_prompt) samples of every prompt, and at least MIN_BEFORE_STOP in
-    all when it may stop; then, while R's 95% interval
-    is wider than +- cfg.half_width, more passes over every prompt alike (spread over the prompts, never more
-    of one prompt than of another), as many as the interval's width says it needs (it narrows as 1/sqrt(n);
-    at most 4x the samples so far at a time), until it is narrow enough ("half-width") or cfg.max_samples are drawn ("budget"). With per_prompt or
-    `plan` (samples per prompt of each pass), or half_width 0, exactly that ("fixed").
+    A first pass of samples_per_prompt (or per_prompt) samples of every prompt, and at least MIN_BEFORE_STOP
+    in all when it may stop; then, while R's 95% interval is wider than +- cfg.half_width, more passes over
+    every prompt alike (spread over the prompts, never more of one prompt than of another), as many as the
+    interval's width says it needs (it narrows as 1/sqrt(n); at most 4x the samples so far at a time), until
+    it is narrow enough ("half-width") or cfg.max_samples are drawn ("budget"). With per_prompt or `plan`
+    (samples per prompt of each pass), or half_width 0, exactly that ("fixed").
     draw(passes, passes before) -> Samples; rates_of(Samples) -> (N,) per-sample R.
     -> (the Samples of each pass, (N,) per-sample R of them all, stop, the plan drawn).
     """

@@ -84,7 +84,7 @@ def train_to_rate(
         echo=echo,
         resumed=resumed,
         after_round=after_round,
-        half_width=probe_cfg.half_width,
+        width=probe_cfg.half_width,
     )
     if fit.kept != len(fit.rounds) - 1 or (resumed is not None and resumed.done):  # (resumed: no round trained)
         restore(model, weights)
