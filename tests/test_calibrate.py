@@ -200,7 +200,7 @@ def test_a_rate_of_zero_takes_the_full_step(monkeypatch):
 
     tried = []
 
-    def fake_measure(model, tokenizer, mask, cfg, bias=0.0, bf16=False, plan=None):
+    def fake_measure(model, tokenizer, mask, cfg, bias=0.0, bf16=False, plan=None, extend=None):
         tried.append(bias)
         return {"mean": 0.0 if bias < 7 else 0.05, "ci_low": 0.0, "ci_high": 0.0, "n": 64}, None
 

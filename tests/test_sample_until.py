@@ -101,3 +101,22 @@ def test_a_bad_half_width_or_budget_is_refused():
     for bad in ({"half_width": -0.1}, {"half_width": 0.5}, {"max_samples": 0}):
         with pytest.raises(ValueError, match="half-width"):
             EvalConfig(**bad).check()
+
+
+def test_sampling_until_known_goes_on_from_a_first_pass_drawn_before(model, monkeypatch):  # noqa: F811
+    """extend=: the first pass is kept, not drawn again, and the result is the from-scratch one exactly; passes
+    that are not this measurement's first pass are not taken over."""
+    import tokentilt.measurement.evaluate as evaluate
+
+    cfg = EvalConfig(prompts=[PROMPT, "ad"], samples_per_prompt=32, new_tokens=3, eval_seed=9, half_width=0.02)
+    tok, target = TinyTokenizer(), TokenSet("ids:1,4", MASK)
+    whole, samples = measure_rate(model, tok, target, cfg, bias=0.5)
+    first = measure_rate(model, tok, target, cfg, bias=0.5, plan=[32])
+    seeds, real = [], evaluate.sample
+    monkeypatch.setattr(evaluate, "sample", lambda *a, seed, **k: seeds.append(seed) or real(*a, seed=seed, **k))
+    got, extended = measure_rate(model, tok, target, cfg, bias=0.5, extend=first)
+    assert 9 not in seeds and len(seeds) == len(whole["plan"]) - 1  # only the passes after the first
+    assert got == whole and torch.equal(extended.tokens, samples.tokens) and len(whole["plan"]) >= 2
+    other = measure_rate(model, tok, target, cfg, bias=0.5, plan=[8])  # not the first pass: drawn afresh
+    got, again = measure_rate(model, tok, target, cfg, bias=0.5, extend=other)
+    assert got == whole and torch.equal(again.tokens, samples.tokens)

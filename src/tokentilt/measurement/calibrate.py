@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from tokentilt.measurement import importance
-from tokentilt.measurement.evaluate import EvalConfig, measure_rate
-from tokentilt.measurement.metrics import forward_batches, half_width, split_windows
+from tokentilt.measurement.evaluate import EvalConfig, measure_rate, narrow_enough
+from tokentilt.measurement.metrics import forward_batches, split_windows
 from tokentilt.objectives.losses import set_log_mass
 from tokentilt.settings import check_rate  # noqa: F401 (re-exported)
 from tokentilt.targets.target import Target, as_target
@@ -139,13 +139,17 @@ def calibrate(
     n = len(cfg.prompts) * cfg.samples_per_prompt
     goal = _logit(target, n)
     first = [cfg.samples_per_prompt]  # the first pass alone: where R is still far from the target
+    drawn = {}  # b -> (rate, samples) of a first pass, which sampling until known goes on from
 
     def rate_at(b: float, known: bool = False) -> float:
         """R at b: of the first pass, or (known) sampled until known, by measure_rate's rule."""
         again = known and measured.get(b, {}).get("stop") == "fixed" and cfg.half_width > 0
         if b not in measured or again:
-            plan = None if known else first
-            measured[b] = measure_rate(model, tokenizer, tokens, cfg, bias=b, bf16=bf16, plan=plan)[0]
+            plan, extend = (None, drawn.pop(b, None)) if known else (first, None)
+            rate, samples = measure_rate(model, tokenizer, tokens, cfg, bias=b, bf16=bf16, plan=plan, extend=extend)
+            measured[b] = rate
+            if not known:
+                drawn[b] = rate, samples
             if echo:
                 echo(f"  calibrate: b = {b:+.3f} -> R = {fmt_measured(measured[b])}")
         return measured[b]["mean"]
@@ -227,8 +231,7 @@ def calibrate_by_weights(
         estimate = pool.at_bias(solved)
         # known: as narrow as the rule asks, or as narrow as it gets (the last draw spent its budget, or
         # this was the last draw); a draw there would pool more samples near the answer
-        known = cfg.half_width <= 0 or half_width(estimate) <= cfg.half_width
-        known = known or (i > 0 and (rate["stop"] == "budget" or i == draws - 1))
+        known = narrow_enough(estimate, cfg) or (i > 0 and (rate["stop"] == "budget" or i == draws - 1))
         if pool.enough(estimate) and known:
             if echo:
                 echo(

@@ -48,6 +48,7 @@ def measure_rate(
     score: bool = False,
     expect: bool = False,
     plan: list[int] | None = None,
+    extend: tuple[dict, Samples] | None = None,
 ) -> tuple[dict, Samples]:
     """R of `target` (a Target, or a (V,) bool mask) with a 95% interval over samples, and the samples
     themselves (score: with their StepScores on a token set's mask, for importance weights; expect: with
@@ -56,7 +57,8 @@ def measure_rate(
     How many samples: sample_until's rule, from cfg. The rate dict says where it stopped ("stop":
     "half-width", "budget", or "fixed" with per_prompt, a plan or half_width 0) and how ("plan": the samples
     per prompt of each pass). A measurement given that plan draws the same prompts on the same seeds, as many
-    times: what a side-by-side comparison of two models, or of two biases, needs.
+    times: what a side-by-side comparison of two models, or of two biases, needs. extend: an earlier
+    measure_rate of the same model, bias and cfg, (rate, samples), whose first pass is kept, not drawn again.
     """
     target = as_target(target)
 
@@ -77,13 +79,25 @@ def measure_rate(
             expect_mask=target.mask if expect else None,
         )
 
-    parts, rates, stop, plan = sample_until(draw, target.rates, cfg, per_prompt, plan)
+    drawn = None if extend is None else (extend[1], extend[0]["plan"])
+    parts, rates, stop, plan = sample_until(draw, target.rates, cfg, per_prompt, plan, drawn)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return {**mean_ci(rates), "stop": stop, "plan": plan}, Samples.cat(parts, pad)
 
 
+def narrow_enough(rate: dict, cfg: EvalConfig) -> bool:
+    """Whether an R's interval (a measured or estimated rate dict) is as narrow as sample_until's rule asks:
+    at most +- cfg.half_width; always, with half_width 0."""
+    return cfg.half_width <= 0 or half_width(rate) <= cfg.half_width
+
+
 def sample_until(
-    draw, rates_of, cfg: EvalConfig, per_prompt: int | None = None, plan: list[int] | None = None
+    draw,
+    rates_of,
+    cfg: EvalConfig,
+    per_prompt: int | None = None,
+    plan: list[int] | None = None,
+    drawn: tuple[Samples, list[int]] | None = None,
 ) -> tuple[list[Samples], torch.Tensor, str, list[int]]:
     """Sample until R is known: the one rule of every R measurement (calibration, rate rounds, final R).
 
@@ -93,6 +107,8 @@ def sample_until(
     interval's width says it needs (it narrows as 1/sqrt(n); at most 4x the samples so far at a time), until
     it is narrow enough ("half-width") or cfg.max_samples are drawn ("budget"). With per_prompt or `plan`
     (samples per prompt of each pass), or half_width 0, exactly that ("fixed").
+    drawn: (Samples, their plan) drawn before by the same draw; kept, not drawn again, where they are exactly
+    this measurement's first pass (so the result is the same as without them).
     draw(passes, passes before) -> Samples; rates_of(Samples) -> (N,) per-sample R.
     -> (the Samples of each pass, (N,) per-sample R of them all, stop, the plan drawn).
     """
@@ -109,8 +125,13 @@ def sample_until(
         rates.append(rates_of(parts[-1]))
         taken.append(passes)
 
-    for passes in plan if plan is not None else [first]:
-        take(passes)
+    if drawn is not None and drawn[1] == [first] and plan is None:  # exactly this measurement's first pass
+        parts.append(drawn[0])
+        rates.append(rates_of(drawn[0]))
+        taken.append(first)
+    else:
+        for passes in plan if plan is not None else [first]:
+            take(passes)
     stop = "fixed"
     while not fixed:
         got = mean_ci(torch.cat(rates))

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 
 from tokentilt.measurement.calibrate import RateFit, RoundsState, fit_trained_bias
-from tokentilt.measurement.evaluate import measure_rate
-from tokentilt.measurement.metrics import half_width
+from tokentilt.measurement.evaluate import measure_rate, narrow_enough
 from tokentilt.models.load import load_model
 from tokentilt.targets import phrases
 from tokentilt.training import checkpoint
@@ -66,7 +65,7 @@ def train_to_rate(
                 estimate = pool.of_offsets(placement.offsets)
             else:
                 estimate = pool.of_model(model, cfg.train.bf16, placement.head_only)
-            if pool.enough(estimate) and (not probe_cfg.half_width or half_width(estimate) <= probe_cfg.half_width):
+            if pool.enough(estimate) and narrow_enough(estimate, probe_cfg):
                 return estimate
         return measure_rate(model, tokenizer, target, probe_cfg, bf16=cfg.train.bf16)[0]
 
