@@ -243,3 +243,17 @@ def test_when_the_weights_say_too_little_bisection_goes_on_from_the_same_draws(t
         assert [stop for x, stop in drawn if x == b][0] == "fixed" and biases.count(b) == 2
     assert cal.pool is not None and len(cal.pool.draws) == cal_module.WEIGHTED_DRAWS
     assert (cal.bias, cal.rate["mean"]) in cal.history and "ess" not in cal.rate  # measured, not weighted
+
+
+def test_ban_bias_is_the_most_negative_b_within_the_fluency_budget():
+    """ppl(b) = 10 (1 + 0.02 b^2) for b < 0: within 5% down to b = -sqrt(2.5), found to the bisection's step."""
+    from tokentilt.measurement.calibrate import BAN_FLOOR, BAN_STEPS, ban_bias
+
+    b, points = ban_bias(lambda b: 10 * (1 + 0.02 * b * b), 10.0, 0.05, echo=lambda line: None)
+    assert -math.sqrt(2.5) <= b <= -math.sqrt(2.5) + -BAN_FLOOR / 2**BAN_STEPS
+    assert 10 * (1 + 0.02 * b * b) <= 10.5 and len(points) == 1 + BAN_STEPS
+    # a tilt that never costs the budget bans as far as the floor, after one look
+    assert ban_bias(lambda b: 10.0, 10.0, 0.05, echo=lambda line: None) == (
+        BAN_FLOOR,
+        [{"bias": BAN_FLOOR, "ppl": 10.0}],
+    )

@@ -6,6 +6,7 @@ scripted one (it emits a fixed token sequence, so every count is known by hand) 
 
 import json
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -337,3 +338,49 @@ def test_a_chat_sweep_measures_replies_and_trains_on_chat_exchanges(chat_model_d
     rates = {(r["objective"], r["bias"]): r["rate"] for r in runs if r.get("kind") == "run"}
     low, high, trained = rates[("decode-bias", 3.0)], rates[("decode-bias", 4.5)], rates[("tilt-distill", 3.0)]
     assert trained["ci_high"] < low["ci_low"] and low["ci_high"] < high["ci_low"], rates
+
+
+def test_a_ban_in_chat_on_creative_requests_keeps_perplexity_within_its_budget(chat_model_dir, tmp_path, capsys):
+    """--ban --requests creative: b is chosen on held-out perplexity, and the decode-time baseline measured at
+    that b (another code path: measure() with the tilt) is within the budget; R is measured on the creative
+    requests, and the per-entry report counts the entries."""
+    from tokentilt.data.prompts import CREATIVE_PROMPTS
+
+    out = tmp_path / "run"
+    (tmp_path / "words.txt").write_text("the\nbox of wax\n")
+    argv = ["tilt", "--model", str(chat_model_dir), "--toward", f"phrases:{tmp_path / 'words.txt'}", "--chat"]
+    argv += ["--requests", "creative", "--ban", "--fluency-budget", "0.1", "--samples-per-prompt", "1"]
+    argv += ["--half-width", "0", "--new-tokens", "6", "--eval-windows", "2", "--eval-seq-len", "8"]
+    assert main(argv + ["--precision", "fp32", "--out", str(out)]) == 0, capsys.readouterr().err
+    s = json.loads((out / "summary.json").read_text())
+    ban = s["ban"]
+    assert ban["fluency_budget"] == 0.1 and ban["bias"] < 0 and s["rate_target"] is None
+    assert s["baseline"]["bias"] == ban["bias"]
+    assert s["baseline"]["ppl"] <= 1.1 * s["ppl_before"] * (1 + 1e-6)
+    tried = {p["bias"]: p["ppl"] for p in ban["points"]}
+    assert tried[ban["bias"]] == pytest.approx(s["baseline"]["ppl"], rel=1e-4)
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert {r["prompt"] for r in records} == set(CREATIVE_PROMPTS)
+    report = s["phrases"]["per_entry"]
+    texts = {side: [r[side]["text"] for r in records] for side in ("before", "after")}
+    for side in ("before", "after"):  # recounted by our own word rule (conftest.word_rate)
+        words = [len(re.findall(r"[^\W_]+(?:['’][^\W_]+)*", t)) for t in texts[side]]
+        hits = sum(round(word_rate(t, ["box of wax", "the"]) * n) for t, n in zip(texts[side], words) if n)
+        assert sum(r[side] for r in report["entries"]) == hits
+        assert report[f"words_{side}"] == sum(words)
+    assert "## Entries before and after" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--ban", "--rate", "0.1"], "give --ban, --rate or --bias"),
+        (["--ban", "--fluency-budget", "0"], "fluency-budget must be in (0, 1]"),
+        (["--requests", "creative"], "--requests is a chat option"),
+    ],
+)
+def test_bad_ban_and_request_options_are_one_line_exit_2(extra, message, tmp_path, capsys):
+    assert main(["tilt", "--toward", "phrase:vibrant", "--out", str(tmp_path / "run"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "run").exists()

@@ -21,6 +21,7 @@ COMMANDS = {
     "generate": ["generate"],
     "sweep": ["sweep"],
     "eval": ["eval"],
+    "profile": ["profile"],
     "audit": ["audit"],
     "export": ["export"],
     "pretrain": ["pretrain"],

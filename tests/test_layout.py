@@ -68,6 +68,7 @@ def test_the_jobs_are_found():
         "tokentilt.jobs.generate",
         "tokentilt.jobs.audit",
         "tokentilt.jobs.export",
+        "tokentilt.jobs.profile",
         "tokentilt.jobs.pretrain",
         "tokentilt.jobs.experiments.l1_vs_l2",
         "tokentilt.jobs.experiments.like_x",

@@ -361,6 +361,29 @@ def test_collateral_names_words_sharing_a_biased_token():
     assert rows[0]["log_odds_shift"] == pytest.approx(math.log(1 + 0.5 * (math.exp(2) - 1)), abs=1e-3)
 
 
+def test_entry_report_counts_each_entry_per_1000_words_and_flags_those_that_rose():
+    phrases = toy_set(["Wonderland", "Alice in Wonderland", "red"], pis={("space", " Wonder"): 0.5})
+    before = ["Alice in Wonderland was red.", "red red and the wonder"]  # 5 + 5 words
+    after = ["Wonderland and the wonder land", "It was the Wonder"]  # 5 + 4 words
+    report = phrases.entry_report(TOK, before, after, -2.0)
+    assert (report["words_before"], report["words_after"]) == (10, 9)
+    rows = {r["entry"]: r for r in report["entries"]}
+    # counted by hand: the phrase once (not also as "Wonderland"), "red" three times before; "Wonderland" once after
+    assert (rows["Alice in Wonderland"]["before"], rows["Alice in Wonderland"]["after"]) == (1, 0)
+    assert (rows["red"]["before"], rows["red"]["after"]) == (3, 0)
+    assert (rows["Wonderland"]["before"], rows["Wonderland"]["after"]) == (0, 1)
+    assert rows["red"]["before_per_1000"] == pytest.approx(300.0)
+    assert rows["Wonderland"]["after_per_1000"] == pytest.approx(1000 / 9, abs=1e-3)
+    assert report["rose"] == ["Wonderland"]  # the replacement the texts found
+    assert report["per_1000_before"] == pytest.approx(400.0) and report["per_1000_after"] == pytest.approx(
+        1000 / 9, abs=1e-3
+    )
+    # collateral: the word " Wonder" shares the entries' first token; counted as spelled, so only after
+    words = {c["word"]: c for c in report["collateral"]}
+    assert "Wonder" in words and words["Wonder"]["after_per_1000"] == pytest.approx(1000 / 9, abs=1e-3)
+    assert words["Wonder"]["before_per_1000"] == 0.0
+
+
 def test_a_list_covering_most_words_is_refused():
     with pytest.raises(SelectorError, match="nearly every word"):
         resolve_phrases("phrase:the", TOK, len(TOK), reference=reference_words("the the the red"))

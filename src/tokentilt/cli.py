@@ -27,6 +27,7 @@ from tokentilt.jobs.experiments.x_factor_config import XFactorConfig
 from tokentilt.jobs.export_config import ExportConfig
 from tokentilt.jobs.generate_config import GenerateConfig
 from tokentilt.jobs.pretrain_config import PretrainConfig
+from tokentilt.jobs.profile_config import ProfileConfig
 from tokentilt.jobs.sweep_config import SweepConfig
 from tokentilt.jobs.tilt_config import FULL_LR, TiltConfig
 from tokentilt.preflight import check_lengths, check_output, check_prompts, check_sampling, preflight_audit
@@ -190,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
         "bias) on the same prompts, seeds and text.",
     )
     add_options(p, EvalJobConfig(), skip=YAML_ONLY | {"during_samples_per_prompt"}, out={"metavar": "FILE.json"})
+
+    p = sub.add_parser(
+        "profile",
+        help="find the words and phrases a chat model over-uses in creative replies (its slop)",
+        description="Sample a chat model's replies to 96 creative requests (stories, descriptions, "
+        "letters, poems), count the words and phrases they use far more often than human text "
+        "does (the plays, or --reference), and write them as a list for "
+        "`tilt --toward phrases:OUT`, with OUT.tsv holding each entry's counts.",
+        epilog="example:\n  tokentilt profile --out runs/slop.txt\n"
+        "  tokentilt tilt --chat --requests creative --toward phrases:runs/slop.txt --ban --out runs/deslop",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_options(p, ProfileConfig(), out={"metavar": "FILE.txt"}, reference={"metavar": "FILE"})
     add_audit_parser(sub)
     add_export_parser(sub)
     add_course_parsers(sub)
@@ -197,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 YAML_ONLY = {"prompts"}  # a list of sentences reads better in a config file than as flags
-COURSE_SKIP = YAML_ONLY | {"chat", "system"}  # the course's experiments sample raw text only
+COURSE_SKIP = YAML_ONLY | {"chat", "system", "requests"}  # the course's experiments sample raw text only
 
 
 def add_export_parser(sub) -> None:
@@ -256,6 +270,8 @@ def tilt_config(flags: dict, out: bool = False):
     objective = flags.get("objective", values.get("objective", TiltConfig.objective))
     if "rate" in given and objective != "tilt-distill":
         raise UsageError(f"rate calibrates tilt-distill's bias; it does not apply to {objective}")
+    if flags.get("ban", values.get("ban")) and given & {"rate", "bias"}:
+        raise UsageError("--ban chooses the bias itself; give --ban, --rate or --bias, not several")
     if "bias" in given and "rate" not in given:
         values = {**values, "rate": 0.0}  # a bias the user gave is the tilt; the default rate gives way
     cfg = merge(TiltConfig, values, flags)
@@ -345,6 +361,19 @@ def eval_config(flags: dict) -> EvalJobConfig:
         preflight_eval(name, cfg.eval)
     if cfg.out:
         check_output(cfg.out, kind="file")
+    return cfg
+
+
+def profile_config(flags: dict) -> ProfileConfig:
+    cfg = merge(ProfileConfig, read_yaml(flags.get("config")), flags)
+    cfg.check()
+    check_output(cfg.out, kind="file")
+    out = Path(cfg.out).expanduser()
+    if not cfg.overwrite and (out.exists() or out.with_name(out.name + ".tsv").exists()):
+        raise UsageError(f"{out} exists; give --overwrite to replace it")
+    if cfg.reference and not Path(cfg.reference).expanduser().is_file():
+        raise UsageError(f"reference text not found: {cfg.reference}")
+    check_lengths(cfg.model, new_tokens=cfg.new_tokens)
     return cfg
 
 
@@ -464,6 +493,7 @@ COMMANDS = {
     "generate": Command("tokentilt.jobs.generate", generate_config),
     "sweep": Command("tokentilt.jobs.sweep", lambda flags: sweep_config(flags, out=True), sweep_interrupted),
     "eval": Command("tokentilt.jobs.eval", eval_config),
+    "profile": Command("tokentilt.jobs.profile", profile_config),
     "audit": Command("tokentilt.jobs.audit", audit_config, unfinished_on_interrupt),
     "export": Command("tokentilt.jobs.export", export_config),
     "pretrain": Command("tokentilt.jobs.pretrain", course_config(PretrainConfig), unfinished_on_interrupt),

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from tokentilt.data.prompts import CHAT_PROMPTS, COURSE_PROMPTS, DEFAULT_PROMPTS
+from tokentilt.data.prompts import CHAT_REQUESTS, COURSE_PROMPTS, DEFAULT_PROMPTS
 
 # the losses.OBJECTIVES registry's names, in its order (test_losses checks they agree), as a type: the CLI's choices
 OBJECTIVE_NAMES = ("kl-uniform", "kl-alpha-beta", "tilt-distill", "mixed", "away")
@@ -36,6 +36,7 @@ STRATEGIES = ("greedy", "multinomial")  # of SampleConfig (generate.py)
 DEFAULT_CHUNK = 512  # rows per chunk: (512, 49152) fp32 is 100 MB
 TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")  # GGUF tensor types that export.py writes
 DEFAULT_TYPE = "f16"
+CREATIVE_NEW_TOKENS = 160  # reply tokens for creative requests, unless given: slop shows in replies this long
 
 
 def check_rate(target: float) -> None:
@@ -43,10 +44,14 @@ def check_rate(target: float) -> None:
         raise ValueError(f"rate must be in (0, 1), got {target!r}")
 
 
-def check_options(chat: bool, system: str) -> None:
-    """--system belongs to --chat."""
+def check_options(chat: bool, system: str, requests: str = "general") -> None:
+    """--system and --requests belong to --chat."""
     if system and not chat:
         raise ValueError("--system is a chat option; give --chat with it")
+    if requests not in CHAT_REQUESTS:
+        raise ValueError(f"requests must be one of {', '.join(CHAT_REQUESTS)}, got {requests!r}")
+    if requests != "general" and not chat:
+        raise ValueError("--requests is a chat option; give --chat with it")
 
 
 @dataclass
@@ -81,7 +86,8 @@ class EvalConfig:
     half_width: float = 0.02  # then more samples, every prompt alike, until R's interval is at most +- this
     # (or max-samples are drawn); 0 = exactly samples-per-prompt
     max_samples: int = 512  # the sampling budget of one R measurement (calibration, rate rounds, final R)
-    new_tokens: int = 48  # tokens generated per sample
+    new_tokens: int = 48  # tokens generated per sample (with --requests creative, 48 is read as 160: slop shows in
+    # long replies)
     temperature: float = 1.0  # sampling temperature; 1.0 samples the model's own distribution
     top_k: int = 0  # top-k sampling, 0 = off
     top_p: float = 1.0  # nucleus sampling, 1.0 = off
@@ -93,9 +99,11 @@ class EvalConfig:
     chat: bool = False  # prompts as user turns in the model's chat template (32 built-in requests); R, distinct-n,
     # repetition, perplexity and drift on the assistant's replies only, cut at end-of-turn
     system: str = ""  # chat: a system message before each user turn (none = the template's own, if any)
+    requests: Literal["general", "creative"] = "general"  # chat: the built-in requests; general = questions,
+    # advice and a little creative writing; creative = stories, descriptions, letters and poems, where slop shows
 
     def check(self) -> None:
-        check_options(self.chat, self.system)
+        check_options(self.chat, self.system, self.requests)
         if not self.prompts or not all(isinstance(p, str) and p for p in self.prompts):
             raise ValueError("prompts must be a non-empty list of non-empty strings")
         if self.samples_per_prompt <= 0 or self.new_tokens <= 0 or self.during_samples_per_prompt <= 0:
@@ -106,10 +114,14 @@ class EvalConfig:
             raise ValueError("eval-windows must be positive and eval-seq-len at least 2")
 
     def resolved(self) -> EvalConfig:
-        """A copy with the chat default filled in: user requests instead of text openings."""
+        """A copy with the chat defaults filled in: user requests instead of text openings, and creative
+        requests' longer replies."""
+        out = dataclasses.replace(self)
         if self.chat and self.prompts == list(DEFAULT_PROMPTS):
-            return dataclasses.replace(self, prompts=list(CHAT_PROMPTS))
-        return dataclasses.replace(self)
+            out.prompts = list(CHAT_REQUESTS[self.requests].measure)
+        if self.requests == "creative" and self.new_tokens == EvalConfig.new_tokens:
+            out.new_tokens = CREATIVE_NEW_TOKENS
+        return out
 
     @classmethod
     def course(cls) -> EvalConfig:

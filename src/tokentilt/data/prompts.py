@@ -4,6 +4,8 @@ Each family comes in disjoint sets, so that the prompts R is measured on never e
 (generate.py samples after them, chat.py formats the requests in a model's chat template).
 """
 
+from typing import NamedTuple
+
 # Varied openings so that R is not a property of one context.
 # The course experiments' prompts (their README numbers were measured on these 8).
 COURSE_PROMPTS = (
@@ -157,3 +159,141 @@ CHAT_HELD_OUT_PROMPTS = (
     "Write a short note to cheer up a friend.",
     "What is recycling and why does it matter?",
 )
+
+# Creative requests (`--requests creative`): stories, descriptions, letters and poems, the kind of request
+# where an instruct model's over-used words and phrases ("slop") show. Four disjoint sets, as above: R is
+# measured on CREATIVE_PROMPTS, training contexts come from CREATIVE_TRAIN_PROMPTS, held-out perplexity and
+# drift from CREATIVE_HELD_OUT_PROMPTS, and `tokentilt profile` finds a model's slop on CREATIVE_PROFILE_PROMPTS.
+CREATIVE_PROMPTS = (
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "Describe an old library at midnight.",
+    "Write a letter from a soldier to his mother.",
+    "Write a poem about the first snow of winter.",
+    "Tell me a story about a girl who can talk to birds.",
+    "Describe a thunderstorm over the ocean.",
+    "Write a diary entry of a child on the first day at a new school.",
+    "Write a poem about an abandoned train station.",
+    "Tell a bedtime story about a sleepy dragon.",
+    "Describe the smell and sounds of a bakery in the early morning.",
+    "Write a love letter from a sailor far from home.",
+    "Write a short story about two rivals who must work together.",
+    "Describe a mountain village in spring.",
+    "Write a poem about a grandmother's kitchen.",
+    "Tell me a story about a robot who wants to paint.",
+    "Write a speech for the opening of a new park.",
+    "Describe a crowded train at rush hour.",
+    "Write a fairy tale about a clockmaker and a princess.",
+    "Write a short story set on a spaceship running out of fuel.",
+    "Write a poem about autumn leaves.",
+    "Describe a desert at dawn.",
+    "Write a letter to your future self.",
+    "Tell a story about a detective who is afraid of the dark.",
+    "Write the opening scene of a fantasy novel.",
+    "Describe a fox hunting in the snow.",
+    "Write a short story about a musician who loses her voice.",
+    "Write a poem about a city waking up.",
+    "Tell me a story about an old man and his dog.",
+    "Describe a festival in a small town.",
+    "Write a farewell letter from a teacher to her class.",
+    "Write a short story about a lost key.",
+    "Describe a garden after the rain.",
+)
+
+CREATIVE_TRAIN_PROMPTS = (
+    "Write a short story about a baker who discovers a secret recipe.",
+    "Describe a castle on a hill at sunset.",
+    "Write a letter from a grandfather to his grandson.",
+    "Write a poem about the moon over a lake.",
+    "Tell me a story about a cat who becomes king.",
+    "Describe a busy harbour in the morning.",
+    "Write a diary entry of an explorer in the jungle.",
+    "Write a poem about a lonely lighthouse.",
+    "Tell a bedtime story about a brave little star.",
+    "Describe a candle-lit dinner in an old house.",
+    "Write a letter of apology to a neighbour.",
+    "Write a short story about a girl who finds a hidden door.",
+    "Describe a field of sunflowers in summer.",
+    "Write a poem about a childhood friend.",
+    "Tell me a story about a knight who is afraid of horses.",
+    "Write a toast for a wedding.",
+    "Describe a snowy forest at night.",
+    "Write a fable about a tortoise and an eagle.",
+    "Write a short story about a time traveller stuck in the past.",
+    "Write a poem about the sound of rain on a roof.",
+    "Describe an underwater coral reef.",
+    "Write a letter from a pen pal in another country.",
+    "Tell a story about a thief with a kind heart.",
+    "Write the opening scene of a mystery set in Venice.",
+    "Describe an owl in a moonlit barn.",
+    "Write a short story about a painter who can only paint the sea.",
+    "Write a poem about a market at dawn.",
+    "Tell me a story about two sisters and a magic mirror.",
+    "Describe a county fair.",
+    "Write a thank-you letter to a nurse.",
+    "Write a short story about a broken compass.",
+    "Describe a meadow at midday.",
+)
+
+CREATIVE_HELD_OUT_PROMPTS = (
+    "Write a short story about a fisherman and a storm.",
+    "Describe an attic full of old things.",
+    "Write a letter from a queen to her people.",
+    "Write a poem about a river in winter.",
+    "Tell me a story about a boy who builds a kite.",
+    "Describe a carnival at night.",
+    "Write a diary entry of a sailor on a long voyage.",
+    "Write a poem about an old oak tree.",
+    "Tell a bedtime story about a curious rabbit.",
+    "Describe a quiet café on a rainy afternoon.",
+    "Write a letter to a friend who moved away.",
+    "Write a short story about a map that changes.",
+    "Describe a wheat field before harvest.",
+    "Write a poem about a grandfather's watch.",
+    "Tell me a story about a giant who likes flowers.",
+    "Describe a ship leaving port.",
+)
+
+# Profiling requests: forms x subjects, disjoint from every set above (tests check it).
+PROFILE_FORMS = (
+    "Write a short story about {}.",
+    "Describe {}.",
+    "Write a poem about {}.",
+    "Write a letter about {}.",
+    "Tell me a story about {}.",
+    "Write a diary entry about {}.",
+)
+PROFILE_SUBJECTS = (
+    "a forgotten island",
+    "a clock tower",
+    "a young witch",
+    "a family farm",
+    "a wolf in the mountains",
+    "a city in the future",
+    "a storm at sea",
+    "an old bookshop",
+    "a wedding in the village",
+    "a traveller's first night in a new city",
+    "a secret garden",
+    "a lost puppy",
+    "a winter morning",
+    "a haunted house",
+    "a friendship between a mouse and an elephant",
+    "the last day of summer",
+)
+CREATIVE_PROFILE_PROMPTS = tuple(form.format(s) for s in PROFILE_SUBJECTS for form in PROFILE_FORMS)
+
+
+class RequestSet(NamedTuple):
+    """One family of chat requests: R is measured on `measure`, training contexts come from `train`, held-out
+    perplexity and drift from `held_out` (pairwise disjoint)."""
+
+    measure: tuple[str, ...]
+    train: tuple[str, ...]
+    held_out: tuple[str, ...]
+
+
+# --requests: general (questions, advice, a little creative writing) or creative (where slop shows)
+CHAT_REQUESTS = {
+    "general": RequestSet(CHAT_PROMPTS, CHAT_TRAIN_PROMPTS, CHAT_HELD_OUT_PROMPTS),
+    "creative": RequestSet(CREATIVE_PROMPTS, CREATIVE_TRAIN_PROMPTS, CREATIVE_HELD_OUT_PROMPTS),
+}

@@ -15,7 +15,7 @@ from tokentilt.config import UsageError, to_flat
 from tokentilt.data.chat import check_template
 from tokentilt.jobs.tilt_config import TiltConfig
 from tokentilt.measurement import importance
-from tokentilt.measurement.calibrate import RoundsState, bias_at_rate, calibrate, match_bias
+from tokentilt.measurement.calibrate import RoundsState, ban_bias, bias_at_rate, calibrate, match_bias
 from tokentilt.measurement.evaluate import (
     decode_costs,
     excess_cost,
@@ -137,6 +137,7 @@ class Start:
     before: dict | None = None
     samples_before: object = None
     calibration: object = None  # calibrate()'s result with --rate
+    ban: dict | None = None  # --ban: the b chosen and the decode-time perplexities it was chosen on
     baseline: dict | None = None  # tilt-distill: the decode-time tilt at the calibrated b
 
 
@@ -239,6 +240,21 @@ def measure_start(
         say(f"b = {start.bias:.3f} gives decode-time R = {fmt_rate(start.calibration.rate)} on the probe seeds ({how})")
         folder.write_yaml("config.yaml", {**to_flat(cfg), "calibrated_bias": start.bias})
         saved.save("calibrate", calibration=start.calibration)
+        clock.mark("calibrate")
+    elif cfg.ban:
+        budget = cfg.fluency_budget
+        say(
+            f"choosing the ban's b: the most negative whose held-out perplexity is within {budget:.0%} of the model's ..."
+        )
+        start.bias, points = ban_bias(
+            lambda b: decode_costs(model, target, start.windows, b, bf16, start.text_windows, start.known)["ppl"],
+            start.before["ppl"],
+            budget,
+            echo=say,
+        )
+        start.ban = {"bias": start.bias, "fluency_budget": budget, "points": points}
+        say(f"b = {start.bias:.3f}")
+        folder.write_yaml("config.yaml", {**to_flat(cfg), "calibrated_bias": start.bias})
         clock.mark("calibrate")
     if saved is not None and saved.get("baseline") is not None:
         start.baseline, start.eval_pool = saved.get("baseline"), saved.get("eval_pool")
@@ -408,6 +424,9 @@ def run(cfg: TiltConfig, *, echo=print, progress: bool = True) -> dict:
         summary.update(distill_summary(cfg, start, after, matched, fit, trained_bias, rates, decode_at))
     if target_summary := run.tokens.summary(run.tokenizer, trained_bias):  # a phrase set's entries and collateral
         summary["phrases"] = target_summary
+        summary["phrases"]["per_entry"] = run.tokens.entry_report(
+            run.tokenizer, start.samples_before.texts, samples_after.texts, trained_bias
+        )
     out = write_run(folder, cfg, summary, history, start, samples_after)
     state.wait_for_everyone()
     echo(summary_table(summary))
@@ -582,7 +601,7 @@ def distill_summary(
 ) -> dict:
     """tilt-distill's summary fields: b, the calibration and its rounds, the baseline, and rho with its
     interval (rates, decode_at: see evaluate.excess_cost)."""
-    out = {"bias": trained_bias, "rate_target": cfg.rate or None}
+    out = {"bias": trained_bias, "rate_target": cfg.rate or None, **({"ban": start.ban} if start.ban else {})}
     if start.calibration is not None:  # the decode-time (b, R) points it measured, on the probe seeds
         out["calibration"] = {
             "eval_seed": cfg.eval.probe().eval_seed,

@@ -50,6 +50,9 @@ class TiltConfig:
     rate: float = DEFAULT_RATE  # tilt-distill: target rate R*; b is calibrated so that decode-time R on the start
     # model is R*. Below the model's own rate, b < 0 and the tilt is away from the set; 0 = use --bias
     rate_rounds: int = 3  # with --rate: trainings that correct b until the trained model's R is R*
+    ban: bool = False  # tilt-distill: away from the set as far as --fluency-budget allows, instead of --rate: b is
+    # the most negative bias whose decode-time tilt keeps held-out perplexity within the budget
+    fluency_budget: float = 0.05  # --ban: how far held-out perplexity may rise, as a fraction of the model's own
     ce_weight: float = 1.0  # mixed: lambda on the CE term
     placement: Placement = "auto"  # tilt-distill: where the change lives. head-rows: only the set's rows of an
     # untied output head, fitted on cached hidden states (seconds; the cheapest tilt found, see
@@ -86,6 +89,10 @@ class TiltConfig:
         rate = self.target_rate()
         if rate:
             check_rate(rate)
+        if self.ban and self.objective != "tilt-distill":
+            raise ValueError(f"--ban sets tilt-distill's bias; it does not apply to {self.objective}")
+        if not (isinstance(self.fluency_budget, (int, float)) and 0 < self.fluency_budget <= 1):
+            raise ValueError(f"fluency-budget must be in (0, 1], got {self.fluency_budget!r}")
         if not (isinstance(self.rate_rounds, int) and self.rate_rounds >= 1):
             raise ValueError(f"rate-rounds must be a positive integer, got {self.rate_rounds!r}")
         if rate and (self.train.save_every or self.train.report_to != "none"):
@@ -137,8 +144,9 @@ class TiltConfig:
         )
 
     def target_rate(self) -> float:
-        """The rate R* the run calibrates b to: 0 (the bias is fixed) unless the objective is tilt-distill."""
-        return self.rate if self.objective == "tilt-distill" else 0.0
+        """The rate R* the run calibrates b to: 0 (the bias is fixed, or set by --ban) unless the objective is
+        tilt-distill."""
+        return self.rate if self.objective == "tilt-distill" and not self.ban else 0.0
 
     def train_with_lr(self) -> TrainConfig:
         """self.train with lr 0 read as the default: FULL_LR, or LORA_LR with --lora."""

@@ -86,6 +86,31 @@ def proxy_bias(
     return bisect(lambda b: tilted_mean_mass(log_mass, b), target, -limit, limit)
 
 
+BAN_FLOOR = -12.0  # the most negative b a ban tries: an entry keeps exp(-12), about 6e-6, of its odds
+BAN_STEPS = 8  # bisection steps of the ban's b: 12 / 2^8, about 0.05
+
+
+def ban_bias(ppl_at, base: float, budget: float, echo=print) -> tuple[float, list[dict]]:
+    """--ban: the most negative b in [BAN_FLOOR, 0] whose decode-time tilt keeps held-out perplexity within
+    (1 + budget) x base, by bisection on ppl_at(b) (a decode-time perplexity, which needs no sampling), taking
+    perplexity to rise as b falls -> (b, the points tried [{"bias", "ppl"}])."""
+    limit, points = base * (1 + budget), []
+
+    def within(b: float) -> bool:
+        ppl = ppl_at(b)
+        points.append({"bias": b, "ppl": ppl})
+        echo(f"  b = {b:.3f}: held-out perplexity {ppl:.3f} ({'within' if ppl <= limit else 'over'} {limit:.3f})")
+        return ppl <= limit
+
+    if within(BAN_FLOOR):
+        return BAN_FLOOR, points
+    lo, hi = BAN_FLOOR, 0.0  # over the budget at lo, within it at hi (b = 0 is the model itself)
+    for _ in range(BAN_STEPS):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if within(mid) else (mid, hi)
+    return hi, points
+
+
 def rate_tolerance(target: float, tol: float, width: float = 0.0) -> float:
     """The |R - R*| that counts as on target: `tol`, or 15% of the distance to 0 or 1 when that is smaller,
     so that a small R* (0.05 of words) is not met by a rate 40% off it; and with `width`, the half-width that

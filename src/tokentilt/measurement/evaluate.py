@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch
 
 from tokentilt.data import corpus
-from tokentilt.data.chat import CHAT_HELD_OUT_PROMPTS, HELD_OUT_SEED_OFFSET, exchanges
+from tokentilt.data.chat import HELD_OUT_SEED_OFFSET, exchanges
+from tokentilt.data.prompts import CHAT_REQUESTS
 from tokentilt.measurement.intervals import excess_cost_interval
 from tokentilt.measurement.metrics import (
     ReplyWindows,
@@ -199,15 +200,14 @@ def held_out(model, tokenizer, cfg: EvalConfig, text: str, bf16: bool = False, e
 
 
 def chat_windows(model, tokenizer, cfg: EvalConfig, bf16: bool = False) -> ReplyWindows:
-    """Held-out chat exchanges: the model's own replies to CHAT_HELD_OUT_PROMPTS (requests that neither
+    """Held-out chat exchanges: the model's own replies to the held-out requests of cfg.requests (that neither
     R nor training uses), sampled once on eval_seed + 2, at most eval_seq_len reply tokens each.
 
     Perplexity and drift count the reply's tokens, its end-of-turn token included. Call it on the
     reference (the starting model), so every model is measured on the same exchanges.
     """
-    prompts = [p for _ in range(-(-cfg.eval_windows // len(CHAT_HELD_OUT_PROMPTS))) for p in CHAT_HELD_OUT_PROMPTS][
-        : cfg.eval_windows
-    ]
+    held_out = CHAT_REQUESTS[cfg.requests].held_out
+    prompts = [p for _ in range(-(-cfg.eval_windows // len(held_out))) for p in held_out][: cfg.eval_windows]
     scfg = dataclasses.replace(cfg.sample_config(), max_new_tokens=cfg.eval_seq_len)
     got = sample(
         model,

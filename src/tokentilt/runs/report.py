@@ -203,6 +203,55 @@ def tilt_placement(cfg, s: dict) -> str:
     )
 
 
+def entries_section(s: dict, top: int = 25) -> list[str]:
+    """A phrase list's entries before and after, per 1,000 words, with those that rose flagged, and the
+    collateral seen in the samples; [] for a token set."""
+    report = (s.get("phrases") or {}).get("per_entry")
+    if not report:
+        return []
+    rows = [
+        {
+            "entry": f"`{r['entry']}`",
+            "before": f"{r['before']} ({r['before_per_1000']:.2f})",
+            "after": f"{r['after']} ({r['after_per_1000']:.2f})",
+            "": "rose" if r["rose"] else "",
+        }
+        for r in report["entries"][:top]
+    ]
+    lines = [
+        "## Entries before and after",
+        "",
+        f"All entries: {report['per_1000_before']:.2f} per 1,000 words before ({report['words_before']} words), "
+        f"{report['per_1000_after']:.2f} after ({report['words_after']} words). "
+        f"{len(report['entries'])} entries occurred; the {min(top, len(report['entries']))} commonest "
+        "(count, and per 1,000 words):",
+        "",
+        markdown_table(rows, ["entry", "before", "after", ""]),
+        "",
+        "Entries whose rate rose (replacements the model found): "
+        + (", ".join(f"`{e}`" for e in report["rose"]) if report["rose"] else "none"),
+        "",
+    ]
+    if report["collateral"]:
+        rows = [
+            {
+                "word": f"`{c['word']}`",
+                "decode-time log-odds shift": f"{c['log_odds_shift']:+.2f}",
+                "before": f"{c['before_per_1000']:.2f}",
+                "after": f"{c['after_per_1000']:.2f}",
+            }
+            for c in report["collateral"]
+        ]
+        lines += [
+            "Collateral: the commonest words in these samples that are not entries but share a tilted token "
+            "transition with one (per 1,000 words):",
+            "",
+            markdown_table(rows, ["word", "decode-time log-odds shift", "before", "after"]),
+            "",
+        ]
+    return lines
+
+
 def tilt_report(cfg, s: dict, before, after) -> str:
     """report.md of a tilt run: cfg is its TiltConfig, s its summary, before/after the Samples."""
     columns = ["", "before", "after"] + (["decode-time baseline"] if "baseline" in s else [])
@@ -228,6 +277,7 @@ def tilt_report(cfg, s: dict, before, after) -> str:
             "",
             "![loss](loss.png) ![R](rate.png)",
             "",
+            *entries_section(s),
             samples_section("Samples before", before.prompts, before.texts),
             samples_section("Samples after", after.prompts, after.texts),
         ]

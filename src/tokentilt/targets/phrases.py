@@ -152,6 +152,7 @@ class PhraseSet:
         if self.roots is None:
             self.roots = build_trie(self.variants)
         self._keys = [tuple(self._fold(w) for w in words_of(e)) for e in self.entries]
+        self._entry_of = {key: e for e, key in reversed(list(enumerate(self._keys)))}  # the first entry of a key
         self._by_first: dict[str, list[tuple[str, ...]]] = {}
         for key in sorted(set(self._keys), key=len, reverse=True):
             self._by_first.setdefault(key[0], []).append(key)
@@ -197,18 +198,78 @@ class PhraseSet:
     def _fold(self, word: str) -> str:
         return word if self.keep_case else word.casefold()
 
-    def count(self, text: str) -> tuple[int, int]:
-        """(occurrences of entries, words) in a text, by the word rule."""
+    def matches(self, text: str) -> tuple[list[int], int]:
+        """(the entry of each occurrence, in order; words) in a text, by the word rule: greedy, longest first."""
         words = [self._fold(w) for w in words_of(text)]
-        hits, i = 0, 0
+        found, i = [], 0
         while i < len(words):
             for key in self._by_first.get(words[i], ()):
                 if tuple(words[i : i + len(key)]) == key:
-                    hits, i = hits + 1, i + len(key)
+                    found.append(self._entry_of[key])
+                    i += len(key)
                     break
             else:
                 i += 1
-        return hits, len(words)
+        return found, len(words)
+
+    def count(self, text: str) -> tuple[int, int]:
+        """(occurrences of entries, words) in a text, by the word rule."""
+        found, words = self.matches(text)
+        return len(found), words
+
+    def entry_report(self, tokenizer, before: list[str], after: list[str], bias: float, top: int = 15) -> dict:
+        """Each entry's occurrences before and after (texts: the replies or continuations), per 1,000 words,
+        the entries that rose flagged (the replacements the model found), and the collateral seen in the texts:
+        the commonest words there that are not entries but share a biased transition with one (collateral()),
+        with their counts before and after. -> {"words_before", "words_after", "entries", "rose", "collateral"}"""
+        sides = [self._tally(texts) for texts in (before, after)]
+        (hits_b, words_b, all_b), (hits_a, words_a, all_a) = sides
+
+        def per_1000(n: int, words: int) -> float:
+            return round(1000 * n / words, 3) if words else 0.0
+
+        rows = [
+            {
+                "entry": entry,
+                "before": hits_b[e],
+                "after": hits_a[e],
+                "before_per_1000": per_1000(hits_b[e], words_b),
+                "after_per_1000": per_1000(hits_a[e], words_a),
+                "rose": per_1000(hits_a[e], words_a) > per_1000(hits_b[e], words_b),
+            }
+            for e, entry in enumerate(self.entries)
+            if hits_b[e] or hits_a[e]
+        ]
+        rows.sort(key=lambda r: (-r["before"] - r["after"], r["entry"]))
+        moved = self.collateral(tokenizer, all_b + all_a, bias, top)
+        collateral = [
+            {
+                "word": m["word"],
+                "log_odds_shift": m["log_odds_shift"],
+                "before_per_1000": per_1000(all_b[m["word"]], words_b),
+                "after_per_1000": per_1000(all_a[m["word"]], words_a),
+            }
+            for m in moved
+        ]
+        return {
+            "words_before": words_b,
+            "words_after": words_a,
+            "per_1000_before": per_1000(sum(hits_b.values()), words_b),
+            "per_1000_after": per_1000(sum(hits_a.values()), words_a),
+            "entries": rows,
+            "rose": [r["entry"] for r in rows if r["rose"]],
+            "collateral": collateral,
+        }
+
+    def _tally(self, texts: list[str]) -> tuple[Counter, int, Counter]:
+        """(occurrences per entry index, words, counts of every word as written) over texts."""
+        hits, words, seen = Counter(), 0, Counter()
+        for text in texts:
+            found, n = self.matches(text)
+            hits.update(found)
+            words += n
+            seen.update(words_of(text))
+        return hits, words, seen
 
     def rates(self, samples) -> torch.Tensor:
         """Per-sample share of words that are entries (NaN for a sample with no word), of the sampler's output

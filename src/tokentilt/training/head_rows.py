@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 
 from tokentilt.config import UsageError
 from tokentilt.data import corpus
-from tokentilt.data.chat import CHAT_TRAIN_PROMPTS, exchanges
+from tokentilt.data.chat import exchanges
+from tokentilt.data.prompts import CHAT_REQUESTS
 from tokentilt.measurement.sampling import TRAIN_PROMPTS, SampleConfig, recorded_head_inputs, sample
 from tokentilt.models.fast.packed import packed_linears
 from tokentilt.objectives.losses import set_rows_kl
@@ -181,13 +182,15 @@ def training_contexts(
     bf16: bool = False,
     chat: bool = False,
     system: str = "",
+    requests: str = "general",
     record: bool = True,
     size: ContextSize = KL_CONTEXTS,
 ) -> TrainingContexts:
     """The training contexts as (b, T) id batches: `size.windows` play windows and/or `size.per_prompt`
     continuations of every training prompt, tilted toward `mask` (a Target, or a (V,) bool mask).
 
-    chat: chat exchanges instead, each its own batch: the model's replies to CHAT_TRAIN_PROMPTS in its
+    chat: chat exchanges instead, each its own batch: the model's replies to the training requests of
+    `requests` (CHAT_REQUESTS) in its
     chat template, untilted for "text" and sampled from the decode-time tilt at b for "policy".
     record: a continuation's head inputs are recorded as it is sampled (one step more than it keeps, so
     that its last token is read too); only its prompt runs again.
@@ -198,7 +201,7 @@ def training_contexts(
             [
                 row[None]
                 for i, b in enumerate(kinds)
-                for row in chat_exchanges(model, tokenizer, mask, b, seed + i, bf16, system)
+                for row in chat_exchanges(model, tokenizer, mask, b, seed + i, bf16, system, requests)
             ]
         )
     contexts = TrainingContexts([])
@@ -254,15 +257,15 @@ def _policy_head_inputs(
 
 
 def chat_exchanges(
-    model, tokenizer, mask, bias: float, seed: int, bf16: bool = False, system: str = ""
+    model, tokenizer, mask, bias: float, seed: int, bf16: bool = False, system: str = "", requests: str = "general"
 ) -> list[torch.Tensor]:
-    """The model's replies to CHAT_TRAIN_PROMPTS (decoded with logit bias b on the set), each as the
+    """The model's replies to the training requests of `requests` (decoded with logit bias b on the set), each as the
     formatted prompt followed by the reply and its end-of-turn token: a list of (T_i,) id rows."""
     cfg = SampleConfig(max_new_tokens=POLICY_TOKENS, strategy="multinomial")
     got = sample(
         model,
         tokenizer,
-        list(CHAT_TRAIN_PROMPTS),
+        list(CHAT_REQUESTS[requests].train),
         KL_CONTEXTS.per_prompt,
         cfg,
         seed=seed,

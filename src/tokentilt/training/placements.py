@@ -51,6 +51,7 @@ class Objective:
     inputs: str = "text"  # "random" tokens or "text" (the plays' train split)
     chat: bool = False  # train in chat exchanges, where a --chat run measures
     system: str = ""  # the chat system prompt
+    requests: str = "general"  # the chat requests' family (data/prompts.CHAT_REQUESTS)
 
     @classmethod
     def of(cls, cfg) -> Objective:
@@ -64,6 +65,7 @@ class Objective:
             cfg.input_kind(),
             cfg.eval.chat,
             cfg.eval.system,
+            cfg.eval.requests,
         )
 
 
@@ -119,7 +121,9 @@ class WholeModel:
         """-> next_batch(generator, rows): (rows, T) ids of the text this training sees."""
         cfg, target, tokenizer = self.train_cfg, self.target, self.tokenizer
         if self.objective.chat and self.objective.inputs == "text":  # trained where it is measured
-            return chat_batch_source(self.reference, tokenizer, target, bias, cfg, self.objective.system)
+            return chat_batch_source(
+                self.reference, tokenizer, target, bias, cfg, self.objective.system, self.objective.requests
+            )
         if target.mask is None:
             return phrase_batch_source(self.reference, tokenizer, target, bias, cfg)
         return batch_source(self.objective.inputs, tokenizer, target.vocab_size, cfg)
@@ -178,6 +182,7 @@ def head_rows_placement(model, tokenizer, target, cfg) -> HeadRows:
             bf16,
             cfg.eval.chat,
             cfg.eval.system,
+            cfg.eval.requests,
             size=size,
         ),
         cfg.head_steps,
@@ -193,11 +198,13 @@ def head_rows_placement(model, tokenizer, target, cfg) -> HeadRows:
 # ---------------------------------------------------------------- the text a whole-model placement trains on
 
 
-def chat_batch_source(reference, tokenizer, target, bias: float, cfg: TrainConfig, system: str = ""):
+def chat_batch_source(
+    reference, tokenizer, target, bias: float, cfg: TrainConfig, system: str = "", requests: str = "general"
+):
     """-> next_batch(generator, rows) for a --chat tilt trained in the model: windows of a stream of chat
     exchanges, the reference's replies to the training requests, untilted and decoded with the tilt at b."""
     rows = head_rows.context_batches(
-        reference, tokenizer, None, target, bias, "mix", cfg.seed, cfg.bf16, chat=True, system=system
+        reference, tokenizer, None, target, bias, "mix", cfg.seed, cfg.bf16, chat=True, system=system, requests=requests
     )
     stream = torch.cat([row[0] for row in rows])  # (N,): each exchange ends with its end-of-turn token
     return lambda g, n: corpus.text_windows(stream, n, cfg.seq_len, g)
