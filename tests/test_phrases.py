@@ -252,6 +252,20 @@ def test_adjust_and_the_processor_agree_position_by_position():
     assert adjusted[0, 0, ID["land"]] == logits[0, 0, ID["land"]]  # after " the": untouched
 
 
+def test_the_processor_carries_each_rows_state_only_where_the_row_grew_by_one_token():
+    """One processor over generation steps, then over rows that do not extend the ones before (a new batch,
+    a row one token longer with another prefix): always what a fresh processor computes from the whole row."""
+    phrases = toy_set(["Wonderland", "red"], pis={("space", " Wonder"): 0.3})
+    rows = [[ID[" the"], ID[" Wonder"], ID["land"], ID[" Wonder"]], [ID[" a"], ID[" Wonder"], ID[" red"], ID[" the"]]]
+    proc, logits = PhraseBias(phrases, 1.5), torch.randn(2, len(TOK))
+    calls = [[r[:t] for r in rows] for t in range(1, 5)]  # generation: every row one token longer
+    calls += [[[ID[" Wonder"]], [ID[" a"]]], [[ID[" a"], ID[" Wonder"]], [ID[" Wonder"], ID["land"]]]]
+    calls += [[[ID[" red"], ID[" red"], ID[" Wonder"]], [ID[" Wonder"], ID["land"], ID[" a"]]]]  # prefix changed
+    for ids in calls:
+        ids = torch.tensor(ids)
+        assert torch.equal(proc(ids, logits), PhraseBias(phrases, 1.5)(ids, logits))
+
+
 def test_row_offsets_are_the_decode_time_changes_on_the_entries_rows():
     phrases = toy_set(["Wonderland", "red"], pis={("space", " Wonder"): 0.3})
     ids = torch.tensor([[ID[" the"], ID[" Wonder"], ID["land"], ID[" a"], ID[" red"]]])
@@ -297,6 +311,27 @@ def test_head_rows_carry_a_phrase_tilt_that_depends_on_context():
     assert lift[after_wonder].mean() > lift[~after_wonder].mean() + 1.0
     changed = (model.lm_head.weight != reference.lm_head.weight).any(-1).nonzero().squeeze(1)
     assert set(changed.tolist()) <= set(phrases.row_ids().tolist())
+
+
+@pytest.mark.parametrize("reply", [False, True])
+def test_the_one_pass_perplexity_at_b_is_the_decode_time_perplexity(reply):
+    """evaluate.phrase_perplexity_at (one pass, then the entries' rows only) against held_out_costs, which runs
+    the model and tilts the full logits at each b; on plain windows and on chat reply windows (some tokens
+    counted)."""
+    from tokentilt.measurement.evaluate import held_out_costs, phrase_perplexity_at
+    from tokentilt.measurement.metrics import ReplyWindows
+
+    model = tiny_llama(len(TOK))
+    phrases = toy_set(["Wonderland", "red", "the"], pis={("space", " Wonder"): 0.3})
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, len(TOK), (5, 12), generator=g)
+    ids[:, 2::3] = ID[" Wonder"]
+    ids[:, 3::5] = ID["land"]
+    windows = ReplyWindows(ids, torch.rand(5, 12, generator=g) > 0.4) if reply else ids
+    at = phrase_perplexity_at(model, phrases, windows)
+    for b in (0.0, -1.5, -6.0, 2.0):
+        assert at(b) == pytest.approx(held_out_costs(model, phrases, windows, bias=b)["ppl"], rel=1e-5)
+    assert at(-6.0) > at(0.0)  # the entries occur in these windows: banning them costs
 
 
 def test_with_no_completion_credit_it_is_hugging_faces_sequence_bias():

@@ -20,7 +20,8 @@ class ProfileConfig:
     reference: str = ""  # plain-text file of human text to compare with; empty = the plays' train split
     max_words: int = 4  # longest phrase, in words
     min_count: int = 4  # an entry occurs at least this often in the replies
-    min_requests: int = 10  # in replies to at least this many different requests (a habit, not a topic)
+    min_requests: int = 16  # in replies to at least this many different requests (a habit, not a topic: each
+    # subject of the profiling requests has 6)
     min_ratio: float = 10.0  # and this many times as often per word as in the reference (add-one smoothed)
     min_phrase_ratio: float = 30.0  # the same for a phrase of several words, whose words are often common ones
     min_everyday_ratio: float = 3.0  # and this many times as often as in the model's own everyday replies

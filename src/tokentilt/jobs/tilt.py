@@ -23,6 +23,7 @@ from tokentilt.measurement.evaluate import (
     held_out_text,
     measure,
     measure_rate,
+    phrase_perplexity_at,
     public,
     rates_of,
 )
@@ -30,7 +31,15 @@ from tokentilt.measurement.metrics import collapse_warnings, tilt_costs
 from tokentilt.models import lora
 from tokentilt.models.load import save_model
 from tokentilt.runs.folder import RunFolder, keep_records_until, write_samples
-from tokentilt.runs.report import excess_cost_note, fmt_rate, plot_rate, plot_series, summary_table, tilt_report
+from tokentilt.runs.report import (
+    excess_cost_note,
+    fmt_rate,
+    plot_rate,
+    plot_series,
+    side_by_side,
+    summary_table,
+    tilt_report,
+)
 from tokentilt.training import checkpoint, head_rows, placements
 from tokentilt.training.checkpoint import CheckpointError
 from tokentilt.training.engine import Stages, on_main, process_state, resolve_device
@@ -246,12 +255,11 @@ def measure_start(
         say(
             f"choosing the ban's b: the most negative whose held-out perplexity is within {budget:.0%} of the model's ..."
         )
-        start.bias, points = ban_bias(
-            lambda b: decode_costs(model, target, start.windows, b, bf16, start.text_windows, start.known)["ppl"],
-            start.before["ppl"],
-            budget,
-            echo=say,
-        )
+        if target.mask is None:  # a phrase list: one pass, then each b from the entries' rows alone
+            ppl_at = phrase_perplexity_at(model, target, start.windows, bf16)
+        else:  # a token set: its one-pass costs (start.known) give every b
+            ppl_at = lambda b: decode_costs(model, target, start.windows, b, bf16, known=start.known)["ppl"]  # noqa: E731
+        start.bias, points = ban_bias(ppl_at, start.before["ppl"], budget, echo=say)
         start.ban = {"bias": start.bias, "fluency_budget": budget, "points": points}
         say(f"b = {start.bias:.3f}")
         folder.write_yaml("config.yaml", {**to_flat(cfg), "calibrated_bias": start.bias})
@@ -429,6 +437,7 @@ def run(cfg: TiltConfig, *, echo=print, progress: bool = True) -> dict:
         )
     out = write_run(folder, cfg, summary, history, start, samples_after)
     state.wait_for_everyone()
+    echo(side_by_side(start.samples_before, samples_after))
     echo(summary_table(summary))
     if summary.get("matched_decode"):
         echo(excess_cost_note(summary))

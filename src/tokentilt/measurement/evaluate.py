@@ -21,11 +21,13 @@ from tokentilt.measurement.metrics import (
     ReplyWindows,
     TiltCosts,
     distinct_n,
+    forward_batches,
     half_width,
     mean_ci,
     perplexity,
     perplexity_and_drift,
     repetition_rate,
+    split_windows,
 )
 from tokentilt.measurement.sampling import Samples, sample
 from tokentilt.settings import EvalConfig, SampleConfig  # noqa: F401 (EvalConfig re-exported)
@@ -354,6 +356,37 @@ def decode_costs(
         text_windows,
         known,
     )
+
+
+def phrase_perplexity_at(model, phrases, windows, bf16: bool = False) -> Callable[[float], float]:
+    """b -> held-out perplexity of `model` decoded with a phrase set's tilt at b (what decode_costs gives as
+    "ppl"), from one pass of the model: a phrase tilt changes only the rows of the entries' tokens (K of V),
+    so the pass keeps, at each position, the logsumexp of the logits, their K rows and the next token's
+    logit, and each b costs O(positions x K) and no forward. --ban's bisection evaluates many b."""
+    ids_all, counted = split_windows(windows)
+    rows = phrases.row_ids()
+    lse, z_rows, z_next = [], [], []
+    for ids, (logits,) in forward_batches([model], ids_all, 8, bf16, False, "held-out logits"):
+        logits = logits[:, :-1].double()  # (b, T-1, V): position t predicts ids[:, t + 1]
+        lse.append(logits.logsumexp(-1).cpu())
+        z_rows.append(logits[..., rows.to(logits.device)].cpu())
+        z_next.append(logits.gather(-1, ids[:, 1:, None])[..., 0].cpu())
+    lse, z_rows, z_next = torch.cat(lse), torch.cat(z_rows), torch.cat(z_next)  # (W, T-1), (W, T-1, K), (W, T-1)
+    p_rows = (z_rows - lse[..., None]).exp()  # the K rows' probabilities
+    column = torch.full((int(ids_all.max()) + 1,), -1, dtype=torch.long)
+    column[rows[rows <= ids_all.max()]] = torch.arange(len(rows))[rows <= ids_all.max()]
+    next_col = column[ids_all[:, 1:]]  # (W, T-1): the next token's row among the K, or -1
+    keep = torch.ones_like(lse, dtype=torch.bool) if counted is None else counted[:, 1:].bool()
+    w, t = ids_all.shape
+
+    def perplexity_at(bias: float) -> float:
+        delta = phrases.row_offsets([ids_all], bias, rows).double().view(w, t, -1)[:, :-1]  # (W, T-1, K)
+        lse_tilted = lse + torch.log1p((p_rows * torch.expm1(delta)).sum(-1))
+        moved = torch.where(next_col >= 0, delta.gather(-1, next_col.clamp(min=0)[..., None])[..., 0], 0.0)
+        nll = lse_tilted - z_next - moved
+        return math.exp(float(nll[keep].mean()))
+
+    return perplexity_at
 
 
 def public(costs: dict) -> dict:

@@ -88,6 +88,20 @@ def samples_section(title: str, prompts: list[str], texts: list[str], limit: int
     return "\n".join(lines) + "\n"
 
 
+def side_by_side(before, after, pairs: int = 2) -> str:
+    """The first samples of `pairs` prompts before and after, as plain text for the console: what a run did, to
+    read (before and after are Samples on the same prompts)."""
+    lines, seen = [], set()
+    for i, prompt in enumerate(before.prompts):
+        if prompt in seen or i >= len(after.texts):
+            continue
+        seen.add(prompt)
+        lines += [f"--- {prompt}", f"before: {before.texts[i].strip()}", f"after:  {after.texts[i].strip()}"]
+        if len(seen) >= pairs:
+            break
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- the tilt run's table and report
 
 

@@ -65,6 +65,7 @@ from tokentilt.targets.selectors import parse_phrases as parse
 from tokentilt.targets.tokens import resolve_set
 
 METHODS = ("trie", "sequence-bias")
+COLLATERAL_SHIFT = 0.05  # the per-entry report's collateral: words the tilt moves by this much log-odds or more
 MAX_COVERAGE = 0.5  # a list whose entries are this share of a reference text's words leaves nothing to tilt
 SPACE_ANCHORS = ("It was", "I saw the", "They said")  # contexts in which completion_probs measures π
 BARE_ANCHORS = ("\n", '"', "(")
@@ -220,8 +221,8 @@ class PhraseSet:
     def entry_report(self, tokenizer, before: list[str], after: list[str], bias: float, top: int = 15) -> dict:
         """Each entry's occurrences before and after (texts: the replies or continuations), per 1,000 words,
         the entries that rose flagged (the replacements the model found), and the collateral seen in the texts:
-        the commonest words there that are not entries but share a biased transition with one (collateral()),
-        with their counts before and after. -> {"words_before", "words_after", "entries", "rose", "collateral"}"""
+        the commonest words there that are not entries but share a biased transition with one (collateral(),
+        a shift of at least COLLATERAL_SHIFT), with their counts before and after. -> {"words_before", "words_after", "entries", "rose", "collateral"}"""
         sides = [self._tally(texts) for texts in (before, after)]
         (hits_b, words_b, all_b), (hits_a, words_a, all_a) = sides
 
@@ -241,7 +242,7 @@ class PhraseSet:
             if hits_b[e] or hits_a[e]
         ]
         rows.sort(key=lambda r: (-r["before"] - r["after"], r["entry"]))
-        moved = self.collateral(tokenizer, all_b + all_a, bias, top)
+        moved = self.collateral(tokenizer, all_b + all_a, bias, top, COLLATERAL_SHIFT)
         collateral = [
             {
                 "word": m["word"],
@@ -380,10 +381,12 @@ class PhraseSet:
 
     # ------------------------------------------------------------ what else moves
 
-    def collateral(self, tokenizer, reference: Counter, bias: float, top: int = 15) -> list[dict]:
+    def collateral(
+        self, tokenizer, reference: Counter, bias: float, top: int = 15, min_shift: float = 1e-6
+    ) -> list[dict]:
         """Words of a reference word count that are not entries but whose own tokenization (after a
-        space) passes through a biased transition: they move with the tilt. Sorted by how often the
-        reference uses them. -> [{"word", "count", "log_odds_shift"}]."""
+        space) passes through a biased transition, by at least `min_shift` in log-odds: they move with the
+        tilt. Sorted by how often the reference uses them. -> [{"word", "count", "log_odds_shift"}]."""
         entries = {k for k in self._keys if len(k) == 1}
         rows = []
         for word, n in reference.most_common():
@@ -398,7 +401,7 @@ class PhraseSet:
                     shift += float(val[hit[0, 0]])
                 state, _ = self.step(state, start, t)
                 start = not bool(self.word_ends[t])
-            if abs(shift) > 1e-6:
+            if abs(shift) >= min_shift:
                 rows.append({"word": word, "count": n, "log_odds_shift": round(shift, 3)})
             if len(rows) >= top:
                 break
@@ -423,15 +426,31 @@ class PhraseSet:
 
 
 class PhraseBias(LogitsProcessor):
-    """The decode-time phrase tilt: each row's partial matches decide which tokens it biases."""
+    """The decode-time phrase tilt: each row's partial matches decide which tokens it biases.
+
+    Generation calls it once per step with every row one token longer, so each row's trie state is carried
+    from the call before and advanced by the new token (O(1) per row and step, where walking the whole
+    sequence again made a reply of L tokens cost O(L^2)); a row that does not extend the one before it
+    (another batch) is walked from its start."""
 
     def __init__(self, phrases: PhraseSet, bias: float):
         self.phrases, self.bias = phrases, bias
+        self._rows: dict[int, tuple[list[int], frozenset, bool]] = {}  # row -> (its ids, state, at a word start)
+
+    def _state(self, row: int, seq: list[int]) -> tuple[frozenset, bool]:
+        seen = self._rows.get(row)
+        if seen is not None and len(seq) == len(seen[0]) + 1 and seq[:-1] == seen[0]:
+            state, _ = self.phrases.step(seen[1], seen[2], seq[-1])
+            start = not bool(self.phrases.word_ends[seq[-1]])
+        else:
+            state, start = self.phrases.states(seq)[-1] if seq else (frozenset(), True)
+        self._rows[row] = (seq, state, start)
+        return state, start
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.clone()
         for row, seq in enumerate(input_ids.tolist()):
-            state, start = self.phrases.states(seq)[-1] if seq else (frozenset(), True)
+            state, start = self._state(row, seq)
             tok, val = self.phrases.bias_terms(state, start, self.bias)
             keep = tok < scores.size(-1)
             scores[row, tok[keep]] += val[keep].to(scores.device, scores.dtype)
