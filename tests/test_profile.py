@@ -1,6 +1,8 @@
 """tokentilt profile: the over-used words and phrases of a model's replies against human text, checked on
 texts whose counts are worked out by hand, and its bad input."""
 
+from pathlib import Path
+
 import pytest
 
 from tokentilt.cli import main
@@ -63,7 +65,7 @@ def test_a_word_of_the_models_everyday_register_is_not_slop():
 def test_a_phrase_whose_words_are_common_is_kept_whole():
     texts = [f"once upon a time there was a cat number {i}" for i in range(12)]
     reference = "once there was a cat upon the time. " * 40
-    rows = profile_entries(texts, [str(i) for i in range(12)], reference, EVERYDAY, ProfileConfig(min_phrase_ratio=5))
+    rows = profile_entries(texts, [str(i) for i in range(12)], reference, EVERYDAY, ProfileConfig(min_phrase_ratio=5, min_requests=10))
     entries = [r["entry"] for r in rows]
     # every word and "there was a cat" occur in the reference; the phrase's sub-phrases that occur only inside
     # it ("upon a time", "once upon a", ...) go with it
@@ -111,3 +113,13 @@ def test_profile_refuses_to_overwrite_a_list(tmp_path, capsys):
     (tmp_path / "l.txt").write_text("vibrant\n")
     assert main(["profile", "--out", str(tmp_path / "l.txt")]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_the_shipped_list_is_a_phrase_list_made_by_profile_and_not_a_word_class():
+    from tokentilt.targets.selectors import builtin_word_lists, parse_phrases
+
+    entries, keep_case = parse_phrases("phrases:slop")
+    text = (Path(__file__).parents[1] / "src/tokentilt/targets/phraselists/slop.txt").read_text()
+    assert entries and not keep_case and "made by `tokentilt profile`" in text
+    assert text == (Path(__file__).parents[1] / "docs/slop/slop.txt").read_text()  # the copy docs describe
+    assert "slop" not in builtin_word_lists()  # the audit's word classes stay as they were

@@ -17,6 +17,7 @@ KINDS = ("contains", "regex", "words", "ids", "not", "phrase", "phrases")
 PHRASE_KINDS = ("phrase", "phrases")
 WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 WORDLISTS = Path(__file__).parent / "wordlists"
+PHRASELISTS = Path(__file__).parent / "phraselists"  # phrases:NAME only (slop: docs/deslop.md); not word classes
 
 
 class SelectorError(ValueError):
@@ -192,7 +193,8 @@ def parse_phrases(spec: str) -> tuple[list[str], bool]:
 def _read_phrases(arg: str, spec: str) -> list[str]:
     if not arg.strip():
         raise SelectorError(f"selector {spec!r}: 'phrases:' needs a file name")
-    path = word_list(arg)
+    builtin = PHRASELISTS / f"{arg}.txt"
+    path = builtin if not Path(arg).exists() and re.fullmatch(r"[a-z_]+", arg) and builtin.is_file() else word_list(arg)
     text = read_list_text(path, "phrases")
     entries = []
     for number, line in enumerate(text.splitlines(), 1):
