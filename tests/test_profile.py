@@ -65,7 +65,9 @@ def test_a_word_of_the_models_everyday_register_is_not_slop():
 def test_a_phrase_whose_words_are_common_is_kept_whole():
     texts = [f"once upon a time there was a cat number {i}" for i in range(12)]
     reference = "once there was a cat upon the time. " * 40
-    rows = profile_entries(texts, [str(i) for i in range(12)], reference, EVERYDAY, ProfileConfig(min_phrase_ratio=5, min_requests=10))
+    rows = profile_entries(
+        texts, [str(i) for i in range(12)], reference, EVERYDAY, ProfileConfig(min_phrase_ratio=5, min_requests=10)
+    )
     entries = [r["entry"] for r in rows]
     # every word and "there was a cat" occur in the reference; the phrase's sub-phrases that occur only inside
     # it ("upon a time", "once upon a", ...) go with it
