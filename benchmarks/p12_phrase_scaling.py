@@ -69,9 +69,7 @@ def main() -> None:
     windows = corpus.eval_windows(test, 128, 16)
     contexts = list(corpus.eval_windows(corpus.train_tokens(tokenizer), 128, 24).split(8))
     cfg = SampleConfig(max_new_tokens=160)
-    plain, plain_s = timed(
-        lambda: sampling.sample(model, tokenizer, list(CREATIVE_PROMPTS), 1, cfg, seed=0, chat=True)
-    )
+    plain, plain_s = timed(lambda: sampling.sample(model, tokenizer, list(CREATIVE_PROMPTS), 1, cfg, seed=0, chat=True))
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         path = args.out.with_name(f"p12_list_{size}.txt")
