@@ -325,3 +325,18 @@ def test_a_run_samples_until_r_is_known_and_says_where_it_stopped(tiny_model_dir
         assert len(got) == s[f"rate_{side}"]["n"]
         recount = mask[torch.tensor(got)].double().mean(1).mean()  # by hand, from the file
         assert float(recount) == pytest.approx(s[f"rate_{side}"]["mean"], abs=1e-9)
+
+
+def test_a_ban_on_a_token_set_keeps_the_decode_time_perplexity_within_its_budget(tiny_model_dir, eval_file, tmp_path):
+    """--ban on a token set: b from its one-pass costs; the decode-time baseline, measured at that b by
+    measure() (its own pass of the model), is within the budget, and a b further down (the bisection's last
+    point over it) would not be."""
+    out = tmp_path / "run"
+    argv = tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--ban", "--fluency-budget", "0.02")
+    assert main(argv) == 0
+    s = json.loads((out / "summary.json").read_text())
+    ban = s["ban"]
+    assert s["rate_target"] is None and s["baseline"]["bias"] == ban["bias"] < 0
+    assert s["baseline"]["ppl"] <= 1.02 * s["ppl_before"] * (1 + 1e-6)
+    over = [p["bias"] for p in ban["points"] if p["ppl"] > 1.02 * s["ppl_before"]]
+    assert ban["bias"] == -12.0 or max(over) < ban["bias"]
