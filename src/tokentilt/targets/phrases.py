@@ -293,13 +293,17 @@ class PhraseSet:
                     nxt.append(child)
         return frozenset(nxt), done
 
+    def advance(self, state: frozenset, at_word_start: bool, token: int) -> tuple[frozenset, bool]:
+        """The (partial matches, at a word start) after one more token."""
+        state, _ = self.step(state, at_word_start, token)
+        return state, not bool(self.word_ends[token])
+
     def states(self, ids: list[int]) -> list[tuple[frozenset, bool]]:
         """The (partial matches, at a word start) after each token of a sequence; the sequence is
         taken to start at a word start."""
         state, start, out = frozenset(), True, []
         for t in ids:
-            state, _ = self.step(state, start, t)
-            start = not bool(self.word_ends[t])
+            state, start = self.advance(state, start, t)
             out.append((state, start))
         return out
 
@@ -440,8 +444,7 @@ class PhraseBias(LogitsProcessor):
     def _state(self, row: int, seq: list[int]) -> tuple[frozenset, bool]:
         seen = self._rows.get(row)
         if seen is not None and len(seq) == len(seen[0]) + 1 and seq[:-1] == seen[0]:
-            state, _ = self.phrases.step(seen[1], seen[2], seq[-1])
-            start = not bool(self.phrases.word_ends[seq[-1]])
+            state, start = self.phrases.advance(seen[1], seen[2], seq[-1])
         else:
             state, start = self.phrases.states(seq)[-1] if seq else (frozenset(), True)
         self._rows[row] = (seq, state, start)

@@ -94,11 +94,14 @@ def builtin_word_lists() -> list[str]:
     return sorted(f.stem for f in WORDLISTS.glob("*.txt"))
 
 
-def word_list(arg: str) -> Path:
-    """The words file `arg`, or the built-in list of that name when no such file exists."""
+def word_list(arg: str, folders: tuple[Path, ...] = (WORDLISTS,)) -> Path:
+    """The words file `arg`, or the built-in list of that name (the first of `folders` that has it) when no
+    such file exists."""
     path = Path(arg)
-    if not path.exists() and re.fullmatch(r"[a-z_]+", arg) and (WORDLISTS / f"{arg}.txt").is_file():
-        return WORDLISTS / f"{arg}.txt"
+    if not path.exists() and re.fullmatch(r"[a-z_]+", arg):
+        for folder in folders:
+            if (folder / f"{arg}.txt").is_file():
+                return folder / f"{arg}.txt"
     return path
 
 
@@ -193,8 +196,7 @@ def parse_phrases(spec: str) -> tuple[list[str], bool]:
 def _read_phrases(arg: str, spec: str) -> list[str]:
     if not arg.strip():
         raise SelectorError(f"selector {spec!r}: 'phrases:' needs a file name")
-    builtin = PHRASELISTS / f"{arg}.txt"
-    path = builtin if not Path(arg).exists() and re.fullmatch(r"[a-z_]+", arg) and builtin.is_file() else word_list(arg)
+    path = word_list(arg, (PHRASELISTS, WORDLISTS))
     text = read_list_text(path, "phrases")
     entries = []
     for number, line in enumerate(text.splitlines(), 1):
