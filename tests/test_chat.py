@@ -369,6 +369,15 @@ def test_a_ban_in_chat_on_creative_requests_keeps_perplexity_within_its_budget(c
         assert sum(r[side] for r in report["entries"]) == hits
         assert report[f"words_{side}"] == sum(words)
     assert "## Entries before and after" in (out / "report.md").read_text()
+    # the cost comparison on each model's own replies: the reference is no distance from itself, the decode-time
+    # tilt at b some, a hard ban more; the hard ban completes no entry on the same prompts and seeds
+    h = s["hard_ban"]
+    assert h["base"]["kl"] < 1e-5 < h["decode"]["kl"] < h["hard_ban"]["kl"]
+    assert h["hard_ban"]["rate"]["mean"] == 0 and h["hard_ban"]["rate"]["n"] == s["rate_after"]["n"]
+    assert h["vs_hard_ban"]["kl_ratio"] == pytest.approx(h["tuned"]["kl"] / h["hard_ban"]["kl"])
+    report_md = (out / "report.md").read_text()
+    assert "## Fluency of the replies" in report_md and "**hard ban:**" in report_md
+    assert "hard ban" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

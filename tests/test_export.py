@@ -2,6 +2,7 @@
 loader (an independent reader) give the same weights and logits; the tokenizer round-trips."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from transformers import (
 
 from tokentilt.cli import main
 from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
-from tokentilt.export.gguf import export_gguf, logit_bias_map, permute_rotary
+from tokentilt.export.gguf import export_gguf, logit_bias_map, modelfile, permute_rotary
 
 TEXT = "The quick brown fox: 42 jumps <|endoftext|> over ünïcode"
 
@@ -235,3 +236,37 @@ def test_llama_cpp_reads_the_export_with_the_same_tokens_and_logits(tmp_path):
     with torch.no_grad():
         want = model(input_ids=torch.tensor([ids])).logits[0].numpy()
     assert np.abs(np.array(llm.scores[: len(ids)]) - want).max() < 1e-3
+
+
+def go_render(template: str, system: str, prompt: str) -> str:
+    """ollama's one-turn template as the Modelfile writes it: {{ if .System }}...{{ end }}, {{ .System }},
+    {{ .Prompt }} (the only Go-template forms it uses)."""
+    text = re.sub(
+        r"\{\{ if \.System \}\}(.*?)\{\{ end \}\}", lambda m: m.group(1) if system else "", template, flags=re.S
+    )
+    return text.replace("{{ .System }}", system).replace("{{ .Prompt }}", prompt)
+
+
+@pytest.mark.parametrize("template", ["default-system", "plain"])
+def test_the_modelfile_formats_a_request_as_the_chat_template_does(template):
+    """ollama, given the Modelfile's TEMPLATE and SYSTEM, writes the same prompt as the tokenizer's chat template,
+    with and without a system message of the user's; sampling is pure (ollama's own defaults turned off)."""
+    from test_chat import chat_tokenizer
+    from tokentilt.models.simulated import CHAT_TEMPLATE
+
+    tok = chat_tokenizer()
+    if template == "default-system":
+        tok.chat_template = CHAT_TEMPLATE  # the bundled model's: a system turn of its own when none is given
+    card = modelfile("m.gguf", tok)
+    body = re.search(r'TEMPLATE """(.*?)"""', card, flags=re.S).group(1)
+    found = re.search(r'SYSTEM """(.*?)"""', card, flags=re.S)
+    default = found.group(1) if found else ""
+    assert bool(default) == (template == "default-system")
+    for system in ("", "Answer in French."):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": "Hi!"}]
+        expected = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert go_render(body, system or default, "Hi!") == expected
+    for line in ("PARAMETER temperature 1", "PARAMETER top_k 0", "PARAMETER top_p 1", "PARAMETER repeat_penalty 1"):
+        assert line in card.splitlines()
+    assert 'PARAMETER stop "<|im_end|>"' in card
+    assert modelfile("m.gguf", gpt2_tokenizer()).splitlines()[-1] == 'TEMPLATE """{{ .Prompt }}"""'  # no chat template

@@ -211,9 +211,60 @@ def logit_bias_map(mask: torch.Tensor, bias: float) -> dict[str, float]:
     return {str(i): float(bias) for i in torch.nonzero(mask).flatten().tolist()}
 
 
-def modelfile(gguf_name: str, chat_template: bool) -> str:
-    """An ollama Modelfile beside the GGUF: `ollama create NAME -f Modelfile`, then `ollama run NAME`."""
+SYSTEM_MARK, PROMPT_MARK = "\x00SYSTEM\x00", "\x00PROMPT\x00"  # stand-ins that no template writes
+
+
+def modelfile(gguf_name: str, tokenizer=None) -> str:
+    """An ollama Modelfile beside the GGUF: `ollama create NAME -f Modelfile`, then `ollama run NAME`.
+
+    Sampling as tokentilt measures R: temperature 1, and ollama's top-k (40), top-p (0.9) and repeat penalty
+    (1.1) turned off. A chat model's template is written out for one turn (ollama_template), with the system
+    message its template adds when none is given, so that ollama formats a request as tokentilt did; a model
+    without a chat template gets its prompt as plain text."""
     lines = [f"FROM ./{gguf_name}", "PARAMETER temperature 1", "PARAMETER top_k 0", "PARAMETER top_p 1"]
-    if not chat_template:
-        lines.append('TEMPLATE """{{ .Prompt }}"""')  # a base model: the prompt as plain text
+    lines += ["PARAMETER min_p 0", "PARAMETER repeat_penalty 1"]
+    turn = ollama_template(tokenizer) if getattr(tokenizer, "chat_template", None) else None
+    if turn is None:
+        lines.append('TEMPLATE """{{ .Prompt }}"""')  # a base model (or a template not for one turn): plain text
+        return "\n".join(lines) + "\n"
+    template, system, stop = turn
+    lines.append(f'TEMPLATE """{template}"""')
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
+    if stop:
+        lines.append(f"PARAMETER stop {json.dumps(stop)}")
     return "\n".join(lines) + "\n"
+
+
+def ollama_template(tokenizer) -> tuple[str, str, str] | None:
+    """A Hugging Face chat template as ollama's one-turn Go template -> (template, default system message,
+    the end-of-turn text), by rendering it with stand-ins for the system message and the prompt; None where
+    the rendering does not split that way (a template that rewrites its messages)."""
+
+    def render(messages: list[dict]) -> str:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    user = [{"role": "user", "content": PROMPT_MARK}]
+    try:
+        with_system = render([{"role": "system", "content": SYSTEM_MARK}] + user)
+        without = render(user)
+    except Exception:  # a template that refuses a system turn: no one-turn form
+        return None
+    if with_system.count(SYSTEM_MARK) != 1 or with_system.count(PROMPT_MARK) != 1 or without.count(PROMPT_MARK) != 1:
+        return None
+    head, rest = with_system.split(SYSTEM_MARK)  # head + system + between + prompt + tail
+    between, tail = rest.split(PROMPT_MARK)
+    opening, after_prompt = without.split(PROMPT_MARK)
+    if after_prompt != tail:
+        return None
+    system_turn = "{{ if .System }}" + head + "{{ .System }}"
+    if len(opening) >= len(head) + len(between) and opening.startswith(head) and opening.endswith(between):
+        system = opening[len(head) : len(opening) - len(between)]  # the template's default system message
+        template = head + "{{ .System }}" + between + "{{ .Prompt }}" + tail  # always a system turn, as here
+    elif between.endswith(opening):  # no default: the system turn only when given, then the user's turn
+        system = ""
+        template = system_turn + between[: len(between) - len(opening)] + "{{ end }}" + opening + "{{ .Prompt }}" + tail
+    else:
+        return None
+    eos = getattr(tokenizer, "eos_token", None)
+    return template, system, eos if eos and eos in with_system else ""

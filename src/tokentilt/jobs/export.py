@@ -60,7 +60,7 @@ def run(cfg: ExportConfig, *, echo=print, progress: bool = False) -> dict:
         echo(f"writing {gguf} ({cfg.type}) ...")
         info = export_gguf(model, tokenizer, gguf, cfg.type, name=Path(name).name or "tokentilt")
         card = Path(gguf).with_suffix(".Modelfile")
-        card.write_text(modelfile(Path(gguf).name, bool(getattr(tokenizer, "chat_template", None))))
+        card.write_text(modelfile(Path(gguf).name, tokenizer))
         result.update(gguf=info, modelfile=str(card), seconds=round(time.time() - started, 1))
         echo(
             f"{gguf}: {info['bytes'] / 1e6:.1f} MB, {info['tensors']} tensors; ollama: "

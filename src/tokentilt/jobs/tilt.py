@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import sys
 import time
@@ -23,10 +24,13 @@ from tokentilt.measurement.evaluate import (
     held_out_text,
     measure,
     measure_rate,
+    own_costs,
     phrase_perplexity_at,
     public,
     rates_of,
+    sample_costs,
 )
+from tokentilt.measurement.intervals import own_cost_comparison
 from tokentilt.measurement.metrics import collapse_warnings, tilt_costs
 from tokentilt.models import lora
 from tokentilt.models.load import save_model
@@ -34,6 +38,7 @@ from tokentilt.runs.folder import RunFolder, keep_records_until, write_samples
 from tokentilt.runs.report import (
     excess_cost_note,
     fmt_rate,
+    hard_ban_note,
     plot_rate,
     plot_series,
     side_by_side,
@@ -148,6 +153,7 @@ class Start:
     calibration: object = None  # calibrate()'s result with --rate
     ban: dict | None = None  # --ban: the b chosen and the decode-time perplexities it was chosen on
     baseline: dict | None = None  # tilt-distill: the decode-time tilt at the calibrated b
+    baseline_samples: object = None  # its samples (not checkpointed)
 
 
 def set_up(cfg: TiltConfig, say, device="cpu") -> Setup:
@@ -223,6 +229,7 @@ def measure_start(
             known=start.known,
             score=weigh,
             per_window=True,  # for rho's interval
+            own=cfg.ban,  # for the comparison with a hard ban (hard_ban_comparison)
         )
         if saved is not None:
             saved.save("measure_before", before=start.before, samples_before=start.samples_before)
@@ -280,7 +287,10 @@ def measure_start(
             text_windows=start.text_windows,
             known=start.known,
             score=weigh,
+            own=cfg.ban,
+            per_window=cfg.ban,  # a ban's R after training is the baseline's: matched_decode takes these costs
         )
+        start.baseline_samples = baseline_samples
         if weigh:  # scored by the sampler: no forward
             start.eval_pool = importance.Pool(
                 [
@@ -324,13 +334,42 @@ def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, train
     if trained_bias != start.bias:
         curve.append((trained_bias, rate_at(trained_bias)))
     b_matched, curve = match_bias(curve, after["rate"]["mean"], after["rate"]["n"], rate_at)
+    if b_matched == start.bias and "per_window" in start.baseline:  # the baseline's costs, at this very b
+        costs = {k: v for k, v in start.baseline.items() if k.startswith(("ppl", "drift", "per_window"))}
+    else:
+        costs = decode_costs(
+            run.reference, run.tokens, start.windows, b_matched, bf16, start.text_windows, start.known, per_window=True
+        )
     return {
         "bias": b_matched,
         "curve": [{"bias": b, "rate": r, **({"ess": estimated[b]} if b in estimated else {})} for b, r in curve],
-        **decode_costs(
-            run.reference, run.tokens, start.windows, b_matched, bf16, start.text_windows, start.known, per_window=True
-        ),
+        **costs,
     }
+
+
+def hard_ban_comparison(cfg: TiltConfig, run: Setup, start: Start, after: dict, samples_after, say) -> tuple:
+    """--ban's cost against a hard ban at decode time (b = -inf: no entry can be completed), on each model's
+    own samples, since a hard ban's perplexity of the reference's text is infinite wherever that text uses
+    an entry: the reference's perplexity of the samples and the mean KL(sampled || reference) per step
+    (sampling.OwnScores), for the model before, the decode-time tilt at b, the tuned model and the hard ban,
+    with intervals (intervals.own_cost_comparison). The hard ban samples the tuned R's prompts and seeds.
+    -> (summary's "hard_ban", the hard ban's samples). The tuned side needs a model that differs from the reference only
+    in its head (head rows); for another placement it is left out, and so are the ratios."""
+    say("sampling the hard ban at decode time (b = -inf), for the cost comparison ...")
+    plan = after["rate"].get("plan")
+    rate, samples = measure_rate(
+        run.reference, run.tokenizer, run.tokens, cfg.eval, bias=-math.inf, bf16=cfg.train.bf16, plan=plan, own=True
+    )
+    sides = {"base": start.samples_before, "decode": start.baseline_samples, "hard_ban": samples}
+    rates = {"base": start.before["rate"], "decode": start.baseline["rate"], "hard_ban": rate}
+    if samples_after.own is not None:
+        sides["tuned"], rates["tuned"] = samples_after, after["rate"]
+    costs = own_cost_comparison(
+        {k: own_costs(v) for k, v in sides.items()}, "tuned", ("decode", "hard_ban") if "tuned" in sides else ()
+    )
+    for name, side in sides.items():
+        costs[name].update(rate=rates[name], **sample_costs(side.replies()))
+    return costs, samples
 
 
 def matched_decode_at(run: Setup, start: Start, matched: dict, n: int):
@@ -396,12 +435,17 @@ def run(cfg: TiltConfig, *, echo=print, progress: bool = True) -> dict:
         known=start.known,
         head_only=run.head is not None,  # head-rows: the body is the start model's, whose head inputs are known
         per_window=True,  # for rho's interval
+        own=cfg.ban and run.head is not None,
+        reference_head=run.reference.get_output_embeddings() if cfg.ban and run.head is not None else None,
     )
     clock.mark("measure_after")
-    matched = None
+    matched, hard_ban, ban_samples = None, None, None
     if cfg.objective == "tilt-distill":
         matched = matched_decode(cfg, run, start, after, trained_bias, say)
         clock.mark("matched_decode")
+    if cfg.ban:
+        hard_ban, ban_samples = hard_ban_comparison(cfg, run, start, after, samples_after, say)
+        clock.mark("hard_ban")
     run.placement.reference = None  # free the copy before saving
     model = run.model
     if cfg.lora.lora:
@@ -430,17 +474,21 @@ def run(cfg: TiltConfig, *, echo=print, progress: bool = True) -> dict:
         rates = rates_of(run.tokens, samples_after)  # the tuned R's samples, which rho's interval resamples
         decode_at = matched_decode_at(run, start, matched, after["rate"]["n"])
         summary.update(distill_summary(cfg, start, after, matched, fit, trained_bias, rates, decode_at))
+    if hard_ban is not None:
+        summary["hard_ban"] = hard_ban
     if target_summary := run.tokens.summary(run.tokenizer, trained_bias):  # a phrase set's entries and collateral
         summary["phrases"] = target_summary
         summary["phrases"]["per_entry"] = run.tokens.entry_report(
             run.tokenizer, start.samples_before.texts, samples_after.texts, trained_bias
         )
-    out = write_run(folder, cfg, summary, history, start, samples_after)
+    out = write_run(folder, cfg, summary, history, start, samples_after, ban_samples)
     state.wait_for_everyone()
     echo(side_by_side(start.samples_before, samples_after))
     echo(summary_table(summary))
     if summary.get("matched_decode"):
         echo(excess_cost_note(summary))
+    if note := hard_ban_note(summary):
+        echo(note)
     echo("seconds: " + ", ".join(f"{k} {v:g}" for k, v in summary["stage_seconds"].items()))
     echo("peak MB: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_peak_rss_mb"].items()))
     echo(f"run folder: {out}")
@@ -622,7 +670,7 @@ def distill_summary(
     if fit is not None:
         out["calibrated_bias"] = start.bias
         out["bias_rounds"] = fit.round_records()
-    out["baseline"] = {"objective": "decode-bias", "bias": start.bias, **start.baseline}
+    out["baseline"] = {"objective": "decode-bias", "bias": start.bias, **public(start.baseline)}
     out["matched_decode"] = public(matched)
     # rho's three perplexities under the names it is defined with, all on the same held-out windows
     out.update(ppl_base=start.before["ppl"], ppl_decode_matched=matched["ppl"], ppl_tuned=after["ppl"])
@@ -631,9 +679,10 @@ def distill_summary(
 
 
 def write_run(
-    folder: RunFolder, cfg: TiltConfig, summary: dict, history: list[dict], start: Start, samples_after
+    folder: RunFolder, cfg: TiltConfig, summary: dict, history: list[dict], start: Start, samples_after, ban=None
 ) -> Path:
-    """Plots, samples.jsonl, report.md and summary.json into the run folder, then finish it -> its path."""
+    """Plots, samples.jsonl, report.md and summary.json into the run folder, then finish it -> its path.
+    ban: the hard ban's samples (--ban), whose replies report.md sets beside the others'."""
     for warning in summary["warnings"]:
         print(f"tokentilt: warning: {warning}", file=sys.stderr)
     rate_points = [(0, summary["rate_before"])] + [
@@ -657,7 +706,7 @@ def write_run(
     )
     plot_rate(folder.path("rate.png"), rate_points, f"R for {cfg.toward!r} over training")
     write_samples(folder.path("samples.jsonl"), start.samples_before, samples_after)
-    folder.path("report.md").write_text(tilt_report(cfg, summary, start.samples_before, samples_after))
+    folder.path("report.md").write_text(tilt_report(cfg, summary, start.samples_before, samples_after, ban))
     folder.write_json("summary.json", summary)
     shutil.rmtree(folder.path("checkpoints"), ignore_errors=True)  # a finished run needs none
     return folder.finish()

@@ -16,7 +16,7 @@ import torch
 from tokentilt.data import corpus
 from tokentilt.data.chat import HELD_OUT_SEED_OFFSET, exchanges
 from tokentilt.data.prompts import CHAT_REQUESTS
-from tokentilt.measurement.intervals import excess_cost_interval
+from tokentilt.measurement.intervals import WindowCosts, excess_cost_interval
 from tokentilt.measurement.metrics import (
     ReplyWindows,
     TiltCosts,
@@ -52,6 +52,8 @@ def measure_rate(
     expect: bool = False,
     plan: list[int] | None = None,
     extend: tuple[dict, Samples] | None = None,
+    own: bool = False,
+    reference_head=None,
 ) -> tuple[dict, Samples]:
     """R of `target` (a Target, or a (V,) bool mask) with a 95% interval over samples, and the samples
     themselves (score: with their StepScores on a token set's mask, for importance weights; expect: with
@@ -62,6 +64,7 @@ def measure_rate(
     per prompt of each pass). A measurement given that plan draws the same prompts on the same seeds, as many
     times: what a side-by-side comparison of two models, or of two biases, needs. extend: an earlier
     measure_rate of the same model, bias and cfg, (rate, samples), whose first pass is kept, not drawn again.
+    own, reference_head: the samples carry their OwnScores (sampling.sample), for own_costs.
     """
     target = as_target(target)
 
@@ -80,6 +83,8 @@ def measure_rate(
             system=cfg.system,
             score_mask=target.mask if score else None,
             expect_mask=target.mask if expect else None,
+            own=own,
+            reference_head=reference_head,
         )
 
     drawn = None if extend is None else (extend[1], extend[0]["plan"])
@@ -258,6 +263,8 @@ def measure(
     head_only: bool = False,
     per_window: bool = False,
     plan: list[int] | None = None,
+    own: bool = False,
+    reference_head=None,
 ) -> tuple[dict, Samples]:
     """Every number of one model (optionally decoded with logit bias b on the set).
 
@@ -273,11 +280,21 @@ def measure(
     their output heads, and `known` is of their body) the body's passes. score: the samples carry their
     StepScores (measure_rate). per_window: also "per_window" (and "per_window_text"), the costs' WindowCosts,
     for excess_cost's interval (not for JSON: public() drops them). plan: measure_rate's, to draw the samples
-    of another measurement again.
+    of another measurement again. own, reference_head: the samples carry their OwnScores (own_costs).
     """
     target = as_target(target)
     rate, samples = measure_rate(
-        model, tokenizer, target, cfg, bias=bias, bf16=bf16, score=score, expect=target.mask is not None, plan=plan
+        model,
+        tokenizer,
+        target,
+        cfg,
+        bias=bias,
+        bf16=bf16,
+        score=score,
+        expect=target.mask is not None,
+        plan=plan,
+        own=own,
+        reference_head=reference_head,
     )
     expected = expected_rates_of(samples)
     costs = both_windows(
@@ -387,6 +404,23 @@ def phrase_perplexity_at(model, phrases, windows, bf16: bool = False) -> Callabl
         return math.exp(float(nll[keep].mean()))
 
     return perplexity_at
+
+
+def own_costs(samples: Samples) -> WindowCosts:
+    """The costs of a model's own samples, seen from the reference (sampling.OwnScores), sample by sample as
+    WindowCosts (a sample is a window): nll and targets give the reference's perplexity of the samples, kl and
+    positions the mean KL(sampled distribution || reference) per step; the steps of each sample that count
+    (Samples.counted_steps)."""
+    if samples.own is None:
+        raise ValueError("these samples were drawn without own=True: they carry no OwnScores")
+    keep = samples.counted_steps()[:, : samples.own.nll.size(1)]
+    count = keep.sum(1).double()
+    return WindowCosts(
+        nll=torch.where(keep, samples.own.nll, 0.0).sum(1),
+        targets=count,
+        kl=torch.where(keep, samples.own.kl, 0.0).sum(1),
+        positions=count,
+    )
 
 
 def public(costs: dict) -> dict:

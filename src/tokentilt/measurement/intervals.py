@@ -124,6 +124,54 @@ def excess_cost_interval(
     return {"rho": percentile_interval(rho, confidence), "drift_ratio": percentile_interval(drift_ratio, confidence)}
 
 
+def own_cost_comparison(
+    sides: dict[str, WindowCosts],
+    tuned: str,
+    against: tuple[str, ...],
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    confidence: float = 0.95,
+) -> dict:
+    """Models compared on their own samples (evaluate.own_costs: a sample is a window; sides[name]): each side's
+    reference perplexity of its samples ("ppl") and mean KL(sampled || reference) per step ("kl"), with 95%
+    percentile-bootstrap intervals; and for each side in `against`, the tuned side's cost relative to it:
+    "kl_ratio" = kl_tuned / kl_other and "rho" = (ppl_tuned - ppl_base) / (ppl_other - ppl_base), "base" being
+    the side named "base", with intervals (None where a denominator is not positive).
+
+    The sides are different draws (each model samples its own replies), so each is resampled on its own, not
+    jointly as the held-out windows of excess_cost_interval.
+    """
+    rng = np.random.default_rng(seed)
+    point, drawn = {}, {}
+    for name, c in sides.items():
+        counts = resample_counts(len(c.nll), resamples, rng)  # (B, N)
+        point[name] = (c.perplexity(), c.drift())
+        drawn[name] = (
+            np.exp(counts @ c.nll.numpy() / (counts @ c.targets.numpy())),
+            counts @ c.kl.numpy() / (counts @ c.positions.numpy()),
+        )
+    out = {
+        name: {
+            "ppl": point[name][0],
+            "ppl_ci": percentile_interval(drawn[name][0], confidence),
+            "kl": point[name][1],
+            "kl_ci": percentile_interval(drawn[name][1], confidence),
+        }
+        for name in sides
+    }
+    for other in against:
+        extra = point[other][0] - point["base"][0]
+        out[f"vs_{other}"] = {
+            "kl_ratio": point[tuned][1] / point[other][1] if point[other][1] > 0 else None,
+            "kl_ratio_ci": percentile_interval(_ratio(drawn[tuned][1], drawn[other][1]), confidence),
+            "rho": (point[tuned][0] - point["base"][0]) / extra if extra > 0 else None,
+            "rho_ci": percentile_interval(
+                _ratio(drawn[tuned][0] - drawn["base"][0], drawn[other][0] - drawn["base"][0]), confidence
+            ),
+        }
+    return out
+
+
 def target_met(
     rate_ci: dict, target: float, tolerance: float, rho_ci: tuple[float | None, float | None] | None, rho_limit: float
 ) -> bool:

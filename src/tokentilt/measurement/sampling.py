@@ -226,6 +226,7 @@ class Samples:
     # (N, L) float32, with sample(expect_mask=...): at each step, the counted set's probability under the
     # distribution the token was drawn from, given that the token does not end the reply (SetMass)
     set_mass: torch.Tensor | None = None
+    own: OwnScores | None = None  # with sample(own=True): each step's cost, seen from the reference
 
     def replies(self) -> list[list[int]]:
         """Each sample's counted ids: the reply before end-of-turn in chat, else every generated token."""
@@ -252,7 +253,16 @@ class Samples:
             parts[0].special,
             None if parts[0].step_scores is None else StepScores.cat([p.step_scores for p in parts], width),
             None if parts[0].set_mass is None else torch.cat([pad_steps(p.set_mass, width, math.nan) for p in parts]),
+            None if parts[0].own is None else OwnScores.cat([p.own for p in parts], width),
         )
+
+    def counted_steps(self) -> torch.Tensor:
+        """(N, L) bool: the steps that are part of each sample: in chat the reply and its end-of-turn token (as
+        held-out perplexity counts a reply), else every generated token."""
+        steps = torch.arange(self.tokens.size(1))
+        if self.lengths is None:
+            return torch.ones(self.tokens.shape, dtype=torch.bool)
+        return steps[None, :] <= self.lengths[:, None]
 
 
 @dataclass
@@ -301,6 +311,69 @@ class StepScores:
             torch.cat([pad_steps(p.log_mass, width, float("-inf")) for p in parts]),
             h,
         )
+
+
+@dataclass
+class OwnScores:
+    """What a model's own samples cost, seen from a reference, recorded step by step as they are drawn: the
+    reference's NLL of each drawn token (the reference's perplexity of the samples: how they read to the model
+    they came from), and KL(q || reference) at each step, q the distribution the token was drawn from (after
+    every processor: a decode-time tilt, a hard ban). Nothing of the reference's own text is scored, so a hard
+    ban, where q is 0 and the reference is not, costs a finite amount; and no forward pass is added.
+
+    The reference is the sampled model without its processors (the samples of a decode-time tilt or a ban),
+    or the reference's output head on the step's head inputs (a model that differs from it only in its head:
+    head rows). Its distribution is at temperature 1, with the sampler's banned ids (end-of-text) removed.
+    """
+
+    nll: torch.Tensor  # (N, L) float64, nats
+    kl: torch.Tensor  # (N, L) float64, nats
+
+    @classmethod
+    def recorder(cls, banned: list[int], reference_head=None, head_inputs: list[torch.Tensor] | None = None):
+        """-> (observe, drawn) for generate(), and finish() -> OwnScores of the steps seen. reference_head: the
+        reference's output head, applied to the last entry of `head_inputs` (recorded_head_inputs's list) at
+        each step; None: the sampled model's own logits."""
+        nll, kl, step = [], [], {}
+
+        def observe(logits: torch.Tensor, nxt: torch.Tensor) -> None:
+            if reference_head is not None:
+                weight = reference_head.weight
+                logits = reference_head(head_inputs[-1].to(weight.device, weight.dtype)).float()
+            logp = logits.float().clone()  # float32 (B, V): a float64 copy took a tenth of a decoding step
+            logp[:, banned] = float("-inf")
+            step["logp"] = logp = torch.log_softmax(logp, -1)  # (B, V)
+            nll.append(-logp.gather(-1, nxt)[:, 0].cpu())  # (B,)
+
+        def drawn(probs: torch.Tensor, nxt: torch.Tensor) -> None:
+            terms = probs * (probs.log() - step.pop("logp")[:, : probs.size(-1)])  # (B, V)
+            kl.append(torch.where(probs > 0, terms, 0.0).sum(-1).cpu())  # (B,)
+
+        def finish() -> OwnScores:
+            return cls(torch.stack(nll, 1).double(), torch.stack(kl, 1).double())
+
+        return observe, drawn, finish
+
+    @staticmethod
+    def cat(parts: list[OwnScores], width: int) -> OwnScores:
+        """Batches stacked, each right-padded to `width` steps with 0 (no step there)."""
+        return OwnScores(
+            torch.cat([pad_steps(p.nll, width, 0.0) for p in parts]),
+            torch.cat([pad_steps(p.kl, width, 0.0) for p in parts]),
+        )
+
+
+def chain(*hooks):
+    """One generate() hook that calls each of `hooks` that is not None, in order (None if none is)."""
+    hooks = [h for h in hooks if h is not None]
+    if not hooks:
+        return None
+
+    def call(*args) -> None:
+        for hook in hooks:
+            hook(*args)
+
+    return call
 
 
 def pad_steps(x: torch.Tensor, width: int, value: float) -> torch.Tensor:
@@ -393,6 +466,8 @@ def sample(
     system: str = "",
     score_mask: torch.Tensor | None = None,
     expect_mask: torch.Tensor | None = None,
+    own: bool = False,
+    reference_head=None,
 ) -> Samples:
     """Sample `per_prompt` continuations of every prompt, in batches, reproducibly from `seed`.
 
@@ -402,6 +477,8 @@ def sample(
     score_mask: a token set's (V,) mask whose StepScores to record (Samples.step_scores).
     expect_mask: a token set's (V,) mask whose SetMass to record (Samples.set_mass), for the expected count;
     in chat, without the special ids, as R counts it.
+    own: record OwnScores (Samples.own), seen from the model itself without its processors, or with
+    reference_head (the reference's output head, for a model that differs from it only in its head) from it.
     """
     all_prompts = [p for p in prompts for _ in range(per_prompt)]
     inputs = chat_module.format_prompts(tokenizer, all_prompts, system) if chat else all_prompts
@@ -413,18 +490,21 @@ def sample(
     banned = eos_ids_of(tokenizer) if cfg.ban_eos else []
     special = tuple(chat_module.special_ids(tokenizer)) if chat else ()
     counted = None if expect_mask is None else counted_mask(expect_mask, special)
-    chunks, scored, masses = [], [], []
+    chunks, scored, masses, owned = [], [], [], []
     try:
         for start in range(0, len(inputs), batch_size):
             # a chat template writes its own special tokens; plain prompts get the tokenizer's usual ones
             enc = tokenizer(
                 inputs[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=not chat
             )
-            with recorded_head_inputs(model, score_mask is not None) as head_inputs:
+            with recorded_head_inputs(model, score_mask is not None or reference_head is not None) as head_inputs:
                 observe, finish = (None, None)
                 if score_mask is not None:
                     observe, finish = StepScores.recorder(score_mask, banned, head_inputs)
                 drawn, finish_mass = SetMass.recorder(counted, stop_ids) if counted is not None else (None, None)
+                own_observe, own_drawn, finish_own = (None, None, None)
+                if own:
+                    own_observe, own_drawn, finish_own = OwnScores.recorder(banned, reference_head, head_inputs)
                 chunks.append(
                     generate(
                         model,
@@ -437,14 +517,16 @@ def sample(
                         eos_ids_of(tokenizer),
                         bf16,
                         stop_ids,
-                        observe,
-                        drawn,
+                        chain(observe, own_observe),
+                        chain(drawn, own_drawn),
                     )
                 )
             if finish:
                 scored.append(finish())
             if finish_mass:
                 masses.append(finish_mass())
+            if finish_own:
+                owned.append(finish_own())
     finally:
         tokenizer.padding_side = side
     width = max(c.size(1) for c in chunks)  # chat batches may stop early, each at its own length
@@ -453,9 +535,10 @@ def sample(
     step_scores = StepScores.cat(scored, width) if scored else None
     # (N, L); a batch that stopped early has no steps past its width: NaN there, never counted
     set_mass = torch.cat([pad_steps(m, width, math.nan) for m in masses]) if masses else None
+    own_scores = OwnScores.cat(owned, width) if owned else None
     if not chat:
         texts = tokenizer.batch_decode(tokens, skip_special_tokens=False)
-        return Samples(all_prompts, tokens, texts, step_scores=step_scores, set_mass=set_mass)
+        return Samples(all_prompts, tokens, texts, step_scores=step_scores, set_mass=set_mass, own=own_scores)
     lengths = chat_module.reply_lengths(tokens, stop_ids)
     texts = tokenizer.batch_decode(chat_module.replies(tokens, lengths), skip_special_tokens=True)
-    return Samples(all_prompts, tokens, texts, lengths, inputs, special, step_scores, set_mass)
+    return Samples(all_prompts, tokens, texts, lengths, inputs, special, step_scores, set_mass, own_scores)

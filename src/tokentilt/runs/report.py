@@ -196,6 +196,74 @@ def excess_cost_note(s: dict) -> str:
     )
 
 
+BAN_SIDES = (("base", "before"), ("decode", "decode-time tilt at b"), ("tuned", "after"), ("hard_ban", "hard ban"))
+
+
+def _ci(value: float, ci: tuple[float, float] | list | None, fmt: str) -> str:
+    """value with its interval, "1.23 [1.05, 1.41]" ("n/a" for None, "inf" for an unbounded bound)."""
+    if value is None:
+        return "n/a"
+    return fmt.format(value) + (" [" + ", ".join(fmt.format(v) for v in ci) + "]" if ci else "")
+
+
+def hard_ban_note(s: dict) -> str:
+    """One line: the tuned model's cost on its own samples against the hard ban and the decode-time tilt at b
+    ("" without --ban's comparison)."""
+    h = s.get("hard_ban")
+    if not h or "tuned" not in h:
+        return ""
+    ban, decode = h["vs_hard_ban"], h["vs_decode"]
+    return (
+        f"on their own replies, KL(model || reference) per token: tuned {h['tuned']['kl']:.4f}, hard ban "
+        f"{h['hard_ban']['kl']:.4f} (ratio {_ci(ban['kl_ratio'], ban['kl_ratio_ci'], '{:.2f}')}), decode-time tilt "
+        f"at b {h['decode']['kl']:.4f} (ratio {_ci(decode['kl_ratio'], decode['kl_ratio_ci'], '{:.2f}')}); "
+        f"R of the hard ban {fmt_rate(h['hard_ban']['rate'])}"
+    )
+
+
+def hard_ban_section(s: dict, before, after, ban) -> list[str]:
+    """--ban's fluency table: the model before, the decode-time tilt at b, the tuned model and a hard ban at
+    decode time, each on its own replies (jobs/tilt.hard_ban_comparison), and one reply of each to the same
+    request; [] without the comparison."""
+    h = s.get("hard_ban")
+    if not h:
+        return []
+    sides = [(key, name) for key, name in BAN_SIDES if key in h]
+    cells = [
+        ("R", lambda c: fmt_rate(c["rate"])),
+        ("reference's perplexity of the replies", lambda c: _ci(c["ppl"], c["ppl_ci"], "{:.2f}")),
+        ("KL(model || reference) per reply token", lambda c: _ci(c["kl"], c["kl_ci"], "{:.4f}")),
+        ("distinct-2", lambda c: f"{c['distinct_2']:.3f}"),
+        ("4-gram repetition", lambda c: f"{c['repetition']:.3f}"),
+    ]
+    rows = [{"": label, **{name: show(h[key]) for key, name in sides}} for label, show in cells]
+    lines = [
+        "## Fluency of the replies: before, decode-time, tuned, hard ban",
+        "",
+        "Each model on its own replies, scored by the reference (the model before training): its perplexity of "
+        "them, and the KL from the reference of the distribution each token was drawn from. A hard ban's "
+        "perplexity of the reference's own replies is infinite wherever they use an entry; on its own replies "
+        "both numbers are finite. 95% bootstrap intervals over replies.",
+        "",
+        markdown_table(rows, [""] + [name for _, name in sides]),
+        "",
+    ]
+    for key, label in (("vs_hard_ban", "the hard ban"), ("vs_decode", "the decode-time tilt at b")):
+        if key in h:
+            c = h[key]
+            lines += [
+                f"- tuned against {label}: KL ratio {_ci(c['kl_ratio'], c['kl_ratio_ci'], '{:.2f}')}, "
+                f"rho on own replies {_ci(c['rho'], c['rho_ci'], '{:.2f}')}"
+            ]
+    texts = {"base": before, "tuned": after, "hard_ban": ban}
+    lines += ["", f"The first reply of each to: {before.prompts[0]}", ""]
+    for key, name in sides:
+        side = texts.get(key)
+        if side is not None and side.texts:
+            lines += [f"**{name}:** {side.texts[0].strip()}", ""]
+    return lines
+
+
 def tilt_placement(cfg, s: dict) -> str:
     if s.get("placement") == "head-rows":
         h = s["head"]
@@ -266,8 +334,9 @@ def entries_section(s: dict, top: int = 25) -> list[str]:
     return lines
 
 
-def tilt_report(cfg, s: dict, before, after) -> str:
-    """report.md of a tilt run: cfg is its TiltConfig, s its summary, before/after the Samples."""
+def tilt_report(cfg, s: dict, before, after, ban=None) -> str:
+    """report.md of a tilt run: cfg is its TiltConfig, s its summary, before/after the Samples (ban: the hard
+    ban's, with --ban)."""
     columns = ["", "before", "after"] + (["decode-time baseline"] if "baseline" in s else [])
     table = markdown_table(summary_rows(s), columns)
     return "\n".join(
@@ -292,6 +361,7 @@ def tilt_report(cfg, s: dict, before, after) -> str:
             "![loss](loss.png) ![R](rate.png)",
             "",
             *entries_section(s),
+            *hard_ban_section(s, before, after, ban),
             samples_section("Samples before", before.prompts, before.texts),
             samples_section("Samples after", after.prompts, after.texts),
         ]

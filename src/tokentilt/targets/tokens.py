@@ -111,7 +111,7 @@ class SetBias(LogitsProcessor):
     """Add b to the logits of every token in the set: p'(i) ∝ p(i)·exp(b·M_i)."""
 
     def __init__(self, mask: torch.Tensor, bias: float):
-        self.bias_row = bias * mask.float()  # (V,)
+        self.bias_row = bias_row(mask, bias)  # (V,)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         return scores + self.bias_row.to(scores.device)[: scores.size(-1)]
@@ -218,7 +218,13 @@ def tilted_log_probs(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> t
 
 def bias_logits(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> torch.Tensor:
     """Decode-time logit bias: z + b * M, in float32. (..., V)"""
-    return logits.float() + bias * mask.to(logits.device, torch.float32)
+    return logits.float() + bias_row(mask.to(logits.device), bias)
+
+
+def bias_row(mask: torch.Tensor, bias: float) -> torch.Tensor:
+    """b on the set's tokens, 0 elsewhere, float32 (V,): b * M, but b = -inf (a hard ban) gives -inf on the set
+    and 0 off it, where -inf * 0 would be NaN."""
+    return torch.where(mask.bool(), torch.tensor(bias, dtype=torch.float32, device=mask.device), 0.0)
 
 
 def tilted_set_mass(logits: torch.Tensor, mask: torch.Tensor, bias: float) -> torch.Tensor:
