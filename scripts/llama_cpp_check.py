@@ -16,7 +16,8 @@ its R took, from its config.yaml and summary.json):
 
 Each of the run's requests goes through llama.cpp's own chat completion (create_chat_completion), which formats
 it with the chat template in the GGUF's metadata, and the replies are counted by the run's own rule (a phrase
-list: the word rule of `phrases:`, on the reply text). The table sets the run's R after training beside it.
+list: the word rule of `phrases:`, on the reply text). The table says whether each R lies inside the run's
+interval before training and after it.
 
 Needs llama-cpp-python: `pip install -e ".[llamacpp]"` (compiled from source).
 """
@@ -104,9 +105,11 @@ def main_chat(args) -> None:
     prompts, after = cfg["prompts"], summary["rate_after"]
     per_prompt = args.samples_per_prompt or -(-after["n"] // len(prompts))
     n = per_prompt * len(prompts)
-    print(f"tokentilt's R after training ({args.run}, {after['n']} samples): {fmt(after)}")
+    before = summary["rate_before"]
+    print(f"tokentilt's R ({args.run}): before {fmt(before)}, {before['n']} samples; after {fmt(after)}, {after['n']}")
     print(
-        f"| GGUF | R over {n} llama.cpp chat replies [95% CI] | per 1,000 words | within tokentilt's interval | seconds |"
+        f"| GGUF | R over {n} llama.cpp chat replies [95% CI] | per 1,000 words | in tokentilt's interval: "
+        "before / after | seconds |"
     )
     print("|---|---|---|---|---|")
     for path in args.gguf:
@@ -115,8 +118,8 @@ def main_chat(args) -> None:
         )
         hits = [target.count(t) for t in texts]
         per_1000 = 1000 * sum(h for h, _ in hits) / max(1, sum(w for _, w in hits))
-        inside = after["ci_low"] <= ci["mean"] <= after["ci_high"]
-        print(f"| `{path}` | {fmt(ci)} | {per_1000:.2f} | {'yes' if inside else 'no'} | {seconds:.0f} |", flush=True)
+        inside = ["yes" if r["ci_low"] <= ci["mean"] <= r["ci_high"] else "no" for r in (before, after)]
+        print(f"| `{path}` | {fmt(ci)} | {per_1000:.2f} | {' / '.join(inside)} | {seconds:.0f} |", flush=True)
         if args.replies:
             for prompt, text in list(zip([p for p in prompts for _ in range(per_prompt)], texts))[: args.replies]:
                 print(f"  --- {prompt}\n  {text.strip()}")

@@ -257,3 +257,37 @@ def test_ban_bias_is_the_most_negative_b_within_the_fluency_budget():
         BAN_FLOOR,
         [{"bias": BAN_FLOOR, "ppl": 10.0}],
     )
+
+
+@pytest.mark.parametrize("excess", [1.0, 1.5, 4.0])
+def test_budget_rounds_move_b_toward_0_until_the_trained_model_is_within_the_budget(excess):
+    """A placement that pays `excess` times the decode-time tilt's perplexity rise (an in-sample rho): at 1 the
+    ban's b is kept after one round; above 1 the next round trains at the b whose decode-time rise is 5% / excess
+    (the bisection's b: within it, at most one step nearer 0), which lands within the budget. Each round's
+    numbers are the placement's own; a fit still over the budget after its last round says so."""
+    from tokentilt.measurement.calibrate import BAN_FLOOR, ban_bias, fit_budget_bias
+
+    base = 10.0
+
+    def decode(b: float) -> float:  # the decode-time tilt's perplexity: 1% per unit of b
+        return base * (1 - 0.01 * b)
+
+    trained = []
+
+    def tuned() -> float:  # what the last training pays
+        return base + excess * (decode(trained[-1]) - base)
+
+    quiet = lambda *_: None  # noqa: E731
+    b0, _ = ban_bias(decode, base, 0.05, echo=quiet)
+    fit = fit_budget_bias(trained.append, tuned, decode, base, 0.05, b0, rounds=3, echo=quiet)
+    assert trained == [r["bias"] for r in fit.rounds] and fit.bias == trained[-1]
+    assert [r["ppl_tuned"] for r in fit.rounds] == pytest.approx([base + excess * (decode(b) - base) for b in trained])
+    assert fit.within and fit.rounds[-1]["ppl_tuned"] <= base * 1.05
+    if excess == 1.0:
+        assert trained == [b0]
+    else:  # b moved toward 0, to within the bisection's resolution of the b that the excess allows
+        assert all(a < b for a, b in zip(trained, trained[1:])) and len(trained) >= 2
+        allowed = -5.0 / excess  # decode(b) - base = 5% / excess of base
+        assert allowed - 1e-9 <= fit.bias <= allowed + abs(BAN_FLOOR) / 2**8
+    one = fit_budget_bias(trained.append, lambda: base * 2, decode, base, 0.05, b0, rounds=1, echo=quiet)
+    assert not one.within and len(one.rounds) == 1  # over after its only round: said, not hidden

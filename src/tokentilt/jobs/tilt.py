@@ -16,11 +16,12 @@ from tokentilt.config import UsageError, to_flat
 from tokentilt.data.chat import check_template
 from tokentilt.jobs.tilt_config import TiltConfig
 from tokentilt.measurement import importance
-from tokentilt.measurement.calibrate import RoundsState, ban_bias, bias_at_rate, calibrate, match_bias
+from tokentilt.measurement.calibrate import RoundsState, ban_bias, bias_at_rate, calibrate, fit_budget_bias, match_bias
 from tokentilt.measurement.evaluate import (
     decode_costs,
     excess_cost,
     held_out,
+    held_out_costs,
     held_out_text,
     measure,
     measure_rate,
@@ -152,8 +153,10 @@ class Start:
     samples_before: object = None
     calibration: object = None  # calibrate()'s result with --rate
     ban: dict | None = None  # --ban: the b chosen and the decode-time perplexities it was chosen on
-    baseline: dict | None = None  # tilt-distill: the decode-time tilt at the calibrated b
+    baseline: dict | None = None  # tilt-distill: the decode-time tilt at the calibrated b (--ban: the trained b)
     baseline_samples: object = None  # its samples (not checkpointed)
+    baseline_bias: float | None = None  # the b it was measured at
+    ppl_at: object = None  # --ban: b -> the decode-time tilt's held-out perplexity (what the ban's b was chosen on)
 
 
 def set_up(cfg: TiltConfig, say, device="cpu") -> Setup:
@@ -266,6 +269,7 @@ def measure_start(
             ppl_at = phrase_perplexity_at(model, target, start.windows, bf16)
         else:  # a token set: its one-pass costs (start.known) give every b
             ppl_at = lambda b: decode_costs(model, target, start.windows, b, bf16, known=start.known)["ppl"]  # noqa: E731
+        start.ppl_at = ppl_at  # the budget rounds read other b off it
         start.bias, points = ban_bias(ppl_at, start.before["ppl"], budget, echo=say)
         start.ban = {"bias": start.bias, "fluency_budget": budget, "points": points}
         say(f"b = {start.bias:.3f}")
@@ -273,37 +277,46 @@ def measure_start(
         clock.mark("calibrate")
     if saved is not None and saved.get("baseline") is not None:
         start.baseline, start.eval_pool = saved.get("baseline"), saved.get("eval_pool")
+        start.baseline_bias = start.bias
         say(f"the decode-time baseline at b = {start.bias:.3f}: from the checkpoint")
-    elif cfg.objective == "tilt-distill":
-        say(f"measuring the decode-time baseline at b = {start.bias:.3f} ...")
-        start.baseline, baseline_samples = measure(
-            model,
-            tokenizer,
-            target,
-            cfg.eval,
-            start.windows,
-            bias=start.bias,
-            bf16=bf16,
-            text_windows=start.text_windows,
-            known=start.known,
-            score=weigh,
-            own=cfg.ban,
-            per_window=cfg.ban,  # a ban's R after training is the baseline's: matched_decode takes these costs
-        )
-        start.baseline_samples = baseline_samples
-        if weigh:  # scored by the sampler: no forward
-            start.eval_pool = importance.Pool(
-                [
-                    importance.draw_of(model, tokenizer, got, target, b, rates_of(target, got), bf16)
-                    for b, got in ((0.0, start.samples_before), (start.bias, baseline_samples))
-                ]
-            )
+    elif cfg.objective == "tilt-distill" and not cfg.ban:  # a ban's baseline sits at the trained b: after training
+        measure_baseline(cfg, run, start, model, start.bias, say, weigh)
         if saved is not None:
             saved.save("baseline", baseline=start.baseline, eval_pool=start.eval_pool)
         clock.mark("baseline")
     if saved is not None and saved.boundary in ("measure_before", "calibrate", "baseline"):
         saved.restore_rng()  # where the checkpoint was written: what follows draws as it would have
     return start
+
+
+def measure_baseline(cfg: TiltConfig, run: Setup, start: Start, model, bias: float, say, weigh: bool) -> None:
+    """The decode-time baseline: `model` (the reference) sampled and scored with the target's tilt at b, into
+    start.baseline (and its samples and b); with `weigh`, the draws of R before and of the baseline become the
+    importance-weight pool that matched_decode reads other b off. With --ban, the samples carry their own costs
+    and the costs their per-window sums (hard_ban_comparison, matched_decode)."""
+    say(f"measuring the decode-time baseline at b = {bias:.3f} ...")
+    start.baseline, start.baseline_samples = measure(
+        model,
+        run.tokenizer,
+        run.tokens,
+        cfg.eval,
+        start.windows,
+        bias=bias,
+        bf16=cfg.train.bf16,
+        text_windows=start.text_windows,
+        known=start.known,
+        score=weigh,
+        own=cfg.ban,
+        per_window=cfg.ban,  # a ban's R after training is about the baseline's: matched_decode takes these costs
+    )
+    start.baseline_bias = bias
+    if weigh:  # scored by the sampler: no forward
+        start.eval_pool = importance.Pool(
+            [
+                importance.draw_of(model, run.tokenizer, got, run.tokens, b, rates_of(run.tokens, got), cfg.train.bf16)
+                for b, got in ((0.0, start.samples_before), (bias, start.baseline_samples))
+            ]
+        )
 
 
 def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, trained_bias: float, say) -> dict:
@@ -330,11 +343,11 @@ def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, train
         plan = after["rate"].get("plan")  # the tuned R's samples: the same prompts, seeds and count
         return measure_rate(run.reference, run.tokenizer, run.tokens, cfg.eval, bias=b, bf16=bf16, plan=plan)[0]["mean"]
 
-    curve = [(0.0, start.before["rate"]["mean"]), (start.bias, start.baseline["rate"]["mean"])]
-    if trained_bias != start.bias:
+    curve = [(0.0, start.before["rate"]["mean"]), (start.baseline_bias, start.baseline["rate"]["mean"])]
+    if trained_bias != start.baseline_bias:
         curve.append((trained_bias, rate_at(trained_bias)))
     b_matched, curve = match_bias(curve, after["rate"]["mean"], after["rate"]["n"], rate_at)
-    if b_matched == start.bias and "per_window" in start.baseline:  # the baseline's costs, at this very b
+    if b_matched == start.baseline_bias and "per_window" in start.baseline:  # the baseline's costs, at this very b
         costs = {k: v for k, v in start.baseline.items() if k.startswith(("ppl", "drift", "per_window"))}
     else:
         costs = decode_costs(
@@ -414,10 +427,22 @@ def run(cfg: TiltConfig, *, echo=print, progress: bool = True) -> dict:
 
         train_started = time.time()
         pool = start.calibration.pool if start.calibration is not None else None  # the probe seeds' draws
-        fit, history = train_stage(cfg, run, bias, folder, progress and main, say, pool, saved, save=main)
+        budget = None
+        if cfg.ban and main and state.num_processes == 1:  # the budget rounds (head rows)
+            budget = (
+                lambda: held_out_costs(run.model, run.tokens, start.windows, bf16=cfg.train.bf16)["ppl"],
+                start.ppl_at,
+                start.before["ppl"],
+            )
+        fit, history = train_stage(
+            cfg, run, bias, folder, progress and main, say, pool, saved, save=main, budget=budget
+        )
     trained_bias = fit.bias if fit is not None else bias
     train_seconds = time.time() - train_started
     clock.mark("train")  # with --rate: every round, its contexts and its probe
+    if cfg.ban and main:  # the decode-time tilt at the b the model was trained toward
+        measure_baseline(cfg, run, start, run.reference, trained_bias, say, importance.weighable(run.tokens, cfg.eval))
+        clock.mark("baseline")
     if not main:
         state.wait_for_everyone()
         return {}
@@ -510,10 +535,13 @@ def train_stage(
     pool=None,
     saved: RateCheckpoint | None = None,
     save: bool = True,
+    budget=None,
 ):
-    """Train as the config says -> (RateFit or None, history): toward R* with the rate rounds, or the placement
-    once at b. metrics.jsonl gets every record (with its round under --rate). With --rate, `saved`
-    checkpoints every round (when `save`: the main process), and resumed, goes on after its last."""
+    """Train as the config says -> (RateFit, BudgetFit or None, history): toward R* with the rate rounds, within
+    --ban's fluency budget with the budget rounds (`budget`: (the trained model's held-out perplexity, the
+    decode-time tilt's at b, the model's own); head rows on one process), or the placement once at b.
+    metrics.jsonl gets every record (with its round under --rate). With --rate, `saved` checkpoints every round
+    (when `save`: the main process), and resumed, goes on after its last."""
     placement, head = run.placement, run.head
     resumed = rounds_state(saved, placement.model)
     round_no = len(resumed.tried) + 1 if resumed else 1  # with --rate: the round that metrics.jsonl records belong to
@@ -568,6 +596,23 @@ def train_stage(
             resumed=resumed,
             after_round=after_round,
         )
+    if budget is not None and head:  # each round fits the rows afresh on the same contexts: seconds
+        tuned_ppl, ppl_at, base = budget
+        say(f"training at b = {bias:.3f}, moving b toward 0 while the trained model is over the fluency budget")
+        histories = []
+        fit = fit_budget_bias(
+            lambda b: histories.append(placement.train(b)),
+            tuned_ppl,
+            ppl_at,
+            base,
+            cfg.fluency_budget,
+            bias,
+            cfg.rate_rounds,
+            echo=say,
+        )
+        if not fit.within:
+            say(f"tokentilt: warning: the trained model is over the fluency budget after {len(fit.rounds)} rounds")
+        return fit, histories[-1]
     if not head:  # a single training keeps step checkpoints in the run folder (--save-every, --resume)
         placement.run_dir, placement.resume = folder.tmp, cfg.resume
     return None, placement.train(bias)
@@ -670,7 +715,7 @@ def distill_summary(
     if fit is not None:
         out["calibrated_bias"] = start.bias
         out["bias_rounds"] = fit.round_records()
-    out["baseline"] = {"objective": "decode-bias", "bias": start.bias, **public(start.baseline)}
+    out["baseline"] = {"objective": "decode-bias", "bias": start.baseline_bias, **public(start.baseline)}
     out["matched_decode"] = public(matched)
     # rho's three perplexities under the names it is defined with, all on the same held-out windows
     out.update(ppl_base=start.before["ppl"], ppl_decode_matched=matched["ppl"], ppl_tuned=after["ppl"])

@@ -111,6 +111,47 @@ def ban_bias(ppl_at, base: float, budget: float, echo=print) -> tuple[float, lis
     return hi, points
 
 
+@dataclass
+class BudgetFit:
+    """--ban's b after the budget rounds: moved toward 0 until the *trained* model's held-out perplexity is
+    within the fluency budget (the decode-time tilt's is, at the ban's b; a trained model pays rho times it)."""
+
+    bias: float  # b of the last round, whose fit the model holds
+    rounds: list[dict]  # {"bias", "ppl_tuned", "ppl_decode"} per training round
+    within: bool  # whether the last round's trained perplexity is within the budget
+
+    def round_records(self) -> list[dict]:
+        return self.rounds
+
+
+def fit_budget_bias(
+    train_at, tuned_ppl, ppl_at, base: float, budget: float, bias: float, rounds: int, echo=print
+) -> BudgetFit:
+    """Train at b (train_at(b)), measure the trained model's held-out perplexity (tuned_ppl()), and while it is
+    over (1 + budget) x base, train again at the most negative b whose decode-time perplexity (ppl_at(b)) is
+    within budget / k, where k is the last round's excess over the decode-time tilt at its b ((tuned - base) /
+    (decode - base), an in-sample rho), at most `rounds` trainings. Each round moves b toward 0, so the kept
+    fit is the last one."""
+    limit, records = base * (1 + budget), []
+    for number in range(1, rounds + 1):
+        train_at(bias)
+        tuned, decode = tuned_ppl(), ppl_at(bias)
+        records.append({"bias": bias, "ppl_tuned": tuned, "ppl_decode": decode})
+        within = tuned <= limit
+        echo(
+            f"budget round {number}: b = {bias:.3f}: trained held-out perplexity {tuned:.3f} "
+            f"({'within' if within else 'over'} {limit:.3f}); the decode-time tilt's {decode:.3f}"
+        )
+        if within or number == rounds or decode <= base:
+            break
+        share = budget * (decode - base) / (tuned - base)  # the decode-time budget that this excess fits in
+        moved, _ = ban_bias(ppl_at, base, share, echo=lambda *_: None)
+        if moved <= bias:  # no b nearer 0 is within it (the bisection's resolution): nothing better to try
+            break
+        bias = moved
+    return BudgetFit(bias, records, within)
+
+
 def rate_tolerance(target: float, tol: float, width: float = 0.0) -> float:
     """The |R - R*| that counts as on target: `tol`, or 15% of the distance to 0 or 1 when that is smaller,
     so that a small R* (0.05 of words) is not met by a rate 40% off it; and with `width`, the half-width that

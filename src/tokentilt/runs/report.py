@@ -166,6 +166,13 @@ def summary_rows(s: dict) -> list[dict]:
 
 
 def tilt_bias_note(s: dict) -> str:
+    if s.get("ban") and s.get("bias_rounds"):  # --ban's budget rounds
+        rounds = ", ".join(f"b = {r['bias']:.3f} -> {r['ppl_tuned']:.2f}" for r in s["bias_rounds"])
+        return (
+            f"; --ban: b = {s['ban']['bias']:.3f} keeps the decode-time tilt within the fluency budget of "
+            f"{s['ban']['fluency_budget']:.0%}; the budget rounds (trained held-out perplexity: {rounds}) trained "
+            f"toward b = {s['bias']:.3f}, where the decode-time baseline is measured"
+        )
     if not s.get("rate_target"):
         return f"; decode-time baseline and tilt-distill target use b = {s['bias']:.3f}"
     rounds = ", ".join(f"b = {r['bias']:.3f} -> R = {r['probe_rate']:.3f}" for r in s["bias_rounds"])
