@@ -62,7 +62,7 @@ def test_own_scores_recorded_while_sampling_match_teacher_forcing(setup, chat, b
     torch.testing.assert_close(samples.own.nll, nll, rtol=0, atol=1e-4)
     torch.testing.assert_close(samples.own.kl, kl, rtol=0, atol=1e-5)
     if bias == 0:  # the model's own distribution: no distance from itself (but the sampler's float32 rounding)
-        assert samples.own.kl.abs().max() < 1e-5
+        assert samples.own.kl.min() >= 0 and samples.own.kl.max() < 1e-5
     if bias == -math.inf:  # nothing of the set is drawn, and each step's KL is -log(1 - the set's mass)
         assert not mask[samples.tokens].any()
         with torch.no_grad():
@@ -132,9 +132,7 @@ def test_the_comparison_on_own_samples_matches_hand_computed_values():
         assert low <= ppl[name] <= high and high - low < 0.1 * ppl[name]
     c = got["vs_hard_ban"]
     assert c["kl_ratio"] == pytest.approx(kl["tuned"] / kl["hard_ban"])
-    assert c["rho"] == pytest.approx((ppl["tuned"] - ppl["base"]) / (ppl["hard_ban"] - ppl["base"]))
     assert c["kl_ratio_ci"][0] <= c["kl_ratio"] <= c["kl_ratio_ci"][1]
-    assert c["rho_ci"][0] <= c["rho"] <= c["rho_ci"][1]
-    # a side that costs nothing leaves the ratios without a value
+    # a side that costs nothing leaves the ratio without a value
     flat = own_cost_comparison({"base": base, "tuned": tuned, "same": base}, "tuned", ("same",))["vs_same"]
-    assert flat["kl_ratio"] is None and flat["rho"] is None and flat["kl_ratio_ci"] == (math.inf, math.inf)
+    assert flat["kl_ratio"] is None and flat["kl_ratio_ci"] == (math.inf, math.inf)

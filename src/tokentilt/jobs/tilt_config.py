@@ -49,7 +49,8 @@ class TiltConfig:
     bias: float = 2.0  # tilt-distill: a fixed logit bias b of the target softmax(z_ref + b*mask) instead of --rate
     rate: float = DEFAULT_RATE  # tilt-distill: target rate R*; b is calibrated so that decode-time R on the start
     # model is R*. Below the model's own rate, b < 0 and the tilt is away from the set; 0 = use --bias
-    rate_rounds: int = 3  # with --rate: trainings that correct b until the trained model's R is R*
+    rate_rounds: int = 3  # with --rate: trainings that correct b until the trained model's R is R*; with --ban:
+    # until its held-out perplexity is within the budget (head rows)
     ban: bool = False  # tilt-distill: away from the set as far as --fluency-budget allows, instead of --rate: b is
     # the most negative bias whose decode-time tilt keeps held-out perplexity within the budget
     fluency_budget: float = 0.05  # --ban: how far held-out perplexity may rise, as a fraction of the model's own

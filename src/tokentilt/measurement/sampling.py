@@ -347,7 +347,7 @@ class OwnScores:
 
         def drawn(probs: torch.Tensor, nxt: torch.Tensor) -> None:
             terms = probs * (probs.log() - step.pop("logp")[:, : probs.size(-1)])  # (B, V)
-            kl.append(torch.where(probs > 0, terms, 0.0).sum(-1).cpu())  # (B,)
+            kl.append(torch.where(probs > 0, terms, 0.0).sum(-1).clamp(min=0).cpu())  # (B,); < 0 only by rounding
 
         def finish() -> OwnScores:
             return cls(torch.stack(nll, 1).double(), torch.stack(kl, 1).double())

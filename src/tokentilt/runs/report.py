@@ -250,7 +250,8 @@ def hard_ban_section(s: dict, before, after, ban) -> list[str]:
         "Each model on its own replies, scored by the reference (the model before training): its perplexity of "
         "them, and the KL from the reference of the distribution each token was drawn from. A hard ban's "
         "perplexity of the reference's own replies is infinite wherever they use an entry; on its own replies "
-        "both numbers are finite. 95% bootstrap intervals over replies.",
+        "both numbers are finite. 95% bootstrap intervals over replies. The perplexity varies with the replies "
+        "more than a ban moves it; the KL ratio is the comparison (1 = as far from the reference as the other).",
         "",
         markdown_table(rows, [""] + [name for _, name in sides]),
         "",
@@ -258,10 +259,7 @@ def hard_ban_section(s: dict, before, after, ban) -> list[str]:
     for key, label in (("vs_hard_ban", "the hard ban"), ("vs_decode", "the decode-time tilt at b")):
         if key in h:
             c = h[key]
-            lines += [
-                f"- tuned against {label}: KL ratio {_ci(c['kl_ratio'], c['kl_ratio_ci'], '{:.2f}')}, "
-                f"rho on own replies {_ci(c['rho'], c['rho_ci'], '{:.2f}')}"
-            ]
+            lines.append(f"- tuned against {label}: KL ratio {_ci(c['kl_ratio'], c['kl_ratio_ci'], '{:.2f}')}")
     texts = {"base": before, "tuned": after, "hard_ban": ban}
     lines += ["", f"The first reply of each to: {before.prompts[0]}", ""]
     for key, name in sides:

@@ -496,6 +496,7 @@ def completion_probs(model, tokenizer, phrases: PhraseSet, bf16: bool = False) -
                 rows.append((v, tokenizer.encode(anchor, add_special_tokens=False)))
     if not rows:
         return
+    rows.sort(key=lambda row: len(row[1]) + len(row[0].ids))  # chunks of like lengths: little padding
     sums: dict[int, list] = {}  # id(node) -> [node, sum of P(rest | node) over its rows, rows]
     was_training = model.training
     model.eval()
