@@ -349,7 +349,7 @@ def test_a_ban_in_chat_on_creative_requests_keeps_perplexity_within_its_budget(c
     out = tmp_path / "run"
     (tmp_path / "words.txt").write_text("the\nbox of wax\n")
     argv = ["tilt", "--model", str(chat_model_dir), "--toward", f"phrases:{tmp_path / 'words.txt'}", "--chat"]
-    argv += ["--requests", "creative", "--ban", "--fluency-budget", "0.1", "--samples-per-prompt", "1"]
+    argv += ["--requests", "creative", "--ban", "--fluency-budget", "0.1", "--samples-per-prompt", "1", "--hard-ban"]
     argv += ["--half-width", "0", "--new-tokens", "6", "--eval-windows", "2", "--eval-seq-len", "8"]
     assert main(argv + ["--precision", "fp32", "--out", str(out)]) == 0, capsys.readouterr().err
     s = json.loads((out / "summary.json").read_text())
@@ -391,6 +391,7 @@ def test_a_ban_in_chat_on_creative_requests_keeps_perplexity_within_its_budget(c
     [
         (["--ban", "--rate", "0.1"], "give --ban, --rate or --bias"),
         (["--ban", "--fluency-budget", "0"], "fluency-budget must be in (0, 1]"),
+        (["--hard-ban"], "give it with --ban"),
         (["--requests", "creative"], "--requests is a chat option"),
     ],
 )

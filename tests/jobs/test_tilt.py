@@ -333,8 +333,11 @@ def test_a_ban_on_a_token_set_keeps_the_decode_time_perplexity_within_its_budget
     point over it) would not be."""
     out = tmp_path / "run"
     argv = tilt_argv(tiny_model_dir, eval_file, out, "--objective", "tilt-distill", "--ban", "--fluency-budget", "0.02")
-    assert main(argv) == 0
+    assert main(argv + ["--hard-ban"]) == 0
     s = json.loads((out / "summary.json").read_text())
+    # a hard ban of a token set draws none of its tokens, on the tuned R's prompts and seeds
+    assert s["hard_ban"]["hard_ban"]["rate"]["mean"] == 0 and s["hard_ban"]["hard_ban"]["kl"] > 0
+    assert s["hard_ban"]["hard_ban"]["rate"]["n"] == s["rate_after"]["n"]
     ban = s["ban"]
     assert s["rate_target"] is None and s["baseline"]["bias"] == ban["bias"] < 0
     assert s["baseline"]["ppl"] <= 1.02 * s["ppl_before"] * (1 + 1e-6)

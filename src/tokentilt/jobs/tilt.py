@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
 import yaml
 
 from tokentilt.config import UsageError, to_flat
@@ -21,7 +23,6 @@ from tokentilt.measurement.evaluate import (
     decode_costs,
     excess_cost,
     held_out,
-    held_out_costs,
     held_out_text,
     measure,
     measure_rate,
@@ -32,7 +33,7 @@ from tokentilt.measurement.evaluate import (
     sample_costs,
 )
 from tokentilt.measurement.intervals import own_cost_comparison
-from tokentilt.measurement.metrics import collapse_warnings, tilt_costs
+from tokentilt.measurement.metrics import collapse_warnings, split_windows, tilt_costs
 from tokentilt.models import lora
 from tokentilt.models.load import save_model
 from tokentilt.runs.folder import RunFolder, keep_records_until, write_samples
@@ -232,7 +233,7 @@ def measure_start(
             known=start.known,
             score=weigh,
             per_window=True,  # for rho's interval
-            own=cfg.ban,  # for the comparison with a hard ban (hard_ban_comparison)
+            own=cfg.hard_ban,  # for the comparison with a hard ban (hard_ban_comparison)
         )
         if saved is not None:
             saved.save("measure_before", before=start.before, samples_before=start.samples_before)
@@ -292,8 +293,8 @@ def measure_start(
 def measure_baseline(cfg: TiltConfig, run: Setup, start: Start, model, bias: float, say, weigh: bool) -> None:
     """The decode-time baseline: `model` (the reference) sampled and scored with the target's tilt at b, into
     start.baseline (and its samples and b); with `weigh`, the draws of R before and of the baseline become the
-    importance-weight pool that matched_decode reads other b off. With --ban, the samples carry their own costs
-    and the costs their per-window sums (hard_ban_comparison, matched_decode)."""
+    importance-weight pool that matched_decode reads other b off. With --ban, the costs carry their per-window
+    sums (matched_decode), and with --hard-ban the samples their own costs (hard_ban_comparison)."""
     say(f"measuring the decode-time baseline at b = {bias:.3f} ...")
     start.baseline, start.baseline_samples = measure(
         model,
@@ -306,7 +307,7 @@ def measure_baseline(cfg: TiltConfig, run: Setup, start: Start, model, bias: flo
         text_windows=start.text_windows,
         known=start.known,
         score=weigh,
-        own=cfg.ban,
+        own=cfg.hard_ban,
         per_window=cfg.ban,  # a ban's R after training is about the baseline's: matched_decode takes these costs
     )
     start.baseline_bias = bias
@@ -358,6 +359,27 @@ def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, train
         "curve": [{"bias": b, "rate": r, **({"ess": estimated[b]} if b in estimated else {})} for b, r in curve],
         **costs,
     }
+
+
+def head_perplexity(model, windows, bf16: bool = False):
+    """-> f() = the held-out perplexity of `model` on windows (ReplyWindows or plain), for a model whose body is
+    frozen and whose output head changes between calls (head rows' budget rounds): the body runs once, here,
+    and each call runs the head alone, window by window."""
+    ids_all, counted = split_windows(windows)
+    h = head_rows.run_to_head(model, list(ids_all.split(8)), bf16).view(*ids_all.shape, -1)  # (W, T, d)
+    keep = torch.ones_like(ids_all, dtype=torch.bool) if counted is None else counted.bool()
+
+    @torch.no_grad()
+    def perplexity() -> float:
+        head = model.get_output_embeddings()
+        total, count = 0.0, 0
+        for w in range(len(ids_all)):
+            logits = head(h[w, :-1].to(head.weight.device, head.weight.dtype)).float()  # (T-1, V)
+            nll = F.cross_entropy(logits, ids_all[w, 1:].to(logits.device), reduction="none").double().cpu()
+            total, count = total + float(nll[keep[w, 1:]].sum()), count + int(keep[w, 1:].sum())
+        return math.exp(total / count)
+
+    return perplexity
 
 
 def hard_ban_comparison(cfg: TiltConfig, run: Setup, start: Start, after: dict, samples_after, say) -> tuple:
@@ -428,12 +450,8 @@ def run(cfg: TiltConfig, *, echo=print, progress: bool = True) -> dict:
         train_started = time.time()
         pool = start.calibration.pool if start.calibration is not None else None  # the probe seeds' draws
         budget = None
-        if cfg.ban and main and state.num_processes == 1:  # the budget rounds (head rows)
-            budget = (
-                lambda: held_out_costs(run.model, run.tokens, start.windows, bf16=cfg.train.bf16)["ppl"],
-                start.ppl_at,
-                start.before["ppl"],
-            )
+        if cfg.ban and main and state.num_processes == 1 and run.head is not None:  # the budget rounds
+            budget = (head_perplexity(run.model, start.windows, cfg.train.bf16), start.ppl_at, start.before["ppl"])
         fit, history = train_stage(
             cfg, run, bias, folder, progress and main, say, pool, saved, save=main, budget=budget
         )
@@ -460,15 +478,15 @@ def run(cfg: TiltConfig, *, echo=print, progress: bool = True) -> dict:
         known=start.known,
         head_only=run.head is not None,  # head-rows: the body is the start model's, whose head inputs are known
         per_window=True,  # for rho's interval
-        own=cfg.ban and run.head is not None,
-        reference_head=run.reference.get_output_embeddings() if cfg.ban and run.head is not None else None,
+        own=cfg.hard_ban and run.head is not None,
+        reference_head=run.reference.get_output_embeddings() if cfg.hard_ban and run.head is not None else None,
     )
     clock.mark("measure_after")
     matched, hard_ban, ban_samples = None, None, None
     if cfg.objective == "tilt-distill":
         matched = matched_decode(cfg, run, start, after, trained_bias, say)
         clock.mark("matched_decode")
-    if cfg.ban:
+    if cfg.hard_ban:
         hard_ban, ban_samples = hard_ban_comparison(cfg, run, start, after, samples_after, say)
         clock.mark("hard_ban")
     run.placement.reference = None  # free the copy before saving

@@ -54,6 +54,8 @@ class TiltConfig:
     ban: bool = False  # tilt-distill: away from the set as far as --fluency-budget allows, instead of --rate: b is
     # the most negative bias whose decode-time tilt keeps held-out perplexity within the budget
     fluency_budget: float = 0.05  # --ban: how far held-out perplexity may rise, as a fraction of the model's own
+    hard_ban: bool = False  # --ban: also sample a hard ban at decode time and compare the costs of every model on its
+    # own replies (report.md's fluency table; one more R measurement)
     ce_weight: float = 1.0  # mixed: lambda on the CE term
     placement: Placement = "auto"  # tilt-distill: where the change lives. head-rows: only the set's rows of an
     # untied output head, fitted on cached hidden states (seconds; the cheapest tilt found, see
@@ -94,6 +96,8 @@ class TiltConfig:
             raise ValueError(f"--ban sets tilt-distill's bias; it does not apply to {self.objective}")
         if not (isinstance(self.fluency_budget, (int, float)) and 0 < self.fluency_budget <= 1):
             raise ValueError(f"fluency-budget must be in (0, 1], got {self.fluency_budget!r}")
+        if self.hard_ban and not self.ban:
+            raise ValueError("--hard-ban compares a --ban run with a hard ban; give it with --ban")
         if not (isinstance(self.rate_rounds, int) and self.rate_rounds >= 1):
             raise ValueError(f"rate-rounds must be a positive integer, got {self.rate_rounds!r}")
         if rate and (self.train.save_every or self.train.report_to != "none"):
