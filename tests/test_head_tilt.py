@@ -336,8 +336,8 @@ def test_the_r_prompts_are_16_varied_openings_disjoint_from_the_training_prompts
     [
         (["--objective", "kl-uniform", "--placement", "head-rows"], "head-rows applies to tilt-distill without --lora"),
         (["--objective", "tilt-distill", "--placement", "head-rows", "--lora"], "head-rows applies to tilt-distill"),
-        (["--objective", "tilt-distill", "--head-steps", "0"], "head-steps must be a positive integer"),
-        (["--objective", "tilt-distill", "--head-lr", "0"], "head-lr must be positive"),
+        (["--objective", "tilt-distill", "--head-steps", "-1"], "head-steps must be a positive integer"),
+        (["--objective", "tilt-distill", "--head-lr", "-1"], "head-lr must be positive"),
         (["--objective", "tilt-distill", "--head-fit", "mse"], "invalid choice: 'mse'"),
         (["--objective", "tilt-distill", "--head-lr", "nan"], "head-lr must be positive"),
         (["--objective", "tilt-distill", "--head-odds-weight", "-1"], "head-odds-weight must be >= 0"),
