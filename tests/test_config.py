@@ -106,3 +106,19 @@ def test_field_comments_follow_a_field_over_wrapped_lines():
         "its help",
         "made": "factory",
     }
+
+
+@pytest.mark.parametrize(
+    ("toward", "given", "expected"),
+    [
+        ("x", {}, (300, 1e-2)),  # a token set's kl fit
+        ("phrases:slop", {}, (1000, 3e-3)),  # a phrase list's targets change position by position: longer, gentler
+        ("phrase:vibrant", {"head_steps": 50, "head_lr": 0.02}, (50, 0.02)),  # given values are kept
+    ],
+)
+def test_the_head_fit_defaults_depend_on_the_target(toward, given, expected):
+    cfg = dataclasses.replace(TiltConfig(toward=toward), **given)
+    cfg.check()
+    resolved = cfg.resolved()
+    assert (resolved.head_steps, resolved.head_lr) == expected
+    assert (cfg.head_steps, cfg.head_lr) == ((0, 0.0) if not given else expected)  # resolved() makes a copy
