@@ -112,7 +112,8 @@ def test_field_comments_follow_a_field_over_wrapped_lines():
     ("toward", "given", "expected"),
     [
         ("x", {}, (300, 1e-2)),  # a token set's kl fit
-        ("phrases:slop", {}, (1000, 3e-3)),  # a phrase list's targets change position by position: longer, gentler
+        ("phrases:slop", {}, (300, 1e-2)),  # a phrase list toward or at a rate
+        ("phrases:slop", {"ban": True, "objective": "tilt-distill"}, (1000, 3e-3)),  # its ban: longer, gentler
         ("phrase:vibrant", {"head_steps": 50, "head_lr": 0.02}, (50, 0.02)),  # given values are kept
     ],
 )
@@ -121,4 +122,4 @@ def test_the_head_fit_defaults_depend_on_the_target(toward, given, expected):
     cfg.check()
     resolved = cfg.resolved()
     assert (resolved.head_steps, resolved.head_lr) == expected
-    assert (cfg.head_steps, cfg.head_lr) == ((0, 0.0) if not given else expected)  # resolved() makes a copy
+    assert (cfg.head_steps, cfg.head_lr) == ((50, 0.02) if "head_steps" in given else (0, 0.0))  # a copy

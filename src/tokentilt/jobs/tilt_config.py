@@ -28,10 +28,11 @@ Placement = Literal["auto", "head-rows", "model"]
 Positions = Literal["last", "all"]
 INPUTS, PLACEMENTS = get_args(Inputs), get_args(Placement)
 FULL_LR = 1e-4  # the course's learning rate for full fine-tuning
-# The head rows' kl fit: Adam steps and peak learning rate, for a token set and for a phrase list. A phrase list's
-# per-position targets need a longer, gentler fit: on the shipped slop list at b = -5.53 (the demo's ban), 300
-# steps at 0.01 left the trained model 1.48x the decode-time tilt's held-out perplexity rise, 1,000 at 0.01 1.11x,
-# 1,000 at 0.003 0.92x, for a second or two more of fitting (docs/deslop.md).
+# The head rows' kl fit: Adam steps and peak learning rate, and for a ban of a phrase list. Its per-position targets
+# needed a longer, gentler fit: on the shipped slop list at b = -5.53 (the demo's ban), 300 steps at 0.01 left the
+# trained model 1.48x the decode-time tilt's held-out perplexity rise, 1,000 at 0.01 1.11x, 1,000 at 0.003 0.92x,
+# for a second or two more of fitting (docs/deslop.md). Toward a 10-word list at R* 0.05 (b = +6.1) one run each
+# gave the same perplexity and half the R with the longer fit (0.034 against 0.066), so a tilt toward keeps 300.
 KL_STEPS, KL_LR = 300, 1e-2
 PHRASE_KL_STEPS, PHRASE_KL_LR = 1000, 3e-3
 DEFAULT_RATE = 0.5  # tilt-distill's default target rate R*
@@ -72,8 +73,10 @@ class TiltConfig:
     head_fit: HeadFit = "offset"  # head-rows: offset adds b·u to every set row, u the least-squares
     # direction with h·u ≈ 1 on the contexts (closed form: the decode-time tilt's constant offset, as far as the
     # head's inputs allow); kl fits each row by Adam on KL(exact tilt || model)
-    head_steps: int = 0  # head-rows, kl fit: Adam steps of 1024 cached positions; 0 = 300, or 1000 for a phrase list
-    head_lr: float = 0.0  # head-rows, kl fit: peak learning rate, cosine schedule; 0 = 0.01, or 0.003 for a phrase list
+    head_steps: int = 0  # head-rows, kl fit: Adam steps of 1024 cached positions; 0 = 300, or 1000 to ban a phrase list
+    head_lr: float = (
+        0.0  # head-rows, kl fit: peak learning rate, cosine; 0 = 0.01, or 0.003 to ban a phrase list
+    )
     head_odds_weight: float = 0.0  # head-rows, kl fit: add W/2 x the squared error of the set's log-odds shift to
     # the KL
     inputs: Inputs = "auto"  # training inputs: random tokens (the course) or play text; auto = text for
@@ -145,9 +148,9 @@ class TiltConfig:
     def resolved(self) -> TiltConfig:
         """A filled copy, made once at the top of the job: the rate only for tilt-distill (the default rate is
         tilt-distill's; the CLI refuses one that a user gave), lr 0 = FULL_LR or LORA_LR with --lora, the head rows'
-        kl fit's steps and lr (KL_STEPS, KL_LR; a phrase list's PHRASE_KL_STEPS, PHRASE_KL_LR), the precision
+        kl fit's steps and lr (KL_STEPS, KL_LR; a phrase list's ban PHRASE_KL_STEPS, PHRASE_KL_LR), the precision
         settled on the hardware (imports torch), chat's default prompts. config.yaml holds these values."""
-        phrases = is_phrase_selector(self.toward)
+        phrases = is_phrase_selector(self.toward) and self.ban
         return dataclasses.replace(
             self,
             rate=self.target_rate(),
