@@ -74,9 +74,7 @@ class TiltConfig:
     # direction with h·u ≈ 1 on the contexts (closed form: the decode-time tilt's constant offset, as far as the
     # head's inputs allow); kl fits each row by Adam on KL(exact tilt || model)
     head_steps: int = 0  # head-rows, kl fit: Adam steps of 1024 cached positions; 0 = 300, or 1000 to ban a phrase list
-    head_lr: float = (
-        0.0  # head-rows, kl fit: peak learning rate, cosine; 0 = 0.01, or 0.003 to ban a phrase list
-    )
+    head_lr: float = 0.0  # head-rows, kl fit: peak learning rate, cosine; 0 = 0.01, or 0.003 to ban a phrase list
     head_odds_weight: float = 0.0  # head-rows, kl fit: add W/2 x the squared error of the set's log-odds shift to
     # the KL
     inputs: Inputs = "auto"  # training inputs: random tokens (the course) or play text; auto = text for
