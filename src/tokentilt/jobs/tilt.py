@@ -10,8 +10,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 import yaml
 
 from tokentilt.config import UsageError, to_flat
@@ -33,7 +31,7 @@ from tokentilt.measurement.evaluate import (
     sample_costs,
 )
 from tokentilt.measurement.intervals import own_cost_comparison
-from tokentilt.measurement.metrics import collapse_warnings, split_windows, tilt_costs
+from tokentilt.measurement.metrics import collapse_warnings, perplexity_and_drift, split_windows, tilt_costs
 from tokentilt.models import lora
 from tokentilt.models.load import save_model
 from tokentilt.runs.folder import RunFolder, keep_records_until, write_samples
@@ -364,22 +362,10 @@ def matched_decode(cfg: TiltConfig, run: Setup, start: Start, after: dict, train
 def head_perplexity(model, windows, bf16: bool = False):
     """-> f() = the held-out perplexity of `model` on windows (ReplyWindows or plain), for a model whose body is
     frozen and whose output head changes between calls (head rows' budget rounds): the body runs once, here,
-    and each call runs the head alone, window by window."""
-    ids_all, counted = split_windows(windows)
+    and each call runs the head alone (perplexity_and_drift on the head inputs)."""
+    ids_all, _ = split_windows(windows)
     h = head_rows.run_to_head(model, list(ids_all.split(8)), bf16).view(*ids_all.shape, -1)  # (W, T, d)
-    keep = torch.ones_like(ids_all, dtype=torch.bool) if counted is None else counted.bool()
-
-    @torch.no_grad()
-    def perplexity() -> float:
-        head = model.get_output_embeddings()
-        total, count = 0.0, 0
-        for w in range(len(ids_all)):
-            logits = head(h[w, :-1].to(head.weight.device, head.weight.dtype)).float()  # (T-1, V)
-            nll = F.cross_entropy(logits, ids_all[w, 1:].to(logits.device), reduction="none").double().cpu()
-            total, count = total + float(nll[keep[w, 1:]].sum()), count + int(keep[w, 1:].sum())
-        return math.exp(total / count)
-
-    return perplexity
+    return lambda: perplexity_and_drift(model, model, windows, head_inputs=h)[0]
 
 
 def hard_ban_comparison(cfg: TiltConfig, run: Setup, start: Start, after: dict, samples_after, say) -> tuple:
