@@ -112,6 +112,43 @@ def test_calibration_by_importance_weights_agrees_with_fresh_samples(tiny):
     assert abs(fresh["mean"] - 0.5) < 0.15
 
 
+@pytest.mark.slow
+def test_calibration_samples_until_known_only_near_the_answer(tiny, monkeypatch):
+    """A draw far from R* is a first pass: it steers b as well as a long one would. Each draw that sampled until
+    known was aimed where the draws before it, pooled and weighted afresh here, placed R* within NEAR x the
+    half-width asked, or was the last draw allowed."""
+    import tokentilt.measurement.calibrate as cal_module
+    from tokentilt.measurement.importance import Pool
+    from tokentilt.measurement.metrics import half_width
+
+    model, tok, mask = tiny
+    cfg = EvalConfig(prompts=PROMPTS, samples_per_prompt=16, new_tokens=12, half_width=0.02, max_samples=512)
+    windows = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
+    stops = []
+    real = cal_module.measure_rate
+
+    def measure(*a, **k):
+        got = real(*a, **k)
+        stops.append(got[0]["stop"])
+        return got
+
+    monkeypatch.setattr(cal_module, "measure_rate", measure)
+    monkeypatch.setattr(cal_module, "proxy_bias", lambda *a, **k: -2.0)  # a poor first guess: R far from R*
+    cal = calibrate(model, tok, mask, 0.5, cfg, windows, tol=0.03)
+    draws = cal.pool.draws
+    assert len(draws) == len(stops) and stops[0] == "fixed" and len(draws[0].rates) == 64
+    assert stops[1] == "fixed"  # the guess was far off: the second draw steers, it does not measure
+    for i in range(1, len(draws)):
+        before = Pool(draws[:i])
+        aimed = before.at_bias(draws[i].bias)  # the estimate the draw was aimed by (it was drawn at the solved b)
+        near = before.enough(aimed) and half_width(aimed) <= cal_module.NEAR * cfg.half_width
+        if stops[i] == "fixed":  # a first pass: not near, and not the last draw allowed
+            assert len(draws[i].rates) == 64 and not near and i < cal_module.WEIGHTED_DRAWS - 1
+        else:
+            assert near or i == cal_module.WEIGHTED_DRAWS - 1, (i, aimed)
+    assert half_width(cal.rate) <= cfg.half_width or "budget" in stops  # the answer is as known as asked
+
+
 @pytest.mark.parametrize("bad", [0.0, 1.0, -0.2, 1.5])
 def test_calibration_refuses_rates_outside_0_1(tiny, bad):
     model, tok, mask = tiny

@@ -18,7 +18,7 @@ import torch
 
 from tokentilt.measurement import importance
 from tokentilt.measurement.evaluate import EvalConfig, measure_rate, narrow_enough
-from tokentilt.measurement.metrics import forward_batches, split_windows
+from tokentilt.measurement.metrics import forward_batches, half_width, split_windows
 from tokentilt.objectives.losses import set_log_mass
 from tokentilt.settings import check_rate  # noqa: F401 (re-exported)
 from tokentilt.targets.target import Target, as_target
@@ -253,7 +253,10 @@ def fmt_measured(rate: dict) -> str:
     return f"{rate['mean']:.3f} [{rate['ci_low']:.3f}, {rate['ci_high']:.3f}] (n = {rate['n']}{how})"
 
 
-WEIGHTED_DRAWS = 3  # draws calibrate_by_weights takes before handing over to bisection
+WEIGHTED_DRAWS = 4  # draws calibrate_by_weights takes before handing over to bisection
+# A draw samples until known only where the pooled estimate's interval is within NEAR x the half-width asked
+# (or it is the last draw): a draw far from the answer is a first pass, which steers as well for its cost
+NEAR = 2.0
 
 
 def calibrate_by_weights(
@@ -271,11 +274,12 @@ def calibrate_by_weights(
     """calibrate() for a token set at temperature 1: R(b) estimated at every b from the draws so far.
 
     Draws the first pass at b0, then solves R(b) = target on the importance-weighted estimate of all draws
-    pooled (importance.py), within max_step of the biases drawn, and draws there, now sampling until R is
-    known (measure_rate's rule). When the estimate at the solved b rests on an effective sample size of at
-    least half the smallest draw and its interval is as narrow as the rule asks (or as it gets: the last
-    draw spent its budget, or there is no draw left), that b is the result and its R the estimate. A
-    wider estimate draws again at the solved b, so the pool gathers its samples near the answer, where the
+    pooled (importance.py), within max_step of the biases drawn, and draws there: a first pass again while the
+    estimate's interval there is wider than NEAR x the half-width asked, and sampling until R is known
+    (measure_rate's rule) once it is narrower, or at the last draw. When the estimate at the solved b rests
+    on an effective sample size of at least half the smallest draw and its interval is as narrow as the rule
+    asks (or as it gets: the last draw spent its budget, or there is no draw left), that b is the result and
+    its R the estimate. A wider estimate draws again at the solved b, so the pool gathers its samples near the answer, where the
     rate rounds' estimates of the trained model read them too; an estimate on too few effective samples
     steps one logit step from the last draw, as in calibrate(). After `draws` draws without one the result
     is None and the caller bisects, starting from the R measured at these draws (a set frequent in every
@@ -284,8 +288,9 @@ def calibrate_by_weights(
     """
     tokens = as_target(tokens)
     pool, history, measured, b = importance.Pool(), [], {}, b0
+    near = False  # whether the last estimate places the answer close enough to sample it until known
     for i in range(draws):
-        plan = [cfg.samples_per_prompt] if i == 0 else None
+        plan = None if near or i == draws - 1 else [cfg.samples_per_prompt]
         rate, samples = measure_rate(model, tokenizer, tokens, cfg, bias=b, bf16=bf16, score=True, plan=plan)
         history.append((b, rate["mean"]))
         measured[b] = rate
@@ -305,7 +310,8 @@ def calibrate_by_weights(
                     f"{len(pool.draws)} draw(s) by importance weights ({estimate['ess']:.0f} effective samples)"
                 )
             return Calibration(target, solved, estimate, b0, history, pool), measured, pool
-        if pool.enough(estimate):  # the estimate is good enough to aim at: draw there, until R is known
+        near = pool.enough(estimate) and half_width(estimate) <= NEAR * cfg.half_width
+        if pool.enough(estimate):  # good enough to aim at: draw there, until R is known once it is near
             b = solved
             continue
         # the draws say little about R there: step in logit space from the last draw, as calibrate() does
