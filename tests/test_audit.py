@@ -48,8 +48,15 @@ def base():
 def cfg(tmp_path):
     path = tmp_path / "held-out.txt"
     path.write_text(TEXT)
-    return AuditConfig(
-        eval_text=str(path), eval_windows=4, eval_seq_len=32, samples_per_prompt=1, new_tokens=8, null_draws=10, top=5
+    return AuditConfig(  # the lift alone: the channels beside it have their own tests (test_audit_*.py)
+        eval_text=str(path),
+        eval_windows=4,
+        eval_seq_len=32,
+        samples_per_prompt=1,
+        new_tokens=8,
+        null_draws=10,
+        top=5,
+        channels="none",
     )
 
 

@@ -493,6 +493,7 @@ CASES = [
     Case("audit-model-missing", lambda f: f.audit(model="/nonexistent/model"), "model folder not found", early=False),
     Case("audit-toward-bad-regex", lambda f: f.audit("--toward", "regex:("), "bad regular expression"),
     Case("audit-toward-stray-or", lambda f: f.audit("--toward", "x |"), "stray '|'"),
+    Case("audit-channels-unknown", lambda f: f.audit("--channels", "lens,tea"), "unknown channel 'tea'"),
     Case(
         "audit-toward-matches-none",
         lambda f: f.audit("--toward", "contains:qqqzzzqqqzzz"),

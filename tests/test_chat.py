@@ -272,6 +272,7 @@ def test_audit_in_chat_finds_a_tilt_in_the_replies(tok, chat_gpt2, tmp_path):
         new_tokens=8,
         null_draws=10,
         top=5,
+        channels="none",  # the lift on chat replies; the channels have their own tests
     )
     result = audit(planted, chat_gpt2, tok, cfg)
     assert result.stands_out and result.direction == "toward"

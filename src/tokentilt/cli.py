@@ -78,6 +78,7 @@ METAVARS = {
     "words": "FILE",
     "lora_targets": "NAMES",
     "system": "TEXT",
+    "channels": "all|none|LIST",
 }
 
 

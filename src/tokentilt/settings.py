@@ -258,6 +258,25 @@ def native_bf16() -> bool:
     return device.native_bf16()
 
 
+AUDIT_CHANNELS = ("lens", "contrast", "words", "decomposition")  # audit v2's channels beside the lift
+
+
+def parse_channels(spec: str) -> tuple[str, ...]:
+    """--channels: "all", "none", or a comma list of AUDIT_CHANNELS -> the names, in AUDIT_CHANNELS' order."""
+    spec = spec.strip().lower()
+    if spec in ("all", ""):
+        return AUDIT_CHANNELS
+    if spec == "none":
+        return ()
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in AUDIT_CHANNELS]
+    if unknown:
+        raise ValueError(
+            f"unknown channel {unknown[0]!r}; use all, none, or a comma list of {', '.join(AUDIT_CHANNELS)}"
+        )
+    return tuple(n for n in AUDIT_CHANNELS if n in names)
+
+
 @dataclass
 class AuditOptions:
     """How an audit compares two models (audit/lift.py); the audit job's AuditConfig adds its output folder."""
@@ -283,8 +302,11 @@ class AuditOptions:
     chat: bool = False  # sample both models' replies to the 32 built-in requests in the model's chat template, and
     # measure the lift on the replies (cut at end-of-turn) beside the held-out text
     system: str = ""  # chat: a system message before each user turn
+    channels: str = "all"  # evidence channels beside the lift, each reported alone and then combined: all, none,
+    # or a comma list of lens, contrast, words, decomposition
 
     def check(self) -> None:
+        parse_channels(self.channels)
         for name in (
             "eval_windows",
             "eval_seq_len",

@@ -42,12 +42,13 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from tokentilt.audit.evidence import combined_verdict, run_channels
 from tokentilt.audit.features import (
     Feature,
     auroc,
@@ -107,12 +108,20 @@ class AuditResult:
         None  # (V,) the part of it no shift of the final hidden state explains (nor this one)
     )
     top_mask: torch.Tensor | None = None  # (V,) bool, the top feature's tokens
+    channels: dict = field(default_factory=dict)  # name -> channels.ChannelResult: each evidence channel alone
+    combined: dict | None = None  # combine.combine: the verdict over the lift and the channels, context-gated
 
     def to_json(self) -> dict:
-        out = asdict(self)
+        channels = self.channels
+        self.channels = {}
+        try:
+            out = asdict(self)
+        finally:
+            self.channels = channels
         out.pop("lift")
         out.pop("unexplained")
         out.pop("top_mask")
+        out["channels"] = {name: result.to_json() for name, result in channels.items()}
         return out
 
 
@@ -679,6 +688,10 @@ def audit(
     top = rows[0]
     by_lift = torch.argsort(ranked.views["lift"], descending=True).tolist()
     shares = share_change(sampled["model"], sampled["reference"], vocab)
+    channels = run_channels(
+        model, reference, tokenizer, cfg, texts, family=family, windows=windows, sampled=sampled, echo=echo
+    )
+    combined = combined_verdict(model, reference, windows, rows, masks, ranked.stands_out, channels, cfg, vocab)
     return AuditResult(
         direction=("toward" if top["auroc"] > 0.5 else "away") if ranked.stands_out else "none",
         stands_out=ranked.stands_out,
@@ -706,4 +719,6 @@ def audit(
         lift=ranked.views["lift"],
         unexplained=ranked.views["unexplained"],
         top_mask=masks[0],
+        channels=channels,
+        combined=combined,
     )

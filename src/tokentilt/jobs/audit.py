@@ -38,6 +38,8 @@ def run(cfg: AuditConfig, *, echo=print, progress: bool = False) -> AuditResult:
     folder.path("report.md").write_text(audit_report(cfg, result, seconds))
     out = folder.finish()
     echo(result.verdict)
+    if result.combined is not None:
+        echo(combined_line(result.combined))
     echo(f"wrote {out} in {seconds:.0f} s")
     return result
 
@@ -139,6 +141,8 @@ def audit_report(cfg: AuditConfig, r: AuditResult, seconds: float) -> str:
         f"- {seconds:.0f} s",
         "",
     ]
+    if r.combined is not None:
+        lines += channels_section(r)
     if r.truth:
         t = r.truth
         lines += [
@@ -173,3 +177,64 @@ def audit_report(cfg: AuditConfig, r: AuditResult, seconds: float) -> str:
             seen.add(prompt)
             lines.append(f"| {_cell(prompt, 60)} | {_cell(ref)} | {_cell(mod)} |")
     return "\n".join(lines) + "\n"
+
+
+def combined_line(combined: dict) -> str:
+    """The combined verdict in one line."""
+    if not combined["stands_out"]:
+        gated = sum(1 for t in combined["tried"] if not t["passed"])
+        return "combined: no tilt" + (
+            f" ({gated} finding(s) of the channels moved only where their set fits: a domain, not a tilt)"
+            if gated
+            else ""
+        )
+    shown = ", ".join(combined["words"][:8]) if combined["words"] else combined["label"]
+    return f"combined: a tilt {combined['direction']} {shown} ({len(combined['tokens'])} tokens, named by {combined['channel']})"
+
+
+def channels_section(r: AuditResult) -> list[str]:
+    """report.md's section on audit v2: each channel alone, then the combined verdict and its context tests."""
+    rows = []
+    for name, ch in r.channels.items():
+        best = ch.findings[0] if ch.findings else None
+        rows.append(
+            [
+                name,
+                "yes" if ch.stands_out else "no",
+                _cell(best.label, 80) if best else "",
+                best.direction if best else "",
+                f"{best.p_value:.2g}" if best else "",
+                f"{ch.seconds:.0f}",
+            ]
+        )
+    lines = [
+        "## Evidence channels, each alone",
+        "",
+        _table(["channel", "stands out", "best finding", "direction", "p", "s"], rows),
+        "",
+        f"**{combined_line(r.combined)}.** A channel's finding counts as a tilt only where the set's log-odds rose "
+        "(or fell) where the reference gives it little mass about as much as where it fits (the ratio's 95% lower "
+        "bound above the gate): a domain fine-tune raises its words only where they fit.",
+        "",
+    ]
+    tried = [
+        [
+            t["channel"],
+            _cell(t["label"], 60),
+            t["direction"],
+            f"{t['context']['ratio']:.2f} [{t['context']['ratio_ci'][0]:.2f}, {t['context']['ratio_ci'][1]:.2f}]"
+            if "context" in t
+            else "(head rows)",
+            "tilt" if t["passed"] else "not a tilt",
+        ]
+        for t in r.combined["tried"]
+    ]
+    if tried:
+        lines += [_table(["channel", "finding", "direction", "lift ratio, low / high", "verdict"], tried), ""]
+    if r.combined.get("examples"):
+        lines += ["Where it shows:", ""] + [f"- {_cell(e, 200)}" for e in r.combined["examples"][:3]] + [""]
+    return lines
+
+
+def _table(columns: list[str], rows: list[list[str]]) -> str:
+    return markdown_table([dict(zip(columns, row)) for row in rows], columns)

@@ -1,0 +1,90 @@
+"""Audit v2's evidence beside the lift: run the channels, then the combined verdict (combine.py).
+
+Each channel is measured alone (audit.json "channels") before the combination reads them ("combined"), so the
+benchmark scores each one by itself. The channels reuse what the lift already has: the held-out windows, both
+models' samples, the candidate family.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from tokentilt.audit.channels import ChannelResult, Finding
+from tokentilt.audit.combine import combine
+from tokentilt.settings import parse_channels
+
+
+def run_channels(model, reference, tokenizer, cfg, texts, *, family, windows, sampled, echo) -> dict:
+    """{name: ChannelResult} for cfg.channels, each timed."""
+
+    def lens():
+        from tokentilt.audit.lens import lens_channel
+
+        return lens_channel(model, reference, tokenizer, cfg, texts, family=family)
+
+    def contrast():
+        from tokentilt.audit.contrast import contrast_channel
+
+        return contrast_channel(model, reference, tokenizer, cfg, texts, reference_samples=sampled["reference"])
+
+    def words():
+        from tokentilt.audit.contrast import words_channel
+
+        return words_channel(model, reference, tokenizer, cfg, texts, sampled=sampled)
+
+    def decomposition():
+        from tokentilt.audit.decompose import decompose_channel
+
+        return decompose_channel(model, reference, tokenizer, cfg, texts, windows=windows, family=family)
+
+    calls = {"lens": lens, "contrast": contrast, "words": words, "decomposition": decomposition}
+    results = {}
+    for name in parse_channels(cfg.channels):
+        echo(f"channel {name} ...")
+        start = time.perf_counter()
+        results[name] = calls[name]()
+        results[name].seconds = round(time.perf_counter() - start, 1)
+        best = results[name].findings[0] if results[name].findings else None
+        echo(
+            f"  {name}: {'stands out' if results[name].stands_out else 'nothing stands out'}"
+            + (f"; best: {best.label} ({best.direction}, p {best.p_value:.2g})" if best else "")
+            + f" ({results[name].seconds:.0f} s)"
+        )
+    return results
+
+
+def lift_findings(rows: list[dict], masks: list[torch.Tensor], stands_out: bool) -> tuple:
+    """The lift's top feature as a Finding (None unless it stands out), and as the head-rows finding when the
+    weights named it (only the output head changed, in at most half its rows)."""
+    if not stands_out:
+        return None, None
+    top = rows[0]
+    finding = Finding(
+        label=top.get("label") or top["selector"],
+        tokens=masks[0].nonzero().squeeze(1).tolist(),
+        direction="toward" if top["auroc"] > 0.5 else "away",
+        statistic=top["score"],
+        p_value=math.nan,  # the lift's bar is the random-direction threshold, not a p-value
+    )
+    return (None, finding) if top["kind"] == "weights" else (finding, None)
+
+
+def combined_verdict(model, reference, windows, rows, masks, stands_out, channels, cfg, vocab: int) -> dict:
+    """combine.combine over the lift's finding and the channels', each gated by lens.context_dependence."""
+    from tokentilt.audit.lens import context_dependence
+
+    lift_finding, head_rows = lift_findings(rows, masks, stands_out)
+    return combine(
+        lift_finding,
+        head_rows,
+        channels,
+        lambda mask: context_dependence(model, reference, windows, mask, bf16=cfg.bf16, seed=cfg.seed),
+        vocab,
+    )
+
+
+def channels_json(channels: dict[str, ChannelResult]) -> dict:
+    return {name: result.to_json() for name, result in channels.items()}

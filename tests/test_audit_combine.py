@@ -1,0 +1,78 @@
+"""The combined verdict: a channel's finding counts as a tilt only where its set moved where it does not belong as
+much as where it fits (lens.context_dependence), in a fixed order of channels; and --channels' parsing."""
+
+import pytest
+import torch
+
+from tokentilt.audit.channels import ChannelResult, Finding
+from tokentilt.audit.combine import CHANNEL_ORDER, GATE_CUT, combine
+from tokentilt.audit.evidence import lift_findings
+from tokentilt.settings import AUDIT_CHANNELS, parse_channels
+
+V = 20
+
+
+def finding(tokens, direction="toward", label="set"):
+    return Finding(label=label, tokens=tokens, direction=direction, statistic=1.0, p_value=0.001)
+
+
+def dependence_by_set(ratios: dict):
+    """A context test that reads the ratio's lower bound off the set's first token."""
+
+    def test(mask):
+        low = ratios[int(mask.nonzero()[0])]
+        return {"ratio": low + 0.1, "ratio_ci": [low, low + 0.2], "low": {}, "high": {}, "verdict": ""}
+
+    return test
+
+
+def test_a_finding_that_moved_only_where_it_fits_is_not_a_tilt_and_the_next_channel_is_tried():
+    channels = {
+        "lens": ChannelResult("lens", True, [finding([1, 2, 3], label="domain words")]),
+        "words": ChannelResult("words", True, [finding([7, 8], direction="away", label="tilted words")]),
+    }
+    out = combine(None, None, channels, dependence_by_set({1: 0.05, 7: 0.9}), V)
+    assert out["stands_out"] and out["channel"] == "words" and out["direction"] == "away"
+    assert out["tokens"] == [7, 8]
+    assert [t["passed"] for t in out["tried"]] == [False, True]
+    assert out["tried"][0]["context"]["ratio_ci"] == [0.05, 0.25]
+
+
+def test_nothing_passes_the_gate_nothing_stands_out():
+    channels = {"decomposition": ChannelResult("decomposition", True, [finding([4, 5])])}
+    out = combine(finding([9]), None, channels, dependence_by_set({4: GATE_CUT - 0.01, 9: 0.0}), V)
+    assert not out["stands_out"] and out["direction"] == "none" and out["tokens"] == []
+    assert [t["channel"] for t in out["tried"]] == ["decomposition", "lift"]  # CHANNEL_ORDER: the lift after it
+
+
+def test_a_channel_that_does_not_stand_out_is_not_tried_and_head_rows_need_no_gate():
+    channels = {"lens": ChannelResult("lens", False, [finding([1])])}
+
+    def never(mask):
+        raise AssertionError("head rows are not gated")
+
+    out = combine(None, finding([3, 4]), channels, never, V)
+    assert (
+        out["stands_out"]
+        and out["channel"] == "weights"
+        and out["tried"] == [{"channel": "weights", "label": "set", "direction": "toward", "passed": True}]
+    )
+    assert CHANNEL_ORDER[0] == "weights"
+
+
+def test_the_lift_finding_is_its_top_feature_or_the_head_rows_when_the_weights_named_it():
+    rows = [{"selector": "contains:x", "label": "tokens containing 'x'", "auroc": 0.1, "score": 0.9, "kind": "family"}]
+    mask = torch.zeros(V, dtype=torch.bool)
+    mask[[2, 5]] = True
+    lift, head = lift_findings(rows, [mask], True)
+    assert head is None and lift.tokens == [2, 5] and lift.direction == "away"
+    rows[0]["kind"] = "weights"
+    assert lift_findings(rows, [mask], True)[0] is None
+    assert lift_findings(rows, [mask], False) == (None, None)
+
+
+def test_channels_option():
+    assert parse_channels("all") == AUDIT_CHANNELS and parse_channels("none") == ()
+    assert parse_channels("words, lens") == ("lens", "words")  # in the audit's order
+    with pytest.raises(ValueError, match="unknown channel 'tea'"):
+        parse_channels("lens,tea")
