@@ -15,7 +15,16 @@ import torch
 
 from conftest import tiny_gpt2
 from test_audit import noisy, structured_pair, with_bias, with_biases
-from tokentilt.audit.decompose import context_share, cut, cuts, decompose_channel, nmf, null_separations, separation
+from tokentilt.audit.decompose import (
+    context_differences,
+    context_share,
+    cut,
+    cuts,
+    decompose_channel,
+    nmf,
+    null_separations,
+    separation,
+)
 from tokentilt.audit.features import jaccard
 from tokentilt.audit.lift import audit
 from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
@@ -178,7 +187,7 @@ def lift_top(result, texts) -> torch.Tensor:
     return select(result.features[0]["selector"], texts)
 
 
-@pytest.mark.slow  # the planted cases: about 5 s a channel, 15-40 s a lift audit, on 2 cores
+@pytest.mark.slow  # the planted cases: 3-10 s each on 2 cores, a lift audit as much again
 def test_two_sets_planted_at_once_toward_and_away_are_two_components(base, tokenizer, texts, cfg):
     """64 random ids at +3 and 64 others at -3, under noise on every weight: the decomposition names each
     exactly, in its direction, raised (lowered) in every context. The lift audit's single top feature names
@@ -194,6 +203,11 @@ def test_two_sets_planted_at_once_toward_and_away_are_two_components(base, token
     for f in (up, down):
         assert f.p_value <= cfg.alpha and f.statistic > 0.8 and "tilt: in 100% of contexts" in f.label
     assert all(f.p_value > cfg.alpha for f in result.findings[2:])  # nothing else is named
+    windows = held_out_windows(tokenizer, EvalConfig(eval_windows=cfg.eval_windows, eval_seq_len=cfg.eval_seq_len))
+    given = decompose_channel(
+        model, base, tokenizer, cfg, texts, differences=context_differences(model, base, windows, cfg)
+    )  # the differences gathered elsewhere (by the lift's forward pass, say) give the same findings
+    assert [f.tokens for f in given.findings] == [f.tokens for f in result.findings]
     lifted = audit(model, base, tokenizer, cfg)
     top = lift_top(lifted, texts)
     assert jaccard(top, toward) < 0.5 and jaccard(top, away) < 0.5

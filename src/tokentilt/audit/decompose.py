@@ -298,7 +298,9 @@ def decompose_channel(
     texts: list[str],
     *,
     windows: torch.Tensor | None = None,
+    differences: tuple | None = None,
     family=None,
+    max_windows: int = 8,
     components: int = 8,
     positions: int = 512,
     tokens: int = 4096,
@@ -311,23 +313,30 @@ def decompose_channel(
 ) -> ChannelResult:
     """Decompose the per-context logit differences of model against reference on held-out windows.
 
-    kw: windows (W, T), the audit's held-out windows (default: held_out_windows of cfg); family, the lift's
-    candidate FeatureTable for the labels (default: lift._candidates of texts, cached); components (k per
+    kw: windows (W, T), the audit's held-out windows (default: held_out_windows of cfg), of which at most
+    max_windows, spread evenly, are run (the two forward passes are most of the channel's time); differences,
+    (d (C, V), window (C,)) as context_differences returns them, gathered elsewhere (the lift's own forward
+    pass), in place of the windows; family, the lift's candidate FeatureTable for the labels (default:
+    lift._candidates of texts, cached); components (k per
     sign), positions (C sampled), tokens (V' kept), min_n/max_n (set sizes), iters (NMF updates), null_draws
     (draws of k random directions), tilt_share (the context share a finding needs to count as a tilt).
     Each finding's statistic is its set's separation on half B; p_value is against the random-direction null.
     """
     started = time.perf_counter()
-    if windows is None:
+    if differences is None and windows is None:
         eval_cfg = EvalConfig(eval_text=cfg.eval_text, eval_windows=cfg.eval_windows, eval_seq_len=cfg.eval_seq_len)
         windows = held_out_windows(tokenizer, eval_cfg, held_out_text(eval_cfg))
+    if differences is None and len(windows) > max_windows:
+        windows = windows[torch.linspace(0, len(windows) - 1, max_windows).round().long()]
     if family is None:
         from tokentilt.audit.lift import _candidates
 
         family = _candidates(tuple(texts), (), cfg.min_tokens, ())
-    d, window_of = context_differences(model, reference, windows, cfg, positions)  # (C, V), (C,)
+    if differences is None:
+        differences = context_differences(model, reference, windows, cfg, positions)
+    d, window_of = differences  # (C, V), (C,)
     ids = moving(d, tokens)  # (V',)
-    halves = (window_of % 2 == 0, window_of % 2 == 1) if len(windows) > 1 else _alternate(len(d))
+    halves = (window_of % 2 == 0, window_of % 2 == 1) if len(window_of.unique()) > 1 else _alternate(len(d))
     weight = reference.get_output_embeddings().weight.detach().float().cpu()  # (V, d)
     with one_thread():
         null = null_separations(weight, components, null_draws, cfg.seed, min_n, max_n)  # (draws,)
