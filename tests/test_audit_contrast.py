@@ -15,6 +15,7 @@ from scipy.stats import binom, false_discovery_control
 import tokentilt.targets
 from conftest import tiny_gpt2
 from test_audit import TEXT, noisy, with_bias, with_biases
+from test_chat import chat_tokenizer
 from tokentilt.audit.contrast import (
     benjamini_hochberg,
     contrast_channel,
@@ -116,6 +117,25 @@ def test_the_contrast_samples_the_reference_tilted_by_one_plus_a_times_the_bias(
         drawn = torch.stack(steps, 1)  # (6, 6, V)
         assert torch.allclose(drawn, torch.softmax(z_ref + tilt, -1), atol=1e-6, rtol=1e-4)
         assert not torch.allclose(drawn[:3], torch.softmax(z_ref[:3] + bias * mask, -1), atol=1e-4)  # not b alone
+
+
+def test_chat_replies_end_at_end_of_turn_and_bf16_samples_the_same_tilt():
+    """Chat: a model that ends its turn 8 nats more readily. The contrast (+16) ends every reply at once; the reverse
+    (-8) never does, so its replies run to max_new_tokens. bf16: a +8 tilt on the vehicles, sampled at +16, fills
+    the toward samples with vehicles and leaves none in the away samples."""
+    tok = chat_tokenizer()
+    base = tiny_gpt2(vocab_size=len(tok), seed=0)
+    end = torch.zeros(len(tok), dtype=torch.bool)
+    end[tok.convert_tokens_to_ids("<|im_end|>")] = True
+    cfg = SampleConfig(max_new_tokens=5)
+    out = contrast_samples(with_bias(base, end, 8.0), base, tok, ["Hi", "Tell me more"], 3, cfg, chat=True)
+    assert out["toward"].lengths.tolist() == [0] * 6 and out["toward"].texts == [""] * 6
+    assert out["away"].lengths.tolist() == [5] * 6 and all(t for t in out["away"].texts)
+    assert out["away"].formatted[0].startswith("<|im_start|>user\nHi<|im_end|>")
+    vehicles = word_mask(tok, VEHICLES, len(tok))
+    out = contrast_samples(with_bias(base, vehicles, 8.0), base, tok, ["The king said"], 4, cfg, bf16=True)
+    assert float(vehicles[out["toward"].tokens].float().mean()) > 0.95
+    assert not vehicles[out["away"].tokens].any()
 
 
 def test_a_planted_word_class_is_named_as_words_where_the_lift_audit_sees_nothing(base, tokenizer, texts, tmp_path):

@@ -5,11 +5,11 @@ p_model^(1+a) / p_ref^a (logits (1+a) z_model - a z_ref, renormalised) turns it 
 (1+a) b on S on top of the reference, so a weak tilt surfaces as words the reference rarely
 writes: with a = 1 a +2 nat tilt samples as +4, 55 times the reference's odds. The reverse
 contrast p_ref^(1+a) / p_model^a raises a set the model lowered by b < 0 by a |b| over the
-reference (z_ref - a (z_model - z_ref)), so a tilt away from S surfaces the same way. Against the reference's own
-samples of the same prompts, each word (a run of letters, lower-cased) and each 2-3 word phrase
-is tested for a higher rate, the discoveries are kept at a false discovery rate q by
-Benjamini-Hochberg over every test made, and the significant words of each direction are one
-Finding. `words_channel` makes the same test on plain samples of both models (no amplification),
+reference (z_ref - a (z_model - z_ref)), so a tilt away from S surfaces the same way. Against
+the reference's own samples of the same prompts, each word (a run of letters, lower-cased) and
+each 2-3 word phrase is tested for a higher rate, the discoveries are kept at a false discovery
+rate q by Benjamini-Hochberg over every test made, and the significant words of each direction
+are one Finding. `words_channel` makes the same test on plain samples of both models (no amplification),
 so the benchmark can measure what the contrast adds.
 
 Counting words, not tokens, names a planted class as its words (' car', 'car' and 'Car' are one
@@ -220,8 +220,8 @@ class Tests:
 
     terms: list[str]  # (m,) the word or phrase
     directions: list[str]  # (m,) the comparison's direction: "toward" or "away"
-    a: torch.Tensor  # (m,) its count in A (capped per sample)
-    b: torch.Tensor  # (m,) its count in B
+    in_a: torch.Tensor  # (m,) its count in A (capped per sample)
+    in_b: torch.Tensor  # (m,) its count in B
     totals: list[tuple[int, int]]  # (m,) every term of its length counted in A and in B: N_a, N_b
     p: torch.Tensor  # (m,) one-sided conditional binomial p-value
     adjusted: torch.Tensor  # (m,) BH-adjusted over all m
@@ -281,13 +281,13 @@ def findings_of(tests: Tests, q: float, samples: dict, texts: list[str], tokeniz
         hits = [i for i, d in enumerate(tests.directions) if d == direction and float(tests.adjusted[i]) <= q]
         if not hits:
             continue
-        hits.sort(key=lambda i: (float(tests.p[i]), -float(tests.a[i])))
+        hits.sort(key=lambda i: (float(tests.p[i]), -float(tests.in_a[i])))
         words = {tests.terms[i] for i in hits if " " not in tests.terms[i]}
         keep = [i for i in hits if " " not in tests.terms[i] or not words & set(tests.terms[i].split())]
         terms = [tests.terms[i] for i in keep]
         # pooled log rate ratio: the terms' summed rates in A over those in B (each term over its length's total)
-        rate_a = sum((float(tests.a[i]) + 0.5) / tests.totals[i][0] for i in keep)
-        rate_b = sum((float(tests.b[i]) + 0.5) / tests.totals[i][1] for i in keep)
+        rate_a = sum((float(tests.in_a[i]) + 0.5) / tests.totals[i][0] for i in keep)
+        rate_b = sum((float(tests.in_b[i]) + 0.5) / tests.totals[i][1] for i in keep)
         pooled = math.log(rate_a / rate_b)
         label = ", ".join(terms[:shown]) + (f", ... ({len(terms)} in all)" if len(terms) > shown else "")
         findings.append(
@@ -350,15 +350,15 @@ def contrast_channel(
     per_prompt: int = 2,
     q: float | None = None,
     cap: int = 2,
-    reference_samples: Samples | None = None,
+    sampled: dict | None = None,
     **kw,
 ) -> ChannelResult:
     """Words and phrases that contrastive samples write more often than the reference's own samples.
 
     toward: p_model^(1+a) / p_ref^a against the reference; away: p_ref^(1+a) / p_model^a against it.
     per_prompt samples of every audit prompt (cfg.new_tokens tokens, cfg.seed) from each contrast;
-    reference_samples: the reference's plain samples if already drawn (the lift audit's), else
-    per_prompt of every prompt are drawn here. q: the false discovery rate (cfg.alpha when None).
+    sampled: {"reference": Samples, ...} already drawn (the lift audit's plain samples, lift._contexts), else
+    the reference's per_prompt of every prompt are drawn here. q: the false discovery rate (cfg.alpha when None).
     A Finding's statistic is the pooled log rate ratio of its terms, A over the reference (nats, > 0);
     its p_value the BH-adjusted p of its best term.
     """
@@ -366,7 +366,7 @@ def contrast_channel(
     scfg = SampleConfig(max_new_tokens=cfg.new_tokens)
     run = dict(a=a, seed=cfg.seed, bf16=cfg.bf16, chat=cfg.chat, system=cfg.system)
     drawn = contrast_samples(model, reference, tokenizer, _prompts(cfg), per_prompt, scfg, **run)
-    plain = reference_samples or plain_samples(reference, tokenizer, cfg, per_prompt)
+    plain = sampled["reference"] if sampled else plain_samples(reference, tokenizer, cfg, per_prompt)
     sides = {d: drawn[d].texts for d in ("toward", "away")}
     tests = term_tests([(sides[d], plain.texts, d) for d in ("toward", "away")], q, cap)
     notes = {"a": a, "samples": len(sides["toward"]), "reference_samples": len(plain.texts), "cap": cap}
