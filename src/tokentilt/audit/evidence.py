@@ -28,7 +28,7 @@ def run_channels(model, reference, tokenizer, cfg, texts, *, family, windows, sa
     def contrast():
         from tokentilt.audit.contrast import contrast_channel
 
-        return contrast_channel(model, reference, tokenizer, cfg, texts, reference_samples=sampled["reference"])
+        return contrast_channel(model, reference, tokenizer, cfg, texts, sampled=sampled)
 
     def words():
         from tokentilt.audit.contrast import words_channel
