@@ -16,8 +16,8 @@ import torch
 from conftest import tiny_gpt2
 
 pytestmark = pytest.mark.slow  # each audit of the tiny 50,257-token model takes 10-20 s on 2 cores
-from tokentilt.audit.features import bonferroni_z, jaccard, mask_auroc
-from tokentilt.audit.lift import _candidates, audit, null_threshold, score_features, unexplained
+from tokentilt.audit.features import bonferroni_z, cached_candidates, jaccard, mask_auroc
+from tokentilt.audit.lift import audit, null_threshold, score_features, unexplained
 from tokentilt.cli import main
 from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.jobs.audit_config import AuditConfig
@@ -202,7 +202,7 @@ def test_generic_shifts_stand_out_no_more_often_than_the_null_allows(tokenizer, 
     about 1 time in 101."""
     reference, _, digits = structured_pair(texts)
     weight = reference.get_output_embeddings().weight.detach().float()  # (V, d), tied: the shifted digits
-    table = _candidates(tuple(texts), (), cfg.min_tokens, ())
+    table = cached_candidates(tuple(texts), (), cfg.min_tokens, ())
     z = bonferroni_z(cfg.alpha, 2 * len(table.features))
     threshold = null_threshold(weight, table, z, 100, cfg.seed)  # 100 draws: ~3 s, a 1-in-101 false alarm
     shifts, stood_out, digits_led = 20, 0, 0

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import tiny_gpt2, tiny_llama
-from tokentilt.audit.features import Feature, concat, jaccard, table_of
+from tokentilt.audit.features import Feature, cached_candidates, concat, jaccard, table_of
 from tokentilt.audit.lens import (
     body_parts,
     context_dependence,
@@ -24,7 +24,7 @@ from tokentilt.audit.lens import (
     read_set,
     set_log_odds,
 )
-from tokentilt.audit.lift import _candidates, audit
+from tokentilt.audit.lift import audit
 from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.jobs.audit_config import AuditConfig
 from tokentilt.measurement.evaluate import EvalConfig, held_out_windows
@@ -75,7 +75,7 @@ def structured(countries):
 @pytest.fixture(scope="module")
 def family(texts, countries):
     """The audit's candidates (blind: no countries among them), and a words:countries row for the label."""
-    blind = _candidates(tuple(texts), (), 5, ())
+    blind = cached_candidates(tuple(texts), (), 5, ())
     ids = countries.nonzero().flatten().tolist()
     return blind, concat(blind, table_of([(Feature("words:countries", "words", "countries"), ids)], len(texts)))
 

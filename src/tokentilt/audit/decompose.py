@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from tokentilt.audit.channels import ChannelResult, Finding
-from tokentilt.audit.features import closest
+from tokentilt.audit.features import cached_candidates, closest
 from tokentilt.measurement.evaluate import EvalConfig, held_out_text, held_out_windows
 from tokentilt.measurement.metrics import forward_batches
 from tokentilt.settings import AuditOptions
@@ -317,7 +317,7 @@ def decompose_channel(
     max_windows, spread evenly, are run (the two forward passes are most of the channel's time); differences,
     (d (C, V), window (C,)) as context_differences returns them, gathered elsewhere (the lift's own forward
     pass), in place of the windows; family, the lift's candidate FeatureTable for the labels (default:
-    lift._candidates of texts, cached); components (k per
+    features.cached_candidates of texts, cached); components (k per
     sign), positions (C sampled), tokens (V' kept), min_n/max_n (set sizes), iters (NMF updates), null_draws
     (draws of k random directions), tilt_share (the context share a finding needs to count as a tilt).
     Each finding's statistic is its set's separation on half B; p_value is against the random-direction null.
@@ -329,9 +329,7 @@ def decompose_channel(
     if differences is None and len(windows) > max_windows:
         windows = windows[torch.linspace(0, len(windows) - 1, max_windows).round().long()]
     if family is None:
-        from tokentilt.audit.lift import _candidates
-
-        family = _candidates(tuple(texts), (), cfg.min_tokens, ())
+        family = cached_candidates(tuple(texts), (), cfg.min_tokens, ())
     if differences is None:
         differences = context_differences(model, reference, windows, cfg, positions)
     d, window_of = differences  # (C, V), (C,)

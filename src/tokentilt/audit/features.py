@@ -16,6 +16,7 @@ non-member. All features are scored at once from one ranking of s, so thousands 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from statistics import NormalDist
 
 import torch
 
-from tokentilt.targets.tokens import builtin_word_lists, select
+from tokentilt.targets.tokens import builtin_word_lists, select, word_list
 
 # Token classes; each is a selector and a short description for the report.
 CLASSES = (
@@ -230,3 +231,16 @@ def jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
     """|A & B| / |A | B| of two (V,) bool masks; 1.0 for two empty sets."""
     union = int((a | b).sum())
     return int((a & b).sum()) / union if union else 1.0
+
+
+def file_key(arg: str) -> tuple:
+    """A words file's name with its size and time, so an edited file is read again."""
+    path = word_list(arg)
+    stat = path.stat() if path.is_file() else None
+    return arg, stat and stat.st_mtime_ns, stat and stat.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def cached_candidates(texts: tuple, words: tuple, min_tokens: int, extra: tuple):
+    """candidate_features, kept for the next audit of the same vocabulary (a few seconds for 50k tokens)."""
+    return candidate_features(list(texts), [w[0] for w in words], min_tokens, list(extra))

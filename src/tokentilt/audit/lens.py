@@ -42,8 +42,7 @@ import torch
 from torch import nn
 
 from tokentilt.audit.channels import ChannelResult, Finding
-from tokentilt.audit.features import closest, jaccard
-from tokentilt.audit.lift import _candidates, _file_key
+from tokentilt.audit.features import cached_candidates, closest, file_key, jaccard
 from tokentilt.measurement.evaluate import EvalConfig, held_out_windows
 from tokentilt.measurement.metrics import forward_batches
 from tokentilt.models.fast.packed import packed_linears
@@ -223,7 +222,7 @@ def lens_channel(
     """The lens channel: one finding per layer read and direction, best first.
 
     windows: (W, T) token ids to read (default: lens_windows, 32 windows of 16 tokens of the held-out
-    text); family: the audit's candidate table (lift._candidates), whose closest member by Jaccard
+    text); family: the audit's candidate table (features.cached_candidates), whose closest member by Jaccard
     labels each set. Finding.statistic is the named set's mean robust z standardised against the random
     directions' top sets of its size; p_value is Bonferroni-corrected over layers and directions.
     """
@@ -234,7 +233,7 @@ def lens_channel(
     if windows is None:
         windows = lens_windows(tokenizer, cfg)
     if family is None:
-        family = _candidates(tuple(texts), tuple(_file_key(w) for w in cfg.words), cfg.min_tokens, ())
+        family = cached_candidates(tuple(texts), tuple(file_key(w) for w in cfg.words), cfg.min_tokens, ())
     names, diff = differences(model, reference, windows, depths, batch_size, cfg.bf16)  # (L, W, d)
     null = lens_null(weight, draws, cfg.seed, min(MAX_SET, vocab))
     tests = 2 * len(names)

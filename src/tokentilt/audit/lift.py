@@ -40,7 +40,6 @@ a little more than the rest, does not displace the set.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,9 +52,10 @@ from tokentilt.audit.features import (
     Feature,
     auroc,
     bonferroni_z,
-    candidate_features,
+    cached_candidates,
     closest,
     concat,
+    file_key,
     jaccard,
     mask_auroc,
     separation,
@@ -67,7 +67,7 @@ from tokentilt.measurement.evaluate import EvalConfig, held_out_text, held_out_w
 from tokentilt.measurement.metrics import forward_batches, mean_ci, sample_rates, t_quantile
 from tokentilt.measurement.sampling import DEFAULT_PROMPTS, SampleConfig, sample
 from tokentilt.settings import AuditOptions
-from tokentilt.targets.tokens import resolve, token_texts, word_list
+from tokentilt.targets.tokens import resolve, token_texts
 
 
 @dataclass
@@ -385,19 +385,6 @@ def verdict(stands_out: bool, top: dict, threshold: float, z: float) -> str:
 # ---------------------------------------------------------------- the audit
 
 
-def _file_key(arg: str) -> tuple:
-    """A words file's name with its size and time, so an edited file is read again."""
-    path = word_list(arg)
-    stat = path.stat() if path.is_file() else None
-    return arg, stat and stat.st_mtime_ns, stat and stat.st_size
-
-
-@functools.lru_cache(maxsize=4)
-def _candidates(texts: tuple, words: tuple, min_tokens: int, extra: tuple):
-    """candidate_features, kept for the next audit of the same vocabulary (a few seconds for 50k tokens)."""
-    return candidate_features(list(texts), [w[0] for w in words], min_tokens, list(extra))
-
-
 FOUND_KINDS = ("discovered", "neighbours", "weights")  # sets not from the vocabulary's own rules
 
 
@@ -582,7 +569,7 @@ def _family(cfg: AuditOptions, texts: list[str], echo):
     extra = [Feature(cfg.toward, "given", "the tokens of the --toward set")] if cfg.toward else []
     if cfg.toward:
         resolve(cfg.toward, texts)  # a truth that selects nothing (or everything) is the user's error
-    family = _candidates(tuple(texts), tuple(_file_key(w) for w in cfg.words), cfg.min_tokens, tuple(extra))
+    family = cached_candidates(tuple(texts), tuple(file_key(w) for w in cfg.words), cfg.min_tokens, tuple(extra))
     found_per_view = 2 * 2 * 2 * len(DISCOVERY_SIZES)  # views x directions x kinds x sizes
     z = bonferroni_z(cfg.alpha, 2 * len(family.features) + found_per_view)  # every test made
     echo(f"{len(family.features)} candidate features from {len(texts)} tokens, and {found_per_view} read off the lift")
