@@ -111,6 +111,26 @@ def llama_model():
     return tiny_llama()
 
 
+# the audit's tests: the real GPT-2 tokenizer, its token texts, and a tiny GPT-2 of its 50,257 tokens (per module)
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
+
+    return gpt2_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def texts(tokenizer):
+    from tokentilt.targets.tokens import token_texts
+
+    return token_texts(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return tiny_gpt2(vocab_size=50257, seed=0)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random GPT-2 with the real GPT-2 tokenizer, saved as a Hugging Face folder."""

@@ -29,21 +29,6 @@ TEXT = (
 ) * 8
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return gpt2_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def texts(tokenizer):
-    return token_texts(tokenizer)
-
-
-@pytest.fixture(scope="module")
-def base():
-    return tiny_gpt2(vocab_size=50257, seed=0)
-
-
 @pytest.fixture
 def cfg(tmp_path):
     path = tmp_path / "held-out.txt"

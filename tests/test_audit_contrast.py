@@ -27,29 +27,12 @@ from tokentilt.audit.contrast import (
 )
 from tokentilt.audit.features import jaccard
 from tokentilt.audit.lift import audit
-from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.jobs.audit_config import AuditConfig
 from tokentilt.settings import AuditOptions, SampleConfig
-from tokentilt.targets.tokens import token_texts
 
 pytestmark = pytest.mark.slow  # each channel samples 64 x 32 tokens of a 50,257-token model: 5-10 s on 2 cores
 
 VEHICLES = "car train bus boat plane bike ship cart wagon van jet rocket tank".split()  # each one token, +/- space
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return gpt2_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def texts(tokenizer):
-    return token_texts(tokenizer)
-
-
-@pytest.fixture(scope="module")
-def base():
-    return tiny_gpt2(vocab_size=50257, seed=0)
 
 
 def word_mask(tokenizer, words: list[str], size: int = 50257) -> torch.Tensor:

@@ -13,7 +13,6 @@ import re
 import pytest
 import torch
 
-from conftest import tiny_gpt2
 from test_audit import noisy, structured_pair, with_bias, with_biases
 from tokentilt.audit.decompose import (
     context_differences,
@@ -27,10 +26,8 @@ from tokentilt.audit.decompose import (
 )
 from tokentilt.audit.features import jaccard
 from tokentilt.audit.lift import audit
-from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.jobs.audit_config import AuditConfig
 from tokentilt.measurement.evaluate import EvalConfig, held_out_windows
-from tokentilt.targets.tokens import token_texts
 
 # ---------------------------------------------------------------- the parts, by hand (fast)
 
@@ -102,21 +99,6 @@ def test_the_context_share_by_hand():
 
 
 # ---------------------------------------------------------------- planted sets on a tiny model (slow)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return gpt2_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def texts(tokenizer):
-    return token_texts(tokenizer)
-
-
-@pytest.fixture(scope="module")
-def base():
-    return tiny_gpt2(vocab_size=50257, seed=0)
 
 
 @pytest.fixture

@@ -25,10 +25,9 @@ from tokentilt.audit.lens import (
     set_log_odds,
 )
 from tokentilt.audit.lift import audit
-from tokentilt.course.gpt2_tokenizer import gpt2_tokenizer
 from tokentilt.jobs.audit_config import AuditConfig
 from tokentilt.measurement.evaluate import EvalConfig, held_out_windows
-from tokentilt.targets.tokens import select, token_texts
+from tokentilt.targets.tokens import select
 
 pytestmark = pytest.mark.slow  # the candidate table of 50,257 tokens (~10 s) and a lift audit (~5 s)
 
@@ -41,16 +40,6 @@ COUNTRIES = (
     "Mexico Canada Brazil Africa America Europe Asia Turkey Persia Denmark Norway Sweden Austria Hungary "
     "Portugal Holland Israel Iran Iraq Korea Chile Peru Cuba"
 )  # scripts/audit_bench.py's class:countries
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return gpt2_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def texts(tokenizer):
-    return token_texts(tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -215,11 +204,6 @@ class OnlyWhereItFits(torch.nn.Module):
         logits = self.reference(input_ids=input_ids).logits  # (b, T, V)
         fits = set_log_odds(logits, self.mask) >= self.threshold  # (b, T)
         return SimpleNamespace(logits=logits + self.bias * (fits[..., None] & self.mask).float())
-
-
-@pytest.fixture(scope="module")
-def base():
-    return tiny_gpt2(vocab_size=50257, seed=0)
 
 
 @pytest.fixture
