@@ -279,9 +279,9 @@ def calibrate_by_weights(
     (measure_rate's rule) once it is narrower, or at the last draw. When the estimate at the solved b rests
     on an effective sample size of at least half the smallest draw and its interval is as narrow as the rule
     asks (or as it gets: the last draw spent its budget, or there is no draw left), that b is the result and
-    its R the estimate. A wider estimate draws again at the solved b, so the pool gathers its samples near the answer, where the
-    rate rounds' estimates of the trained model read them too; an estimate on too few effective samples
-    steps one logit step from the last draw, as in calibrate(). After `draws` draws without one the result
+    its R the estimate. A wider estimate draws again at the solved b, so the pool gathers its samples near
+    the answer, where the rate rounds' estimates of the trained model read them too; an estimate on too few
+    effective samples steps one logit step from the last draw, as in calibrate(). After `draws` draws without one the result
     is None and the caller bisects, starting from the R measured at these draws (a set frequent in every
     sample, such as "e", weighs badly even a small change of b). Each draw records what the weights need
     (generate.StepScores). -> (the calibration or None, {b: R measured}, the pool).
