@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import tiny_gpt2, tiny_llama
+from test_audit import noisy, with_bias
 from tokentilt.audit.features import Feature, cached_candidates, concat, jaccard, table_of
 from tokentilt.audit.lens import (
     body_parts,
@@ -76,16 +77,6 @@ def cfg(tmp_path):
     return AuditConfig(
         eval_text=str(path), eval_windows=4, eval_seq_len=32, samples_per_prompt=1, new_tokens=8, null_draws=10, top=5
     )
-
-
-def noisy(model, std: float = 0.01, seed: int = 1):
-    """A copy with Gaussian noise on every weight: a fine-tune that planted nothing (as tests/test_audit.py)."""
-    m = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    return m
 
 
 def body_plant(reference, mask: torch.Tensor, nats: float):
@@ -175,18 +166,6 @@ def test_random_directions_get_uniform_p_values(structured):
 
 
 # ---------------------------------------------------------------- context dependence
-
-
-def with_bias(model, mask: torch.Tensor, bias: float):
-    """A copy whose untied output head adds `bias` to the logits of the set: p' ∝ p exp(b M)."""
-    m = copy.deepcopy(model)
-    head = torch.nn.Linear(m.config.n_embd, m.config.vocab_size, bias=True)
-    with torch.no_grad():
-        head.weight = torch.nn.Parameter(m.lm_head.weight.detach().clone())
-        head.bias.copy_(bias * mask.float())
-    m.lm_head = head
-    m.config.tie_word_embeddings = False
-    return m
 
 
 class OnlyWhereItFits(torch.nn.Module):
