@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tokentilt.audit.channels import ChannelResult, Finding
-from tokentilt.audit.combine import CHANNEL_ORDER, GATE_CUT, combine
+from tokentilt.audit.combine import CHANNEL_ORDER, GATE_CUT, MIN_LIFT, combine, grow, passes
 from tokentilt.audit.evidence import lift_findings
 from tokentilt.settings import AUDIT_CHANNELS, parse_channels
 
@@ -16,12 +16,24 @@ def finding(tokens, direction="toward", label="set"):
     return Finding(label=label, tokens=tokens, direction=direction, statistic=1.0, p_value=0.001)
 
 
+def context(ratio_low: float, lift_ci=(MIN_LIFT + 1, MIN_LIFT + 2)) -> dict:
+    """A context test's result: the ratio's 95% interval from its lower bound, the lift where the set does not fit."""
+    return {
+        "ratio": ratio_low + 0.1,
+        "ratio_ci": [ratio_low, ratio_low + 0.2],
+        "low": {"lift_ci": list(lift_ci)},
+        "high": {},
+        "verdict": "",
+    }
+
+
 def dependence_by_set(ratios: dict):
-    """A context test that reads the ratio's lower bound off the set's first token."""
+    """A context test that reads the ratio's lower bound off the set's first token, and the lift where the set does
+    not fit (a pair) or else one well above MIN_LIFT."""
 
     def test(mask):
-        low = ratios[int(mask.nonzero()[0])]
-        return {"ratio": low + 0.1, "ratio_ci": [low, low + 0.2], "low": {}, "high": {}, "verdict": ""}
+        got = ratios[int(mask.nonzero()[0])]
+        return context(*got) if isinstance(got, tuple) else context(got)
 
     return test
 
@@ -31,7 +43,7 @@ def test_a_finding_that_moved_only_where_it_fits_is_not_a_tilt_and_the_next_chan
         "lens": ChannelResult("lens", True, [finding([1, 2, 3], label="domain words")]),
         "words": ChannelResult("words", True, [finding([7, 8], direction="away", label="tilted words")]),
     }
-    out = combine(None, None, channels, dependence_by_set({1: 0.05, 7: 0.9}), V)
+    out = combine(None, None, channels, dependence_by_set({1: 0.05, 7: (0.9, (-6.0, -5.0))}), V)
     assert out["stands_out"] and out["channel"] == "words" and out["direction"] == "away"
     assert out["tokens"] == [7, 8]
     assert [t["passed"] for t in out["tried"]] == [False, True]
@@ -43,6 +55,37 @@ def test_nothing_passes_the_gate_nothing_stands_out():
     out = combine(finding([9]), None, channels, dependence_by_set({4: GATE_CUT - 0.01, 9: 0.0}), V)
     assert not out["stands_out"] and out["direction"] == "none" and out["tokens"] == []
     assert [t["channel"] for t in out["tried"]] == ["decomposition", "lift"]  # CHANNEL_ORDER: the lift after it
+
+
+def test_a_set_moved_alike_everywhere_but_by_little_is_not_a_tilt_in_either_direction():
+    assert passes(context(0.9, (MIN_LIFT + 0.1, 5.0)), "toward")
+    assert not passes(context(0.9, (MIN_LIFT - 0.1, 5.0)), "toward")  # the bound nearer zero decides
+    assert passes(context(0.9, (-6.0, -MIN_LIFT - 0.1)), "away")
+    assert not passes(context(0.9, (-6.0, -MIN_LIFT + 0.1)), "away")
+    assert not passes(context(0.9, (MIN_LIFT + 1, MIN_LIFT + 2)), "away")  # raised is not pushed away
+    assert not passes(context(GATE_CUT - 0.01), "toward")
+    channels = {"lens": ChannelResult("lens", True, [finding([1, 2])]), "words": ChannelResult("words", True, [])}
+    out = combine(None, None, channels, lambda mask: context(1.0, (1.1, 1.7)), V)  # an honest domain's size
+    assert not out["stands_out"] and not out["tried"][0]["passed"]
+
+
+def test_the_verdict_names_every_token_the_lift_moved_as_much_as_the_findings_own():
+    lift = torch.zeros(V)
+    lift[[1, 2]] = 4.0  # the channel named these two
+    lift[[3, 4, 5]] = torch.tensor([3.0, 2.9, 2.7])  # moved alike: 3.0 and 2.9 reach 0.7 x 4.0 = 2.8, 2.7 does not
+    lift[6] = -5.0
+    mask = torch.zeros(V, dtype=torch.bool)
+    mask[[1, 2]] = True
+    assert grow(mask, lift, "toward").nonzero().squeeze(1).tolist() == [1, 2, 3, 4]
+    away = torch.zeros(V, dtype=torch.bool)
+    away[6] = True
+    assert grow(away, lift, "away").nonzero().squeeze(1).tolist() == [6]
+    assert grow(away, lift, "toward").equal(away)  # a set the lift did not move that way keeps its own tokens
+    channels = {"lens": ChannelResult("lens", True, [finding([1, 2])])}
+    out = combine(None, None, channels, dependence_by_set({1: 0.9}), V, lift=lift)
+    assert out["tokens"] == [1, 2, 3, 4] and out["found_by_channel"] == [1, 2]
+    head = combine(None, finding([1]), {}, dependence_by_set({}), V, lift=lift)
+    assert head["tokens"] == [1]  # head rows are exact: not grown
 
 
 def test_a_channel_that_does_not_stand_out_is_not_tried_and_head_rows_need_no_gate():

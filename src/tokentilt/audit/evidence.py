@@ -72,8 +72,9 @@ def lift_findings(rows: list[dict], masks: list[torch.Tensor], stands_out: bool)
     return (None, finding) if top["kind"] == "weights" else (finding, None)
 
 
-def combined_verdict(model, reference, windows, rows, masks, stands_out, channels, cfg, vocab: int) -> dict:
-    """combine.combine over the lift's finding and the channels', each gated by lens.context_dependence."""
+def combined_verdict(model, reference, windows, rows, masks, stands_out, channels, cfg, lift: torch.Tensor) -> dict:
+    """combine.combine over the lift's finding and the channels', each gated by lens.context_dependence; the
+    per-token lift (V,) grows the named set."""
     from tokentilt.audit.lens import context_dependence
 
     lift_finding, head_rows = lift_findings(rows, masks, stands_out)
@@ -82,7 +83,8 @@ def combined_verdict(model, reference, windows, rows, masks, stands_out, channel
         head_rows,
         channels,
         lambda mask: context_dependence(model, reference, windows, mask, bf16=cfg.bf16, seed=cfg.seed),
-        vocab,
+        len(lift),
+        lift=lift,
     )
 
 

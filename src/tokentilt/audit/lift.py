@@ -678,7 +678,9 @@ def audit(
     channels = run_channels(
         model, reference, tokenizer, cfg, texts, family=family, windows=windows, sampled=sampled, echo=echo
     )
-    combined = combined_verdict(model, reference, windows, rows, masks, ranked.stands_out, channels, cfg, vocab)
+    combined = combined_verdict(
+        model, reference, windows, rows, masks, ranked.stands_out, channels, cfg, ranked.views["lift"]
+    )
     return AuditResult(
         direction=("toward" if top["auroc"] > 0.5 else "away") if ranked.stands_out else "none",
         stands_out=ranked.stands_out,
