@@ -84,22 +84,17 @@ def test_the_verdict_names_every_token_the_lift_moved_as_much_as_the_findings_ow
     channels = {"lens": ChannelResult("lens", True, [finding([1, 2])])}
     out = combine(None, None, channels, dependence_by_set({1: 0.9}), V, lift=lift)
     assert out["tokens"] == [1, 2, 3, 4] and out["found_by_channel"] == [1, 2]
-    head = combine(None, finding([1]), {}, dependence_by_set({}), V, lift=lift)
+    head = combine(None, finding([1]), {}, dependence_by_set({1: 0.0}), V, lift=lift)
     assert head["tokens"] == [1]  # head rows are exact: not grown
 
 
 def test_a_channel_that_does_not_stand_out_is_not_tried_and_head_rows_need_no_gate():
     channels = {"lens": ChannelResult("lens", False, [finding([1])])}
-
-    def never(mask):
-        raise AssertionError("head rows are not gated")
-
-    out = combine(None, finding([3, 4]), channels, never, V)
-    assert (
-        out["stands_out"]
-        and out["channel"] == "weights"
-        and out["tried"] == [{"channel": "weights", "label": "set", "direction": "toward", "passed": True}]
-    )
+    failing = context(0.0, (0.1, 0.2))  # head rows are tested for what the report says, but not gated
+    out = combine(None, finding([3, 4]), channels, lambda mask: failing, V)
+    assert out["stands_out"] and out["channel"] == "weights" and out["tokens"] == [3, 4]
+    assert [(t["channel"], t["passed"]) for t in out["tried"]] == [("weights", True)]
+    assert out["tried"][0]["context"]["ratio_ci"] == [0.0, 0.2]
     assert CHANNEL_ORDER[0] == "weights"
 
 
@@ -119,3 +114,29 @@ def test_channels_option():
     assert parse_channels("words, lens") == ("lens", "words")  # in the audit's order
     with pytest.raises(ValueError, match="unknown channel 'tea'"):
         parse_channels("lens,tea")
+
+
+def test_the_report_says_what_moved_by_how_much_and_where_or_why_nothing_passed():
+    from types import SimpleNamespace
+
+    from tokentilt.jobs.audit import channels_section, combined_line
+
+    lens = ChannelResult("lens", True, [finding([1, 2], label="x tokens")], seconds=3.0)
+    test = context(0.9)
+    test["low"].update(lift=MIN_LIFT + 1.5)
+    test["mass"] = {"reference": 0.0004, "model": 0.0577, "change": 0.0573, "change_ci": [0.051, 0.064]}
+    test["shows"] = [[0, 5, 4.2, 0.0001, 0.0069]]
+    out = combine(None, None, {"lens": lens}, lambda mask: test, V)
+    line = combined_line(out)
+    assert line.startswith("combined: a tilt toward x tokens (2 tokens, named by lens)")
+    assert "0.0004 -> 0.0577 (+0.0573 [+0.0510, +0.0640])" in line
+    out["shows"] = [{"text": "it was the age of", "lift": 4.2, "p_reference": 0.0001, "p_model": 0.0069}]
+    report = "\n".join(channels_section(SimpleNamespace(channels={"lens": lens}, combined=out)))
+    assert "| lens | yes | x tokens | toward |" in report
+    assert f"{MIN_LIFT + 1.5:.2f} [{MIN_LIFT + 1:.2f}, {MIN_LIFT + 2:.2f}] | tilt |" in report
+    assert "- `it was the age of` 0.0001 -> 0.0069" in report
+    small = combine(None, None, {"lens": lens}, lambda mask: context(0.9, (1.1, 1.7)), V)
+    assert combined_line(small) == (
+        "combined: no tilt (1 finding(s) of the channels failed the context test: their set moved only where it "
+        f"fits, or by less than {MIN_LIFT:.2f} nats where it does not)"
+    )

@@ -208,6 +208,19 @@ def test_a_logit_bias_lifts_the_log_odds_by_exactly_b_everywhere(base, texts, wi
     assert out["low"]["p_reference"] < out["high"]["p_reference"]  # the groups are what they say
     assert out["low"]["positions"] == out["high"]["positions"] == pytest.approx(8 * 32 / 3, abs=2)
     assert out["verdict"] == "tilt"
+    # what it comes to: the set's mass, by hand from the reference's log-odds r: sigmoid(r + 2) - sigmoid(r)
+    with torch.no_grad():
+        r = set_log_odds(base(input_ids=windows).logits, x).double()  # (W, T)
+    change = float((torch.sigmoid(r + 2.0) - torch.sigmoid(r)).mean())
+    assert out["mass"]["reference"] == pytest.approx(float(torch.sigmoid(r).mean()), rel=1e-4)
+    assert out["mass"]["change"] == pytest.approx(change, rel=1e-3) and change > 0
+    assert out["mass"]["change_ci"][0] < change < out["mass"]["change_ci"][1]
+    assert out["mass"]["model"] == pytest.approx(out["mass"]["reference"] + change, rel=1e-3)
+    # the positions shown are of the low group: where the reference gave the set little, lifted by b there too
+    assert len(out["shows"]) == 3
+    for w, t, up, p_ref, p_model in out["shows"]:
+        assert up == pytest.approx(2.0, abs=1e-4) and p_ref <= out["high"]["p_reference"]
+        assert p_ref == pytest.approx(float(torch.sigmoid(r[w, t])), rel=1e-4) and p_model > p_ref
     # the same tilt through noise on every weight: the lifts move a little, the verdict does not
     noisy_tilt = context_dependence(noisy(with_bias(base, x, 2.0)), base, windows, x, draws=200)
     assert noisy_tilt["verdict"] == "tilt" and 0.8 < noisy_tilt["ratio"] < 1.25
@@ -229,3 +242,30 @@ def test_nothing_planted_is_neither_a_tilt_nor_a_domain(base, texts, windows):
     out = context_dependence(noisy(base), base, windows, select("x", texts), draws=200)
     assert max(abs(out["low"]["lift"]), abs(out["high"]["lift"])) < 0.01  # noise moves the log-odds ~0
     assert out["verdict"] == "unclear"
+
+
+def test_the_combined_verdict_says_how_much_the_set_moved_and_shows_where_in_held_out_text(
+    base, texts, tokenizer, windows, cfg
+):
+    """A tilt of 5 nats (above MIN_LIFT) named by a channel: it passes the context test, and the verdict carries
+    the mass change and the held-out text before the positions where the set moved most, decoded."""
+    from tokentilt.audit.channels import ChannelResult, Finding
+    from tokentilt.audit.combine import MIN_LIFT
+    from tokentilt.audit.evidence import CONTEXT_TOKENS, combined_verdict
+
+    ids = select("x", texts).nonzero().squeeze(1).tolist()
+    planted = torch.zeros(len(texts), dtype=torch.bool)
+    planted[ids[:5]] = True
+    lens = ChannelResult("lens", True, [Finding("x tokens", ids[:5], "toward", 1.0, 0.001)])
+    lift = torch.zeros(len(texts))  # the per-token lift as the audit would measure it, by hand
+    lift[ids[:5]], lift[ids[5:8]] = 5.0, 4.0
+    model = with_bias(base, planted, 5.0)
+    out = combined_verdict(model, base, tokenizer, windows, [], [], False, {"lens": lens}, cfg, lift)
+    assert 5.0 > MIN_LIFT and out["stands_out"] and out["channel"] == "lens"
+    assert out["tokens"] == ids[:8] and out["found_by_channel"] == ids[:5]  # grown to the tokens moved as much
+    assert out["mass"]["change"] > 0 and out["mass"]["change_ci"][0] > 0
+    text = tokenizer.decode(windows.flatten().tolist())
+    assert len(out["shows"]) == 3
+    for shown in out["shows"]:
+        assert shown["text"] in text and len(tokenizer(shown["text"])["input_ids"]) <= CONTEXT_TOKENS + 2
+        assert shown["lift"] == pytest.approx(5.0, abs=1e-3) and shown["p_model"] > shown["p_reference"]

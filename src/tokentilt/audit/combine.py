@@ -71,18 +71,18 @@ def combine(
 ) -> dict:
     """-> audit.json's "combined": stands_out, direction, label, tokens, words, the channel that named it, and the
     context-dependence test of every finding tried ("tried"). dependence(mask (V,) bool) -> lens.context_dependence's
-    dict. A head-rows edit (weights) needs no gate: the rows that changed are the set. With the per-token lift (V,),
-    a gated finding's tokens grow to every token the lift moved as much (`grow`); "found_by_channel" keeps the
-    channel's own."""
+    dict. A head-rows edit (weights) needs no gate, the rows that changed being the set; its test is run for what it
+    reports. With the per-token lift (V,), a gated finding's tokens grow to every token the lift moved as much
+    (`grow`); "found_by_channel" keeps the channel's own. "mass" and "shows" are the verdict's test's: what the set's
+    share of next-token mass came to, and the held-out positions where it moved most."""
     tried = []
     for name, finding in candidates(lift_finding, head_rows, channels):
         mask = torch.zeros(vocab, dtype=torch.bool)
         mask[torch.tensor(finding.tokens)] = True
-        test = None if name == "weights" else dependence(mask)
+        test = dependence(mask)
         passed = name == "weights" or passes(test, finding.direction, cut, min_lift)
         tried.append({"channel": name, "label": finding.label, "direction": finding.direction, "passed": passed})
-        if test is not None:
-            tried[-1]["context"] = {k: test[k] for k in ("ratio", "ratio_ci", "low", "high", "verdict")}
+        tried[-1]["context"] = {k: test[k] for k in ("ratio", "ratio_ci", "low", "high", "verdict")}
         if passed:
             named = mask if name == "weights" or lift is None else grow(mask, lift, finding.direction)
             return {
@@ -94,6 +94,8 @@ def combine(
                 "found_by_channel": list(finding.tokens),
                 "words": list(finding.words),
                 "examples": list(finding.examples),
+                "mass": test.get("mass"),
+                "shows": test.get("shows", []),
                 "tried": tried,
             }
     return {
@@ -105,5 +107,7 @@ def combine(
         "found_by_channel": [],
         "words": [],
         "examples": [],
+        "mass": None,
+        "shows": [],
         "tried": tried,
     }

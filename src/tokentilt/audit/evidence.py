@@ -16,6 +16,8 @@ from tokentilt.audit.channels import ChannelResult, Finding
 from tokentilt.audit.combine import combine
 from tokentilt.settings import parse_channels
 
+CONTEXT_TOKENS = 16  # the tokens of held-out text shown before a position where the verdict's set moved
+
 
 def run_channels(model, reference, tokenizer, cfg, texts, *, family, windows, sampled, echo) -> dict:
     """{name: ChannelResult} for cfg.channels, each timed."""
@@ -72,13 +74,14 @@ def lift_findings(rows: list[dict], masks: list[torch.Tensor], stands_out: bool)
     return (None, finding) if top["kind"] == "weights" else (finding, None)
 
 
-def combined_verdict(model, reference, windows, rows, masks, stands_out, channels, cfg, lift: torch.Tensor) -> dict:
+def combined_verdict(model, reference, tokenizer, windows, rows, masks, stands_out, channels, cfg, lift) -> dict:
     """combine.combine over the lift's finding and the channels', each gated by lens.context_dependence; the
-    per-token lift (V,) grows the named set."""
+    per-token lift (V,) grows the named set. The held-out positions where the set moved most come back as text:
+    {"text": the window's last CONTEXT_TOKENS tokens up to the position, "lift", "p_reference", "p_model"}."""
     from tokentilt.audit.lens import context_dependence
 
     lift_finding, head_rows = lift_findings(rows, masks, stands_out)
-    return combine(
+    out = combine(
         lift_finding,
         head_rows,
         channels,
@@ -86,6 +89,16 @@ def combined_verdict(model, reference, windows, rows, masks, stands_out, channel
         len(lift),
         lift=lift,
     )
+    out["shows"] = [
+        {
+            "text": tokenizer.decode(windows[w, max(t + 1 - CONTEXT_TOKENS, 0) : t + 1].tolist()),
+            "lift": round(up, 3),
+            "p_reference": round(p_ref, 5),
+            "p_model": round(p_model, 5),
+        }
+        for w, t, up, p_ref, p_model in out["shows"]
+    ]
+    return out
 
 
 def channels_json(channels: dict[str, ChannelResult]) -> dict:

@@ -304,6 +304,7 @@ def context_dependence(
     seed: int = 0,
     batch_size: int = 4,
     bf16: bool = False,
+    shown: int = 3,
 ) -> dict:
     """Is the set mask (V,) raised (or lowered) everywhere, or only where it fits?
 
@@ -312,6 +313,11 @@ def context_dependence(
     most. ratio = lift(low) / lift(high), with 95% percentile intervals from `draws` bootstrap
     resamples of the windows. verdict: "tilt" when the ratio's interval lies above `cut`, "domain" when
     below, else "unclear" (also when neither group's lift reaches `min_lift` nats).
+
+    Also what the change comes to: "mass", the set's mean next-token probability on every position under each
+    model and its change, with the same bootstrap's interval; and "shows", the `shown` positions of the low group
+    whose log-odds moved most, as [window, position, lift, p_reference, p_model] (the prediction after that
+    position's token).
     """
     model_odds, ref_odds = [], []
     for _, (lm, lr) in forward_batches([model, reference], windows, batch_size, bf16, False, ""):
@@ -320,6 +326,7 @@ def context_dependence(
         ref_odds.append(set_log_odds(lr, cols).cpu())
     m, r = torch.cat(model_odds).double(), torch.cat(ref_odds).double()  # (W, T)
     lift = m - r
+    moved = torch.sigmoid(m) - torch.sigmoid(r)  # (W, T): the change of the set's mass
 
     def groups(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # the low and high masks, lifts
         odds, up = r[rows].flatten(), lift[rows].flatten()
@@ -330,9 +337,10 @@ def context_dependence(
     g = torch.Generator().manual_seed(seed)
     boot = []
     for _ in range(draws):
-        lo, hi, u = groups(torch.randint(len(windows), (len(windows),), generator=g))
-        boot.append((u[lo].mean(), u[hi].mean()))
-    boot = torch.tensor(boot)  # (draws, 2)
+        rows = torch.randint(len(windows), (len(windows),), generator=g)
+        lo, hi, u = groups(rows)
+        boot.append((u[lo].mean(), u[hi].mean(), moved[rows].mean()))
+    boot = torch.tensor(boot)  # (draws, 3)
     ratios, diffs = boot[:, 0] / boot[:, 1], boot[:, 0] - boot[:, 1]
 
     def interval(x: torch.Tensor) -> list[float]:  # 95%, over the resamples where it is finite
@@ -352,6 +360,22 @@ def context_dependence(
     out["ratio"] = out["low"]["lift"] / out["high"]["lift"] if out["high"]["lift"] else float("nan")
     out["ratio_ci"], out["difference"] = interval(ratios), out["low"]["lift"] - out["high"]["lift"]
     out["difference_ci"] = interval(diffs)
+    p_ref = float(torch.sigmoid(r).mean())
+    out["mass"] = {"reference": p_ref, "model": p_ref + float(moved.mean())}
+    out["mass"].update(change=float(moved.mean()), change_ci=interval(boot[:, 2]))
+    where = low.nonzero().squeeze(1)
+    top = where[up[where].abs().argsort(descending=True)[:shown]].tolist()  # flat indices into (W, T)
+    width = r.size(1)
+    out["shows"] = [
+        [
+            i // width,
+            i % width,
+            float(up[i]),
+            float(torch.sigmoid(r.flatten()[i])),
+            float(torch.sigmoid(m.flatten()[i])),
+        ]
+        for i in top
+    ]
     if max(abs(out["low"]["lift"]), abs(out["high"]["lift"])) < min_lift:
         out["verdict"] = "unclear"
     elif out["ratio_ci"][0] > cut:

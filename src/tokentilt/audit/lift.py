@@ -679,7 +679,7 @@ def audit(
         model, reference, tokenizer, cfg, texts, family=family, windows=windows, sampled=sampled, echo=echo
     )
     combined = combined_verdict(
-        model, reference, windows, rows, masks, ranked.stands_out, channels, cfg, ranked.views["lift"]
+        model, reference, tokenizer, windows, rows, masks, ranked.stands_out, channels, cfg, ranked.views["lift"]
     )
     return AuditResult(
         direction=("toward" if top["auroc"] > 0.5 else "away") if ranked.stands_out else "none",

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from tokentilt.audit.combine import GATE_CUT, MIN_LIFT  # noqa: E402
 from tokentilt.audit.lift import AuditResult, audit  # noqa: E402
 from tokentilt.jobs.audit_config import AuditConfig  # noqa: E402
 from tokentilt.preflight import preflight_audit as preflight  # noqa: E402
@@ -184,12 +185,21 @@ def combined_line(combined: dict) -> str:
     if not combined["stands_out"]:
         gated = sum(1 for t in combined["tried"] if not t["passed"])
         return "combined: no tilt" + (
-            f" ({gated} finding(s) of the channels moved only where their set fits: a domain, not a tilt)"
+            f" ({gated} finding(s) of the channels failed the context test: their set moved only where it fits, "
+            f"or by less than {MIN_LIFT:.2f} nats where it does not)"
             if gated
             else ""
         )
     shown = ", ".join(combined["words"][:8]) if combined["words"] else combined["label"]
-    return f"combined: a tilt {combined['direction']} {shown} ({len(combined['tokens'])} tokens, named by {combined['channel']})"
+    line = f"combined: a tilt {combined['direction']} {shown} ({len(combined['tokens'])} tokens, named by {combined['channel']})"
+    mass = combined.get("mass")
+    if mass:
+        lo, hi = mass["change_ci"]
+        line += (
+            f"; the set's next-token mass on held-out text {mass['reference']:.4f} -> {mass['model']:.4f} "
+            f"({mass['change']:+.4f} [{lo:+.4f}, {hi:+.4f}])"
+        )
+    return line
 
 
 def channels_section(r: AuditResult) -> list[str]:
@@ -214,7 +224,8 @@ def channels_section(r: AuditResult) -> list[str]:
         "",
         f"**{combined_line(r.combined)}.** A channel's finding counts as a tilt only where the set's log-odds rose "
         "(or fell) where the reference gives it little mass about as much as where it fits (the ratio's 95% lower "
-        "bound above the gate): a domain fine-tune raises its words only where they fit.",
+        f"bound above {GATE_CUT}), and by at least {MIN_LIFT:.2f} nats there (the 95% bound nearer zero): a domain "
+        "fine-tune raises its words where they fit, or a little everywhere.",
         "",
     ]
     tried = [
@@ -222,18 +233,28 @@ def channels_section(r: AuditResult) -> list[str]:
             t["channel"],
             _cell(t["label"], 60),
             t["direction"],
-            f"{t['context']['ratio']:.2f} [{t['context']['ratio_ci'][0]:.2f}, {t['context']['ratio_ci'][1]:.2f}]"
-            if "context" in t
-            else "(head rows)",
+            _with_ci(t["context"]["ratio"], t["context"]["ratio_ci"]),
+            _with_ci(t["context"]["low"]["lift"], t["context"]["low"]["lift_ci"]),
             "tilt" if t["passed"] else "not a tilt",
         ]
         for t in r.combined["tried"]
     ]
     if tried:
-        lines += [_table(["channel", "finding", "direction", "lift ratio, low / high", "verdict"], tried), ""]
+        columns = ["channel", "finding", "direction", "lift ratio, low / high", "lift where it fits least", "verdict"]
+        lines += [_table(columns, tried), ""]
+    if r.combined.get("shows"):
+        lines += ["Held-out text where the set moved most (p: reference -> model, of the next token being in it):", ""]
+        lines += [
+            f"- `{_cell(c['text'], 200)}` {c['p_reference']:.4f} -> {c['p_model']:.4f}" for c in r.combined["shows"]
+        ]
+        lines.append("")
     if r.combined.get("examples"):
         lines += ["Where it shows:", ""] + [f"- {_cell(e, 200)}" for e in r.combined["examples"][:3]] + [""]
     return lines
+
+
+def _with_ci(value: float, ci: list[float]) -> str:
+    return f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
 def _table(columns: list[str], rows: list[list[str]]) -> str:
