@@ -136,7 +136,7 @@ def own_pairs(bench, out: Path) -> list[tuple[str, str]]:
 
     asks = [a.format(s) for s in OWN_SUBJECTS for a in OWN_ASKS]
     got = sample(bench.reference, bench.tokenizer, asks, 2, SampleConfig(max_new_tokens=96), seed=7, chat=True)
-    pairs = [(p, r.strip()) for p, r in zip(got.prompts, got.replies()) if r.strip()]
+    pairs = [(p, r.strip()) for p, r in zip(got.prompts, got.texts) if r.strip()]  # the replies' texts
     cache.write_text(json.dumps(pairs, indent=0))
     return pairs
 
