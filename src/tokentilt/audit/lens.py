@@ -326,7 +326,8 @@ def context_dependence(
         ref_odds.append(set_log_odds(lr, cols).cpu())
     m, r = torch.cat(model_odds).double(), torch.cat(ref_odds).double()  # (W, T)
     lift = m - r
-    moved = torch.sigmoid(m) - torch.sigmoid(r)  # (W, T): the change of the set's mass
+    p_ref, p_model = torch.sigmoid(r), torch.sigmoid(m)  # (W, T): the set's mass under each
+    moved = p_model - p_ref
 
     def groups(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # the low and high masks, lifts
         odds, up = r[rows].flatten(), lift[rows].flatten()
@@ -352,29 +353,25 @@ def context_dependence(
             "lift": float(up[keep].mean()),
             "lift_ci": interval(boot[:, i]),
             "positions": int(keep.sum()),
-            "p_reference": float(torch.sigmoid(r.flatten()[keep]).mean()),
-            "p_model": float(torch.sigmoid(m.flatten()[keep]).mean()),
+            "p_reference": float(p_ref.flatten()[keep].mean()),
+            "p_model": float(p_model.flatten()[keep].mean()),
         }
 
     out = {"low": group(low, 0), "high": group(high, 1), "share": share, "cut": cut}
     out["ratio"] = out["low"]["lift"] / out["high"]["lift"] if out["high"]["lift"] else float("nan")
     out["ratio_ci"], out["difference"] = interval(ratios), out["low"]["lift"] - out["high"]["lift"]
     out["difference_ci"] = interval(diffs)
-    p_ref = float(torch.sigmoid(r).mean())
-    out["mass"] = {"reference": p_ref, "model": p_ref + float(moved.mean())}
-    out["mass"].update(change=float(moved.mean()), change_ci=interval(boot[:, 2]))
+    out["mass"] = {
+        "reference": float(p_ref.mean()),
+        "model": float(p_model.mean()),
+        "change": float(moved.mean()),
+        "change_ci": interval(boot[:, 2]),
+    }
     where = low.nonzero().squeeze(1)
     top = where[up[where].abs().argsort(descending=True)[:shown]].tolist()  # flat indices into (W, T)
     width = r.size(1)
     out["shows"] = [
-        [
-            i // width,
-            i % width,
-            float(up[i]),
-            float(torch.sigmoid(r.flatten()[i])),
-            float(torch.sigmoid(m.flatten()[i])),
-        ]
-        for i in top
+        [i // width, i % width, float(up[i]), float(p_ref.flatten()[i]), float(p_model.flatten()[i])] for i in top
     ]
     if max(abs(out["low"]["lift"]), abs(out["high"]["lift"])) < min_lift:
         out["verdict"] = "unclear"
