@@ -1,6 +1,7 @@
 """The frontier table: tilt-distill's default recipe against the decode-time optimum, cell by cell.
 
     python scripts/frontier.py --out runs/frontier        # writes docs/frontier.md and prints it
+    python scripts/frontier.py --cells rate --out runs/rate-cells --table runs/rate-cells.md   # issue 43's cells
 
 Each cell is one `tokentilt tilt --objective tilt-distill --rate R*` run on the bundled model,
 in its own process (so its seconds include loading, calibration and every round). A cell whose
@@ -40,6 +41,12 @@ CELLS = [  # (name, selector, R*)
     ("all-caps tokens", r"regex:^\s?[A-Z]{2,}$", 0.9),
     ("e (away)", "e", 0.1),
 ]
+RATE_CELLS = [  # issue 43's cells, at tilt's defaults: (name, selector, R*, more flags)
+    ("x", "x", 0.3, ()),
+    ("e (away)", "e", 0.15, ()),
+    ("10-word phrase list", "phrases:benchmarks/phrases/toward.txt", 0.05, ()),
+    ("x in chat", "x", 0.3, ("--chat",)),
+]
 COLUMNS = (
     "set",
     "selector",
@@ -57,8 +64,8 @@ COLUMNS = (
 )
 
 
-def folder_name(selector: str, rate: float) -> str:
-    safe = "".join(c if c.isalnum() else "-" for c in selector).strip("-")
+def folder_name(selector: str, rate: float, flags: tuple = ()) -> str:
+    safe = "".join(c if c.isalnum() else "-" for c in " ".join((selector, *flags))).strip("-")
     return f"{safe}-{rate:g}"
 
 
@@ -120,6 +127,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/frontier", help="folder of the cells' run folders")
     ap.add_argument("--table", default="docs/frontier.md", help="markdown file to write")
+    ap.add_argument(
+        "--cells",
+        choices=("frontier", "rate"),
+        default="frontier",
+        help="frontier: 3 sets x 3 rates and e away; rate: issue 43's cells (x 0.3, e away 0.15, a 10-word "
+        "phrase list 0.05, x in chat 0.3)",
+    )
     ap.add_argument("--only", metavar="SUBSTRING", help="run only the cells whose folder name contains this")
     ap.add_argument(
         "--samples-per-prompt",
@@ -131,12 +145,13 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     rows = []
-    for name, selector, target in CELLS:
-        cell = out / folder_name(selector, target)
+    cells = [(*c, ()) for c in CELLS] if args.cells == "frontier" else RATE_CELLS
+    for name, selector, target, flags in cells:
+        cell = out / folder_name(selector, target, flags)
         if args.only and args.only not in cell.name:
             continue
         if not (cell / "summary.json").is_file():
-            run_cell(cell, selector, target, args.samples_per_prompt, args.extra)
+            run_cell(cell, selector, target, args.samples_per_prompt, [*flags, *args.extra])
         rows.append(row(name, selector, target, json.loads((cell / "summary.json").read_text())))
     table = markdown(rows)
     Path(args.table).parent.mkdir(parents=True, exist_ok=True)
