@@ -126,7 +126,9 @@ def markdown(rows: list[dict]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/frontier", help="folder of the cells' run folders")
-    ap.add_argument("--table", default="docs/frontier.md", help="markdown file to write")
+    ap.add_argument(
+        "--table", help="markdown file to write (default: docs/frontier.md; with --cells rate, OUT/table.md)"
+    )
     ap.add_argument(
         "--cells",
         choices=("frontier", "rate"),
@@ -154,10 +156,16 @@ def main() -> int:
             run_cell(cell, selector, target, args.samples_per_prompt, [*flags, *args.extra])
         rows.append(row(name, selector, target, json.loads((cell / "summary.json").read_text())))
     table = markdown(rows)
+    if args.table is None:
+        args.table = "docs/frontier.md" if args.cells == "frontier" else str(out / "table.md")
+    title = {
+        "frontier": "Frontier: tilt-distill (head rows, offset fit) against the decode-time optimum",
+        "rate": "Issue 43's rate cells: tilt-distill at the defaults against the decode-time optimum",
+    }[args.cells]
     Path(args.table).parent.mkdir(parents=True, exist_ok=True)
     Path(args.table).write_text(
-        "# Frontier: tilt-distill (head rows, offset fit) against the decode-time optimum\n\n"
-        "Made by `python scripts/frontier.py --out runs/frontier` on the bundled model (2-core CPU, "
+        f"# {title}\n\n"
+        f"Made by `python scripts/frontier.py --cells {args.cells}` on the bundled model (2-core CPU, "
         f"{'bf16' if native_bf16() else 'fp32: this CPU has no native bf16'}). "
         "rho = (ppl tuned - ppl base) / (ppl decode - ppl base), with the decode-time tilt at the tuned "
         "model's R; drift ratio = drift tuned / drift decode. b is chosen on probe seeds (calibration and rate "
