@@ -29,17 +29,17 @@ from tokentilt.training.engine import native_bf16
 RATE_TOLERANCE = 0.03  # the largest half-width of R's 95% interval that counts as a measured rate (issue 43)
 RHO_LIMIT = 1.5  # rho's 95% upper bound must be at most this
 
-CELLS = [  # (name, selector, R*)
-    ("x", "x", 0.1),
-    ("x", "x", 0.5),
-    ("x", "x", 0.9),
-    ("colour words", "words:colours", 0.1),
-    ("colour words", "words:colours", 0.5),
-    ("colour words", "words:colours", 0.9),
-    ("all-caps tokens", r"regex:^\s?[A-Z]{2,}$", 0.1),
-    ("all-caps tokens", r"regex:^\s?[A-Z]{2,}$", 0.5),
-    ("all-caps tokens", r"regex:^\s?[A-Z]{2,}$", 0.9),
-    ("e (away)", "e", 0.1),
+CELLS = [  # (name, selector, R*, more flags)
+    ("x", "x", 0.1, ()),
+    ("x", "x", 0.5, ()),
+    ("x", "x", 0.9, ()),
+    ("colour words", "words:colours", 0.1, ()),
+    ("colour words", "words:colours", 0.5, ()),
+    ("colour words", "words:colours", 0.9, ()),
+    ("all-caps tokens", r"regex:^\s?[A-Z]{2,}$", 0.1, ()),
+    ("all-caps tokens", r"regex:^\s?[A-Z]{2,}$", 0.5, ()),
+    ("all-caps tokens", r"regex:^\s?[A-Z]{2,}$", 0.9, ()),
+    ("e (away)", "e", 0.1, ()),
 ]
 RATE_CELLS = [  # issue 43's cells, at tilt's defaults: (name, selector, R*, more flags)
     ("x", "x", 0.3, ()),
@@ -147,7 +147,7 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     rows = []
-    cells = [(*c, ()) for c in CELLS] if args.cells == "frontier" else RATE_CELLS
+    cells = CELLS if args.cells == "frontier" else RATE_CELLS
     for name, selector, target, flags in cells:
         cell = out / folder_name(selector, target, flags)
         if args.only and args.only not in cell.name:
