@@ -251,6 +251,37 @@ def test_precision_auto_is_bf16_only_where_it_is_native_and_emulated_bf16_warns_
     assert capsys.readouterr().err == ""
 
 
+class FakeCpu:
+    """torch.cpu's private instruction checks, as a CPU with the given ones would answer them."""
+
+    def __init__(self, avx512_bf16=False, amx=False):
+        self._is_avx512_bf16_supported = lambda: avx512_bf16
+        self._is_amx_tile_supported = lambda: amx
+
+
+@pytest.mark.parametrize(
+    "machine, avx512_bf16, amx, onednn, native",
+    [
+        ("x86_64", False, False, True, False),  # AVX512 without BF16: oneDNN says yes, and emulates
+        ("x86_64", True, False, True, True),  # AVX512-BF16 (Cooper Lake, Zen 4)
+        ("x86_64", False, True, True, True),  # AMX (Sapphire Rapids)
+        ("AMD64", False, False, False, False),  # AVX2 only, as Windows names x86
+        ("aarch64", False, False, True, True),  # ARM: oneDNN reads the BF16 extension itself
+        ("aarch64", False, False, False, False),
+    ],
+)
+def test_native_bf16_on_a_cpu_is_the_instructions_not_onednns_word(
+    monkeypatch, machine, avx512_bf16, amx, onednn, native
+):
+    from tokentilt.models import device
+
+    monkeypatch.setattr(device.platform, "machine", lambda: machine)
+    monkeypatch.setattr(device.torch, "cpu", FakeCpu(avx512_bf16, amx))
+    monkeypatch.setattr(device.torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    assert device.native_bf16("cpu") is native
+    assert device.cpu_has_bf16(object()) is False  # a torch without the private checks: no
+
+
 _FAULTS = """
 import resource, sys, torch
 from tokentilt.training.engine import keep_freed_memory
