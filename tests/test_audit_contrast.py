@@ -27,8 +27,10 @@ from tokentilt.audit.contrast import (
 )
 from tokentilt.audit.features import jaccard
 from tokentilt.audit.lift import audit
+from tokentilt.data.prompts import CHAT_PROMPTS
 from tokentilt.jobs.audit_config import AuditConfig
 from tokentilt.settings import AuditOptions, SampleConfig
+from tokentilt.targets.tokens import token_texts
 
 pytestmark = pytest.mark.slow  # each channel samples 64 x 32 tokens of a 50,257-token model: 5-10 s on 2 cores
 
@@ -162,9 +164,45 @@ def peaked(base, tokenizer, bias: float = 7.0):
     folder = Path(tokentilt.targets.__file__).parent / "wordlists"
     words = sorted({w for f in folder.glob("*.txt") for w in f.read_text().split() if w.isalpha() and w.islower()})
     words = [w for w in words if len(tokenizer(" " + w)["input_ids"]) == 1]
-    mask = torch.zeros(50257, dtype=torch.bool)
+    mask = torch.zeros(base.config.vocab_size, dtype=torch.bool)
     mask[[tokenizer(" " + w)["input_ids"][0] for w in words]] = True
     return with_bias(base, mask, bias), mask, words
+
+
+def test_replies_cut_short_hide_a_planted_set_from_the_contrast_and_not_from_plain_samples():
+    """Chat, a reference writing 292 common words (`peaked`); the model raises 20 of them by 2.5 nats and ends its
+    turn 9 nats more readily, as a fine-tune that also shortens replies does. The contrast p_model^2 / p_ref
+    squares each token's ratio rho = p_model / p_ref and renormalises by E_ref[rho^2], and the end of turn's
+    rho (5,300: 2.7e-6 -> .014 per step) makes that 80, beyond the planted words' rho^2 (7.2^2 = 52). So the
+    contrast ends 96% of its replies at once and writes the 20 words at 2/3 of the reference's rate when it
+    writes at all (first step, mean over the prompts: planted .058 -> .039); its toward samples hold 3 tokens
+    in all, too few against the reference's 6 or so of each word. The plain samples run 25 tokens of 32, 42% of
+    them planted: the words channel names 20 of 20, precision 1 (19/19, 20/20 on two other plants and noises),
+    and the contrast nothing (nothing on all three). Without the end-of-turn tilt the contrast names 20 of 20.
+    The lift and the lens name nothing here; the decomposition, reading exact logits, names the 20 and
+    <|im_end|>."""
+    tok = chat_tokenizer()
+    base = tiny_gpt2(vocab_size=len(tok), seed=0)
+    reference, common, words = peaked(base, tok)
+    planted = set(random.Random(0).sample(words, 20))
+    mask = torch.zeros(len(tok), dtype=torch.bool)
+    mask[[tok(" " + w)["input_ids"][0] for w in planted]] = True
+    end = torch.zeros(len(tok), dtype=torch.bool)
+    end[tok.convert_tokens_to_ids("<|im_end|>")] = True
+    model = noisy(with_biases(base, (common, 7.0), (mask, 2.5), (end, 9.0)))
+    cfg, texts = options(chat=True), token_texts(tok)
+    sampled = {"model": plain_samples(model, tok, cfg, 2), "reference": plain_samples(reference, tok, cfg, 2)}
+    assert 20 < float(sampled["model"].lengths.float().mean()) < 30  # shorter replies, far from empty
+    plain = words_channel(model, reference, tok, cfg, texts, sampled=sampled)
+    toward = [f for f in plain.findings if f.direction == "toward"]
+    assert len(toward) == 1 and plain.findings[0] is toward[0]
+    assert len(set(toward[0].words) & planted) >= 15, toward[0].words  # 20 of the 20
+    assert len(set(toward[0].words) & planted) / len(toward[0].words) >= 0.8, toward[0].words  # 20 of 20
+    contrast = contrast_channel(model, reference, tok, cfg, texts, sampled=sampled)
+    named = {w for f in contrast.findings if f.direction == "toward" for w in f.words}
+    assert len(named & planted) <= 2, named  # none
+    short = contrast_samples(model, reference, tok, list(CHAT_PROMPTS), 1, SampleConfig(max_new_tokens=4), chat=True)
+    assert float((short["toward"].lengths == 0).float().mean()) >= 0.75  # why: the contrast ends at once
 
 
 def test_a_tilt_away_from_frequent_words_is_named_away(base, tokenizer, texts):
