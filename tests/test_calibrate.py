@@ -328,3 +328,29 @@ def test_budget_rounds_move_b_toward_0_until_the_trained_model_is_within_the_bud
         assert allowed - 1e-9 <= fit.bias <= allowed + abs(BAN_FLOOR) / 2**8
     one = fit_budget_bias(trained.append, lambda: base * 2, decode, base, 0.05, b0, rounds=1, echo=quiet)
     assert not one.within and len(one.rounds) == 1  # over after its only round: said, not hidden
+
+
+def test_fit_trained_bias_stops_only_on_a_confirmed_round():
+    """A probe within tolerance is measured again, more narrowly, before the rounds stop on it: here the probe
+    reads 0.5 (on target) whatever the model, where the trained model samples 0.426 at b = 4, so the rounds
+    record 0.426 and go on from it."""
+    fake = FakeTraining(lambda b: sigmoid(b - 4.3))  # what sampling the trained model gives
+    confirmed = []
+
+    def probe():  # a probe that reads on target whatever the model (an estimate gone wrong)
+        return {"mean": 0.5, "ci_low": 0.48, "ci_high": 0.52, "n": 64, "ess": 40.0}
+
+    def confirm():
+        confirmed.append(fake.trained[-1])
+        return fake.probe()
+
+    fit, _ = fit_trained_bias(fake.train_at, probe, 0.5, 4.0, rounds=3, n=1000, tol=0.01, confirm=confirm)
+    assert confirmed == fake.trained  # every round's probe was on target, so every round was confirmed
+    assert fit.rounds[0] == (4.0, pytest.approx(sigmoid(-0.3)))  # round 1 records the confirmed R, 0.426
+    assert fake.trained[1] == pytest.approx(4.3)  # and steps from it: logit(0.5) - logit(0.426) = 0.3
+    assert len(fit.rounds) == 2 and fit.rate["mean"] == pytest.approx(0.5)
+    # a probe off target is not confirmed: the rounds move b on it
+    fake, confirmed = FakeTraining(lambda b: 0.5), []
+    far = {"mean": 0.2, "ci_low": 0.18, "ci_high": 0.22, "n": 64}
+    fit, _ = fit_trained_bias(fake.train_at, lambda: far, 0.5, 4.0, rounds=2, n=1000, tol=0.01, confirm=confirm)
+    assert confirmed == [] and len(fit.rounds) == 2

@@ -88,12 +88,18 @@ class Counting:
 
 def test_the_rate_rounds_call_only_train_and_start_every_round_from_the_same_weights(monkeypatch):
     place = Counting()
-    # R of the trained model = sigmoid(weight - 2): b = 2 gives R = 0.5
-    monkeypatch.setattr(
-        rate, "measure_rate", lambda model, *a, **k: ({"mean": float(torch.sigmoid(model.weight - 2.0))}, None)
-    )
+    widths = []  # the half-width each measurement was asked for
+
+    def measure_rate(model, tokenizer, target, how, **kw):  # R of the trained model = sigmoid(weight - 2)
+        widths.append(how.half_width)
+        r = float(torch.sigmoid(model.weight - 2.0))  # b = 2 gives R = 0.5
+        return {"mean": r, "ci_low": r, "ci_high": r, "n": 64, "stop": "half-width"}, None
+
+    monkeypatch.setattr(rate, "measure_rate", measure_rate)
     cfg = TiltConfig(rate=0.5, rate_rounds=3)
     fit, history = rate.train_to_rate(place, None, NO_TARGET, cfg, bias=1.0, echo=lambda *_: None)
+    # each round's probe at the rule's half-width, and the round that ends them confirmed at half of it
+    assert widths == [cfg.eval.half_width] * len(fit.rounds) + [cfg.eval.half_width / 2]
     assert place.seen == [0.0] * len(place.seen) and len(place.seen) >= 2  # every round from the start weights
     assert fit.rounds[0][0] == 1.0 and abs(fit.rate["mean"] - 0.5) < abs(torch.sigmoid(torch.tensor(-1.0)) - 0.5)
     assert float(place.model.weight) == pytest.approx(fit.bias)  # the model holds the kept round's weights

@@ -403,6 +403,7 @@ def fit_trained_bias(
     resumed: RoundsState | None = None,
     after_round=None,
     width: float = 0.0,
+    confirm=None,
 ):
     """Train toward b, measure the trained model's R, move b, train again: at most `rounds` times.
 
@@ -416,7 +417,11 @@ def fit_trained_bias(
     train_at(b) trains from the start weights and returns what the caller keeps of that round
     (its history, a copy of the weights); probe() -> R dict of the model just trained. The probe
     should use seeds other than the reported measurement's, so that the reported R is not the
-    one b was fitted to. after_round(RoundsState) is called after each round (a checkpoint); `resumed`, the
+    one b was fitted to. confirm() -> R dict, the model just trained sampled on the probe's seeds to a
+    narrower interval than the probe's, replaces a probe that would end the rounds, and they stop only if it
+    agrees: a probe (an importance-weighted estimate, or samples to +-width) that lands within the tolerance
+    leaves the model's R as far from R* as its own error, and the reported R, on other seeds, errs again.
+    after_round(RoundsState) is called after each round (a checkpoint); `resumed`, the
     last one it was given, continues from there (its value is the kept round's train_at value).
     Returns (RateFit, the kept round's train_at value).
     """
@@ -433,10 +438,14 @@ def fit_trained_bias(
     for i in range(len(tried), 0 if done else rounds):
         value = train_at(bias)
         r = probe()
-        tried.append((bias, r))
         if echo:
             how = f", estimated by importance weights from {r['ess']:.0f} effective samples" if "ess" in r else ""
             echo(f"  round {i + 1}: b = {bias:+.3f} -> trained R = {r['mean']:.3f} (target {target}{how})")
+        if confirm is not None and abs(r["mean"] - target) <= tol:
+            r = confirm()  # within tolerance: known more narrowly before the rounds stop on it
+            if echo:
+                echo(f"  round {i + 1}: confirmed by sampling -> trained R = {fmt_measured(r)}")
+        tried.append((bias, r))
         if i == 0 or abs(r["mean"] - target) < abs(tried[best][1]["mean"] - target):
             best, best_value = i, value  # only the best round's weights are held
         done = abs(r["mean"] - target) <= tol or i == rounds - 1

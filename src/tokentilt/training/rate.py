@@ -7,14 +7,19 @@ the R the trained model reaches. Shared by the tilt and sweep jobs.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from tokentilt.measurement.calibrate import RateFit, RoundsState, fit_trained_bias
 from tokentilt.measurement.evaluate import measure_rate, narrow_enough
 from tokentilt.models.load import load_model
+from tokentilt.settings import EvalConfig
 from tokentilt.targets import phrases
 from tokentilt.training import checkpoint
 from tokentilt.training.engine import on_main, process_state
+
+CONFIRM_BUDGET = 4  # the confirming measurement's sample budget, in EvalConfig.max_samples
 
 
 def load_with_set(model_name: str, toward: str, echo=print):
@@ -46,11 +51,17 @@ def train_to_rate(
     from them by importance weights (one teacher-forced forward of the trained model, of its head alone
     for a head-only placement, or none at all where the placement gives its `offsets`) and sampled (until
     known, by measure_rate's rule) only when the estimate rests on too few effective samples or its
-    interval is wider than that rule asks. after_round(RoundsState, kept_changed)
+    interval is wider than that rule asks. A round whose probe lands within the tolerance is sampled again
+    on the probe seeds, to half the half-width (with CONFIRM_BUDGET times the sample budget), and the rounds
+    stop only if that R is within it too. after_round(RoundsState, kept_changed)
     checkpoints each round (its value: (history, weights)); `resumed` goes on from one.
     -> (the fit, the kept round's training history).
     """
     model, probe_cfg = placement.model, cfg.eval.probe()
+    # the round that would end the rounds is sampled to half the probe's half-width (4x the samples)
+    confirm_cfg = dataclasses.replace(
+        probe_cfg, half_width=probe_cfg.half_width / 2, max_samples=CONFIRM_BUDGET * probe_cfg.max_samples
+    )
     state = process_state(cfg.train.device)
     start = snapshot(model)  # every round starts here (the full weights, or a fresh LoRA adapter)
 
@@ -67,10 +78,16 @@ def train_to_rate(
                 estimate = pool.of_model(model, cfg.train.bf16, placement.head_only)
             if pool.enough(estimate) and narrow_enough(estimate, probe_cfg):
                 return estimate
-        return measure_rate(model, tokenizer, target, probe_cfg, bf16=cfg.train.bf16)[0]
+        return sampled()
+
+    def sampled(how: EvalConfig = probe_cfg) -> dict:
+        return measure_rate(model, tokenizer, target, how, bf16=cfg.train.bf16)[0]
 
     def probe() -> dict:
         return on_main(probe_once, state)
+
+    def confirm() -> dict:
+        return on_main(lambda: sampled(confirm_cfg), state)
 
     n = len(cfg.eval.prompts) * cfg.eval.samples_per_prompt
     fit, (history, weights) = fit_trained_bias(
@@ -84,6 +101,7 @@ def train_to_rate(
         resumed=resumed,
         after_round=after_round,
         width=probe_cfg.half_width,
+        confirm=confirm if probe_cfg.half_width > 0 else None,  # (fixed samples: the probe's own again)
     )
     if fit.kept != len(fit.rounds) - 1 or (resumed is not None and resumed.done):  # (resumed: no round trained)
         restore(model, weights)
