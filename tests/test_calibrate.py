@@ -331,9 +331,9 @@ def test_budget_rounds_move_b_toward_0_until_the_trained_model_is_within_the_bud
 
 
 def test_fit_trained_bias_stops_only_on_a_confirmed_round():
-    """A probe within tolerance is measured again, more narrowly, before the rounds stop on it: here the probe
-    reads 0.5 (on target) whatever the model, where the trained model samples 0.426 at b = 4, so the rounds
-    record 0.426 and go on from it."""
+    """A probe within tolerance, or unable to tell R from R*, is measured again, more narrowly, before the rounds
+    stop or move b on it: here the probe reads 0.5 (on target) whatever the model, where the trained model
+    samples 0.426 at b = 4, so the rounds record 0.426 and go on from it."""
     fake = FakeTraining(lambda b: sigmoid(b - 4.3))  # what sampling the trained model gives
     confirmed = []
 
@@ -349,7 +349,12 @@ def test_fit_trained_bias_stops_only_on_a_confirmed_round():
     assert fit.rounds[0] == (4.0, pytest.approx(sigmoid(-0.3)))  # round 1 records the confirmed R, 0.426
     assert fake.trained[1] == pytest.approx(4.3)  # and steps from it: logit(0.5) - logit(0.426) = 0.3
     assert len(fit.rounds) == 2 and fit.rate["mean"] == pytest.approx(0.5)
-    # a probe off target is not confirmed: the rounds move b on it
+    # a probe off target whose interval holds R* is confirmed, and b moves on the confirmed R
+    fake, confirmed = FakeTraining(lambda b: sigmoid(b - 4.3)), []
+    wide = {"mean": 0.46, "ci_low": 0.40, "ci_high": 0.52, "n": 64}
+    fit, _ = fit_trained_bias(fake.train_at, lambda: wide, 0.5, 4.0, rounds=2, n=1000, tol=0.01, confirm=confirm)
+    assert confirmed == [4.0, pytest.approx(4.3)] and fit.rate["mean"] == pytest.approx(0.5)
+    # a probe that tells the model from R* is not confirmed: the rounds move b on it
     fake, confirmed = FakeTraining(lambda b: 0.5), []
     far = {"mean": 0.2, "ci_low": 0.18, "ci_high": 0.22, "n": 64}
     fit, _ = fit_trained_bias(fake.train_at, lambda: far, 0.5, 4.0, rounds=2, n=1000, tol=0.01, confirm=confirm)

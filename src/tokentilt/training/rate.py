@@ -51,14 +51,14 @@ def train_to_rate(
     from them by importance weights (one teacher-forced forward of the trained model, of its head alone
     for a head-only placement, or none at all where the placement gives its `offsets`) and sampled (until
     known, by measure_rate's rule) only when the estimate rests on too few effective samples or its
-    interval is wider than that rule asks. A round whose probe lands within the tolerance is sampled again
-    on the probe seeds, to half the half-width (with CONFIRM_BUDGET times the sample budget), and the rounds
-    stop only if that R is within it too. after_round(RoundsState, kept_changed)
+    interval is wider than that rule asks. A round whose probe lands within the tolerance, or holds R* in
+    its interval, is sampled again on the probe seeds, to half the half-width (with CONFIRM_BUDGET times the
+    sample budget): the rounds stop only if that R is within the tolerance too, and b moves on it if not. after_round(RoundsState, kept_changed)
     checkpoints each round (its value: (history, weights)); `resumed` goes on from one.
     -> (the fit, the kept round's training history).
     """
     model, probe_cfg = placement.model, cfg.eval.probe()
-    # the round that would end the rounds is sampled to half the probe's half-width (4x the samples)
+    # a round near R* is sampled to half the probe's half-width (4x the samples)
     confirm_cfg = dataclasses.replace(
         probe_cfg, half_width=probe_cfg.half_width / 2, max_samples=CONFIRM_BUDGET * probe_cfg.max_samples
     )
