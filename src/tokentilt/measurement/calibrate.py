@@ -422,10 +422,10 @@ def fit_trained_bias(
     holds R*, and the rounds stop only if it is within the tolerance too. A probe (an importance-weighted
     estimate, or samples to +-width) that lands within the tolerance leaves the model's R as far from R* as
     its own error, and the reported R, on other seeds, errs again; and a step of b on a probe that cannot
-    tell the model's R from R* moves b by the probe's noise (toward x at 0.3: probes 0.282, 0.336, 0.310 while b
-    moved 3.709 -> 3.796 -> 3.739, about 0.02 of R).
-    after_round(RoundsState) is called after each round (a checkpoint); `resumed`, the
-    last one it was given, continues from there (its value is the kept round's train_at value).
+    tell the model's R from R* moves b by the probe's noise (toward x at 0.3: probes 0.282, 0.336, 0.310
+    while b moved 3.709 -> 3.796 -> 3.739, about 0.02 of R). after_round(RoundsState) is called after each
+    round (a checkpoint); `resumed`, the last one it was given, continues from there (its value is the kept
+    round's train_at value).
     Returns (RateFit, the kept round's train_at value).
     """
     check_rate(target)

@@ -53,8 +53,9 @@ def train_to_rate(
     known, by measure_rate's rule) only when the estimate rests on too few effective samples or its
     interval is wider than that rule asks. A round whose probe lands within the tolerance, or holds R* in
     its interval, is sampled again on the probe seeds, to half the half-width (with CONFIRM_BUDGET times the
-    sample budget): the rounds stop only if that R is within the tolerance too, and b moves on it if not. after_round(RoundsState, kept_changed)
-    checkpoints each round (its value: (history, weights)); `resumed` goes on from one.
+    sample budget): the rounds stop only if that R is within the tolerance too, and b moves on it if not.
+    after_round(RoundsState, kept_changed) checkpoints each round (its value: (history, weights)); `resumed`
+    goes on from one.
     -> (the fit, the kept round's training history).
     """
     model, probe_cfg = placement.model, cfg.eval.probe()
