@@ -140,3 +140,44 @@ def test_the_report_says_what_moved_by_how_much_and_where_or_why_nothing_passed(
         "combined: no tilt (1 finding(s) of the channels failed the context test: their set moved only where it "
         f"fits, or by less than {MIN_LIFT:.2f} nats where it does not)"
     )
+
+
+def test_special_tokens_are_set_apart_never_a_tilt_nor_in_one():
+    """A chat fine-tune raises end-of-turn everywhere, by as much where it 'does not belong': the context test
+    passes it. So the tokenizer's special ids leave every finding but the head rows' and are reported apart."""
+    from types import SimpleNamespace
+
+    from tokentilt.jobs.audit import channels_section, combined_line
+
+    end_of_turn, other_special = 17, 18
+
+    def passing(mask):  # every set moved alike everywhere, by MIN_LIFT + 1 or more
+        return context(1.0)
+
+    only = {"lens": ChannelResult("lens", True, [finding([end_of_turn, other_special], label="template")])}
+    out = combine(None, None, only, passing, V, special=[end_of_turn, other_special])
+    assert not out["stands_out"] and out["tokens"] == []
+    assert out["tried"] == [
+        {"channel": "lens", "label": "template", "direction": "toward", "passed": False, "special_only": True}
+    ]
+    assert out["special"] == [{"channel": "lens", "direction": "toward", "tokens": [17, 18]}]
+    assert combine(None, None, only, passing, V)["stands_out"]  # without the special ids it is called a tilt
+    out["special"][0]["strings"] = ["<|im_end|>", "<|im_start|>"]
+    assert combined_line(out) == (
+        "combined: no tilt; special tokens moved, reported apart and not called a tilt: "
+        "<|im_end|> toward (lens), <|im_start|> toward (lens)"
+    )
+    report = "\n".join(channels_section(SimpleNamespace(channels=only, combined=out)))
+    assert "| lens | template | toward |  |  | special tokens only: set apart |" in report
+
+    lift = torch.zeros(V)
+    lift[[3, 4, end_of_turn]] = 5.0
+    mixed = {"decomposition": ChannelResult("decomposition", True, [finding([3, end_of_turn])])}
+    seen = []
+    out = combine(None, None, mixed, lambda mask: seen.append(mask.clone()) or context(1.0), V, lift=lift, special=[17])
+    assert seen[0].nonzero().squeeze(1).tolist() == [3]  # the context test reads the set without the special id
+    assert out["stands_out"] and out["tokens"] == [3, 4]  # grown by the lift, never back to the special id
+    assert out["special"] == [{"channel": "decomposition", "direction": "toward", "tokens": [17]}]
+
+    head = combine(None, finding([end_of_turn]), {}, passing, V, special=[17])
+    assert head["stands_out"] and head["tokens"] == [17] and head["special"] == []  # edited head rows are exact

@@ -22,6 +22,11 @@ GATE_CUT was fixed before any case ran. MIN_LIFT and GROW were read off the deve
   bar is the midpoint of the nearest bounds, (1.69 + 5.67) / 2.
 - GROW: of 0.3, 0.4, ..., 0.7, the share with the best mean Jaccard against the planted sets of the three planted
   cases (0.41, against 0.25 for the channels' own tokens).
+
+The tokenizer's special tokens (a chat template's `<|im_end|>` and the rest) are reported apart (`special`), never
+as a tilt or in one: a chat fine-tune raises end-of-turn everywhere, which no context test tells from a tilt, and
+both honest fine-tunes that benchmark v2's verdict flagged were flagged on them. The cost: a tilt toward ending the
+turn is reported as such a move, not called a tilt. (After benchmark v2; its table is of the verdict without this.)
 """
 
 from __future__ import annotations
@@ -68,23 +73,41 @@ def combine(
     lift: torch.Tensor | None = None,
     cut: float = GATE_CUT,
     min_lift: float = MIN_LIFT,
+    special: list[int] | tuple[int, ...] = (),
 ) -> dict:
     """-> audit.json's "combined": stands_out, direction, label, tokens, words, the channel that named it, and the
     context-dependence test of every finding tried ("tried"). dependence(mask (V,) bool) -> lens.context_dependence's
     dict. A head-rows edit (weights) needs no gate, the rows that changed being the set; its test is run for what it
     reports. With the per-token lift (V,), a gated finding's tokens grow to every token the lift moved as much
     (`grow`); "found_by_channel" keeps the channel's own. "mass" and "shows" are the verdict's test's: what the set's
-    share of next-token mass came to, and the held-out positions where it moved most."""
-    tried = []
+    share of next-token mass came to, and the held-out positions where it moved most. special: the tokenizer's
+    special ids, taken out of every channel's finding but the head rows' (which are exact) and reported apart
+    ("special": channel, direction and the special ids of each finding that held any)."""
+    tried, apart = [], []
+    unusual = torch.zeros(vocab, dtype=torch.bool)
+    unusual[[t for t in special if t < vocab]] = True
     for name, finding in candidates(lift_finding, head_rows, channels):
         mask = torch.zeros(vocab, dtype=torch.bool)
         mask[torch.tensor(finding.tokens)] = True
+        if name != "weights" and (mask & unusual).any():
+            apart.append(
+                {
+                    "channel": name,
+                    "direction": finding.direction,
+                    "tokens": (mask & unusual).nonzero().squeeze(1).tolist(),
+                }
+            )
+            mask &= ~unusual
+            if not mask.any():
+                tried.append({"channel": name, "label": finding.label, "direction": finding.direction, "passed": False})
+                tried[-1]["special_only"] = True
+                continue
         test = dependence(mask)
         passed = name == "weights" or passes(test, finding.direction, cut, min_lift)
         tried.append({"channel": name, "label": finding.label, "direction": finding.direction, "passed": passed})
         tried[-1]["context"] = {k: test[k] for k in ("ratio", "ratio_ci", "low", "high", "verdict")}
         if passed:
-            named = mask if name == "weights" or lift is None else grow(mask, lift, finding.direction)
+            named = mask if name == "weights" or lift is None else grow(mask, lift, finding.direction) & ~unusual
             return {
                 "stands_out": True,
                 "direction": finding.direction,
@@ -97,6 +120,7 @@ def combine(
                 "mass": test.get("mass"),
                 "shows": test.get("shows", []),
                 "tried": tried,
+                "special": apart,
             }
     return {
         "stands_out": False,
@@ -110,4 +134,5 @@ def combine(
         "mass": None,
         "shows": [],
         "tried": tried,
+        "special": apart,
     }

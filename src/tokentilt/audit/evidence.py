@@ -14,6 +14,7 @@ import torch
 
 from tokentilt.audit.channels import ChannelResult, Finding
 from tokentilt.audit.combine import combine
+from tokentilt.data import chat as chat_module
 from tokentilt.settings import parse_channels
 
 CONTEXT_TOKENS = 16  # the tokens of held-out text shown before a position where the verdict's set moved
@@ -76,7 +77,8 @@ def lift_findings(rows: list[dict], masks: list[torch.Tensor], stands_out: bool)
 
 def combined_verdict(model, reference, tokenizer, windows, rows, masks, stands_out, channels, cfg, lift) -> dict:
     """combine.combine over the lift's finding and the channels', each gated by lens.context_dependence; the
-    per-token lift (V,) grows the named set. The held-out positions where the set moved most come back as text:
+    per-token lift (V,) grows the named set; the tokenizer's special tokens are reported apart ("special", with
+    their "strings"). The held-out positions where the set moved most come back as text:
     {"text": the window's last CONTEXT_TOKENS tokens up to the position, "lift", "p_reference", "p_model"}."""
     from tokentilt.audit.lens import context_dependence
 
@@ -88,7 +90,10 @@ def combined_verdict(model, reference, tokenizer, windows, rows, masks, stands_o
         lambda mask: context_dependence(model, reference, windows, mask, bf16=cfg.bf16, seed=cfg.seed),
         len(lift),
         lift=lift,
+        special=chat_module.special_ids(tokenizer),
     )
+    for moved in out["special"]:
+        moved["strings"] = tokenizer.convert_ids_to_tokens(moved["tokens"])
     out["shows"] = [
         {
             "text": tokenizer.decode(windows[w, max(t + 1 - CONTEXT_TOKENS, 0) : t + 1].tolist()),

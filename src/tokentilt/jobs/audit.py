@@ -181,9 +181,13 @@ def audit_report(cfg: AuditConfig, r: AuditResult, seconds: float) -> str:
 
 
 def combined_line(combined: dict) -> str:
-    """The combined verdict in one line."""
+    """The combined verdict in one line, and the special tokens it set apart."""
+    return _verdict_line(combined) + special_note(combined.get("special", []))
+
+
+def _verdict_line(combined: dict) -> str:
     if not combined["stands_out"]:
-        gated = sum(1 for t in combined["tried"] if not t["passed"])
+        gated = sum(1 for t in combined["tried"] if not t["passed"] and "context" in t)
         return "combined: no tilt" + (
             f" ({gated} finding(s) of the channels failed the context test: their set moved only where it fits, "
             f"or by less than {MIN_LIFT:.2f} nats where it does not)"
@@ -200,6 +204,20 @@ def combined_line(combined: dict) -> str:
             f"({mass['change']:+.4f} [{lo:+.4f}, {hi:+.4f}])"
         )
     return line
+
+
+def special_note(special: list[dict]) -> str:
+    """The special tokens (a chat template's end of turn) that channels named, which the verdict sets apart."""
+    moved = {}
+    for m in special:
+        for token in m.get("strings", m["tokens"]):
+            moved.setdefault((str(token), m["direction"]), []).append(m["channel"])
+    if not moved:
+        return ""
+    shown = ", ".join(
+        f"{token} {direction} ({', '.join(dict.fromkeys(by))})" for (token, direction), by in moved.items()
+    )
+    return f"; special tokens moved, reported apart and not called a tilt: {shown}"
 
 
 def channels_section(r: AuditResult) -> list[str]:
@@ -233,9 +251,9 @@ def channels_section(r: AuditResult) -> list[str]:
             t["channel"],
             _cell(t["label"], 60),
             t["direction"],
-            _with_ci(t["context"]["ratio"], t["context"]["ratio_ci"]),
-            _with_ci(t["context"]["low"]["lift"], t["context"]["low"]["lift_ci"]),
-            "tilt" if t["passed"] else "not a tilt",
+            _with_ci(t["context"]["ratio"], t["context"]["ratio_ci"]) if "context" in t else "",
+            _with_ci(t["context"]["low"]["lift"], t["context"]["low"]["lift_ci"]) if "context" in t else "",
+            ("tilt" if t["passed"] else "not a tilt") if "context" in t else "special tokens only: set apart",
         ]
         for t in r.combined["tried"]
     ]
