@@ -6,6 +6,11 @@ their 95% intervals claim (half-width / 1.96), for counted R and for the expecte
 disagreement larger than both intervals then is chance plus the calibration fitting b to the probe draws.
 
     python scripts/seed_spread.py --toward x --bias 4.483 --seeds 8
+    python scripts/seed_spread.py --run runs/x-0.3 --bias 0 --plan 16 --seed-list 1234,1235,3000   # a kept model
+
+--run measures a tilt run's saved model (its folder's model/) instead of --model; --plan fixes the samples per
+prompt of each pass (measure_rate's plan: "16", or a run's own "4,12,15" from its summary.json) instead of sampling
+until the interval is narrow enough.
 """
 
 import argparse
@@ -27,13 +32,22 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--first-seed", type=int, default=1234)
     parser.add_argument("--samples-per-prompt", type=int, default=4)
+    parser.add_argument("--run", help="a tilt run's folder: measure its saved model (FOLDER/model)")
+    parser.add_argument("--plan", help="samples per prompt of each pass, comma-separated (a fixed plan)")
+    parser.add_argument("--seed-list", help="these eval seeds, comma-separated, instead of --first-seed/--seeds")
     args = parser.parse_args()
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(f"{args.run}/model" if args.run else args.model)
     target = resolve_target(args.toward, tokenizer, model, print)
+    plan = [int(p) for p in args.plan.split(",")] if args.plan else None
+    seeds = (
+        [int(s) for s in args.seed_list.split(",")]
+        if args.seed_list
+        else range(args.first_seed, args.first_seed + args.seeds)
+    )
     rows, expected = [], []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
+    for seed in seeds:
         cfg = EvalConfig(eval_seed=seed, samples_per_prompt=args.samples_per_prompt)
-        rate, samples = measure_rate(model, tokenizer, target, cfg, bias=args.bias, expect=True)
+        rate, samples = measure_rate(model, tokenizer, target, cfg, bias=args.bias, expect=True, plan=plan)
         rows.append(rate)
         expected.append(mean_ci(expected_rates_of(samples)))
         e = expected[-1]
@@ -50,7 +64,7 @@ def main() -> None:
                     "estimator": name,
                     "bias": args.bias,
                     "mean_of_means": statistics.mean(means),
-                    "sd_of_means": statistics.stdev(means),
+                    "sd_of_means": statistics.stdev(means) if len(means) > 1 else None,
                     "sd_claimed_by_intervals": claimed,
                     "range": [min(means), max(means)],
                 }
