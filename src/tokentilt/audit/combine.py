@@ -89,18 +89,22 @@ def combine(
     for name, finding in candidates(lift_finding, head_rows, channels):
         mask = torch.zeros(vocab, dtype=torch.bool)
         mask[torch.tensor(finding.tokens)] = True
-        if name != "weights" and (mask & unusual).any():
+        moved = mask & unusual
+        if name != "weights" and moved.any():
             apart.append(
-                {
-                    "channel": name,
-                    "direction": finding.direction,
-                    "tokens": (mask & unusual).nonzero().squeeze(1).tolist(),
-                }
+                {"channel": name, "direction": finding.direction, "tokens": moved.nonzero().squeeze(1).tolist()}
             )
             mask &= ~unusual
             if not mask.any():
-                tried.append({"channel": name, "label": finding.label, "direction": finding.direction, "passed": False})
-                tried[-1]["special_only"] = True
+                tried.append(
+                    {
+                        "channel": name,
+                        "label": finding.label,
+                        "direction": finding.direction,
+                        "passed": False,
+                        "special_only": True,
+                    }
+                )
                 continue
         test = dependence(mask)
         passed = name == "weights" or passes(test, finding.direction, cut, min_lift)
